@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# npm test: installs the Debian tools the interop tests call (when root and
+# apt-get is there), then type-checks, lints and runs the vitest suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-io:qemu-utils fio:fio nbdkit:nbdkit sqlite3:sqlite3 losetup:mount; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing Debian packages the tests use: $pkgs"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+  else
+    echo "test: missing Debian packages ($pkgs); the tests that need them will skip and say so"
+  fi
+fi
+echo "test: tsc --noEmit"
+npx tsc --noEmit
+echo "test: eslint"
+npx eslint .
+echo "test: vitest"
+npx vitest run "$@"
