@@ -1,0 +1,114 @@
+// The CLI's side of the control RPC: an authenticated "control" link to a
+// subsystem's replication port, one request/response at a time per call.
+import pino from "pino";
+import { connectLink, type Link } from "../replication/link.ts";
+import type { Frame } from "../replication/frames.ts";
+import type { LoadedTopology } from "../../config/load.ts";
+import { subsystemConfig } from "../../config/load.ts";
+
+const silent = pino({ level: "silent" });
+
+export class ControlError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+export class ControlClient {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(
+    private readonly link: Link,
+    readonly subsystemId: number,
+  ) {
+    link.on("frame", (f: Frame) => {
+      if (f.type !== "response") return;
+      const w = this.waiting.get(f.id);
+      if (!w) return;
+      this.waiting.delete(f.id);
+      if (f.ok) w.resolve(f.body);
+      else {
+        const b = f.body as { code?: string; message?: string };
+        w.reject(new ControlError(b.code ?? "TM_CONTROL", `subsystem #${subsystemId}: ${b.message ?? "request failed"}`));
+      }
+    });
+    link.on("close", (err?: Error) => {
+      for (const w of this.waiting.values()) {
+        w.reject(new ControlError("TM_CONTROL_CLOSED", `subsystem #${subsystemId}: connection closed${err ? `: ${err.message}` : ""}`));
+      }
+      this.waiting.clear();
+    });
+  }
+
+  static async connect(topo: LoadedTopology, id: number, timeoutMs = 3000): Promise<ControlClient> {
+    const ss = subsystemConfig(topo, id);
+    try {
+      const link = await connectLink({
+        host: ss.host,
+        port: ss.replicationPort,
+        key: topo.config.clusterKey,
+        role: "control",
+        nodeId: 0,
+        timeoutMs,
+        logger: silent,
+        peerNodeId: id,
+      });
+      return new ControlClient(link, id);
+    } catch (err) {
+      throw new ControlError("TM_UNREACHABLE", `subsystem #${id} at ${ss.host}:${ss.replicationPort} is unreachable: ${(err as Error).message}`);
+    }
+  }
+
+  request<T = unknown>(body: unknown, timeoutMs = 10_000): Promise<T> {
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new ControlError("TM_CONTROL_TIMEOUT", `subsystem #${this.subsystemId}: no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v as T);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.link.send({ type: "request", id, body });
+    });
+  }
+
+  close(): void {
+    this.link.close();
+  }
+}
+
+/** Runs one request against each listed subsystem; unreachable ones come back as errors. */
+export async function askAll<T>(
+  topo: LoadedTopology,
+  ids: number[],
+  body: unknown,
+): Promise<Map<number, { ok: true; value: T } | { ok: false; error: string }>> {
+  const out = new Map<number, { ok: true; value: T } | { ok: false; error: string }>();
+  await Promise.all(
+    ids.map(async (id) => {
+      let c: ControlClient | null = null;
+      try {
+        c = await ControlClient.connect(topo, id);
+        out.set(id, { ok: true, value: await c.request<T>(body) });
+      } catch (err) {
+        out.set(id, { ok: false, error: (err as Error).message });
+      } finally {
+        c?.close();
+      }
+    }),
+  );
+  return out;
+}

@@ -1,0 +1,220 @@
+// Builds the documented status document (docs/status.md) from every
+// subsystem's own status, and renders it as the table an admin reads. Pure:
+// the subsystems' answers and the clock reading come in as values.
+import type { Topology } from "../../config/schema.ts";
+
+/** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
+export interface SubsystemStatus {
+  subsystem: number;
+  pid: number;
+  host: string;
+  replicationPort: number;
+  nbdPort: number;
+  nowNs: string;
+  volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string; readOnly: boolean }[];
+  primary: {
+    lastStamp: string;
+    writes: number;
+    writeBytes: number;
+    pending: number;
+    journal: { entries: number; bytes: number; hotRegions: number };
+    groups: { name: string; pending: number; lastSyncT: string; generation: number }[];
+    links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
+  } | null;
+  secondary:
+    | {
+        name: string;
+        generation: number;
+        state: string;
+        reason: string | null;
+        first: Record<string, string>;
+        second: string;
+        rcrQueue: number;
+        rcrQueueBytes: number;
+        diskQueue: number;
+        diskQueueBytes: number;
+        applied: number;
+        appliedBytes: number;
+        lastAppliedTs: string;
+        appliedThrough: string;
+      }[]
+    | null;
+}
+
+export type Answer = { ok: true; value: SubsystemStatus } | { ok: false; error: string };
+
+export interface VolumeRef {
+  subsystem: number;
+  volume: string;
+  path: string | null;
+  nbdUrl: string | null;
+}
+
+export interface StatusDoc {
+  nowNs: string;
+  subsystems: { id: number; reachable: boolean; error?: string; pid?: number; replication: string; nbd: string }[];
+  groups: {
+    name: string;
+    generation: number | null;
+    state: string;
+    lagMs: number | null;
+    lowestSecond: string | null;
+    heldBackBy: number | null;
+    secondaries: {
+      subsystem: number;
+      reachable: boolean;
+      first: Record<string, string>;
+      second: string | null;
+      rcrQueue: number | null;
+      diskQueue: number | null;
+      applied: number | null;
+      appliedBytes: number | null;
+      lastAppliedTs: string | null;
+      appliedThrough: string | null;
+    }[];
+  }[];
+  pairs: { group: string; state: string; link: string | null; primary: VolumeRef; secondary: VolumeRef }[];
+}
+
+function volRef(answers: Map<number, Answer>, subsystem: number, volume: string): VolumeRef {
+  const a = answers.get(subsystem);
+  const v = a?.ok ? a.value.volumes.find((x) => x.name === volume) : undefined;
+  return { subsystem, volume, path: v?.path ?? null, nbdUrl: v?.nbdUrl ?? null };
+}
+
+export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs: bigint): StatusDoc {
+  const subsystems = topo.config.subsystems.map((s) => {
+    const a = answers.get(s.id);
+    return {
+      id: s.id,
+      reachable: a?.ok === true,
+      ...(a && !a.ok ? { error: a.error } : {}),
+      ...(a?.ok ? { pid: a.value.pid } : {}),
+      replication: `${s.host}:${s.replicationPort}`,
+      nbd: `${s.host}:${s.nbdPort}`,
+    };
+  });
+  const groups = [...topo.groups.values()].map((g) => {
+    const secondaries = g.secondaries.map((id) => {
+      const a = answers.get(id);
+      const sg = a?.ok ? a.value.secondary?.find((x) => x.name === g.name) : undefined;
+      return {
+        subsystem: id,
+        reachable: a?.ok === true,
+        first: sg?.first ?? {},
+        second: sg?.second ?? null,
+        rcrQueue: sg?.rcrQueue ?? null,
+        diskQueue: sg?.diskQueue ?? null,
+        applied: sg?.applied ?? null,
+        appliedBytes: sg?.appliedBytes ?? null,
+        lastAppliedTs: sg?.lastAppliedTs ?? null,
+        appliedThrough: sg?.appliedThrough ?? null,
+        generation: sg?.generation ?? null,
+        state: sg?.state ?? null,
+      };
+    });
+    let lowest: (typeof secondaries)[number] | null = null;
+    for (const s of secondaries) if (s.second !== null && (lowest === null || BigInt(s.second) < BigInt(lowest.second!))) lowest = s;
+    let heldBackBy: number | null = null;
+    if (lowest) {
+      let min: bigint | null = null;
+      for (const [p, t] of Object.entries(lowest.first)) {
+        if (min === null || BigInt(t) < min) {
+          min = BigInt(t);
+          heldBackBy = Number(p);
+        }
+      }
+    }
+    const complete = secondaries.every((s) => s.second !== null);
+    const lagMs = lowest && complete ? Number(nowNs - BigInt(lowest.second!)) / 1e6 : null;
+    const gens = secondaries.map((s) => s.generation).filter((x): x is number => x !== null);
+    const states = new Set(secondaries.map((s) => s.state).filter((x): x is string => x !== null));
+    return {
+      name: g.name,
+      generation: gens.length > 0 ? Math.max(...gens) : null,
+      state: !complete ? "degraded" : states.size === 1 ? [...states][0] : [...states].join("/"),
+      lagMs,
+      lowestSecond: lowest?.second ?? null,
+      heldBackBy,
+      secondaries: secondaries.map(({ generation: _g, state: _s, ...rest }) => rest),
+    };
+  });
+  const pairs = topo.pairs.map((p) => {
+    const pa = answers.get(p.primary.subsystemId);
+    const sa = answers.get(p.secondary.subsystemId);
+    const link = pa?.ok ? (pa.value.primary?.links.find((l) => l.secondary === p.secondary.subsystemId)?.state ?? null) : null;
+    const state = !pa?.ok ? "primary-unreachable" : !sa?.ok ? "secondary-unreachable" : link === "up" ? "paired" : "link-down";
+    return {
+      group: p.group,
+      state,
+      link,
+      primary: volRef(answers, p.primary.subsystemId, p.primary.name),
+      secondary: volRef(answers, p.secondary.subsystemId, p.secondary.name),
+    };
+  });
+  return { nowNs: nowNs.toString(), subsystems, groups, pairs };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => (c ?? "").padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+}
+
+/** Timestamps relative to now, in ms, read better than raw nanoseconds. */
+function age(nowNs: bigint, t: string | null): string {
+  if (t === null) return "-";
+  if (BigInt(t) === 0n) return "never";
+  return `-${(Number(nowNs - BigInt(t)) / 1e6).toFixed(1)}ms`;
+}
+
+export function renderStatus(doc: StatusDoc): string {
+  const now = BigInt(doc.nowNs);
+  const out: string[] = [];
+  out.push("SUBSYSTEMS");
+  out.push(
+    table([
+      ["id", "state", "pid", "replication", "nbd"],
+      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : `DOWN (${s.error ?? "?"})`, s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
+    ]),
+  );
+  for (const g of doc.groups) {
+    out.push("");
+    const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;
+    const held = g.heldBackBy === null ? "" : `, held back by primary #${g.heldBackBy}`;
+    out.push(`GROUP ${g.name}  state ${g.state}  generation ${g.generation ?? "?"}  lag ${lag}${held}`);
+    const primaries = [...new Set(g.secondaries.flatMap((s) => Object.keys(s.first)))].sort((a, b) => Number(a) - Number(b));
+    out.push(
+      table([
+        ["secondary", ...primaries.map((p) => `111[#${p}]`), "112", "rcr-queue", "disk-queue", "applied", "applied-MiB"],
+        ...g.secondaries.map((s) =>
+          s.reachable
+            ? [
+                `#${s.subsystem}`,
+                ...primaries.map((p) => age(now, s.first[p] ?? null)),
+                age(now, s.second),
+                String(s.rcrQueue),
+                String(s.diskQueue),
+                String(s.applied),
+                ((s.appliedBytes ?? 0) / 1048576).toFixed(1),
+              ]
+            : [`#${s.subsystem}`, ...primaries.map(() => "-"), "UNREACHABLE", "-", "-", "-", "-"],
+        ),
+      ]),
+    );
+  }
+  out.push("");
+  out.push("PAIRS");
+  out.push(
+    table([
+      ["group", "state", "primary", "secondary", "primary NBD"],
+      ...doc.pairs.map((p) => [
+        p.group,
+        p.state,
+        `#${p.primary.subsystem}/${p.primary.volume}`,
+        `#${p.secondary.subsystem}/${p.secondary.volume}`,
+        p.primary.nbdUrl ?? "-",
+      ]),
+    ]),
+  );
+  return out.join("\n");
+}

@@ -1,0 +1,127 @@
+// Pull-based reader over a socket: the owner asks for exactly n bytes when it
+// is ready for them. While nobody asks and readAheadBytesMax is buffered the
+// socket is paused, so TCP flow control pushes back on the peer. At most one
+// read or skip is outstanding at a time.
+import type { Socket } from "node:net";
+import { assert } from "../invariant.ts";
+
+export class StreamEndedError extends Error {
+  readonly code = "TM_NBD_STREAM_ENDED";
+  constructor(message: string) {
+    super(message);
+    this.name = "StreamEndedError";
+  }
+}
+
+interface Want {
+  bytes: number;
+  discard: boolean;
+  resolve: (b: Buffer) => void;
+  reject: (e: Error) => void;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+export class ByteReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private want: Want | null = null;
+  private ended: Error | null = null;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly readAheadBytesMax: number,
+  ) {
+    socket.on("data", (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      this.serve();
+    });
+    socket.on("end", () => this.end(new StreamEndedError("peer closed the connection")));
+    socket.on("close", () => this.end(new StreamEndedError("connection closed")));
+  }
+
+  /** Resolves with exactly n bytes; rejects with StreamEndedError if the stream ends first. */
+  read(n: number): Promise<Buffer> {
+    return this.ask(n, false);
+  }
+
+  /** Consumes n bytes without holding them in memory at once. */
+  async skip(n: number): Promise<void> {
+    await this.ask(n, true);
+  }
+
+  /** Ends the stream for the reader: a pending or later read rejects. */
+  end(err: Error): void {
+    if (this.ended) return;
+    this.ended = err;
+    const w = this.want;
+    this.want = null;
+    w?.reject(err);
+  }
+
+  private ask(n: number, discard: boolean): Promise<Buffer> {
+    assert(this.want === null, "byte reader: one read at a time");
+    if (n === 0) return Promise.resolve(EMPTY);
+    if (this.ended && this.buffered < n) return Promise.reject(this.ended);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.want = { bytes: n, discard, resolve, reject };
+      this.serve();
+    });
+  }
+
+  private serve(): void {
+    const w = this.want;
+    if (w) {
+      if (w.discard) {
+        w.bytes -= this.drop(Math.min(w.bytes, this.buffered));
+        if (w.bytes === 0) {
+          this.want = null;
+          w.resolve(EMPTY);
+        }
+      } else if (this.buffered >= w.bytes) {
+        this.want = null;
+        w.resolve(this.take(w.bytes));
+      }
+    }
+    // Keep reading while someone waits or read-ahead has room; otherwise
+    // leave the bytes in the kernel.
+    if (this.want !== null || this.buffered < this.readAheadBytesMax) this.socket.resume();
+    else this.socket.pause();
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      this.consumeFront(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - at);
+      c.copy(out, at, 0, k);
+      at += k;
+      this.consumeFront(k);
+    }
+    return out;
+  }
+
+  private drop(n: number): number {
+    let left = n;
+    while (left > 0) {
+      const k = Math.min(this.chunks[0].length, left);
+      this.consumeFront(k);
+      left -= k;
+    }
+    return n;
+  }
+
+  private consumeFront(k: number): void {
+    const c = this.chunks[0];
+    if (k === c.length) this.chunks.shift();
+    else this.chunks[0] = c.subarray(k);
+    this.buffered -= k;
+  }
+}

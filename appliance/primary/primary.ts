@@ -1,0 +1,334 @@
+// The primary role of a subsystem: the replicated write path behind each
+// primary volume's NBD export (range lock, stamp, journal, volume write,
+// acknowledgement), one LinkSender per secondary subsystem of its groups,
+// the periodic SYNC of DESIGN.md step 3, and the journal trim that runs once
+// entries are acknowledged and their volume writes are durable.
+import type { Logger } from "pino";
+import type { Volume } from "../../disks/volume.ts";
+import type { Db } from "../state/database.ts";
+import { assert } from "../invariant.ts";
+import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO } from "./journal.ts";
+import { LinkSender } from "./sender.ts";
+import { PendingRcrs, syncTime } from "./pending.ts";
+import { RangeLock } from "./range-lock.ts";
+import { StampClock, clockReader, type ClockSource } from "./stamp-clock.ts";
+
+export const BLOCK_BYTES = 4096;
+/** The persisted stamp floor runs this far ahead of announced SYNC times. */
+const FLOOR_LEAD_NS = 2_000_000_000n;
+
+export interface PrimaryBinding {
+  volume: Volume;
+  group: string;
+  /** Secondary subsystem id. */
+  link: number;
+  /** Secondary volume name. */
+  target: string;
+}
+
+export interface PeerAddress {
+  id: number;
+  host: string;
+  port: number;
+}
+
+export interface PrimaryOptions {
+  id: number;
+  db: Db;
+  logger: Logger;
+  clusterKey: string;
+  clock: ClockSource;
+  maxClockOffsetMs: number;
+  syncIntervalMs: number;
+  reconnectMs: number;
+  inflightBytesMax: number;
+  bindings: PrimaryBinding[];
+  /** Per group: every secondary subsystem of the group (SYNC goes to each). */
+  groupSecondaries: Map<string, number[]>;
+  peers: Map<number, PeerAddress>;
+  generationOf: (group: string) => number;
+  /** True after a reboot without a clean stop: hot regions may be torn. */
+  powerLossSuspected: boolean;
+}
+
+interface BindingState extends PrimaryBinding {
+  lock: RangeLock;
+  dirty: boolean;
+}
+
+export class PrimaryEngine {
+  private readonly journal: Journal;
+  private readonly pending = new PendingRcrs();
+  private readonly clock: StampClock;
+  private seq: number;
+  private readonly senders = new Map<number, LinkSender>();
+  private readonly bindings = new Map<string, BindingState>();
+  /** Seqs whose volume write has not completed. */
+  private readonly writing = new Set<number>();
+  /** Highest seq written per activity region (volume\0region). */
+  private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number }>();
+  private persistedFloor: bigint;
+  private timers: NodeJS.Timeout[] = [];
+  private trimming = false;
+  private readonly trimmedSeq = new Map<number, number>();
+  private readonly offsetNs: bigint;
+  readonly lastSync = new Map<string, bigint>();
+  writes = 0;
+  writeBytes = 0;
+
+  constructor(private readonly o: PrimaryOptions) {
+    this.journal = new Journal(o.db);
+    const { tsFloor, seqFloor } = this.journal.floorsNow();
+    this.clock = new StampClock(clockReader(o.clock), tsFloor);
+    this.persistedFloor = tsFloor;
+    this.seq = seqFloor;
+    this.offsetNs = BigInt(Math.round(o.maxClockOffsetMs * 1e6));
+    for (const b of o.bindings) this.bindings.set(b.volume.name, { ...b, lock: new RangeLock(), dirty: false });
+    this.journal.onCommit = () => {
+      for (const s of this.senders.values()) s.wake();
+    };
+  }
+
+  /** Replays the journal onto the volumes, then starts the links and timers. */
+  async start(): Promise<void> {
+    const { o } = this;
+    let replayed = 0;
+    for (const e of this.journal.replay()) {
+      const b = this.bindings.get(e.volume);
+      if (!b) {
+        o.logger.error({ volume: e.volume, seq: e.seq }, "journal entry for a volume that is no longer a primary here; kept");
+        continue;
+      }
+      if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
+      else await b.volume.writeZeroes(e.offset, e.length);
+      b.dirty = true;
+      this.pending.add(e.group, e.link, e.seq, e.ts);
+      this.noteRegions(b, e.offset, e.length, e.seq);
+      if (e.seq > this.seq) this.seq = e.seq;
+      replayed++;
+    }
+    for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
+    if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
+    if (o.powerLossSuspected) this.markHotRegionsDirty();
+
+    const links = new Set<number>();
+    for (const secs of o.groupSecondaries.values()) for (const s of secs) links.add(s);
+    for (const id of links) {
+      const peer = o.peers.get(id);
+      assert(peer, `secondary subsystem #${id} has an address`);
+      const sender = new LinkSender({
+        primaryId: o.id,
+        secondaryId: id,
+        host: peer.host,
+        port: peer.port,
+        clusterKey: o.clusterKey,
+        reconnectMs: o.reconnectMs,
+        inflightBytesMax: o.inflightBytesMax,
+        journal: this.journal,
+        generationOf: o.generationOf,
+        logger: o.logger,
+        onAck: (link, seq) => this.pending.ackUpTo(link, seq),
+        highestSeq: () => this.seq,
+      });
+      this.senders.set(id, sender);
+      sender.start();
+    }
+    this.timers.push(setInterval(() => this.announce(), o.syncIntervalMs));
+    this.timers.push(setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    for (const s of this.senders.values()) s.stop();
+    await this.trim();
+  }
+
+  hasVolume(name: string): boolean {
+    return this.bindings.has(name);
+  }
+
+  /** A replicated host write: WRITE, or TRIM/WRITE_ZEROES (sent as zeroes). */
+  async write(volume: string, offset: number, length: number, data: Buffer | null, fua: boolean): Promise<void> {
+    const b = this.bindings.get(volume);
+    assert(b, `volume ${volume} is a primary here`);
+    const release = await b.lock.acquire(offset, length);
+    let ts: bigint;
+    try {
+      // Stamping and registering as pending are one synchronous step, so no
+      // SYNC can announce a time above a stamp that is not yet pending.
+      ts = this.clock.stamp();
+      const seq = ++this.seq;
+      this.pending.add(b.group, b.link, seq, ts);
+      this.writing.add(seq);
+      this.noteRegions(b, offset, length, seq);
+      try {
+        try {
+          await this.journal.append({
+            seq,
+            ts,
+            group: b.group,
+            link: b.link,
+            volume,
+            target: b.target,
+            op: data ? OP_WRITE : OP_ZERO,
+            offset,
+            length,
+            data,
+          });
+        } catch (err) {
+          this.pending.cancel(b.group, b.link, seq);
+          throw err;
+        }
+        if (data) await b.volume.write(offset, data);
+        else await b.volume.writeZeroes(offset, length);
+        b.dirty = true;
+      } finally {
+        this.writing.delete(seq);
+      }
+    } finally {
+      release();
+    }
+    this.writes++;
+    this.writeBytes += length;
+    if (fua) await this.flush(volume);
+    await this.commitWait(ts);
+  }
+
+  /** FLUSH: the volume's completed writes and every journal commit are durable. */
+  async flush(volume: string): Promise<void> {
+    const b = this.bindings.get(volume);
+    assert(b, `volume ${volume} is a primary here`);
+    this.journal.barrier();
+    await b.volume.sync();
+  }
+
+  /**
+   * Across hosts (realtime clocks) an acknowledgement waits until this clock
+   * has passed ts + the configured maximum offset, so a dependent write on any
+   * other primary gets a greater stamp.
+   */
+  private async commitWait(ts: bigint): Promise<void> {
+    if (this.offsetNs === 0n) return;
+    for (;;) {
+      const left = ts + this.offsetNs - this.clock.now();
+      if (left < 0n) return;
+      await new Promise((r) => setTimeout(r, Math.max(1, Math.ceil(Number(left) / 1e6))));
+    }
+  }
+
+  private announce(): void {
+    for (const [group, secs] of this.o.groupSecondaries) {
+      const t = syncTime(this.pending.oldest(group), () => this.clock.stamp());
+      const prev = this.lastSync.get(group);
+      if (prev !== undefined && t < prev) continue;
+      this.lastSync.set(group, t);
+      for (const s of secs) this.senders.get(s)?.sendSync(group, t);
+    }
+    // After a reboot the monotonic clock starts again near zero: stamps must
+    // stay above every T announced before it, so the floor leads them.
+    if (this.clock.lastStamp > this.persistedFloor) {
+      this.persistedFloor = this.clock.lastStamp + FLOOR_LEAD_NS;
+      this.journal.raiseTsFloor(this.persistedFloor);
+    }
+  }
+
+  private noteRegions(b: BindingState, offset: number, length: number, seq: number): void {
+    const first = Math.floor(offset / ACTIVITY_REGION_BYTES);
+    const last = Math.floor((offset + length - 1) / ACTIVITY_REGION_BYTES);
+    for (let r = first; r <= last; r++) {
+      const key = `${b.volume.name}\u0000${r}`;
+      const cur = this.regionSeq.get(key);
+      if (cur) cur.seq = seq;
+      else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq });
+    }
+  }
+
+  /**
+   * Drops journal entries acknowledged by their secondary whose volume write
+   * is durable: fdatasync first, then one transaction. Regions whose writes
+   * are all gone from the journal are cooled.
+   */
+  private async trim(): Promise<void> {
+    if (this.trimming) return;
+    let work = false;
+    for (const [id, s] of this.senders) if (s.ackedSeq > (this.trimmedSeq.get(id) ?? 0)) work = true;
+    if (!work) return;
+    this.trimming = true;
+    try {
+      let frontier = this.seq + 1;
+      for (const s of this.writing) if (s < frontier) frontier = s;
+      const upTo = new Map<number, number>();
+      for (const [id, s] of this.senders) upTo.set(id, Math.min(s.ackedSeq, frontier - 1));
+      const dirty = [...this.bindings.values()].filter((b) => b.dirty);
+      for (const b of dirty) b.dirty = false;
+      await Promise.all(dirty.map((b) => b.volume.sync()));
+      this.journal.trim(upTo);
+      for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
+      const cool: [string, number][] = [];
+      for (const [key, r] of this.regionSeq) {
+        if (r.seq <= (this.trimmedSeq.get(r.link) ?? 0)) {
+          cool.push([r.volume, r.region]);
+          this.regionSeq.delete(key);
+        }
+      }
+      if (cool.length > 0) this.journal.cool(cool);
+    } catch (err) {
+      this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
+      for (const b of this.bindings.values()) b.dirty = true;
+    } finally {
+      this.trimming = false;
+    }
+  }
+
+  /**
+   * After a power loss a hot region may hold volume writes whose journal
+   * entries never reached the disk: every block of it goes to the bitmap.
+   */
+  private markHotRegionsDirty(): void {
+    const rows = this.o.db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
+    const ins = this.o.db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
+    const perRegion = ACTIVITY_REGION_BYTES / BLOCK_BYTES;
+    this.o.db.transaction(() => {
+      for (const r of rows) for (let i = 0; i < perRegion; i++) ins.run(r.volume, r.region * perRegion + i);
+    })();
+    if (rows.length > 0) {
+      this.o.logger.warn({ regions: rows.length }, "unclean restart after a reboot: hot activity-log regions marked in the bitmap for resync");
+    }
+  }
+
+  /** The greatest stamp handed out: every write acknowledged so far has ts <= it. */
+  get lastStamp(): bigint {
+    return this.clock.lastStamp;
+  }
+
+  nowNs(): bigint {
+    return this.clock.now();
+  }
+
+  status() {
+    const j = this.journal.counts();
+    return {
+      lastStamp: this.clock.lastStamp.toString(),
+      writes: this.writes,
+      writeBytes: this.writeBytes,
+      pending: this.pending.size,
+      journal: j,
+      groups: [...this.o.groupSecondaries.keys()].map((g) => ({
+        name: g,
+        pending: this.pending.sizeOf(g),
+        lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
+        generation: this.o.generationOf(g),
+      })),
+      links: [...this.senders.entries()].map(([id, s]) => ({
+        secondary: id,
+        state: s.state,
+        sentSeq: s.lastSentSeq,
+        ackedSeq: s.ackedSeq,
+        bytesInFlight: s.bytesInFlight,
+        lastError: s.lastError,
+      })),
+      volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
+    };
+  }
+}

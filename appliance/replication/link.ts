@@ -1,0 +1,599 @@
+// Authenticated TCP connections between subsystems, the RCM and the CLI: the
+// HMAC challenge handshake of docs/wire.md, then a stream of frames both ways.
+// Invariants: no frame other than the handshake's is exchanged before both
+// sides proved the cluster key; a bad byte or a socket error ends that one
+// connection (logged), never the server or the process.
+import { EventEmitter } from "node:events";
+import net from "node:net";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Logger } from "pino";
+import {
+  encodeFrame,
+  ERROR_MESSAGE_BYTES_MAX,
+  FRAME_PAYLOAD_MAX,
+  FrameDecoder,
+  FrameError,
+  NONCE_BYTES,
+  roleCode,
+  WIRE_ERROR,
+  type Frame,
+  type FrameType,
+  type LinkRole,
+} from "./frames.ts";
+
+export type { LinkRole } from "./frames.ts";
+
+/** Handshake frames are small (the largest is an error frame); a stranger cannot make us hold more. */
+export const HANDSHAKE_PAYLOAD_MAX = 8192;
+/** After close() has flushed what was queued, a peer that does not close its side is cut off. */
+export const LINK_CLOSE_GRACE_MS = 2000;
+
+const SERVER_LABEL = Buffer.from("tidemark-v1 server", "utf8");
+const CLIENT_LABEL = Buffer.from("tidemark-v1 client", "utf8");
+
+export type LinkErrorCode =
+  | "TM_LINK_CONNECT"
+  | "TM_LINK_TIMEOUT"
+  | "TM_LINK_AUTH"
+  | "TM_LINK_REFUSED"
+  | "TM_LINK_PROTOCOL"
+  | "TM_LINK_CLOSED";
+
+/** Why a handshake failed or a link closed; the message names the peer. */
+export class LinkError extends Error {
+  readonly code: LinkErrorCode;
+  constructor(code: LinkErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "LinkError";
+    this.code = code;
+  }
+}
+
+export interface LinkPeer {
+  /** The connection's role, as the client declared it in its hello. */
+  role: LinkRole;
+  /** The other side's node id (0 for a control client). */
+  nodeId: number;
+  /** "host:port" of the other side. */
+  address: string;
+}
+
+export interface LinkEvents {
+  frame: [frame: Frame];
+  close: [error?: Error];
+}
+
+function keyBytes(key: string): Buffer {
+  if (typeof key !== "string" || key.length === 0) throw new Error("link: the cluster key must be a non-empty string");
+  return Buffer.from(key, "utf8");
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n, 0);
+  return b;
+}
+
+/** The server's proof: HMAC-SHA256(key, "tidemark-v1 server" || clientNonce || serverNonce || u16 serverNodeId). */
+export function serverMac(key: Buffer, clientNonce: Buffer, serverNonce: Buffer, serverNodeId: number): Buffer {
+  return createHmac("sha256", key).update(SERVER_LABEL).update(clientNonce).update(serverNonce).update(u16(serverNodeId)).digest();
+}
+
+/** The client's proof: HMAC-SHA256(key, "tidemark-v1 client" || clientNonce || serverNonce || u8 role || u16 clientNodeId). */
+export function clientMac(key: Buffer, clientNonce: Buffer, serverNonce: Buffer, role: LinkRole, clientNodeId: number): Buffer {
+  return createHmac("sha256", key)
+    .update(CLIENT_LABEL)
+    .update(clientNonce)
+    .update(serverNonce)
+    .update(Buffer.of(roleCode(role)))
+    .update(u16(clientNodeId))
+    .digest();
+}
+
+function macEqual(a: Buffer, b: Buffer): boolean {
+  // Both are 32 bytes by the codec; the length test only guards timingSafeEqual's precondition.
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function remoteAddress(socket: net.Socket): string {
+  const host = socket.remoteAddress ?? "unknown";
+  return `${host.includes(":") ? `[${host}]` : host}:${socket.remotePort ?? 0}`;
+}
+
+/** Error messages are cut at a character boundary to fit the frame's bound. */
+function errorFrame(code: number, message: string): Buffer {
+  let text = message;
+  while (Buffer.byteLength(text, "utf8") > ERROR_MESSAGE_BYTES_MAX) text = text.slice(0, Math.floor(text.length * 0.9));
+  return encodeFrame({ type: "error", code, message: text });
+}
+
+/** Ends the socket after the last bytes are flushed; destroys it if the peer does not close in time. */
+function endSocket(socket: net.Socket, last?: Buffer): void {
+  if (socket.destroyed) return;
+  if (last && socket.writable) socket.end(last);
+  else socket.end();
+  setTimeout(() => socket.destroy(), LINK_CLOSE_GRACE_MS).unref();
+}
+
+/**
+ * One authenticated connection. Created by connectLink() or by a link server
+ * once the handshake is complete; frames that arrived with the end of the
+ * handshake and everything after are held, and the socket is not read, until
+ * the first 'frame' listener is attached, so none is lost between the
+ * handshake and the caller's wiring.
+ * Events: 'frame' (Frame) for every frame after the handshake ('error' frames
+ * included), 'close' (error?) once, with the reason unless close() was called
+ * or the peer closed cleanly between frames.
+ */
+export class Link extends EventEmitter<LinkEvents> {
+  readonly peer: LinkPeer;
+  readonly #socket: net.Socket;
+  readonly #decoder: FrameDecoder;
+  readonly #logger: Logger;
+  #pending: Frame[];
+  #started = false;
+  #closing = false;
+  #closed = false;
+  #closeError: Error | undefined;
+
+  /** @internal Use connectLink() or createLinkServer(). */
+  constructor(socket: net.Socket, decoder: FrameDecoder, peer: LinkPeer, logger: Logger, pending: Frame[]) {
+    super();
+    this.peer = peer;
+    this.#socket = socket;
+    this.#decoder = decoder;
+    this.#logger = logger;
+    this.#pending = pending;
+    decoder.setPayloadMax(FRAME_PAYLOAD_MAX);
+    socket.pause();
+    socket.on("data", (chunk: Buffer) => this.#onData(chunk));
+    socket.on("end", () => this.#onEnd());
+    socket.on("error", (err) => this.#onSocketError(err));
+    socket.on("close", () => this.#onClose());
+    (this as EventEmitter).on("newListener", (event: string | symbol) => {
+      if (event === "frame" && !this.#started) {
+        this.#started = true;
+        // The listener is added after this event returns: deliver on the next microtask.
+        queueMicrotask(() => this.#start());
+      }
+    });
+    if (socket.destroyed) queueMicrotask(() => this.#onClose());
+  }
+
+  /** True once the socket has closed ('close' has been or is being emitted). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Encodes and writes a frame; false means the socket's buffer is full (await whenDrained()) or the link is closing. */
+  send(frame: Frame): boolean {
+    return this.sendRaw(encodeFrame(frame));
+  }
+
+  /** Writes bytes that already hold whole encoded frames (e.g. kept for a resend). */
+  sendRaw(buf: Buffer): boolean {
+    if (this.#closing || this.#closed || !this.#socket.writable) return false;
+    return this.#socket.write(buf);
+  }
+
+  /** Resolves when the socket can take more; rejects with TM_LINK_CLOSED if the link closes first. */
+  whenDrained(): Promise<void> {
+    if (this.#closing || this.#closed) return Promise.reject(this.#closedError());
+    if (!this.#socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onDrain = (): void => {
+        this.#socket.off("close", onClose);
+        resolve();
+      };
+      const onClose = (): void => {
+        this.#socket.off("drain", onDrain);
+        reject(this.#closedError());
+      };
+      this.#socket.once("drain", onDrain);
+      this.#socket.once("close", onClose);
+    });
+  }
+
+  /** Flushes what is queued, then closes; 'close' follows without an error. */
+  close(): void {
+    if (this.#closing || this.#closed) return;
+    this.#closing = true;
+    endSocket(this.#socket);
+  }
+
+  #closedError(): LinkError {
+    return new LinkError("TM_LINK_CLOSED", `link to ${this.peer.address} is closed`, { cause: this.#closeError });
+  }
+
+  #start(): void {
+    const pending = this.#pending;
+    this.#pending = [];
+    this.#deliver(pending);
+    if (!this.#closing && !this.#closed) this.#socket.resume();
+  }
+
+  #deliver(frames: Frame[]): void {
+    for (const frame of frames) {
+      if (this.#closing || this.#closed) return;
+      if (frame.type === "hello" || frame.type === "challenge" || frame.type === "auth" || frame.type === "ready") {
+        this.#fail(new LinkError("TM_LINK_PROTOCOL", `${this.peer.address} sent a ${frame.type} frame after the handshake`));
+        return;
+      }
+      this.emit("frame", frame);
+    }
+  }
+
+  #onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.#decoder.push(chunk);
+    } catch (err) {
+      if (!(err instanceof FrameError)) throw err;
+      this.#fail(err);
+      return;
+    }
+    this.#deliver(frames);
+  }
+
+  #onEnd(): void {
+    const held = this.#decoder.bufferedBytes;
+    if (held > 0 && !this.#closing) {
+      this.#fail(
+        new LinkError(
+          "TM_LINK_PROTOCOL",
+          `${this.peer.address} ended the connection inside a frame (${held} bytes held at stream offset ${this.#decoder.streamOffset - held})`,
+        ),
+      );
+    }
+  }
+
+  #onSocketError(err: Error): void {
+    this.#closeError ??= err;
+    this.#logger.warn({ peer: this.peer.address, nodeId: this.peer.nodeId, err: err.message }, "link socket error");
+  }
+
+  /** A protocol fault ends this connection at once: the stream cannot be trusted past it. */
+  #fail(err: Error): void {
+    this.#closeError ??= err;
+    this.#logger.warn({ peer: this.peer.address, nodeId: this.peer.nodeId, err: err.message }, "dropping link: bad frame");
+    this.#socket.destroy();
+  }
+
+  #onClose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#pending = [];
+    this.emit("close", this.#closeError);
+  }
+}
+
+// ---------------------------------------------------------------- handshake
+
+/**
+ * Reads handshake frames from a socket until `step` returns a result, then
+ * stops reading (the socket is left paused) and calls onDone with the frames
+ * that arrived after the last handshake frame. `step` returns undefined to
+ * wait for more and throws to refuse; decode faults go to onFault too.
+ * Returns a function that stops reading, for when the handshake is abandoned.
+ */
+function readHandshake<T>(
+  socket: net.Socket,
+  decoder: FrameDecoder,
+  step: (frame: Frame) => T | undefined,
+  onFault: (err: Error) => void,
+  onDone: (value: T, rest: Frame[]) => void,
+): () => void {
+  const onData = (chunk: Buffer): void => {
+    let frames: Frame[];
+    try {
+      frames = decoder.push(chunk);
+    } catch (err) {
+      onFault(err as Error);
+      return;
+    }
+    for (let i = 0; i < frames.length; i++) {
+      let value: T | undefined;
+      try {
+        value = step(frames[i]);
+      } catch (err) {
+        onFault(err as Error);
+        return;
+      }
+      if (value !== undefined) {
+        socket.pause();
+        socket.off("data", onData);
+        onDone(value, frames.slice(i + 1));
+        return;
+      }
+    }
+  };
+  socket.on("data", onData);
+  return () => socket.off("data", onData);
+}
+
+/** Thrown by a handshake step: refuse the peer with an error frame carrying `wireCode`. */
+class Refusal extends LinkError {
+  readonly wireCode: number;
+  /** Message sent to the peer (the local error message names the peer instead). */
+  readonly peerMessage: string;
+  constructor(code: LinkErrorCode, wireCode: number, message: string, peerMessage: string) {
+    super(code, message);
+    this.wireCode = wireCode;
+    this.peerMessage = peerMessage;
+  }
+}
+
+/** What each handshake state accepts: the doc's sequence table, as data. */
+const CLIENT_EXPECTS: Record<"challenge" | "ready", FrameType> = { challenge: "challenge", ready: "ready" };
+const SERVER_EXPECTS: Record<"hello" | "auth", FrameType> = { hello: "hello", auth: "auth" };
+
+export interface ConnectLinkOptions {
+  host: string;
+  port: number;
+  /** The cluster key (config clusterKey); its UTF-8 bytes key the HMAC. */
+  key: string;
+  role: LinkRole;
+  /** This node's id; 0 for a control client. */
+  nodeId: number;
+  /** Bound on connect plus handshake. */
+  timeoutMs: number;
+  logger: Logger;
+  /** If set, refuse a server that announces another node id. */
+  peerNodeId?: number;
+}
+
+/**
+ * Client side: connect, send hello, check the server's proof, send ours, wait
+ * for ready. Rejects with a LinkError naming host:port (TM_LINK_CONNECT,
+ * TM_LINK_TIMEOUT, TM_LINK_AUTH, TM_LINK_REFUSED, TM_LINK_PROTOCOL,
+ * TM_LINK_CLOSED).
+ */
+export function connectLink(options: ConnectLinkOptions): Promise<Link> {
+  const { host, port, role, nodeId, timeoutMs, logger } = options;
+  const where = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const clientNonce = randomBytes(NONCE_BYTES);
+  let key: Buffer;
+  let helloBytes: Buffer;
+  try {
+    key = keyBytes(options.key);
+    // Encoded before connecting so a bad role or node id is refused here, not in a socket callback.
+    helloBytes = encodeFrame({ type: "hello", role, nodeId, nonce: clientNonce });
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const decoder = new FrameDecoder({ payloadMax: HANDSHAKE_PAYLOAD_MAX });
+
+  return new Promise<Link>((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    socket.setNoDelay(true);
+    let settled = false;
+    let connected = false;
+    let serverNodeId = 0;
+    let state: keyof typeof CLIENT_EXPECTS = "challenge";
+
+    const onConnect = (): void => {
+      connected = true;
+      socket.write(helloBytes);
+    };
+    const onError = (err: Error): void => {
+      fail(
+        new LinkError(
+          connected ? "TM_LINK_CLOSED" : "TM_LINK_CONNECT",
+          connected ? `connection to ${where} failed during the handshake: ${err.message}` : `cannot connect to ${where}: ${err.message}`,
+          { cause: err },
+        ),
+      );
+    };
+    const onClose = (): void => {
+      fail(new LinkError("TM_LINK_CLOSED", `peer at ${where} closed the connection during the handshake`));
+    };
+    const unlisten = (): void => {
+      clearTimeout(timer);
+      stopReading();
+      socket.off("connect", onConnect);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+    };
+    const fail = (err: LinkError, tellPeer?: Buffer): void => {
+      if (settled) return;
+      settled = true;
+      unlisten();
+      // Late socket errors after giving up must not become uncaught exceptions.
+      socket.on("error", () => {});
+      if (tellPeer) endSocket(socket, tellPeer);
+      else socket.destroy();
+      reject(err);
+    };
+
+    const timer = setTimeout(() => {
+      fail(
+        new LinkError(
+          "TM_LINK_TIMEOUT",
+          connected
+            ? `peer at ${where} did not complete the handshake within ${timeoutMs} ms`
+            : `could not connect to ${where} within ${timeoutMs} ms`,
+        ),
+      );
+    }, timeoutMs);
+    socket.on("connect", onConnect);
+    socket.on("error", onError);
+    socket.on("close", onClose);
+
+    const step = (frame: Frame): true | undefined => {
+      if (frame.type === "error") {
+        throw new LinkError("TM_LINK_REFUSED", `peer at ${where} refused the handshake: ${frame.message} (code ${frame.code})`);
+      }
+      if (frame.type !== CLIENT_EXPECTS[state]) {
+        throw new Refusal(
+          "TM_LINK_PROTOCOL",
+          WIRE_ERROR.protocol,
+          `peer at ${where} sent ${frame.type} while a ${CLIENT_EXPECTS[state]} was expected`,
+          `expected ${CLIENT_EXPECTS[state]}, got ${frame.type}`,
+        );
+      }
+      if (frame.type === "challenge") {
+        if (!macEqual(frame.mac, serverMac(key, clientNonce, frame.nonce, frame.nodeId))) {
+          throw new Refusal(
+            "TM_LINK_AUTH",
+            WIRE_ERROR.auth,
+            `peer at ${where} does not hold the cluster key`,
+            "your challenge proof is wrong: you do not hold the cluster key",
+          );
+        }
+        if (options.peerNodeId !== undefined && frame.nodeId !== options.peerNodeId) {
+          throw new Refusal(
+            "TM_LINK_PROTOCOL",
+            WIRE_ERROR.role,
+            `peer at ${where} is node ${frame.nodeId}, not node ${options.peerNodeId}`,
+            `expected node ${options.peerNodeId}, you are node ${frame.nodeId}`,
+          );
+        }
+        serverNodeId = frame.nodeId;
+        socket.write(encodeFrame({ type: "auth", mac: clientMac(key, clientNonce, frame.nonce, role, nodeId) }));
+        state = "ready";
+        return undefined;
+      }
+      return true;
+    };
+    const onFault = (err: Error): void => {
+      if (err instanceof Refusal) fail(err, errorFrame(err.wireCode, err.peerMessage));
+      else if (err instanceof LinkError) fail(err);
+      else fail(new LinkError("TM_LINK_PROTOCOL", `peer at ${where} sent a bad handshake frame: ${err.message}`, { cause: err }));
+    };
+    const onDone = (_ready: true, rest: Frame[]): void => {
+      if (settled) return;
+      settled = true;
+      unlisten();
+      const link = new Link(socket, decoder, { role, nodeId: serverNodeId, address: where }, logger, rest);
+      logger.debug({ peer: where, nodeId: serverNodeId, role }, "link established");
+      resolve(link);
+    };
+    const stopReading = readHandshake(socket, decoder, step, onFault, onDone);
+  });
+}
+
+export interface LinkServerOptions {
+  /** The cluster key (config clusterKey); its UTF-8 bytes key the HMAC. */
+  key: string;
+  /** This node's id, announced in the challenge. */
+  nodeId: number;
+  logger: Logger;
+  /** Every connection must finish the handshake within this bound or is closed. */
+  handshakeTimeoutMs: number;
+  /** Called once per authenticated connection; attach 'frame' and 'close' here. */
+  onLink: (link: Link) => void;
+}
+
+/**
+ * Server side: a net.Server (not yet listening) that runs the handshake on
+ * every connection and passes each authenticated one to onLink. Refusals and
+ * faults are logged with the remote address and end only that connection.
+ */
+export function createLinkServer(options: LinkServerOptions): net.Server {
+  const key = keyBytes(options.key);
+  const server = net.createServer((socket) => acceptConnection(socket, key, options));
+  return server;
+}
+
+function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOptions): void {
+  const { logger, nodeId, handshakeTimeoutMs } = options;
+  const address = remoteAddress(socket);
+  const decoder = new FrameDecoder({ payloadMax: HANDSHAKE_PAYLOAD_MAX });
+  const serverNonce = randomBytes(NONCE_BYTES);
+  socket.setNoDelay(true);
+  let done = false;
+  let state: keyof typeof SERVER_EXPECTS = "hello";
+  let hello: { role: LinkRole; nodeId: number; nonce: Buffer } | null = null;
+
+  const onError = (err: Error): void => drop("connection failed during the handshake", err);
+  const onEnd = (): void => drop("peer closed during the handshake", new Error(`ended after ${decoder.streamOffset} bytes`));
+  const onClose = (): void => finish();
+  // Once given up on, a connection keeps a no-op error listener: a late reset must not crash the server.
+  const ignoreError = (): void => {};
+  socket.on("error", ignoreError);
+  socket.on("error", onError);
+  socket.on("end", onEnd);
+  socket.on("close", onClose);
+
+  const finish = (): void => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    stopReading();
+    socket.off("error", onError);
+    socket.off("end", onEnd);
+    socket.off("close", onClose);
+  };
+  const refuse = (wireCode: number, peerMessage: string, logMessage: string, detail: Record<string, unknown> = {}): void => {
+    if (done) return;
+    finish();
+    logger.warn({ peer: address, ...detail }, logMessage);
+    endSocket(socket, errorFrame(wireCode, peerMessage));
+  };
+  const drop = (logMessage: string, err: Error): void => {
+    if (done) return;
+    finish();
+    logger.warn({ peer: address, err: err.message }, logMessage);
+    socket.destroy();
+  };
+
+  const timer = setTimeout(
+    () => refuse(WIRE_ERROR.timeout, `handshake not complete within ${handshakeTimeoutMs} ms`, "handshake timed out; closing", { timeoutMs: handshakeTimeoutMs }),
+    handshakeTimeoutMs,
+  );
+
+  const step = (frame: Frame): true | undefined => {
+    if (frame.type === "error") throw new LinkError("TM_LINK_REFUSED", `peer refused the handshake: ${frame.message} (code ${frame.code})`);
+    if (frame.type !== SERVER_EXPECTS[state]) {
+      throw new Refusal(
+        "TM_LINK_PROTOCOL",
+        WIRE_ERROR.protocol,
+        `sent ${frame.type} while a ${SERVER_EXPECTS[state]} was expected`,
+        `expected ${SERVER_EXPECTS[state]}, got ${frame.type}`,
+      );
+    }
+    if (frame.type === "hello") {
+      // A subsystem has a nonzero id; a control client (CLI, RCM) has none.
+      if ((frame.role === "link") === (frame.nodeId === 0)) {
+        throw new Refusal(
+          "TM_LINK_PROTOCOL",
+          WIRE_ERROR.role,
+          `hello with role ${frame.role} and node id ${frame.nodeId}`,
+          `role ${frame.role} cannot have node id ${frame.nodeId}`,
+        );
+      }
+      hello = { role: frame.role, nodeId: frame.nodeId, nonce: frame.nonce };
+      socket.write(encodeFrame({ type: "challenge", nodeId, nonce: serverNonce, mac: serverMac(key, frame.nonce, serverNonce, nodeId) }));
+      state = "auth";
+      return undefined;
+    }
+    if (frame.type === "auth" && hello !== null) {
+      if (!macEqual(frame.mac, clientMac(key, hello.nonce, serverNonce, hello.role, hello.nodeId))) {
+        throw new Refusal(
+          "TM_LINK_AUTH",
+          WIRE_ERROR.auth,
+          "wrong auth proof: the client does not hold the cluster key",
+          "your auth proof is wrong: you do not hold the cluster key",
+        );
+      }
+      return true;
+    }
+    return undefined;
+  };
+  const onFault = (err: Error): void => {
+    if (err instanceof Refusal) refuse(err.wireCode, err.peerMessage, `refusing connection: ${err.message}`, { nodeId: hello?.nodeId });
+    else if (err instanceof FrameError) drop("dropping connection: bad frame in the handshake", err);
+    else drop("dropping connection", err);
+  };
+  const onDone = (_authenticated: true, rest: Frame[]): void => {
+    if (done || hello === null) return;
+    finish();
+    socket.off("error", ignoreError);
+    socket.write(encodeFrame({ type: "ready" }));
+    const link = new Link(socket, decoder, { role: hello.role, nodeId: hello.nodeId, address }, logger, rest);
+    logger.info({ peer: address, nodeId: hello.nodeId, role: hello.role }, "link authenticated");
+    // Synchronous: an exception in onLink is a bug of the caller and surfaces as one.
+    options.onLink(link);
+  };
+  const stopReading = readHandshake(socket, decoder, step, onFault, onDone);
+}

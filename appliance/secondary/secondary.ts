@@ -1,0 +1,381 @@
+// The secondary role of a subsystem: receives RCR and SYNC frames from its
+// primaries' links, queues RCRs durably (group commit) before acknowledging
+// them, keeps 111/112 per group with the pure time-parameter module, and
+// applies the disk request queue (rows with ts <= 112) to the secondary
+// volumes in (ts, primary id, seq) order. Invariant: nothing with ts > 112 is
+// ever applied. A crash mid-apply is finished by redo: rows leave the queue
+// only after their volume writes are fdatasynced.
+import type { Logger } from "pino";
+import type { Volume } from "../../disks/volume.ts";
+import type { Db } from "../state/database.ts";
+import type { Frame, RcrRecord } from "../replication/frames.ts";
+import type { Link } from "../replication/link.ts";
+import { assert } from "../invariant.ts";
+import { initialTimes, onSync, withPrimaries, type GroupTimes } from "./time-parameters.ts";
+
+/** Rows applied per transaction. */
+export const APPLY_BATCH_ROWS = 1024;
+export const APPLY_BATCH_BYTES = 16 * 1024 * 1024;
+const OP_WRITE = 1;
+const OP_ZERO = 2;
+
+export interface SecondaryBinding {
+  volume: Volume;
+  group: string;
+  /** The primary subsystem that feeds this volume. */
+  primaryId: number;
+}
+
+export interface SecondaryOptions {
+  id: number;
+  db: Db;
+  logger: Logger;
+  bindings: SecondaryBinding[];
+  /** Every group this subsystem is a secondary of, with the group's primaries. */
+  groups: Map<string, number[]>;
+}
+
+interface GroupState {
+  name: string;
+  times: GroupTimes;
+  generation: number;
+  state: string;
+  reason: string | null;
+  applied: number;
+  appliedBytes: number;
+  /** Greatest ts applied so far, for the status invariant check. */
+  lastAppliedTs: bigint;
+}
+
+type Work =
+  | { kind: "rcr"; link: Link; primaryId: number; group: string; records: RcrRecord[] }
+  | { kind: "sync"; group: string; primaryId: number; t: bigint };
+
+export class SecondaryEngine {
+  private readonly groups = new Map<string, GroupState>();
+  private readonly volumes = new Map<string, SecondaryBinding>();
+  private readonly lastSeq = new Map<number, number>();
+  private readonly links = new Map<number, Link>();
+  private work: Work[] = [];
+  private scheduled = false;
+  private applying = false;
+  private applyAgain = false;
+  private stopped = false;
+  private readonly stmts;
+  received = 0;
+  duplicates = 0;
+
+  constructor(private readonly o: SecondaryOptions) {
+    const db = o.db;
+    for (const b of o.bindings) this.volumes.set(b.volume.name, b);
+    this.stmts = {
+      insert: db.prepare(
+        "INSERT INTO rcr (grp, ts, primary_id, seq, volume, op, off, len, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      setSeq: db.prepare(
+        "INSERT INTO link_seq (primary_id, last_seq) VALUES (?, ?) ON CONFLICT(primary_id) DO UPDATE SET last_seq = excluded.last_seq",
+      ),
+      setFirst: db.prepare(
+        "INSERT INTO first_time (grp, primary_id, t) VALUES (?, ?, ?) ON CONFLICT(grp, primary_id) DO UPDATE SET t = excluded.t",
+      ),
+      setSecond: db.prepare("UPDATE grp SET second_time = ? WHERE name = ?"),
+      due: db
+        .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len, data FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
+        .safeIntegers(true),
+      del: db.prepare("DELETE FROM rcr WHERE id = ?"),
+      applied: db.prepare(
+        "UPDATE grp SET applied = applied + ?, applied_bytes = applied_bytes + ?, last_applied_ts = max(last_applied_ts, ?) WHERE name = ?",
+      ),
+      countAll: db.prepare("SELECT count(*) AS n, coalesce(sum(len), 0) AS b FROM rcr WHERE grp = ?"),
+      countDue: db.prepare("SELECT count(*) AS n, coalesce(sum(len), 0) AS b, min(ts) AS m FROM rcr WHERE grp = ? AND ts <= ?").safeIntegers(true),
+    };
+    this.load();
+  }
+
+  private load(): void {
+    const db = this.o.db;
+    for (const r of db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
+      this.lastSeq.set(r.primary_id, r.last_seq);
+    }
+    const ensure = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
+    const getGrp = db.prepare("SELECT * FROM grp WHERE name = ?").safeIntegers(true);
+    const getFirst = db.prepare("SELECT primary_id, t FROM first_time WHERE grp = ?").safeIntegers(true);
+    db.transaction(() => {
+      for (const [name, primaries] of this.o.groups) {
+        ensure.run(name);
+        const g = getGrp.get(name) as Record<string, bigint | string | null>;
+        const first = new Map<number, bigint>();
+        for (const r of getFirst.all(name) as { primary_id: bigint; t: bigint }[]) first.set(Number(r.primary_id), r.t);
+        const second = g.second_time as bigint;
+        let times: GroupTimes = first.size === 0 ? initialTimes(primaries, second) : { first, second };
+        // A primary new to the group starts at the current 112, never at zero.
+        times = withPrimaries(times, primaries);
+        for (const [p, t] of times.first) this.stmts.setFirst.run(name, p, t);
+        this.stmts.setSecond.run(times.second, name);
+        this.groups.set(name, {
+          name,
+          times,
+          generation: Number(g.generation),
+          state: g.state as string,
+          reason: (g.reason as string | null) ?? null,
+          applied: Number(g.applied),
+          appliedBytes: Number(g.applied_bytes),
+          lastAppliedTs: g.last_applied_ts as bigint,
+        });
+      }
+    })();
+  }
+
+  start(): void {
+    // Redo: whatever was due before a crash is applied again, in order.
+    this.kickApplier();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const l of this.links.values()) l.close();
+  }
+
+  /** A primary's authenticated link (role "link", nodeId = primary id). */
+  attach(link: Link, primaryId: number): void {
+    const old = this.links.get(primaryId);
+    if (old && old !== link) old.close();
+    this.links.set(primaryId, link);
+    link.on("frame", (f: Frame) => this.onFrame(link, primaryId, f));
+    link.on("close", () => {
+      if (this.links.get(primaryId) === link) this.links.delete(primaryId);
+    });
+    // Tell the primary what is already held, so it can skip to the rest.
+    const seq = this.lastSeq.get(primaryId) ?? 0;
+    if (seq > 0) link.send({ type: "ack", seq });
+  }
+
+  private refuse(link: Link, primaryId: number, code: number, message: string): void {
+    this.o.logger.warn({ peer: primaryId, code, err: message }, "frame refused; dropping link");
+    link.send({ type: "error", code, message });
+    link.close();
+  }
+
+  private onFrame(link: Link, primaryId: number, f: Frame): void {
+    if (this.stopped) return;
+    if (f.type === "rcr" || f.type === "sync") {
+      const g = this.groups.get(f.group);
+      if (!g) return this.refuse(link, primaryId, 404, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
+      if (!g.times.first.has(primaryId)) {
+        return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
+      }
+      if (f.generation !== g.generation) {
+        return this.refuse(link, primaryId, 409, `group '${f.group}' is at generation ${g.generation}; frame carries ${f.generation}`);
+      }
+      if (f.type === "sync") {
+        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `SYNC names primary #${f.primaryId} on the link of #${primaryId}`);
+        this.push({ kind: "sync", group: f.group, primaryId, t: f.t });
+        return;
+      }
+      for (const r of f.records) {
+        const problem = this.checkRecord(f.group, primaryId, r);
+        if (problem) return this.refuse(link, primaryId, 400, problem);
+      }
+      this.push({ kind: "rcr", link, primaryId, group: f.group, records: f.records });
+    } else if (f.type === "heartbeat") {
+      link.send({ type: "heartbeat" });
+    }
+  }
+
+  private checkRecord(group: string, primaryId: number, r: RcrRecord): string | null {
+    const b = this.volumes.get(r.volume);
+    if (!b || b.group !== group || b.primaryId !== primaryId) {
+      return `RCR seq ${r.seq}: volume '${r.volume}' is not a secondary of primary #${primaryId} in group '${group}' on subsystem #${this.o.id}`;
+    }
+    if (r.primaryId !== primaryId) return `RCR seq ${r.seq} names primary #${r.primaryId} on the link of #${primaryId}`;
+    if (r.offset % 512 !== 0 || r.length % 512 !== 0 || r.length === 0 || r.offset + r.length > b.volume.sizeBytes) {
+      return `RCR seq ${r.seq}: range ${r.offset}+${r.length} is not 512-aligned inside volume '${r.volume}' (${b.volume.sizeBytes} bytes)`;
+    }
+    if (r.op === "write" && (!r.data || r.data.length !== r.length)) return `RCR seq ${r.seq}: data length differs from length ${r.length}`;
+    return null;
+  }
+
+  private push(w: Work): void {
+    this.work.push(w);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.commit());
+    }
+  }
+
+  /** Group commit of everything received since the last one; then acks. */
+  private commit(): void {
+    this.scheduled = false;
+    if (this.stopped) return;
+    const work = this.work;
+    this.work = [];
+    const ackTo = new Map<number, Link>();
+    const seqChanged = new Set<number>();
+    const groupsChanged = new Set<string>();
+    let released = false;
+    const next = new Map<string, GroupTimes>();
+    const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
+    try {
+      this.o.db.transaction(() => {
+        for (const w of work) {
+          if (w.kind === "rcr") {
+            let last = this.lastSeq.get(w.primaryId) ?? 0;
+            for (const r of w.records) {
+              if (r.seq <= last) {
+                this.duplicates++;
+                continue;
+              }
+              this.stmts.insert.run(
+                w.group,
+                r.ts,
+                w.primaryId,
+                r.seq,
+                r.volume,
+                r.op === "write" ? OP_WRITE : OP_ZERO,
+                r.offset,
+                r.length,
+                r.op === "write" ? r.data! : null,
+              );
+              last = r.seq;
+              this.received++;
+            }
+            this.lastSeq.set(w.primaryId, last);
+            seqChanged.add(w.primaryId);
+            ackTo.set(w.primaryId, w.link);
+          } else {
+            const out = onSync(timesOf(w.group), w.primaryId, w.t);
+            if (out.kind === "raised") {
+              next.set(w.group, out.times);
+              this.stmts.setFirst.run(w.group, w.primaryId, w.t);
+              groupsChanged.add(w.group);
+              if (out.release) released = true;
+            }
+          }
+        }
+        for (const p of seqChanged) this.stmts.setSeq.run(p, this.lastSeq.get(p)!);
+        for (const g of groupsChanged) this.stmts.setSecond.run(next.get(g)!.second, g);
+      })();
+    } catch (err) {
+      // The queue could not be written (disk full, I/O error): nothing was
+      // acknowledged, so the primaries resend after the links are dropped.
+      this.o.logger.error({ err: (err as Error).message }, "RCR queue commit failed; dropping links so primaries resend");
+      this.reloadSeqs();
+      for (const l of this.links.values()) l.close();
+      return;
+    }
+    for (const [g, t] of next) this.groups.get(g)!.times = t;
+    for (const [p, link] of ackTo) link.send({ type: "ack", seq: this.lastSeq.get(p)! });
+    if (released) this.kickApplier();
+  }
+
+  private reloadSeqs(): void {
+    this.lastSeq.clear();
+    for (const r of this.o.db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
+      this.lastSeq.set(r.primary_id, r.last_seq);
+    }
+  }
+
+  private kickApplier(): void {
+    if (this.applying) {
+      this.applyAgain = true;
+      return;
+    }
+    this.applying = true;
+    void this.applyLoop();
+  }
+
+  private async applyLoop(): Promise<void> {
+    try {
+      do {
+        this.applyAgain = false;
+        for (const g of this.groups.values()) {
+          while (!this.stopped && (await this.applyBatch(g)) > 0) {
+            /* keep draining */
+          }
+        }
+      } while (this.applyAgain && !this.stopped);
+    } catch (err) {
+      this.o.logger.error({ err: (err as Error).message }, "applying the disk request queue failed; retrying");
+      setTimeout(() => this.kickApplier(), 1000);
+    } finally {
+      this.applying = false;
+    }
+  }
+
+  /** One batch of the disk request queue: volume writes, fdatasync, then delete. */
+  private async applyBatch(g: GroupState): Promise<number> {
+    const second = g.times.second;
+    const rows = this.stmts.due.all(g.name, second, APPLY_BATCH_ROWS) as {
+      id: bigint;
+      ts: bigint;
+      primary_id: bigint;
+      seq: bigint;
+      volume: string;
+      op: bigint;
+      off: bigint;
+      len: bigint;
+      data: Buffer | null;
+    }[];
+    if (rows.length === 0) return 0;
+    const touched = new Set<Volume>();
+    let bytes = 0;
+    let maxTs = 0n;
+    let n = 0;
+    for (const r of rows) {
+      assert(r.ts <= second, `secondary #${this.o.id} group ${g.name}: RCR ts ${r.ts} above 112 ${second}`);
+      const b = this.volumes.get(r.volume);
+      assert(b, `queued RCR for unknown volume ${r.volume}`);
+      const off = Number(r.off);
+      const len = Number(r.len);
+      if (Number(r.op) === OP_WRITE) await b.volume.write(off, r.data!);
+      else await b.volume.writeZeroes(off, len);
+      touched.add(b.volume);
+      bytes += len;
+      if (r.ts > maxTs) maxTs = r.ts;
+      n++;
+      if (bytes >= APPLY_BATCH_BYTES) break;
+    }
+    await Promise.all([...touched].map((v) => v.sync()));
+    this.o.db.transaction(() => {
+      for (let i = 0; i < n; i++) this.stmts.del.run(rows[i].id);
+      this.stmts.applied.run(n, bytes, maxTs, g.name);
+    })();
+    g.applied += n;
+    g.appliedBytes += bytes;
+    if (maxTs > g.lastAppliedTs) g.lastAppliedTs = maxTs;
+    return n;
+  }
+
+  hasVolume(name: string): boolean {
+    return this.volumes.has(name);
+  }
+
+  status() {
+    return [...this.groups.values()].map((g) => {
+      const all = this.stmts.countAll.get(g.name) as { n: number; b: number };
+      const due = this.stmts.countDue.get(g.name, g.times.second) as { n: bigint; b: bigint; m: bigint | null };
+      const dueN = Number(due.n);
+      // Everything with ts <= appliedThrough is on the volumes.
+      const appliedThrough = dueN === 0 ? g.times.second : due.m! - 1n;
+      return {
+        name: g.name,
+        generation: g.generation,
+        state: g.state,
+        reason: g.reason,
+        first: Object.fromEntries([...g.times.first].map(([p, t]) => [String(p), t.toString()])),
+        second: g.times.second.toString(),
+        rcrQueue: all.n - dueN,
+        rcrQueueBytes: all.b - Number(due.b),
+        diskQueue: dueN,
+        diskQueueBytes: Number(due.b),
+        applied: g.applied,
+        appliedBytes: g.appliedBytes,
+        lastAppliedTs: g.lastAppliedTs.toString(),
+        appliedThrough: appliedThrough.toString(),
+        received: this.received,
+        duplicates: this.duplicates,
+        links: [...this.links.keys()],
+      };
+    });
+  }
+}

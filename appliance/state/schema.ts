@@ -1,0 +1,99 @@
+// The subsystem's state file: a versioned schema, applied by migrations keyed
+// on PRAGMA user_version. One file per subsystem holds both roles' state: the
+// primary's journal and stamp floor, the secondary's RCR and disk request
+// queues (one table: the disk request queue is the rows with ts <= 112),
+// time parameters, bitmaps, group and pair state. docs/state.md is the table
+// of tables.
+export const MIGRATIONS: readonly string[] = [
+  // 1: the normal procedure.
+  `
+  CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+
+  -- Primary: every host write not yet acknowledged by its secondary, or not
+  -- yet durable on the primary volume. seq is the per-primary RCR sequence.
+  CREATE TABLE journal (
+    seq       INTEGER PRIMARY KEY,
+    ts        INTEGER NOT NULL,
+    grp       TEXT    NOT NULL,
+    link      INTEGER NOT NULL,   -- secondary subsystem id
+    volume    TEXT    NOT NULL,   -- primary volume
+    target    TEXT    NOT NULL,   -- secondary volume
+    op        INTEGER NOT NULL,   -- 1 write, 2 zero
+    off       INTEGER NOT NULL,
+    len       INTEGER NOT NULL,
+    data      BLOB
+  );
+  CREATE INDEX journal_link ON journal (link, seq);
+
+  -- Primary: floors that survive a reboot of the monotonic clock.
+  CREATE TABLE stamp (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    ts_floor  INTEGER NOT NULL,
+    seq_floor INTEGER NOT NULL
+  );
+  INSERT INTO stamp VALUES (1, 0, 0);
+
+  -- Primary: DESIGN.md's activity log: regions durably hot before their
+  -- first write, cooled once their writes are acknowledged and durable.
+  CREATE TABLE activity (
+    volume TEXT    NOT NULL,
+    region INTEGER NOT NULL,
+    PRIMARY KEY (volume, region)
+  ) WITHOUT ROWID;
+
+  -- Both roles: 4 KiB blocks that differ from the other side (114).
+  CREATE TABLE bitmap (
+    volume TEXT    NOT NULL,
+    block  INTEGER NOT NULL,
+    PRIMARY KEY (volume, block)
+  ) WITHOUT ROWID;
+
+  -- Secondary: received RCRs (115); those with ts <= the group's 112 form the
+  -- disk request queue (116).
+  CREATE TABLE rcr (
+    id         INTEGER PRIMARY KEY,
+    grp        TEXT    NOT NULL,
+    ts         INTEGER NOT NULL,
+    primary_id INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    volume     TEXT    NOT NULL,
+    op         INTEGER NOT NULL,
+    off        INTEGER NOT NULL,
+    len        INTEGER NOT NULL,
+    data       BLOB
+  );
+  CREATE INDEX rcr_order ON rcr (grp, ts, primary_id, seq);
+
+  -- Secondary: the highest seq durably queued per primary, to drop resends.
+  CREATE TABLE link_seq (
+    primary_id INTEGER PRIMARY KEY,
+    last_seq   INTEGER NOT NULL
+  );
+
+  -- Secondary: 111 per (group, primary).
+  CREATE TABLE first_time (
+    grp        TEXT    NOT NULL,
+    primary_id INTEGER NOT NULL,
+    t          INTEGER NOT NULL,
+    PRIMARY KEY (grp, primary_id)
+  ) WITHOUT ROWID;
+
+  -- Both roles: per group, 112 (secondary), the fencing generation and the
+  -- applied counters.
+  CREATE TABLE grp (
+    name          TEXT PRIMARY KEY,
+    second_time   INTEGER NOT NULL DEFAULT 0,
+    generation    INTEGER NOT NULL DEFAULT 1,
+    state         TEXT    NOT NULL DEFAULT 'active',
+    reason        TEXT,
+    applied       INTEGER NOT NULL DEFAULT 0,
+    applied_bytes INTEGER NOT NULL DEFAULT 0,
+    last_applied_ts INTEGER NOT NULL DEFAULT 0
+  ) WITHOUT ROWID;
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;

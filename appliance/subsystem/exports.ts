@@ -1,0 +1,83 @@
+// The NBD exports of one subsystem: the NBD server knows nothing of
+// replication, so the subsystem hands it one export per volume whose write
+// path is either the primary's replicated write, a plain volume (in no
+// pair), or nothing (a secondary volume is read-only while paired).
+import type { Volume } from "../../disks/volume.ts";
+import type { NbdExport, NbdExportProvider } from "../nbd/export.ts";
+import type { PrimaryEngine } from "../primary/primary.ts";
+
+export function primaryExport(v: Volume, engine: PrimaryEngine): NbdExport {
+  return {
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    description: `tidemark primary volume ${v.name}`,
+    isReadOnly: () => false,
+    read: (offset, length) => v.read(offset, length),
+    write: (offset, data, fua) => engine.write(v.name, offset, data.length, data, fua),
+    // A trim is replicated as zeroes, so primary and secondary read the same.
+    writeZeroes: (offset, length, fua) => engine.write(v.name, offset, length, null, fua),
+    trim: (offset, length, fua) => engine.write(v.name, offset, length, null, fua),
+    flush: () => engine.flush(v.name),
+  };
+}
+
+export function plainExport(v: Volume): NbdExport {
+  const fuaSync = async (fua: boolean) => {
+    if (fua) await v.sync();
+  };
+  return {
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    description: `tidemark volume ${v.name} (not replicated)`,
+    isReadOnly: () => false,
+    read: (offset, length) => v.read(offset, length),
+    write: async (offset, data, fua) => {
+      await v.write(offset, data);
+      await fuaSync(fua);
+    },
+    writeZeroes: async (offset, length, fua) => {
+      await v.writeZeroes(offset, length);
+      await fuaSync(fua);
+    },
+    trim: async (offset, length, fua) => {
+      await v.writeZeroes(offset, length);
+      await fuaSync(fua);
+    },
+    flush: () => v.sync(),
+  };
+}
+
+function refused(volume: string): Promise<never> {
+  const err = Object.assign(new Error(`volume ${volume} is a secondary volume and read-only while its pair is replicating`), {
+    code: "EPERM",
+  });
+  return Promise.reject(err);
+}
+
+export function secondaryExport(v: Volume, readOnly: () => boolean): NbdExport {
+  return {
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    description: `tidemark secondary volume ${v.name}`,
+    isReadOnly: readOnly,
+    read: (offset, length) => v.read(offset, length),
+    write: () => refused(v.name),
+    writeZeroes: () => refused(v.name),
+    trim: () => refused(v.name),
+    flush: () => v.sync(),
+  };
+}
+
+export class ExportTable implements NbdExportProvider {
+  private readonly byName = new Map<string, NbdExport>();
+  constructor(readonly defaultExport?: string) {}
+  add(e: NbdExport): void {
+    this.byName.set(e.name, e);
+  }
+  get(name: string): NbdExport | undefined {
+    return this.byName.get(name);
+  }
+  list(): NbdExport[] {
+    return [...this.byName.values()];
+  }
+}

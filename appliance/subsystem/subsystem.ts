@@ -1,0 +1,269 @@
+// One storage subsystem process: opens its volumes and state file, serves
+// NBD, accepts replication links and control connections on its replication
+// port, and runs its primary and secondary roles for every group it is in.
+// It prints one JSON "ready" line on stdout when it serves, and stops cleanly
+// on SIGTERM/SIGINT (a clean stop is recorded, so a later start knows whether
+// the previous run ended in a crash).
+import { readFileSync, mkdirSync, openSync, closeSync } from "node:fs";
+import path from "node:path";
+import type net from "node:net";
+import fsExt from "fs-ext";
+import pino, { type Logger } from "pino";
+import { openVolume, type Volume } from "../../disks/volume.ts";
+import { loadConfig, subsystemConfig, subsystemDir, volumePath, type LoadedTopology } from "../../config/load.ts";
+import { openState, type Db } from "../state/database.ts";
+import { PrimaryEngine, type PrimaryBinding } from "../primary/primary.ts";
+import { SecondaryEngine, type SecondaryBinding } from "../secondary/secondary.ts";
+import { createLinkServer, type Link } from "../replication/link.ts";
+import { NbdServer } from "../nbd/server.ts";
+import { ExportTable, plainExport, primaryExport, secondaryExport } from "./exports.ts";
+import { installInvariantExit } from "../invariant.ts";
+
+export interface SubsystemHandle {
+  stop(): Promise<void>;
+}
+
+export function nbdUrl(host: string, port: number, volume: string): string {
+  const h = host.includes(":") ? `[${host}]` : host;
+  return `nbd://${h}:${port}/${volume}`;
+}
+
+function bootId(): string {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+function meta(db: Db, key: string): string | undefined {
+  return (db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
+}
+
+function setMeta(db: Db, key: string, value: string): void {
+  db.prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
+}
+
+export async function runSubsystem(topo: LoadedTopology, id: number, logger: Logger): Promise<SubsystemHandle> {
+  const cfg = topo.config;
+  const me = subsystemConfig(topo, id);
+  const dir = subsystemDir(topo, id);
+  mkdirSync(dir, { recursive: true });
+
+  // One process per subsystem id: a second one gets a clear error, not a shared state file.
+  const lockFd = openSync(path.join(dir, "subsystem.lock"), "a");
+  try {
+    fsExt.flockSync(lockFd, "exnb");
+  } catch {
+    closeSync(lockFd);
+    throw Object.assign(new Error(`subsystem #${id} is already running (lock ${path.join(dir, "subsystem.lock")} is held)`), {
+      code: "TM_SUBSYSTEM_RUNNING",
+    });
+  }
+
+  const db = openState(path.join(dir, "state.db"));
+  const boot = bootId();
+  const wasClean = meta(db, "clean") !== "0";
+  const lastBoot = meta(db, "boot_id");
+  const powerLossSuspected = !wasClean && lastBoot !== undefined && lastBoot !== boot;
+  setMeta(db, "clean", "0");
+  setMeta(db, "boot_id", boot);
+  if (!wasClean) logger.warn({ sameBoot: !powerLossSuspected }, "previous run did not stop cleanly; recovering");
+
+  const volumes = new Map<string, Volume>();
+  try {
+    for (const v of me.volumes) {
+      const resolved = topo.volumes.get(v.name)!;
+      volumes.set(
+        v.name,
+        await openVolume({
+          name: v.name,
+          path: volumePath(topo, resolved),
+          createSizeBytes: v.sizeMiB !== undefined ? v.sizeMiB * 1024 * 1024 : undefined,
+        }),
+      );
+    }
+  } catch (err) {
+    for (const v of volumes.values()) await v.close();
+    db.close();
+    closeSync(lockFd);
+    throw err;
+  }
+
+  const ensureGroup = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
+  const generation = new Map<string, number>();
+  for (const g of topo.groups.keys()) {
+    ensureGroup.run(g);
+    generation.set(g, (db.prepare("SELECT generation FROM grp WHERE name = ?").get(g) as { generation: number }).generation);
+  }
+  const generationOf = (g: string) => generation.get(g) ?? 1;
+
+  const primaryBindings: PrimaryBinding[] = [];
+  const secondaryBindings: SecondaryBinding[] = [];
+  const groupSecondaries = new Map<string, number[]>();
+  const secondaryGroups = new Map<string, number[]>();
+  for (const p of topo.pairs) {
+    const g = topo.groups.get(p.group)!;
+    if (p.primary.subsystemId === id) {
+      primaryBindings.push({ volume: volumes.get(p.primary.name)!, group: p.group, link: p.secondary.subsystemId, target: p.secondary.name });
+      groupSecondaries.set(p.group, g.secondaries);
+    }
+    if (p.secondary.subsystemId === id) {
+      secondaryBindings.push({ volume: volumes.get(p.secondary.name)!, group: p.group, primaryId: p.primary.subsystemId });
+      secondaryGroups.set(p.group, g.primaries);
+    }
+  }
+  // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
+  for (const g of topo.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
+
+  const peers = new Map(cfg.subsystems.map((s) => [s.id, { id: s.id, host: s.host, port: s.replicationPort }]));
+  const primary =
+    groupSecondaries.size > 0
+      ? new PrimaryEngine({
+          id,
+          db,
+          logger,
+          clusterKey: cfg.clusterKey,
+          clock: cfg.clock,
+          maxClockOffsetMs: cfg.maxClockOffsetMs,
+          syncIntervalMs: cfg.syncIntervalMs,
+          reconnectMs: cfg.reconnectMs,
+          inflightBytesMax: cfg.inflightBytesMax,
+          bindings: primaryBindings,
+          groupSecondaries,
+          peers,
+          generationOf,
+          powerLossSuspected,
+        })
+      : null;
+  const secondary = secondaryGroups.size > 0 ? new SecondaryEngine({ id, db, logger, bindings: secondaryBindings, groups: secondaryGroups }) : null;
+
+  const exports = new ExportTable(me.defaultExport);
+  for (const v of volumes.values()) {
+    if (primary?.hasVolume(v.name)) exports.add(primaryExport(v, primary));
+    else if (secondary?.hasVolume(v.name)) exports.add(secondaryExport(v, () => true));
+    else exports.add(plainExport(v));
+  }
+
+  // The journal is replayed before the volumes are served again.
+  await primary?.start();
+  secondary?.start();
+
+  const status = () => ({
+    subsystem: id,
+    pid: process.pid,
+    host: me.host,
+    replicationPort: me.replicationPort,
+    nbdPort: me.nbdPort,
+    clock: cfg.clock,
+    nowNs: (primary?.nowNs() ?? process.hrtime.bigint()).toString(),
+    uptimeMs: Math.round(process.uptime() * 1000),
+    volumes: [...volumes.values()].map((v) => ({
+      name: v.name,
+      role: primary?.hasVolume(v.name) ? "primary" : secondary?.hasVolume(v.name) ? "secondary" : "unpaired",
+      path: v.path,
+      kind: v.kind,
+      sizeBytes: v.sizeBytes,
+      nbdUrl: nbdUrl(me.host, me.nbdPort, v.name),
+      readOnly: exports.get(v.name)!.isReadOnly(),
+    })),
+    primary: primary?.status() ?? null,
+    secondary: secondary?.status() ?? null,
+  });
+
+  const handleRequest = (body: unknown): unknown => {
+    const op = (body as { op?: unknown })?.op;
+    switch (op) {
+      case "status":
+        return status();
+      case "stamp":
+        // Every write acknowledged to a host so far has ts <= lastStamp.
+        return { lastStamp: (primary?.lastStamp ?? 0n).toString(), nowNs: (primary?.nowNs() ?? process.hrtime.bigint()).toString() };
+      default:
+        throw Object.assign(new Error(`unknown control operation ${JSON.stringify(op)}`), { code: "TM_CONTROL_OP" });
+    }
+  };
+
+  const onLink = (link: Link) => {
+    if (link.peer.role === "link") {
+      if (!secondary) {
+        logger.warn({ peer: link.peer.nodeId }, "replication link from a primary, but this subsystem is no secondary");
+        link.send({ type: "error", code: 404, message: `subsystem #${id} holds no secondary volume` });
+        link.close();
+        return;
+      }
+      secondary.attach(link, link.peer.nodeId);
+      return;
+    }
+    link.on("frame", (f) => {
+      if (f.type !== "request") return;
+      try {
+        link.send({ type: "response", id: f.id, ok: true, body: handleRequest(f.body) });
+      } catch (err) {
+        const e = err as Error & { code?: string };
+        link.send({ type: "response", id: f.id, ok: false, body: { code: e.code ?? "TM_CONTROL", message: e.message } });
+      }
+    });
+  };
+
+  const linkServer = createLinkServer({ key: cfg.clusterKey, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
+  await listen(linkServer, me.host, me.replicationPort, `subsystem #${id} replication port`);
+  const nbd = new NbdServer({ exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes });
+  await nbd.listen(me.host, me.nbdPort);
+  logger.info({ replication: `${me.host}:${me.replicationPort}`, nbd: `${me.host}:${me.nbdPort}`, volumes: volumes.size }, "subsystem serving");
+
+  let stopping: Promise<void> | null = null;
+  const stop = () =>
+    (stopping ??= (async () => {
+      await nbd.close();
+      linkServer.close();
+      await primary?.stop();
+      secondary?.stop();
+      for (const v of volumes.values()) await v.close();
+      setMeta(db, "clean", "1");
+      db.close();
+      closeSync(lockFd);
+      logger.info("subsystem stopped cleanly");
+    })());
+  return { stop };
+}
+
+function listen(server: net.Server, host: string, port: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) =>
+      reject(Object.assign(new Error(`${what}: cannot listen on ${host}:${port}: ${err.code ?? err.message}`), { code: "TM_LISTEN" })),
+    );
+    server.listen(port, host, () => resolve());
+  });
+}
+
+/** Entry for `tidemark subsystem`: run until SIGTERM/SIGINT. */
+export async function subsystemMain(configFile: string, id: number, logFile?: string): Promise<void> {
+  const topo = loadConfig(configFile);
+  const dest = logFile ? pino.destination({ dest: logFile, mkdir: true, sync: false }) : pino.destination(1);
+  const logger = pino({ level: topo.config.logLevel, base: { ss: id } }, dest);
+  installInvariantExit((err) => {
+    logger.fatal({ err: err.message, stack: err.stack }, "stopping: %s", err.message);
+    dest.flushSync?.();
+    process.stderr.write(`tidemark subsystem #${id}: ${err.message}\n`);
+  });
+  const handle = await runSubsystem(topo, id, logger);
+  const me = subsystemConfig(topo, id);
+  process.stdout.write(
+    JSON.stringify({ ready: true, subsystem: id, pid: process.pid, replication: `${me.host}:${me.replicationPort}`, nbd: `${me.host}:${me.nbdPort}` }) + "\n",
+  );
+  const onSignal = () => {
+    void handle.stop().then(
+      () => {
+        dest.flushSync?.();
+        process.exit(0);
+      },
+      (err) => {
+        logger.error({ err: (err as Error).message }, "stop failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+}

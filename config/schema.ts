@@ -1,0 +1,231 @@
+// The topology file's schema: subsystems with their volumes and ports, and
+// consistency groups made of pairs. zod checks the shape; checkTopology()
+// checks what a shape cannot (names resolve, nothing is used twice).
+// Pure: no I/O here (config/load.ts reads the file).
+import { z } from "zod";
+
+export const BLOCK_SIZE = 4096;
+
+const volumeName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a volume name is 1-64 characters of letters, digits, '.', '_' or '-'");
+
+const port = z.number().int().min(1).max(65535);
+
+export const volumeSchema = z
+  .object({
+    name: volumeName,
+    /** Size of a volume file created on first start. Block devices have their own size. */
+    sizeMiB: z.number().int().positive().max(16 * 1024 * 1024).optional(),
+    /** A file or block device; relative paths are resolved against dataDir/ss<id>/. */
+    path: z.string().min(1).optional(),
+  })
+  .strict();
+
+export const subsystemSchema = z
+  .object({
+    id: z.number().int().min(1).max(65535),
+    host: z.string().min(1).default("127.0.0.1"),
+    replicationPort: port,
+    nbdPort: port,
+    /** The export a client gets when it asks for the empty name. */
+    defaultExport: volumeName.optional(),
+    volumes: z.array(volumeSchema).default([]),
+  })
+  .strict();
+
+export const pairSchema = z
+  .object({
+    primary: volumeName,
+    secondary: volumeName,
+  })
+  .strict();
+
+export const groupSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a group name is 1-64 letters, digits, '.', '_' or '-'"),
+    pairs: z.array(pairSchema),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    /** Shared secret for the HMAC handshake of every link and control connection. */
+    clusterKey: z.string().min(16, "clusterKey must be at least 16 characters"),
+    /** Runtime folder for images, state files and logs; relative to the config file. */
+    dataDir: z.string().min(1).default("../var/default"),
+    /**
+     * monotonic: every subsystem on one host reads CLOCK_MONOTONIC, which is one
+     * clock for all processes. realtime: subsystems on several hosts; each
+     * acknowledgement waits out maxClockOffsetMs (commit wait).
+     */
+    clock: z.enum(["monotonic", "realtime"]).default("monotonic"),
+    maxClockOffsetMs: z.number().min(0).max(10_000).default(0),
+    syncIntervalMs: z.number().int().min(1).max(60_000).default(50),
+    /** Link reconnect back-off; a link retries at this period while its peer is away. */
+    reconnectMs: z.number().int().min(10).max(60_000).default(200),
+    /** Bound on RCR bytes a primary has sent on one link and not yet had acknowledged. */
+    inflightBytesMax: z.number().int().min(64 * 1024).default(32 * 1024 * 1024),
+    /** Largest NBD request payload advertised to clients. */
+    nbdMaxPayloadBytes: z.number().int().min(4096).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
+    logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
+    subsystems: z.array(subsystemSchema).min(1),
+    groups: z.array(groupSchema).default([]),
+  })
+  .strict();
+
+export type VolumeConfig = z.infer<typeof volumeSchema>;
+export type SubsystemConfig = z.infer<typeof subsystemSchema>;
+export type PairConfig = z.infer<typeof pairSchema>;
+export type GroupConfig = z.infer<typeof groupSchema>;
+export type Config = z.infer<typeof configSchema>;
+
+/** A volume with where it lives, after the topology is resolved. */
+export interface ResolvedVolume {
+  name: string;
+  subsystemId: number;
+  sizeMiB?: number;
+  path?: string;
+}
+
+export interface ResolvedPair {
+  group: string;
+  index: number;
+  primary: ResolvedVolume;
+  secondary: ResolvedVolume;
+}
+
+export interface Topology {
+  config: Config;
+  volumes: Map<string, ResolvedVolume>;
+  pairs: ResolvedPair[];
+  /** Per group: the primary and secondary subsystem ids, sorted. */
+  groups: Map<string, { name: string; primaries: number[]; secondaries: number[]; pairs: ResolvedPair[] }>;
+}
+
+export class ConfigError extends Error {
+  readonly code = "TM_CONFIG";
+  constructor(
+    readonly file: string,
+    readonly problems: string[],
+  ) {
+    super(`${file}: ${problems.length === 1 ? problems[0] : "\n  " + problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+function issuePath(raw: unknown, path: PropertyKey[]): string {
+  // Name groups and subsystems the way an admin reads them: C1.pairs[2].secondary.
+  const parts: string[] = [];
+  let node: unknown = raw;
+  for (const key of path) {
+    node = node && typeof node === "object" ? (node as Record<PropertyKey, unknown>)[key as never] : undefined;
+    const named = node && typeof node === "object" ? (node as Record<string, unknown>) : undefined;
+    const prev = parts[parts.length - 1];
+    if (typeof key === "number" && prev === "groups" && typeof named?.name === "string") parts[parts.length - 1] = named.name;
+    else if (typeof key === "number" && prev === "subsystems" && typeof named?.id === "number") parts[parts.length - 1] = `subsystem#${named.id}`;
+    else if (typeof key === "number") parts[parts.length - 1] = `${prev ?? ""}[${key}]`;
+    else parts.push(String(key));
+  }
+  return parts.length === 0 ? "(top level)" : parts.join(".");
+}
+
+/** Validates shape and topology; throws ConfigError listing every problem found. */
+export function parseConfig(raw: unknown, file: string): Topology {
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    throw new ConfigError(
+      file,
+      parsed.error.issues.map((i) => `${issuePath(raw, i.path)}: ${i.message}`),
+    );
+  }
+  return checkTopology(parsed.data, file);
+}
+
+export function checkTopology(config: Config, file: string): Topology {
+  const problems: string[] = [];
+  const volumes = new Map<string, ResolvedVolume>();
+  const ids = new Set<number>();
+  const endpoints = new Map<string, string>();
+  for (const ss of config.subsystems) {
+    const where = `subsystem#${ss.id}`;
+    if (ids.has(ss.id)) problems.push(`${where}: subsystem id ${ss.id} is used twice`);
+    ids.add(ss.id);
+    for (const [what, p] of [
+      ["replicationPort", ss.replicationPort],
+      ["nbdPort", ss.nbdPort],
+    ] as const) {
+      const key = `${ss.host}:${p}`;
+      const other = endpoints.get(key);
+      if (other) problems.push(`${where}.${what}: ${key} is already taken by ${other}`);
+      else endpoints.set(key, `${where}.${what}`);
+    }
+    ss.volumes.forEach((v, i) => {
+      if (volumes.has(v.name)) {
+        problems.push(`${where}.volumes[${i}]: volume '${v.name}' is defined twice (names are unique across the config)`);
+        return;
+      }
+      if (v.sizeMiB === undefined && (v.path === undefined || !v.path.startsWith("/dev/"))) {
+        problems.push(`${where}.volumes[${i}] (${v.name}): sizeMiB is required for a volume file`);
+      }
+      volumes.set(v.name, { name: v.name, subsystemId: ss.id, sizeMiB: v.sizeMiB, path: v.path });
+    });
+    if (ss.defaultExport !== undefined && !ss.volumes.some((v) => v.name === ss.defaultExport)) {
+      problems.push(`${where}.defaultExport: volume '${ss.defaultExport}' is not on this subsystem`);
+    }
+  }
+
+  const pairs: ResolvedPair[] = [];
+  const used = new Map<string, string>();
+  const groupNames = new Set<string>();
+  const groups: Topology["groups"] = new Map();
+  for (const g of config.groups) {
+    if (groupNames.has(g.name)) problems.push(`${g.name}: group name is used twice`);
+    groupNames.add(g.name);
+    if (g.pairs.length === 0) problems.push(`${g.name}.pairs: a consistency group needs at least one pair (it has no primary)`);
+    const prim = new Set<number>();
+    const sec = new Set<number>();
+    const gp: ResolvedPair[] = [];
+    g.pairs.forEach((p, i) => {
+      const at = `${g.name}.pairs[${i}]`;
+      const pv = volumes.get(p.primary);
+      const sv = volumes.get(p.secondary);
+      if (!pv) problems.push(`${at}.primary: volume '${p.primary}' is not defined`);
+      if (!sv) problems.push(`${at}.secondary: volume '${p.secondary}' is not defined`);
+      for (const [role, name] of [
+        ["primary", p.primary],
+        ["secondary", p.secondary],
+      ] as const) {
+        const before = used.get(name);
+        if (before) problems.push(`${at}.${role}: volume '${name}' is already used by ${before}`);
+        else used.set(name, `${at}.${role}`);
+      }
+      if (!pv || !sv) return;
+      if (pv.subsystemId === sv.subsystemId) {
+        problems.push(`${at}: primary '${pv.name}' and secondary '${sv.name}' are on the same subsystem #${pv.subsystemId}`);
+        return;
+      }
+      if (pv.sizeMiB !== undefined && sv.sizeMiB !== undefined && pv.sizeMiB !== sv.sizeMiB) {
+        problems.push(`${at}: primary '${pv.name}' is ${pv.sizeMiB} MiB but secondary '${sv.name}' is ${sv.sizeMiB} MiB; a pair's volumes have one size`);
+        return;
+      }
+      prim.add(pv.subsystemId);
+      sec.add(sv.subsystemId);
+      const rp = { group: g.name, index: i, primary: pv, secondary: sv };
+      gp.push(rp);
+      pairs.push(rp);
+    });
+    const both = [...prim].filter((x) => sec.has(x));
+    if (both.length > 0) {
+      problems.push(`${g.name}: subsystem #${both[0]} is both a primary and a secondary of the group`);
+    }
+    groups.set(g.name, {
+      name: g.name,
+      primaries: [...prim].sort((a, b) => a - b),
+      secondaries: [...sec].sort((a, b) => a - b),
+      pairs: gp,
+    });
+  }
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  return { config, volumes, pairs, groups };
+}
