@@ -126,7 +126,8 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       }
     }
     const complete = secondaries.every((s) => s.second !== null);
-    const lagMs = lowest && complete ? Number(nowNs - BigInt(lowest.second!)) / 1e6 : null;
+    // Before the first SYNC there is no common time yet, so no lag either.
+    const lagMs = lowest && complete && BigInt(lowest.second!) > 0n ? Number(nowNs - BigInt(lowest.second!)) / 1e6 : null;
     const gens = secondaries.map((s) => s.generation).filter((x): x is number => x !== null);
     const states = new Set(secondaries.map((s) => s.state).filter((x): x is string => x !== null));
     return {

@@ -1,8 +1,6 @@
-// The replication wire codec: every frame exchanged between subsystems, the RCM
-// and the CLI, as documented byte for byte in docs/wire.md. Pure: plain values
-// in, bytes out and back; no sockets, timers or randomness.
-// Invariants: a frame is accepted only whole and with a matching CRC32C; a
-// declared length is checked against the bound before any byte of it is kept.
+// The replication wire codec (docs/wire.md byte for byte). Pure: no sockets, timers or randomness.
+// Invariants: a frame is accepted only whole and with a matching CRC32C, and a declared
+// length is checked against its bound before any byte of the payload is kept.
 import { isUtf8 } from "node:buffer";
 import { crc32c } from "@node-rs/crc32";
 

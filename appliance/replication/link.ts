@@ -1,8 +1,6 @@
-// Authenticated TCP connections between subsystems, the RCM and the CLI: the
-// HMAC challenge handshake of docs/wire.md, then a stream of frames both ways.
-// Invariants: no frame other than the handshake's is exchanged before both
-// sides proved the cluster key; a bad byte or a socket error ends that one
-// connection (logged), never the server or the process.
+// Authenticated TCP connections (subsystem links, CLI/RCM control): the HMAC handshake of docs/wire.md, then frames.
+// Invariants: nothing but handshake frames flows before both sides proved the cluster key; a bad byte
+// or a socket error ends that one connection (logged), never the server or the process.
 import { EventEmitter } from "node:events";
 import net from "node:net";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
@@ -591,7 +589,9 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
     socket.off("error", ignoreError);
     socket.write(encodeFrame({ type: "ready" }));
     const link = new Link(socket, decoder, { role: hello.role, nodeId: hello.nodeId, address }, logger, rest);
-    logger.info({ peer: address, nodeId: hello.nodeId, role: hello.role }, "link authenticated");
+    // Control connections come and go with every CLI call: not worth a line each.
+    const level = hello.role === "control" ? "debug" : "info";
+    logger[level]({ peer: address, nodeId: hello.nodeId, role: hello.role }, "link authenticated");
     // Synchronous: an exception in onLink is a bug of the caller and surfaces as one.
     options.onLink(link);
   };

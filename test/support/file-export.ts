@@ -29,14 +29,13 @@ export class FileExport implements NbdExport {
   }
 
   static async open(path: string, o: FileExportOptions): Promise<FileExport> {
-    const fh = await open(path, o.readOnly ? "r" : o.sizeBytes !== undefined ? "a+" : "r+");
-    // "a+" would force appends; reopen read-write once the file exists.
-    let handle = fh;
-    if (!o.readOnly && o.sizeBytes !== undefined) {
-      await fh.close();
-      handle = await open(path, "r+");
-      await handle.truncate(o.sizeBytes);
+    if (o.sizeBytes !== undefined) {
+      // "a" creates the file if needed; the export itself is opened without O_APPEND.
+      const sizer = await open(path, "a");
+      await sizer.truncate(o.sizeBytes);
+      await sizer.close();
     }
+    const handle = await open(path, o.readOnly ? "r" : "r+");
     const size = (await handle.stat()).size;
     return new FileExport(handle, o.name, size, o.description, o.readOnly ?? false);
   }

@@ -1,0 +1,213 @@
+// A real cluster for integration tests: a config in a temporary folder with
+// free loopback ports, one `tidemark subsystem` process per subsystem, and
+// helpers to kill (-9), stop, restart and query them.
+import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.ts";
+import { askAll } from "../../appliance/cli/control-client.ts";
+import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
+import { NbdClient } from "./nbd-client.ts";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const BIN = path.join(ROOT, "bin/tidemark");
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** The seed's Fig. 1 shape: primaries #1, #2; secondaries #3, #4, #5. */
+export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number; extra?: Record<string, unknown> }) {
+  const ss = async (id: number, vols: string[]) => ({
+    id,
+    host: "127.0.0.1",
+    replicationPort: await freePort(),
+    nbdPort: await freePort(),
+    volumes: vols.map((name) => ({ name, sizeMiB: o.volumeMiB })),
+  });
+  return {
+    clusterKey: "test-cluster-key-0123456789",
+    dataDir: "data",
+    syncIntervalMs: o.syncIntervalMs ?? 20,
+    reconnectMs: 100,
+    logLevel: "info",
+    subsystems: [await ss(1, ["p1a", "p1b"]), await ss(2, ["p2a", "p2b"]), await ss(3, ["s3a", "s3b"]), await ss(4, ["s4a"]), await ss(5, ["s5a"])],
+    groups: [
+      {
+        name: "C1",
+        pairs: [
+          { primary: "p1a", secondary: "s3a" },
+          { primary: "p2a", secondary: "s3b" },
+          { primary: "p1b", secondary: "s4a" },
+          { primary: "p2b", secondary: "s5a" },
+        ],
+      },
+    ],
+    ...o.extra,
+  };
+}
+
+export class TestCluster {
+  readonly procs = new Map<number, ChildProcess>();
+  readonly topo: LoadedTopology;
+  private readonly deaths: string[] = [];
+
+  private constructor(
+    readonly dir: string,
+    readonly configFile: string,
+  ) {
+    this.topo = loadConfig(configFile);
+  }
+
+  static create(config: unknown, prefix = "tidemark-it-"): TestCluster {
+    const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+    const file = path.join(dir, "config.json");
+    writeFileSync(file, JSON.stringify(config, null, 2));
+    return new TestCluster(dir, file);
+  }
+
+  get ids(): number[] {
+    return this.topo.config.subsystems.map((s) => s.id);
+  }
+
+  logOf(id: number): string {
+    return path.join(this.dir, `ss${id}.log`);
+  }
+
+  async start(id: number): Promise<void> {
+    const proc = spawn(process.execPath, [BIN, "subsystem", "--config", this.configFile, "--id", String(id), "--log", this.logOf(id)], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.procs.set(id, proc);
+    let stderr = "";
+    proc.stderr!.on("data", (d) => (stderr += d));
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: proc.stdout! }).on("line", (l) => {
+        if (l.includes('"ready":true')) resolve();
+      });
+      proc.once("exit", (code, sig) => {
+        if (sig !== "SIGKILL" && sig !== "SIGTERM" && code !== 0) this.deaths.push(`#${id} exit ${code ?? sig}: ${stderr.trim()}`);
+        reject(new Error(`subsystem #${id} exited (${sig ?? code}) before ready: ${stderr.trim()}`));
+      });
+    });
+  }
+
+  async startAll(): Promise<void> {
+    await Promise.all(this.ids.map((id) => this.start(id)));
+  }
+
+  /** kill -9: no chance to clean up. */
+  async kill(id: number, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const p = this.procs.get(id);
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    if (signal === "SIGSTOP" || signal === "SIGCONT") {
+      p.kill(signal);
+      return;
+    }
+    const gone = new Promise((r) => p.once("exit", r));
+    p.kill(signal);
+    await gone;
+  }
+
+  alive(id: number): boolean {
+    const p = this.procs.get(id);
+    return !!p && p.exitCode === null && p.signalCode === null;
+  }
+
+  /** Deaths nobody asked for (a crash, an invariant stop). */
+  unexpectedDeaths(): string[] {
+    return [...this.deaths];
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.ids.map((id) => this.kill(id, "SIGTERM")));
+  }
+
+  async destroy(keep = false): Promise<void> {
+    await Promise.all(this.ids.map((id) => this.kill(id, "SIGKILL")));
+    if (!keep) rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [BIN, ...args], { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      });
+    });
+  }
+
+  async status(): Promise<StatusDoc> {
+    const answers = await askAll<SubsystemStatus>(this.topo, this.ids, { op: "status" });
+    return buildStatus(this.topo, answers, process.hrtime.bigint());
+  }
+
+  async rawStatus(id: number): Promise<SubsystemStatus> {
+    const a = (await askAll<SubsystemStatus>(this.topo, [id], { op: "status" })).get(id)!;
+    if (!a.ok) throw new Error(a.error);
+    return a.value;
+  }
+
+  volumeFile(name: string): string {
+    return volumePath(this.topo, this.topo.volumes.get(name)!);
+  }
+
+  nbd(volume: string): Promise<NbdClient> {
+    const v = this.topo.volumes.get(volume)!;
+    const ss = this.topo.config.subsystems.find((s) => s.id === v.subsystemId)!;
+    return NbdClient.connect({ host: ss.host, port: ss.nbdPort, exportName: volume });
+  }
+
+  nbdUrl(volume: string): string {
+    const v = this.topo.volumes.get(volume)!;
+    const ss = this.topo.config.subsystems.find((s) => s.id === v.subsystemId)!;
+    return `nbd://${ss.host}:${ss.nbdPort}/${volume}`;
+  }
+
+  async quiesce(group = "C1", timeoutMs = 120_000): Promise<void> {
+    const r = await this.cli(["quiesce", "--config", this.configFile, "--group", group, "--timeout-ms", String(timeoutMs)]);
+    if (r.code !== 0) throw new Error(`quiesce failed (${r.code}): ${r.stderr}`);
+  }
+
+  /** Pairs of image files (primary, secondary) of every pair. */
+  pairFiles(): { primary: string; secondary: string; name: string }[] {
+    return this.topo.pairs.map((p) => ({ name: `${p.primary.name}->${p.secondary.name}`, primary: this.volumeFile(p.primary.name), secondary: this.volumeFile(p.secondary.name) }));
+  }
+
+  readLog(id: number): string {
+    try {
+      return readFileSync(this.logOf(id), "utf8");
+    } catch {
+      return "";
+    }
+  }
+}
+
+/** cmp(1) of two files: null when identical, else its message. */
+export function cmp(a: string, b: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    execFile("cmp", [a, b], (err, stdout, stderr) => resolve(err ? (stdout + stderr).trim() || `cmp exit ${(err as { code?: number }).code}` : null));
+  });
+}
+
+/** A small seeded PRNG (mulberry32): tests print the seed, a failure replays. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
