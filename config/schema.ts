@@ -48,6 +48,19 @@ export const groupSchema = z
   })
   .strict();
 
+export const rcmSchema = z
+  .object({
+    host: z.string().min(1).default("127.0.0.1"),
+    /** Control port of the remote copy manager (suspend, takeover, status). */
+    port,
+    /** A failure (link down, process gone) lasting longer than this suspends the group. */
+    failureTimeoutMs: z.number().int().min(100).max(3_600_000).default(3000),
+    checkIntervalMs: z.number().int().min(50).max(60_000).default(500),
+    /** Suspend automatically on failure; off leaves it to an admin's `tidemark suspend`. */
+    autoSuspend: z.boolean().default(true),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     /** Shared secret for the HMAC handshake of every link and control connection. */
@@ -68,6 +81,9 @@ export const configSchema = z
     inflightBytesMax: z.number().int().min(64 * 1024).default(32 * 1024 * 1024),
     /** Largest NBD request payload advertised to clients. */
     nbdMaxPayloadBytes: z.number().int().min(4096).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
+    /** Cap on a primary's journal; past it the group is suspended and its payloads go to the bitmap. */
+    journalBytesMax: z.number().int().min(1024 * 1024).default(4 * 1024 * 1024 * 1024),
+    rcm: rcmSchema.optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
     subsystems: z.array(subsystemSchema).min(1),
     groups: z.array(groupSchema).default([]),
@@ -79,6 +95,7 @@ export type SubsystemConfig = z.infer<typeof subsystemSchema>;
 export type PairConfig = z.infer<typeof pairSchema>;
 export type GroupConfig = z.infer<typeof groupSchema>;
 export type Config = z.infer<typeof configSchema>;
+export type RcmConfig = z.infer<typeof rcmSchema>;
 
 /** A volume with where it lives, after the topology is resolved. */
 export interface ResolvedVolume {
@@ -173,6 +190,12 @@ export function checkTopology(config: Config, file: string): Topology {
     if (ss.defaultExport !== undefined && !ss.volumes.some((v) => v.name === ss.defaultExport)) {
       problems.push(`${where}.defaultExport: volume '${ss.defaultExport}' is not on this subsystem`);
     }
+  }
+
+  if (config.rcm) {
+    const key = `${config.rcm.host}:${config.rcm.port}`;
+    const other = endpoints.get(key);
+    if (other) problems.push(`rcm.port: ${key} is already taken by ${other}`);
   }
 
   const pairs: ResolvedPair[] = [];

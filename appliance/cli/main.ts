@@ -10,6 +10,10 @@ import { buildStatus, renderStatus, type SubsystemStatus } from "./status-view.t
 import { quiesce } from "./quiesce.ts";
 import { up } from "./up.ts";
 import { clockReader } from "../primary/stamp-clock.ts";
+import { rcmMain } from "../rcm/main.ts";
+import { askRcm } from "./rcm-client.ts";
+import { renderProcedure } from "./procedure-view.ts";
+import type { ProcedureReport } from "../rcm/procedure.ts";
 
 function positiveInt(what: string) {
   return (v: string) => {
@@ -67,6 +71,39 @@ program
   .action(async (o: { config: string; group: string; timeoutMs: number; json?: boolean }) => {
     const r = await quiesce(loadConfig(o.config), o.group, o.timeoutMs);
     process.stdout.write(o.json ? JSON.stringify(r) + "\n" : `group ${r.group} quiesced in ${r.elapsedMs} ms: every write acknowledged before the call is applied on every secondary\n`);
+  });
+
+program
+  .command("rcm")
+  .description("run the remote copy manager: suspension, takeover, automatic suspension on failure")
+  .requiredOption("-c, --config <file>", "topology file")
+  .option("--log <file>", "write JSON logs to this file instead of stdout")
+  .action(async (o: { config: string; log?: string }) => {
+    await rcmMain(o.config, o.log);
+  });
+
+program
+  .command("suspend")
+  .description("planned suspension: fence the group and bring every secondary to one synchronized time")
+  .requiredOption("-c, --config <file>", "topology file")
+  .requiredOption("-g, --group <name>", "consistency group")
+  .option("--reason <text>", "recorded with the suspension", "planned suspension")
+  .option("--json", "print the report as JSON")
+  .action(async (o: { config: string; group: string; reason: string; json?: boolean }) => {
+    const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "suspend", group: o.group, reason: o.reason, by: `admin (pid ${process.pid})` }, 45 * 60_000);
+    process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
+  });
+
+program
+  .command("takeover")
+  .description("take over: bring every secondary to the synchronized time Ts and serve the secondary volumes read-write")
+  .requiredOption("-c, --config <file>", "topology file")
+  .requiredOption("-g, --group <name>", "consistency group")
+  .option("--dry-run", "show the plan (Ts, what would be lost) without changing anything")
+  .option("--json", "print the report as JSON")
+  .action(async (o: { config: string; group: string; dryRun?: boolean; json?: boolean }) => {
+    const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "takeover", group: o.group, dryRun: !!o.dryRun, by: `admin (pid ${process.pid})` }, 45 * 60_000);
+    process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
 
 try {

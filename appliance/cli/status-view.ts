@@ -11,14 +11,14 @@ export interface SubsystemStatus {
   replicationPort: number;
   nbdPort: number;
   nowNs: string;
-  volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string; readOnly: boolean }[];
+  volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;
     writes: number;
     writeBytes: number;
     pending: number;
     journal: { entries: number; bytes: number; hotRegions: number };
-    groups: { name: string; pending: number; lastSyncT: string; generation: number }[];
+    groups: { name: string; state: string; reason: string | null; suspendedBy: string | null; bitmapBlocks: number; pending: number; lastSyncT: string; generation: number }[];
     links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
   } | null;
   secondary:
@@ -37,6 +37,12 @@ export interface SubsystemStatus {
         appliedBytes: number;
         lastAppliedTs: string;
         appliedThrough: string;
+        synchronizedTs: string | null;
+        suspendedBy: string | null;
+        applyError: string | null;
+        dropped: number;
+        droppedBytes: number;
+        bitmapBlocks: number;
       }[]
     | null;
 }
@@ -57,6 +63,9 @@ export interface StatusDoc {
     name: string;
     generation: number | null;
     state: string;
+    reason: string | null;
+    suspendedBy: string | null;
+    synchronizedTs: string | null;
     lagMs: number | null;
     lowestSecond: string | null;
     heldBackBy: number | null;
@@ -73,13 +82,21 @@ export interface StatusDoc {
       appliedThrough: string | null;
     }[];
   }[];
-  pairs: { group: string; state: string; link: string | null; primary: VolumeRef; secondary: VolumeRef }[];
+  pairs: {
+    group: string;
+    /** paired | link-down | primary-unreachable | secondary-unreachable | suspended | takeover | fenced | taken-over */
+    state: string;
+    reason: string | null;
+    link: string | null;
+    primary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
+    secondary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
+  }[];
 }
 
-function volRef(answers: Map<number, Answer>, subsystem: number, volume: string): VolumeRef {
+function volRef(answers: Map<number, Answer>, subsystem: number, volume: string): VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null } {
   const a = answers.get(subsystem);
   const v = a?.ok ? a.value.volumes.find((x) => x.name === volume) : undefined;
-  return { subsystem, volume, path: v?.path ?? null, nbdUrl: v?.nbdUrl ?? null };
+  return { subsystem, volume, path: v?.path ?? null, nbdUrl: v?.nbdUrl ?? null, bitmapBlocks: v?.bitmapBlocks ?? null, readOnly: v?.readOnly ?? null };
 }
 
 export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs: bigint): StatusDoc {
@@ -111,6 +128,11 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
         appliedThrough: sg?.appliedThrough ?? null,
         generation: sg?.generation ?? null,
         state: sg?.state ?? null,
+        reason: sg?.reason ?? null,
+        suspendedBy: sg?.suspendedBy ?? null,
+        synchronizedTs: sg?.synchronizedTs ?? null,
+        bitmapBlocks: sg?.bitmapBlocks ?? null,
+        applyError: sg?.applyError ?? null,
       };
     });
     let lowest: (typeof secondaries)[number] | null = null;
@@ -133,21 +155,39 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
     return {
       name: g.name,
       generation: gens.length > 0 ? Math.max(...gens) : null,
-      state: !complete ? "degraded" : states.size === 1 ? [...states][0] : [...states].join("/"),
+      state: states.size === 0 ? "unknown" : [...states].join("/") + (complete ? "" : " (degraded)"),
+      reason: secondaries.find((s) => s.reason)?.reason ?? null,
+      suspendedBy: secondaries.find((s) => s.suspendedBy)?.suspendedBy ?? null,
+      synchronizedTs: secondaries.find((s) => s.synchronizedTs)?.synchronizedTs ?? null,
       lagMs,
       lowestSecond: lowest?.second ?? null,
       heldBackBy,
-      secondaries: secondaries.map(({ generation: _g, state: _s, ...rest }) => rest),
+      secondaries: secondaries.map(({ generation: _g, reason: _r, suspendedBy: _b, synchronizedTs: _t, ...rest }) => rest),
     };
   });
   const pairs = topo.pairs.map((p) => {
     const pa = answers.get(p.primary.subsystemId);
     const sa = answers.get(p.secondary.subsystemId);
     const link = pa?.ok ? (pa.value.primary?.links.find((l) => l.secondary === p.secondary.subsystemId)?.state ?? null) : null;
-    const state = !pa?.ok ? "primary-unreachable" : !sa?.ok ? "secondary-unreachable" : link === "up" ? "paired" : "link-down";
+    const pg = pa?.ok ? pa.value.primary?.groups.find((g) => g.name === p.group) : undefined;
+    const sg = sa?.ok ? sa.value.secondary?.find((g) => g.name === p.group) : undefined;
+    // A suspension outranks link trouble: it says what the pair's data is doing.
+    const state =
+      sg && sg.state !== "active"
+        ? sg.state
+        : pg && pg.state !== "active"
+          ? pg.state
+          : !pa?.ok
+            ? "primary-unreachable"
+            : !sa?.ok
+              ? "secondary-unreachable"
+              : link === "up"
+                ? "paired"
+                : "link-down";
     return {
       group: p.group,
       state,
+      reason: (sg && sg.state !== "active" ? sg.reason : null) ?? (pg && pg.state !== "active" ? pg.reason : null) ?? null,
       link,
       primary: volRef(answers, p.primary.subsystemId, p.primary.name),
       secondary: volRef(answers, p.secondary.subsystemId, p.secondary.name),
@@ -183,6 +223,7 @@ export function renderStatus(doc: StatusDoc): string {
     const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;
     const held = g.heldBackBy === null ? "" : `, held back by primary #${g.heldBackBy}`;
     out.push(`GROUP ${g.name}  state ${g.state}  generation ${g.generation ?? "?"}  lag ${lag}${held}`);
+    if (g.reason) out.push(`  suspended by ${g.suspendedBy ?? "?"}: ${g.reason}${g.synchronizedTs ? `; secondaries rest at Ts ${g.synchronizedTs}` : ""}`);
     const primaries = [...new Set(g.secondaries.flatMap((s) => Object.keys(s.first)))].sort((a, b) => Number(a) - Number(b));
     out.push(
       table([
@@ -207,13 +248,15 @@ export function renderStatus(doc: StatusDoc): string {
   out.push("PAIRS");
   out.push(
     table([
-      ["group", "state", "primary", "secondary", "primary NBD"],
+      ["group", "state", "primary", "secondary", "bitmap (primary/secondary)", "primary NBD", "secondary NBD"],
       ...doc.pairs.map((p) => [
         p.group,
         p.state,
         `#${p.primary.subsystem}/${p.primary.volume}`,
         `#${p.secondary.subsystem}/${p.secondary.volume}`,
+        `${p.primary.bitmapBlocks ?? "-"}/${p.secondary.bitmapBlocks ?? "-"}`,
         p.primary.nbdUrl ?? "-",
+        p.secondary.nbdUrl ?? "-",
       ]),
     ]),
   );

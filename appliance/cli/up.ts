@@ -20,10 +20,13 @@ interface Child {
 }
 
 export function spawnSubsystem(configFile: string, id: number, log: string): ChildProcess {
-  return spawn(process.execPath, [BIN, "subsystem", "--config", configFile, "--id", String(id), "--log", log], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const args = id === RCM_ID ? ["rcm", "--config", configFile, "--log", log] : ["subsystem", "--config", configFile, "--id", String(id), "--log", log];
+  return spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
 }
+
+/** The RCM runs as a child like the subsystems; this id names it among them. */
+const RCM_ID = 0;
+const nameOf = (id: number) => (id === RCM_ID ? "the RCM" : `subsystem #${id}`);
 
 export async function up(topo: LoadedTopology, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
   const children: Child[] = [];
@@ -46,10 +49,12 @@ export async function up(topo: LoadedTopology, out: NodeJS.WritableStream, err: 
     );
   };
 
-  const readyAll = topo.config.subsystems.map(
-    (s) =>
+  const members = [...topo.config.subsystems.map((s) => s.id), ...(topo.config.rcm ? [RCM_ID] : [])];
+  const readyAll = members.map(
+    (id) =>
       new Promise<void>((resolve, reject) => {
-        const log = path.join(subsystemDir(topo, s.id), "subsystem.log");
+        const s = { id };
+        const log = id === RCM_ID ? path.join(topo.dataDir, "rcm.log") : path.join(subsystemDir(topo, s.id), "subsystem.log");
         const proc = spawnSubsystem(topo.file, s.id, log);
         const c: Child = { id: s.id, proc, log, ready: false, exited: false };
         children.push(c);
@@ -67,11 +72,13 @@ export async function up(topo: LoadedTopology, out: NodeJS.WritableStream, err: 
         proc.on("exit", (code, signal) => {
           c.exited = true;
           if (!c.ready) {
-            reject(new Error(`subsystem #${s.id} failed to start (${signal ?? `exit ${code}`}): ${stderr.trim() || `see ${log}`}`));
+            reject(new Error(`${nameOf(s.id)} failed to start (${signal ?? `exit ${code}`}): ${stderr.trim() || `see ${log}`}`));
           } else if (!stopping) {
             err.write(
-              `\n*** tidemark up: subsystem #${s.id} (pid ${proc.pid}) DIED: ${signal ? `killed by ${signal}` : `exit code ${code}`}; its log: ${log}\n` +
-                `*** its volumes are not served and its links are down; restart it with: tidemark subsystem --config ${topo.file} --id ${s.id}\n`,
+              `\n*** tidemark up: ${nameOf(s.id)} (pid ${proc.pid}) DIED: ${signal ? `killed by ${signal}` : `exit code ${code}`}; its log: ${log}\n` +
+                (s.id === RCM_ID
+                  ? `*** no automatic suspension or takeover until it runs again: tidemark rcm --config ${topo.file}\n`
+                  : `*** its volumes are not served and its links are down; restart it with: tidemark subsystem --config ${topo.file} --id ${s.id}\n`),
             );
           }
         });
@@ -84,11 +91,15 @@ export async function up(topo: LoadedTopology, out: NodeJS.WritableStream, err: 
     await stopAll();
     return 1;
   }
-  out.write(`tidemark up: ${children.length} subsystems of ${topo.file} are serving (data in ${topo.dataDir})\n`);
+  out.write(`tidemark up: ${topo.config.subsystems.length} subsystems of ${topo.file} are serving (data in ${topo.dataDir})\n`);
   for (const s of topo.config.subsystems) {
     const c = children.find((x) => x.id === s.id)!;
     const vols = s.volumes.map((v) => `nbd://${s.host}:${s.nbdPort}/${v.name}`).join(" ");
     out.write(`  #${s.id}  pid ${c.proc.pid}  replication ${s.host}:${s.replicationPort}  ${vols}\n`);
+  }
+  if (topo.config.rcm) {
+    const c = children.find((x) => x.id === RCM_ID)!;
+    out.write(`  RCM pid ${c.proc.pid}  control ${topo.config.rcm.host}:${topo.config.rcm.port}  log ${c.log}\n`);
   }
   out.write(`Ctrl-C stops them all. Status: tidemark status --config ${path.relative(process.cwd(), topo.file) || topo.file}\n`);
 

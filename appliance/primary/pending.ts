@@ -72,6 +72,12 @@ export class PendingRcrs {
     }
   }
 
+  /** A suspended group: its RCRs are no longer awaited (they went to the bitmap). */
+  dropGroup(group: string): void {
+    this.count -= this.sizeOf(group);
+    this.byGroup.delete(group);
+  }
+
   /** The oldest pending stamp of a group, or null when nothing is pending. */
   oldest(group: string): bigint | null {
     const links = this.byGroup.get(group);

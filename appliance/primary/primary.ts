@@ -12,6 +12,20 @@ import { LinkSender } from "./sender.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
 import { RangeLock } from "./range-lock.ts";
 import { StampClock, clockReader, type ClockSource } from "./stamp-clock.ts";
+import { BitmapWriter } from "../state/bitmap-writer.ts";
+
+/** Group states on a primary: docs/state-machines.md. */
+export type PrimaryGroupState = "active" | "suspended" | "fenced" | "taken-over";
+
+interface GroupState {
+  state: PrimaryGroupState;
+  generation: number;
+  reason: string | null;
+  by: string | null;
+  /** Replicated writes of the group between stamping and volume write. */
+  inflight: number;
+  idle: (() => void)[];
+}
 
 export const BLOCK_BYTES = 4096;
 /** The persisted stamp floor runs this far ahead of announced SYNC times. */
@@ -73,6 +87,8 @@ export class PrimaryEngine {
   private readonly trimmedSeq = new Map<number, number>();
   private readonly offsetNs: bigint;
   readonly lastSync = new Map<string, bigint>();
+  private readonly groups = new Map<string, GroupState>();
+  private readonly bitmap: BitmapWriter;
   writes = 0;
   writeBytes = 0;
 
@@ -87,6 +103,23 @@ export class PrimaryEngine {
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
+    this.bitmap = new BitmapWriter(o.db);
+    const getGrp = o.db.prepare("SELECT state, generation, reason, suspended_by FROM grp WHERE name = ?");
+    for (const g of o.groupSecondaries.keys()) {
+      o.db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(g);
+      const r = getGrp.get(g) as { state: string; generation: number; reason: string | null; suspended_by: string | null };
+      this.groups.set(g, { state: r.state as PrimaryGroupState, generation: r.generation, reason: r.reason, by: r.suspended_by, inflight: 0, idle: [] });
+    }
+  }
+
+  groupState(group: string): PrimaryGroupState {
+    return this.groups.get(group)?.state ?? "active";
+  }
+
+  /** Hosts may write a primary volume unless its group was taken over. */
+  isWritable(volume: string): boolean {
+    const b = this.bindings.get(volume);
+    return !!b && this.groupState(b.group) !== "taken-over";
   }
 
   /** Replays the journal onto the volumes, then starts the links and timers. */
@@ -128,6 +161,7 @@ export class PrimaryEngine {
         generationOf: o.generationOf,
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
+        onRefused: (link, _code, message) => this.onRefused(link, message),
         highestSeq: () => this.seq,
       });
       this.senders.set(id, sender);
@@ -152,7 +186,18 @@ export class PrimaryEngine {
   async write(volume: string, offset: number, length: number, data: Buffer | null, fua: boolean): Promise<void> {
     const b = this.bindings.get(volume);
     assert(b, `volume ${volume} is a primary here`);
+    const gs = this.groups.get(b.group)!;
+    if (gs.state === "taken-over") {
+      throw Object.assign(new Error(`volume ${volume}: group ${b.group} was taken over by its secondaries; this primary is read-only`), { code: "EPERM" });
+    }
+    if (gs.state !== "active") return this.writeUnreplicated(b, offset, length, data, fua);
     const release = await b.lock.acquire(offset, length);
+    if (gs.state !== "active") {
+      // Suspended while waiting for the lock: this write is not replicated.
+      release();
+      return this.writeUnreplicated(b, offset, length, data, fua);
+    }
+    gs.inflight++;
     let ts: bigint;
     try {
       // Stamping and registering as pending are one synchronous step, so no
@@ -188,11 +233,112 @@ export class PrimaryEngine {
       }
     } finally {
       release();
+      if (--gs.inflight === 0) for (const w of gs.idle.splice(0)) w();
     }
     this.writes++;
     this.writeBytes += length;
     if (fua) await this.flush(volume);
     await this.commitWait(ts);
+  }
+
+  /** While the group is suspended: the block goes to the bitmap before it reaches the volume. */
+  private async writeUnreplicated(b: BindingState, offset: number, length: number, data: Buffer | null, fua: boolean): Promise<void> {
+    const release = await b.lock.acquire(offset, length);
+    try {
+      await this.bitmap.mark(b.volume.name, offset, length);
+      if (data) await b.volume.write(offset, data);
+      else await b.volume.writeZeroes(offset, length);
+      b.dirty = true;
+    } finally {
+      release();
+    }
+    this.writes++;
+    this.writeBytes += length;
+    if (fua) await this.flush(b.volume.name);
+  }
+
+  /**
+   * Stops replicating a group (RCM suspension, fencing by a secondary, or a
+   * full journal): new writes go to the bitmap; every journal entry of the
+   * group not yet acknowledged becomes bitmap blocks once its volume write is
+   * durable, and the group's entries leave the journal.
+   */
+  async suspend(group: string, to: Exclude<PrimaryGroupState, "active">, reason: string, by: string, generation?: number): Promise<void> {
+    const gs = this.groups.get(group);
+    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    const was = gs.state;
+    // taken-over is final until a resync; a fence does not undo an RCM's suspension.
+    const next: PrimaryGroupState = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
+    gs.state = next;
+    if (generation !== undefined && generation > gs.generation) gs.generation = generation;
+    if (was === "active" || gs.reason === null) {
+      gs.reason = reason;
+      gs.by = by;
+    }
+    if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
+    const vols = [...this.bindings.values()].filter((b) => b.group === group);
+    await Promise.all(vols.map((b) => b.volume.sync()));
+    const rows = this.o.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
+      seq: number;
+      link: number;
+      volume: string;
+      off: number;
+      len: number;
+    }[];
+    let blocks = 0;
+    try {
+      this.o.db.transaction(() => {
+        for (const r of rows) {
+          if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
+        }
+        this.o.db.prepare("DELETE FROM journal WHERE grp = ?").run(group);
+        this.o.db
+          .prepare("UPDATE grp SET state = ?, generation = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
+          .run(gs.state, gs.generation, gs.reason, gs.by, Date.now(), group);
+      })();
+    } catch (err) {
+      this.bitmap.reset();
+      throw err;
+    }
+    this.pending.dropGroup(group);
+    this.lastSync.delete(group);
+    // The links' in-flight accounting counted entries that are gone: start them afresh.
+    for (const s of this.senders.values()) s.restart();
+    if (was !== gs.state) {
+      this.o.logger.warn({ group, from: was, to: gs.state, reason: gs.reason, by: gs.by, generation: gs.generation, bitmapBlocks: blocks }, "group no longer replicated");
+    }
+  }
+
+  /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
+  preview(group: string) {
+    const rows = this.o.db
+      .prepare("SELECT volume, link, seq, len FROM journal WHERE grp = ?")
+      .all(group) as { volume: string; link: number; seq: number; len: number }[];
+    const out = new Map<string, { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }>();
+    for (const b of this.bindings.values()) if (b.group === group) out.set(b.volume.name, { volume: b.volume.name, unacknowledgedWrites: 0, unacknowledgedBytes: 0 });
+    for (const r of rows) {
+      if (r.seq <= (this.senders.get(r.link)?.ackedSeq ?? 0)) continue;
+      const v = out.get(r.volume);
+      if (v) {
+        v.unacknowledgedWrites++;
+        v.unacknowledgedBytes += r.len;
+      }
+    }
+    return { subsystem: this.o.id, group, state: this.groupState(group), volumes: [...out.values()] };
+  }
+
+  /** A secondary refused a frame: the group was fenced by a newer generation. */
+  private onRefused(secondaryId: number, message: string): void {
+    const m = /group '([^']+)'/.exec(message);
+    const groups = m ? [m[1]] : [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+    for (const g of groups) {
+      const gs = this.groups.get(g);
+      if (!gs || gs.state !== "active") continue;
+      this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
+      void this.suspend(g, "fenced", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
+        this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),
+      );
+    }
   }
 
   /** FLUSH: the volume's completed writes and every journal commit are durable. */
@@ -219,6 +365,7 @@ export class PrimaryEngine {
 
   private announce(): void {
     for (const [group, secs] of this.o.groupSecondaries) {
+      if (this.groupState(group) !== "active") continue;
       const t = syncTime(this.pending.oldest(group), () => this.clock.stamp());
       const prev = this.lastSync.get(group);
       if (prev !== undefined && t < prev) continue;
@@ -316,9 +463,13 @@ export class PrimaryEngine {
       journal: j,
       groups: [...this.o.groupSecondaries.keys()].map((g) => ({
         name: g,
+        state: this.groupState(g),
+        reason: this.groups.get(g)!.reason,
+        suspendedBy: this.groups.get(g)!.by,
+        bitmapBlocks: [...this.bindings.values()].filter((b) => b.group === g).reduce((n, b) => n + this.bitmap.count(b.volume.name), 0),
         pending: this.pending.sizeOf(g),
         lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
-        generation: this.o.generationOf(g),
+        generation: this.groups.get(g)!.generation,
       })),
       links: [...this.senders.entries()].map(([id, s]) => ({
         secondary: id,

@@ -28,6 +28,8 @@ export interface SenderOptions {
   logger: Logger;
   /** Every RCR with seq <= `seq` on this link is durably queued on the secondary. */
   onAck: (secondaryId: number, seq: number) => void;
+  /** A secondary refused a frame (error frame): fencing, or a broken peer. */
+  onRefused: (secondaryId: number, code: number, message: string) => void;
   /** The highest seq this primary ever issued: an ack above it is not ours. */
   highestSeq: () => number;
 }
@@ -66,6 +68,11 @@ export class LinkSender {
 
   get lastSentSeq(): number {
     return this.sentSeq;
+  }
+
+  /** Drops the connection; the link reconnects and resends from the last ack. */
+  restart(): void {
+    this.link?.close();
   }
 
   /** New entries were committed: stream them if the link is up. */
@@ -160,6 +167,7 @@ export class LinkSender {
       void this.pump();
     } else if (f.type === "error") {
       this.o.logger.warn({ peer: this.o.secondaryId, code: f.code, message: f.message }, "secondary refused");
+      this.o.onRefused(this.o.secondaryId, f.code, f.message);
     }
   }
 

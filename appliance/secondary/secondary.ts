@@ -12,12 +12,15 @@ import type { Frame, RcrRecord } from "../replication/frames.ts";
 import type { Link } from "../replication/link.ts";
 import { assert } from "../invariant.ts";
 import { initialTimes, onSync, withPrimaries, type GroupTimes } from "./time-parameters.ts";
+import { BitmapWriter } from "../state/bitmap-writer.ts";
 
 /** Rows applied per transaction. */
 export const APPLY_BATCH_ROWS = 1024;
 export const APPLY_BATCH_BYTES = 16 * 1024 * 1024;
 const OP_WRITE = 1;
 const OP_ZERO = 2;
+/** Error-frame code for a frame of another generation, or for a suspended group. */
+export const GENERATION_REFUSED = 409;
 
 export interface SecondaryBinding {
   volume: Volume;
@@ -45,11 +48,19 @@ interface GroupState {
   appliedBytes: number;
   /** Greatest ts applied so far, for the status invariant check. */
   lastAppliedTs: bigint;
+  /** Ts of the after-failure procedure, once applied (steps 604-606). */
+  synchronizedTs: bigint | null;
+  suspendedBy: string | null;
+  dropped: number;
+  droppedBytes: number;
 }
+
+/** Group states on a secondary: docs/state-machines.md. */
+export type SecondaryGroupState = "active" | "suspended" | "takeover";
 
 type Work =
   | { kind: "rcr"; link: Link; primaryId: number; group: string; records: RcrRecord[] }
-  | { kind: "sync"; group: string; primaryId: number; t: bigint };
+  | { kind: "sync"; group: string; primaryId: number; t: bigint; generation: number };
 
 export class SecondaryEngine {
   private readonly groups = new Map<string, GroupState>();
@@ -62,12 +73,17 @@ export class SecondaryEngine {
   private applyAgain = false;
   private stopped = false;
   private readonly stmts;
+  private readonly bitmap: BitmapWriter;
+  private readonly appliedWaiters: { group: string; ts: bigint; resolve: () => void }[] = [];
   received = 0;
   duplicates = 0;
+  /** The last failure to write a secondary volume; the RCM suspends the group on it. */
+  applyError: string | null = null;
 
   constructor(private readonly o: SecondaryOptions) {
     const db = o.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
+    this.bitmap = new BitmapWriter(db);
     this.stmts = {
       insert: db.prepare(
         "INSERT INTO rcr (grp, ts, primary_id, seq, volume, op, off, len, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -121,6 +137,10 @@ export class SecondaryEngine {
           applied: Number(g.applied),
           appliedBytes: Number(g.applied_bytes),
           lastAppliedTs: g.last_applied_ts as bigint,
+          synchronizedTs: (g.synchronized_ts as bigint | null) ?? null,
+          suspendedBy: (g.suspended_by as string | null) ?? null,
+          dropped: Number(g.dropped),
+          droppedBytes: Number(g.dropped_bytes),
         });
       }
     })();
@@ -164,12 +184,18 @@ export class SecondaryEngine {
       if (!g.times.first.has(primaryId)) {
         return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
-      if (f.generation !== g.generation) {
-        return this.refuse(link, primaryId, 409, `group '${f.group}' is at generation ${g.generation}; frame carries ${f.generation}`);
+      if (f.generation !== g.generation || g.state !== "active") {
+        // Fencing: a suspended group takes nothing more from its primaries.
+        return this.refuse(
+          link,
+          primaryId,
+          GENERATION_REFUSED,
+          `group '${f.group}' is ${g.state} at generation ${g.generation} on subsystem #${this.o.id}; frame carries generation ${f.generation}`,
+        );
       }
       if (f.type === "sync") {
         if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `SYNC names primary #${f.primaryId} on the link of #${primaryId}`);
-        this.push({ kind: "sync", group: f.group, primaryId, t: f.t });
+        this.push({ kind: "sync", group: f.group, primaryId, t: f.t, generation: f.generation });
         return;
       }
       for (const r of f.records) {
@@ -243,6 +269,9 @@ export class SecondaryEngine {
             seqChanged.add(w.primaryId);
             ackTo.set(w.primaryId, w.link);
           } else {
+            // A SYNC received before a fence is committed after it: never let it lift 111.
+            const gs = this.groups.get(w.group)!;
+            if (w.generation !== gs.generation || gs.state !== "active") continue;
             const out = onSync(timesOf(w.group), w.primaryId, w.t);
             if (out.kind === "raised") {
               next.set(w.group, out.times);
@@ -295,10 +324,12 @@ export class SecondaryEngine {
         }
       } while (this.applyAgain && !this.stopped);
     } catch (err) {
+      this.applyError = (err as Error).message;
       this.o.logger.error({ err: (err as Error).message }, "applying the disk request queue failed; retrying");
       setTimeout(() => this.kickApplier(), 1000);
     } finally {
       this.applying = false;
+      this.wakeAppliedWaiters();
     }
   }
 
@@ -354,8 +385,190 @@ export class SecondaryEngine {
     })();
     g.applied += n;
     g.appliedBytes += bytes;
+    this.applyError = null;
     if (maxTs > g.lastAppliedTs) g.lastAppliedTs = maxTs;
     return n;
+  }
+
+  private group(name: string): GroupState {
+    const g = this.groups.get(name);
+    if (!g) throw Object.assign(new Error(`group '${name}' has no secondary volume on subsystem #${this.o.id}`), { code: "TM_NO_GROUP" });
+    return g;
+  }
+
+  /**
+   * Step 1 (fencing): durably raise the group's generation and stop taking
+   * frames of older ones; only then report 111. Everything received before
+   * is committed first, so no SYNC lifts 111 after the RCM has read it.
+   */
+  fence(name: string, generation: number, by: string, reason: string) {
+    const g = this.group(name);
+    this.commit();
+    if (generation > g.generation) {
+      const state: SecondaryGroupState = g.state === "takeover" ? "takeover" : "suspended";
+      // The first suspension's cause is what an admin needs; a re-fence keeps it.
+      if (g.state === "active") {
+        g.reason = reason;
+        g.suspendedBy = by;
+      }
+      this.o.db
+        .prepare("UPDATE grp SET generation = ?, state = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
+        .run(generation, state, g.reason, g.suspendedBy, Date.now(), name);
+      g.generation = generation;
+      g.state = state;
+      this.o.logger.warn({ group: name, generation, by, reason }, "group fenced: frames of older generations are refused");
+      for (const [p, l] of this.links) if (g.times.first.has(p)) l.close();
+    }
+    return this.timesReport(g);
+  }
+
+  private timesReport(g: GroupState) {
+    return {
+      group: g.name,
+      subsystem: this.o.id,
+      generation: g.generation,
+      state: g.state,
+      first: Object.fromEntries([...g.times.first].map(([p, t]) => [String(p), t.toString()])),
+      second: g.times.second.toString(),
+      synchronizedTs: g.synchronizedTs?.toString() ?? null,
+    };
+  }
+
+  /** Dry run: what applying Ts would drop, per volume, without changing anything. */
+  preview(name: string, ts: bigint) {
+    const g = this.group(name);
+    const rows = this.o.db
+      .prepare("SELECT volume, count(*) AS n, coalesce(sum(len), 0) AS b, max(ts) AS m FROM rcr WHERE grp = ? AND ts > ? GROUP BY volume")
+      .safeIntegers(true)
+      .all(name, ts) as { volume: string; n: bigint; b: bigint; m: bigint }[];
+    const keep = this.o.db.prepare("SELECT count(*) AS n FROM rcr WHERE grp = ? AND ts <= ?").get(name, ts) as { n: number };
+    return {
+      ...this.timesReport(g),
+      wouldApply: keep.n,
+      volumes: [...this.volumes.values()]
+        .filter((b) => b.group === name)
+        .map((b) => {
+          const r = rows.find((x) => x.volume === b.volume.name);
+          return { volume: b.volume.name, droppedWrites: Number(r?.n ?? 0n), droppedBytes: Number(r?.b ?? 0n), newestDroppedTs: r ? r.m.toString() : null };
+        }),
+    };
+  }
+
+  /**
+   * Steps 604-606: 112 = Ts; RCRs with ts <= Ts are applied, the rest become
+   * bitmap blocks and are dropped (Figs. 7C-7F). Idempotent: run again with
+   * the same Ts it reports the same outcome and changes nothing.
+   */
+  async applySynchronizedTime(name: string, generation: number, ts: bigint) {
+    const g = this.group(name);
+    if (g.state === "active" || generation !== g.generation) {
+      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`), {
+        code: "TM_NOT_FENCED",
+      });
+    }
+    if (g.synchronizedTs !== null && g.synchronizedTs !== ts) {
+      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`), {
+        code: "TM_TS_CONFLICT",
+      });
+    }
+    if (g.synchronizedTs === null) {
+      // DESIGN.md: a primary announces T only once all its RCRs <= T are acknowledged, so 112 <= Ts.
+      assert(g.times.second <= ts, `secondary #${this.o.id} group ${name}: 112 ${g.times.second} above Ts ${ts}`);
+      const drop = this.o.db
+        .prepare("SELECT id, volume, off, len FROM rcr WHERE grp = ? AND ts > ?")
+        .safeIntegers(true)
+        .all(name, ts) as { id: bigint; volume: string; off: bigint; len: bigint }[];
+      let blocks = 0;
+      let bytes = 0;
+      try {
+        this.o.db.transaction(() => {
+          for (const r of drop) {
+            blocks += this.bitmap.markNow(r.volume, Number(r.off), Number(r.len));
+            bytes += Number(r.len);
+            this.stmts.del.run(r.id);
+          }
+          this.stmts.setSecond.run(ts, name);
+          this.o.db
+            .prepare("UPDATE grp SET synchronized_ts = ?, dropped = dropped + ?, dropped_bytes = dropped_bytes + ? WHERE name = ?")
+            .run(ts, drop.length, bytes, name);
+        })();
+      } catch (err) {
+        this.bitmap.reset();
+        throw err;
+      }
+      g.times = { first: g.times.first, second: ts };
+      g.synchronizedTs = ts;
+      g.dropped += drop.length;
+      g.droppedBytes += bytes;
+      this.o.logger.warn({ group: name, ts: ts.toString(), dropped: drop.length, bitmapBlocks: blocks }, "group brought to the synchronized time");
+    }
+    const appliedBefore = g.applied;
+    await this.drainedThrough(name, ts);
+    return {
+      ...this.timesReport(g),
+      applied: g.applied,
+      appliedNow: g.applied - appliedBefore,
+      dropped: g.dropped,
+      droppedBytes: g.droppedBytes,
+      bitmapBlocks: [...this.volumes.values()].filter((b) => b.group === name).reduce((n, b) => n + this.bitmap.count(b.volume.name), 0),
+    };
+  }
+
+  /** Step 7G: hosts may write the secondary volumes; every write is marked in the bitmap. */
+  takeover(name: string, generation: number) {
+    const g = this.group(name);
+    if (g.synchronizedTs === null || generation !== g.generation) {
+      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`), {
+        code: "TM_NOT_SYNCHRONIZED",
+      });
+    }
+    if (g.state !== "takeover") {
+      this.o.db.prepare("UPDATE grp SET state = 'takeover', changed_at_ms = ? WHERE name = ?").run(Date.now(), name);
+      g.state = "takeover";
+      this.o.logger.warn({ group: name }, "takeover: secondary volumes are read-write for hosts");
+    }
+    return {
+      ...this.timesReport(g),
+      volumes: [...this.volumes.values()].filter((b) => b.group === name).map((b) => b.volume.name),
+    };
+  }
+
+  private drainedThrough(name: string, ts: bigint): Promise<void> {
+    const pending = () => (this.stmts.countDue.get(name, ts) as { n: bigint }).n > 0n;
+    if (!pending()) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.appliedWaiters.push({ group: name, ts, resolve });
+      this.kickApplier();
+    });
+  }
+
+  private wakeAppliedWaiters(): void {
+    for (let i = this.appliedWaiters.length - 1; i >= 0; i--) {
+      const w = this.appliedWaiters[i];
+      if ((this.stmts.countDue.get(w.group, w.ts) as { n: bigint }).n === 0n) {
+        this.appliedWaiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  /** Whether hosts may write this secondary volume now (after a takeover). */
+  isWritable(volume: string): boolean {
+    const b = this.volumes.get(volume);
+    return !!b && this.groups.get(b.group)?.state === "takeover";
+  }
+
+  /** A host write to a taken-over secondary volume: bitmap first, then the volume. */
+  async hostWrite(volume: string, offset: number, length: number, data: Buffer | null): Promise<void> {
+    const b = this.volumes.get(volume)!;
+    if (!this.isWritable(volume)) {
+      throw Object.assign(new Error(`volume ${volume} is a secondary volume and read-only while its group is ${this.groups.get(b.group)?.state}`), {
+        code: "EPERM",
+      });
+    }
+    await this.bitmap.mark(volume, offset, length);
+    if (data) await b.volume.write(offset, data);
+    else await b.volume.writeZeroes(offset, length);
   }
 
   hasVolume(name: string): boolean {
@@ -384,6 +597,12 @@ export class SecondaryEngine {
         appliedBytes: g.appliedBytes,
         lastAppliedTs: g.lastAppliedTs.toString(),
         appliedThrough: appliedThrough.toString(),
+        synchronizedTs: g.synchronizedTs?.toString() ?? null,
+        applyError: this.applyError,
+        suspendedBy: g.suspendedBy,
+        dropped: g.dropped,
+        droppedBytes: g.droppedBytes,
+        bitmapBlocks: [...this.volumes.values()].filter((b) => b.group === g.name).reduce((n, b) => n + this.bitmap.count(b.volume.name), 0),
         received: this.received,
         duplicates: this.duplicates,
         links: [...this.links.keys()],

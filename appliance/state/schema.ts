@@ -94,6 +94,15 @@ export const MIGRATIONS: readonly string[] = [
     last_applied_ts INTEGER NOT NULL DEFAULT 0
   ) WITHOUT ROWID;
   `,
+  // 2: the after-failure procedure: the synchronized time a group was brought
+  // to, and what the RCM said when it suspended it.
+  `
+  ALTER TABLE grp ADD COLUMN synchronized_ts INTEGER;
+  ALTER TABLE grp ADD COLUMN suspended_by TEXT;
+  ALTER TABLE grp ADD COLUMN changed_at_ms INTEGER;
+  ALTER TABLE grp ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE grp ADD COLUMN dropped_bytes INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

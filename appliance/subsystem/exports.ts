@@ -5,13 +5,15 @@
 import type { Volume } from "../../disks/volume.ts";
 import type { NbdExport, NbdExportProvider } from "../nbd/export.ts";
 import type { PrimaryEngine } from "../primary/primary.ts";
+import type { SecondaryEngine } from "../secondary/secondary.ts";
 
 export function primaryExport(v: Volume, engine: PrimaryEngine): NbdExport {
   return {
     name: v.name,
     sizeBytes: v.sizeBytes,
     description: `tidemark primary volume ${v.name}`,
-    isReadOnly: () => false,
+    // After a takeover the old primary is read-only for hosts that reconnect.
+    isReadOnly: () => !engine.isWritable(v.name),
     read: (offset, length) => v.read(offset, length),
     write: (offset, data, fua) => engine.write(v.name, offset, data.length, data, fua),
     // A trim is replicated as zeroes, so primary and secondary read the same.
@@ -47,23 +49,29 @@ export function plainExport(v: Volume): NbdExport {
   };
 }
 
-function refused(volume: string): Promise<never> {
-  const err = Object.assign(new Error(`volume ${volume} is a secondary volume and read-only while its pair is replicating`), {
-    code: "EPERM",
-  });
-  return Promise.reject(err);
-}
-
-export function secondaryExport(v: Volume, readOnly: () => boolean): NbdExport {
+/**
+ * A secondary volume: read-only while its group replicates; after a takeover
+ * hosts write it, and every write is marked in the secondary's bitmap.
+ */
+export function secondaryExport(v: Volume, engine: SecondaryEngine): NbdExport {
   return {
     name: v.name,
     sizeBytes: v.sizeBytes,
     description: `tidemark secondary volume ${v.name}`,
-    isReadOnly: readOnly,
+    isReadOnly: () => !engine.isWritable(v.name),
     read: (offset, length) => v.read(offset, length),
-    write: () => refused(v.name),
-    writeZeroes: () => refused(v.name),
-    trim: () => refused(v.name),
+    write: async (offset, data, fua) => {
+      await engine.hostWrite(v.name, offset, data.length, data);
+      if (fua) await v.sync();
+    },
+    writeZeroes: async (offset, length, fua) => {
+      await engine.hostWrite(v.name, offset, length, null);
+      if (fua) await v.sync();
+    },
+    trim: async (offset, length, fua) => {
+      await engine.hostWrite(v.name, offset, length, null);
+      if (fua) await v.sync();
+    },
     flush: () => v.sync(),
   };
 }

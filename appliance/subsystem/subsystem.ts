@@ -1,7 +1,8 @@
 // One storage subsystem process: opens its volumes and state file, serves
 // NBD, accepts replication links and control connections on its replication
 // port, and runs its primary and secondary roles for every group it is in.
-// It prints one JSON "ready" line on stdout when it serves, and stops cleanly
+// It prints one JSON "ready" line on stdout (stderr when socket-activated:
+// stdout is then the client's) when it serves, and stops cleanly
 // on SIGTERM/SIGINT (a clean stop is recorded, so a later start knows whether
 // the previous run ended in a crash).
 import { readFileSync, mkdirSync, openSync, closeSync } from "node:fs";
@@ -44,7 +45,27 @@ function setMeta(db: Db, key: string, value: string): void {
   db.prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
 }
 
-export async function runSubsystem(topo: LoadedTopology, id: number, logger: Logger): Promise<SubsystemHandle> {
+/** Where NBD is served: the config's nbdPort, or a listening socket inherited under socket activation. */
+export interface SubsystemOptions {
+  nbdFd?: number;
+}
+
+// systemd's convention (sd_listen_fds(3)), which libnbd's `[ CMD ]` follows:
+// LISTEN_PID names the process the sockets are for, LISTEN_FDS counts them,
+// and the first is fd 3. The variables are removed once read, so a process we
+// start never takes our socket for its own.
+const SD_LISTEN_FDS_START = 3;
+
+/** fd 3 when this process was socket-activated, else undefined. */
+export function takeActivationFd(env: NodeJS.ProcessEnv = process.env, pid = process.pid): number | undefined {
+  const activated = env.LISTEN_PID === String(pid) && Number(env.LISTEN_FDS) >= 1;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  return activated ? SD_LISTEN_FDS_START : undefined;
+}
+
+export async function runSubsystem(topo: LoadedTopology, id: number, logger: Logger, opts: SubsystemOptions = {}): Promise<SubsystemHandle> {
   const cfg = topo.config;
   const me = subsystemConfig(topo, id);
   const dir = subsystemDir(topo, id);
@@ -141,7 +162,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   const exports = new ExportTable(me.defaultExport);
   for (const v of volumes.values()) {
     if (primary?.hasVolume(v.name)) exports.add(primaryExport(v, primary));
-    else if (secondary?.hasVolume(v.name)) exports.add(secondaryExport(v, () => true));
+    else if (secondary?.hasVolume(v.name)) exports.add(secondaryExport(v, secondary));
     else exports.add(plainExport(v));
   }
 
@@ -149,7 +170,10 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   await primary?.start();
   secondary?.start();
 
-  const status = () => ({
+  const bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
+  const status = () => {
+    const bitmap = new Map((bitmapCounts.all() as { volume: string; n: number }[]).map((r) => [r.volume, r.n]));
+    return {
     subsystem: id,
     pid: process.pid,
     host: me.host,
@@ -166,21 +190,44 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       sizeBytes: v.sizeBytes,
       nbdUrl: nbdUrl(me.host, me.nbdPort, v.name),
       readOnly: exports.get(v.name)!.isReadOnly(),
+      bitmapBlocks: bitmap.get(v.name) ?? 0,
     })),
     primary: primary?.status() ?? null,
     secondary: secondary?.status() ?? null,
-  });
+    };
+  };
 
-  const handleRequest = (body: unknown): unknown => {
-    const op = (body as { op?: unknown })?.op;
-    switch (op) {
+  const need = <T>(engine: T | null, what: string): T => {
+    if (!engine) throw Object.assign(new Error(`subsystem #${id} has no ${what} role`), { code: "TM_NO_ROLE" });
+    return engine;
+  };
+  const handleRequest = async (body: unknown): Promise<unknown> => {
+    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string };
+    switch (b.op) {
       case "status":
         return status();
       case "stamp":
         // Every write acknowledged to a host so far has ts <= lastStamp.
         return { lastStamp: (primary?.lastStamp ?? 0n).toString(), nowNs: (primary?.nowNs() ?? process.hrtime.bigint()).toString() };
+      // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
+      case "fence":
+        return need(secondary, "secondary").fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
+      case "preview":
+        return need(secondary, "secondary").preview(String(b.group), BigInt(String(b.ts)));
+      case "apply-ts":
+        return need(secondary, "secondary").applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
+      case "takeover":
+        return need(secondary, "secondary").takeover(String(b.group), Number(b.generation));
+      case "primary-suspend":
+        await need(primary, "primary").suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
+        return need(primary, "primary").preview(String(b.group));
+      case "primary-takeover":
+        await need(primary, "primary").suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
+        return need(primary, "primary").preview(String(b.group));
+      case "primary-preview":
+        return need(primary, "primary").preview(String(b.group));
       default:
-        throw Object.assign(new Error(`unknown control operation ${JSON.stringify(op)}`), { code: "TM_CONTROL_OP" });
+        throw Object.assign(new Error(`unknown control operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
     }
   };
 
@@ -197,20 +244,23 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     }
     link.on("frame", (f) => {
       if (f.type !== "request") return;
-      try {
-        link.send({ type: "response", id: f.id, ok: true, body: handleRequest(f.body) });
-      } catch (err) {
-        const e = err as Error & { code?: string };
-        link.send({ type: "response", id: f.id, ok: false, body: { code: e.code ?? "TM_CONTROL", message: e.message } });
-      }
+      handleRequest(f.body).then(
+        (body) => link.send({ type: "response", id: f.id, ok: true, body }),
+        (err: Error & { code?: string }) => {
+          if (err.name === "InvariantError") throw err;
+          link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_CONTROL", message: err.message } });
+        },
+      );
     });
   };
 
   const linkServer = createLinkServer({ key: cfg.clusterKey, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
   await listen(linkServer, me.host, me.replicationPort, `subsystem #${id} replication port`);
   const nbd = new NbdServer({ exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes });
-  await nbd.listen(me.host, me.nbdPort);
-  logger.info({ replication: `${me.host}:${me.replicationPort}`, nbd: `${me.host}:${me.nbdPort}`, volumes: volumes.size }, "subsystem serving");
+  if (opts.nbdFd !== undefined) await nbd.listenFd(opts.nbdFd);
+  else await nbd.listen(me.host, me.nbdPort);
+  const nbdWhere = opts.nbdFd !== undefined ? `fd ${opts.nbdFd}` : `${me.host}:${me.nbdPort}`;
+  logger.info({ replication: `${me.host}:${me.replicationPort}`, nbd: nbdWhere, volumes: volumes.size }, "subsystem serving");
 
   let stopping: Promise<void> | null = null;
   const stop = () =>
@@ -240,17 +290,22 @@ function listen(server: net.Server, host: string, port: number, what: string): P
 /** Entry for `tidemark subsystem`: run until SIGTERM/SIGINT. */
 export async function subsystemMain(configFile: string, id: number, logFile?: string): Promise<void> {
   const topo = loadConfig(configFile);
-  const dest = logFile ? pino.destination({ dest: logFile, mkdir: true, sync: false }) : pino.destination(1);
+  // Under socket activation stdout belongs to the client that started us
+  // (`nbdinfo --json -- [ tidemark subsystem ... ]` prints its JSON there), so
+  // logs and the ready line go to stderr.
+  const nbdFd = takeActivationFd();
+  const out = nbdFd !== undefined ? process.stderr : process.stdout;
+  const dest = logFile ? pino.destination({ dest: logFile, mkdir: true, sync: false }) : pino.destination(nbdFd !== undefined ? 2 : 1);
   const logger = pino({ level: topo.config.logLevel, base: { ss: id } }, dest);
   installInvariantExit((err) => {
     logger.fatal({ err: err.message, stack: err.stack }, "stopping: %s", err.message);
     dest.flushSync?.();
     process.stderr.write(`tidemark subsystem #${id}: ${err.message}\n`);
   });
-  const handle = await runSubsystem(topo, id, logger);
+  const handle = await runSubsystem(topo, id, logger, { nbdFd });
   const me = subsystemConfig(topo, id);
-  process.stdout.write(
-    JSON.stringify({ ready: true, subsystem: id, pid: process.pid, replication: `${me.host}:${me.replicationPort}`, nbd: `${me.host}:${me.nbdPort}` }) + "\n",
+  out.write(
+    JSON.stringify({ ready: true, subsystem: id, pid: process.pid, replication: `${me.host}:${me.replicationPort}`, nbd: nbdFd !== undefined ? `fd ${nbdFd}` : `${me.host}:${me.nbdPort}` }) + "\n",
   );
   const onSignal = () => {
     void handle.stop().then(

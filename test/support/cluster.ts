@@ -82,7 +82,7 @@ export class TestCluster {
   }
 
   logOf(id: number): string {
-    return path.join(this.dir, `ss${id}.log`);
+    return path.join(this.dir, id === 0 ? "rcm.log" : `ss${id}.log`);
   }
 
   async start(id: number): Promise<void> {
@@ -100,6 +100,20 @@ export class TestCluster {
         if (sig !== "SIGKILL" && sig !== "SIGTERM" && code !== 0) this.deaths.push(`#${id} exit ${code ?? sig}: ${stderr.trim()}`);
         reject(new Error(`subsystem #${id} exited (${sig ?? code}) before ready: ${stderr.trim()}`));
       });
+    });
+  }
+
+  /** The RCM (config rcm section), as process id 0 among the subsystems. */
+  async startRcm(): Promise<void> {
+    const proc = spawn(process.execPath, [BIN, "rcm", "--config", this.configFile, "--log", this.logOf(0)], { stdio: ["ignore", "pipe", "pipe"] });
+    this.procs.set(0, proc);
+    let stderr = "";
+    proc.stderr!.on("data", (d) => (stderr += d));
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: proc.stdout! }).on("line", (l) => {
+        if (l.includes('"ready":true')) resolve();
+      });
+      proc.once("exit", (code, sig) => reject(new Error(`rcm exited (${sig ?? code}) before ready: ${stderr.trim()}`)));
     });
   }
 
@@ -135,7 +149,7 @@ export class TestCluster {
   }
 
   async destroy(keep = false): Promise<void> {
-    await Promise.all(this.ids.map((id) => this.kill(id, "SIGKILL")));
+    await Promise.all([...this.procs.keys()].map((id) => this.kill(id, "SIGKILL")));
     if (!keep) rmSync(this.dir, { recursive: true, force: true });
   }
 

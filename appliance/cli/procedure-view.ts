@@ -1,0 +1,38 @@
+// Renders an after-failure procedure report (suspend, takeover, dry run) for
+// an admin at a terminal. Pure.
+import type { ProcedureReport } from "../rcm/procedure.ts";
+
+const mib = (b: number | undefined) => ((b ?? 0) / 1048576).toFixed(2);
+
+export function renderProcedure(r: ProcedureReport): string {
+  const out: string[] = [];
+  const what = r.mode === "dry-run" ? "takeover plan (dry run: nothing was changed)" : r.mode === "takeover" ? "takeover complete" : r.complete ? "group suspended" : "group partly suspended";
+  out.push(`${r.group}: ${what}`);
+  if (!r.complete) {
+    out.push(`  fenced what answered at generation ${r.generation}; waiting for ${r.waitingFor.map((i) => `#${i}`).join(", ")}`);
+    return out.join("\n");
+  }
+  out.push(`  synchronized time Ts = ${r.ts} (${r.lossWindowMs.toFixed(1)} ms ago: writes acknowledged after Ts are not on the secondaries)`);
+  out.push(`  generation ${r.generation}; took ${r.elapsedMs} ms`);
+  for (const s of r.secondaries) {
+    const first = Object.entries(s.first)
+      .map(([p, t]) => `111[#${p}]=${t}`)
+      .join(" ");
+    if (r.mode === "dry-run") {
+      out.push(`  secondary #${s.subsystem}: ${first}; would apply ${s.wouldApply} queued RCRs`);
+      for (const v of s.volumes) out.push(`    ${v.volume}: would drop ${v.droppedWrites} writes (${mib(v.droppedBytes)} MiB) into the bitmap`);
+    } else {
+      out.push(
+        `  secondary #${s.subsystem}: applied ${s.appliedNow} RCRs in this procedure, ${s.dropped} RCRs (${mib(s.droppedBytes)} MiB) turned into ${s.bitmapBlocks} bitmap blocks`,
+      );
+      for (const v of s.volumes) out.push(`    ${v.volume}: ${v.nbdUrl}${r.mode === "takeover" ? " (read-write: reconnect hosts)" : " (read-only)"}`);
+    }
+  }
+  for (const p of r.primaries) {
+    if (!p.reached) out.push(`  primary #${p.subsystem}: unreachable (${p.error}); it is fenced by generation when it comes back`);
+    else if (r.mode === "dry-run") {
+      for (const v of p.volumes ?? []) out.push(`  primary #${p.subsystem} ${v.volume}: ${v.unacknowledgedWrites} writes (${mib(v.unacknowledgedBytes)} MiB) not yet acknowledged by the secondary`);
+    } else out.push(`  primary #${p.subsystem}: ${p.state}${p.state === "taken-over" ? " (read-only for hosts)" : " (writes are recorded in its bitmap)"}`);
+  }
+  return out.join("\n");
+}

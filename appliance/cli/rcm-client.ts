@@ -1,0 +1,35 @@
+// The CLI's side of the RCM's control port: suspend and takeover requests.
+import pino from "pino";
+import { connectLink } from "../replication/link.ts";
+import type { LoadedTopology } from "../../config/load.ts";
+import type { Frame } from "../replication/frames.ts";
+import { ControlError } from "./control-client.ts";
+
+export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: number): Promise<T> {
+  const rcm = topo.config.rcm;
+  if (!rcm) throw new ControlError("TM_NO_RCM", `${topo.file} has no "rcm" section: add {"rcm": {"port": N}} and start it with 'tidemark rcm'`);
+  let link;
+  try {
+    link = await connectLink({ host: rcm.host, port: rcm.port, key: topo.config.clusterKey, role: "control", nodeId: 0, timeoutMs: 3000, logger: pino({ level: "silent" }) });
+  } catch (err) {
+    throw new ControlError("TM_UNREACHABLE", `the RCM at ${rcm.host}:${rcm.port} is unreachable (${(err as Error).message}); start it with 'tidemark rcm --config ${topo.file}'`);
+  }
+  try {
+    return await new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ControlError("TM_CONTROL_TIMEOUT", `the RCM gave no answer within ${timeoutMs} ms`)), timeoutMs);
+      link.on("frame", (f: Frame) => {
+        if (f.type !== "response") return;
+        clearTimeout(timer);
+        if (f.ok) resolve(f.body as T);
+        else {
+          const b = f.body as { code?: string; message?: string };
+          reject(new ControlError(b.code ?? "TM_RCM", b.message ?? "the RCM refused"));
+        }
+      });
+      link.on("close", () => reject(new ControlError("TM_CONTROL_CLOSED", "the RCM closed the connection")));
+      link.send({ type: "request", id: 1, body });
+    });
+  } finally {
+    link.close();
+  }
+}

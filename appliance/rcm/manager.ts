@@ -1,0 +1,183 @@
+// The remote copy manager process (seed's RCM 105-2): a control port for
+// `tidemark suspend` and `tidemark takeover`, and a monitor that suspends a
+// group on its own when a failure outlasts rcm.failureTimeoutMs (a quick
+// restart is not a failure). Procedures on one group run one at a time.
+import type { Logger } from "pino";
+import type net from "node:net";
+import type { LoadedTopology } from "../../config/load.ts";
+import { createLinkServer, type Link } from "../replication/link.ts";
+import { askAll } from "../cli/control-client.ts";
+import type { SubsystemStatus } from "../cli/status-view.ts";
+import { runProcedure, type ProcedureMode, type ProcedureReport } from "./procedure.ts";
+
+export class RemoteCopyManager {
+  private server: net.Server | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly busy = new Map<string, Promise<unknown>>();
+  /** Failure conditions by group, with when each was first seen. */
+  private readonly since = new Map<string, Map<string, number>>();
+  readonly history: { at: string; group: string; mode: ProcedureMode; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
+  private checking = false;
+
+  constructor(
+    private readonly topo: LoadedTopology,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const rcm = this.topo.config.rcm;
+    if (!rcm) throw Object.assign(new Error(`${this.topo.file} has no "rcm" section (host, port)`), { code: "TM_NO_RCM" });
+    this.server = createLinkServer({ key: this.topo.config.clusterKey, nodeId: 0xfffe, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once("error", (err: NodeJS.ErrnoException) =>
+        reject(Object.assign(new Error(`rcm: cannot listen on ${rcm.host}:${rcm.port}: ${err.code ?? err.message}`), { code: "TM_LISTEN" })),
+      );
+      this.server!.listen(rcm.port, rcm.host, () => resolve());
+    });
+    if (rcm.autoSuspend) this.timer = setInterval(() => void this.check(), rcm.checkIntervalMs);
+    this.logger.info({ port: rcm.port, failureTimeoutMs: rcm.failureTimeoutMs, autoSuspend: rcm.autoSuspend }, "rcm serving");
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.server?.close();
+    await Promise.allSettled([...this.busy.values()]);
+  }
+
+  private onLink(link: Link): void {
+    if (link.peer.role !== "control") {
+      link.close();
+      return;
+    }
+    link.on("frame", (f) => {
+      if (f.type !== "request") return;
+      this.handle(f.body).then(
+        (body) => link.send({ type: "response", id: f.id, ok: true, body }),
+        (err: Error & { code?: string }) => link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_RCM", message: err.message } }),
+      );
+    });
+  }
+
+  private async handle(body: unknown): Promise<unknown> {
+    const b = (body ?? {}) as { op?: string; group?: string; dryRun?: boolean; reason?: string; by?: string };
+    switch (b.op) {
+      case "suspend":
+        return this.procedure(String(b.group), "suspend", b.by ?? "admin", b.reason ?? "planned suspension");
+      case "takeover":
+        return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
+      case "status":
+        return { pid: process.pid, history: this.history.slice(-50) };
+      default:
+        throw Object.assign(new Error(`rcm: unknown operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
+    }
+  }
+
+  /** Runs one procedure on a group, after any that is already running there. */
+  procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {
+    const prev = this.busy.get(group) ?? Promise.resolve();
+    const run = prev
+      .catch(() => {})
+      .then(() => runProcedure(this.topo, group, { mode, by, reason, logger: this.logger, partial }))
+      .then(
+        (r) => {
+          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts: r.ts });
+          return r;
+        },
+        (err: Error) => {
+          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: false, error: err.message });
+          this.logger.error({ group, mode, err: err.message }, "after-failure procedure failed");
+          throw err;
+        },
+      );
+    this.busy.set(group, run);
+    void run.finally(() => {
+      if (this.busy.get(group) === run) this.busy.delete(group);
+    }).catch(() => {});
+    return run;
+  }
+
+  /** One monitoring pass over every group. */
+  private async check(): Promise<void> {
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      const ids = this.topo.config.subsystems.map((s) => s.id);
+      const answers = await askAll<SubsystemStatus>(this.topo, ids, { op: "status" });
+      const now = Date.now();
+      const timeout = this.topo.config.rcm!.failureTimeoutMs;
+      for (const g of this.topo.groups.values()) {
+        if (this.busy.has(g.name)) continue;
+        const conditions = new Map<string, boolean>();
+        let suspendedSomewhere = false;
+        let activeSomewhere = false;
+        let unsynchronized = false;
+        let secondariesReachable = true;
+        for (const id of [...g.primaries, ...g.secondaries]) {
+          const a = answers.get(id)!;
+          if (!a.ok) {
+            conditions.set(`subsystem #${id} unreachable`, false);
+            if (g.secondaries.includes(id)) secondariesReachable = false;
+            continue;
+          }
+          const s = a.value;
+          for (const pg of s.primary?.groups ?? []) {
+            if (pg.name !== g.name) continue;
+            const state = (pg as { state?: string }).state ?? "active";
+            if (state === "active") activeSomewhere = true;
+            else {
+              suspendedSomewhere = true;
+              // A primary that stopped replicating on its own (fenced, journal full) needs no timeout.
+              conditions.set(`primary #${id} ${state}: ${(pg as { reason?: string }).reason ?? ""}`, true);
+            }
+          }
+          for (const l of s.primary?.links ?? []) {
+            if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x as { state?: string }).state === "active")) {
+              conditions.set(`link #${id} -> #${l.secondary} ${l.state}${l.lastError ? ` (${l.lastError})` : ""}`, false);
+            }
+          }
+          for (const sg of s.secondary ?? []) {
+            if (sg.name !== g.name) continue;
+            if (sg.state === "active") activeSomewhere = true;
+            else {
+              suspendedSomewhere = true;
+              if ((sg as { synchronizedTs?: string | null }).synchronizedTs == null) unsynchronized = true;
+            }
+            const err = (sg as { applyError?: string | null }).applyError;
+            if (err) conditions.set(`secondary #${id} cannot write its volumes: ${err}`, true);
+          }
+        }
+        // A suspension cut short (a secondary was away, or the RCM died): finish it
+        // once every secondary answers, so the group rests at one synchronized time.
+        if (suspendedSomewhere && (activeSomewhere || unsynchronized)) {
+          if (secondariesReachable) {
+            this.logger.warn({ group: g.name }, "finishing a suspension that was cut short");
+            void this.procedure(g.name, "suspend", "rcm (automatic)", "finishing an interrupted suspension").catch(() => {});
+          }
+          continue;
+        }
+        if (!activeSomewhere) {
+          this.since.delete(g.name);
+          continue;
+        }
+        const seen = this.since.get(g.name) ?? new Map<string, number>();
+        for (const k of [...seen.keys()]) if (!conditions.has(k)) seen.delete(k);
+        for (const k of conditions.keys()) if (!seen.has(k)) seen.set(k, now);
+        this.since.set(g.name, seen);
+        const due = [...conditions].filter(([k, immediate]) => immediate || now - seen.get(k)! >= timeout).map(([k]) => k);
+        if (due.length === 0) continue;
+        const reason = due.join("; ");
+        this.logger.warn({ group: g.name, reason }, "failure outlasted the timeout: suspending the group");
+        void this.procedure(g.name, "suspend", "rcm (automatic)", reason, true)
+          .then((r) => {
+            if (!r.complete) this.logger.warn({ group: g.name, waitingFor: r.waitingFor }, "suspension fenced what answers; will finish when the rest is back");
+            else this.since.delete(g.name);
+          })
+          .catch(() => {});
+      }
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, "rcm monitor pass failed");
+    } finally {
+      this.checking = false;
+    }
+  }
+}

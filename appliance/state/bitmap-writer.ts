@@ -1,0 +1,99 @@
+// Durable bitmap marks (114) with group commit: a host write that is not
+// replicated (group suspended on the primary, or a secondary taken over)
+// marks its blocks here, and its volume write waits for that commit, so a
+// crash never leaves a changed block that the bitmap does not name.
+import type { Db } from "./database.ts";
+import { blockSpan } from "../resync/blocks.ts";
+
+interface Waiting {
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+export class BitmapWriter {
+  private readonly known = new Map<string, Set<number>>();
+  private marks: [string, number][] = [];
+  private waiting: Waiting[] = [];
+  private scheduled = false;
+  private readonly insert;
+  private readonly countStmt;
+
+  constructor(private readonly db: Db) {
+    this.insert = db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
+    this.countStmt = db.prepare("SELECT count(*) AS n FROM bitmap WHERE volume = ?");
+  }
+
+  private setOf(volume: string): Set<number> {
+    let s = this.known.get(volume);
+    if (!s) {
+      s = new Set((this.db.prepare("SELECT block FROM bitmap WHERE volume = ?").all(volume) as { block: number }[]).map((r) => r.block));
+      this.known.set(volume, s);
+    }
+    return s;
+  }
+
+  /** Resolves once every block of the range is durably (kill -9-safe) in the bitmap. */
+  mark(volume: string, offset: number, length: number): Promise<void> {
+    const set = this.setOf(volume);
+    const { first, last } = blockSpan(offset, length);
+    let fresh = false;
+    for (let b = first; b <= last; b++) {
+      if (!set.has(b)) {
+        set.add(b);
+        this.marks.push([volume, b]);
+        fresh = true;
+      }
+    }
+    // Blocks already marked may still be in a batch not yet committed.
+    if (!fresh && this.marks.length === 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.commit());
+      }
+    });
+  }
+
+  /** Inside a caller's transaction: marks blocks without waiting (the caller commits). */
+  markNow(volume: string, offset: number, length: number): number {
+    const set = this.setOf(volume);
+    const { first, last } = blockSpan(offset, length);
+    let n = 0;
+    for (let b = first; b <= last; b++) {
+      if (!set.has(b)) {
+        set.add(b);
+        this.insert.run(volume, b);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** After a failed transaction that used markNow: forget the cache. */
+  reset(): void {
+    this.known.clear();
+  }
+
+  private commit(): void {
+    this.scheduled = false;
+    const marks = this.marks;
+    const waiting = this.waiting;
+    this.marks = [];
+    this.waiting = [];
+    try {
+      this.db.transaction(() => {
+        for (const [v, b] of marks) this.insert.run(v, b);
+      })();
+    } catch (err) {
+      this.known.clear();
+      for (const w of waiting) w.reject(err as Error);
+      return;
+    }
+    for (const w of waiting) w.resolve();
+  }
+
+  count(volume: string): number {
+    return (this.countStmt.get(volume) as { n: number }).n;
+  }
+}

@@ -1,0 +1,640 @@
+// `npm run bench`: the replicated write path against a plain NBD server on the
+// same disk. Starts `nbdkit file`, a 1-primary/1-secondary tidemark and the
+// default 2x3 shape (each in its own temp dir, on free loopback ports), runs
+// the same fio jobs (nbd engine) against each, samples `status` every
+// SAMPLE_MS for the replication lag, and prints one table. Every process it
+// starts and every temp dir is removed on exit, failure or Ctrl-C.
+// Not part of `npm test`: it takes minutes and needs a quiet machine.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync, readFileSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { loadConfig, type LoadedTopology } from "../config/load.ts";
+import { ControlClient } from "../appliance/cli/control-client.ts";
+import { buildStatus, type Answer, type SubsystemStatus } from "../appliance/cli/status-view.ts";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const BIN = path.join(ROOT, "bin/tidemark");
+const MiB = 1024 * 1024;
+/** Status sampling period during a job (the issue asks for ~250 ms). */
+const SAMPLE_MS = 250;
+/** Longest wait for the secondaries to drain their queues after a write job. */
+const DRAIN_TIMEOUT_MS = 180_000;
+const STOP_GRACE_MS = 15_000;
+
+// ---------------------------------------------------------------- arguments
+interface Options {
+  seconds: number;
+  volumeMiB: number;
+  syncIntervalMs: number;
+  dir: string;
+  json: string | null;
+  keep: boolean;
+  only: Set<string> | null;
+  jobs: Set<string> | null;
+}
+
+function usage(): never {
+  process.stdout.write(
+    [
+      "usage: npm run bench -- [--quick] [--seconds N] [--volume-mib N] [--dir D] [--json FILE] [--only nbdkit,1x1,2x3] [--jobs randwrite,seqwrite,randread] [--keep]",
+      "  --seconds N     length of every fio job (default 60; the issue asks for sustained rates)",
+      "  --quick         10 s jobs",
+      "  --volume-mib N  size of every volume file (default 1024)",
+      "  --dir D         where the temp dirs go (default: os.tmpdir(), the disk under test)",
+      "  --json FILE     also write the raw results as JSON",
+      "  --keep          keep the temp dirs (logs, state files) for inspection",
+      "",
+    ].join("\n"),
+  );
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { seconds: 60, volumeMiB: 1024, syncIntervalMs: 50, dir: os.tmpdir(), json: null, keep: false, only: null, jobs: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      const v = argv[++i];
+      if (v === undefined) usage();
+      return v;
+    };
+    const num = () => {
+      const n = Number(val());
+      if (!Number.isFinite(n) || n <= 0) usage();
+      return n;
+    };
+    if (a === "--quick") o.seconds = 10;
+    else if (a === "--seconds") o.seconds = num();
+    else if (a === "--volume-mib") o.volumeMiB = Math.round(num());
+    else if (a === "--sync-interval-ms") o.syncIntervalMs = Math.round(num());
+    else if (a === "--dir") o.dir = path.resolve(val());
+    else if (a === "--json") o.json = path.resolve(val());
+    else if (a === "--keep") o.keep = true;
+    else if (a === "--only") o.only = new Set(val().split(","));
+    else if (a === "--jobs") o.jobs = new Set(val().split(","));
+    else usage();
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------- cleanup
+const children = new Set<ChildProcess>();
+const tempDirs = new Set<string>();
+let keepDirs = false;
+
+function track(p: ChildProcess): ChildProcess {
+  children.add(p);
+  p.once("exit", () => children.delete(p));
+  return p;
+}
+
+function alive(p: ChildProcess): boolean {
+  return p.exitCode === null && p.signalCode === null;
+}
+
+async function stopProc(p: ChildProcess, graceMs = STOP_GRACE_MS): Promise<void> {
+  if (!alive(p)) return;
+  const gone = new Promise<void>((r) => p.once("exit", () => r()));
+  p.kill("SIGTERM");
+  const t = setTimeout(() => p.kill("SIGKILL"), graceMs);
+  await gone;
+  clearTimeout(t);
+}
+
+/** Last resort, synchronous: runs from process 'exit' whatever happened before. */
+function cleanupSync(): void {
+  for (const p of children) if (alive(p)) p.kill("SIGKILL");
+  if (!keepDirs) for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+}
+
+let interrupted = false;
+process.on("exit", cleanupSync);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\nbench: ${sig}: stopping every process and removing temp dirs\n`);
+    void Promise.all([...children].map((p) => stopProc(p, 3000))).finally(() => process.exit(130));
+  });
+}
+
+function tempDir(o: Options, prefix: string): string {
+  mkdirSync(o.dir, { recursive: true });
+  const d = mkdtempSync(path.join(o.dir, prefix));
+  tempDirs.add(d);
+  return d;
+}
+
+// ---------------------------------------------------------------- tools
+function have(cmd: string, args: string[]): string | null {
+  const r = spawnSync(cmd, args, { encoding: "utf8" });
+  return r.status === 0 || (r.stdout ?? "").length > 0 ? `${r.stdout}${r.stderr}` : null;
+}
+
+function checkTools(): void {
+  const missing: string[] = [];
+  const fio = have("fio", ["--enghelp"]);
+  if (fio === null) missing.push("fio (apt-get install fio)");
+  else if (!/\bnbd\b/.test(fio)) missing.push("fio with the nbd ioengine (Debian's fio >= 3.20 has it; it links libnbd)");
+  if (have("nbdkit", ["--version"]) === null) missing.push("nbdkit (apt-get install nbdkit)");
+  if (missing.length > 0) {
+    process.stderr.write(`bench: missing tools:\n  ${missing.join("\n  ")}\n`);
+    process.exit(3);
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Peak RSS (VmHWM) in MiB, and its reset (clear_refs 5) so each job gets its own peak. */
+function vmHwmMiB(pid: number): number | null {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) / 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return null;
+  }
+}
+const CLOCK_TICKS = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+function resetHwm(pid: number): void {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, "5");
+  } catch {
+    /* not allowed here: the peak then covers the process's whole life */
+  }
+}
+
+// ---------------------------------------------------------------- fio
+interface FioJob {
+  name: "randwrite" | "seqwrite" | "randread";
+  rw: string;
+  bs: string;
+  iodepth: number;
+  write: boolean;
+}
+
+const JOBS: FioJob[] = [
+  { name: "randwrite", rw: "randwrite", bs: "4k", iodepth: 32, write: true },
+  { name: "seqwrite", rw: "write", bs: "1M", iodepth: 8, write: true },
+  { name: "randread", rw: "randread", bs: "4k", iodepth: 32, write: false },
+];
+
+interface FioResult {
+  iops: number;
+  mibps: number;
+  p50us: number;
+  p99us: number;
+  error: number;
+}
+
+function runFio(args: string[], seconds: number, cwd: string): Promise<FioResult> {
+  const full = [...args, `--runtime=${seconds}`, "--time_based", "--output-format=json", "--group_reporting"];
+  return new Promise((resolve, reject) => {
+    const p = track(spawn("fio", full, { cwd, stdio: ["ignore", "pipe", "pipe"] }));
+    let out = "";
+    let err = "";
+    p.stdout!.on("data", (d) => (out += d));
+    p.stderr!.on("data", (d) => (err += d));
+    p.once("exit", (code, sig) => {
+      const start = out.indexOf("{");
+      if (code !== 0 || start < 0) return reject(new Error(`fio ${full.join(" ")} failed (${sig ?? code}): ${err.trim() || out.trim()}`));
+      try {
+        const j = JSON.parse(out.slice(start)) as {
+          jobs: {
+            error: number;
+            read: { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } };
+            write: { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } };
+          }[];
+        };
+        const job = j.jobs[0];
+        const side = job.write.iops > 0 ? job.write : job.read;
+        const pct = side.clat_ns.percentile ?? {};
+        resolve({
+          iops: side.iops,
+          mibps: side.bw_bytes / MiB,
+          p50us: (pct["50.000000"] ?? NaN) / 1000,
+          p99us: (pct["99.000000"] ?? NaN) / 1000,
+          error: job.error,
+        });
+      } catch (e) {
+        reject(new Error(`fio output unreadable: ${(e as Error).message}`));
+      }
+    });
+  });
+}
+
+function nbdFioArgs(uri: string, job: FioJob, sizeMiB: number): string[] {
+  return [
+    `--name=${job.name}`,
+    "--ioengine=nbd",
+    `--uri=${uri}`,
+    `--rw=${job.rw}`,
+    `--bs=${job.bs}`,
+    `--iodepth=${job.iodepth}`,
+    `--size=${sizeMiB}M`,
+    "--randrepeat=0",
+    "--norandommap",
+  ];
+}
+
+// ---------------------------------------------------------------- targets
+interface Proc {
+  label: string;
+  proc: ChildProcess;
+}
+
+interface Target {
+  name: string;
+  uri: string;
+  procs: Proc[];
+  cluster: Cluster | null;
+}
+
+interface Cluster {
+  topo: LoadedTopology;
+  clients: Map<number, ControlClient>;
+}
+
+async function startNbdkit(o: Options): Promise<Target> {
+  const dir = tempDir(o, "tidemark-bench-nbdkit-");
+  const file = path.join(dir, "disk.img");
+  // Same sparse start as a tidemark volume file.
+  spawnSync("truncate", ["-s", `${o.volumeMiB}M`, file]);
+  const port = await freePort();
+  const proc = track(spawn("nbdkit", ["-f", "-i", "127.0.0.1", "-p", String(port), "file", `file=${file}`], { stdio: ["ignore", "ignore", "pipe"] }));
+  let err = "";
+  proc.stderr!.on("data", (d) => (err += d));
+  // nbdkit listens before it forks nothing (-f): poll the port.
+  for (let i = 0; i < 100; i++) {
+    if (!alive(proc)) throw new Error(`nbdkit exited: ${err}`);
+    const r = spawnSync("nbdinfo", ["--size", `nbd://127.0.0.1:${port}/`], { encoding: "utf8" });
+    if (r.status === 0) break;
+    await sleep(100);
+  }
+  return { name: "nbdkit file", uri: `nbd://127.0.0.1:${port}/`, procs: [{ label: "nbdkit", proc }], cluster: null };
+}
+
+async function subsystemJson(id: number, vols: string[], volumeMiB: number) {
+  return { id, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: vols.map((name) => ({ name, sizeMiB: volumeMiB })) };
+}
+
+async function configOf(shape: "1x1" | "2x3", o: Options) {
+  const base = { clusterKey: "tidemark-bench-cluster-key-0123456789", dataDir: "data", clock: "monotonic", syncIntervalMs: o.syncIntervalMs };
+  if (shape === "1x1") {
+    return {
+      ...base,
+      subsystems: [await subsystemJson(1, ["p1a"], o.volumeMiB), await subsystemJson(2, ["s2a"], o.volumeMiB)],
+      groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
+    };
+  }
+  // config/default.json's shape: primaries #1, #2; secondaries #3, #4, #5.
+  return {
+    ...base,
+    subsystems: [
+      await subsystemJson(1, ["p1a", "p1b"], o.volumeMiB),
+      await subsystemJson(2, ["p2a", "p2b"], o.volumeMiB),
+      await subsystemJson(3, ["s3a", "s3b"], o.volumeMiB),
+      await subsystemJson(4, ["s4a"], o.volumeMiB),
+      await subsystemJson(5, ["s5a"], o.volumeMiB),
+    ],
+    groups: [
+      {
+        name: "C1",
+        pairs: [
+          { primary: "p1a", secondary: "s3a" },
+          { primary: "p2a", secondary: "s3b" },
+          { primary: "p1b", secondary: "s4a" },
+          { primary: "p2b", secondary: "s5a" },
+        ],
+      },
+    ],
+  };
+}
+
+async function startTidemark(shape: "1x1" | "2x3", o: Options): Promise<Target> {
+  const dir = tempDir(o, `tidemark-bench-${shape}-`);
+  const file = path.join(dir, "config.json");
+  writeFileSync(file, JSON.stringify(await configOf(shape, o), null, 2));
+  const topo = loadConfig(file);
+  const procs: Proc[] = [];
+  await Promise.all(
+    topo.config.subsystems.map(
+      (s) =>
+        new Promise<void>((resolve, reject) => {
+          const log = path.join(dir, `ss${s.id}.log`);
+          const proc = track(
+            spawn(process.execPath, [BIN, "subsystem", "--config", file, "--id", String(s.id), "--log", log], { stdio: ["ignore", "pipe", "pipe"] }),
+          );
+          procs.push({ label: `#${s.id}${s.volumes.some((v) => v.name.startsWith("p")) ? "p" : "s"}`, proc });
+          let err = "";
+          proc.stderr!.on("data", (d) => (err += d));
+          createInterface({ input: proc.stdout! }).on("line", (l) => {
+            if (l.includes('"ready":true')) resolve();
+          });
+          proc.once("exit", (code, sig) => reject(new Error(`subsystem #${s.id} exited (${sig ?? code}) before ready: ${err.trim()} (log ${log})`)));
+        }),
+    ),
+  );
+  procs.sort((a, b) => a.label.localeCompare(b.label));
+  const clients = new Map<number, ControlClient>();
+  for (const s of topo.config.subsystems) clients.set(s.id, await ControlClient.connect(topo, s.id));
+  const p = topo.config.subsystems[0];
+  const t: Target = { name: `tidemark ${shape}`, uri: `nbd://127.0.0.1:${p.nbdPort}/p1a`, procs, cluster: { topo, clients } };
+  // Wait for the links and the first SYNC: lag must be known before a job starts.
+  const t0 = Date.now();
+  for (;;) {
+    const s = await sample(t.cluster!);
+    if (s.lagMs !== null && s.linksUp) break;
+    if (Date.now() - t0 > 30_000) throw new Error(`${t.name}: links did not come up within 30 s`);
+    await sleep(100);
+  }
+  return t;
+}
+
+async function stopTarget(t: Target): Promise<void> {
+  for (const c of t.cluster?.clients.values() ?? []) c.close();
+  await Promise.all(t.procs.map((p) => stopProc(p.proc)));
+}
+
+// ---------------------------------------------------------------- status sampling
+interface Sample {
+  atMs: number;
+  lagMs: number | null;
+  queued: number;
+  applied: number;
+  appliedBytes: number;
+  linksUp: boolean;
+}
+
+async function sample(c: Cluster): Promise<Sample> {
+  const answers = new Map<number, Answer>();
+  await Promise.all(
+    [...c.clients].map(async ([id, cl]) => {
+      try {
+        answers.set(id, { ok: true, value: await cl.request<SubsystemStatus>({ op: "status" }, 5000) });
+      } catch (e) {
+        answers.set(id, { ok: false, error: (e as Error).message });
+      }
+    }),
+  );
+  const doc = buildStatus(c.topo, answers, process.hrtime.bigint());
+  const g = doc.groups[0];
+  let queued = 0;
+  let applied = 0;
+  let appliedBytes = 0;
+  for (const s of g.secondaries) {
+    queued += (s.rcrQueue ?? 0) + (s.diskQueue ?? 0);
+    applied += s.applied ?? 0;
+    appliedBytes += s.appliedBytes ?? 0;
+  }
+  return { atMs: performance.now(), lagMs: g.lagMs, queued, applied, appliedBytes, linksUp: doc.pairs.every((p) => p.state === "paired") };
+}
+
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+}
+
+// ---------------------------------------------------------------- one job
+interface Row {
+  target: string;
+  job: string;
+  fio: FioResult;
+  lagEndMs?: number | null;
+  lagP99Ms?: number;
+  queuedEnd?: number;
+  applyPerS?: number;
+  applyMiBps?: number;
+  drainMs?: number | null;
+  rss: Record<string, number | null>;
+  /** Per process: CPU seconds used during the job / wall seconds (1.0 = one core). */
+  cpu: Record<string, number | null>;
+}
+
+async function runJob(t: Target, job: FioJob, o: Options, cwd: string): Promise<Row> {
+  for (const p of t.procs) resetHwm(p.proc.pid!);
+  const cpu0 = new Map(t.procs.map((p) => [p.label, cpuSeconds(p.proc.pid!)]));
+  const wall0 = performance.now();
+  const samples: Sample[] = [];
+  let sampling = t.cluster !== null;
+  const sampler = (async () => {
+    while (sampling) {
+      const started = performance.now();
+      samples.push(await sample(t.cluster!));
+      await sleep(Math.max(0, SAMPLE_MS - (performance.now() - started)));
+    }
+  })();
+  process.stdout.write(`bench: ${t.name}: ${job.name} (${job.bs}, iodepth ${job.iodepth}, ${o.seconds} s) ... `);
+  let fio: FioResult;
+  try {
+    fio = await runFio(nbdFioArgs(t.uri, job, o.volumeMiB), o.seconds, cwd);
+  } finally {
+    sampling = false;
+    await sampler;
+  }
+  const wall = (performance.now() - wall0) / 1000;
+  const row: Row = { target: t.name, job: job.name, fio, rss: {}, cpu: {} };
+  for (const p of t.procs) {
+    const a = cpu0.get(p.label);
+    const b = cpuSeconds(p.proc.pid!);
+    row.cpu[p.label] = a === null || a === undefined || b === null ? null : (b - a) / wall;
+  }
+  if (t.cluster) {
+    const end = await sample(t.cluster);
+    const first = samples[0] ?? end;
+    const secs = (end.atMs - first.atMs) / 1000;
+    row.lagEndMs = end.lagMs;
+    row.lagP99Ms = percentile(samples.map((s) => s.lagMs ?? NaN).filter((x) => !Number.isNaN(x)), 99);
+    row.queuedEnd = end.queued;
+    row.applyPerS = secs > 0 ? (end.applied - first.applied) / secs : 0;
+    row.applyMiBps = secs > 0 ? (end.appliedBytes - first.appliedBytes) / MiB / secs : 0;
+    // Drain before the next job so each starts from empty queues.
+    row.drainMs = null;
+    if (job.write) {
+      const t0 = performance.now();
+      for (;;) {
+        const s = await sample(t.cluster);
+        if (s.queued === 0) {
+          row.drainMs = performance.now() - t0;
+          break;
+        }
+        if (performance.now() - t0 > DRAIN_TIMEOUT_MS) break;
+        await sleep(50);
+      }
+    }
+  }
+  for (const p of t.procs) row.rss[p.label] = vmHwmMiB(p.proc.pid!);
+  process.stdout.write(`${fio.iops.toFixed(0)} IOPS, ${fio.mibps.toFixed(1)} MiB/s\n`);
+  return row;
+}
+
+async function rawDisk(o: Options): Promise<FioResult> {
+  const dir = tempDir(o, "tidemark-bench-raw-");
+  process.stdout.write(`bench: raw disk: fio libaio direct=1 1 MiB sequential write, iodepth 8, ${o.seconds} s ... `);
+  const r = await runFio(
+    [
+      "--name=raw",
+      "--ioengine=libaio",
+      "--direct=1",
+      "--rw=write",
+      "--bs=1M",
+      "--iodepth=8",
+      `--size=${o.volumeMiB}M`,
+      `--filename=${path.join(dir, "raw.dat")}`,
+    ],
+    o.seconds,
+    dir,
+  );
+  process.stdout.write(`${r.mibps.toFixed(1)} MiB/s\n`);
+  rmSync(dir, { recursive: true, force: true });
+  tempDirs.delete(dir);
+  return r;
+}
+
+// ---------------------------------------------------------------- report
+function fmt(n: number | null | undefined, digits = 0): string {
+  if (n === null || n === undefined || Number.isNaN(n)) return "-";
+  return n.toFixed(digits);
+}
+
+function lat(us: number): string {
+  if (Number.isNaN(us)) return "-";
+  return us >= 1000 ? `${(us / 1000).toFixed(1)}ms` : `${us.toFixed(0)}us`;
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => (i === 0 || i === 1 ? c.padEnd(w[i]) : c.padStart(w[i]))).join("  ")).join("\n");
+}
+
+function report(rows: Row[], raw: FioResult | null, o: Options): string {
+  const base = new Map(rows.filter((r) => r.target === "nbdkit file").map((r) => [r.job, r.fio]));
+  const head = ["target", "job", "IOPS", "MiB/s", "p50", "p99", "x nbdkit", "lag end", "lag p99", "queued end", "apply/s", "apply MiB/s", "drain", "peak RSS MiB", "CPU (cores)"];
+  const body = rows.map((r) => {
+    const b = base.get(r.job);
+    const ratio = b && r.target !== "nbdkit file" ? (r.job === "randread" ? r.fio.iops / b.iops : r.fio.mibps / b.mibps) : NaN;
+    const rss = Object.entries(r.rss)
+      .map(([k, v]) => `${k}:${fmt(v)}`)
+      .join(" ");
+    return [
+      r.target,
+      r.job,
+      fmt(r.fio.iops),
+      fmt(r.fio.mibps, 1),
+      lat(r.fio.p50us),
+      lat(r.fio.p99us),
+      Number.isNaN(ratio) ? "-" : `${ratio.toFixed(2)}x`,
+      r.lagEndMs === undefined ? "-" : `${fmt(r.lagEndMs, 0)}ms`,
+      r.lagP99Ms === undefined ? "-" : `${fmt(r.lagP99Ms, 0)}ms`,
+      fmt(r.queuedEnd),
+      fmt(r.applyPerS),
+      fmt(r.applyMiBps, 1),
+      r.drainMs === undefined || (r.drainMs === null && r.job === "randread") ? "-" : r.drainMs === null ? ">timeout" : `${(r.drainMs / 1000).toFixed(1)}s`,
+      rss,
+      Object.entries(r.cpu)
+        .map(([k, v]) => `${k}:${fmt(v, 2)}`)
+        .join(" "),
+    ];
+  });
+  const lines = [
+    "",
+    `tidemark bench: ${o.seconds} s per job, ${o.volumeMiB} MiB volumes, syncIntervalMs ${o.syncIntervalMs}, ${os.cpus().length} CPUs, ${(os.totalmem() / 1024 ** 3).toFixed(1)} GiB, ${new Date().toISOString()}`,
+    table([head, ...body]),
+    "",
+  ];
+  if (raw) {
+    const quarter = raw.mibps / 4;
+    lines.push(`raw disk (fio libaio direct=1, 1 MiB seq write, iodepth 8): ${raw.mibps.toFixed(1)} MiB/s; raw/4 = ${quarter.toFixed(1)} MiB/s`);
+    for (const r of rows.filter((x) => x.job === "seqwrite" && x.target !== "nbdkit file")) {
+      lines.push(`  ${r.target} 1 MiB seq write: ${r.fio.mibps.toFixed(1)} MiB/s = ${(r.fio.mibps / quarter).toFixed(2)}x raw/4 (target >= 0.6x)`);
+    }
+  }
+  for (const r of rows.filter((x) => x.job === "randwrite" && x.target !== "nbdkit file")) {
+    const b = base.get("randwrite");
+    if (b) lines.push(`  ${r.target} 4 KiB randwrite: ${(r.fio.iops / b.iops).toFixed(2)}x nbdkit (target >= 0.6x)`);
+  }
+  lines.push("takeover (1 GiB queued): not yet implemented (no takeover command exists yet)");
+  lines.push(
+    "columns: lag = now - lowest 112 of the group (status lagMs), sampled every 250 ms during the job; queued end = RCR + disk queue rows on all secondaries when fio stopped;",
+    "apply/s = rows applied per second on all secondaries during the job; drain = time after fio stops until every secondary queue is empty; peak RSS = VmHWM per process during the job (p primary, s secondary);",
+    "CPU = CPU seconds of each process during the job (fio run, before drain) / wall seconds; 1.00 = one of the machine's cores.",
+    "",
+  );
+  return lines.join("\n");
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------- main
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  keepDirs = o.keep;
+  checkTools();
+  const work = tempDir(o, "tidemark-bench-fio-");
+  const rows: Row[] = [];
+  const jobs = JOBS.filter((j) => !o.jobs || o.jobs.has(j.name));
+  let raw: FioResult | null = null;
+  if (!o.only || o.only.has("raw")) raw = await rawDisk(o);
+  const shapes: [string, () => Promise<Target>][] = [
+    ["nbdkit", () => startNbdkit(o)],
+    ["1x1", () => startTidemark("1x1", o)],
+    ["2x3", () => startTidemark("2x3", o)],
+  ];
+  for (const [key, start] of shapes) {
+    if (o.only && !o.only.has(key)) continue;
+    if (interrupted) break;
+    const t = await start();
+    try {
+      for (const job of jobs) {
+        if (interrupted) break;
+        rows.push(await runJob(t, job, o, work));
+      }
+    } finally {
+      await stopTarget(t);
+    }
+  }
+  const text = report(rows, raw, o);
+  process.stdout.write(text);
+  if (o.json) writeFileSync(o.json, JSON.stringify({ options: { ...o, only: o.only && [...o.only], jobs: o.jobs && [...o.jobs] }, raw, rows, text }, null, 2));
+}
+
+main().then(
+  () => {
+    cleanupSync();
+    process.exit(0);
+  },
+  (err: Error) => {
+    process.stderr.write(`bench: ${err.message}\n`);
+    if (keepDirs) process.stderr.write(`bench: temp dirs kept: ${[...tempDirs].join(" ")}\n`);
+    cleanupSync();
+    process.exit(1);
+  },
+);
+
