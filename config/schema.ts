@@ -28,6 +28,12 @@ export const subsystemSchema = z
     host: z.string().min(1).default("127.0.0.1"),
     replicationPort: port,
     nbdPort: port,
+    /**
+     * Where primaries open their replication links to this subsystem, when it
+     * differs from host:replicationPort (a separate replication network, a
+     * tunnel or a test proxy). Control connections always use host:replicationPort.
+     */
+    linkEndpoint: z.object({ host: z.string().min(1), port }).strict().optional(),
     /** The export a client gets when it asks for the empty name. */
     defaultExport: volumeName.optional(),
     volumes: z.array(volumeSchema).default([]),
@@ -77,6 +83,12 @@ export const configSchema = z
     syncIntervalMs: z.number().int().min(1).max(60_000).default(50),
     /** Link reconnect back-off; a link retries at this period while its peer is away. */
     reconnectMs: z.number().int().min(10).max(60_000).default(200),
+    /**
+     * A link that delivers nothing for this long is dropped and reconnected: a
+     * hung network keeps sockets open, so silence is the only sign. Each side
+     * sends a heartbeat at a quarter of it.
+     */
+    linkTimeoutMs: z.number().int().min(100).max(600_000).default(3000),
     /** Bound on RCR bytes a primary has sent on one link and not yet had acknowledged. */
     inflightBytesMax: z.number().int().min(64 * 1024).default(32 * 1024 * 1024),
     /** Largest NBD request payload advertised to clients. */

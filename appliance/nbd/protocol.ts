@@ -162,8 +162,12 @@ const CODE_TO_NBD: Record<string, number> = {
  */
 export function nbdErrno(err: unknown): number {
   if (err instanceof NbdError) return err.nbdErrno;
-  if (typeof err === "object" && err !== null && "code" in err) {
-    const code = (err as { code: unknown }).code;
+  if (typeof err === "object" && err !== null) {
+    // A volume error keeps the operating system's errno (ENOSPC, EIO) in sysCode.
+    const sys = (err as { sysCode?: unknown }).sysCode;
+    if (typeof sys === "string" && sys in CODE_TO_NBD) return CODE_TO_NBD[sys];
+    const code = (err as { code?: unknown }).code;
+    if (code === "TM_VOLUME_READONLY") return NBD_EPERM;
     if (typeof code === "string" && code in CODE_TO_NBD) return CODE_TO_NBD[code];
   }
   return NBD_EIO;

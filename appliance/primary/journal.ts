@@ -114,7 +114,8 @@ export class Journal {
       for (const w of batch) w.reject(e);
       return;
     } finally {
-      if (newRegions.length > 0) this.db.pragma("synchronous = NORMAL");
+      // A closed database cannot take the pragma back; the batch has failed already.
+      if (newRegions.length > 0 && this.db.open) this.db.pragma("synchronous = NORMAL");
     }
     for (const w of batch) w.resolve();
     this.onCommit(maxSeq);

@@ -39,7 +39,8 @@ export class PendingRcrs {
     let fifo = links.get(link);
     if (!fifo) links.set(link, (fifo = new Fifo()));
     const last = fifo.items[fifo.items.length - 1];
-    if (last && fifo.size > 0 && (last.seq >= seq || last.ts >= ts)) {
+    // Checked against the last entry ever queued here, popped or not.
+    if (last && (last.seq >= seq || last.ts >= ts)) {
       throw new Error(`pending RCRs out of order on link ${link}: seq ${seq} after ${last.seq}`);
     }
     fifo.push({ seq, ts });

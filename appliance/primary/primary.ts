@@ -55,6 +55,7 @@ export interface PrimaryOptions {
   maxClockOffsetMs: number;
   syncIntervalMs: number;
   reconnectMs: number;
+  linkTimeoutMs: number;
   inflightBytesMax: number;
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
@@ -156,6 +157,7 @@ export class PrimaryEngine {
         port: peer.port,
         clusterKey: o.clusterKey,
         reconnectMs: o.reconnectMs,
+        linkTimeoutMs: o.linkTimeoutMs,
         inflightBytesMax: o.inflightBytesMax,
         journal: this.journal,
         generationOf: o.generationOf,

@@ -22,6 +22,7 @@ export interface SenderOptions {
   port: number;
   clusterKey: string;
   reconnectMs: number;
+  linkTimeoutMs: number;
   inflightBytesMax: number;
   journal: Journal;
   generationOf: (group: string) => number;
@@ -45,6 +46,8 @@ export class LinkSender {
   private timer: NodeJS.Timeout | null = null;
   lastError: string | null = null;
   connectedAt: number | null = null;
+  private lastHeard = 0;
+  private liveness: NodeJS.Timeout | null = null;
   sentFrames = 0;
 
   constructor(private readonly o: SenderOptions) {}
@@ -58,6 +61,7 @@ export class LinkSender {
     if (this.state === "closed") return;
     this.move("stop");
     if (this.timer) clearTimeout(this.timer);
+    if (this.liveness) clearInterval(this.liveness);
     this.link?.close();
     this.link = null;
   }
@@ -103,7 +107,7 @@ export class LinkSender {
         key: o.clusterKey,
         role: "link",
         nodeId: o.primaryId,
-        timeoutMs: Math.max(1000, o.reconnectMs * 5),
+        timeoutMs: Math.max(500, Math.min(o.linkTimeoutMs, o.reconnectMs * 5)),
         logger: o.logger,
       });
     } catch (err) {
@@ -126,10 +130,30 @@ export class LinkSender {
     this.sentSeq = this.ackedSeq;
     this.inflight = [];
     this.inflightBytes = 0;
-    link.on("frame", (f: Frame) => this.onFrame(f));
+    link.on("frame", (f: Frame) => {
+      this.lastHeard = Date.now();
+      this.onFrame(f);
+    });
     link.on("close", (err?: Error) => this.onClose(link, err));
+    this.lastHeard = Date.now();
+    this.liveness ??= setInterval(() => this.checkLiveness(), Math.max(25, Math.floor(o.linkTimeoutMs / 4)));
     this.move("connected");
     void this.pump();
+  }
+
+  /** Heartbeats keep a quiet link talking; silence past the timeout drops it. */
+  private checkLiveness(): void {
+    if (this.state !== "up" || !this.link) return;
+    const quiet = Date.now() - this.lastHeard;
+    if (quiet > this.o.linkTimeoutMs) {
+      this.o.logger.warn({ peer: this.o.secondaryId, quietMs: quiet }, "link silent past linkTimeoutMs; dropping it");
+      this.lastError = `no frame from secondary #${this.o.secondaryId} for ${quiet} ms`;
+      const link = this.link;
+      this.onClose(link, new Error(this.lastError));
+      link.close();
+      return;
+    }
+    this.link.send({ type: "heartbeat" });
   }
 
   private retry(): void {

@@ -107,7 +107,10 @@ export class RemoteCopyManager {
       const timeout = this.topo.config.rcm!.failureTimeoutMs;
       for (const g of this.topo.groups.values()) {
         if (this.busy.has(g.name)) continue;
+        // Condition name -> [immediate, detail]. Names stay stable while a fault lasts
+        // (a link flapping between connecting and backoff is one fault).
         const conditions = new Map<string, boolean>();
+        const details = new Map<string, string>();
         let suspendedSomewhere = false;
         let activeSomewhere = false;
         let unsynchronized = false;
@@ -132,7 +135,9 @@ export class RemoteCopyManager {
           }
           for (const l of s.primary?.links ?? []) {
             if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x as { state?: string }).state === "active")) {
-              conditions.set(`link #${id} -> #${l.secondary} ${l.state}${l.lastError ? ` (${l.lastError})` : ""}`, false);
+              const key = `link #${id} -> #${l.secondary} down`;
+              conditions.set(key, false);
+              if (l.lastError) details.set(key, l.lastError);
             }
           }
           for (const sg of s.secondary ?? []) {
@@ -165,7 +170,7 @@ export class RemoteCopyManager {
         this.since.set(g.name, seen);
         const due = [...conditions].filter(([k, immediate]) => immediate || now - seen.get(k)! >= timeout).map(([k]) => k);
         if (due.length === 0) continue;
-        const reason = due.join("; ");
+        const reason = due.map((k) => (details.has(k) ? `${k} (${details.get(k)})` : k)).join("; ");
         this.logger.warn({ group: g.name, reason }, "failure outlasted the timeout: suspending the group");
         void this.procedure(g.name, "suspend", "rcm (automatic)", reason, true)
           .then((r) => {

@@ -13,6 +13,7 @@ import type { Link } from "../replication/link.ts";
 import { assert } from "../invariant.ts";
 import { initialTimes, onSync, withPrimaries, type GroupTimes } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
+import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
 
 /** Rows applied per transaction. */
 export const APPLY_BATCH_ROWS = 1024;
@@ -242,6 +243,9 @@ export class SecondaryEngine {
     const next = new Map<string, GroupTimes>();
     const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
     try {
+      // An ack lets the primary forget the RCR, so the queue must survive a
+      // power cut too: this commit syncs the WAL (one fsync per batch).
+      this.o.db.pragma("synchronous = FULL");
       this.o.db.transaction(() => {
         for (const w of work) {
           if (w.kind === "rcr") {
@@ -284,7 +288,9 @@ export class SecondaryEngine {
         for (const p of seqChanged) this.stmts.setSeq.run(p, this.lastSeq.get(p)!);
         for (const g of groupsChanged) this.stmts.setSecond.run(next.get(g)!.second, g);
       })();
+      this.o.db.pragma("synchronous = NORMAL");
     } catch (err) {
+      if (this.o.db.open) this.o.db.pragma("synchronous = NORMAL");
       // The queue could not be written (disk full, I/O error): nothing was
       // acknowledged, so the primaries resend after the links are dropped.
       this.o.logger.error({ err: (err as Error).message }, "RCR queue commit failed; dropping links so primaries resend");
@@ -474,17 +480,20 @@ export class SecondaryEngine {
     if (g.synchronizedTs === null) {
       // DESIGN.md: a primary announces T only once all its RCRs <= T are acknowledged, so 112 <= Ts.
       assert(g.times.second <= ts, `secondary #${this.o.id} group ${name}: 112 ${g.times.second} above Ts ${ts}`);
-      const drop = this.o.db
-        .prepare("SELECT id, volume, off, len FROM rcr WHERE grp = ? AND ts > ?")
-        .safeIntegers(true)
-        .all(name, ts) as { id: bigint; volume: string; off: bigint; len: bigint }[];
+      const queued = (
+        this.o.db
+          .prepare("SELECT id, ts, primary_id, seq, volume, off, len FROM rcr WHERE grp = ?")
+          .safeIntegers(true)
+          .all(name) as { id: bigint; ts: bigint; primary_id: bigint; seq: bigint; volume: string; off: bigint; len: bigint }[]
+      ).map((r) => ({ id: r.id, ts: r.ts, primaryId: Number(r.primary_id), seq: Number(r.seq), volume: r.volume, offset: Number(r.off), length: Number(r.len) }));
+      const { drop } = splitAtSynchronizedTime(queued, ts);
       let blocks = 0;
       let bytes = 0;
       try {
         this.o.db.transaction(() => {
           for (const r of drop) {
-            blocks += this.bitmap.markNow(r.volume, Number(r.off), Number(r.len));
-            bytes += Number(r.len);
+            blocks += this.bitmap.markNow(r.volume, r.offset, r.length);
+            bytes += r.length;
             this.stmts.del.run(r.id);
           }
           this.stmts.setSecond.run(ts, name);

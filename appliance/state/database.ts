@@ -22,16 +22,22 @@ export class StateError extends Error {
 export function openState(file: string): Db {
   mkdirSync(path.dirname(file), { recursive: true });
   let db: Db;
+  let version: number;
   try {
     db = new Database(file);
   } catch (err) {
     throw new StateError("TM_STATE_OPEN", `cannot open state file ${file}: ${(err as Error).message}`, { cause: err });
   }
-  db.pragma("journal_mode = WAL");
-  db.pragma("synchronous = NORMAL");
-  db.pragma("wal_autocheckpoint = 4096");
-  db.pragma("busy_timeout = 5000");
-  const version = db.pragma("user_version", { simple: true }) as number;
+  try {
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = NORMAL");
+    db.pragma("wal_autocheckpoint = 4096");
+    db.pragma("busy_timeout = 5000");
+    version = db.pragma("user_version", { simple: true }) as number;
+  } catch (err) {
+    db.close();
+    throw new StateError("TM_STATE_OPEN", `state file ${file} is not a usable SQLite database: ${(err as Error).message}`, { cause: err });
+  }
   if (version > SCHEMA_VERSION) {
     db.close();
     throw new StateError(

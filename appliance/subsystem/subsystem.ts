@@ -137,7 +137,9 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
   for (const g of topo.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
 
-  const peers = new Map(cfg.subsystems.map((s) => [s.id, { id: s.id, host: s.host, port: s.replicationPort }]));
+  const peers = new Map(
+    cfg.subsystems.map((s) => [s.id, { id: s.id, host: s.linkEndpoint?.host ?? s.host, port: s.linkEndpoint?.port ?? s.replicationPort }]),
+  );
   const primary =
     groupSecondaries.size > 0
       ? new PrimaryEngine({
@@ -149,6 +151,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
           maxClockOffsetMs: cfg.maxClockOffsetMs,
           syncIntervalMs: cfg.syncIntervalMs,
           reconnectMs: cfg.reconnectMs,
+          linkTimeoutMs: cfg.linkTimeoutMs,
           inflightBytesMax: cfg.inflightBytesMax,
           bindings: primaryBindings,
           groupSecondaries,

@@ -276,7 +276,7 @@ describe("journal: a failing database", () => {
   // of the setImmediate callback: an uncaught exception, i.e. exit 70 in a
   // subsystem. Fake timers let the test see that throw instead of crashing the
   // worker. Drop `.fails` once journal.ts guards the restore.
-  it.fails("journal: a closed database rejects a batch that turns a region hot, without throwing out of the commit", async () => {
+  it("journal: a closed database rejects a batch that turns a region hot, without throwing out of the commit", async () => {
     vi.useFakeTimers({ toFake: ["setImmediate"] });
     const j = new Journal(db);
     const batch = [j.append(entry(1, 3, 0)), j.append(entry(2, 3, ACTIVITY_REGION_BYTES))];
