@@ -43,6 +43,9 @@ export class Journal {
   private readonly readLinkStmt;
   private readonly trimStmt;
   private readonly coolStmt;
+  /** Payload bytes in the journal (the primary caps it: journalBytesMax). */
+  bytes = 0;
+  private readonly sumStmt;
   /** Called after every commit with the highest committed seq. */
   onCommit: (lastSeq: number) => void = () => {};
 
@@ -57,6 +60,8 @@ export class Journal {
       .safeIntegers(true);
     this.trimStmt = db.prepare("DELETE FROM journal WHERE link = ? AND seq <= ?");
     this.coolStmt = db.prepare("DELETE FROM activity WHERE volume = ? AND region = ?");
+    this.sumStmt = db.prepare("SELECT coalesce(sum(len), 0) AS b FROM journal WHERE link = ? AND seq <= ? AND op = 1");
+    this.recount();
     for (const r of db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[]) {
       this.hot.add(`${r.volume}\u0000${r.region}`);
     }
@@ -117,6 +122,7 @@ export class Journal {
       // A closed database cannot take the pragma back; the batch has failed already.
       if (newRegions.length > 0 && this.db.open) this.db.pragma("synchronous = NORMAL");
     }
+    for (const { entry: e } of batch) if (e.op === OP_WRITE) this.bytes += e.length;
     for (const w of batch) w.resolve();
     this.onCommit(maxSeq);
   }
@@ -150,7 +156,10 @@ export class Journal {
   /** Drops entries that are acknowledged and durable on the volume, per link, in one transaction. */
   trim(upTo: ReadonlyMap<number, number>): void {
     this.db.transaction(() => {
-      for (const [link, seq] of upTo) this.trimStmt.run(link, seq);
+      for (const [link, seq] of upTo) {
+        this.bytes -= (this.sumStmt.get(link, seq) as { b: number }).b;
+        this.trimStmt.run(link, seq);
+      }
     })();
   }
 
@@ -162,6 +171,11 @@ export class Journal {
         this.hot.delete(`${v}\u0000${r}`);
       }
     })();
+  }
+
+  /** After entries left by another path (a suspended group's): count again. */
+  recount(): void {
+    this.bytes = (this.db.prepare("SELECT coalesce(sum(len), 0) AS b FROM journal WHERE op = 1").get() as { b: number }).b;
   }
 
   isHot(volume: string, region: number): boolean {

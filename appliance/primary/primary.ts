@@ -57,6 +57,7 @@ export interface PrimaryOptions {
   reconnectMs: number;
   linkTimeoutMs: number;
   inflightBytesMax: number;
+  journalBytesMax: number;
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
   groupSecondaries: Map<string, number[]>;
@@ -227,6 +228,7 @@ export class PrimaryEngine {
           this.pending.cancel(b.group, b.link, seq);
           throw err;
         }
+        if (this.journal.bytes > this.o.journalBytesMax && gs.state === "active") this.journalFull(b.group);
         if (data) await b.volume.write(offset, data);
         else await b.volume.writeZeroes(offset, length);
         b.dirty = true;
@@ -303,12 +305,26 @@ export class PrimaryEngine {
       throw err;
     }
     this.pending.dropGroup(group);
+    this.journal.recount();
     this.lastSync.delete(group);
     // The links' in-flight accounting counted entries that are gone: start them afresh.
     for (const s of this.senders.values()) s.restart();
     if (was !== gs.state) {
       this.o.logger.warn({ group, from: was, to: gs.state, reason: gs.reason, by: gs.by, generation: gs.generation, bitmapBlocks: blocks }, "group no longer replicated");
     }
+  }
+
+  /**
+   * The journal outgrew its cap (a secondary slow or away for long): the
+   * group stops replicating, its payloads become bitmap blocks, and hosts
+   * keep writing. The RCM sees the suspended primary and suspends the group.
+   */
+  private journalFull(group: string): void {
+    const reason = `journal past its cap of ${this.o.journalBytesMax} bytes (${this.journal.bytes} bytes held)`;
+    this.o.logger.error({ group, journalBytes: this.journal.bytes, cap: this.o.journalBytesMax }, "journal full: suspending the group");
+    void this.suspend(group, "suspended", reason, `primary #${this.o.id}`).catch((err) =>
+      this.o.logger.error({ group, err: (err as Error).message }, "suspending after a full journal failed"),
+    );
   }
 
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */

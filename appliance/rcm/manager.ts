@@ -126,9 +126,7 @@ export class RemoteCopyManager {
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";
-            if (state === "active") activeSomewhere = true;
-            else {
-              suspendedSomewhere = true;
+            if (state !== "active") {
               // A primary that stopped replicating on its own (fenced, journal full) needs no timeout.
               conditions.set(`primary #${id} ${state}: ${(pg as { reason?: string }).reason ?? ""}`, true);
             }
@@ -151,6 +149,7 @@ export class RemoteCopyManager {
             if (err) conditions.set(`secondary #${id} cannot write its volumes: ${err}`, true);
           }
         }
+        // The group's state is its secondaries' (they hold the generation).
         // A suspension cut short (a secondary was away, or the RCM died): finish it
         // once every secondary answers, so the group rests at one synchronized time.
         if (suspendedSomewhere && (activeSomewhere || unsynchronized)) {

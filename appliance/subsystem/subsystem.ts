@@ -153,6 +153,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
           reconnectMs: cfg.reconnectMs,
           linkTimeoutMs: cfg.linkTimeoutMs,
           inflightBytesMax: cfg.inflightBytesMax,
+          journalBytesMax: cfg.journalBytesMax,
           bindings: primaryBindings,
           groupSecondaries,
           peers,

@@ -3,7 +3,11 @@
 // are killed or links hang, then a takeover; the checker reads the secondary
 // images and every chain must be present exactly up to a prefix.
 import { afterEach, describe, expect, it } from "vitest";
-import { TestCluster, fig1Config, freePort, prng } from "../support/cluster.ts";
+import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import os from "node:os";
+import path from "node:path";
+import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster.ts";
 import { HangProxy } from "../support/hang-proxy.ts";
 import { VolumeModel, runWriter } from "../support/workload.ts";
 import { planChains } from "../../appliance/drill/chain-plan.ts";
@@ -20,11 +24,12 @@ afterEach(async () => {
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Fig. 1 with an RCM, and primaries reaching secondary #3 through a proxy that can hang. */
-async function takeoverCluster(o: { autoSuspend?: boolean; failureTimeoutMs?: number } = {}) {
+async function takeoverCluster(o: { autoSuspend?: boolean; failureTimeoutMs?: number; journalBytesMax?: number; s5aPath?: string } = {}) {
   const cfg = await fig1Config({
     volumeMiB: VOLUME_MIB,
-    extra: { linkTimeoutMs: 800, rcm: { port: await freePort(), autoSuspend: o.autoSuspend ?? false, failureTimeoutMs: o.failureTimeoutMs ?? 3000, checkIntervalMs: 100 } },
+    extra: { linkTimeoutMs: 800, ...(o.journalBytesMax ? { journalBytesMax: o.journalBytesMax } : {}), rcm: { port: await freePort(), autoSuspend: o.autoSuspend ?? false, failureTimeoutMs: o.failureTimeoutMs ?? 3000, checkIntervalMs: 100 } },
   });
+  if (o.s5aPath) (cfg.subsystems.find((s) => s.id === 5)!.volumes[0] as Record<string, unknown>).path = o.s5aPath;
   const ss3 = cfg.subsystems.find((s) => s.id === 3)!;
   const proxy = new HangProxy("127.0.0.1", ss3.replicationPort);
   await proxy.listen();
@@ -209,6 +214,59 @@ describe("takeover: procedure", () => {
   });
 });
 
+describe("takeover: crash safety", () => {
+  it("takeover: the RCM and secondary #3 killed mid-takeover, then takeover again: same Ts and same image bytes as an uninterrupted takeover", async () => {
+    const seed = Number(process.env.TIDEMARK_SEED ?? 5);
+    const rand = prng(seed);
+    const { c } = await takeoverCluster();
+    let stop = false;
+    const writers = PRIMARY_VOLUMES.map((v) =>
+      runWriter({ rand, queueDepth: 8, maxBytes: 128 * 1024, until: () => stop, connect: () => c.nbd(v), model: new VolumeModel(VOLUME_MIB << 20) }).catch(() => null),
+    );
+    // #2 dies first: 112 stops at its last SYNC while #1's RCRs keep queueing above it.
+    await pause(600);
+    await c.kill(2);
+    await pause(900);
+    await c.kill(1);
+    stop = true;
+    await Promise.all(writers);
+    // The reference: an exact copy of the secondaries' state, taken over without interruption.
+    for (const id of [3, 4, 5]) await c.kill(id, "SIGTERM");
+    const b = TestCluster.create(await fig1Config({ volumeMiB: VOLUME_MIB, extra: { linkTimeoutMs: 800, rcm: { port: await freePort(), autoSuspend: false } } }), "tidemark-takeover-ref-");
+    cleanup.push(() => b.destroy());
+    cpSync(path.join(c.dir, "data"), path.join(b.dir, "data"), { recursive: true });
+    for (const id of [3, 4, 5]) await b.start(id);
+    await b.startRcm();
+    const plan = await takeover(b, ["--dry-run"]);
+    const queued = plan.secondaries.reduce((n, s) => n + s.volumes.reduce((m, v) => m + (v.droppedWrites ?? 0), 0), 0);
+    const queuedBytes = plan.secondaries.reduce((n, s) => n + s.volumes.reduce((m, v) => m + (v.droppedBytes ?? 0), 0), 0);
+    const ref = await takeover(b);
+
+    for (const id of [3, 4, 5]) await c.start(id);
+    const interrupted = c.cli(["takeover", "--config", c.configFile, "--group", "C1", "--json"]);
+    await pause(30 + rand() * 150);
+    await c.kill(0);
+    await pause(rand() * 50);
+    await c.kill(3);
+    const first = await interrupted;
+    await c.start(3);
+    await c.startRcm();
+    const again = await takeover(c);
+    console.log(
+      `takeover crash: interrupted run exit ${first.code}; Ts ${again.ts} (reference ${ref.ts}); ${queued} RCRs (${(queuedBytes / 1048576).toFixed(1)} MiB) above Ts dropped into bitmaps; ` +
+        `reference takeover ${ref.elapsedMs} ms, rerun ${again.elapsedMs} ms`,
+    );
+    expect(again.ts).toBe(ref.ts);
+    expect(queued).toBeGreaterThan(0);
+    for (const p of c.topo.pairs) {
+      expect(await cmp(c.volumeFile(p.secondary.name), b.volumeFile(p.secondary.name)), `secondary ${p.secondary.name}`).toBeNull();
+    }
+    const sa = await c.status();
+    const sb = await b.status();
+    expect(sa.pairs.map((p) => p.secondary.bitmapBlocks)).toEqual(sb.pairs.map((p) => p.secondary.bitmapBlocks));
+  });
+});
+
 describe("takeover: automatic suspension", () => {
   it("rcm: a link that hangs longer than the failure timeout suspends the group with the cause; a quick restart does not", async () => {
     const { c, proxy } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 1500 });
@@ -229,6 +287,53 @@ describe("takeover: automatic suspension", () => {
     const ts = doc.groups[0].synchronizedTs;
     expect(ts).not.toBeNull();
     for (const s of doc.groups[0].secondaries) expect(s.second).toBe(ts);
+  });
+
+  it("rcm: a primary's journal past its cap suspends the group; the primary keeps serving and records writes in its bitmap", async () => {
+    const { c, proxy } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 60_000, journalBytesMax: 1 << 20 });
+    proxy.hang();
+    const w = await c.nbd("p1a");
+    for (let i = 0; i < 12; i++) await w.write(i * 262144, Buffer.alloc(262144, i + 1));
+    let doc = await c.status();
+    for (let i = 0; i < 100 && doc.groups[0].state !== "suspended"; i++) {
+      await pause(100);
+      doc = await c.status();
+    }
+    expect(doc.groups[0].state).toBe("suspended");
+    expect(doc.groups[0].reason).toMatch(/journal past its cap/);
+    await w.write(4 << 20, Buffer.alloc(4096, 1));
+    await w.close();
+    const blocks = (await c.rawStatus(1)).volumes.find((v) => v.name === "p1a")!.bitmapBlocks;
+    expect(blocks).toBeGreaterThan(64);
+    expect((await c.rawStatus(1)).primary!.journal.entries).toBe(0);
+  });
+
+  it("rcm: a secondary volume that fails to write (ENOSPC on a full tmpfs) suspends the group with the cause", async (ctx) => {
+    const mnt = mkdtempSync(path.join(os.tmpdir(), "tidemark-full-"));
+    try {
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tidemark-full", mnt], { stdio: "pipe" });
+    } catch (err) {
+      console.warn(`rcm ENOSPC test skipped: mounting a tmpfs needs root: ${String(err).split("\n")[0]}`);
+      rmSync(mnt, { recursive: true, force: true });
+      ctx.skip();
+      return;
+    }
+    cleanup.push(async () => {
+      execFileSync("umount", ["-l", mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    });
+    const { c } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 60_000, s5aPath: path.join(mnt, "s5a.img") });
+    const w = await c.nbd("p2b");
+    await w.write(0, Buffer.alloc(3 << 20, 0x5a));
+    await w.close();
+    let doc = await c.status();
+    for (let i = 0; i < 100 && doc.groups[0].state !== "suspended"; i++) {
+      await pause(100);
+      doc = await c.status();
+    }
+    expect(doc.groups[0].state).toBe("suspended");
+    expect(doc.groups[0].reason).toMatch(/secondary #5 cannot write its volumes.*(ENOSPC|no space)/i);
+    expect(c.unexpectedDeaths()).toEqual([]);
   });
 
   it("rcm: a secondary gone for good: the group is fenced at once where it can be, and rests at one Ts when the secondary is back", async () => {
