@@ -47,7 +47,7 @@ sleep 1
 fio --name=prof --ioengine=nbd --uri="nbd://127.0.0.1:$N1/p1a" --rw="$RW" --bs="$BS" --iodepth="$QD" --size=1024M \
   --randrepeat=0 --norandommap --runtime="$SECONDS_RUN" --time_based --output-format=json >"$OUT/fio.json"
 node "$ROOT/bin/tidemark" status --config "$WORK/config.json" >"$OUT/status-after.txt" || true
-python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; w=j["write"] if j["write"]["iops"]>0 else j["read"]; print("fio: %.0f IOPS %.1f MiB/s" % (w["iops"], w["bw_bytes"]/1048576))' "$OUT/fio.json"
+python3 -c 'import json,sys; s=open(sys.argv[1]).read(); j=json.loads(s[s.index("{"):])["jobs"][0]; w=j["write"] if j["write"]["iops"]>0 else j["read"]; print("fio: %.0f IOPS %.1f MiB/s" % (w["iops"], w["bw_bytes"]/1048576))' "$OUT/fio.json"
 # SIGTERM: the subsystems stop cleanly and node writes the profiles on exit.
 cleanup
 pids=()
