@@ -11,7 +11,7 @@ export interface SubsystemStatus {
   replicationPort: number;
   nbdPort: number;
   nowNs: string;
-  volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string; readOnly: boolean; bitmapBlocks: number }[];
+  volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;
     writes: number;

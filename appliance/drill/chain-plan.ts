@@ -2,6 +2,7 @@
 // Invariants: consecutive positions of a chain are on volumes of different primaries, every
 // (volume, block) is used at most once in the whole plan, and every block lies in the region.
 import { CHAIN_BLOCK_BYTES } from "./chain-block.ts";
+import { prng } from "./prng.ts";
 
 export interface PlanVolume {
   /** The primary volume's name (the one hosts write over NBD). */
@@ -53,17 +54,6 @@ export class ChainPlanError extends Error {
   }
 }
 
-/** mulberry32: the same small PRNG the tests use, so a printed seed replays the plan. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** splitmix64 of the seed: a nonzero run id that differs for every seed. */
 export function runFromSeed(seed: number): bigint {

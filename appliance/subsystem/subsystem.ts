@@ -192,7 +192,8 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       path: v.path,
       kind: v.kind,
       sizeBytes: v.sizeBytes,
-      nbdUrl: nbdUrl(me.host, me.nbdPort, v.name),
+      // Socket-activated, the NBD listener belongs to whoever started us: no URL of ours.
+      nbdUrl: opts.nbdFd === undefined ? nbdUrl(me.host, me.nbdPort, v.name) : null,
       readOnly: exports.get(v.name)!.isReadOnly(),
       bitmapBlocks: bitmap.get(v.name) ?? 0,
     })),

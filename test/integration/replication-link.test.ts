@@ -13,21 +13,11 @@ import {
   type LinkServerOptions,
 } from "../../appliance/replication/link.ts";
 import { encodeFrame, FrameDecoder, WIRE_ERROR, type Frame } from "../../appliance/replication/frames.ts";
+import { prng } from "../../appliance/drill/prng.ts";
 
 const KEY = "correct horse battery staple";
 const HOST = "127.0.0.1";
 
-/** mulberry32, seeded: a failing case can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const randInt = (rand: () => number, max: number): number => Math.floor(rand() * (max + 1));
 function randBytes(rand: () => number, n: number): Buffer {
   const b = Buffer.alloc(n);

@@ -12,6 +12,8 @@ import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.t
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdClient } from "./nbd-client.ts";
+import { prng } from "../../appliance/drill/prng.ts";
+export { prng };
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = path.join(ROOT, "bin/tidemark");
@@ -214,14 +216,3 @@ export function cmp(a: string, b: string): Promise<string | null> {
   });
 }
 
-/** A small seeded PRNG (mulberry32): tests print the seed, a failure replays. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

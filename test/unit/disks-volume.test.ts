@@ -16,6 +16,7 @@ import {
   type Volume,
   type VolumeErrorCode,
 } from "../../disks/volume.ts";
+import { prng as rng } from "../../appliance/drill/prng.ts";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const MiB = 1024 * 1024;
@@ -28,17 +29,6 @@ afterAll(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-/** mulberry32: a small seeded PRNG so a failing history can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function expectCode(p: Promise<unknown>, code: VolumeErrorCode): Promise<VolumeError> {
   try {

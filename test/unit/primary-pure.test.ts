@@ -7,17 +7,8 @@ import { RangeLock } from "../../appliance/primary/range-lock.ts";
 import { StampClock } from "../../appliance/primary/stamp-clock.ts";
 import { LINK_TRANSITIONS, linkTransition, type LinkEvent, type LinkState } from "../../appliance/primary/link-state.ts";
 import { synchronizedTime } from "../../appliance/rcm/synchronized-time.ts";
+import { prng } from "../../appliance/drill/prng.ts";
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const int = (rnd: () => number, n: number) => Math.floor(rnd() * n);
 const SEEDS = [1, 2, 3, 7, 42, 1234, 99991, 20240601];
 

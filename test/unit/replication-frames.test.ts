@@ -16,18 +16,8 @@ import {
   type FrameType,
   type RcrRecord,
 } from "../../appliance/replication/frames.ts";
+import { prng } from "../../appliance/drill/prng.ts";
 
-/** mulberry32: small, seedable, good enough to pick test cases. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randInt(rand: () => number, max: number): number {
   return Math.floor(rand() * (max + 1));

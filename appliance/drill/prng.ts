@@ -1,0 +1,13 @@
+// The project's one seeded PRNG (mulberry32): small, fast, and the same
+// everywhere, so a seed printed by a test, the simulation or the drill
+// replays the same history. Pure. Not for anything secret.
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

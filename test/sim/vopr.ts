@@ -1,0 +1,1116 @@
+// The seeded simulator (STYLE.md item 3, after TigerBeetle's VOPR): N
+// primaries, M secondaries, their hosts and the remote copy manager in one
+// process, over simulated links (ordered per pair, random delays, partitions
+// that hold or drop) and simulated disks (durable state survives kill -9,
+// memory does not), driven by one tick loop and one seeded PRNG. The product's
+// pure modules do the arithmetic: StampClock, PendingRcrs/syncTime,
+// time-parameters, synchronizedTime, splitAtSynchronizedTime/rcrOrder,
+// blockSpan. The glue around them mirrors appliance/primary/primary.ts,
+// sender.ts, appliance/secondary/secondary.ts and appliance/rcm/procedure.ts.
+// Invariants are checked at every tick; after the takeover the secondaries'
+// images are compared with the log of every write as of Ts. Pure: no I/O, no
+// timers, no Math.random; a seed replays exactly.
+import { PendingRcrs, syncTime } from "../../appliance/primary/pending.ts";
+import { StampClock } from "../../appliance/primary/stamp-clock.ts";
+import { initialTimes, mayApply, onSync, withPrimaries, type GroupTimes } from "../../appliance/secondary/time-parameters.ts";
+import { synchronizedTime } from "../../appliance/rcm/synchronized-time.ts";
+import { rcrOrder, splitAtSynchronizedTime, type QueuedRcr } from "../../appliance/secondary/synchronized-apply.ts";
+import { BITMAP_BLOCK_BYTES, blockSpan } from "../../appliance/resync/blocks.ts";
+
+const GROUP = "C1";
+/** Blocks (4 KiB) per simulated volume; each holds the id of its last write. */
+export const BLOCKS_PER_VOLUME = 16;
+/** One tick is one millisecond of simulated time. */
+export const TICK_NS = 1_000_000n;
+/**
+ * appliance/primary/primary.ts FLOOR_LEAD_NS: the persisted stamp floor leads
+ * announced stamps by this much, so after a kill -9 a primary stamps up to 2 s
+ * ahead of the shared clock and a dependent write on another primary gets a
+ * smaller stamp (docs/simulation.md, findings). Set it to 0n once primary.ts
+ * persists the exact floor.
+ */
+export const PRODUCT_FLOOR_LEAD_NS = 2_000_000_000n;
+/** The floor the proposed fix persists: the greatest stamp journaled or announced. */
+export const PROPOSED_FLOOR_LEAD_NS = 0n;
+/** A link that delivers nothing for this long is dropped by the sender's liveness check. */
+const LINK_TIMEOUT_TICKS = 40;
+/** RCR frames in flight per link (the product bounds bytes; entries are enough here). */
+const INFLIGHT_ENTRIES_MAX = 24;
+/** A control call the RCM gets no answer to within this many ticks has failed. */
+const CALL_TIMEOUT_TICKS = 60;
+const APPLY_CALL_TIMEOUT_TICKS = 400;
+/** After the first takeover: no more faults, everything restarted, then the rerun. */
+const QUIESCE_TICKS = 150;
+const TICKS_MAX = 20_000;
+
+export interface SimOptions {
+  seed: number;
+  /** Force the clock mode; otherwise the seed picks it. */
+  clock?: "monotonic" | "realtime";
+  /** Persisted stamp floor lead on restart (default: the product's, primary.ts:32). */
+  floorLeadNs?: bigint;
+  /** Negative control (a): SYNC carries the bare clock reading instead of syncTime. */
+  bareClockSync?: boolean;
+  /** Negative control (b): secondaries answer a fence but keep taking old-generation frames. */
+  noFence?: boolean;
+  /** Negative control (c): realtime clocks with per-process origins and no commit wait. */
+  noCommitWait?: boolean;
+  /**
+   * Only the checks made after the takeover (images, chains, bitmaps, same
+   * Ts): shows that a broken rule also breaks the outcome, not just a
+   * per-step invariant.
+   */
+  outcomeChecksOnly?: boolean;
+  /** One line per notable event, for replaying a seed by eye. */
+  log?: (line: string) => void;
+}
+
+export interface SimResult {
+  seed: number;
+  ok: boolean;
+  failure?: string;
+  n: number;
+  m: number;
+  clock: "monotonic" | "realtime";
+  ticks: number;
+  writes: number;
+  ts: bigint | null;
+  procedureRuns: number;
+  crashes: number;
+  rcmCrashes: number;
+  partitions: number;
+  /** RCRs applied at the secondaries, and RCRs dropped into their bitmaps at Ts. */
+  applied: number;
+  dropped: number;
+}
+
+export class SimFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SimFailure";
+  }
+}
+
+function check(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new SimFailure(message);
+}
+
+const skipCheck = (_cond: unknown, _message: string) => {};
+
+/** mulberry32, the same generator as test/support/cluster.ts prng (which imports I/O modules). */
+export function simPrng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The sweep script's flags that select these options (the seed aside). */
+export function flagsOf(o: Omit<SimOptions, "seed">): string {
+  const f: string[] = [];
+  if (o.clock) f.push(`--clock ${o.clock}`);
+  if (o.floorLeadNs === undefined || o.floorLeadNs === PRODUCT_FLOOR_LEAD_NS) f.push("--product-floor");
+  else if (o.floorLeadNs !== PROPOSED_FLOOR_LEAD_NS) f.push(`--floor-lead-ns ${o.floorLeadNs}`);
+  if (o.bareClockSync) f.push("--bare-clock-sync");
+  if (o.noFence) f.push("--no-fence");
+  if (o.noCommitWait) f.push("--no-commit-wait");
+  if (o.outcomeChecksOnly) f.push("--outcome-checks-only");
+  return f.join(" ");
+}
+
+/** What replays one seed with its event log. */
+export function replayCommand(seed: number, o: Omit<SimOptions, "seed"> = {}): string {
+  const flags = flagsOf(o);
+  return `node --import tsx scripts/sim-sweep.ts --seed ${seed}${flags ? " " + flags : ""} --verbose`;
+}
+
+type WriteState = "stamped" | "committed" | "lost" | "unreplicated" | "refused";
+
+interface Write {
+  id: number;
+  k: number;
+  s: number;
+  vol: number;
+  block: number;
+  blocks: number;
+  ts: bigint | null;
+  seq: number;
+  chain: Chain | null;
+  state: WriteState;
+}
+
+interface Rcr extends QueuedRcr {
+  write: Write;
+}
+
+interface Volume {
+  id: number;
+  name: string;
+  k: number;
+  s: number;
+  /** Primary volume and secondary volume: block -> id of the last write (0: never written). */
+  primary: number[];
+  secondary: number[];
+}
+
+interface Entry {
+  seq: number;
+  ts: bigint;
+  write: Write;
+}
+
+interface Sender {
+  ackedSeq: number;
+  sentSeq: number;
+  nextConnectAt: number;
+}
+
+type PrimaryState = "active" | "suspended" | "fenced" | "taken-over";
+
+interface Primary {
+  k: number;
+  up: boolean;
+  restartAt: number;
+  // Durable (SQLite, volumes): survives kill -9.
+  journal: Entry[][];
+  tsFloor: bigint;
+  seqFloor: number;
+  state: PrimaryState;
+  generation: number;
+  bitmap: Map<string, Set<number>>;
+  // Memory: lost at kill -9.
+  clock: StampClock;
+  pending: PendingRcrs;
+  seq: number;
+  persistedFloor: bigint;
+  appending: Entry[];
+  commitAt: number;
+  acking: Write[];
+  senders: Sender[];
+  lastSync: bigint | null;
+  nextSyncAt: number;
+}
+
+interface Secondary {
+  s: number;
+  up: boolean;
+  restartAt: number;
+  // Durable.
+  times: GroupTimes;
+  queue: Rcr[];
+  lastSeq: number[];
+  generation: number;
+  state: "active" | "suspended" | "takeover";
+  synchronizedTs: bigint | null;
+  bitmap: Map<string, Set<number>>;
+  received: Set<number>;
+  applied: Set<number>;
+  lastApplied: Rcr | null;
+  // Memory.
+  work: ({ kind: "rcr"; k: number; conn: number; records: Rcr[] } | { kind: "sync"; k: number; t: bigint; gen: number })[];
+  commitAt: number;
+  drainWaiters: { call: number; run: number; ts: bigint }[];
+}
+
+type Down = { kind: "rcr"; at: number; gen: number; records: Rcr[] } | { kind: "sync"; at: number; gen: number; t: bigint };
+type Up = { kind: "ack"; at: number; seq: number } | { kind: "refuse"; at: number };
+
+interface Link {
+  k: number;
+  s: number;
+  conn: number;
+  mode: "ok" | "hold" | "drop";
+  healAt: number;
+  heldSince: number;
+  /** The secondary refused a frame: it reads nothing more on this connection. */
+  refusing: boolean;
+  down: Down[];
+  up: Up[];
+}
+
+interface Chain {
+  id: number;
+  lastK: number;
+  nextAt: number;
+  inflight: Write | null;
+  writes: Write[];
+  ended: boolean;
+}
+
+type Op =
+  | { op: "status" }
+  | { op: "fence"; gen: number }
+  | { op: "primary"; gen: number; takeover: boolean }
+  | { op: "apply-ts"; gen: number; ts: bigint }
+  | { op: "takeover"; gen: number };
+
+interface TimesReport {
+  generation: number;
+  state: string;
+  first: ReadonlyMap<number, bigint>;
+}
+
+interface Call {
+  id: number;
+  to: { kind: "p" | "s"; i: number };
+  op: Op;
+  deadline: number;
+  done: boolean;
+  error: string | null;
+  reply: TimesReport | null;
+}
+
+interface Run {
+  id: number;
+  mode: "suspend" | "takeover";
+  step: "status" | "fence" | "primaries" | "apply" | "takeover";
+  gen: number;
+  ts: bigint | null;
+  calls: Call[];
+  fenceReports: Call[];
+}
+
+interface CtrlMsg {
+  at: number;
+  call: number;
+  run: number;
+  to: { kind: "p" | "s" | "rcm"; i: number };
+  op: Op | null;
+  reply: { error: string | null; report: TimesReport | null } | null;
+}
+
+export function simulate(o: SimOptions): SimResult {
+  const rnd = simPrng(o.seed);
+  const int = (a: number, b: number) => a + Math.floor(rnd() * (b - a + 1));
+  const chance = (p: number) => rnd() < p;
+  const log = o.log ?? (() => {});
+  /** Per-step invariants; the after-takeover checks always use check(). */
+  const stepCheck: (cond: unknown, message: string) => void = o.outcomeChecksOnly ? skipCheck : check;
+
+  // Topology and knobs, all from the seed.
+  const N = int(1, 4);
+  const M = int(1, 4);
+  const clockMode = o.clock ?? (o.noCommitWait ? "realtime" : chance(0.5) ? "monotonic" : "realtime");
+  const maxOffsetNs = clockMode === "realtime" ? BigInt(int(1, 4)) * TICK_NS : 0n;
+  const skew = Array.from({ length: N }, () => (clockMode === "realtime" ? BigInt(Math.floor(rnd() * Number(maxOffsetNs))) : 0n));
+  const commitWaitNs = o.noCommitWait ? 0n : maxOffsetNs;
+  const floorLeadNs = o.floorLeadNs ?? PRODUCT_FLOOR_LEAD_NS;
+  const maxDelay = int(0, 8);
+  const syncInterval = int(2, 15);
+  const writeRate = 0.1 + rnd() * 0.6;
+  const chainCount = int(1, 4);
+  const failAt = int(100, 1500);
+  const pPartition = chance(0.7) ? 0.004 : 0;
+  const pPrimaryCrash = chance(0.5) ? 0.0015 : 0;
+  const pSecondaryCrash = chance(0.5) ? 0.0015 : 0;
+  const pRcmCrash = chance(0.5) ? 0.02 : 0;
+  const plannedSuspendFirst = chance(0.25);
+
+  const vols: Volume[] = [];
+  for (let k = 0; k < N; k++) {
+    for (let i = int(1, 2); i > 0; i--) {
+      const id = vols.length;
+      vols.push({ id, name: `v${id}`, k, s: int(0, M - 1), primary: new Array(BLOCKS_PER_VOLUME).fill(0), secondary: new Array(BLOCKS_PER_VOLUME).fill(0) });
+    }
+  }
+  const primaryIds = Array.from({ length: N }, (_, k) => k);
+
+  let tick = 0;
+  // True time in ns. Every clock read moves it on by 1 ns, so causally ordered
+  // events always see increasing time, as on real hardware.
+  let ns = 0n;
+  const readClock = (k: number) => () => {
+    ns += 1n;
+    return ns + skew[k];
+  };
+
+  const writes: Write[] = [];
+  /** Per primary, per secondary: stamped writes in stamp order (for the 112 check). */
+  const stamped: Write[][][] = Array.from({ length: N }, () => Array.from({ length: M }, () => []));
+  const cursor: number[][] = Array.from({ length: M }, () => new Array(N).fill(0));
+  const lastStampEver: bigint[] = new Array(N).fill(0n);
+  let maxAckedTs = 0n;
+  let crashes = 0;
+  let partitions = 0;
+  let dropped = 0;
+
+  const newSenders = (): Sender[] => Array.from({ length: M }, () => ({ ackedSeq: 0, sentSeq: 0, nextConnectAt: 0 }));
+  const primaries: Primary[] = primaryIds.map((k) => ({
+    k,
+    up: true,
+    restartAt: 0,
+    journal: Array.from({ length: M }, () => []),
+    tsFloor: 0n,
+    seqFloor: 0,
+    state: "active",
+    generation: 0,
+    bitmap: new Map(),
+    clock: new StampClock(readClock(k), 0n),
+    pending: new PendingRcrs(),
+    seq: 0,
+    persistedFloor: 0n,
+    appending: [],
+    commitAt: -1,
+    acking: [],
+    senders: newSenders(),
+    lastSync: null,
+    nextSyncAt: int(1, syncInterval),
+  }));
+  const secondaries: Secondary[] = Array.from({ length: M }, (_, s) => ({
+    s,
+    up: true,
+    restartAt: 0,
+    times: initialTimes(primaryIds),
+    queue: [],
+    lastSeq: new Array(N).fill(0),
+    generation: 0,
+    state: "active",
+    synchronizedTs: null,
+    bitmap: new Map(),
+    received: new Set(),
+    applied: new Set(),
+    lastApplied: null,
+    work: [],
+    commitAt: -1,
+    drainWaiters: [],
+  }));
+  const secondFloor: bigint[] = new Array(M).fill(0n);
+  const links: Link[] = [];
+  for (let k = 0; k < N; k++) {
+    for (let s = 0; s < M; s++) links.push({ k, s, conn: 0, mode: "ok", healAt: 0, heldSince: 0, refusing: false, down: [], up: [] });
+  }
+  const linkOf = (k: number, s: number) => links[k * M + s];
+  let connIds = 0;
+
+  const mark = (bitmap: Map<string, Set<number>>, volume: string, offset: number, length: number) => {
+    let set = bitmap.get(volume);
+    if (!set) bitmap.set(volume, (set = new Set()));
+    const { first, last } = blockSpan(offset, length);
+    for (let b = first; b <= last; b++) set.add(b);
+  };
+
+  // ---- links ----
+  const deliverAt = (q: { at: number }[]) => Math.max(q.length ? q[q.length - 1].at : 0, tick + int(0, maxDelay));
+
+  const closeLink = (l: Link, why: string) => {
+    if (l.conn === 0) return;
+    log(`t${tick} link P${l.k}->S${l.s} closed (${why})`);
+    l.conn = 0;
+    l.refusing = false;
+    l.down = [];
+    l.up = [];
+    const p = primaries[l.k];
+    p.senders[l.s].nextConnectAt = tick + int(1, 10);
+  };
+
+  const connect = (l: Link) => {
+    const p = primaries[l.k];
+    const sec = secondaries[l.s];
+    l.conn = ++connIds;
+    l.refusing = false;
+    const snd = p.senders[l.s];
+    // sender.ts: resend everything not acknowledged; the secondary drops duplicates.
+    snd.sentSeq = snd.ackedSeq;
+    // secondary.ts attach: tell the primary what is already held.
+    const held = sec.lastSeq[l.k];
+    if (held > 0) l.up.push({ kind: "ack", at: deliverAt(l.up), seq: held });
+  };
+
+  // ---- primaries ----
+  /** primary.ts suspend(): unacknowledged journal entries become bitmap blocks; the journal of the group goes. */
+  const suspendPrimary = (p: Primary, to: Exclude<PrimaryState, "active">, gen: number | null) => {
+    const was = p.state;
+    p.state = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
+    if (gen !== null && gen > p.generation) p.generation = gen;
+    // In-flight writes finish first (the product waits for inflight == 0).
+    commitJournal(p);
+    for (let s = 0; s < M; s++) {
+      for (const e of p.journal[s]) {
+        if (e.seq > p.senders[s].ackedSeq) mark(p.bitmap, vols[e.write.vol].name, e.write.block * BITMAP_BLOCK_BYTES, e.write.blocks * BITMAP_BLOCK_BYTES);
+      }
+      p.journal[s] = [];
+    }
+    p.pending.dropGroup(GROUP);
+    p.lastSync = null;
+    for (let s = 0; s < M; s++) closeLink(linkOf(p.k, s), `primary P${p.k} ${p.state}`);
+    if (was !== p.state) log(`t${tick} P${p.k} ${was} -> ${p.state} (gen ${p.generation})`);
+  };
+
+  /** Journal group commit: entries become durable, reach the volume, and wait for their host ack. */
+  const commitJournal = (p: Primary) => {
+    for (const e of p.appending) {
+      const w = e.write;
+      p.journal[w.s].push(e);
+      if (e.ts > p.tsFloor) p.tsFloor = e.ts;
+      if (e.ts > lastStampEver[p.k]) lastStampEver[p.k] = e.ts;
+      if (e.seq > p.seqFloor) p.seqFloor = e.seq;
+      const v = vols[w.vol];
+      for (let b = w.block; b < w.block + w.blocks; b++) v.primary[b] = w.id;
+      w.state = "committed";
+      if (w.chain) w.chain.writes.push(w);
+      p.acking.push(w);
+    }
+    p.appending = [];
+    p.commitAt = -1;
+  };
+
+  const hostAck = (w: Write) => {
+    if (w.ts !== null && w.ts > maxAckedTs) maxAckedTs = w.ts;
+    const c = w.chain;
+    if (c && c.inflight === w) {
+      c.inflight = null;
+      c.lastK = w.k;
+      c.nextAt = tick + (chance(0.5) ? 0 : int(1, 3));
+    }
+  };
+
+  const hostWrite = (vol: Volume, chain: Chain | null): "accepted" | "down" | "refused" => {
+    const p = primaries[vol.k];
+    if (!p.up) return "down";
+    const blocks = chance(0.2) && BLOCKS_PER_VOLUME > 1 ? 2 : 1;
+    const block = int(0, BLOCKS_PER_VOLUME - blocks);
+    const w: Write = { id: writes.length + 1, k: vol.k, s: vol.s, vol: vol.id, block, blocks, ts: null, seq: 0, chain, state: "stamped" };
+    if (p.state === "taken-over") {
+      w.state = "refused";
+      return "refused";
+    }
+    writes.push(w);
+    if (chain) chain.inflight = w;
+    if (p.state !== "active") {
+      // primary.ts writeUnreplicated: bitmap first, then the volume; no stamp.
+      mark(p.bitmap, vol.name, block * BITMAP_BLOCK_BYTES, blocks * BITMAP_BLOCK_BYTES);
+      for (let b = block; b < block + blocks; b++) vol.primary[b] = w.id;
+      w.state = "unreplicated";
+      if (chain) chain.writes.push(w);
+      hostAck(w);
+      return "accepted";
+    }
+    // Stamping and registering as pending are one synchronous step.
+    const ts = p.clock.stamp();
+    const seq = ++p.seq;
+    p.pending.add(GROUP, vol.s, seq, ts);
+    w.ts = ts;
+    w.seq = seq;
+    // Strictly above every stamp of this primary that can matter: journaled
+    // ones and announced SYNC times (a stamp lost with the process, never
+    // journaled, may be handed out again).
+    stepCheck(ts > lastStampEver[p.k], `P${p.k}: stamp ${ts} not above its earlier journaled stamp or SYNC time ${lastStampEver[p.k]}`);
+    stepCheck(
+      ts > maxAckedTs,
+      `P${p.k}: stamp ${ts} of write #${w.id} is not above ${maxAckedTs}, a stamp already acknowledged to a host (dependent writes would be reordered)`,
+    );
+    stamped[p.k][vol.s].push(w);
+    p.appending.push({ seq, ts, write: w });
+    if (p.commitAt < 0) p.commitAt = tick + int(0, 2);
+    return "accepted";
+  };
+
+  const crashPrimary = (p: Primary) => {
+    log(`t${tick} P${p.k} kill -9`);
+    crashes++;
+    p.up = false;
+    p.restartAt = tick + int(5, 120);
+    for (const e of p.appending) e.write.state = "lost";
+    for (const e of p.appending) if (e.write.chain) e.write.chain.ended = true;
+    // Acknowledgements never sent: those hosts saw an error, their chains end.
+    for (const w of p.acking) if (w.chain) w.chain.ended = true;
+    p.appending = [];
+    p.acking = [];
+    for (let s = 0; s < M; s++) closeLink(linkOf(p.k, s), "primary crashed");
+  };
+
+  const restartPrimary = (p: Primary) => {
+    log(`t${tick} P${p.k} restart (floor ${p.tsFloor})`);
+    p.up = true;
+    p.clock = new StampClock(readClock(p.k), p.tsFloor);
+    p.persistedFloor = p.tsFloor;
+    p.seq = p.seqFloor;
+    p.pending = new PendingRcrs();
+    for (let s = 0; s < M; s++) for (const e of p.journal[s]) p.pending.add(GROUP, s, e.seq, e.ts);
+    p.senders = newSenders();
+    p.commitAt = -1;
+    p.lastSync = null;
+    p.nextSyncAt = tick + int(1, syncInterval);
+  };
+
+  const announce = (p: Primary) => {
+    if (p.state !== "active") return;
+    const t = o.bareClockSync ? p.clock.stamp() : syncTime(p.pending.oldest(GROUP), () => p.clock.stamp());
+    if (p.lastSync !== null && t < p.lastSync) return;
+    p.lastSync = t;
+    if (t > lastStampEver[p.k]) lastStampEver[p.k] = t;
+    for (let s = 0; s < M; s++) {
+      const l = linkOf(p.k, s);
+      if (l.conn !== 0) l.down.push({ kind: "sync", at: deliverAt(l.down), gen: p.generation, t });
+    }
+    // primary.ts announce(): the persisted floor leads the stamps handed out.
+    if (p.clock.lastStamp > p.persistedFloor) {
+      p.persistedFloor = p.clock.lastStamp + floorLeadNs;
+      if (p.persistedFloor > p.tsFloor) p.tsFloor = p.persistedFloor;
+    }
+  };
+
+  const pump = (p: Primary, l: Link) => {
+    const snd = p.senders[l.s];
+    const list = p.journal[l.s];
+    let i = 0;
+    while (i < list.length && list[i].seq <= snd.sentSeq) i++;
+    while (i < list.length && snd.sentSeq - snd.ackedSeq < INFLIGHT_ENTRIES_MAX) {
+      const records: Rcr[] = [];
+      for (let n = int(1, 4); n > 0 && i < list.length; n--, i++) {
+        const e = list[i];
+        const w = e.write;
+        records.push({ ts: e.ts, primaryId: p.k, seq: e.seq, volume: vols[w.vol].name, offset: w.block * BITMAP_BLOCK_BYTES, length: w.blocks * BITMAP_BLOCK_BYTES, write: w });
+        snd.sentSeq = e.seq;
+      }
+      l.down.push({ kind: "rcr", at: deliverAt(l.down), gen: p.generation, records });
+    }
+  };
+
+  const onUp = (p: Primary, l: Link, m: Up) => {
+    const snd = p.senders[l.s];
+    if (m.kind === "ack") {
+      if (m.seq <= snd.ackedSeq) return;
+      if (m.seq > snd.sentSeq) snd.sentSeq = m.seq;
+      snd.ackedSeq = m.seq;
+      p.pending.ackUpTo(l.s, m.seq);
+      // Acknowledged and (kill -9 model) durable on the volume: trimmed.
+      const list = p.journal[l.s];
+      let i = 0;
+      while (i < list.length && list[i].seq <= m.seq) i++;
+      if (i > 0) p.journal[l.s] = list.slice(i);
+    } else {
+      log(`t${tick} S${l.s} refused P${p.k} (stale generation)`);
+      if (p.state === "active") suspendPrimary(p, "fenced", null);
+      closeLink(l, "refused");
+    }
+  };
+
+  // ---- secondaries ----
+  const onDown = (sec: Secondary, l: Link, m: Down) => {
+    if (l.refusing) return;
+    if (!o.noFence && (m.gen !== sec.generation || sec.state !== "active")) {
+      // Fencing: a suspended group takes nothing more, SYNC included.
+      l.refusing = true;
+      l.down = [];
+      l.up.push({ kind: "refuse", at: deliverAt(l.up) });
+      return;
+    }
+    if (m.kind === "sync") sec.work.push({ kind: "sync", k: l.k, t: m.t, gen: m.gen });
+    else sec.work.push({ kind: "rcr", k: l.k, conn: l.conn, records: m.records });
+    if (sec.commitAt < 0) sec.commitAt = tick + int(0, 2);
+  };
+
+  /** secondary.ts commit(): one transaction for everything received, then acks. */
+  const commitSecondary = (sec: Secondary) => {
+    const ackTo = new Map<number, number>();
+    for (const w of sec.work) {
+      if (w.kind === "rcr") {
+        let last = sec.lastSeq[w.k];
+        for (const r of w.records) {
+          if (r.seq <= last) continue;
+          stepCheck(
+            r.ts > sec.times.second || sec.state !== "active",
+            `S${sec.s}: RCR ts ${r.ts} (P${r.primaryId} seq ${r.seq}) arrives with 112 already at ${sec.times.second}`,
+          );
+          sec.queue.push(r);
+          sec.received.add(r.write.id);
+          last = r.seq;
+        }
+        sec.lastSeq[w.k] = last;
+        ackTo.set(w.k, w.conn);
+      } else {
+        if (!o.noFence && (w.gen !== sec.generation || sec.state !== "active")) continue;
+        const out = onSync(sec.times, w.k, w.t);
+        if (out.kind === "raised") sec.times = out.times;
+      }
+    }
+    sec.work = [];
+    sec.commitAt = -1;
+    for (const [k, conn] of ackTo) {
+      const l = linkOf(k, sec.s);
+      if (l.conn === conn && !l.refusing) l.up.push({ kind: "ack", at: deliverAt(l.up), seq: sec.lastSeq[k] });
+    }
+  };
+
+  const dueRows = (sec: Secondary, upTo: bigint) => sec.queue.filter((r) => r.ts <= upTo).sort(rcrOrder);
+
+  /** The applier: a few rows of the disk request queue, in (ts, primary, seq) order. */
+  const applySome = (sec: Secondary, max: number) => {
+    const due = dueRows(sec, sec.times.second);
+    const n = Math.min(max, due.length);
+    for (let i = 0; i < n; i++) {
+      const r = due[i];
+      stepCheck(mayApply(sec.times, r.ts) && r.ts <= sec.times.second, `S${sec.s}: applying RCR ts ${r.ts} above its 112 ${sec.times.second}`);
+      stepCheck(
+        sec.lastApplied === null || rcrOrder(sec.lastApplied, r) < 0,
+        `S${sec.s}: RCR (${r.ts}, P${r.primaryId}, ${r.seq}) applied after (${sec.lastApplied?.ts}, P${sec.lastApplied?.primaryId}, ${sec.lastApplied?.seq})`,
+      );
+      const w = r.write;
+      const v = vols[w.vol];
+      for (let b = w.block; b < w.block + w.blocks; b++) v.secondary[b] = w.id;
+      sec.applied.add(w.id);
+      sec.lastApplied = r;
+    }
+    if (n > 0) {
+      const gone = new Set(due.slice(0, n));
+      sec.queue = sec.queue.filter((r) => !gone.has(r));
+    }
+  };
+
+  const crashSecondary = (sec: Secondary) => {
+    log(`t${tick} S${sec.s} kill -9`);
+    crashes++;
+    sec.up = false;
+    sec.restartAt = tick + int(5, 120);
+    sec.work = [];
+    sec.commitAt = -1;
+    sec.drainWaiters = [];
+    for (let k = 0; k < N; k++) closeLink(linkOf(k, sec.s), "secondary crashed");
+  };
+
+  const restartSecondary = (sec: Secondary) => {
+    log(`t${tick} S${sec.s} restart`);
+    sec.up = true;
+    // secondary.ts load(): a primary new to the group would start at 112.
+    sec.times = withPrimaries(sec.times, primaryIds);
+  };
+
+  const report = (sec: Secondary): TimesReport => ({ generation: sec.generation, state: sec.state, first: new Map(sec.times.first) });
+
+  // ---- the RCM and the control channel ----
+  const ctrl: CtrlMsg[] = [];
+  let callIds = 0;
+  let runIds = 0;
+  let rcmUp = true;
+  let rcmRestartAt = 0;
+  let run: Run | null = null;
+  let nextRunAt = failAt;
+  let wantMode: "suspend" | "takeover" = plannedSuspendFirst ? "suspend" : "takeover";
+  let runsStarted = 0;
+  let rcmCrashes = 0;
+  const computedTs: bigint[] = [];
+  let takeoverDoneAt = -1;
+  let firstImages: { ts: bigint; images: string } | null = null;
+  let finished = false;
+
+  const sendCall = (r: Run, to: { kind: "p" | "s"; i: number }, op: Op, timeout = CALL_TIMEOUT_TICKS): Call => {
+    const c: Call = { id: ++callIds, to, op, deadline: tick + timeout, done: false, error: null, reply: null };
+    r.calls.push(c);
+    ctrl.push({ at: tick + int(0, 5), call: c.id, run: r.id, to, op, reply: null });
+    return c;
+  };
+  const replyTo = (m: CtrlMsg, error: string | null, rep: TimesReport | null) => {
+    ctrl.push({ at: tick + int(0, 5), call: m.call, run: m.run, to: { kind: "rcm", i: 0 }, op: null, reply: { error, report: rep } });
+  };
+
+  const onCtrlAtSecondary = (sec: Secondary, m: CtrlMsg, op: Op) => {
+    if (op.op === "status") return replyTo(m, null, report(sec));
+    if (op.op === "fence") {
+      // secondary.ts fence(): commit what was received, durably raise the generation, then report 111.
+      if (!o.noFence) {
+        commitSecondary(sec);
+        if (op.gen > sec.generation) {
+          sec.generation = op.gen;
+          if (sec.state === "active") sec.state = "suspended";
+          for (let k = 0; k < N; k++) closeLink(linkOf(k, sec.s), "fenced");
+        }
+      } else if (op.gen > sec.generation) {
+        // The broken secondary records the fence but keeps its links and frames flowing.
+        sec.generation = op.gen;
+        if (sec.state === "active") sec.state = "suspended";
+      }
+      log(`t${tick} S${sec.s} fenced at gen ${op.gen}: 111 ${[...sec.times.first.values()].join(",")}`);
+      return replyTo(m, null, report(sec));
+    }
+    if (op.op === "apply-ts") {
+      if (sec.state === "active" || op.gen !== sec.generation) return replyTo(m, `S${sec.s} not fenced at ${op.gen}`, null);
+      if (sec.synchronizedTs !== null && sec.synchronizedTs !== op.ts) {
+        return replyTo(m, `TM_TS_CONFLICT: S${sec.s} was brought to ${sec.synchronizedTs}, not ${op.ts}`, null);
+      }
+      if (sec.synchronizedTs === null) {
+        stepCheck(sec.times.second <= op.ts, `S${sec.s}: 112 ${sec.times.second} above Ts ${op.ts}`);
+        const split = splitAtSynchronizedTime(sec.queue, op.ts);
+        for (const r of split.drop) mark(sec.bitmap, r.volume, r.offset, r.length);
+        for (const [v, blocks] of split.bitmap) for (const b of blocks) check(sec.bitmap.get(v)?.has(b), `S${sec.s}: bitmap block ${v}:${b} of a dropped RCR missing`);
+        sec.queue = split.apply;
+        dropped += split.drop.length;
+        sec.times = { first: sec.times.first, second: op.ts };
+        sec.synchronizedTs = op.ts;
+        log(`t${tick} S${sec.s} brought to Ts ${op.ts}: ${split.apply.length} to apply, ${split.drop.length} dropped`);
+      }
+      sec.drainWaiters.push({ call: m.call, run: m.run, ts: op.ts });
+      return;
+    }
+    if (op.op === "takeover") {
+      if (sec.synchronizedTs === null || op.gen !== sec.generation) return replyTo(m, `S${sec.s} not synchronized at ${op.gen}`, null);
+      sec.state = "takeover";
+      return replyTo(m, null, report(sec));
+    }
+  };
+
+  const onCtrlAtPrimary = (p: Primary, m: CtrlMsg, op: Op) => {
+    if (op.op !== "primary") return;
+    suspendPrimary(p, op.takeover ? "taken-over" : "suspended", op.gen);
+    replyTo(m, null, null);
+  };
+
+  const deliverCtrl = () => {
+    if (ctrl.length === 0) return;
+    const now: CtrlMsg[] = [];
+    for (let i = 0; i < ctrl.length; ) {
+      if (ctrl[i].at <= tick) now.push(ctrl.splice(i, 1)[0]);
+      else i++;
+    }
+    for (const m of now) {
+      if (m.to.kind === "rcm") {
+        if (!rcmUp || !run || run.id !== m.run) continue;
+        const c = run.calls.find((x) => x.id === m.call);
+        if (!c || c.done) continue;
+        c.done = true;
+        c.error = m.reply!.error;
+        c.reply = m.reply!.report;
+      } else if (m.to.kind === "s") {
+        const sec = secondaries[m.to.i];
+        if (sec.up) onCtrlAtSecondary(sec, m, m.op!);
+      } else {
+        const p = primaries[m.to.i];
+        if (p.up) onCtrlAtPrimary(p, m, m.op!);
+      }
+    }
+  };
+
+  const failRun = (why: string) => {
+    log(`t${tick} RCM: procedure stopped: ${why}`);
+    run = null;
+    nextRunAt = tick + int(10, 60);
+  };
+
+  const imagesKey = () => vols.map((v) => v.secondary.join(",")).join("|");
+
+  const stepRcm = () => {
+    if (!rcmUp) {
+      if (tick >= rcmRestartAt) {
+        rcmUp = true;
+        nextRunAt = tick;
+      }
+      return;
+    }
+    if (!run) {
+      if (tick < nextRunAt || finished) return;
+      run = { id: ++runIds, mode: wantMode, step: "status", gen: 0, ts: null, calls: [], fenceReports: [] };
+      runsStarted++;
+      log(`t${tick} RCM: ${wantMode} run ${run.id}`);
+      for (let s = 0; s < M; s++) sendCall(run, { kind: "s", i: s }, { op: "status" });
+      return;
+    }
+    const r: Run = run;
+    for (const c of r.calls) {
+      if (!c.done && tick >= c.deadline) {
+        c.done = true;
+        c.error = "timed out";
+      }
+    }
+    if (r.calls.some((c) => !c.done)) return;
+    const calls = r.calls;
+    r.calls = [];
+    const failed = calls.filter((c) => c.error !== null);
+    switch (r.step) {
+      case "status": {
+        if (failed.length > 0) return failRun(`secondaries unreachable (${failed.map((c) => `S${c.to.i}: ${c.error}`).join("; ")}); nothing was changed`);
+        const gens = calls.map((c) => c.reply!.generation);
+        const allFenced = calls.every((c) => c.reply!.state !== "active") && new Set(gens).size === 1;
+        r.gen = allFenced ? gens[0] : Math.max(0, ...gens) + 1;
+        r.step = "fence";
+        for (let s = 0; s < M; s++) sendCall(r, { kind: "s", i: s }, { op: "fence", gen: r.gen });
+        return;
+      }
+      case "fence": {
+        r.fenceReports = calls;
+        r.step = "primaries";
+        for (let k = 0; k < N; k++) sendCall(r, { kind: "p", i: k }, { op: "primary", gen: r.gen, takeover: r.mode === "takeover" });
+        return;
+      }
+      case "primaries": {
+        const bad = r.fenceReports.filter((c) => c.error !== null);
+        if (bad.length > 0) return failRun(`fencing failed on ${bad.map((c) => `S${c.to.i}`).join(", ")}; run it again`);
+        const ts = synchronizedTime(new Map(r.fenceReports.map((c) => [c.to.i, c.reply!.first])));
+        log(`t${tick} RCM: Ts ${ts} (gen ${r.gen})`);
+        check(computedTs.every((t) => t === ts), `RCM: procedure run ${r.id} reached Ts ${ts}, an earlier run reached ${computedTs[0]}`);
+        computedTs.push(ts);
+        r.ts = ts;
+        r.step = "apply";
+        for (let s = 0; s < M; s++) sendCall(r, { kind: "s", i: s }, { op: "apply-ts", gen: r.gen, ts }, APPLY_CALL_TIMEOUT_TICKS);
+        return;
+      }
+      case "apply": {
+        if (failed.length > 0) return failRun(`applying Ts failed on ${failed.map((c) => `S${c.to.i} (${c.error})`).join(", ")}; run it again`);
+        if (r.mode === "takeover") {
+          r.step = "takeover";
+          for (let s = 0; s < M; s++) sendCall(r, { kind: "s", i: s }, { op: "takeover", gen: r.gen });
+          return;
+        }
+        break;
+      }
+      case "takeover": {
+        if (failed.length > 0) return failRun(`takeover failed on ${failed.map((c) => `S${c.to.i} (${c.error})`).join(", ")}; run it again`);
+        break;
+      }
+    }
+    // The run is complete.
+    log(`t${tick} RCM: ${r.mode} complete at Ts ${r.ts}`);
+    run = null;
+    if (r.mode === "suspend") {
+      wantMode = "takeover";
+      nextRunAt = tick + int(5, 100);
+    } else if (takeoverDoneAt < 0) {
+      takeoverDoneAt = tick;
+      firstImages = { ts: r.ts!, images: imagesKey() };
+      nextRunAt = tick + QUIESCE_TICKS;
+    } else {
+      check(r.ts === firstImages!.ts, `takeover rerun reached Ts ${r.ts}, the first ${firstImages!.ts}`);
+      check(imagesKey() === firstImages!.images, "takeover rerun changed the secondary images");
+      finished = true;
+    }
+  };
+
+  // ---- hosts ----
+  let chainIds = 0;
+  const newChain = (): Chain => ({ id: ++chainIds, lastK: -1, nextAt: tick + int(0, 20), inflight: null, writes: [], ended: false });
+  const chains: Chain[] = Array.from({ length: chainCount }, newChain);
+  const allChains: Chain[] = [...chains];
+
+  const stepHosts = () => {
+    for (let i = 0; i < chains.length; i++) {
+      let c = chains[i];
+      if (c.ended) {
+        c = chains[i] = newChain();
+        allChains.push(c);
+      }
+      if (c.inflight || tick < c.nextAt) continue;
+      // Dependent writes cross primaries whenever there is another one.
+      const others = vols.filter((v) => v.k !== c.lastK);
+      const vol = others.length > 0 && chance(0.9) ? others[int(0, others.length - 1)] : vols[int(0, vols.length - 1)];
+      const out = hostWrite(vol, c);
+      if (out === "down") c.nextAt = tick + int(1, 10);
+      else if (out === "refused") c.ended = true;
+    }
+    if (chance(writeRate)) hostWrite(vols[int(0, vols.length - 1)], null);
+  };
+
+  // ---- faults ----
+  const faultsOn = () => takeoverDoneAt < 0 && tick < failAt + 3000;
+  const stepFaults = () => {
+    if (!faultsOn()) return;
+    if (pPartition > 0 && chance(pPartition)) {
+      const l = links[int(0, links.length - 1)];
+      if (l.mode === "ok") {
+        partitions++;
+        l.mode = chance(0.5) ? "hold" : "drop";
+        l.healAt = tick + int(5, 200);
+        l.heldSince = tick;
+        log(`t${tick} partition P${l.k}-S${l.s} (${l.mode}) until t${l.healAt}`);
+        if (l.mode === "drop") closeLink(l, "partition");
+      }
+    }
+    if (pPrimaryCrash > 0 && chance(pPrimaryCrash)) {
+      const p = primaries[int(0, N - 1)];
+      if (p.up) crashPrimary(p);
+    }
+    const inProcedure = run !== null;
+    if (pSecondaryCrash > 0 && chance(inProcedure ? pSecondaryCrash * 5 : pSecondaryCrash)) {
+      const sec = secondaries[int(0, M - 1)];
+      if (sec.up) crashSecondary(sec);
+    }
+    if (inProcedure && pRcmCrash > 0 && rcmCrashes < 3 && chance(pRcmCrash)) {
+      rcmCrashes++;
+      crashes++;
+      log(`t${tick} RCM kill -9 during run ${run!.id} (${run!.step})`);
+      rcmUp = false;
+      run = null;
+      rcmRestartAt = tick + int(1, 50);
+    }
+  };
+
+  const healAll = () => {
+    for (const p of primaries) if (!p.up) restartPrimary(p);
+    for (const sec of secondaries) if (!sec.up) restartSecondary(sec);
+    for (const l of links) l.mode = "ok";
+  };
+
+  // ---- invariants checked at every tick ----
+  const checkStep = () => {
+    const firstBySecondary = new Map(secondaries.map((sec) => [sec.s, sec.times.first]));
+    const tsNow = synchronizedTime(firstBySecondary);
+    for (const sec of secondaries) {
+      const second = sec.times.second;
+      check(second >= secondFloor[sec.s], `S${sec.s}: 112 fell from ${secondFloor[sec.s]} to ${second}`);
+      check(second <= tsNow, `S${sec.s}: 112 ${second} above the group's synchronized time ${tsNow}`);
+      secondFloor[sec.s] = second;
+      // Every RCR at or below 112 is already queued (or applied) here: nothing can arrive below it later.
+      for (let k = 0; k < N; k++) {
+        const list = stamped[k][sec.s];
+        let i = cursor[sec.s][k];
+        while (i < list.length && list[i].ts! <= second) {
+          const w = list[i];
+          check(
+            w.state === "lost" || sec.received.has(w.id),
+            `S${sec.s}: 112 is ${second} but write #${w.id} (P${k}, ts ${w.ts}, ${w.state}) is not queued there`,
+          );
+          i++;
+        }
+        cursor[sec.s][k] = i;
+      }
+    }
+  };
+
+  // ---- the tick loop ----
+  let outcome: SimResult["ok"] = true;
+  let failure: string | undefined;
+  try {
+    for (tick = 1; !finished; tick++) {
+      check(tick < TICKS_MAX, `no completed takeover and rerun after ${TICKS_MAX} ticks (run ${(run as Run | null)?.id ?? "-"} at ${(run as Run | null)?.step ?? "-"})`);
+      const base = BigInt(tick) * TICK_NS;
+      if (ns < base) ns = base;
+
+      stepFaults();
+      if (takeoverDoneAt >= 0 && tick === takeoverDoneAt + 1) healAll();
+      for (const p of primaries) if (!p.up && tick >= p.restartAt) restartPrimary(p);
+      for (const sec of secondaries) if (!sec.up && tick >= sec.restartAt) restartSecondary(sec);
+
+      // Links: heal, liveness, connect, deliver.
+      for (const l of links) {
+        if (l.mode !== "ok" && tick >= l.healAt) l.mode = "ok";
+        if (l.mode === "hold" && l.conn !== 0 && tick - l.heldSince > LINK_TIMEOUT_TICKS) closeLink(l, "silent past the link timeout");
+        const p = primaries[l.k];
+        const sec = secondaries[l.s];
+        if (l.conn === 0 && p.up && sec.up && l.mode === "ok" && tick >= p.senders[l.s].nextConnectAt) connect(l);
+        if (l.conn === 0 || l.mode === "hold") continue;
+        const conn = l.conn;
+        while (l.conn === conn && l.down.length > 0 && l.down[0].at <= tick) onDown(sec, l, l.down.shift()!);
+        while (l.conn === conn && l.up.length > 0 && l.up[0].at <= tick) onUp(p, l, l.up.shift()!);
+      }
+      deliverCtrl();
+
+      for (const sec of secondaries) {
+        if (!sec.up) continue;
+        if (sec.commitAt >= 0 && tick >= sec.commitAt) commitSecondary(sec);
+        if (chance(0.7)) applySome(sec, int(1, 6));
+        if (sec.drainWaiters.length > 0 && dueRows(sec, sec.times.second).length === 0) {
+          for (const wtr of sec.drainWaiters.splice(0)) {
+            ctrl.push({ at: tick + int(0, 5), call: wtr.call, run: wtr.run, to: { kind: "rcm", i: 0 }, op: null, reply: { error: null, report: report(sec) } });
+          }
+        }
+      }
+
+      for (const p of primaries) {
+        if (!p.up) continue;
+        if (p.commitAt >= 0 && tick >= p.commitAt) commitJournal(p);
+        // Commit wait (primary.ts commitWait): the ack waits until the clock passed ts + the offset.
+        if (p.acking.length > 0) {
+          const still: Write[] = [];
+          for (const w of p.acking) {
+            if (commitWaitNs === 0n || p.clock.now() > w.ts! + commitWaitNs) hostAck(w);
+            else still.push(w);
+          }
+          p.acking = still;
+        }
+        if (tick >= p.nextSyncAt) {
+          announce(p);
+          p.nextSyncAt = tick + syncInterval;
+        }
+        for (let s = 0; s < M; s++) {
+          const l = linkOf(p.k, s);
+          if (l.conn !== 0 && !l.refusing) pump(p, l);
+        }
+      }
+
+      stepHosts();
+      stepRcm();
+      if (!o.outcomeChecksOnly) checkStep();
+    }
+    finalChecks();
+  } catch (err) {
+    outcome = false;
+    failure = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    log(`t${tick} FAILED: ${failure}`);
+  }
+
+  function finalChecks() {
+    const ts = firstImages!.ts;
+    for (const sec of secondaries) {
+      check(sec.synchronizedTs === ts, `S${sec.s}: synchronized at ${sec.synchronizedTs}, not Ts ${ts}`);
+      check(sec.times.second === ts, `S${sec.s}: 112 ${sec.times.second} after takeover, not Ts ${ts}`);
+      check(sec.queue.length === 0, `S${sec.s}: ${sec.queue.length} RCRs still queued after takeover`);
+    }
+    // Every write with ts <= Ts is applied on its secondary, none after.
+    for (const w of writes) {
+      const sec = secondaries[w.s];
+      const has = sec.applied.has(w.id);
+      if (w.state === "committed" && w.ts! <= ts) check(has, `write #${w.id} (P${w.k}, ts ${w.ts}) <= Ts ${ts} is missing on S${w.s}`);
+      else check(!has, `write #${w.id} (P${w.k}, ts ${w.ts}, ${w.state}) is on S${w.s} but not <= Ts ${ts}`);
+      // Dropped RCRs: their blocks are in the secondary's bitmap.
+      if (sec.received.has(w.id) && w.ts! > ts) {
+        for (let b = w.block; b < w.block + w.blocks; b++) check(sec.bitmap.get(vols[w.vol].name)?.has(b), `S${w.s}: dropped write #${w.id} block ${b} not in the bitmap`);
+      }
+    }
+    // Images: every block holds the last write with ts <= Ts (the log of writes, not the appliance's word).
+    const expected = vols.map(() => new Array<number>(BLOCKS_PER_VOLUME).fill(0));
+    const bestTs = vols.map(() => new Array<bigint>(BLOCKS_PER_VOLUME).fill(-1n));
+    for (const w of writes) {
+      if (w.state !== "committed" || w.ts! > ts) continue;
+      for (let b = w.block; b < w.block + w.blocks; b++) {
+        if (w.ts! > bestTs[w.vol][b]) {
+          bestTs[w.vol][b] = w.ts!;
+          expected[w.vol][b] = w.id;
+        }
+      }
+    }
+    for (const v of vols) {
+      for (let b = 0; b < BLOCKS_PER_VOLUME; b++) {
+        check(v.secondary[b] === expected[v.id][b], `${v.name} block ${b} on S${v.s} holds write #${v.secondary[b]}, as of Ts ${ts} it is #${expected[v.id][b]}`);
+      }
+    }
+    // Causal chains: what the secondaries hold of each chain is a prefix of it.
+    for (const c of allChains) {
+      let gap = -1;
+      c.writes.forEach((w, i) => {
+        const present = secondaries[w.s].applied.has(w.id);
+        if (!present && gap < 0) gap = i;
+        check(!present || gap < 0, `chain ${c.id}: write ${i} (#${w.id}, P${w.k}, ts ${w.ts}) is on S${w.s} but write ${gap} (#${c.writes[gap]?.id}, ts ${c.writes[gap]?.ts}) is not`);
+      });
+    }
+    // Resync: every block where a primary and its secondary differ is in one of the bitmaps.
+    for (const v of vols) {
+      const pb = primaries[v.k].bitmap.get(v.name);
+      const sb = secondaries[v.s].bitmap.get(v.name);
+      for (let b = 0; b < BLOCKS_PER_VOLUME; b++) {
+        if (v.primary[b] !== v.secondary[b]) {
+          check(pb?.has(b) || sb?.has(b), `${v.name} block ${b} differs (primary #${v.primary[b]}, secondary #${v.secondary[b]}) but no bitmap has it`);
+        }
+      }
+    }
+  }
+
+  return {
+    seed: o.seed,
+    ok: outcome,
+    failure,
+    n: N,
+    m: M,
+    clock: clockMode,
+    ticks: tick,
+    writes: writes.length,
+    ts: (firstImages as { ts: bigint } | null)?.ts ?? null,
+    procedureRuns: runsStarted,
+    crashes,
+    rcmCrashes,
+    partitions,
+    applied: secondaries.reduce((n, sec) => n + sec.applied.size, 0),
+    dropped,
+  };
+}
