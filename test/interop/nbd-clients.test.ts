@@ -1,29 +1,24 @@
 // NbdServer against real NBD clients: libnbd's nbdinfo and nbdcopy, qemu-io,
 // fio's nbd engine, and socket activation by nbdinfo. A missing tool skips
 // its test and says so on stderr.
-import { execFile, spawnSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startNbdFixture, type NbdFixture } from "../support/nbd-fixture.ts";
+import { nbdTools } from "../support/tools.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const ROOT = path.resolve(import.meta.dirname, "../..");
 
-function have(tool: string, probe = ["--version"]): boolean {
-  const ok = spawnSync(tool, probe, { stdio: "ignore" }).status === 0;
-  if (!ok) console.warn(`nbd interop: ${tool} is not installed; its tests are skipped (apt-get install libnbd-bin qemu-utils fio)`);
-  return ok;
-}
-const HAVE_NBDINFO = have("nbdinfo");
-const HAVE_NBDCOPY = have("nbdcopy");
-const HAVE_QEMU_IO = have("qemu-io");
-const HAVE_FIO = have("fio");
-const HAVE_FIO_NBD = HAVE_FIO && /\bnbd\b/.test(spawnSync("fio", ["--enghelp"], { encoding: "utf8" }).stdout ?? "");
-if (HAVE_FIO && !HAVE_FIO_NBD) console.warn("nbd interop: fio has no nbd ioengine; the fio test is skipped");
+const TOOLS = nbdTools("nbd interop");
+const HAVE_NBDINFO = TOOLS.nbdinfo;
+const HAVE_NBDCOPY = TOOLS.nbdcopy;
+const HAVE_QEMU_IO = TOOLS.qemuIo;
+const HAVE_FIO_NBD = TOOLS.fioNbd;
 
 let fx: NbdFixture;
 let noDefault: NbdFixture;

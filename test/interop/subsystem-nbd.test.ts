@@ -5,7 +5,7 @@
 // Also `tidemark subsystem` started by a client through socket activation.
 // Each test uses its own volumes (or its own region of one), so the tests of
 // a describe block share one cluster. A missing tool skips its test and says so.
-import { execFile, spawnSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
@@ -16,23 +16,18 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EPERM } from "../../appliance/nbd/protocol.ts";
 import type { StatusDoc } from "../../appliance/cli/status-view.ts";
 import { BIN, ROOT, TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
+import { nbdTools } from "../support/tools.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const VOLUME_MIB = 32;
 const VOLUME_BYTES = VOLUME_MIB * MiB;
 
-function have(tool: string, probe = ["--version"]): boolean {
-  const ok = spawnSync(tool, probe, { stdio: "ignore" }).status === 0;
-  if (!ok) console.warn(`subsystem nbd: ${tool} is not installed; its tests are skipped (apt-get install libnbd-bin qemu-utils fio)`);
-  return ok;
-}
-const HAVE_NBDINFO = have("nbdinfo");
-const HAVE_NBDCOPY = have("nbdcopy");
-const HAVE_QEMU_IO = have("qemu-io");
-const HAVE_FIO = have("fio");
-const HAVE_FIO_NBD = HAVE_FIO && /\bnbd\b/.test(spawnSync("fio", ["--enghelp"], { encoding: "utf8" }).stdout ?? "");
-if (HAVE_FIO && !HAVE_FIO_NBD) console.warn("subsystem nbd: fio has no nbd ioengine; the fio test is skipped");
+const TOOLS = nbdTools("subsystem nbd");
+const HAVE_NBDINFO = TOOLS.nbdinfo;
+const HAVE_NBDCOPY = TOOLS.nbdcopy;
+const HAVE_QEMU_IO = TOOLS.qemuIo;
+const HAVE_FIO_NBD = TOOLS.fioNbd;
 
 type Pair = StatusDoc["pairs"][number];
 

@@ -1,0 +1,77 @@
+// CI's fixed seeds for the seeded simulator (test/sim/vopr.ts): every seed
+// must keep every invariant and end with secondary images equal to the
+// primaries' as of Ts. The negative controls show that the simulator catches
+// each broken rule DESIGN.md names. Long sweeps: scripts/sim-sweep.ts.
+import { describe, expect, it } from "vitest";
+import { PROPOSED_FLOOR_LEAD_NS, PRODUCT_FLOOR_LEAD_NS, replayCommand, simulate, type SimOptions } from "./vopr.ts";
+
+const SEEDS = Number(process.env.TIDEMARK_VOPR_SEEDS ?? 500);
+/** Until appliance/primary/primary.ts stops leading its persisted floor (docs/simulation.md, findings). */
+const CI: Omit<SimOptions, "seed"> = { floorLeadNs: PROPOSED_FLOOR_LEAD_NS };
+
+/** The first failing seed among `count` seeds from 1, or null. */
+function firstFailure(o: Omit<SimOptions, "seed">, count: number) {
+  for (let seed = 1; seed <= count; seed++) {
+    const r = simulate({ ...o, seed });
+    if (!r.ok) return r;
+  }
+  return null;
+}
+
+describe("vopr: seeded simulation of primaries, secondaries and the RCM over the real pure modules", () => {
+  it(`vopr: ${SEEDS} fixed seeds keep every invariant and end at the primaries' images as of Ts`, () => {
+    const started = Date.now();
+    let writes = 0;
+    let dropped = 0;
+    let runs = 0;
+    const failed: string[] = [];
+    for (let seed = 1; seed <= SEEDS; seed++) {
+      const r = simulate({ ...CI, seed });
+      writes += r.writes;
+      dropped += r.dropped;
+      runs += r.procedureRuns;
+      if (!r.ok) failed.push(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand(seed, CI)}`);
+    }
+    const secs = (Date.now() - started) / 1000;
+    console.log(`vopr: ${SEEDS} seeds, ${writes} writes, ${runs} procedure runs, ${dropped} RCRs dropped at Ts, ${(SEEDS / secs).toFixed(0)} seeds/s`);
+    expect(failed, failed.join("\n")).toEqual([]);
+  });
+
+  it("vopr: the same seed replays the same history", () => {
+    for (const seed of [7, 42, 1234]) {
+      const a: string[] = [];
+      const b: string[] = [];
+      const ra = simulate({ ...CI, seed, log: (l) => a.push(l) });
+      const rb = simulate({ ...CI, seed, log: (l) => b.push(l) });
+      expect(rb).toEqual(ra);
+      expect(b).toEqual(a);
+    }
+  });
+
+  // Negative controls: each broken rule must make some seed fail, both at the
+  // per-step invariants and at the after-takeover outcome alone.
+  const controls: [string, Omit<SimOptions, "seed">][] = [
+    ["a SYNC carrying the bare clock reading instead of syncTime", { ...CI, bareClockSync: true }],
+    ["a secondary that answers the fence but keeps taking old-generation frames", { ...CI, noFence: true }],
+    ["realtime clocks with per-process origins and no commit wait", { ...CI, noCommitWait: true }],
+  ];
+  for (const [name, o] of controls) {
+    it(`vopr negative control: ${name} is caught`, () => {
+      const step = firstFailure(o, 300);
+      expect(step, "no seed failed").not.toBeNull();
+      const outcome = firstFailure({ ...o, outcomeChecksOnly: true }, 300);
+      expect(outcome, "no seed failed on the after-takeover checks alone").not.toBeNull();
+      console.log(`vopr control (${name}): seed ${step!.seed}: ${step!.failure}; outcome only: seed ${outcome!.seed}: ${outcome!.failure}`);
+    });
+  }
+
+  // A finding, kept as a test so it is not forgotten: with primary.ts's 2 s
+  // floor lead, a primary restarted after kill -9 stamps ahead of the shared
+  // monotonic clock and breaks causal chains at takeover. When primary.ts is
+  // fixed, set PRODUCT_FLOOR_LEAD_NS to 0n, drop this test and CI's override.
+  it("vopr finding: the product's stamp floor lead after a restart reorders dependent writes (see docs/simulation.md)", () => {
+    const r = firstFailure({ floorLeadNs: PRODUCT_FLOOR_LEAD_NS, clock: "monotonic", outcomeChecksOnly: true }, 300);
+    expect(r, "no seed failed: has primary.ts been fixed? then update PRODUCT_FLOOR_LEAD_NS").not.toBeNull();
+    expect(r!.failure).toMatch(/chain \d+: write/);
+  });
+});
