@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { loadConfig, type LoadedTopology } from "../config/load.ts";
 import { ControlClient } from "../appliance/cli/control-client.ts";
 import { buildStatus, type Answer, type SubsystemStatus } from "../appliance/cli/status-view.ts";
+import { clockReader } from "../appliance/primary/clock-source.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = path.join(ROOT, "bin/tidemark");
@@ -401,7 +402,7 @@ async function sample(c: Cluster): Promise<Sample> {
       }
     }),
   );
-  const doc = buildStatus(c.topo, answers, process.hrtime.bigint());
+  const doc = buildStatus(c.topo, answers, clockReader(c.topo.config.clock)());
   const g = doc.groups[0];
   let queued = 0;
   let applied = 0;

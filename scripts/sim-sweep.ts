@@ -1,15 +1,14 @@
 // Long sweeps of the seeded simulator (test/sim/vopr.ts), and replays of one seed.
 //   node --import tsx scripts/sim-sweep.ts --seeds 100000 [--from N]
 //   node --import tsx scripts/sim-sweep.ts --seed 1234 --verbose
-// Options that select the simulation: --clock monotonic|realtime,
-// --product-floor (primary.ts's 2 s stamp floor lead; default: the proposed
-// fix), --floor-lead-ns N, and the negative controls --bare-clock-sync,
+// Options that select the simulation: --clock monotonic|realtime, and the
+// negative controls --floor-lead-ns N (a stamp floor ahead of the clock), --bare-clock-sync,
 // --no-fence, --no-commit-wait, --outcome-checks-only. Prints progress, every
 // failing seed with its replay command, and exits 1 if any seed failed.
-import { PRODUCT_FLOOR_LEAD_NS, PROPOSED_FLOOR_LEAD_NS, replayCommand, simulate, type SimOptions } from "../test/sim/vopr.ts";
+import { replayCommand, simulate, type SimOptions } from "../test/sim/vopr.ts";
 
 function parse(argv: string[]) {
-  const o: Omit<SimOptions, "seed"> = { floorLeadNs: PROPOSED_FLOOR_LEAD_NS };
+  const o: Omit<SimOptions, "seed"> = {};
   let seeds = 100_000;
   let from = 1;
   let single: number | null = null;
@@ -31,8 +30,7 @@ function parse(argv: string[]) {
       const c = argv[++i];
       if (c !== "monotonic" && c !== "realtime") throw new Error(`--clock is monotonic or realtime, got '${c}'`);
       o.clock = c;
-    } else if (a === "--product-floor") o.floorLeadNs = PRODUCT_FLOOR_LEAD_NS;
-    else if (a === "--floor-lead-ns") o.floorLeadNs = BigInt(num(++i));
+    } else if (a === "--floor-lead-ns") o.floorLeadNs = BigInt(num(++i));
     else if (a === "--bare-clock-sync") o.bareClockSync = true;
     else if (a === "--no-fence") o.noFence = true;
     else if (a === "--no-commit-wait") o.noCommitWait = true;

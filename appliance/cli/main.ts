@@ -9,7 +9,7 @@ import { askAll } from "./control-client.ts";
 import { buildStatus, renderStatus, type SubsystemStatus } from "./status-view.ts";
 import { quiesce } from "./quiesce.ts";
 import { up } from "./up.ts";
-import { clockReader } from "../primary/stamp-clock.ts";
+import { clockReader } from "../primary/clock-source.ts";
 import { rcmMain } from "../rcm/main.ts";
 import { askRcm } from "./rcm-client.ts";
 import { renderProcedure } from "./procedure-view.ts";

@@ -11,7 +11,7 @@ import { subsystemConfig } from "../../config/load.ts";
 import { ControlClient } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { synchronizedTime } from "./synchronized-time.ts";
-import { clockReader } from "../primary/stamp-clock.ts";
+import { clockReader } from "../primary/clock-source.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
 

@@ -19,6 +19,7 @@ import { createLinkServer, type Link } from "../replication/link.ts";
 import { NbdServer } from "../nbd/server.ts";
 import { ExportTable, plainExport, primaryExport, secondaryExport } from "./exports.ts";
 import { installInvariantExit } from "../invariant.ts";
+import { clockReader } from "../primary/clock-source.ts";
 
 export interface SubsystemHandle {
   stop(): Promise<void>;
@@ -184,7 +185,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     replicationPort: me.replicationPort,
     nbdPort: me.nbdPort,
     clock: cfg.clock,
-    nowNs: (primary?.nowNs() ?? process.hrtime.bigint()).toString(),
+    nowNs: (primary?.nowNs() ?? clockReader(cfg.clock)()).toString(),
     uptimeMs: Math.round(process.uptime() * 1000),
     volumes: [...volumes.values()].map((v) => ({
       name: v.name,
@@ -213,7 +214,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
         return status();
       case "stamp":
         // Every write acknowledged to a host so far has ts <= lastStamp.
-        return { lastStamp: (primary?.lastStamp ?? 0n).toString(), nowNs: (primary?.nowNs() ?? process.hrtime.bigint()).toString() };
+        return { lastStamp: (primary?.lastStamp ?? 0n).toString(), nowNs: (primary?.nowNs() ?? clockReader(cfg.clock)()).toString() };
       // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
       case "fence":
         return need(secondary, "secondary").fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));

@@ -3,11 +3,10 @@
 // primaries' as of Ts. The negative controls show that the simulator catches
 // each broken rule DESIGN.md names. Long sweeps: scripts/sim-sweep.ts.
 import { describe, expect, it } from "vitest";
-import { PROPOSED_FLOOR_LEAD_NS, PRODUCT_FLOOR_LEAD_NS, replayCommand, simulate, type SimOptions } from "./vopr.ts";
+import { LEADING_FLOOR_NS, PRODUCT_FLOOR_LEAD_NS, replayCommand, simulate, type SimOptions } from "./vopr.ts";
 
 const SEEDS = Number(process.env.TIDEMARK_VOPR_SEEDS ?? 500);
-/** Until appliance/primary/primary.ts stops leading its persisted floor (docs/simulation.md, findings). */
-const CI: Omit<SimOptions, "seed"> = { floorLeadNs: PROPOSED_FLOOR_LEAD_NS };
+const CI: Omit<SimOptions, "seed"> = { floorLeadNs: PRODUCT_FLOOR_LEAD_NS };
 
 /** The first failing seed among `count` seeds from 1, or null. */
 function firstFailure(o: Omit<SimOptions, "seed">, count: number) {
@@ -65,13 +64,12 @@ describe("vopr: seeded simulation of primaries, secondaries and the RCM over the
     });
   }
 
-  // A finding, kept as a test so it is not forgotten: with primary.ts's 2 s
-  // floor lead, a primary restarted after kill -9 stamps ahead of the shared
-  // monotonic clock and breaks causal chains at takeover. When primary.ts is
-  // fixed, set PRODUCT_FLOOR_LEAD_NS to 0n, drop this test and CI's override.
-  it("vopr finding: the product's stamp floor lead after a restart reorders dependent writes (see docs/simulation.md)", () => {
-    const r = firstFailure({ floorLeadNs: PRODUCT_FLOOR_LEAD_NS, clock: "monotonic", outcomeChecksOnly: true }, 300);
-    expect(r, "no seed failed: has primary.ts been fixed? then update PRODUCT_FLOOR_LEAD_NS").not.toBeNull();
+  // The simulator's finding, kept as a control: a stamp floor persisted ahead
+  // of the clock (primary.ts once led it by 2 s) makes a primary restarted
+  // after kill -9 stamp above dependent writes that other primaries accept later.
+  it("vopr control (stamp floor leading the clock): breaks causal chains after a primary restart", () => {
+    const r = firstFailure({ floorLeadNs: LEADING_FLOOR_NS, clock: "monotonic", outcomeChecksOnly: true }, 300);
+    expect(r, "no seed failed").not.toBeNull();
     expect(r!.failure).toMatch(/chain \d+: write/);
   });
 });

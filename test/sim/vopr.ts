@@ -10,6 +10,7 @@
 // Invariants are checked at every tick; after the takeover the secondaries'
 // images are compared with the log of every write as of Ts. Pure: no I/O, no
 // timers, no Math.random; a seed replays exactly.
+import { prng } from "../../appliance/drill/prng.ts";
 import { PendingRcrs, syncTime } from "../../appliance/primary/pending.ts";
 import { StampClock } from "../../appliance/primary/stamp-clock.ts";
 import { initialTimes, mayApply, onSync, withPrimaries, type GroupTimes } from "../../appliance/secondary/time-parameters.ts";
@@ -23,15 +24,15 @@ export const BLOCKS_PER_VOLUME = 16;
 /** One tick is one millisecond of simulated time. */
 export const TICK_NS = 1_000_000n;
 /**
- * appliance/primary/primary.ts FLOOR_LEAD_NS: the persisted stamp floor leads
- * announced stamps by this much, so after a kill -9 a primary stamps up to 2 s
- * ahead of the shared clock and a dependent write on another primary gets a
- * smaller stamp (docs/simulation.md, findings). Set it to 0n once primary.ts
- * persists the exact floor.
+ * appliance/primary/primary.ts persists the exact stamp floor (the greatest
+ * stamp journaled or announced). It once led it by 2 s, which this simulator
+ * caught: after a kill -9 a primary stamped ahead of the shared clock and a
+ * dependent write on another primary got a smaller stamp. The old lead stays
+ * as a negative control (LEADING_FLOOR_NS).
  */
-export const PRODUCT_FLOOR_LEAD_NS = 2_000_000_000n;
-/** The floor the proposed fix persists: the greatest stamp journaled or announced. */
-export const PROPOSED_FLOOR_LEAD_NS = 0n;
+export const PRODUCT_FLOOR_LEAD_NS = 0n;
+/** The 2 s lead primary.ts had before the fix: must make seeds fail. */
+export const LEADING_FLOOR_NS = 2_000_000_000n;
 /** A link that delivers nothing for this long is dropped by the sender's liveness check. */
 const LINK_TIMEOUT_TICKS = 40;
 /** RCR frames in flight per link (the product bounds bytes; entries are enough here). */
@@ -97,24 +98,11 @@ function check(cond: unknown, message: string): asserts cond {
 
 const skipCheck = (_cond: unknown, _message: string) => {};
 
-/** mulberry32, the same generator as test/support/cluster.ts prng (which imports I/O modules). */
-export function simPrng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The sweep script's flags that select these options (the seed aside). */
 export function flagsOf(o: Omit<SimOptions, "seed">): string {
   const f: string[] = [];
   if (o.clock) f.push(`--clock ${o.clock}`);
-  if (o.floorLeadNs === undefined || o.floorLeadNs === PRODUCT_FLOOR_LEAD_NS) f.push("--product-floor");
-  else if (o.floorLeadNs !== PROPOSED_FLOOR_LEAD_NS) f.push(`--floor-lead-ns ${o.floorLeadNs}`);
+  if (o.floorLeadNs !== undefined && o.floorLeadNs !== PRODUCT_FLOOR_LEAD_NS) f.push(`--floor-lead-ns ${o.floorLeadNs}`);
   if (o.bareClockSync) f.push("--bare-clock-sync");
   if (o.noFence) f.push("--no-fence");
   if (o.noCommitWait) f.push("--no-commit-wait");
@@ -284,7 +272,7 @@ interface CtrlMsg {
 }
 
 export function simulate(o: SimOptions): SimResult {
-  const rnd = simPrng(o.seed);
+  const rnd = prng(o.seed);
   const int = (a: number, b: number) => a + Math.floor(rnd() * (b - a + 1));
   const chance = (p: number) => rnd() < p;
   const log = o.log ?? (() => {});

@@ -12,6 +12,7 @@ import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.t
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdClient } from "./nbd-client.ts";
+import { clockReader } from "../../appliance/primary/clock-source.ts";
 import { prng } from "../../appliance/drill/prng.ts";
 export { prng };
 
@@ -165,7 +166,7 @@ export class TestCluster {
 
   async status(): Promise<StatusDoc> {
     const answers = await askAll<SubsystemStatus>(this.topo, this.ids, { op: "status" });
-    return buildStatus(this.topo, answers, process.hrtime.bigint());
+    return buildStatus(this.topo, answers, clockReader(this.topo.config.clock)());
   }
 
   async rawStatus(id: number): Promise<SubsystemStatus> {
