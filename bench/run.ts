@@ -342,6 +342,18 @@ async function startTidemark(shape: "1x1" | "2x3", o: Options): Promise<Target> 
   writeFileSync(file, JSON.stringify(await configOf(shape, o), null, 2));
   const topo = loadConfig(file);
   const procs: Proc[] = [];
+  const clients = new Map<number, ControlClient>();
+  try {
+    return await startCluster(shape, dir, file, topo, procs, clients);
+  } catch (err) {
+    // Whatever did start is stopped before the next target runs.
+    for (const c of clients.values()) c.close();
+    await Promise.all(procs.map((p) => stopProc(p.proc)));
+    throw err;
+  }
+}
+
+async function startCluster(shape: string, dir: string, file: string, topo: LoadedTopology, procs: Proc[], clients: Map<number, ControlClient>): Promise<Target> {
   await Promise.all(
     topo.config.subsystems.map(
       (s) =>
@@ -361,7 +373,6 @@ async function startTidemark(shape: "1x1" | "2x3", o: Options): Promise<Target> 
     ),
   );
   procs.sort((a, b) => a.label.localeCompare(b.label));
-  const clients = new Map<number, ControlClient>();
   for (const s of topo.config.subsystems) clients.set(s.id, await ControlClient.connect(topo, s.id));
   const p = topo.config.subsystems[0];
   const t: Target = { name: `tidemark ${shape}`, uri: `nbd://127.0.0.1:${p.nbdPort}/p1a`, procs, cluster: { topo, clients } };
@@ -608,28 +619,37 @@ async function main(): Promise<void> {
     ["1x1", () => startTidemark("1x1", o)],
     ["2x3", () => startTidemark("2x3", o)],
   ];
+  // A target that fails (a subsystem that does not start, fio that errors)
+  // is reported and the others still run: the table shows what was measured.
+  const failures: string[] = [];
   for (const [key, start] of shapes) {
     if (o.only && !o.only.has(key)) continue;
     if (interrupted) break;
-    const t = await start();
+    let t: Target | null = null;
     try {
+      t = await start();
       for (const job of jobs) {
         if (interrupted) break;
         rows.push(await runJob(t, job, o, work));
       }
+    } catch (err) {
+      failures.push(`${key}: ${(err as Error).message}`);
+      process.stderr.write(`bench: ${key} failed: ${(err as Error).message}\n`);
     } finally {
-      await stopTarget(t);
+      if (t) await stopTarget(t);
     }
   }
-  const text = report(rows, raw, o);
+  let text = report(rows, raw, o);
+  if (failures.length > 0) text += `FAILED targets (not in the table):\n  ${failures.join("\n  ")}\n`;
   process.stdout.write(text);
-  if (o.json) writeFileSync(o.json, JSON.stringify({ options: { ...o, only: o.only && [...o.only], jobs: o.jobs && [...o.jobs] }, raw, rows, text }, null, 2));
+  if (o.json) writeFileSync(o.json, JSON.stringify({ options: { ...o, only: o.only && [...o.only], jobs: o.jobs && [...o.jobs] }, raw, rows, failures, text }, null, 2));
+  if (failures.length > 0) process.exitCode = 1;
 }
 
 main().then(
   () => {
     cleanupSync();
-    process.exit(0);
+    process.exit(process.exitCode ?? 0);
   },
   (err: Error) => {
     process.stderr.write(`bench: ${err.message}\n`);

@@ -3,7 +3,7 @@
 // Invariants: at most one opener per path (exclusive flock, plus O_EXCL on
 // block devices), the size never changes while open, and no request touches a
 // byte outside [0, sizeBytes).
-import { constants as fsc } from "node:fs";
+import { constants as fsc, writeSync } from "node:fs";
 import { mkdir, open, stat, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import fsExt from "fs-ext";
@@ -33,6 +33,13 @@ export interface Volume {
   /** offset and length multiples of 512, inside the volume. */
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
+  /**
+   * The same pwrite, done on the calling thread: about 4 us of CPU for 4 KiB
+   * against about 22 us for a promise through the thread pool. For batches of
+   * small writes into the page cache (the secondary's applier); it blocks
+   * the event loop for as long as the kernel takes.
+   */
+  writeSync(offset: number, data: Buffer): void;
   writeZeroes(offset: number, length: number): Promise<void>;
   /** fdatasync */
   sync(): Promise<void>;
@@ -302,6 +309,21 @@ class FileVolume implements Volume {
       await this.writeAll(h, data, data.length, offset);
     } catch (err) {
       throw this.ioError("write", err, offset, data.length);
+    }
+  }
+
+  writeSync(offset: number, data: Buffer): void {
+    const h = this.writable("write", offset, data.length);
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const n = writeSync(h.fd, data, done, data.length - done, offset + done);
+        if (n === 0) throw this.error("TM_VOLUME_IO", "pwrite wrote 0 bytes", offset + done, data.length - done);
+        done += n;
+      }
+    } catch (err) {
+      if (err instanceof VolumeError) throw err;
+      throw this.ioError("write", err, offset + done, data.length - done);
     }
   }
 
