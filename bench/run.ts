@@ -148,7 +148,20 @@ function checkTools(): void {
   }
 }
 
+/** Ports handed out in this run: the kernel may return a just-closed port twice. */
+const portsGiven = new Set<number>();
+
 async function freePort(): Promise<number> {
+  for (;;) {
+    const p = await anyPort();
+    if (!portsGiven.has(p)) {
+      portsGiven.add(p);
+      return p;
+    }
+  }
+}
+
+function anyPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once("error", reject);
