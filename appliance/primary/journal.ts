@@ -127,9 +127,15 @@ export class Journal {
     this.onCommit(maxSeq);
   }
 
-  /** Committed entries of one link after `afterSeq`, in seq order. */
-  readLink(link: number, afterSeq: number, limit: number): JournalEntry[] {
-    const rows = this.readLinkStmt.all(link, afterSeq, limit) as {
+  /**
+   * Committed entries of one link after `afterSeq`, in seq order, up to
+   * `limit` entries or until `bytesMax` payload bytes (at least one entry):
+   * a backlog of 1 MiB writes must not be read into memory all at once.
+   */
+  readLink(link: number, afterSeq: number, limit: number, bytesMax = Number.POSITIVE_INFINITY): JournalEntry[] {
+    const out: JournalEntry[] = [];
+    let bytes = 0;
+    for (const r of this.readLinkStmt.iterate(link, afterSeq, limit) as IterableIterator<{
       seq: bigint;
       ts: bigint;
       grp: string;
@@ -138,19 +144,24 @@ export class Journal {
       off: bigint;
       len: bigint;
       data: Buffer | null;
-    }[];
-    return rows.map((r) => ({
-      seq: Number(r.seq),
-      ts: r.ts,
-      group: r.grp,
-      link,
-      volume: "",
-      target: r.target,
-      op: Number(r.op) as typeof OP_WRITE,
-      offset: Number(r.off),
-      length: Number(r.len),
-      data: r.data,
-    }));
+    }>) {
+      out.push({
+        seq: Number(r.seq),
+        ts: r.ts,
+        group: r.grp,
+        link,
+        volume: "",
+        target: r.target,
+        op: Number(r.op) as typeof OP_WRITE,
+        offset: Number(r.off),
+        length: Number(r.len),
+        data: r.data,
+      });
+      bytes += r.data?.length ?? 0;
+      // Leaving the loop early resets the statement.
+      if (bytes >= bytesMax) break;
+    }
+    return out;
   }
 
   /** Drops entries that are acknowledged and durable on the volume, per link, in one transaction. */

@@ -29,6 +29,20 @@ interface GroupState {
 }
 
 export const BLOCK_BYTES = 4096;
+/**
+ * A region stays hot this long after its last write even once its entries
+ * are trimmed: turning one hot costs a WAL fsync, and random writes would
+ * otherwise re-heat regions in most commits (DRBD keeps its activity log's
+ * extents hot for the same reason).
+ */
+const ACTIVITY_COOL_IDLE_MS = 5000;
+/**
+ * Above this many journal bytes, new host writes wait for trims while every
+ * link of their group is up: a host must not outrun replication until the
+ * journal cap suspends the group. With a link down nothing waits (the cap
+ * decides), so a dead secondary never freezes the hosts.
+ */
+const JOURNAL_BACKPRESSURE_BYTES = 256 * 1024 * 1024;
 
 export interface PrimaryBinding {
   volume: Volume;
@@ -81,7 +95,7 @@ export class PrimaryEngine {
   /** Seqs whose volume write has not completed. */
   private readonly writing = new Set<number>();
   /** Highest seq written per activity region (volume\0region). */
-  private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number }>();
+  private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number; at: number }>();
   private persistedFloor: bigint;
   private timers: NodeJS.Timeout[] = [];
   private trimming = false;
@@ -90,6 +104,9 @@ export class PrimaryEngine {
   readonly lastSync = new Map<string, bigint>();
   private readonly groups = new Map<string, GroupState>();
   private readonly bitmap: BitmapWriter;
+  private trimWaiters: (() => void)[] = [];
+  /** Host writes that waited for the journal to drain (status). */
+  throttled = 0;
   writes = 0;
   writeBytes = 0;
 
@@ -193,6 +210,7 @@ export class PrimaryEngine {
       throw Object.assign(new Error(`volume ${volume}: group ${b.group} was taken over by its secondaries; this primary is read-only`), { code: "EPERM" });
     }
     if (gs.state !== "active") return this.writeUnreplicated(b, offset, length, data, fua);
+    await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
     if (gs.state !== "active") {
       // Suspended while waiting for the lock: this write is not replicated.
@@ -242,6 +260,20 @@ export class PrimaryEngine {
     this.writeBytes += length;
     if (fua) await this.flush(volume);
     await this.commitWait(ts);
+  }
+
+  private async admit(group: string): Promise<void> {
+    const high = Math.min(JOURNAL_BACKPRESSURE_BYTES, this.o.journalBytesMax / 2);
+    if (this.journal.bytes <= high) return;
+    this.throttled++;
+    const until = Date.now() + this.o.linkTimeoutMs;
+    const secs = this.o.groupSecondaries.get(group) ?? [];
+    while (this.journal.bytes > high && Date.now() < until && secs.every((s) => this.senders.get(s)?.state === "up")) {
+      await new Promise<void>((r) => {
+        this.trimWaiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
   }
 
   /** While the group is suspended: the block goes to the bitmap before it reaches the volume. */
@@ -405,8 +437,10 @@ export class PrimaryEngine {
     for (let r = first; r <= last; r++) {
       const key = `${b.volume.name}\u0000${r}`;
       const cur = this.regionSeq.get(key);
-      if (cur) cur.seq = seq;
-      else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq });
+      if (cur) {
+        cur.seq = seq;
+        cur.at = Date.now();
+      } else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq, at: Date.now() });
     }
   }
 
@@ -419,7 +453,10 @@ export class PrimaryEngine {
     if (this.trimming) return;
     let work = false;
     for (const [id, s] of this.senders) if (s.ackedSeq > (this.trimmedSeq.get(id) ?? 0)) work = true;
-    if (!work) return;
+    if (!work) {
+      this.coolIdleRegions();
+      return;
+    }
     this.trimming = true;
     try {
       let frontier = this.seq + 1;
@@ -430,21 +467,28 @@ export class PrimaryEngine {
       for (const b of dirty) b.dirty = false;
       await Promise.all(dirty.map((b) => b.volume.sync()));
       this.journal.trim(upTo);
+      for (const w of this.trimWaiters.splice(0)) w();
       for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
-      const cool: [string, number][] = [];
-      for (const [key, r] of this.regionSeq) {
-        if (r.seq <= (this.trimmedSeq.get(r.link) ?? 0)) {
-          cool.push([r.volume, r.region]);
-          this.regionSeq.delete(key);
-        }
-      }
-      if (cool.length > 0) this.journal.cool(cool);
+      this.coolIdleRegions();
     } catch (err) {
       this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
       for (const b of this.bindings.values()) b.dirty = true;
     } finally {
       this.trimming = false;
     }
+  }
+
+  /** Regions whose writes are all trimmed (so durable) and idle for a while go cold. */
+  private coolIdleRegions(): void {
+    const cool: [string, number][] = [];
+    const idleSince = Date.now() - ACTIVITY_COOL_IDLE_MS;
+    for (const [key, r] of this.regionSeq) {
+      if (r.seq <= (this.trimmedSeq.get(r.link) ?? 0) && r.at < idleSince) {
+        cool.push([r.volume, r.region]);
+        this.regionSeq.delete(key);
+      }
+    }
+    if (cool.length > 0) this.journal.cool(cool);
   }
 
   /**
@@ -479,7 +523,8 @@ export class PrimaryEngine {
       writes: this.writes,
       writeBytes: this.writeBytes,
       pending: this.pending.size,
-      journal: j,
+      throttledWrites: this.throttled,
+      journal: { ...j, payloadBytes: this.journal.bytes },
       groups: [...this.o.groupSecondaries.keys()].map((g) => ({
         name: g,
         state: this.groupState(g),

@@ -200,7 +200,8 @@ export class LinkSender {
     this.pumping = true;
     try {
       while (this.state === "up" && this.link && this.inflightBytes < this.o.inflightBytesMax) {
-        const entries = this.o.journal.readLink(this.o.secondaryId, this.sentSeq, READ_BATCH_ENTRIES);
+        const room = this.o.inflightBytesMax - this.inflightBytes;
+        const entries = this.o.journal.readLink(this.o.secondaryId, this.sentSeq, READ_BATCH_ENTRIES, Math.max(room, FRAME_DATA_BYTES_MAX));
         if (entries.length === 0) break;
         const link = this.link;
         let ok = true;

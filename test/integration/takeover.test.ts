@@ -277,7 +277,8 @@ describe("takeover: automatic suspension", () => {
     expect((await c.status()).groups[0].state).toBe("active");
     proxy.hang();
     let doc = await c.status();
-    for (let i = 0; i < 100 && doc.groups[0].state !== "suspended"; i++) {
+    // Fenced first, then brought to Ts: wait for both.
+    for (let i = 0; i < 100 && !(doc.groups[0].state === "suspended" && doc.groups[0].synchronizedTs !== null); i++) {
       await pause(100);
       doc = await c.status();
     }

@@ -114,6 +114,9 @@ describe("journal: reads, trim and replay", () => {
     expect(j.readLink(4, 0, 100).map((e) => e.seq)).toEqual([2, 4, 6, 8]);
     expect(j.readLink(4, 4, 100).map((e) => e.seq)).toEqual([6, 8]);
     expect(j.readLink(3, 0, 2).map((e) => e.seq)).toEqual([1, 3]);
+    // A byte bound stops the read once it is reached, but never returns nothing.
+    expect(j.readLink(3, 0, 100, 8192).map((e) => e.seq)).toEqual([1, 3]);
+    expect(j.readLink(3, 0, 100, 1).map((e) => e.seq)).toEqual([1]);
     expect(j.readLink(9, 0, 100)).toEqual([]);
     const e = j.readLink(3, 2, 1)[0];
     expect(e).toMatchObject({ seq: 3, ts: 1_000_030n, group: "C1", link: 3, target: "s3a", op: OP_WRITE, offset: 2 * 4096, length: 4096 });
