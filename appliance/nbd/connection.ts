@@ -253,6 +253,8 @@ export class NbdConnection {
   }
 
   /** Writes one reply in a single synchronous burst and releases its charge once flushed. */
+  private corked = false;
+
   private reply(n: Negotiated, h: RequestHeader, charge: number, r: { errno: number; message: string } | { data?: Buffer }): void {
     const parts: Buffer[] = [];
     if ("errno" in r) {
@@ -278,9 +280,17 @@ export class NbdConnection {
     const release = () => this.releaseBytes(charge);
     if (this.socket.destroyed || !this.socket.writable) release();
     else {
-      this.socket.cork();
+      // Replies finished in one turn of the event loop (a group commit
+      // resolves dozens of writes at once) leave in one socket write.
+      if (!this.corked) {
+        this.corked = true;
+        this.socket.cork();
+        setImmediate(() => {
+          this.corked = false;
+          this.socket.uncork();
+        });
+      }
       parts.forEach((p, i) => this.socket.write(p, i === parts.length - 1 ? release : undefined));
-      this.socket.uncork();
     }
     assert(this.inFlightRequests >= 0, "nbd: in-flight request count went negative");
     this.wake();

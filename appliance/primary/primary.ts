@@ -43,6 +43,8 @@ const ACTIVITY_COOL_IDLE_MS = 5000;
  * decides), so a dead secondary never freezes the hosts.
  */
 const JOURNAL_BACKPRESSURE_BYTES = 256 * 1024 * 1024;
+/** Host writes up to this size are written to the volume synchronously. */
+const SYNC_WRITE_BYTES_MAX = 64 * 1024;
 
 export interface PrimaryBinding {
   volume: Volume;
@@ -246,7 +248,10 @@ export class PrimaryEngine {
           throw err;
         }
         if (this.journal.bytes > this.o.journalBytesMax && gs.state === "active") this.journalFull(b.group);
-        if (data) await b.volume.write(offset, data);
+        // Small writes go to the page cache on this thread (a few us) rather
+        // than through the thread pool (tens of us each); large ones stay async.
+        if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
+        else if (data) await b.volume.write(offset, data);
         else await b.volume.writeZeroes(offset, length);
         b.dirty = true;
       } finally {
