@@ -36,6 +36,8 @@ interface Options {
   keep: boolean;
   only: Set<string> | null;
   jobs: Set<string> | null;
+  /** MiB of RCRs queued on a secondary before the takeover measurement. */
+  takeoverMiB: number;
 }
 
 function usage(): never {
@@ -48,6 +50,7 @@ function usage(): never {
       "  --dir D         where the temp dirs go (default: os.tmpdir(), the disk under test)",
       "  --json FILE     also write the raw results as JSON",
       "  --keep          keep the temp dirs (logs, state files) for inspection",
+      "  --takeover-mib N  RCRs queued on a secondary before the takeover run (default 1024; --only takeover runs just that)",
       "",
     ].join("\n"),
   );
@@ -55,7 +58,7 @@ function usage(): never {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { seconds: 60, volumeMiB: 1024, syncIntervalMs: 50, dir: os.tmpdir(), json: null, keep: false, only: null, jobs: null };
+  const o: Options = { seconds: 60, volumeMiB: 1024, syncIntervalMs: 50, dir: os.tmpdir(), json: null, keep: false, only: null, jobs: null, takeoverMiB: 1024 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -77,6 +80,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--keep") o.keep = true;
     else if (a === "--only") o.only = new Set(val().split(","));
     else if (a === "--jobs") o.jobs = new Set(val().split(","));
+    else if (a === "--takeover-mib") o.takeoverMiB = Math.round(num());
     else usage();
   }
   return o;
@@ -603,7 +607,7 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
     const b = base.get("randwrite");
     if (b) lines.push(`  ${r.target} 4 KiB randwrite: ${(r.fio.iops / b.iops).toFixed(2)}x nbdkit (target >= 0.6x)`);
   }
-  lines.push("takeover (1 GiB queued): not yet implemented (no takeover command exists yet)");
+  if (takeoverLine) lines.push(takeoverLine);
   lines.push(
     "columns: lag = now - lowest 112 of the group (status lagMs), sampled every 250 ms during the job; queued end = RCR + disk queue rows on all secondaries when fio stopped;",
     "apply/s = rows applied per second on all secondaries during the job; drain = time after fio stops until every secondary queue is empty; peak RSS = VmHWM per process during the job (p primary, s secondary);",
@@ -615,6 +619,74 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------- takeover
+let takeoverLine: string | null = null;
+
+/**
+ * Takeover with a large queue to apply: in the 2x3 topology primary #2 is
+ * stopped (SIGSTOP), so 112 stays put while o.takeoverMiB of 1 MiB writes to
+ * p1a queue up on secondary #3; #2 goes on (SIGCONT), its SYNCs make the
+ * whole queue due, and the takeover applies it. Against: the time to write
+ * the same bytes to a plain file on the same disk with fdatasync.
+ */
+async function takeoverBench(o: Options): Promise<string> {
+  const mib = o.takeoverMiB;
+  const dir = tempDir(o, "tidemark-bench-takeover-");
+  const file = path.join(dir, "config.json");
+  const cfg = { ...(await configOf("2x3", { ...o, volumeMiB: Math.max(o.volumeMiB, mib + 64) })), rcm: { port: await freePort(), autoSuspend: false } };
+  writeFileSync(file, JSON.stringify(cfg, null, 2));
+  const topo = loadConfig(file);
+  const procs: Proc[] = [];
+  const clients = new Map<number, ControlClient>();
+  let t: Target | null = null;
+  try {
+    t = await startCluster("2x3 takeover", dir, file, topo, procs, clients);
+    const rcm = track(spawn(process.execPath, [BIN, "rcm", "--config", file, "--log", path.join(dir, "rcm.log")], { stdio: ["ignore", "pipe", "pipe"] }));
+    procs.push({ label: "rcm", proc: rcm });
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: rcm.stdout! }).on("line", (l) => l.includes('"ready":true') && resolve());
+      rcm.once("exit", (code) => reject(new Error(`rcm exited ${code} before ready`)));
+    });
+    const p2 = procs.find((p) => p.label === "#2p")!.proc;
+    p2.kill("SIGSTOP");
+    const uri = `nbd://127.0.0.1:${topo.config.subsystems[0].nbdPort}/p1a`;
+    const fill = spawnSync("fio", ["--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8", `--size=${mib}M`], {
+      cwd: dir,
+      encoding: "utf8",
+    });
+    if (fill.status !== 0) throw new Error(`fio fill: ${fill.stderr}`);
+    // Every RCR is queued on #3 (acknowledged) before #2 goes on.
+    const t0 = Date.now();
+    for (;;) {
+      const s = await sample(t.cluster!);
+      if (s.queued >= mib) break;
+      if (Date.now() - t0 > 600_000) throw new Error(`only ${s.queued} of ${mib} RCRs queued after 600 s`);
+      await sleep(200);
+    }
+    p2.kill("SIGCONT");
+    await sleep(o.syncIntervalMs * 4);
+    const started = Date.now();
+    const r = spawnSync(process.execPath, [BIN, "takeover", "--config", file, "--group", "C1", "--json"], { encoding: "utf8", maxBuffer: 16 << 20 });
+    const wallMs = Date.now() - started;
+    if (r.status !== 0) throw new Error(`takeover: ${r.stderr}`);
+    const rep = JSON.parse(r.stdout) as { elapsedMs: number; secondaries: { appliedNow?: number; dropped?: number }[] };
+    const applied = rep.secondaries.reduce((n, s) => n + (s.appliedNow ?? 0), 0);
+    const ref = spawnSync("fio", ["--name=ref", "--ioengine=psync", "--rw=write", "--bs=1M", `--size=${mib}M`, "--end_fsync=1", `--filename=${path.join(dir, "ref.img")}`, "--output-format=json"], {
+      encoding: "utf8",
+      maxBuffer: 16 << 20,
+    });
+    const refMs = ref.status === 0 ? (JSON.parse(ref.stdout) as { jobs: { elapsed: number; write: { runtime: number } }[] }).jobs[0].write.runtime : NaN;
+    return (
+      `takeover with ${mib} MiB queued on secondary #3: ${rep.elapsedMs} ms in the RCM (${wallMs} ms for the command), ${applied} RCRs applied by it; ` +
+      `writing ${mib} MiB to a file on the same disk with fdatasync: ${refMs} ms; ratio ${(rep.elapsedMs / refMs).toFixed(2)} (target <= 1.2)`
+    );
+  } finally {
+    for (const c of clients.values()) c.close();
+    for (const p of procs) p.proc.kill("SIGCONT");
+    await Promise.all(procs.map((p) => stopProc(p.proc)));
+  }
 }
 
 // ---------------------------------------------------------------- main
@@ -650,6 +722,14 @@ async function main(): Promise<void> {
       process.stderr.write(`bench: ${key} failed: ${(err as Error).message}\n`);
     } finally {
       if (t) await stopTarget(t);
+    }
+  }
+  if ((!o.only || o.only.has("takeover")) && !interrupted) {
+    try {
+      takeoverLine = await takeoverBench(o);
+    } catch (err) {
+      failures.push(`takeover: ${(err as Error).message}`);
+      process.stderr.write(`bench: takeover failed: ${(err as Error).message}\n`);
     }
   }
   let text = report(rows, raw, o);
