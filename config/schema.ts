@@ -34,6 +34,8 @@ export const subsystemSchema = z
      * tunnel or a test proxy). Control connections always use host:replicationPort.
      */
     linkEndpoint: z.object({ host: z.string().min(1), port }).strict().optional(),
+    /** Prometheus metrics over HTTP at /metrics, when set. */
+    metricsPort: port.optional(),
     /** The export a client gets when it asks for the empty name. */
     defaultExport: volumeName.optional(),
     volumes: z.array(volumeSchema).default([]),
@@ -183,6 +185,7 @@ export function checkTopology(config: Config, file: string): Topology {
     for (const [what, p] of [
       ["replicationPort", ss.replicationPort],
       ["nbdPort", ss.nbdPort],
+      ...(ss.metricsPort !== undefined ? ([["metricsPort", ss.metricsPort]] as const) : []),
     ] as const) {
       const key = `${ss.host}:${p}`;
       const other = endpoints.get(key);

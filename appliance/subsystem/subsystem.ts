@@ -20,6 +20,8 @@ import { NbdServer } from "../nbd/server.ts";
 import { ExportTable, plainExport, primaryExport, secondaryExport } from "./exports.ts";
 import { installInvariantExit } from "../invariant.ts";
 import { clockReader } from "../primary/clock-source.ts";
+import { metricsRegistry, serveMetrics } from "./metrics.ts";
+import type { SubsystemStatus } from "../cli/status-view.ts";
 
 export interface SubsystemHandle {
   stop(): Promise<void>;
@@ -268,9 +270,13 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   const nbdWhere = opts.nbdFd !== undefined ? `fd ${opts.nbdFd}` : `${me.host}:${me.nbdPort}`;
   logger.info({ replication: `${me.host}:${me.replicationPort}`, nbd: nbdWhere, volumes: volumes.size }, "subsystem serving");
 
+  const metrics =
+    me.metricsPort !== undefined ? await serveMetrics(metricsRegistry(status as () => SubsystemStatus, clockReader(cfg.clock)), me.host, me.metricsPort) : null;
+
   let stopping: Promise<void> | null = null;
   const stop = () =>
     (stopping ??= (async () => {
+      metrics?.close();
       await nbd.close();
       linkServer.close();
       await primary?.stop();
