@@ -7,7 +7,6 @@
 // Not part of `npm test`: it takes minutes and needs a quiet machine.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync, readFileSync, mkdirSync } from "node:fs";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -16,6 +15,7 @@ import { loadConfig, type LoadedTopology } from "../config/load.ts";
 import { ControlClient } from "../appliance/cli/control-client.ts";
 import { buildStatus, type Answer, type SubsystemStatus } from "../appliance/cli/status-view.ts";
 import { clockReader } from "../appliance/primary/clock-source.ts";
+import { freePort } from "../test/support/ports.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = path.join(ROOT, "bin/tidemark");
@@ -150,30 +150,6 @@ function checkTools(): void {
     process.stderr.write(`bench: missing tools:\n  ${missing.join("\n  ")}\n`);
     process.exit(3);
   }
-}
-
-/** Ports handed out in this run: the kernel may return a just-closed port twice. */
-const portsGiven = new Set<number>();
-
-async function freePort(): Promise<number> {
-  for (;;) {
-    const p = await anyPort();
-    if (!portsGiven.has(p)) {
-      portsGiven.add(p);
-      return p;
-    }
-  }
-}
-
-function anyPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** Peak RSS (VmHWM) in MiB, and its reset (clear_refs 5) so each job gets its own peak. */

@@ -3,7 +3,6 @@
 // helpers to kill (-9), stop, restart and query them.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -12,6 +11,8 @@ import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.t
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdClient } from "./nbd-client.ts";
+import { freePort } from "./ports.ts";
+export { freePort };
 import { clockReader } from "../../appliance/primary/clock-source.ts";
 import { prng } from "../../appliance/drill/prng.ts";
 export { prng };
@@ -19,16 +20,6 @@ export { prng };
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = path.join(ROOT, "bin/tidemark");
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** The seed's Fig. 1 shape: primaries #1, #2; secondaries #3, #4, #5. */
 export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number; extra?: Record<string, unknown> }) {
