@@ -16,6 +16,7 @@ import { ControlClient } from "../appliance/cli/control-client.ts";
 import { buildStatus, type Answer, type SubsystemStatus } from "../appliance/cli/status-view.ts";
 import { clockReader } from "../appliance/primary/clock-source.ts";
 import { freePort } from "../test/support/ports.ts";
+import { fig1Config } from "../test/support/cluster.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = path.join(ROOT, "bin/tidemark");
@@ -306,27 +307,7 @@ async function configOf(shape: "1x1" | "2x3", o: Options) {
     };
   }
   // config/default.json's shape: primaries #1, #2; secondaries #3, #4, #5.
-  return {
-    ...base,
-    subsystems: [
-      await subsystemJson(1, ["p1a", "p1b"], o.volumeMiB),
-      await subsystemJson(2, ["p2a", "p2b"], o.volumeMiB),
-      await subsystemJson(3, ["s3a", "s3b"], o.volumeMiB),
-      await subsystemJson(4, ["s4a"], o.volumeMiB),
-      await subsystemJson(5, ["s5a"], o.volumeMiB),
-    ],
-    groups: [
-      {
-        name: "C1",
-        pairs: [
-          { primary: "p1a", secondary: "s3a" },
-          { primary: "p2a", secondary: "s3b" },
-          { primary: "p1b", secondary: "s4a" },
-          { primary: "p2b", secondary: "s5a" },
-        ],
-      },
-    ],
-  };
+  return { ...(await fig1Config({ volumeMiB: o.volumeMiB, syncIntervalMs: o.syncIntervalMs })), ...base };
 }
 
 async function startTidemark(shape: "1x1" | "2x3", o: Options): Promise<Target> {
