@@ -3,7 +3,9 @@
 //   node --import tsx scripts/sim-sweep.ts --seed 1234 --verbose
 // Options that select the simulation: --clock monotonic|realtime, and the
 // negative controls --floor-lead-ns N (a stamp floor ahead of the clock), --bare-clock-sync,
-// --no-fence, --no-commit-wait, --outcome-checks-only. Prints progress, every
+// --no-fence, --no-commit-wait, --outcome-checks-only; --power-cuts models power
+// cuts, with its negative controls --no-activity-log and --normal-queue-commit
+// (they imply --power-cuts). Prints progress, every
 // failing seed with its replay command, and exits 1 if any seed failed.
 import { replayCommand, simulate, type SimOptions } from "../test/sim/vopr.ts";
 
@@ -35,6 +37,10 @@ function parse(argv: string[]) {
     else if (a === "--no-fence") o.noFence = true;
     else if (a === "--no-commit-wait") o.noCommitWait = true;
     else if (a === "--outcome-checks-only") o.outcomeChecksOnly = true;
+    else if (a === "--power-cuts") o.powerCuts = true;
+    else if (a === "--no-activity-log") o.noActivityLog = true;
+    else if (a === "--normal-queue-commit") o.normalQueueCommit = true;
+    else if (a === "--proposed-fixes") o.proposedFixes = true;
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-sweep.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };
@@ -49,6 +55,7 @@ function main(): number {
     return 2;
   }
   const { o, seeds, from, single, verbose, maxFailures } = args;
+  if (o.noActivityLog || o.normalQueueCommit || o.proposedFixes) o.powerCuts = true;
 
   if (single !== null) {
     const r = simulate({ ...o, seed: single, log: verbose ? (l) => console.log(l) : undefined });

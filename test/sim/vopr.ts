@@ -43,6 +43,15 @@ const APPLY_CALL_TIMEOUT_TICKS = 400;
 /** After the first takeover: no more faults, everything restarted, then the rerun. */
 const QUIESCE_TICKS = 150;
 const TICKS_MAX = 20_000;
+/** --proposed-fixes: seqs leased per durable commit. */
+const SEQ_LEASE = 64;
+/**
+ * Activity-log region in the simulation: 4 blocks of a 16-block volume. The
+ * product's is 4 MiB (journal.ts ACTIVITY_REGION_BYTES), which would make
+ * every simulated volume one region; scaled down, writes land in cold
+ * regions too, which is where a missing mark shows.
+ */
+export const SIM_REGION_BLOCKS = 4;
 
 export interface SimOptions {
   seed: number;
@@ -62,6 +71,22 @@ export interface SimOptions {
    * per-step invariant.
    */
   outcomeChecksOnly?: boolean;
+  /**
+   * Power cuts: a primary, a secondary or the whole host loses every write
+   * not yet durable (volume blocks not fdatasynced, SQLite commits after the
+   * last synced one), restarts on a new boot and recovers as the product does.
+   */
+  powerCuts?: boolean;
+  /** Negative control (power cuts): no activity log (hot regions not put in the bitmap after a power cut). */
+  noActivityLog?: boolean;
+  /** Negative control (power cuts): the secondary's RCR queue commit is NORMAL, so acks go out before it is durable. */
+  normalQueueCommit?: boolean;
+  /**
+   * Power cuts: the product with the fixes this simulator's power-cut model
+   * asks for (docs/simulation.md, Findings 2-3): a durable seq lease, and the
+   * after-failure procedure's state changes committed with synchronous=FULL.
+   */
+  proposedFixes?: boolean;
   /** One line per notable event, for replaying a seed by eye. */
   log?: (line: string) => void;
 }
@@ -80,6 +105,7 @@ export interface SimResult {
   crashes: number;
   rcmCrashes: number;
   partitions: number;
+  powerCuts: number;
   /** RCRs applied at the secondaries, and RCRs dropped into their bitmaps at Ts. */
   applied: number;
   dropped: number;
@@ -107,6 +133,10 @@ export function flagsOf(o: Omit<SimOptions, "seed">): string {
   if (o.noFence) f.push("--no-fence");
   if (o.noCommitWait) f.push("--no-commit-wait");
   if (o.outcomeChecksOnly) f.push("--outcome-checks-only");
+  if (o.powerCuts) f.push("--power-cuts");
+  if (o.noActivityLog) f.push("--no-activity-log");
+  if (o.normalQueueCommit) f.push("--normal-queue-commit");
+  if (o.proposedFixes) f.push("--proposed-fixes");
   return f.join(" ");
 }
 
@@ -116,7 +146,11 @@ export function replayCommand(seed: number, o: Omit<SimOptions, "seed"> = {}): s
   return `node --import tsx scripts/sim-sweep.ts --seed ${seed}${flags ? " " + flags : ""} --verbose`;
 }
 
-type WriteState = "stamped" | "committed" | "lost" | "unreplicated" | "refused";
+/**
+ * "cut": journaled, then its journal commit was lost in a power cut (it may
+ * still have reached its secondary, which then holds it).
+ */
+type WriteState = "stamped" | "committed" | "lost" | "unreplicated" | "refused" | "cut";
 
 interface Write {
   id: number;
@@ -129,6 +163,8 @@ interface Write {
   seq: number;
   chain: Chain | null;
   state: WriteState;
+  /** NBD FUA: acknowledged only once the journal and the volume are durable. */
+  fua: boolean;
 }
 
 interface Rcr extends QueuedRcr {
@@ -143,7 +179,15 @@ interface Volume {
   /** Primary volume and secondary volume: block -> id of the last write (0: never written). */
   primary: number[];
   secondary: number[];
+  /** Power cuts: the primary volume's blocks as of its last fdatasync, and what was written since (page cache). */
+  primaryDurable: number[];
+  primaryDirty: Map<number, number[]>;
+  /** Per block: the greatest write id the host was told is durable (FUA). */
+  flushed: number[];
 }
+
+/** One SQLite commit since the last durable one: how to take it back if a power cut loses it. */
+type Undo = (() => void)[];
 
 interface Entry {
   seq: number;
@@ -170,8 +214,20 @@ interface Primary {
   state: PrimaryState;
   generation: number;
   bitmap: Map<string, Set<number>>;
+  /** Activity log: hot regions ("vol:region"), durable before their first write. */
+  activity: Set<string>;
+  /** SQLite commits since the last durable one (power cuts). */
+  wal: Undo[];
+  /** The last stop was a power cut: the restart is on a new boot. */
+  powerLost: boolean;
+  /** --proposed-fixes: seqs below this were leased by a FULL commit. */
+  seqLease: number;
   // Memory: lost at kill -9.
   clock: StampClock;
+  /** primary.ts regionSeq: highest seq and last write tick per hot region. */
+  regionSeq: Map<string, { vol: number; region: number; link: number; seq: number; at: number }>;
+  trimmedSeq: number[];
+  nextTrimAt: number;
   pending: PendingRcrs;
   seq: number;
   persistedFloor: bigint;
@@ -198,6 +254,8 @@ interface Secondary {
   received: Set<number>;
   applied: Set<number>;
   lastApplied: Rcr | null;
+  wal: Undo[];
+  powerLost: boolean;
   // Memory.
   work: ({ kind: "rcr"; k: number; conn: number; records: Rcr[] } | { kind: "sync"; k: number; t: bigint; gen: number })[];
   commitAt: number;
@@ -297,12 +355,32 @@ export function simulate(o: SimOptions): SimResult {
   const pSecondaryCrash = chance(0.5) ? 0.0015 : 0;
   const pRcmCrash = chance(0.5) ? 0.02 : 0;
   const plannedSuspendFirst = chance(0.25);
+  // Power cuts (drawn only in that mode, so the other seeds replay as before).
+  const cuts = o.powerCuts === true;
+  /** Proposed fix: the after-failure procedure's state changes are durable (FULL) before they are reported. */
+  const fixes = cuts && o.proposedFixes === true;
+  const pPowerCut = cuts ? [0.0008, 0.0015, 0.003][int(0, 2)] : 0;
+  const pFua = cuts ? [0, 0.05, 0.3][int(0, 2)] : 0;
+  /** primary.ts trims every max(20 ms, sync interval); regions cool 5 s after their last write (scaled). */
+  const trimInterval = cuts ? int(2, 20) : 0;
+  const coolIdleTicks = cuts ? int(5, 300) : 0;
+  let powerCuts = 0;
 
   const vols: Volume[] = [];
   for (let k = 0; k < N; k++) {
     for (let i = int(1, 2); i > 0; i--) {
       const id = vols.length;
-      vols.push({ id, name: `v${id}`, k, s: int(0, M - 1), primary: new Array(BLOCKS_PER_VOLUME).fill(0), secondary: new Array(BLOCKS_PER_VOLUME).fill(0) });
+      vols.push({
+        id,
+        name: `v${id}`,
+        k,
+        s: int(0, M - 1),
+        primary: new Array(BLOCKS_PER_VOLUME).fill(0),
+        secondary: new Array(BLOCKS_PER_VOLUME).fill(0),
+        primaryDurable: new Array(BLOCKS_PER_VOLUME).fill(0),
+        primaryDirty: new Map(),
+        flushed: new Array(BLOCKS_PER_VOLUME).fill(0),
+      });
     }
   }
   const primaryIds = Array.from({ length: N }, (_, k) => k);
@@ -337,6 +415,13 @@ export function simulate(o: SimOptions): SimResult {
     state: "active",
     generation: 0,
     bitmap: new Map(),
+    activity: new Set(),
+    wal: [],
+    powerLost: false,
+    seqLease: 0,
+    regionSeq: new Map(),
+    trimmedSeq: new Array(M).fill(0),
+    nextTrimAt: 0,
     clock: new StampClock(readClock(k), 0n),
     pending: new PendingRcrs(),
     seq: 0,
@@ -362,6 +447,8 @@ export function simulate(o: SimOptions): SimResult {
     received: new Set(),
     applied: new Set(),
     lastApplied: null,
+    wal: [],
+    powerLost: false,
     work: [],
     commitAt: -1,
     drainWaiters: [],
@@ -374,12 +461,67 @@ export function simulate(o: SimOptions): SimResult {
   const linkOf = (k: number, s: number) => links[k * M + s];
   let connIds = 0;
 
-  const mark = (bitmap: Map<string, Set<number>>, volume: string, offset: number, length: number) => {
+
+  // ---- durability (power cuts) ----
+  /**
+   * One SQLite commit. synchronous=FULL syncs the WAL, which makes it and
+   * every earlier commit durable; NORMAL leaves it (with its undo) among the
+   * commits a power cut may lose. WAL frames are ordered, so a cut keeps a
+   * prefix of them.
+   */
+  const commitTx = (wal: Undo[], full: boolean, undo: Undo) => {
+    if (!cuts) return;
+    if (full) wal.length = 0;
+    else if (undo.length > 0) wal.push(undo);
+  };
+  /** A power cut: a random prefix of the commits since the last durable one survives. */
+  const loseCommits = (wal: Undo[]): number => {
+    const keep = int(0, wal.length);
+    const lost = wal.length - keep;
+    for (let i = wal.length - 1; i >= keep; i--) for (let j = wal[i].length - 1; j >= 0; j--) wal[i][j]();
+    wal.length = 0;
+    return lost;
+  };
+  /** mark() inside a transaction: records how to take the new marks back. */
+  const markU = (bitmap: Map<string, Set<number>>, volume: string, offset: number, length: number, undo: Undo) => {
     let set = bitmap.get(volume);
     if (!set) bitmap.set(volume, (set = new Set()));
+    const s2 = set;
     const { first, last } = blockSpan(offset, length);
-    for (let b = first; b <= last; b++) set.add(b);
+    for (let b = first; b <= last; b++) {
+      if (s2.has(b)) continue;
+      s2.add(b);
+      if (cuts) undo.push(() => s2.delete(b));
+    }
   };
+  /** A write into the primary volume's page cache. */
+  const writePrimary = (v: Volume, b: number, id: number) => {
+    v.primary[b] = id;
+    if (!cuts) return;
+    let l = v.primaryDirty.get(b);
+    if (!l) v.primaryDirty.set(b, (l = []));
+    l.push(id);
+  };
+  /** fdatasync of a primary volume. */
+  const syncPrimary = (v: Volume) => {
+    if (v.primaryDirty.size === 0) return;
+    for (const b of v.primaryDirty.keys()) v.primaryDurable[b] = v.primary[b];
+    v.primaryDirty.clear();
+  };
+  /**
+   * A power cut: the page cache writes back in any order, so each block
+   * written since the last fdatasync holds its durable content or any one of
+   * the contents it had since (a 2-block write may be torn).
+   */
+  const cutPrimaryVolume = (v: Volume) => {
+    for (const [b, l] of v.primaryDirty) {
+      const i = int(0, l.length);
+      const id = i === 0 ? v.primaryDurable[b] : l[i - 1];
+      v.primary[b] = v.primaryDurable[b] = id;
+    }
+    v.primaryDirty.clear();
+  };
+  const regionKey = (vol: number, region: number) => `${vol}:${region}`;
 
   // ---- links ----
   const deliverAt = (q: { at: number }[]) => Math.max(q.length ? q[q.length - 1].at : 0, tick + int(0, maxDelay));
@@ -406,40 +548,121 @@ export function simulate(o: SimOptions): SimResult {
     // secondary.ts attach: tell the primary what is already held.
     const held = sec.lastSeq[l.k];
     if (held > 0) l.up.push({ kind: "ack", at: deliverAt(l.up), seq: held });
+    if (held > p.seq) log(`t${tick} link P${l.k}->S${l.s}: S${l.s} already holds seq ${held}, above P${l.k}'s highest ${p.seq}`);
   };
 
   // ---- primaries ----
   /** primary.ts suspend(): unacknowledged journal entries become bitmap blocks; the journal of the group goes. */
   const suspendPrimary = (p: Primary, to: Exclude<PrimaryState, "active">, gen: number | null) => {
     const was = p.state;
-    p.state = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
-    if (gen !== null && gen > p.generation) p.generation = gen;
     // In-flight writes finish first (the product waits for inflight == 0).
     commitJournal(p);
+    const undo: Undo = [];
+    if (cuts) {
+      const state0 = p.state;
+      const gen0 = p.generation;
+      const journal0 = p.journal.slice();
+      undo.push(() => {
+        p.state = state0;
+        p.generation = gen0;
+        p.journal = journal0;
+      });
+    }
+    p.state = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
+    if (gen !== null && gen > p.generation) p.generation = gen;
+    // The group's volumes are fdatasynced first, then one transaction (NORMAL).
+    for (const v of vols) if (v.k === p.k) syncPrimary(v);
     for (let s = 0; s < M; s++) {
       for (const e of p.journal[s]) {
-        if (e.seq > p.senders[s].ackedSeq) mark(p.bitmap, vols[e.write.vol].name, e.write.block * BITMAP_BLOCK_BYTES, e.write.blocks * BITMAP_BLOCK_BYTES);
+        if (e.seq > p.senders[s].ackedSeq) markU(p.bitmap, vols[e.write.vol].name, e.write.block * BITMAP_BLOCK_BYTES, e.write.blocks * BITMAP_BLOCK_BYTES, undo);
       }
       p.journal[s] = [];
     }
+    commitTx(p.wal, fixes, undo);
     p.pending.dropGroup(GROUP);
     p.lastSync = null;
     for (let s = 0; s < M; s++) closeLink(linkOf(p.k, s), `primary P${p.k} ${p.state}`);
     if (was !== p.state) log(`t${tick} P${p.k} ${was} -> ${p.state} (gen ${p.generation})`);
   };
 
-  /** Journal group commit: entries become durable, reach the volume, and wait for their host ack. */
+  /** The regions of a write's blocks (activity log). */
+  const regionsOf = (w: Write) => {
+    const out: number[] = [];
+    for (let r = Math.floor(w.block / SIM_REGION_BLOCKS); r <= Math.floor((w.block + w.blocks - 1) / SIM_REGION_BLOCKS); r++) out.push(r);
+    return out;
+  };
+
+  /** primary.ts noteRegions(): the highest seq and the last write time per region, in memory. */
+  const noteRegions = (p: Primary, w: Write, seq: number) => {
+    for (const r of regionsOf(w)) {
+      const key = regionKey(w.vol, r);
+      const cur = p.regionSeq.get(key);
+      if (cur) {
+        cur.seq = seq;
+        cur.at = tick;
+      } else p.regionSeq.set(key, { vol: w.vol, region: r, link: w.s, seq, at: tick });
+    }
+  };
+
+  /** FLUSH/FUA: every journal commit so far is durable (one FULL commit), and the volume is fdatasynced. */
+  const flushPrimary = (p: Primary, v: Volume) => {
+    commitTx(p.wal, true, []);
+    syncPrimary(v);
+  };
+
+  /**
+   * Journal group commit (journal.ts commit()): entries, floors and newly hot
+   * regions in one transaction, FULL when a region turns hot (the WAL up to
+   * here becomes durable), NORMAL otherwise. Then the volume writes (page
+   * cache), FUA flushes, and the host acks.
+   */
   const commitJournal = (p: Primary) => {
-    for (const e of p.appending) {
+    if (p.appending.length === 0) {
+      p.commitAt = -1;
+      return;
+    }
+    const batch = p.appending;
+    const undo: Undo = [];
+    let newRegion = false;
+    if (cuts) {
+      const lists = p.journal.slice();
+      const lens = lists.map((l) => l.length);
+      const ts0 = p.tsFloor;
+      const seq0 = p.seqFloor;
+      undo.push(() => {
+        for (let s = 0; s < M; s++) {
+          p.journal[s] = lists[s];
+          lists[s].length = lens[s];
+        }
+        p.tsFloor = ts0;
+        p.seqFloor = seq0;
+        for (const e of batch) if (e.write.state === "committed") e.write.state = "cut";
+      });
+      for (const e of batch) {
+        for (const r of regionsOf(e.write)) {
+          const key = regionKey(e.write.vol, r);
+          if (p.activity.has(key)) continue;
+          p.activity.add(key);
+          newRegion = true;
+          undo.push(() => p.activity.delete(key));
+        }
+      }
+    }
+    for (const e of batch) {
       const w = e.write;
       p.journal[w.s].push(e);
       if (e.ts > p.tsFloor) p.tsFloor = e.ts;
       if (e.ts > lastStampEver[p.k]) lastStampEver[p.k] = e.ts;
       if (e.seq > p.seqFloor) p.seqFloor = e.seq;
+    }
+    commitTx(p.wal, newRegion, undo);
+    for (const e of batch) {
+      const w = e.write;
       const v = vols[w.vol];
-      for (let b = w.block; b < w.block + w.blocks; b++) v.primary[b] = w.id;
+      for (let b = w.block; b < w.block + w.blocks; b++) writePrimary(v, b, w.id);
       w.state = "committed";
       if (w.chain) w.chain.writes.push(w);
+      if (w.fua) flushPrimary(p, v);
       p.acking.push(w);
     }
     p.appending = [];
@@ -448,6 +671,10 @@ export function simulate(o: SimOptions): SimResult {
 
   const hostAck = (w: Write) => {
     if (w.ts !== null && w.ts > maxAckedTs) maxAckedTs = w.ts;
+    if (w.fua) {
+      const v = vols[w.vol];
+      for (let b = w.block; b < w.block + w.blocks; b++) if (w.id > v.flushed[b]) v.flushed[b] = w.id;
+    }
     const c = w.chain;
     if (c && c.inflight === w) {
       c.inflight = null;
@@ -461,7 +688,8 @@ export function simulate(o: SimOptions): SimResult {
     if (!p.up) return "down";
     const blocks = chance(0.2) && BLOCKS_PER_VOLUME > 1 ? 2 : 1;
     const block = int(0, BLOCKS_PER_VOLUME - blocks);
-    const w: Write = { id: writes.length + 1, k: vol.k, s: vol.s, vol: vol.id, block, blocks, ts: null, seq: 0, chain, state: "stamped" };
+    const fua = cuts ? chance(pFua) : false;
+    const w: Write = { id: writes.length + 1, k: vol.k, s: vol.s, vol: vol.id, block, blocks, ts: null, seq: 0, chain, state: "stamped", fua };
     if (p.state === "taken-over") {
       w.state = "refused";
       return "refused";
@@ -469,9 +697,12 @@ export function simulate(o: SimOptions): SimResult {
     writes.push(w);
     if (chain) chain.inflight = w;
     if (p.state !== "active") {
-      // primary.ts writeUnreplicated: bitmap first, then the volume; no stamp.
-      mark(p.bitmap, vol.name, block * BITMAP_BLOCK_BYTES, blocks * BITMAP_BLOCK_BYTES);
-      for (let b = block; b < block + blocks; b++) vol.primary[b] = w.id;
+      // primary.ts writeUnreplicated: bitmap first (BitmapWriter, NORMAL), then the volume; no stamp.
+      const undo: Undo = [];
+      markU(p.bitmap, vol.name, block * BITMAP_BLOCK_BYTES, blocks * BITMAP_BLOCK_BYTES, undo);
+      commitTx(p.wal, false, undo);
+      for (let b = block; b < block + blocks; b++) writePrimary(vol, b, w.id);
+      if (fua) flushPrimary(p, vol);
       w.state = "unreplicated";
       if (chain) chain.writes.push(w);
       hostAck(w);
@@ -480,9 +711,15 @@ export function simulate(o: SimOptions): SimResult {
     // Stamping and registering as pending are one synchronous step.
     const ts = p.clock.stamp();
     const seq = ++p.seq;
+    if (fixes && seq > p.seqLease) {
+      // Proposed fix: a seq is never reused after a power cut. Leases of SEQ_LEASE seqs, one FULL commit each.
+      p.seqLease = seq + SEQ_LEASE;
+      commitTx(p.wal, true, []);
+    }
     p.pending.add(GROUP, vol.s, seq, ts);
     w.ts = ts;
     w.seq = seq;
+    if (cuts) noteRegions(p, w, seq);
     // Strictly above every stamp of this primary that can matter: journaled
     // ones and announced SYNC times (a stamp lost with the process, never
     // journaled, may be handed out again).
@@ -511,12 +748,54 @@ export function simulate(o: SimOptions): SimResult {
     for (let s = 0; s < M; s++) closeLink(linkOf(p.k, s), "primary crashed");
   };
 
+  /** A power cut on the primary's host: the process dies, and what was not durable is gone. */
+  const powerCutPrimary = (p: Primary) => {
+    if (p.up) crashPrimary(p);
+    const lost = loseCommits(p.wal);
+    for (const v of vols) if (v.k === p.k) cutPrimaryVolume(v);
+    p.powerLost = true;
+    log(`t${tick} P${p.k} power cut (${lost} SQLite commits lost)`);
+  };
+
+  /** Every block the host was told is durable (FUA) is still on the primary volume. */
+  const checkFlushed = (v: Volume, chk: (cond: unknown, message: string) => void) => {
+    for (let b = 0; b < BLOCKS_PER_VOLUME; b++) {
+      chk(v.primary[b] >= v.flushed[b], `${v.name} block ${b} on P${v.k} holds write #${v.primary[b]}, but write #${v.flushed[b]} was acknowledged as durable (FUA)`);
+    }
+  };
+
   const restartPrimary = (p: Primary) => {
     log(`t${tick} P${p.k} restart (floor ${p.tsFloor})`);
     p.up = true;
+    if (cuts) {
+      // primary.ts start(): the journal is replayed onto the volumes, which are then fdatasynced.
+      p.regionSeq = new Map();
+      p.trimmedSeq = new Array(M).fill(0);
+      const entries = p.journal.flat().sort((a, b) => a.seq - b.seq);
+      for (const e of entries) {
+        const w = e.write;
+        for (let b = w.block; b < w.block + w.blocks; b++) writePrimary(vols[w.vol], b, w.id);
+        noteRegions(p, w, e.seq);
+      }
+      for (const v of vols) if (v.k === p.k) syncPrimary(v);
+      if (p.powerLost) {
+        // markHotRegionsDirty(): a hot region may hold volume writes whose journal entries were lost.
+        if (!o.noActivityLog) {
+          const undo: Undo = [];
+          for (const key of p.activity) {
+            const [vol, region] = key.split(":").map(Number);
+            markU(p.bitmap, vols[vol].name, region * SIM_REGION_BLOCKS * BITMAP_BLOCK_BYTES, SIM_REGION_BLOCKS * BITMAP_BLOCK_BYTES, undo);
+          }
+          commitTx(p.wal, false, undo);
+        }
+        p.powerLost = false;
+        for (const v of vols) if (v.k === p.k) checkFlushed(v, stepCheck);
+      }
+      p.nextTrimAt = tick + trimInterval;
+    }
     p.clock = new StampClock(readClock(p.k), p.tsFloor);
     p.persistedFloor = p.tsFloor;
-    p.seq = p.seqFloor;
+    p.seq = fixes ? Math.max(p.seqFloor, p.seqLease) : p.seqFloor;
     p.pending = new PendingRcrs();
     for (let s = 0; s < M; s++) for (const e of p.journal[s]) p.pending.add(GROUP, s, e.seq, e.ts);
     p.senders = newSenders();
@@ -535,11 +814,50 @@ export function simulate(o: SimOptions): SimResult {
       const l = linkOf(p.k, s);
       if (l.conn !== 0) l.down.push({ kind: "sync", at: deliverAt(l.down), gen: p.generation, t });
     }
-    // primary.ts announce(): the persisted floor leads the stamps handed out.
+    // primary.ts announce(): the persisted floor leads the stamps handed out (one NORMAL commit).
     if (p.clock.lastStamp > p.persistedFloor) {
       p.persistedFloor = p.clock.lastStamp + floorLeadNs;
-      if (p.persistedFloor > p.tsFloor) p.tsFloor = p.persistedFloor;
+      if (p.persistedFloor > p.tsFloor) {
+        const ts0 = p.tsFloor;
+        p.tsFloor = p.persistedFloor;
+        commitTx(p.wal, false, [() => (p.tsFloor = ts0)]);
+      }
     }
+  };
+
+  /**
+   * primary.ts trim(): entries acknowledged by their secondary leave the
+   * journal once the volumes are fdatasynced (NORMAL commit); regions whose
+   * writes are all trimmed and idle for a while cool (NORMAL commit).
+   */
+  const trimPrimary = (p: Primary) => {
+    let work = false;
+    for (let s = 0; s < M; s++) if (p.senders[s].ackedSeq > p.trimmedSeq[s]) work = true;
+    if (work) {
+      for (const v of vols) if (v.k === p.k) syncPrimary(v);
+      const journal0 = p.journal.slice();
+      let changed = false;
+      for (let s = 0; s < M; s++) {
+        const upTo = p.senders[s].ackedSeq;
+        const list = p.journal[s];
+        let i = 0;
+        while (i < list.length && list[i].seq <= upTo) i++;
+        if (i > 0) {
+          p.journal[s] = list.slice(i);
+          changed = true;
+        }
+        if (upTo > p.trimmedSeq[s]) p.trimmedSeq[s] = upTo;
+      }
+      if (changed) commitTx(p.wal, false, [() => (p.journal = journal0)]);
+    }
+    const undo: Undo = [];
+    for (const [key, r] of p.regionSeq) {
+      if (r.seq <= p.trimmedSeq[r.link] && r.at < tick - coolIdleTicks) {
+        p.regionSeq.delete(key);
+        if (p.activity.delete(key)) undo.push(() => p.activity.add(key));
+      }
+    }
+    commitTx(p.wal, false, undo);
   };
 
   const pump = (p: Primary, l: Link) => {
@@ -563,9 +881,16 @@ export function simulate(o: SimOptions): SimResult {
     const snd = p.senders[l.s];
     if (m.kind === "ack") {
       if (m.seq <= snd.ackedSeq) return;
+      if (m.seq > p.seq) {
+        // sender.ts: an ack above any seq issued here is not ours; the link is dropped.
+        log(`t${tick} S${l.s} acks seq ${m.seq} to P${p.k}, above its highest seq ${p.seq}`);
+        closeLink(l, "ack beyond any seq issued here");
+        return;
+      }
       if (m.seq > snd.sentSeq) snd.sentSeq = m.seq;
       snd.ackedSeq = m.seq;
       p.pending.ackUpTo(l.s, m.seq);
+      if (cuts) return; // trimPrimary() runs on its own timer.
       // Acknowledged and (kill -9 model) durable on the volume: trimmed.
       const list = p.journal[l.s];
       let i = 0;
@@ -596,8 +921,27 @@ export function simulate(o: SimOptions): SimResult {
   /** secondary.ts commit(): one transaction for everything received, then acks. */
   const commitSecondary = (sec: Secondary) => {
     const ackTo = new Map<number, number>();
+    // FULL before the acks (NORMAL under the --normal-queue-commit control); an
+    // empty transaction writes nothing and syncs nothing.
+    const undo: Undo = [];
+    let wrote = false;
+    const receivedNow: number[] = [];
+    if (cuts && o.normalQueueCommit) {
+      const q0 = sec.queue;
+      const len0 = q0.length;
+      const last0 = sec.lastSeq.slice();
+      const times0 = sec.times;
+      undo.push(() => {
+        sec.queue = q0;
+        q0.length = len0;
+        sec.lastSeq = last0;
+        sec.times = times0;
+        for (const id of receivedNow) sec.received.delete(id);
+      });
+    }
     for (const w of sec.work) {
       if (w.kind === "rcr") {
+        wrote = true;
         let last = sec.lastSeq[w.k];
         for (const r of w.records) {
           if (r.seq <= last) continue;
@@ -607,6 +951,7 @@ export function simulate(o: SimOptions): SimResult {
           );
           sec.queue.push(r);
           sec.received.add(r.write.id);
+          receivedNow.push(r.write.id);
           last = r.seq;
         }
         sec.lastSeq[w.k] = last;
@@ -614,9 +959,13 @@ export function simulate(o: SimOptions): SimResult {
       } else {
         if (!o.noFence && (w.gen !== sec.generation || sec.state !== "active")) continue;
         const out = onSync(sec.times, w.k, w.t);
-        if (out.kind === "raised") sec.times = out.times;
+        if (out.kind === "raised") {
+          sec.times = out.times;
+          wrote = true;
+        }
       }
     }
+    if (wrote) commitTx(sec.wal, !o.normalQueueCommit, undo);
     sec.work = [];
     sec.commitAt = -1;
     for (const [k, conn] of ackTo) {
@@ -631,6 +980,7 @@ export function simulate(o: SimOptions): SimResult {
   const applySome = (sec: Secondary, max: number) => {
     const due = dueRows(sec, sec.times.second);
     const n = Math.min(max, due.length);
+    const lastApplied0 = sec.lastApplied;
     for (let i = 0; i < n; i++) {
       const r = due[i];
       stepCheck(mayApply(sec.times, r.ts) && r.ts <= sec.times.second, `S${sec.s}: applying RCR ts ${r.ts} above its 112 ${sec.times.second}`);
@@ -645,8 +995,17 @@ export function simulate(o: SimOptions): SimResult {
       sec.lastApplied = r;
     }
     if (n > 0) {
+      // The volumes are fdatasynced, then the rows leave the queue (NORMAL).
+      const q0 = sec.queue;
+      const last0 = lastApplied0;
       const gone = new Set(due.slice(0, n));
       sec.queue = sec.queue.filter((r) => !gone.has(r));
+      commitTx(sec.wal, false, [
+        () => {
+          sec.queue = q0;
+          sec.lastApplied = last0;
+        },
+      ]);
     }
   };
 
@@ -659,6 +1018,14 @@ export function simulate(o: SimOptions): SimResult {
     sec.commitAt = -1;
     sec.drainWaiters = [];
     for (let k = 0; k < N; k++) closeLink(linkOf(k, sec.s), "secondary crashed");
+  };
+
+  /** A power cut on the secondary's host. Its volumes hold nothing unsynced (the applier fdatasyncs before deleting rows). */
+  const powerCutSecondary = (sec: Secondary) => {
+    if (sec.up) crashSecondary(sec);
+    const lost = loseCommits(sec.wal);
+    sec.powerLost = true;
+    log(`t${tick} S${sec.s} power cut (${lost} SQLite commits lost)`);
   };
 
   const restartSecondary = (sec: Secondary) => {
@@ -685,6 +1052,8 @@ export function simulate(o: SimOptions): SimResult {
   let takeoverDoneAt = -1;
   let firstImages: { ts: bigint; images: string } | null = null;
   let finished = false;
+  let postTakeoverCutAt = -1;
+  let postTakeoverCutWhat = 0;
 
   const sendCall = (r: Run, to: { kind: "p" | "s"; i: number }, op: Op, timeout = CALL_TIMEOUT_TICKS): Call => {
     const c: Call = { id: ++callIds, to, op, deadline: tick + timeout, done: false, error: null, reply: null };
@@ -703,6 +1072,14 @@ export function simulate(o: SimOptions): SimResult {
       if (!o.noFence) {
         commitSecondary(sec);
         if (op.gen > sec.generation) {
+          const gen0 = sec.generation;
+          const state0 = sec.state;
+          commitTx(sec.wal, fixes, [
+            () => {
+              sec.generation = gen0;
+              sec.state = state0;
+            },
+          ]);
           sec.generation = op.gen;
           if (sec.state === "active") sec.state = "suspended";
           for (let k = 0; k < N; k++) closeLink(linkOf(k, sec.s), "fenced");
@@ -723,7 +1100,19 @@ export function simulate(o: SimOptions): SimResult {
       if (sec.synchronizedTs === null) {
         stepCheck(sec.times.second <= op.ts, `S${sec.s}: 112 ${sec.times.second} above Ts ${op.ts}`);
         const split = splitAtSynchronizedTime(sec.queue, op.ts);
-        for (const r of split.drop) mark(sec.bitmap, r.volume, r.offset, r.length);
+        // One transaction (NORMAL): bitmap marks, the dropped rows, 112 = Ts, synchronized_ts.
+        const undo: Undo = [];
+        if (cuts) {
+          const q0 = sec.queue;
+          const times0 = sec.times;
+          undo.push(() => {
+            sec.queue = q0;
+            sec.times = times0;
+            sec.synchronizedTs = null;
+          });
+        }
+        for (const r of split.drop) markU(sec.bitmap, r.volume, r.offset, r.length, undo);
+        commitTx(sec.wal, fixes, undo);
         for (const [v, blocks] of split.bitmap) for (const b of blocks) check(sec.bitmap.get(v)?.has(b), `S${sec.s}: bitmap block ${v}:${b} of a dropped RCR missing`);
         sec.queue = split.apply;
         dropped += split.drop.length;
@@ -736,6 +1125,10 @@ export function simulate(o: SimOptions): SimResult {
     }
     if (op.op === "takeover") {
       if (sec.synchronizedTs === null || op.gen !== sec.generation) return replyTo(m, `S${sec.s} not synchronized at ${op.gen}`, null);
+      if (sec.state !== "takeover") {
+        const state0 = sec.state;
+        commitTx(sec.wal, fixes, [() => (sec.state = state0)]);
+      }
       sec.state = "takeover";
       return replyTo(m, null, report(sec));
     }
@@ -859,6 +1252,10 @@ export function simulate(o: SimOptions): SimResult {
       takeoverDoneAt = tick;
       firstImages = { ts: r.ts!, images: imagesKey() };
       nextRunAt = tick + QUIESCE_TICKS;
+      if (cuts && chance(0.3)) {
+        postTakeoverCutAt = tick + int(2, QUIESCE_TICKS - 30);
+        postTakeoverCutWhat = int(0, 2);
+      }
     } else {
       check(r.ts === firstImages!.ts, `takeover rerun reached Ts ${r.ts}, the first ${firstImages!.ts}`);
       check(imagesKey() === firstImages!.images, "takeover rerun changed the secondary images");
@@ -914,13 +1311,32 @@ export function simulate(o: SimOptions): SimResult {
       const sec = secondaries[int(0, M - 1)];
       if (sec.up) crashSecondary(sec);
     }
-    if (inProcedure && pRcmCrash > 0 && rcmCrashes < 3 && chance(pRcmCrash)) {
+    if (pPowerCut > 0 && chance(inProcedure ? pPowerCut * 3 : pPowerCut)) powerCut(int(0, 2));
+    // run may have ended in this tick's power cut of the whole host.
+    if (inProcedure && run !== null && pRcmCrash > 0 && rcmCrashes < 3 && chance(pRcmCrash)) {
       rcmCrashes++;
       crashes++;
       log(`t${tick} RCM kill -9 during run ${run!.id} (${run!.step})`);
       rcmUp = false;
       run = null;
       rcmRestartAt = tick + int(1, 50);
+    }
+  };
+
+  /** 0: one primary's host, 1: one secondary's host, 2: the whole host (every process, the RCM too). */
+  const powerCut = (what: number) => {
+    powerCuts++;
+    if (what === 0) powerCutPrimary(primaries[int(0, N - 1)]);
+    else if (what === 1) powerCutSecondary(secondaries[int(0, M - 1)]);
+    else {
+      log(`t${tick} power cut of the whole host`);
+      for (const p of primaries) powerCutPrimary(p);
+      for (const sec of secondaries) powerCutSecondary(sec);
+      if (rcmUp) {
+        rcmUp = false;
+        run = null;
+        rcmRestartAt = tick + int(5, 120);
+      }
     }
   };
 
@@ -946,7 +1362,7 @@ export function simulate(o: SimOptions): SimResult {
         while (i < list.length && list[i].ts! <= second) {
           const w = list[i];
           check(
-            w.state === "lost" || sec.received.has(w.id),
+            w.state === "lost" || w.state === "cut" || sec.received.has(w.id),
             `S${sec.s}: 112 is ${second} but write #${w.id} (P${k}, ts ${w.ts}, ${w.state}) is not queued there`,
           );
           i++;
@@ -967,6 +1383,8 @@ export function simulate(o: SimOptions): SimResult {
 
       stepFaults();
       if (takeoverDoneAt >= 0 && tick === takeoverDoneAt + 1) healAll();
+      // A power cut after the takeover completed: the rerun must still find the same Ts and images.
+      if (tick === postTakeoverCutAt) powerCut(postTakeoverCutWhat);
       for (const p of primaries) if (!p.up && tick >= p.restartAt) restartPrimary(p);
       for (const sec of secondaries) if (!sec.up && tick >= sec.restartAt) restartSecondary(sec);
 
@@ -1011,6 +1429,10 @@ export function simulate(o: SimOptions): SimResult {
           announce(p);
           p.nextSyncAt = tick + syncInterval;
         }
+        if (cuts && tick >= p.nextTrimAt) {
+          trimPrimary(p);
+          p.nextTrimAt = tick + trimInterval;
+        }
         for (let s = 0; s < M; s++) {
           const l = linkOf(p.k, s);
           if (l.conn !== 0 && !l.refusing) pump(p, l);
@@ -1030,6 +1452,8 @@ export function simulate(o: SimOptions): SimResult {
 
   function finalChecks() {
     const ts = firstImages!.ts;
+    // A write whose journal commit a power cut took back exists only if its secondary had queued it.
+    const real = (w: Write) => w.state === "committed" || (w.state === "cut" && secondaries[w.s].received.has(w.id));
     for (const sec of secondaries) {
       check(sec.synchronizedTs === ts, `S${sec.s}: synchronized at ${sec.synchronizedTs}, not Ts ${ts}`);
       check(sec.times.second === ts, `S${sec.s}: 112 ${sec.times.second} after takeover, not Ts ${ts}`);
@@ -1039,7 +1463,7 @@ export function simulate(o: SimOptions): SimResult {
     for (const w of writes) {
       const sec = secondaries[w.s];
       const has = sec.applied.has(w.id);
-      if (w.state === "committed" && w.ts! <= ts) check(has, `write #${w.id} (P${w.k}, ts ${w.ts}) <= Ts ${ts} is missing on S${w.s}`);
+      if (real(w) && w.ts! <= ts) check(has, `write #${w.id} (P${w.k}, ts ${w.ts}) <= Ts ${ts} is missing on S${w.s}`);
       else check(!has, `write #${w.id} (P${w.k}, ts ${w.ts}, ${w.state}) is on S${w.s} but not <= Ts ${ts}`);
       // Dropped RCRs: their blocks are in the secondary's bitmap.
       if (sec.received.has(w.id) && w.ts! > ts) {
@@ -1050,7 +1474,7 @@ export function simulate(o: SimOptions): SimResult {
     const expected = vols.map(() => new Array<number>(BLOCKS_PER_VOLUME).fill(0));
     const bestTs = vols.map(() => new Array<bigint>(BLOCKS_PER_VOLUME).fill(-1n));
     for (const w of writes) {
-      if (w.state !== "committed" || w.ts! > ts) continue;
+      if (!real(w) || w.ts! > ts) continue;
       for (let b = w.block; b < w.block + w.blocks; b++) {
         if (w.ts! > bestTs[w.vol][b]) {
           bestTs[w.vol][b] = w.ts!;
@@ -1064,12 +1488,13 @@ export function simulate(o: SimOptions): SimResult {
       }
     }
     // Causal chains: what the secondaries hold of each chain is a prefix of it.
+    // A write lost in a power cut before it was durable (no FUA) was never promised: it leaves the chain.
     for (const c of allChains) {
       let gap = -1;
-      c.writes.forEach((w, i) => {
+      c.writes.filter((w) => w.state !== "cut" || real(w)).forEach((w, i, cw) => {
         const present = secondaries[w.s].applied.has(w.id);
         if (!present && gap < 0) gap = i;
-        check(!present || gap < 0, `chain ${c.id}: write ${i} (#${w.id}, P${w.k}, ts ${w.ts}) is on S${w.s} but write ${gap} (#${c.writes[gap]?.id}, ts ${c.writes[gap]?.ts}) is not`);
+        check(!present || gap < 0, `chain ${c.id}: write ${i} (#${w.id}, P${w.k}, ts ${w.ts}) is on S${w.s} but write ${gap} (#${cw[gap]?.id}, ts ${cw[gap]?.ts}) is not`);
       });
     }
     // Resync: every block where a primary and its secondary differ is in one of the bitmaps.
@@ -1078,10 +1503,12 @@ export function simulate(o: SimOptions): SimResult {
       const sb = secondaries[v.s].bitmap.get(v.name);
       for (let b = 0; b < BLOCKS_PER_VOLUME; b++) {
         if (v.primary[b] !== v.secondary[b]) {
-          check(pb?.has(b) || sb?.has(b), `${v.name} block ${b} differs (primary #${v.primary[b]}, secondary #${v.secondary[b]}) but no bitmap has it`);
+          check(pb?.has(b) || sb?.has(b), `${v.name} block ${b} differs with nothing to show it (primary #${v.primary[b]}, secondary #${v.secondary[b]}, in no bitmap)`);
         }
       }
     }
+    // Every write the host was told is durable (FUA) is on its primary volume.
+    for (const v of vols) checkFlushed(v, check);
   }
 
   return {
@@ -1098,6 +1525,7 @@ export function simulate(o: SimOptions): SimResult {
     crashes,
     rcmCrashes,
     partitions,
+    powerCuts,
     applied: secondaries.reduce((n, sec) => n + sec.applied.size, 0),
     dropped,
   };
