@@ -40,7 +40,7 @@ function parse(argv: string[]) {
     else if (a === "--power-cuts") o.powerCuts = true;
     else if (a === "--no-activity-log") o.noActivityLog = true;
     else if (a === "--normal-queue-commit") o.normalQueueCommit = true;
-    else if (a === "--proposed-fixes") o.proposedFixes = true;
+    else if (a === "--no-power-cut-fixes") o.noPowerCutFixes = true;
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-sweep.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };
@@ -55,7 +55,7 @@ function main(): number {
     return 2;
   }
   const { o, seeds, from, single, verbose, maxFailures } = args;
-  if (o.noActivityLog || o.normalQueueCommit || o.proposedFixes) o.powerCuts = true;
+  if (o.noActivityLog || o.normalQueueCommit || o.noPowerCutFixes) o.powerCuts = true;
 
   if (single !== null) {
     const r = simulate({ ...o, seed: single, log: verbose ? (l) => console.log(l) : undefined });

@@ -13,6 +13,13 @@ export const OP_ZERO = 2;
 export const ACTIVITY_REGION_BYTES = 4 * 1024 * 1024;
 /** Upper bound on entries per transaction, so one commit never stalls the loop long. */
 export const COMMIT_ENTRIES_MAX = 4096;
+/**
+ * Seqs are leased this many at a time in a FULL (WAL-syncing) commit. The
+ * sender streams entries whose NORMAL commit a power cut may take back; were
+ * their seqs issued again after the restart, the secondary would drop the
+ * new writes as duplicates. One fsync per lease, not per write.
+ */
+export const SEQ_LEASE_SPAN = 65536;
 
 export interface JournalEntry {
   seq: number;
@@ -39,6 +46,8 @@ export class Journal {
   private readonly hot = new Set<string>();
   private readonly insert;
   private readonly floors;
+  private readonly leaseStmt;
+  private seqLease = 0;
   private readonly markHot;
   private readonly readLinkStmt;
   private readonly trimStmt;
@@ -54,6 +63,8 @@ export class Journal {
       "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     this.floors = db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?), seq_floor = max(seq_floor, ?) WHERE id = 1");
+    this.leaseStmt = db.prepare("UPDATE stamp SET seq_lease = ? WHERE id = 1");
+    this.seqLease = (db.prepare("SELECT seq_lease FROM stamp WHERE id = 1").get() as { seq_lease: number }).seq_lease;
     this.markHot = db.prepare("INSERT OR IGNORE INTO activity (volume, region) VALUES (?, ?)");
     this.readLinkStmt = db
       .prepare("SELECT seq, ts, grp, target, op, off, len, data FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?")
@@ -100,19 +111,24 @@ export class Journal {
     }
     let maxTs = 0n;
     let maxSeq = 0;
+    for (const { entry: e } of batch) if (e.seq > maxSeq) maxSeq = e.seq;
+    const lease = maxSeq > this.seqLease ? maxSeq + SEQ_LEASE_SPAN : null;
+    const full = newRegions.length > 0 || lease !== null;
     try {
       // A region turning hot must be durable before any block of it reaches the
-      // volume: that commit syncs the WAL. Later writes to hot regions do not.
-      if (newRegions.length > 0) this.db.pragma("synchronous = FULL");
+      // volume, and a new seq lease before any of its seqs leaves: such a commit
+      // syncs the WAL. Later writes to hot regions under the lease do not.
+      if (full) this.db.pragma("synchronous = FULL");
       this.db.transaction(() => {
         for (const { entry: e } of batch) {
           this.insert.run(e.seq, e.ts, e.group, e.link, e.volume, e.target, e.op, e.offset, e.length, e.data);
           if (e.ts > maxTs) maxTs = e.ts;
-          if (e.seq > maxSeq) maxSeq = e.seq;
         }
         for (const [v, r] of newRegions) this.markHot.run(v, r);
         this.floors.run(maxTs, maxSeq);
+        if (lease !== null) this.leaseStmt.run(lease);
       })();
+      if (lease !== null) this.seqLease = lease;
     } catch (err) {
       for (const [v, r] of newRegions) this.hot.delete(`${v}\u0000${r}`);
       const e = err instanceof Error ? err : new Error(String(err));
@@ -120,7 +136,7 @@ export class Journal {
       return;
     } finally {
       // A closed database cannot take the pragma back; the batch has failed already.
-      if (newRegions.length > 0 && this.db.open) this.db.pragma("synchronous = NORMAL");
+      if (full && this.db.open) this.db.pragma("synchronous = NORMAL");
     }
     for (const { entry: e } of batch) if (e.op === OP_WRITE) this.bytes += e.length;
     for (const w of batch) w.resolve();
@@ -214,12 +230,14 @@ export class Journal {
     }
   }
 
+  /** Where stamps and seqs resume after a restart: above everything issued, leased seqs included. */
   floorsNow(): { tsFloor: bigint; seqFloor: number } {
-    const r = this.db.prepare("SELECT ts_floor, seq_floor FROM stamp WHERE id = 1").safeIntegers(true).get() as {
+    const r = this.db.prepare("SELECT ts_floor, seq_floor, seq_lease FROM stamp WHERE id = 1").safeIntegers(true).get() as {
       ts_floor: bigint;
       seq_floor: bigint;
+      seq_lease: bigint;
     };
-    return { tsFloor: r.ts_floor, seqFloor: Number(r.seq_floor) };
+    return { tsFloor: r.ts_floor, seqFloor: Number(r.seq_floor > r.seq_lease ? r.seq_floor : r.seq_lease) };
   }
 
   raiseTsFloor(ts: bigint): void {

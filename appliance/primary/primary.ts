@@ -336,6 +336,8 @@ export class PrimaryEngine {
           .prepare("UPDATE grp SET state = ?, generation = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
           .run(gs.state, gs.generation, gs.reason, gs.by, Date.now(), group);
       })();
+      // The bitmap now stands for the journal entries it replaced: durable before they are gone for good.
+      this.journal.barrier();
     } catch (err) {
       this.bitmap.reset();
       throw err;

@@ -7,7 +7,7 @@
 // only after their volume writes are fdatasynced.
 import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
-import type { Db } from "../state/database.ts";
+import { durableBarrier, type Db } from "../state/database.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
 import type { Link } from "../replication/link.ts";
 import { assert } from "../invariant.ts";
@@ -412,6 +412,8 @@ export class SecondaryEngine {
       this.o.db
         .prepare("UPDATE grp SET generation = ?, state = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
         .run(generation, state, g.reason, g.suspendedBy, Date.now(), name);
+      // The RCM reads 111 only after the raise is durable, power cuts included.
+      durableBarrier(this.o.db);
       g.generation = generation;
       g.state = state;
       this.o.logger.warn({ group: name, generation, by, reason }, "group fenced: frames of older generations are refused");
@@ -493,6 +495,8 @@ export class SecondaryEngine {
             .prepare("UPDATE grp SET synchronized_ts = ?, dropped = dropped + ?, dropped_bytes = dropped_bytes + ? WHERE name = ?")
             .run(ts, drop.length, bytes, name);
         })();
+        // What the RCM is told is done survives a power cut: 112 never falls back from Ts.
+        durableBarrier(this.o.db);
       } catch (err) {
         this.bitmap.reset();
         throw err;
@@ -525,6 +529,7 @@ export class SecondaryEngine {
     }
     if (g.state !== "takeover") {
       this.o.db.prepare("UPDATE grp SET state = 'takeover', changed_at_ms = ? WHERE name = ?").run(Date.now(), name);
+      durableBarrier(this.o.db);
       g.state = "takeover";
       this.o.logger.warn({ group: name }, "takeover: secondary volumes are read-write for hosts");
     }

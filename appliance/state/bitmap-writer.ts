@@ -1,7 +1,7 @@
 // Durable bitmap marks (114) with group commit: a host write that is not
 // replicated (group suspended on the primary, or a secondary taken over)
 // marks its blocks here, and its volume write waits for that commit, so a
-// crash never leaves a changed block that the bitmap does not name.
+// crash or a power cut never leaves a changed block the bitmap does not name.
 import type { Db } from "./database.ts";
 import { blockSpan } from "../resync/blocks.ts";
 
@@ -82,6 +82,10 @@ export class BitmapWriter {
     this.marks = [];
     this.waiting = [];
     try {
+      // The volume write waits for this: after a power cut the mark must be
+      // there whenever the block is, so the commit syncs the WAL. Only blocks
+      // not yet marked cost a commit.
+      this.db.pragma("synchronous = FULL");
       this.db.transaction(() => {
         for (const [v, b] of marks) this.insert.run(v, b);
       })();
@@ -89,6 +93,8 @@ export class BitmapWriter {
       this.known.clear();
       for (const w of waiting) w.reject(err as Error);
       return;
+    } finally {
+      if (this.db.open) this.db.pragma("synchronous = NORMAL");
     }
     for (const w of waiting) w.resolve();
   }

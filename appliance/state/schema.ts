@@ -103,6 +103,11 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE grp ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE grp ADD COLUMN dropped_bytes INTEGER NOT NULL DEFAULT 0;
   `,
+  // 3: seqs are leased durably: a seq the secondary may hold is never issued
+  // again, even when a power cut takes the last NORMAL commits with it.
+  `
+  ALTER TABLE stamp ADD COLUMN seq_lease INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

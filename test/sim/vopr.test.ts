@@ -8,11 +8,8 @@ import { LEADING_FLOOR_NS, PRODUCT_FLOOR_LEAD_NS, replayCommand, simulate, type 
 const SEEDS = Number(process.env.TIDEMARK_VOPR_SEEDS ?? 500);
 const CI: Omit<SimOptions, "seed"> = { floorLeadNs: PRODUCT_FLOOR_LEAD_NS };
 const POWER_CUT_SEEDS = Number(process.env.TIDEMARK_VOPR_POWER_CUT_SEEDS ?? 200);
-/**
- * Power cuts, with the product fixes the model asks for (docs/simulation.md,
- * Findings 2 and 3). Drop proposedFixes once primary.ts/secondary.ts have them.
- */
-const CUTS: Omit<SimOptions, "seed"> = { ...CI, powerCuts: true, proposedFixes: true };
+/** Power cuts, as the product handles them (docs/simulation.md, Findings 2 and 3 are fixed). */
+const CUTS: Omit<SimOptions, "seed"> = { ...CI, powerCuts: true };
 
 /** The first failing seed among `count` seeds from 1, or null. */
 function firstFailure(o: Omit<SimOptions, "seed">, count: number) {
@@ -100,13 +97,11 @@ describe("vopr: seeded simulation of primaries, secondaries and the RCM over the
     });
   }
 
-  // Findings 2 and 3 (docs/simulation.md): the product as it is, under power
-  // cuts. A seq reused after a power cut is skipped by the secondary as a
-  // duplicate, and the procedure's NORMAL commits undo a completed takeover.
-  // When the product is fixed this test fails: then drop proposedFixes above
-  // and this test.
-  it("vopr power cuts, product as it is: seq reuse and a non-durable takeover are caught", () => {
-    const asIs: Omit<SimOptions, "seed"> = { ...CI, powerCuts: true };
+  // Findings 2 and 3 (docs/simulation.md), kept as a control: without the
+  // durable seq lease a seq reused after a power cut is skipped by the
+  // secondary as a duplicate, and NORMAL commits undo a completed takeover.
+  it("vopr power-cut control (no seq lease, procedure commits NORMAL): seq reuse and an undone takeover are caught", () => {
+    const asIs: Omit<SimOptions, "seed"> = { ...CI, powerCuts: true, noPowerCutFixes: true };
     const seen = { seqReuse: false, takeoverUndone: false };
     for (let seed = 1; seed <= 300 && !(seen.seqReuse && seen.takeoverUndone); seed++) {
       const r = simulate({ ...asIs, seed });

@@ -43,7 +43,7 @@ const APPLY_CALL_TIMEOUT_TICKS = 400;
 /** After the first takeover: no more faults, everything restarted, then the rerun. */
 const QUIESCE_TICKS = 150;
 const TICKS_MAX = 20_000;
-/** --proposed-fixes: seqs leased per durable commit. */
+/** Seqs leased per durable commit (journal.ts SEQ_LEASE_SPAN, scaled). */
 const SEQ_LEASE = 64;
 /**
  * Activity-log region in the simulation: 4 blocks of a 16-block volume. The
@@ -82,11 +82,11 @@ export interface SimOptions {
   /** Negative control (power cuts): the secondary's RCR queue commit is NORMAL, so acks go out before it is durable. */
   normalQueueCommit?: boolean;
   /**
-   * Power cuts: the product with the fixes this simulator's power-cut model
-   * asks for (docs/simulation.md, Findings 2-3): a durable seq lease, and the
-   * after-failure procedure's state changes committed with synchronous=FULL.
+   * Negative control (power cuts): the product before the fixes this model
+   * asked for (docs/simulation.md, Findings 2-3): no durable seq lease, and
+   * the after-failure procedure's state changes in NORMAL commits.
    */
-  proposedFixes?: boolean;
+  noPowerCutFixes?: boolean;
   /** One line per notable event, for replaying a seed by eye. */
   log?: (line: string) => void;
 }
@@ -136,7 +136,7 @@ export function flagsOf(o: Omit<SimOptions, "seed">): string {
   if (o.powerCuts) f.push("--power-cuts");
   if (o.noActivityLog) f.push("--no-activity-log");
   if (o.normalQueueCommit) f.push("--normal-queue-commit");
-  if (o.proposedFixes) f.push("--proposed-fixes");
+  if (o.noPowerCutFixes) f.push("--no-power-cut-fixes");
   return f.join(" ");
 }
 
@@ -220,7 +220,7 @@ interface Primary {
   wal: Undo[];
   /** The last stop was a power cut: the restart is on a new boot. */
   powerLost: boolean;
-  /** --proposed-fixes: seqs below this were leased by a FULL commit. */
+  /** Seqs below this were leased by a FULL commit. */
   seqLease: number;
   // Memory: lost at kill -9.
   clock: StampClock;
@@ -357,8 +357,8 @@ export function simulate(o: SimOptions): SimResult {
   const plannedSuspendFirst = chance(0.25);
   // Power cuts (drawn only in that mode, so the other seeds replay as before).
   const cuts = o.powerCuts === true;
-  /** Proposed fix: the after-failure procedure's state changes are durable (FULL) before they are reported. */
-  const fixes = cuts && o.proposedFixes === true;
+  /** The product's fixes: a durable seq lease; the procedure's state changes durable (FULL) before they are reported. */
+  const fixes = cuts && o.noPowerCutFixes !== true;
   const pPowerCut = cuts ? [0.0008, 0.0015, 0.003][int(0, 2)] : 0;
   const pFua = cuts ? [0, 0.05, 0.3][int(0, 2)] : 0;
   /** primary.ts trims every max(20 ms, sync interval); regions cool 5 s after their last write (scaled). */

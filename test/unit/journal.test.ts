@@ -7,7 +7,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { openState, type Db } from "../../appliance/state/database.ts";
-import { ACTIVITY_REGION_BYTES, COMMIT_ENTRIES_MAX, Journal, OP_WRITE, OP_ZERO, type JournalEntry } from "../../appliance/primary/journal.ts";
+import { ACTIVITY_REGION_BYTES, COMMIT_ENTRIES_MAX, Journal, OP_WRITE, OP_ZERO, SEQ_LEASE_SPAN, type JournalEntry } from "../../appliance/primary/journal.ts";
 
 let dir: string;
 let file: string;
@@ -215,20 +215,26 @@ describe("journal: activity log and floors", () => {
     expect(db.pragma("synchronous", { simple: true })).toBe(1);
   });
 
-  it("journal: a commit raises the stamp and seq floors to its greatest entry; floors never go down", async () => {
+  it("journal: a commit raises the stamp floor; seqs resume above a durable lease; floors never go down", async () => {
     const j = new Journal(db);
     expect(j.floorsNow()).toEqual({ tsFloor: 0n, seqFloor: 0 });
     await Promise.all([j.append(entry(3, 3)), j.append(entry(1, 4)), j.append(entry(2, 5))]);
-    expect(j.floorsNow()).toEqual({ tsFloor: 1_000_030n, seqFloor: 3 });
+    // The first commit leased seqs up to 3 + SEQ_LEASE_SPAN in a FULL commit: a restart resumes there,
+    // so no seq the secondary may hold is issued twice even if later NORMAL commits are lost.
+    expect(j.floorsNow()).toEqual({ tsFloor: 1_000_030n, seqFloor: 3 + SEQ_LEASE_SPAN });
     j.raiseTsFloor(9_000_000_000n);
-    expect(j.floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 3 });
+    expect(j.floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 3 + SEQ_LEASE_SPAN });
     j.raiseTsFloor(5n);
     await j.append(entry(4, 3));
-    expect(j.floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 4 });
+    expect(j.floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 3 + SEQ_LEASE_SPAN });
+    expect(db.prepare("SELECT seq_floor FROM stamp").get()).toEqual({ seq_floor: 4 });
+    // Past the lease, the next commit takes a new one.
+    await j.append(entry(SEQ_LEASE_SPAN + 10, 3));
+    expect(j.floorsNow().seqFloor).toBe(2 * SEQ_LEASE_SPAN + 10);
     // Trimming every entry keeps the floors: they outlive the journal rows.
-    j.trim(new Map([[3, 100], [4, 100], [5, 100]]));
+    j.trim(new Map([[3, 1 << 30], [4, 100], [5, 100]]));
     expect(j.counts().entries).toBe(0);
-    expect(new Journal(db).floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 4 });
+    expect(new Journal(db).floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 2 * SEQ_LEASE_SPAN + 10 });
   });
 
   it("journal: barrier() commits with synchronous=FULL and leaves NORMAL", () => {
