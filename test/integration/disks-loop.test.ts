@@ -2,16 +2,15 @@
 // with losetup. Needs root and /dev/loop-control; without them every test here
 // skips and the reason is printed. The loop device is detached in afterAll
 // whatever happened, so a failed run does not leak /dev/loopN.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { attachLoop, detachLoop, loopSupported } from "../../disks/loop-device.ts";
 import { openVolume, VolumeError, type Volume, type VolumeErrorCode } from "../../disks/volume.ts";
+import { holdLockInChild, stopChild } from "../support/lock-holder.ts";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const MiB = 1024 * 1024;
 const support = loopSupported();
 if (!support.ok) console.warn(`disks-loop: skipping loop-device tests: ${support.why}`);
@@ -27,37 +26,6 @@ async function expectCode(p: Promise<unknown>, code: VolumeErrorCode): Promise<V
   throw new Error(`expected ${code}, but the call succeeded`);
 }
 
-/** Starts a child that holds an exclusive flock on `file` (opened without O_EXCL) until its stdin closes. */
-async function holdLockInChild(file: string): Promise<ChildProcess> {
-  const script = `
-    const fs = require("node:fs"); const fsExt = require("fs-ext");
-    const fd = fs.openSync(process.env.TM_LOCK_PATH, "r+");
-    fsExt.flockSync(fd, "exnb");
-    process.stdout.write("locked\\n");
-    process.stdin.resume();
-    process.stdin.on("end", () => process.exit(0));`;
-  const child = spawn(process.execPath, ["-e", script], {
-    cwd: repoRoot,
-    env: { ...process.env, TM_LOCK_PATH: file },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => {
-      if (d.toString().includes("locked")) resolve();
-    });
-    child.on("exit", (code) => reject(new Error(`lock holder exited ${code}: ${stderr}`)));
-  });
-  return child;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
-  child.stdin?.end();
-  await exited;
-}
 
 describe.skipIf(!support.ok)("disks: loop device", () => {
   const backingBytes = 48 * MiB;

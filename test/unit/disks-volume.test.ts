@@ -1,7 +1,7 @@
 // Volumes on regular files in a temp dir: sparse creation, aligned positional
 // I/O checked against an in-memory model (seeded), the validation and error
 // codes, and flock exclusion within this process and across processes.
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -17,6 +17,7 @@ import {
   type VolumeErrorCode,
 } from "../../disks/volume.ts";
 import { prng as rng } from "../../appliance/drill/prng.ts";
+import { holdLockInChild, stopChild } from "../support/lock-holder.ts";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const MiB = 1024 * 1024;
@@ -269,38 +270,6 @@ describe("disks: read-only and closed volumes", () => {
     expect(fs.readFileSync(p).every((b) => b === 9)).toBe(true);
   });
 });
-
-/** Starts a child that holds an exclusive flock on `file` until its stdin closes. */
-async function holdLockInChild(file: string): Promise<ChildProcess> {
-  const script = `
-    const fs = require("node:fs"); const fsExt = require("fs-ext");
-    const fd = fs.openSync(process.env.TM_LOCK_PATH, "r+");
-    fsExt.flockSync(fd, "exnb");
-    process.stdout.write("locked\\n");
-    process.stdin.resume();
-    process.stdin.on("end", () => process.exit(0));`;
-  const child = spawn(process.execPath, ["-e", script], {
-    cwd: repoRoot,
-    env: { ...process.env, TM_LOCK_PATH: file },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => {
-      if (d.toString().includes("locked")) resolve();
-    });
-    child.on("exit", (code) => reject(new Error(`lock holder exited ${code}: ${stderr}`)));
-  });
-  return child;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
-  child.stdin?.end();
-  await exited;
-}
 
 /** Runs openVolume on `file` in a separate Node process (via tsx); returns what it printed. */
 async function openInChild(file: string): Promise<string> {
