@@ -697,10 +697,11 @@ export function simulate(o: SimOptions): SimResult {
     writes.push(w);
     if (chain) chain.inflight = w;
     if (p.state !== "active") {
-      // primary.ts writeUnreplicated: bitmap first (BitmapWriter, NORMAL), then the volume; no stamp.
+      // primary.ts writeUnreplicated: bitmap first (BitmapWriter: a FULL commit
+      // when a block is newly marked), then the volume; no stamp.
       const undo: Undo = [];
       markU(p.bitmap, vol.name, block * BITMAP_BLOCK_BYTES, blocks * BITMAP_BLOCK_BYTES, undo);
-      commitTx(p.wal, false, undo);
+      commitTx(p.wal, fixes && undo.length > 0, undo);
       for (let b = block; b < block + blocks; b++) writePrimary(vol, b, w.id);
       if (fua) flushPrimary(p, vol);
       w.state = "unreplicated";
