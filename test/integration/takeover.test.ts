@@ -269,16 +269,17 @@ describe("takeover: crash safety", () => {
 
 describe("takeover: automatic suspension", () => {
   it("rcm: a link that hangs longer than the failure timeout suspends the group with the cause; a quick restart does not", async () => {
-    const { c, proxy } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 1500 });
+    // The timeout leaves room for a restart on a loaded 2-core machine.
+    const { c, proxy } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 5000 });
     // A quick restart of a secondary is not a failure.
     await c.kill(5);
     await c.start(5);
-    await pause(2500);
+    await pause(2000);
     expect((await c.status()).groups[0].state).toBe("active");
     proxy.hang();
     let doc = await c.status();
     // Fenced first, then brought to Ts: wait for both.
-    for (let i = 0; i < 100 && !(doc.groups[0].state === "suspended" && doc.groups[0].synchronizedTs !== null); i++) {
+    for (let i = 0; i < 300 && !(doc.groups[0].state === "suspended" && doc.groups[0].synchronizedTs !== null); i++) {
       await pause(100);
       doc = await c.status();
     }
