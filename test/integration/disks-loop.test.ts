@@ -8,23 +8,14 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { attachLoop, detachLoop, loopSupported } from "../../disks/loop-device.ts";
-import { openVolume, VolumeError, type Volume, type VolumeErrorCode } from "../../disks/volume.ts";
+import { openVolume, type Volume } from "../../disks/volume.ts";
 import { holdLockInChild, stopChild } from "../support/lock-holder.ts";
+import { expectCode } from "../support/volume-errors.ts";
 
 const MiB = 1024 * 1024;
 const support = loopSupported();
 if (!support.ok) console.warn(`disks-loop: skipping loop-device tests: ${support.why}`);
 
-async function expectCode(p: Promise<unknown>, code: VolumeErrorCode): Promise<VolumeError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(VolumeError);
-    expect((err as VolumeError).code).toBe(code);
-    return err as VolumeError;
-  }
-  throw new Error(`expected ${code}, but the call succeeded`);
-}
 
 
 describe.skipIf(!support.ok)("disks: loop device", () => {

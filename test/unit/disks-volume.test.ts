@@ -11,13 +11,12 @@ import {
   openVolume,
   READ_BYTES_MAX,
   SECTOR_BYTES,
-  VolumeError,
   ZERO_CHUNK_BYTES,
   type Volume,
-  type VolumeErrorCode,
 } from "../../disks/volume.ts";
 import { prng as rng } from "../../appliance/drill/prng.ts";
 import { holdLockInChild, stopChild } from "../support/lock-holder.ts";
+import { expectCode } from "../support/volume-errors.ts";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const MiB = 1024 * 1024;
@@ -31,16 +30,6 @@ afterAll(() => {
 });
 
 
-async function expectCode(p: Promise<unknown>, code: VolumeErrorCode): Promise<VolumeError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(VolumeError);
-    expect((err as VolumeError).code).toBe(code);
-    return err as VolumeError;
-  }
-  throw new Error(`expected ${code}, but the call succeeded`);
-}
 
 function tmpPath(name: string): string {
   return path.join(dir, name);
