@@ -17,6 +17,10 @@ export const SECTOR_BYTES = 512;
 export const ZERO_CHUNK_BYTES = 1024 * 1024;
 /** Largest single read: read() allocates its result, so a bad length must not allocate gigabytes. */
 export const READ_BYTES_MAX = 32 * 1024 * 1024;
+// lseek whences Linux adds (fs-ext exports only the POSIX three).
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
 /** New volume files hold host data: readable by their owner only. */
 const CREATE_FILE_MODE = 0o600;
 
@@ -41,6 +45,14 @@ export interface Volume {
    */
   writeSync(offset: number, data: Buffer): void;
   writeZeroes(offset: number, length: number): Promise<void>;
+  /**
+   * The first offset at or after `offset` that may hold data (lseek
+   * SEEK_DATA), or sizeBytes when the rest reads as zeroes. Where the kernel
+   * cannot tell (block devices, some filesystems) everything is data.
+   */
+  nextData(offset: number): number;
+  /** The first offset at or after `offset` of a hole (SEEK_HOLE), or sizeBytes. */
+  nextHole(offset: number): number;
   /** fdatasync */
   sync(): Promise<void>;
   close(): Promise<void>;
@@ -324,6 +336,27 @@ class FileVolume implements Volume {
     } catch (err) {
       if (err instanceof VolumeError) throw err;
       throw this.ioError("write", err, offset + done, data.length - done);
+    }
+  }
+
+  nextData(offset: number): number {
+    return this.seekExtent(offset, SEEK_DATA, offset);
+  }
+
+  nextHole(offset: number): number {
+    return this.seekExtent(offset, SEEK_HOLE, this.sizeBytes);
+  }
+
+  private seekExtent(offset: number, whence: number, fallback: number): number {
+    const h = this.open("seek");
+    if (offset >= this.sizeBytes) return this.sizeBytes;
+    try {
+      return Math.min(this.sizeBytes, fsExt.seekSync(h.fd, offset, whence));
+    } catch (err) {
+      // ENXIO: no data at or after offset. Anything else (EINVAL where the
+      // filesystem or device has no extents): be safe, call it data.
+      if ((err as NodeJS.ErrnoException).code === "ENXIO") return this.sizeBytes;
+      return fallback;
     }
   }
 

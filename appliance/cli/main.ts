@@ -14,6 +14,10 @@ import { rcmMain } from "../rcm/main.ts";
 import { askRcm } from "./rcm-client.ts";
 import { renderProcedure } from "./procedure-view.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
+import { drillCommand } from "./drill.ts";
+import { watchResync, type ResyncStart } from "../rcm/resync.ts";
+import { progressView } from "./progress-view.ts";
+import { renderResyncStart } from "./procedure-view.ts";
 
 function positiveInt(what: string) {
   return (v: string) => {
@@ -105,6 +109,39 @@ program
     const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "takeover", group: o.group, dryRun: !!o.dryRun, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
+
+program
+  .command("resync")
+  .description("copy the blocks that differ and pair the group again; the secondaries stay consistent throughout (docs/resync.md)")
+  .requiredOption("-c, --config <file>", "topology file")
+  .requiredOption("-g, --group <name>", "consistency group")
+  .option("--no-wait", "start the resync and return; follow it with 'tidemark status'")
+  .option("--json", "print the result as JSON")
+  .action(async (o: { config: string; group: string; wait: boolean; json?: boolean }) => {
+    const topo = loadConfig(o.config);
+    const started = Date.now();
+    const r = await askRcm<ResyncStart>(topo, { op: "resync", group: o.group, by: `admin (pid ${process.pid})` }, 45 * 60_000);
+    if (r.nothingToDo) {
+      process.stdout.write(o.json ? JSON.stringify({ start: r }) + "\n" : `group ${o.group} replicates with nothing to copy; nothing was changed\n`);
+      return;
+    }
+    if (!o.json) process.stdout.write(renderResyncStart(r) + "\n");
+    if (!o.wait) {
+      if (o.json) process.stdout.write(JSON.stringify({ start: r }) + "\n");
+      return;
+    }
+    const view = o.json ? null : progressView(process.stdout);
+    try {
+      const p = await watchResync(topo, o.group, r.generation, (x) => view?.update(x));
+      view?.stop();
+      const elapsedMs = Date.now() - started;
+      process.stdout.write(o.json ? JSON.stringify({ start: r, final: p, elapsedMs }) + "\n" : `group ${o.group} is paired again at generation ${r.generation} after ${(elapsedMs / 1000).toFixed(1)} s\n`);
+    } finally {
+      view?.stop();
+    }
+  });
+
+program.addCommand(drillCommand());
 
 try {
   await program.parseAsync(process.argv);

@@ -1,5 +1,6 @@
 // Renders an after-failure procedure report (suspend, takeover, dry run) for
 // an admin at a terminal. Pure.
+import type { ResyncStart } from "../rcm/resync.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 
 const mib = (b: number | undefined) => ((b ?? 0) / 1048576).toFixed(2);
@@ -35,4 +36,18 @@ export function renderProcedure(r: ProcedureReport): string {
     } else out.push(`  primary #${p.subsystem}: ${p.state}${p.state === "taken-over" ? " (read-only for hosts)" : " (writes are recorded in its bitmap)"}`);
   }
   return out.join("\n");
+}
+
+/** What `tidemark resync` says when the copy starts. */
+export function renderResyncStart(r: ResyncStart): string {
+  const lines: string[] = [];
+  if (r.alreadyRunning) lines.push(`resync of ${r.group} is already running at generation ${r.generation}; following it`);
+  else {
+    if (r.suspendedFirst) lines.push(`group ${r.group} did not rest at one synchronized time: it was suspended first`);
+    lines.push(
+      `resync of ${r.group} started at generation ${r.generation}: the secondaries hold their image (T_old ${r.floor ?? "?"}) until every dirty block has arrived; ${r.secondaryBlocks} blocks came from the secondaries' bitmaps`,
+    );
+  }
+  for (const p of r.primaries) lines.push(`  primary #${p.subsystem}: ${p.remainingBlocks} blocks to copy`);
+  return lines.join("\n");
 }

@@ -18,7 +18,19 @@ export interface SubsystemStatus {
     writeBytes: number;
     pending: number;
     journal: { entries: number; bytes: number; hotRegions: number };
-    groups: { name: string; state: string; reason: string | null; suspendedBy: string | null; bitmapBlocks: number; pending: number; lastSyncT: string; generation: number }[];
+    groups: {
+      name: string;
+      state: string;
+      reason: string | null;
+      suspendedBy: string | null;
+      bitmapBlocks: number;
+      pending: number;
+      lastSyncT: string;
+      generation: number;
+      copiedTs?: string | null;
+      remainingBlocks?: number;
+      copy?: CopyStatus | null;
+    }[];
     links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
   } | null;
   secondary:
@@ -38,6 +50,7 @@ export interface SubsystemStatus {
         lastAppliedTs: string;
         appliedThrough: string;
         synchronizedTs: string | null;
+        resync?: { floor: string | null; barrier: string | null; copiedFrom: number[] } | null;
         suspendedBy: string | null;
         applyError: string | null;
         dropped: number;
@@ -45,6 +58,18 @@ export interface SubsystemStatus {
         bitmapBlocks: number;
       }[]
     | null;
+}
+
+/** A primary's copy in progress (PrimaryEngine.copyStatus). */
+export interface CopyStatus {
+  phase: "copying" | "acknowledging";
+  totalBlocks: number;
+  doneBlocks: number;
+  dataBytes: number;
+  zeroBytes: number;
+  elapsedMs: number;
+  bytesPerSecond: number;
+  etaMs: number | null;
 }
 
 export type Answer = { ok: true; value: SubsystemStatus } | { ok: false; error: string };

@@ -32,6 +32,11 @@ export interface JournalEntry {
   offset: number;
   length: number;
   data: Buffer | null;
+  /**
+   * A resync's copy (docs/resync.md): read from the volume, never written to
+   * it, so it turns no activity-log region hot.
+   */
+  copy?: boolean;
 }
 
 interface Waiting {
@@ -99,6 +104,7 @@ export class Journal {
     if (batch.length === 0) return;
     const newRegions: [string, number][] = [];
     for (const { entry: e } of batch) {
+      if (e.copy) continue;
       const first = Math.floor(e.offset / ACTIVITY_REGION_BYTES);
       const last = Math.floor((e.offset + e.length - 1) / ACTIVITY_REGION_BYTES);
       for (let r = first; r <= last; r++) {

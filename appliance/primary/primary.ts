@@ -16,16 +16,40 @@ import { clockReader, type ClockSource } from "./clock-source.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 
 /** Group states on a primary: docs/state-machines.md. */
-export type PrimaryGroupState = "active" | "suspended" | "fenced" | "taken-over";
+export type PrimaryGroupState = "active" | "copying" | "suspended" | "fenced" | "taken-over";
+
+/** States in which host writes are replicated (streamed as RCRs). */
+function replicating(state: PrimaryGroupState): boolean {
+  return state === "active" || state === "copying";
+}
 
 interface GroupState {
   state: PrimaryGroupState;
   generation: number;
   reason: string | null;
   by: string | null;
-  /** Replicated writes of the group between stamping and volume write. */
+  /** Replicated writes and copies of the group between stamping and volume write (or journal commit). */
   inflight: number;
   idle: (() => void)[];
+  /** Unreplicated host writes (suspended group) between their bitmap mark and volume write. */
+  unreplicated: number;
+  unreplicatedIdle: (() => void)[];
+  /** C_k of the last completed copy: sent as COPIED while the group replicates. */
+  copiedTs: bigint | null;
+  copy: CopyProgress | null;
+}
+
+/** A copy's progress (status, progress bars). */
+export interface CopyProgress {
+  startedAtMs: number;
+  /** Blocks to copy when the copier (re)started, and blocks copied since. */
+  totalBlocks: number;
+  doneBlocks: number;
+  /** Bytes sent with data (zero runs travel without payload). */
+  dataBytes: number;
+  zeroBytes: number;
+  runs: number;
+  phase: "copying" | "acknowledging";
 }
 
 export const BLOCK_BYTES = 4096;
@@ -45,6 +69,15 @@ const ACTIVITY_COOL_IDLE_MS = 5000;
 const JOURNAL_BACKPRESSURE_BYTES = 256 * 1024 * 1024;
 /** Host writes up to this size are written to the volume synchronously. */
 const SYNC_WRITE_BYTES_MAX = 64 * 1024;
+/** Largest copy with data: one range lock, one read, one RCR. */
+export const COPY_RUN_BYTES = 1024 * 1024;
+/** Largest zero run (a hole of a sparse file): no payload, so it may be long. */
+const COPY_ZERO_RUN_BYTES = 64 * 1024 * 1024;
+/** Copies in flight per group: the read of one overlaps the journal commit of another. */
+const COPY_WORKERS = 4;
+/** The copier waits while the journal holds more than this (host writes take precedence). */
+const COPY_JOURNAL_BYTES = 64 * 1024 * 1024;
+const ZEROES = Buffer.alloc(COPY_RUN_BYTES);
 
 export interface PrimaryBinding {
   volume: Volume;
@@ -82,6 +115,16 @@ export interface PrimaryOptions {
   powerLossSuspected: boolean;
 }
 
+interface CopyRun {
+  kind: "bitmap" | "cursor";
+  offset: number;
+  length: number;
+  /** Known zero without reading (a hole). */
+  zero: boolean;
+  /** For bitmap runs: the blocks it clears. */
+  blocks: number[];
+}
+
 interface BindingState extends PrimaryBinding {
   lock: RangeLock;
   dirty: boolean;
@@ -111,6 +154,10 @@ export class PrimaryEngine {
   throttled = 0;
   writes = 0;
   writeBytes = 0;
+  private stopped = false;
+  private readonly copiers = new Map<string, Promise<void>>();
+  /** The last seq issued per link (seqs are per primary, acks per link). */
+  private readonly issuedOn = new Map<number, number>();
 
   constructor(private readonly o: PrimaryOptions) {
     this.journal = new Journal(o.db);
@@ -124,12 +171,53 @@ export class PrimaryEngine {
       for (const s of this.senders.values()) s.wake();
     };
     this.bitmap = new BitmapWriter(o.db);
-    const getGrp = o.db.prepare("SELECT state, generation, reason, suspended_by FROM grp WHERE name = ?");
+    this.recordPairs();
+    const getGrp = o.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
     for (const g of o.groupSecondaries.keys()) {
-      o.db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(g);
-      const r = getGrp.get(g) as { state: string; generation: number; reason: string | null; suspended_by: string | null };
-      this.groups.set(g, { state: r.state as PrimaryGroupState, generation: r.generation, reason: r.reason, by: r.suspended_by, inflight: 0, idle: [] });
+      const r = getGrp.get(g) as { state: string; generation: bigint; reason: string | null; suspended_by: string | null; copied_ts: bigint | null };
+      this.groups.set(g, {
+        state: r.state as PrimaryGroupState,
+        generation: Number(r.generation),
+        reason: r.reason,
+        by: r.suspended_by,
+        inflight: 0,
+        idle: [],
+        unreplicated: 0,
+        unreplicatedIdle: [],
+        copiedTs: r.copied_ts,
+        copy: null,
+      });
     }
+  }
+
+  /**
+   * A group's first start is an initial copy of every volume; a pair new to
+   * a group that replicates already gets a cursor its next resync copies
+   * (docs/resync.md, Initial copy). Pairs of a state file older than the
+   * pair table are taken as known.
+   */
+  private recordPairs(): void {
+    const db = this.o.db;
+    const unrecorded = db.prepare("SELECT 1 FROM meta WHERE key = 'pairs_unrecorded'").get() !== undefined;
+    const known = db.prepare("SELECT 1 FROM pair WHERE volume = ?");
+    const addPair = db.prepare("INSERT INTO pair (volume, target) VALUES (?, ?)");
+    const addCursor = db.prepare("INSERT OR IGNORE INTO copy_cursor (volume, next_off) VALUES (?, 0)");
+    db.transaction(() => {
+      for (const g of this.o.groupSecondaries.keys()) {
+        db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(g);
+        const fresh = (db.prepare("SELECT initialized FROM grp WHERE name = ?").get(g) as { initialized: number }).initialized === 0;
+        if (fresh) db.prepare("UPDATE grp SET initialized = 1, state = 'copying' WHERE name = ?").run(g);
+      }
+      for (const b of this.o.bindings) {
+        if (known.get(b.volume.name)) continue;
+        addPair.run(b.volume.name, b.target);
+        if (!unrecorded) {
+          addCursor.run(b.volume.name);
+          this.o.logger.info({ volume: b.volume.name, target: b.target, group: b.group }, "new pair: its volume is copied whole (initial copy)");
+        }
+      }
+      db.prepare("DELETE FROM meta WHERE key = 'pairs_unrecorded'").run();
+    })();
   }
 
   groupState(group: string): PrimaryGroupState {
@@ -137,6 +225,7 @@ export class PrimaryEngine {
   }
 
   /** Hosts may write a primary volume unless its group was taken over. */
+  // (copying replicates like active; suspended and fenced write to the bitmap.)
   isWritable(volume: string): boolean {
     const b = this.bindings.get(volume);
     return !!b && this.groupState(b.group) !== "taken-over";
@@ -156,6 +245,7 @@ export class PrimaryEngine {
       else await b.volume.writeZeroes(e.offset, e.length);
       b.dirty = true;
       this.pending.add(e.group, e.link, e.seq, e.ts);
+      this.issuedOn.set(e.link, Math.max(e.seq, this.issuedOn.get(e.link) ?? 0));
       this.noteRegions(b, e.offset, e.length, e.seq);
       if (e.seq > this.seq) this.seq = e.seq;
       replayed++;
@@ -179,7 +269,8 @@ export class PrimaryEngine {
         linkTimeoutMs: o.linkTimeoutMs,
         inflightBytesMax: o.inflightBytesMax,
         journal: this.journal,
-        generationOf: o.generationOf,
+        // The group's generation changes at suspensions and resyncs: frames carry the current one.
+        generationOf: (g) => this.groups.get(g)?.generation ?? o.generationOf(g),
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
         onRefused: (link, _code, message) => this.onRefused(link, message),
@@ -190,9 +281,11 @@ export class PrimaryEngine {
     }
     this.timers.push(setInterval(() => this.announce(), o.syncIntervalMs));
     this.timers.push(setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
+    for (const [g, gs] of this.groups) if (gs.state === "copying") this.startCopier(g);
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     for (const s of this.senders.values()) s.stop();
@@ -211,10 +304,10 @@ export class PrimaryEngine {
     if (gs.state === "taken-over") {
       throw Object.assign(new Error(`volume ${volume}: group ${b.group} was taken over by its secondaries; this primary is read-only`), { code: "EPERM" });
     }
-    if (gs.state !== "active") return this.writeUnreplicated(b, offset, length, data, fua);
+    if (!replicating(gs.state)) return this.writeUnreplicated(b, offset, length, data, fua);
     await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
-    if (gs.state !== "active") {
+    if (!replicating(gs.state)) {
       // Suspended while waiting for the lock: this write is not replicated.
       release();
       return this.writeUnreplicated(b, offset, length, data, fua);
@@ -227,6 +320,7 @@ export class PrimaryEngine {
       ts = this.clock.stamp();
       const seq = ++this.seq;
       this.pending.add(b.group, b.link, seq, ts);
+      this.issuedOn.set(b.link, seq);
       this.writing.add(seq);
       this.noteRegions(b, offset, length, seq);
       try {
@@ -247,7 +341,7 @@ export class PrimaryEngine {
           this.pending.cancel(b.group, b.link, seq);
           throw err;
         }
-        if (this.journal.bytes > this.o.journalBytesMax && gs.state === "active") this.journalFull(b.group);
+        if (this.journal.bytes > this.o.journalBytesMax && replicating(gs.state)) this.journalFull(b.group);
         // Small writes go to the page cache on this thread (a few us) rather
         // than through the thread pool (tens of us each); large ones stay async.
         if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
@@ -283,7 +377,12 @@ export class PrimaryEngine {
 
   /** While the group is suspended: the block goes to the bitmap before it reaches the volume. */
   private async writeUnreplicated(b: BindingState, offset: number, length: number, data: Buffer | null, fua: boolean): Promise<void> {
-    const release = await b.lock.acquire(offset, length);
+    const gs = this.groups.get(b.group)!;
+    gs.unreplicated++;
+    const release = await b.lock.acquire(offset, length).catch((err: unknown) => {
+      this.unreplicatedDone(gs);
+      throw err;
+    });
     try {
       await this.bitmap.mark(b.volume.name, offset, length);
       if (data) await b.volume.write(offset, data);
@@ -291,10 +390,15 @@ export class PrimaryEngine {
       b.dirty = true;
     } finally {
       release();
+      this.unreplicatedDone(gs);
     }
     this.writes++;
     this.writeBytes += length;
     if (fua) await this.flush(b.volume.name);
+  }
+
+  private unreplicatedDone(gs: GroupState): void {
+    if (--gs.unreplicated === 0) for (const w of gs.unreplicatedIdle.splice(0)) w();
   }
 
   /**
@@ -311,7 +415,7 @@ export class PrimaryEngine {
     const next: PrimaryGroupState = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
     gs.state = next;
     if (generation !== undefined && generation > gs.generation) gs.generation = generation;
-    if (was === "active" || gs.reason === null) {
+    if (replicating(was) || gs.reason === null) {
       gs.reason = reason;
       gs.by = by;
     }
@@ -363,6 +467,277 @@ export class PrimaryEngine {
     void this.suspend(group, "suspended", reason, `primary #${this.o.id}`).catch((err) =>
       this.o.logger.error({ group, err: (err as Error).message }, "suspending after a full journal failed"),
     );
+  }
+
+  /**
+   * A resync starts on this primary (docs/resync.md, step 3): the
+   * secondaries' dirty blocks join the bitmap, host writes stream again, and
+   * the copier works through the bitmap and cursors. Idempotent for the same
+   * generation (blocks sent again are merged again).
+   */
+  async resync(group: string, generation: number, blocks: Record<string, [number, number][]>) {
+    const gs = this.groups.get(group);
+    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    const begun = gs.state === "copying" && gs.generation === generation;
+    if (!begun) {
+      if (replicating(gs.state)) {
+        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; suspend it before a resync`), { code: "TM_NOT_SYNCHRONIZED" });
+      }
+      if (generation <= gs.generation) {
+        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is at generation ${gs.generation}; a resync needs a newer one than ${generation}`), {
+          code: "TM_GENERATION",
+        });
+      }
+      // From here host writes are replicated, with the new generation in their frames;
+      // those already marking the bitmap finish before the copier reads it.
+      gs.state = "copying";
+      gs.generation = generation;
+      gs.copiedTs = null;
+      if (gs.unreplicated > 0) await new Promise<void>((r) => gs.unreplicatedIdle.push(r));
+    }
+    const volumes = new Map([...this.bindings.values()].filter((b) => b.group === group).map((b) => [b.volume.name, b]));
+    let merged = 0;
+    try {
+      this.o.db.transaction(() => {
+        for (const [volume, runs] of Object.entries(blocks)) {
+          const b = volumes.get(volume);
+          if (!b) throw Object.assign(new Error(`resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`), { code: "TM_NO_VOLUME" });
+          for (const [first, count] of runs) {
+            if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count <= 0 || (first + count) * BLOCK_BYTES > b.volume.sizeBytes) {
+              throw Object.assign(new Error(`resync of '${group}': blocks ${first}+${count} lie outside volume '${volume}'`), { code: "TM_BAD_REQUEST" });
+            }
+            merged += this.bitmap.markNow(volume, first * BLOCK_BYTES, count * BLOCK_BYTES);
+          }
+        }
+        this.o.db
+          .prepare("UPDATE grp SET state = 'copying', generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?")
+          .run(generation, Date.now(), group);
+      })();
+      this.journal.barrier();
+    } catch (err) {
+      this.bitmap.reset();
+      throw err;
+    }
+    if (!begun) {
+      gs.reason = null;
+      gs.by = null;
+      this.o.logger.warn({ group, generation, mergedBlocks: merged }, "resync begins: copying the bitmap while host writes replicate");
+      for (const s of this.senders.values()) s.restart();
+    }
+    this.startCopier(group);
+    return this.copyStatus(group);
+  }
+
+  private startCopier(group: string): void {
+    if (this.copiers.has(group)) return;
+    const run = this.copyGroup(group)
+      .catch((err: Error) => {
+        this.o.logger.error({ group, err: err.message }, "copier stopped on an error; it resumes from the bitmap at the next resync or restart");
+        const gs = this.groups.get(group);
+        if (gs?.copy) gs.copy.phase = "copying";
+      })
+      .finally(() => this.copiers.delete(group));
+    this.copiers.set(group, run);
+  }
+
+  /** Blocks still to copy in the group: bitmap rows plus what the cursors have left. */
+  private remainingBlocks(group: string): number {
+    let n = 0;
+    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?");
+    for (const b of this.bindings.values()) {
+      if (b.group !== group) continue;
+      n += this.bitmap.count(b.volume.name);
+      const c = cursor.get(b.volume.name) as { next_off: number } | undefined;
+      if (c) n += Math.ceil((b.volume.sizeBytes - c.next_off) / BLOCK_BYTES);
+    }
+    return n;
+  }
+
+  /** The copier (docs/resync.md, steps 4-5). */
+  private async copyGroup(group: string): Promise<void> {
+    const gs = this.groups.get(group)!;
+    const copying = () => gs.state === "copying" && !this.stopped;
+    gs.copy = { startedAtMs: Date.now(), totalBlocks: this.remainingBlocks(group), doneBlocks: 0, dataBytes: 0, zeroBytes: 0, runs: 0, phase: "copying" };
+    const vols = [...this.bindings.values()].filter((b) => b.group === group);
+    for (;;) {
+      let any = false;
+      for (const b of vols) {
+        const runs = this.copyRuns(b);
+        const inFlight = new Set<CopyRun>();
+        const dispatched = { end: 0 };
+        const workers = Array.from({ length: COPY_WORKERS }, async () => {
+          for (;;) {
+            if (!copying()) return;
+            const r = runs.next();
+            if (r.done) return;
+            any = true;
+            inFlight.add(r.value);
+            if (r.value.kind === "cursor") dispatched.end = r.value.offset + r.value.length;
+            await this.copyRun(b, gs, r.value);
+            inFlight.delete(r.value);
+            this.copyDone(b, r.value, inFlight, dispatched.end);
+            gs.copy!.doneBlocks += r.value.length / BLOCK_BYTES;
+            gs.copy!.runs++;
+          }
+        });
+        await Promise.all(workers);
+        if (!copying()) return;
+      }
+      if (!any) break;
+    }
+    // Every copy is journaled; C_k is sent once they are all acknowledged.
+    gs.copy.phase = "acknowledging";
+    const upTo = new Map([...new Set(vols.map((b) => b.link))].map((l) => [l, this.issuedOn.get(l) ?? 0]));
+    while (copying() && [...upTo].some(([l, seq]) => (this.senders.get(l)?.ackedSeq ?? 0) < seq)) {
+      await new Promise((r) => setTimeout(r, Math.max(10, this.o.syncIntervalMs)));
+    }
+    if (!copying()) return;
+    const c = this.clock.stamp();
+    this.o.db.prepare("UPDATE grp SET state = 'active', copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(c, Date.now(), group);
+    this.journal.barrier();
+    gs.state = "active";
+    gs.copiedTs = c;
+    const ms = Date.now() - gs.copy.startedAtMs;
+    this.o.logger.info(
+      { group, copiedTs: c.toString(), blocks: gs.copy.doneBlocks, dataBytes: gs.copy.dataBytes, zeroBytes: gs.copy.zeroBytes, ms },
+      "copy complete and acknowledged: COPIED goes to every secondary",
+    );
+    gs.copy = null;
+  }
+
+  /** Runs of one volume to copy: its bitmap (runs of set bits), then its initial-copy cursor. */
+  private *copyRuns(b: BindingState): Generator<CopyRun> {
+    const blocks = this.bitmap.blocks(b.volume.name);
+    let i = 0;
+    while (i < blocks.length) {
+      let j = i + 1;
+      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (j - i) * BLOCK_BYTES < COPY_RUN_BYTES) j++;
+      const offset = blocks[i] * BLOCK_BYTES;
+      yield { kind: "bitmap", offset, length: Math.min((j - i) * BLOCK_BYTES, b.volume.sizeBytes - offset), zero: false, blocks: blocks.slice(i, j) };
+      i = j;
+    }
+    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").get(b.volume.name) as { next_off: number } | undefined;
+    if (!cursor) return;
+    const size = b.volume.sizeBytes;
+    let pos = cursor.next_off;
+    while (pos < size) {
+      const data = b.volume.nextData(pos);
+      if (data > pos) {
+        // A hole of a sparse file reads as zeroes: sent as a zero run, never read.
+        const end = Math.min(data, pos + COPY_ZERO_RUN_BYTES);
+        yield { kind: "cursor", offset: pos, length: end - pos, zero: true, blocks: [] };
+        pos = end;
+        continue;
+      }
+      const end = Math.min(b.volume.nextHole(pos), pos + COPY_RUN_BYTES, size);
+      yield { kind: "cursor", offset: pos, length: end - pos, zero: false, blocks: [] };
+      pos = end;
+    }
+  }
+
+  /**
+   * One copy: under the range lock host writes hold from stamping until their
+   * volume write completes, read, then stamp, register pending and journal.
+   */
+  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<void> {
+    while (this.journal.bytes > COPY_JOURNAL_BYTES && gs.state === "copying" && !this.stopped) {
+      await new Promise<void>((r) => {
+        this.trimWaiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    const release = await b.lock.acquire(run.offset, run.length);
+    gs.inflight++;
+    try {
+      if (gs.state !== "copying" || this.stopped) return;
+      let data: Buffer | null = null;
+      if (!run.zero) {
+        data = await b.volume.read(run.offset, run.length);
+        // A run of zeroes travels without payload.
+        if (data.equals(ZEROES.subarray(0, data.length))) data = null;
+      }
+      if (gs.state !== "copying" || this.stopped) return;
+      // Read, then stamp: under the lock no overlapping host write can come
+      // between, so the copy holds exactly the writes stamped before it. The
+      // stamp, the seq and the journal append are one synchronous step, like a
+      // host write's: entries reach the journal in seq order, which the
+      // sender's cumulative acks rely on.
+      const ts = this.clock.stamp();
+      const seq = ++this.seq;
+      this.pending.add(b.group, b.link, seq, ts);
+      this.issuedOn.set(b.link, seq);
+      try {
+        await this.journal.append({
+          seq,
+          ts,
+          group: b.group,
+          link: b.link,
+          volume: b.volume.name,
+          target: b.target,
+          op: data ? OP_WRITE : OP_ZERO,
+          offset: run.offset,
+          length: run.length,
+          data,
+          copy: true,
+        });
+      } catch (err) {
+        this.pending.cancel(b.group, b.link, seq);
+        throw err;
+      }
+      if (data) gs.copy!.dataBytes += run.length;
+      else gs.copy!.zeroBytes += run.length;
+    } finally {
+      release();
+      if (--gs.inflight === 0) for (const w of gs.idle.splice(0)) w();
+    }
+  }
+
+  /**
+   * A copy is in the journal: its bits leave the bitmap, or the cursor moves
+   * up to the lowest run still in flight (runs are handed out in order), so
+   * a crash re-copies at most the runs in flight.
+   */
+  private copyDone(b: BindingState, run: CopyRun, inFlight: ReadonlySet<CopyRun>, dispatchedEnd: number): void {
+    if (run.kind === "bitmap") {
+      this.o.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
+      return;
+    }
+    let next = dispatchedEnd;
+    for (const r of inFlight) if (r.kind === "cursor" && r.offset < next) next = r.offset;
+    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").get(b.volume.name) as { next_off: number } | undefined;
+    if (!cursor || next <= cursor.next_off) return;
+    if (next >= b.volume.sizeBytes) this.o.db.prepare("DELETE FROM copy_cursor WHERE volume = ?").run(b.volume.name);
+    else this.o.db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?").run(next, b.volume.name);
+  }
+
+  /** What status and the RCM show of a group's copy. */
+  copyStatus(group: string) {
+    const gs = this.groups.get(group);
+    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    const c = gs.copy;
+    const remaining = this.remainingBlocks(group);
+    const elapsed = c ? Math.max(1, Date.now() - c.startedAtMs) : 0;
+    const rate = c ? ((c.dataBytes + c.zeroBytes) / (elapsed / 1000)) : 0;
+    return {
+      subsystem: this.o.id,
+      group,
+      state: gs.state,
+      generation: gs.generation,
+      copiedTs: gs.copiedTs?.toString() ?? null,
+      remainingBlocks: remaining,
+      copy: c
+        ? {
+            phase: c.phase,
+            totalBlocks: Math.max(c.totalBlocks, c.doneBlocks + remaining),
+            doneBlocks: c.doneBlocks,
+            dataBytes: c.dataBytes,
+            zeroBytes: c.zeroBytes,
+            elapsedMs: elapsed,
+            bytesPerSecond: Math.round(rate),
+            etaMs: rate > 0 ? Math.round(((remaining * BLOCK_BYTES) / rate) * 1000) : null,
+          }
+        : null,
+    };
   }
 
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
@@ -421,7 +796,11 @@ export class PrimaryEngine {
 
   private announce(): void {
     for (const [group, secs] of this.o.groupSecondaries) {
-      if (this.groupState(group) !== "active") continue;
+      const gs = this.groups.get(group)!;
+      if (!replicating(gs.state)) continue;
+      // COPIED is repeated: a secondary that was away when the copy ended
+      // still learns it; one holding no resync ignores it.
+      if (gs.state === "active" && gs.copiedTs !== null) for (const s of secs) this.senders.get(s)?.sendCopied(group, gs.copiedTs);
       const t = syncTime(this.pending.oldest(group), () => this.clock.stamp());
       const prev = this.lastSync.get(group);
       if (prev !== undefined && t < prev) continue;
@@ -541,6 +920,7 @@ export class PrimaryEngine {
         pending: this.pending.sizeOf(g),
         lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
         generation: this.groups.get(g)!.generation,
+        ...(({ copiedTs, remainingBlocks, copy }) => ({ copiedTs, remainingBlocks, copy }))(this.copyStatus(g)),
       })),
       links: [...this.senders.entries()].map(([id, s]) => ({
         secondary: id,

@@ -89,6 +89,12 @@ export class LinkSender {
     this.link.send({ type: "sync", generation: this.o.generationOf(group), group, primaryId: this.o.primaryId, t });
   }
 
+  /** COPIED(C_k): this primary's copies for the group's resync are all acknowledged (docs/resync.md). */
+  sendCopied(group: string, t: bigint): void {
+    if (this.state !== "up" || !this.link) return;
+    this.link.send({ type: "copied", generation: this.o.generationOf(group), group, primaryId: this.o.primaryId, t });
+  }
+
   private move(event: Parameters<typeof linkTransition>[1]): void {
     const from = this.state;
     this.state = linkTransition(this.state, event);

@@ -9,6 +9,7 @@ import { createLinkServer, type Link } from "../replication/link.ts";
 import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { runProcedure, type ProcedureMode, type ProcedureReport } from "./procedure.ts";
+import { startResync } from "./resync.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -16,7 +17,7 @@ export class RemoteCopyManager {
   private readonly busy = new Map<string, Promise<unknown>>();
   /** Failure conditions by group, with when each was first seen. */
   private readonly since = new Map<string, Map<string, number>>();
-  readonly history: { at: string; group: string; mode: ProcedureMode; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
+  readonly history: { at: string; group: string; mode: ProcedureMode | "resync"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
   private checking = false;
 
   constructor(
@@ -65,6 +66,8 @@ export class RemoteCopyManager {
         return this.procedure(String(b.group), "suspend", b.by ?? "admin", b.reason ?? "planned suspension");
       case "takeover":
         return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
+      case "resync":
+        return this.serialized(String(b.group), "resync", b.by ?? "admin", "resync", () => startResync(this.topo, String(b.group), { logger: this.logger, by: b.by ?? "admin" }));
       case "status":
         return { pid: process.pid, history: this.history.slice(-50) };
       default:
@@ -74,13 +77,17 @@ export class RemoteCopyManager {
 
   /** Runs one procedure on a group, after any that is already running there. */
   procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {
+    return this.serialized(group, mode, by, reason, () => runProcedure(this.topo, group, { mode, by, reason, logger: this.logger, partial }));
+  }
+
+  private serialized<T extends object>(group: string, mode: ProcedureMode | "resync", by: string, reason: string, f: () => Promise<T>): Promise<T> {
     const prev = this.busy.get(group) ?? Promise.resolve();
     const run = prev
       .catch(() => {})
-      .then(() => runProcedure(this.topo, group, { mode, by, reason, logger: this.logger, partial }))
+      .then(f)
       .then(
         (r) => {
-          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts: r.ts });
+          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts: (r as { ts?: string }).ts });
           return r;
         },
         (err: Error) => {
@@ -126,13 +133,13 @@ export class RemoteCopyManager {
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";
-            if (state !== "active") {
+            if (state !== "active" && state !== "copying") {
               // A primary that stopped replicating on its own (fenced, journal full) needs no timeout.
               conditions.set(`primary #${id} ${state}: ${(pg as { reason?: string }).reason ?? ""}`, true);
             }
           }
           for (const l of s.primary?.links ?? []) {
-            if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x as { state?: string }).state === "active")) {
+            if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x.state === "active" || x.state === "copying"))) {
               const key = `link #${id} -> #${l.secondary} down`;
               conditions.set(key, false);
               if (l.lastError) details.set(key, l.lastError);
@@ -140,7 +147,7 @@ export class RemoteCopyManager {
           }
           for (const sg of s.secondary ?? []) {
             if (sg.name !== g.name) continue;
-            if (sg.state === "active") activeSomewhere = true;
+            if (sg.state === "active" || sg.state === "resyncing") activeSomewhere = true;
             else {
               suspendedSomewhere = true;
               if ((sg as { synchronizedTs?: string | null }).synchronizedTs == null) unsynchronized = true;

@@ -10,7 +10,7 @@ import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
 import { ControlClient } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
-import { synchronizedTime } from "./synchronized-time.ts";
+import { resyncCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
 import { clockReader } from "../primary/clock-source.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
@@ -36,6 +36,11 @@ interface TimesReport {
   first: Record<string, string>;
   second: string;
   synchronizedTs: string | null;
+  resync?: { floor: string | null; barrier: string | null } | null;
+}
+
+function resyncReportOf(r: { resync?: { floor: string | null; barrier: string | null } | null }): ResyncReport {
+  return { floor: r.resync?.floor != null ? BigInt(r.resync.floor) : null, barrier: r.resync?.barrier != null ? BigInt(r.resync.barrier) : null };
 }
 
 export interface ProcedureReport {
@@ -62,7 +67,7 @@ export interface ProcedureReport {
   primaries: { subsystem: number; reached: boolean; error?: string; state?: string; volumes?: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }[];
 }
 
-async function call<T>(topo: LoadedTopology, id: number, body: unknown, timeoutMs = 15_000): Promise<T> {
+export async function call<T>(topo: LoadedTopology, id: number, body: unknown, timeoutMs = 15_000): Promise<T> {
   const c = await ControlClient.connect(topo, id);
   try {
     return await c.request<T>(body, timeoutMs);
@@ -122,7 +127,10 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
 
   if (o.mode === "dry-run") {
     const first = new Map(reachable.map(([id, sg]) => [id, new Map(Object.entries(sg.first).map(([k, t]) => [Number(k), BigInt(t)]))]));
-    const ts = synchronizedTime(first);
+    const resting = (sg: (typeof reachable)[number][1]) => ({
+      resync: sg.resync ?? { floor: sg.state === "suspended" || sg.state === "takeover" ? sg.synchronizedTs : null, barrier: null },
+    });
+    const ts = resyncCut(synchronizedTime(first), reachable.map(([, sg]) => resyncReportOf(resting(sg))));
     const previews = await settle(g.secondaries, (id) => call<TimesReport & { wouldApply: number; volumes: { volume: string; droppedWrites: number; droppedBytes: number }[] }>(topo, id, { op: "preview", group, ts: ts.toString() }));
     const prim = await settle(g.primaries, (id) => call<{ state: string; volumes: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }>(topo, id, { op: "primary-preview", group }));
     return {
@@ -149,7 +157,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
 
   // A run that was cut short left every secondary fenced at one generation: reuse it.
   const gens = reachable.map(([, sg]) => sg.generation);
-  const allFenced = down.length === 0 && reachable.every(([, sg]) => sg.state !== "active") && new Set(gens).size === 1;
+  const allFenced = down.length === 0 && reachable.every(([, sg]) => sg.state === "suspended" || sg.state === "takeover") && new Set(gens).size === 1;
   const generation = allFenced ? gens[0] : Math.max(0, ...gens) + 1;
   o.logger.warn({ group, mode: o.mode, generation, reason: o.reason, by: o.by }, "after-failure procedure: fencing");
 
@@ -181,8 +189,16 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
 
   // 602
   const reports = [...fenced].map(([id, a]) => [id, (a as { value: TimesReport }).value] as const);
-  const ts = synchronizedTime(new Map(reports.map(([id, r]) => [id, new Map(Object.entries(r.first).map(([k, t]) => [Number(k), BigInt(t)]))])));
-  o.logger.warn({ group, generation, ts: ts.toString() }, "after-failure procedure: synchronized time");
+  const computed = synchronizedTime(new Map(reports.map(([id, r]) => [id, new Map(Object.entries(r.first).map(([k, t]) => [Number(k), BigInt(t)]))])));
+  // During a resync the group may only go to Ts once the barrier is passed; else to T_old (docs/resync.md).
+  // A secondary that already rests at a synchronized time (an earlier run, cut
+  // short after it applied) fixes the cut: the group must end at one time.
+  const resting = new Set(reports.map(([, r]) => r.synchronizedTs).filter((t): t is string => t !== null));
+  if (resting.size > 1) {
+    throw new ProcedureError("TM_TS_CONFLICT", `${o.mode} ${group}: secondaries rest at different synchronized times (${[...resting].join(", ")}); this needs an operator`);
+  }
+  const ts = resting.size === 1 ? BigInt([...resting][0]) : resyncCut(computed, reports.map(([, r]) => resyncReportOf(r)));
+  o.logger.warn({ group, generation, ts: ts.toString(), computedTs: computed.toString() }, "after-failure procedure: synchronized time");
 
   // 603-606
   const applied = await settle(

@@ -16,3 +16,31 @@ export function synchronizedTime(firstBySecondary: ReadonlyMap<number, ReadonlyM
   for (const t of best.values()) if (ts === null || t < ts) ts = t;
   return ts!;
 }
+
+/** What a fenced secondary reports of a resync in progress (DESIGN.md, Resync). */
+export interface ResyncReport {
+  /** T_old while the secondary holds 112 for a resync, else null. */
+  floor: bigint | null;
+  /** C, once every primary's COPIED has reached this secondary. */
+  barrier: bigint | null;
+}
+
+/**
+ * The time a suspension or takeover brings the group to when a resync may be
+ * running: Ts when the resync's barrier is passed (C <= Ts), else T_old.
+ * Ts >= C holds as soon as one secondary lifted its hold (it saw min 111 >= C,
+ * and Ts >= that min); C known on one secondary means every copy is queued on
+ * every secondary. Otherwise T_old: every secondary still holds that image,
+ * and everything queued above it (copies, new writes) is dropped into the
+ * bitmaps for the next resync.
+ */
+export function resyncCut(ts: bigint, reports: readonly ResyncReport[]): bigint {
+  const holding = reports.filter((r) => r.floor !== null);
+  if (holding.length === 0 || holding.length < reports.length) return ts;
+  const floors = new Set(holding.map((r) => r.floor!));
+  if (floors.size !== 1) throw new Error(`resync cut: secondaries hold different floors (${[...floors].join(", ")})`);
+  const floor = holding[0].floor!;
+  let barrier: bigint | null = null;
+  for (const r of holding) if (r.barrier !== null && (barrier === null || r.barrier > barrier)) barrier = r.barrier;
+  return barrier !== null && ts >= barrier ? ts : floor;
+}

@@ -37,6 +37,7 @@ export const FRAME_TYPES = {
   request: 9,
   response: 10,
   heartbeat: 11,
+  copied: 12,
 } as const;
 
 export type FrameType = keyof typeof FRAME_TYPES;
@@ -46,7 +47,7 @@ const TYPE_BY_NUMBER: ReadonlyMap<number, FrameType> = new Map(
 );
 
 /** Frames that belong to a consistency group carry its generation in the header; all others carry 0. */
-const GROUP_FRAME_TYPES: ReadonlySet<FrameType> = new Set(["rcr", "sync"]);
+const GROUP_FRAME_TYPES: ReadonlySet<FrameType> = new Set(["rcr", "sync", "copied"]);
 
 export type LinkRole = "link" | "control";
 const ROLE_CODES: Record<LinkRole, number> = { link: 1, control: 2 };
@@ -109,7 +110,8 @@ export interface RcrFrame {
   records: RcrRecord[];
 }
 export interface SyncFrame {
-  type: "sync";
+  /** copied: the same payload; T is C_k, the primary's copies are all acknowledged (docs/resync.md). */
+  type: "sync" | "copied";
   generation: number;
   group: string;
   primaryId: number;
@@ -293,6 +295,7 @@ function measure(frame: Frame): { payloadBytes: number; json?: string } {
       return { payloadBytes: n };
     }
     case "sync":
+    case "copied":
       checkUint("generation", frame.generation, U32_MAX);
       checkUint("primaryId", frame.primaryId, U16_MAX);
       checkU64Bigint("t", frame.t);
@@ -351,7 +354,7 @@ export function encodeFrame(frame: Frame): Buffer {
   buf.writeUInt8(FRAME_VERSION, 4);
   buf.writeUInt8(FRAME_TYPES[frame.type], 5);
   buf.writeUInt16BE(0, 6);
-  buf.writeUInt32BE(frame.type === "rcr" || frame.type === "sync" ? frame.generation : 0, 8);
+  buf.writeUInt32BE(frame.type === "rcr" || frame.type === "sync" || frame.type === "copied" ? frame.generation : 0, 8);
   buf.writeUInt32BE(payloadBytes, 12);
   let at = FRAME_HEADER_BYTES;
   switch (frame.type) {
@@ -393,6 +396,7 @@ export function encodeFrame(frame: Frame): Buffer {
       }
       break;
     case "sync":
+    case "copied":
       at = writeString8(buf, frame.group, at);
       at = buf.writeUInt16BE(frame.primaryId, at);
       at = buf.writeBigUInt64BE(frame.t, at);
@@ -593,7 +597,8 @@ function decodePayload(type: FrameType, generation: number, r: PayloadReader): F
       frame = { type, generation, group, records: decodeRecords(r) };
       break;
     }
-    case "sync": {
+    case "sync":
+    case "copied": {
       const group = r.string8("group");
       frame = { type, generation, group, primaryId: r.u16("primaryId"), t: r.u64Bigint("t") };
       break;

@@ -11,7 +11,7 @@ import { durableBarrier, type Db } from "../state/database.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
 import type { Link } from "../replication/link.ts";
 import { assert } from "../invariant.ts";
-import { initialTimes, onSync, withPrimaries, type GroupTimes } from "./time-parameters.ts";
+import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
 
@@ -58,11 +58,29 @@ interface GroupState {
 }
 
 /** Group states on a secondary: docs/state-machines.md. */
-export type SecondaryGroupState = "active" | "suspended" | "takeover";
+export type SecondaryGroupState = "active" | "resyncing" | "suspended" | "takeover";
+
+/** States in which a group takes its primaries' frames. */
+function replicating(state: string): boolean {
+  return state === "active" || state === "resyncing";
+}
+
+/** A volume's dirty blocks as [first, count] runs: a resync's bitmap crosses the RCM this way. */
+export type BlockRuns = [number, number][];
+
+export function toRuns(blocks: readonly number[]): BlockRuns {
+  const runs: BlockRuns = [];
+  for (const b of blocks) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === b) last[1]++;
+    else runs.push([b, 1]);
+  }
+  return runs;
+}
 
 type Work =
   | { kind: "rcr"; link: Link; primaryId: number; group: string; records: RcrRecord[] }
-  | { kind: "sync"; group: string; primaryId: number; t: bigint; generation: number };
+  | { kind: "sync" | "copied"; group: string; primaryId: number; t: bigint; generation: number };
 
 export class SecondaryEngine {
   private readonly groups = new Map<string, GroupState>();
@@ -77,6 +95,9 @@ export class SecondaryEngine {
   private readonly stmts;
   private readonly bitmap: BitmapWriter;
   private readonly appliedWaiters: { group: string; ts: bigint; resolve: () => void }[] = [];
+  /** Host writes between their check and their volume write (after a takeover). */
+  private hostWrites = 0;
+  private hostIdle: (() => void)[] = [];
   received = 0;
   duplicates = 0;
   /** The last failure to write a secondary volume; the RCM suspends the group on it. */
@@ -97,6 +118,9 @@ export class SecondaryEngine {
         "INSERT INTO first_time (grp, primary_id, t) VALUES (?, ?, ?) ON CONFLICT(grp, primary_id) DO UPDATE SET t = excluded.t",
       ),
       setSecond: db.prepare("UPDATE grp SET second_time = ? WHERE name = ?"),
+      setCopied: db.prepare(
+        "INSERT INTO copied (grp, primary_id, ts) VALUES (?, ?, ?) ON CONFLICT(grp, primary_id) DO UPDATE SET ts = excluded.ts",
+      ),
       due: db
         .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len, data FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
         .safeIntegers(true),
@@ -118,6 +142,7 @@ export class SecondaryEngine {
     const ensure = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
     const getGrp = db.prepare("SELECT * FROM grp WHERE name = ?").safeIntegers(true);
     const getFirst = db.prepare("SELECT primary_id, t FROM first_time WHERE grp = ?").safeIntegers(true);
+    const getCopied = db.prepare("SELECT primary_id, ts FROM copied WHERE grp = ?").safeIntegers(true);
     db.transaction(() => {
       for (const [name, primaries] of this.o.groups) {
         ensure.run(name);
@@ -125,7 +150,19 @@ export class SecondaryEngine {
         const first = new Map<number, bigint>();
         for (const r of getFirst.all(name) as { primary_id: bigint; t: bigint }[]) first.set(Number(r.primary_id), r.t);
         const second = g.second_time as bigint;
-        let times: GroupTimes = first.size === 0 ? initialTimes(primaries, second) : { first, second };
+        let times: GroupTimes = first.size === 0 ? initialTimes(primaries, second) : { first, second, hold: null };
+        if (Number(g.initialized) === 0) {
+          // A group's first start is a resync from nothing (docs/resync.md, Initial copy):
+          // 112 rests at 0 until every primary's copy is complete.
+          db.prepare("UPDATE grp SET initialized = 1, state = 'resyncing', resync_floor = ? WHERE name = ?").run(second, name);
+          g.state = "resyncing";
+          g.resync_floor = second;
+        }
+        if (g.resync_floor !== null) {
+          const copied = new Map<number, bigint>();
+          for (const r of getCopied.all(name) as { primary_id: bigint; ts: bigint }[]) copied.set(Number(r.primary_id), r.ts);
+          times = { first: times.first, second: times.second, hold: { floor: g.resync_floor as bigint, copied } };
+        }
         // A primary new to the group starts at the current 112, never at zero.
         times = withPrimaries(times, primaries);
         for (const [p, t] of times.first) this.stmts.setFirst.run(name, p, t);
@@ -180,13 +217,13 @@ export class SecondaryEngine {
 
   private onFrame(link: Link, primaryId: number, f: Frame): void {
     if (this.stopped) return;
-    if (f.type === "rcr" || f.type === "sync") {
+    if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.groups.get(f.group);
       if (!g) return this.refuse(link, primaryId, 404, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
       if (!g.times.first.has(primaryId)) {
         return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
-      if (f.generation !== g.generation || g.state !== "active") {
+      if (f.generation !== g.generation || !replicating(g.state)) {
         // Fencing: a suspended group takes nothing more from its primaries.
         return this.refuse(
           link,
@@ -195,9 +232,9 @@ export class SecondaryEngine {
           `group '${f.group}' is ${g.state} at generation ${g.generation} on subsystem #${this.o.id}; frame carries generation ${f.generation}`,
         );
       }
-      if (f.type === "sync") {
-        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `SYNC names primary #${f.primaryId} on the link of #${primaryId}`);
-        this.push({ kind: "sync", group: f.group, primaryId, t: f.t, generation: f.generation });
+      if (f.type !== "rcr") {
+        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
+        this.push({ kind: f.type, group: f.group, primaryId, t: f.t, generation: f.generation });
         return;
       }
       for (const r of f.records) {
@@ -240,6 +277,7 @@ export class SecondaryEngine {
     const ackTo = new Map<number, Link>();
     const seqChanged = new Set<number>();
     const groupsChanged = new Set<string>();
+    const lifted = new Set<string>();
     let released = false;
     const next = new Map<string, GroupTimes>();
     const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
@@ -276,18 +314,23 @@ export class SecondaryEngine {
           } else {
             // A SYNC received before a fence is committed after it: never let it lift 111.
             const gs = this.groups.get(w.group)!;
-            if (w.generation !== gs.generation || gs.state !== "active") continue;
-            const out = onSync(timesOf(w.group), w.primaryId, w.t);
+            if (w.generation !== gs.generation || !replicating(gs.state)) continue;
+            const out: SyncOutcome = w.kind === "sync" ? onSync(timesOf(w.group), w.primaryId, w.t) : onCopied(timesOf(w.group), w.primaryId, w.t);
             if (out.kind === "raised") {
               next.set(w.group, out.times);
-              this.stmts.setFirst.run(w.group, w.primaryId, w.t);
+              if (w.kind === "sync") this.stmts.setFirst.run(w.group, w.primaryId, w.t);
+              else this.stmts.setCopied.run(w.group, w.primaryId, w.t);
               groupsChanged.add(w.group);
               if (out.release) released = true;
+              if (out.lifted) lifted.add(w.group);
             }
           }
         }
         for (const p of seqChanged) this.stmts.setSeq.run(p, this.lastSeq.get(p)!);
         for (const g of groupsChanged) this.stmts.setSecond.run(next.get(g)!.second, g);
+        // The barrier is passed: every copy sits at or below 112 now (applied,
+        // or redone after a crash), so what differed no longer does.
+        for (const g of lifted) this.endResync(g);
       })();
       this.o.db.pragma("synchronous = NORMAL");
     } catch (err) {
@@ -296,12 +339,28 @@ export class SecondaryEngine {
       // acknowledged, so the primaries resend after the links are dropped.
       this.o.logger.error({ err: (err as Error).message }, "RCR queue commit failed; dropping links so primaries resend");
       this.reloadSeqs();
+      this.bitmap.reset();
       for (const l of this.links.values()) l.close();
       return;
     }
     for (const [g, t] of next) this.groups.get(g)!.times = t;
+    for (const g of lifted) {
+      this.groups.get(g)!.state = "active";
+      this.o.logger.info({ group: g, second: next.get(g)!.second.toString() }, "resync complete: the barrier is passed, the group replicates");
+    }
     for (const [p, link] of ackTo) link.send({ type: "ack", seq: this.lastSeq.get(p)! });
     if (released) this.kickApplier();
+  }
+
+  /** Inside the commit's transaction: the group leaves its resync. */
+  private endResync(name: string): void {
+    this.o.db.prepare("UPDATE grp SET state = 'active', resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(Date.now(), name);
+    this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
+    this.bitmap.clearVolumesNow(this.volumesOf(name));
+  }
+
+  private volumesOf(group: string): string[] {
+    return [...this.volumes.values()].filter((b) => b.group === group).map((b) => b.volume.name);
   }
 
   private reloadSeqs(): void {
@@ -369,7 +428,8 @@ export class SecondaryEngine {
       const off = Number(r.off);
       const len = Number(r.len);
       if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, r.data!);
-      else await b.volume.writeZeroes(off, len);
+      // A zero run over a hole (an initial copy onto a new sparse file) has nothing to write.
+      else if (b.volume.nextData(off) < off + len) await b.volume.writeZeroes(off, len);
       touched.add(b.volume);
       bytes += len;
       if (r.ts > maxTs) maxTs = r.ts;
@@ -405,7 +465,7 @@ export class SecondaryEngine {
     if (generation > g.generation) {
       const state: SecondaryGroupState = g.state === "takeover" ? "takeover" : "suspended";
       // The first suspension's cause is what an admin needs; a re-fence keeps it.
-      if (g.state === "active") {
+      if (replicating(g.state)) {
         g.reason = reason;
         g.suspendedBy = by;
       }
@@ -431,7 +491,22 @@ export class SecondaryEngine {
       first: Object.fromEntries([...g.times.first].map(([p, t]) => [String(p), t.toString()])),
       second: g.times.second.toString(),
       synchronizedTs: g.synchronizedTs?.toString() ?? null,
+      resync: this.resyncReport(g),
     };
+  }
+
+  /**
+   * For the cut of a suspension or takeover (resyncCut, docs/resync.md):
+   * the image this secondary rests at or holds (a resync's floor, or the
+   * synchronized time of a suspension), and the barrier once known.
+   */
+  private resyncReport(g: GroupState): { floor: string | null; barrier: string | null } {
+    const hold = g.times.hold;
+    if (hold) {
+      const c = barrierOf(g.times.first, hold);
+      return { floor: hold.floor.toString(), barrier: c === null ? null : c.toString() };
+    }
+    return { floor: g.synchronizedTs !== null ? g.synchronizedTs.toString() : null, barrier: null };
   }
 
   /** Dry run: what applying Ts would drop, per volume, without changing anything. */
@@ -461,7 +536,7 @@ export class SecondaryEngine {
    */
   async applySynchronizedTime(name: string, generation: number, ts: bigint) {
     const g = this.group(name);
-    if (g.state === "active" || generation !== g.generation) {
+    if (replicating(g.state) || generation !== g.generation) {
       throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`), {
         code: "TM_NOT_FENCED",
       });
@@ -491,9 +566,11 @@ export class SecondaryEngine {
             this.stmts.del.run(r.id);
           }
           this.stmts.setSecond.run(ts, name);
+          // A resync cut short rests at this cut; the next one starts from here.
           this.o.db
-            .prepare("UPDATE grp SET synchronized_ts = ?, dropped = dropped + ?, dropped_bytes = dropped_bytes + ? WHERE name = ?")
+            .prepare("UPDATE grp SET synchronized_ts = ?, resync_floor = NULL, dropped = dropped + ?, dropped_bytes = dropped_bytes + ? WHERE name = ?")
             .run(ts, drop.length, bytes, name);
+          this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
         })();
         // What the RCM is told is done survives a power cut: 112 never falls back from Ts.
         durableBarrier(this.o.db);
@@ -501,7 +578,7 @@ export class SecondaryEngine {
         this.bitmap.reset();
         throw err;
       }
-      g.times = { first: g.times.first, second: ts };
+      g.times = { first: g.times.first, second: ts, hold: null };
       g.synchronizedTs = ts;
       g.dropped += drop.length;
       g.droppedBytes += bytes;
@@ -516,6 +593,53 @@ export class SecondaryEngine {
       dropped: g.dropped,
       droppedBytes: g.droppedBytes,
       bitmapBlocks: [...this.volumes.values()].filter((b) => b.group === name).reduce((n, b) => n + this.bitmap.count(b.volume.name), 0),
+    };
+  }
+
+  /**
+   * A resync starts (docs/resync.md, step 2): host writes stop (after a
+   * takeover), 112 is held at the synchronized time the group rests at, and
+   * frames of the new generation are taken. Answers with the bitmap, which
+   * stays until the barrier is passed, so a resync cut short loses nothing.
+   * Idempotent for the same generation.
+   */
+  async resyncBegin(name: string, generation: number, reverse = false) {
+    const g = this.group(name);
+    const begun = g.state === "resyncing" && g.generation === generation;
+    if (!begun) {
+      if (replicating(g.state) || g.synchronizedTs === null) {
+        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} and does not rest at a synchronized time; suspend it first`), {
+          code: "TM_NOT_SYNCHRONIZED",
+        });
+      }
+      if (generation <= g.generation) {
+        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is at generation ${g.generation}; a resync needs a newer one than ${generation}`), {
+          code: "TM_GENERATION",
+        });
+      }
+      const floor = g.synchronizedTs;
+      // Host writes stop before the bitmap is read: one in flight marks its block first.
+      g.state = "resyncing";
+      if (this.hostWrites > 0) await new Promise<void>((r) => this.hostIdle.push(r));
+      this.o.db.transaction(() => {
+        this.o.db
+          .prepare(
+            "UPDATE grp SET generation = ?, state = 'resyncing', resync_floor = ?, synchronized_ts = NULL, reason = NULL, suspended_by = NULL, changed_at_ms = ? WHERE name = ?",
+          )
+          .run(generation, floor, Date.now(), name);
+        this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
+      })();
+      durableBarrier(this.o.db);
+      g.generation = generation;
+      g.times = startHold(g.times, floor);
+      g.synchronizedTs = null;
+      g.reason = null;
+      g.suspendedBy = null;
+      this.o.logger.warn({ group: name, generation, floor: floor.toString(), reverse }, "resync begins: 112 held at the synchronized time until the barrier");
+    }
+    return {
+      ...this.timesReport(g),
+      bitmap: Object.fromEntries(this.volumesOf(name).map((v) => [v, toRuns(this.bitmap.blocks(v))])),
     };
   }
 
@@ -572,9 +696,14 @@ export class SecondaryEngine {
         code: "EPERM",
       });
     }
-    await this.bitmap.mark(volume, offset, length);
-    if (data) await b.volume.write(offset, data);
-    else await b.volume.writeZeroes(offset, length);
+    this.hostWrites++;
+    try {
+      await this.bitmap.mark(volume, offset, length);
+      if (data) await b.volume.write(offset, data);
+      else await b.volume.writeZeroes(offset, length);
+    } finally {
+      if (--this.hostWrites === 0) for (const w of this.hostIdle.splice(0)) w();
+    }
   }
 
   hasVolume(name: string): boolean {
@@ -604,6 +733,7 @@ export class SecondaryEngine {
         lastAppliedTs: g.lastAppliedTs.toString(),
         appliedThrough: appliedThrough.toString(),
         synchronizedTs: g.synchronizedTs?.toString() ?? null,
+        resync: g.times.hold ? { ...this.resyncReport(g), copiedFrom: [...g.times.hold.copied.keys()] } : null,
         applyError: this.applyError,
         suspendedBy: g.suspendedBy,
         dropped: g.dropped,

@@ -17,10 +17,12 @@ export class BitmapWriter {
   private scheduled = false;
   private readonly insert;
   private readonly countStmt;
+  private readonly del;
 
   constructor(private readonly db: Db) {
     this.insert = db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
     this.countStmt = db.prepare("SELECT count(*) AS n FROM bitmap WHERE volume = ?");
+    this.del = db.prepare("DELETE FROM bitmap WHERE volume = ? AND block = ?");
   }
 
   private setOf(volume: string): Set<number> {
@@ -68,6 +70,28 @@ export class BitmapWriter {
       }
     }
     return n;
+  }
+
+  /** Inside a caller's transaction, or on its own: the blocks are copied and leave the bitmap. */
+  clearNow(volume: string, blocks: Iterable<number>): void {
+    const set = this.setOf(volume);
+    for (const b of blocks) {
+      set.delete(b);
+      this.del.run(volume, b);
+    }
+  }
+
+  /** Every block of these volumes leaves the bitmap (a resync's barrier was passed). */
+  clearVolumesNow(volumes: Iterable<string>): void {
+    for (const v of volumes) {
+      this.db.prepare("DELETE FROM bitmap WHERE volume = ?").run(v);
+      this.known.delete(v);
+    }
+  }
+
+  /** Dirty blocks of a volume, ascending. */
+  blocks(volume: string): number[] {
+    return [...this.setOf(volume)].sort((a, b) => a - b);
   }
 
   /** After a failed transaction that used markNow: forget the cache. */

@@ -108,6 +108,41 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE stamp ADD COLUMN seq_lease INTEGER NOT NULL DEFAULT 0;
   `,
+  // 4: resync, initial copy and failback (docs/resync.md).
+  `
+  -- Both roles: a group row made before this version has been replicating
+  -- already; a new one starts with an initial copy.
+  ALTER TABLE grp ADD COLUMN initialized INTEGER NOT NULL DEFAULT 0;
+  UPDATE grp SET initialized = 1;
+  -- Secondary: T_old while 112 is held for a resync, else NULL.
+  ALTER TABLE grp ADD COLUMN resync_floor INTEGER;
+  -- Primary: C_k, the stamp at which its last copy was complete and acknowledged.
+  ALTER TABLE grp ADD COLUMN copied_ts INTEGER;
+  -- Both roles: 'forward' (the config's primaries are primary) or 'reverse'.
+  ALTER TABLE grp ADD COLUMN direction TEXT NOT NULL DEFAULT 'forward';
+
+  -- Secondary: COPIED(primary, C_k) received while holding for a resync.
+  CREATE TABLE copied (
+    grp        TEXT    NOT NULL,
+    primary_id INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    PRIMARY KEY (grp, primary_id)
+  ) WITHOUT ROWID;
+
+  -- Primary: an initial copy's progress, a cursor instead of one bitmap row per block.
+  CREATE TABLE copy_cursor (
+    volume   TEXT PRIMARY KEY,
+    next_off INTEGER NOT NULL
+  ) WITHOUT ROWID;
+
+  -- Primary: the pairs this subsystem has replicated, to tell a new pair from a known one.
+  CREATE TABLE pair (
+    volume TEXT PRIMARY KEY,
+    target TEXT NOT NULL
+  ) WITHOUT ROWID;
+  -- Pairs of a state file older than this table are known already (not new).
+  INSERT INTO meta (key, value) SELECT 'pairs_unrecorded', '1' WHERE EXISTS (SELECT 1 FROM grp);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

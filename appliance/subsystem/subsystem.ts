@@ -234,6 +234,13 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
         return need(primary, "primary").preview(String(b.group));
       case "primary-preview":
         return need(primary, "primary").preview(String(b.group));
+      // Resync (docs/resync.md), driven by the RCM.
+      case "resync-begin":
+        return need(secondary, "secondary").resyncBegin(String(b.group), Number(b.generation));
+      case "primary-resync":
+        return need(primary, "primary").resync(String(b.group), Number(b.generation), (b as { blocks?: Record<string, [number, number][]> }).blocks ?? {});
+      case "copy-status":
+        return need(primary, "primary").copyStatus(String(b.group));
       default:
         throw Object.assign(new Error(`unknown control operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
     }

@@ -2,7 +2,7 @@
 // free loopback ports, one `tidemark subsystem` process per subsystem, and
 // helpers to kill (-9), stop, restart and query them.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync, readFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -142,7 +142,7 @@ export class TestCluster {
     await Promise.all(this.ids.map((id) => this.kill(id, "SIGTERM")));
   }
 
-  async destroy(keep = false): Promise<void> {
+  async destroy(keep = process.env.TIDEMARK_KEEP_TEST_DIRS === "1"): Promise<void> {
     await Promise.all([...this.procs.keys()].map((id) => this.kill(id, "SIGKILL")));
     if (!keep) rmSync(this.dir, { recursive: true, force: true });
   }
@@ -164,6 +164,18 @@ export class TestCluster {
     const a = (await askAll<SubsystemStatus>(this.topo, [id], { op: "status" })).get(id)!;
     if (!a.ok) throw new Error(a.error);
     return a.value;
+  }
+
+  /** Before the first start: volume files made with content (fill gets a zeroed buffer of the volume's size). */
+  prefill(fill: (name: string, buf: Buffer) => void, names: string[]): void {
+    for (const name of names) {
+      const v = this.topo.config.subsystems.flatMap((s) => s.volumes).find((x) => x.name === name)!;
+      const buf = Buffer.alloc((v.sizeMiB ?? 0) << 20);
+      fill(name, buf);
+      const file = this.volumeFile(name);
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, buf, { mode: 0o600 });
+    }
   }
 
   volumeFile(name: string): string {

@@ -76,6 +76,7 @@ function randFrame(rand: () => number): Frame {
       return { type, generation: randInt(rand, 0xffffffff), group: randName(rand, 60), records };
     }
     case "sync":
+    case "copied":
       return { type, generation: randInt(rand, 0xffffffff), group: randName(rand, 60), primaryId: randInt(rand, 0xffff), t: randU64(rand) };
     case "ack":
       return { type, seq: randInt(rand, Number.MAX_SAFE_INTEGER) };

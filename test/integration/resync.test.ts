@@ -1,0 +1,159 @@
+// Resync end to end (issue 4): the initial copy of a group, a resync after a
+// suspension and after a takeover, on real processes with an RCM; images
+// compared with cmp once writes stop and the group is quiesced.
+import { afterEach, describe, expect, it } from "vitest";
+import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster.ts";
+import { VolumeModel, runWriter } from "../support/workload.ts";
+import type { ProcedureReport } from "../../appliance/rcm/procedure.ts";
+import type { ResyncProgress, ResyncStart } from "../../appliance/rcm/resync.ts";
+
+const cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function cluster(volumeMiB: number, prefix: string) {
+  const cfg = await fig1Config({ volumeMiB, extra: { rcm: { port: await freePort(), autoSuspend: false, checkIntervalMs: 100 } } });
+  const c = TestCluster.create(cfg, prefix);
+  cleanup.push(() => c.destroy());
+  await c.startAll();
+  await c.startRcm();
+  return c;
+}
+
+async function cliJson<T>(c: TestCluster, args: string[]): Promise<T> {
+  const r = await c.cli([...args, "--config", c.configFile, "--group", "C1", "--json"]);
+  if (r.code !== 0) throw new Error(`tidemark ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+async function expectIdentical(c: TestCluster): Promise<void> {
+  for (const p of c.pairFiles()) expect(await cmp(p.primary, p.secondary), `${p.name}: primary and secondary images differ`).toBe(null);
+}
+
+/** Random writes on every primary volume until `until()`; returns the writers' promise. */
+function load(c: TestCluster, seed: number, volumeMiB: number, until: () => boolean) {
+  const rand = prng(seed);
+  return Promise.all(
+    ["p1a", "p1b", "p2a", "p2b"].map((v) =>
+      runWriter({ rand, queueDepth: 4, maxBytes: 128 * 1024, until, connect: () => c.nbd(v), model: new VolumeModel(volumeMiB << 20) }),
+    ),
+  );
+}
+
+async function groupStates(c: TestCluster): Promise<{ primaries: string[]; secondaries: string[] }> {
+  const primaries: string[] = [];
+  const secondaries: string[] = [];
+  for (const id of [1, 2, 3, 4, 5]) {
+    const s = await c.rawStatus(id);
+    for (const g of s.primary?.groups ?? []) primaries.push(g.state);
+    for (const g of s.secondary ?? []) secondaries.push(g.state);
+  }
+  return { primaries, secondaries };
+}
+
+async function waitPaired(c: TestCluster, timeoutMs = 60_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await groupStates(c);
+    if (st.primaries.every((s) => s === "active") && st.secondaries.every((s) => s === "active")) return;
+    if (Date.now() > until) throw new Error(`group not paired within ${timeoutMs} ms: ${JSON.stringify(st)}`);
+    await pause(100);
+  }
+}
+
+describe("resync: initial copy, after a suspension, after a takeover", () => {
+  it("resync: a new group's initial copy of 256 MiB volumes that hosts write during the copy ends identical after quiesce", async () => {
+    // Volumes with data before the group's first start: the copy has real work.
+    const MIB = 256;
+    const cfg = await fig1Config({ volumeMiB: MIB, extra: { rcm: { port: await freePort(), autoSuspend: false, checkIntervalMs: 100 } } });
+    const c = TestCluster.create(cfg, "tidemark-initial-");
+    cleanup.push(() => c.destroy());
+    c.prefill((name, buf) => {
+      // Every other MiB holds data: the copier sees data runs and holes.
+      const rand = prng(name.length * 31 + name.charCodeAt(1));
+      for (let off = 0; off < buf.length; off += 2 << 20) for (let i = off; i < off + (1 << 20); i += 4) buf.writeUInt32LE((rand() * 0xffffffff) >>> 0, i);
+    }, ["p1a", "p1b", "p2a", "p2b"]);
+    await c.startAll();
+    const s1 = await c.rawStatus(1);
+    let stop = false;
+    const writers = load(c, 11, MIB, () => stop);
+    const until = Date.now() + 120_000;
+    for (;;) {
+      const st = await groupStates(c);
+      if (st.primaries.every((s) => s === "active") && st.secondaries.every((s) => s === "active")) break;
+      expect(Date.now() < until, `initial copy not done: ${JSON.stringify(st)}`).toBe(true);
+      await pause(200);
+    }
+    await pause(300);
+    stop = true;
+    await writers;
+    await c.quiesce();
+    await expectIdentical(c);
+    // Half of each volume held data before the start: the copy read it; the other half were holes, sent as zero runs.
+    for (const id of [1, 2]) {
+      const done = c.readLog(id).split("\n").filter((l) => l.includes("copy complete and acknowledged")).map((l) => JSON.parse(l) as { dataBytes: number; zeroBytes: number });
+      expect(done.length, `primary #${id} completed one initial copy`).toBe(1);
+      expect(done[0].dataBytes).toBeGreaterThanOrEqual(2 * (MIB / 2) * 1024 * 1024);
+      expect(done[0].zeroBytes).toBeGreaterThan(0);
+    }
+  }, 240_000);
+
+  it("resync: after a planned suspension with host writes on the primaries, resync copies only the bitmap and the images end identical", async () => {
+    const MIB = 16;
+    const c = await cluster(MIB, "tidemark-resync-");
+    await waitPaired(c);
+    const suspended = await cliJson<ProcedureReport>(c, ["suspend"]);
+    expect(suspended.complete).toBe(true);
+    let stop = false;
+    let writers = load(c, 21, MIB, () => stop);
+    await pause(800);
+    stop = true;
+    await writers;
+    const st = await c.rawStatus(1);
+    const bitmap = st.primary!.groups[0].bitmapBlocks;
+    expect(bitmap, "writes during the suspension are in primary #1's bitmap").toBeGreaterThan(0);
+    // Hosts keep writing during the resync.
+    stop = false;
+    writers = load(c, 22, MIB, () => stop);
+    const r = await cliJson<{ start: ResyncStart; final: ResyncProgress }>(c, ["resync"]);
+    expect(r.start.nothingToDo).toBe(false);
+    expect(r.final.done).toBe(true);
+    const copied = r.start.primaries.reduce((n, p) => n + p.remainingBlocks, 0);
+    expect(copied, "only the dirty blocks are copied").toBeLessThan((4 * MIB * 1024 * 1024) / 4096);
+    stop = true;
+    await writers;
+    await c.quiesce();
+    await expectIdentical(c);
+    const again = await cliJson<{ start: ResyncStart }>(c, ["resync"]);
+    expect(again.start.nothingToDo, "a paired group has nothing to resync").toBe(true);
+  }, 180_000);
+
+  it("resync: after a takeover and host writes on the secondaries, a forward resync discards them and the images end identical", async () => {
+    const MIB = 16;
+    const c = await cluster(MIB, "tidemark-resync-to-");
+    await waitPaired(c);
+    let stop = false;
+    let writers: Promise<unknown> = load(c, 31, MIB, () => stop);
+    await pause(500);
+    const t = await cliJson<ProcedureReport>(c, ["takeover"]);
+    stop = true;
+    await writers.catch(() => null);
+    expect(t.complete).toBe(true);
+    // Hosts write the taken-over secondaries.
+    const s = await c.nbd("s3a");
+    await s.write(0, Buffer.alloc(65536, 0xab));
+    await s.close();
+    expect((await c.rawStatus(3)).secondary![0].bitmapBlocks).toBeGreaterThan(0);
+    stop = false;
+    writers = load(c, 32, MIB, () => stop).catch(() => null);
+    const r = await cliJson<{ start: ResyncStart; final: ResyncProgress }>(c, ["resync"]);
+    expect(r.start.secondaryBlocks, "the secondaries' bitmaps are copied too").toBeGreaterThan(0);
+    stop = true;
+    await writers;
+    await c.quiesce();
+    await expectIdentical(c);
+    expect((await c.rawStatus(3)).secondary![0].bitmapBlocks, "the barrier cleared the secondary's bitmap").toBe(0);
+  }, 180_000);
+});
