@@ -1,7 +1,7 @@
 // The consistency check a user would write: read every planned block back (image file, loop
 // device or NBD export) and require each chain to be present exactly up to a prefix. It trusts
 // nothing inside tidemark: only the plan, what the workload was told, and the bytes read.
-import { open } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { CHAIN_BLOCK_BYTES, decodeChainBlock, volumeTag } from "./chain-block.ts";
 import type { ChainPlan } from "./chain-plan.ts";
 
@@ -24,9 +24,20 @@ export interface ChainCheckOptions {
   readsInFlightMax?: number;
 }
 
+/** Violations by rule, so a report can say "gaps 0, torn 0" without parsing messages. */
+export interface ViolationCounts {
+  torn: number;
+  foreign: number;
+  gaps: number;
+  future: number;
+  /** complete mode: acknowledged positions not present. */
+  missing: number;
+}
+
 export interface ChainCheckResult {
   ok: boolean;
   violations: string[];
+  counts: ViolationCounts;
   /** Per chain: k such that positions 0..k-1 are present and intact. */
   prefixLengths: number[];
   chains: number;
@@ -35,7 +46,7 @@ export interface ChainCheckResult {
 
 export const READS_IN_FLIGHT_DEFAULT_MAX = 32;
 
-type Seen = { kind: "absent" } | { kind: "present" } | { kind: "bad"; violation: string };
+type Seen = { kind: "absent" } | { kind: "present" } | { kind: "bad"; rule: "torn" | "foreign"; violation: string };
 
 async function readAll<T>(count: number, inFlightMax: number, read: (i: number) => Promise<T>): Promise<T[]> {
   const out = new Array<T>(count);
@@ -62,53 +73,92 @@ export async function checkChains(o: ChainCheckOptions): Promise<ChainCheckResul
     const at = `chain ${chain} pos ${pos} on ${volume} block ${blockIndex}`;
     const d = decodeChainBlock(await o.readBlock(volume, blockIndex));
     if (d.kind === "empty") return { kind: "absent" };
-    if (d.kind === "torn") return { kind: "bad", violation: `${at}: torn (${d.why})` };
+    if (d.kind === "torn") return { kind: "bad", rule: "torn", violation: `${at}: torn (${d.why})` };
     if (d.run !== plan.run || d.chain !== chain || d.pos !== pos || d.volumeTag !== tags.get(volume) || d.blockIndex !== blockIndex) {
       const found = `run ${d.run} chain ${d.chain} pos ${d.pos} volume tag 0x${d.volumeTag.toString(16)} block ${d.blockIndex}`;
-      return { kind: "bad", violation: `${at}: foreign block (found ${found}, expected run ${plan.run})` };
+      return { kind: "bad", rule: "foreign", violation: `${at}: foreign block (found ${found}, expected run ${plan.run})` };
     }
     return { kind: "present" };
   });
 
   const violations: string[] = [];
+  const counts: ViolationCounts = { torn: 0, foreign: 0, gaps: 0, future: 0, missing: 0 };
   const prefixLengths: number[] = [];
   for (let chain = 0; chain < plan.chains; chain++) {
     const s = seen.slice(chain * plan.length, (chain + 1) * plan.length);
     const { acked, issued } = records[chain];
-    for (const x of s) if (x.kind === "bad") violations.push(x.violation);
+    for (const x of s) {
+      if (x.kind !== "bad") continue;
+      violations.push(x.violation);
+      counts[x.rule]++;
+    }
     let k = 0;
     while (k < s.length && s[k].kind === "present") k++;
     prefixLengths.push(k);
     // A gap: an empty position with a later one present. A bad position is reported above already.
     if (k < s.length && s[k].kind === "absent") {
       const q = s.findIndex((x, i) => i > k && x.kind === "present");
-      if (q >= 0) violations.push(`chain ${chain}: pos ${k} missing but pos ${q} present`);
+      if (q >= 0) {
+        violations.push(`chain ${chain}: pos ${k} missing but pos ${q} present`);
+        counts.gaps++;
+      }
     }
     const future = s.findIndex((x, i) => i >= issued && x.kind === "present");
-    if (future >= 0) violations.push(`block from the future: chain ${chain} pos ${future} present but only ${issued} writes were issued`);
+    if (future >= 0) {
+      violations.push(`block from the future: chain ${chain} pos ${future} present but only ${issued} writes were issued`);
+      counts.future++;
+    }
     if (mode === "complete" && k < acked) {
       const { volume, blockIndex } = plan.steps[chain][k];
       violations.push(`chain ${chain}: acknowledged pos ${k} on ${volume} block ${blockIndex} not present (${acked} acknowledged, prefix ${k})`);
+      counts.missing++;
     }
   }
-  return { ok: violations.length === 0, violations, prefixLengths, chains: plan.chains, blocksRead: where.length };
+  return { ok: violations.length === 0, violations, counts, prefixLengths, chains: plan.chains, blocksRead: where.length };
+}
+
+async function readBlockAt(fh: FileHandle, path: string, blockIndex: number): Promise<Buffer> {
+  const buf = Buffer.alloc(CHAIN_BLOCK_BYTES);
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, blockIndex * CHAIN_BLOCK_BYTES + got);
+    if (bytesRead === 0) throw new Error(`${path}: short read of block ${blockIndex} (${got} of ${buf.length} bytes; the image ends there)`);
+    got += bytesRead;
+  }
+  return buf;
 }
 
 /** Positional read of one 4096-byte block of an image file or a block device. */
 export async function readBlockFromFile(path: string, blockIndex: number): Promise<Buffer> {
   const fh = await open(path, "r");
   try {
-    const buf = Buffer.alloc(CHAIN_BLOCK_BYTES);
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await fh.read(buf, got, buf.length - got, blockIndex * CHAIN_BLOCK_BYTES + got);
-      if (bytesRead === 0) throw new Error(`${path}: short read of block ${blockIndex} (${got} of ${buf.length} bytes; the image ends there)`);
-      got += bytesRead;
-    }
-    return buf;
+    return await readBlockAt(fh, path, blockIndex);
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * A ReadBlock over image files or devices that keeps one handle per file open until close():
+ * a check reads thousands of blocks, and an open per block would cost more than the reads.
+ */
+export function openFileBlockReader(pathOf: (volume: string) => string): { readBlock: ReadBlock; close: () => Promise<void> } {
+  const handles = new Map<string, Promise<FileHandle>>();
+  const readBlock: ReadBlock = async (volume, blockIndex) => {
+    const file = pathOf(volume);
+    let h = handles.get(file);
+    if (!h) {
+      h = open(file, "r");
+      handles.set(file, h);
+    }
+    return readBlockAt(await h, file, blockIndex);
+  };
+  const close = async () => {
+    const all = [...handles.values()];
+    handles.clear();
+    await Promise.all(all.map((h) => h.then((fh) => fh.close()).catch(() => undefined)));
+  };
+  return { readBlock, close };
 }
 
 /** A ReadBlock over image files or devices: `pathOf` maps a plan volume to the file of the copy being checked. */

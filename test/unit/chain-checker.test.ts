@@ -133,6 +133,7 @@ describe("chains: checker on hand-made images", () => {
     const files = makeImages(plan, [0, 3, 8, 5]);
     const prefix = await check(plan, files, [{ acked: 0, issued: 1 }, { acked: 5, issued: 6 }, { acked: 8, issued: 8 }, { acked: 5, issued: 6 }], "prefix");
     expect(prefix).toMatchObject({ ok: true, violations: [], prefixLengths: [0, 3, 8, 5], chains: 4, blocksRead: 32 });
+    expect(prefix.counts).toEqual({ torn: 0, foreign: 0, gaps: 0, future: 0, missing: 0 });
     const complete = await check(plan, files, [{ acked: 0, issued: 0 }, { acked: 3, issued: 3 }, { acked: 8, issued: 8 }, { acked: 4, issued: 5 }], "complete");
     expect(complete).toMatchObject({ ok: true, violations: [], prefixLengths: [0, 3, 8, 5] });
   });
@@ -146,6 +147,7 @@ describe("chains: checker on hand-made images", () => {
     expect(r.ok).toBe(false);
     expect(r.violations).toEqual(["chain 1: pos 2 missing but pos 4 present"]);
     expect(r.prefixLengths).toEqual([2, 2, 2, 2]);
+    expect(r.counts).toEqual({ torn: 0, foreign: 0, gaps: 1, future: 0, missing: 0 });
   });
 
   it("chains: a torn block (one byte flipped) fails with torn", async () => {
@@ -161,6 +163,36 @@ describe("chains: checker on hand-made images", () => {
     expect(r.violations).toHaveLength(1);
     expect(r.violations[0]).toMatch(new RegExp(`^chain 3 pos 5 on ${s.volume} block ${s.blockIndex}: torn \\(crc mismatch \\(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\\)\\)$`));
     expect(r.prefixLengths[3]).toBe(5);
+    expect(r.counts).toEqual({ torn: 1, foreign: 0, gaps: 0, future: 0, missing: 0 });
+  });
+
+  it("chains: a torn write (only the first 2048 bytes of a position reached the disk) fails with torn, crc mismatch", async () => {
+    const plan = small();
+    const files = makeImages(plan, [3, 3, 3, 3]);
+    const s = plan.steps[0][3];
+    const block = encodeChainBlock({ run: plan.run, chain: 0, pos: 3, volumeTag: volumeTag(s.volume), blockIndex: s.blockIndex });
+    writeAt(files.get(s.volume)!, s.blockIndex * CHAIN_BLOCK_BYTES, block.subarray(0, 2048));
+    const r = await check(plan, files, recs(4, 3, 4), "prefix");
+    expect(r.violations).toEqual([expect.stringMatching(new RegExp(`^chain 0 pos 3 on ${s.volume} block ${s.blockIndex}: torn \\(crc mismatch `))]);
+    expect(r.counts.torn).toBe(1);
+  });
+
+  it("chains: a gap, a torn block and a block from the future in one set of images are each reported, once, with their own message", async () => {
+    const plan = small();
+    const files = makeImages(plan, [5, 5, 5, 5]);
+    putBlock(files, plan, 0, 6); // chain 0: pos 5 missing, pos 6 present
+    const t = plan.steps[1][2];
+    writeAt(files.get(t.volume)!, t.blockIndex * CHAIN_BLOCK_BYTES + 100, Buffer.from([0xff, 0x00, 0xff])); // chain 1: torn at pos 2
+    const records = [{ acked: 7, issued: 7 }, { acked: 5, issued: 5 }, { acked: 3, issued: 4 }, { acked: 5, issued: 6 }]; // chain 2: 5 present, 4 issued
+    const r = await check(plan, files, records, "prefix");
+    expect(r.ok).toBe(false);
+    expect(r.violations).toEqual([
+      "chain 0: pos 5 missing but pos 6 present",
+      expect.stringMatching(new RegExp(`^chain 1 pos 2 on ${t.volume} block ${t.blockIndex}: torn \\(crc mismatch`)),
+      "block from the future: chain 2 pos 4 present but only 4 writes were issued",
+    ]);
+    expect(r.counts).toEqual({ torn: 1, foreign: 0, gaps: 1, future: 1, missing: 0 });
+    expect(r.prefixLengths).toEqual([5, 2, 5, 5]);
   });
 
   it("chains: a block from the future fails with that message", async () => {
@@ -169,6 +201,7 @@ describe("chains: checker on hand-made images", () => {
     const r = await check(plan, files, [...recs(1, 8), { acked: 2, issued: 3 }, ...recs(2, 8)], "prefix");
     expect(r.ok).toBe(false);
     expect(r.violations).toEqual(["block from the future: chain 1 pos 3 present but only 3 writes were issued"]);
+    expect(r.counts).toEqual({ torn: 0, foreign: 0, gaps: 0, future: 1, missing: 0 });
   });
 
   it("chains: a block of another run, or another chain's block, is foreign", async () => {
@@ -181,6 +214,7 @@ describe("chains: checker on hand-made images", () => {
     expect(r.violations).toHaveLength(2);
     expect(r.violations[0]).toMatch(/^chain 0 pos 3 on \w+ block \d+: foreign block \(found run \d+ chain 0 pos 3 /);
     expect(r.violations[1]).toMatch(/^chain 1 pos 5 on \w+ block \d+: foreign block \(found run \d+ chain 2 pos 0 /);
+    expect(r.counts.foreign).toBe(2);
   });
 
   it("chains: complete mode fails when an acknowledged position is missing; prefix mode accepts it", async () => {
@@ -191,6 +225,7 @@ describe("chains: checker on hand-made images", () => {
     const r = await check(plan, files, recs(4, 8), "complete");
     expect(r.ok).toBe(false);
     expect(r.violations).toEqual([`chain 2: acknowledged pos 6 on ${s.volume} block ${s.blockIndex} not present (8 acknowledged, prefix 6)`]);
+    expect(r.counts.missing).toBe(1);
   });
 
   it("chains: readBlockFromFile reads at blockIndex * 4096 and refuses a read past the end", async () => {

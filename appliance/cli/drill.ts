@@ -1,0 +1,91 @@
+// `tidemark drill`: the crash-recovery drill as a command (appliance/drill/drill.ts does the work).
+// Exit 0 when every round passed, 1 on any violation (the report names the seed and the command
+// that replays it), 2 when the drill cannot run here (bad config, --loop without loop devices),
+// 130 after Ctrl-C, once every process is killed and every loop device detached.
+import { randomInt } from "node:crypto";
+import { Command, InvalidArgumentError } from "commander";
+import { Drill, VOLUME_MIB_DEFAULT, VOLUME_MIB_MAX, renderDrillSummary, type DrillOptions } from "../drill/drill.ts";
+
+function intIn(what: string, lo: number, hi: number) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < lo || n > hi) throw new InvalidArgumentError(`${what} must be a whole number from ${lo} to ${hi}, not '${v}'`);
+    return n;
+  };
+}
+
+interface Flags {
+  rounds: number;
+  seed?: number;
+  loop?: boolean;
+  config?: string;
+  volumeMib: number;
+  keep?: boolean;
+  keepGoing?: boolean;
+  dir?: string;
+  json?: boolean;
+}
+
+export function drillCommand(): Command {
+  return new Command("drill")
+    .description("crash-recovery drill on a temporary topology: write, kill -9, cut links, take over, check chains, resync, cmp")
+    .option("--rounds <n>", "rounds to run", intIn("--rounds", 1, 1_000_000), 5)
+    .option("--seed <s>", "seed of the first round (round i uses seed s+i-1); default: random, printed", intIn("--seed", 0, 0xffffffff))
+    .option("--loop", "put every volume on its own loop device (needs root and /dev/loop-control)")
+    .option("-c, --config <file>", "copy the shape (subsystem ids, volumes, groups) of this topology instead of the default 2 x 3")
+    .option("--volume-mib <n>", "size of every volume", intIn("--volume-mib", 1, VOLUME_MIB_MAX), VOLUME_MIB_DEFAULT)
+    .option("--keep", "keep the temporary folder (logs, images, state) even when every round passed")
+    .option("--keep-going", "after a failed round, build a fresh topology and run the remaining rounds")
+    .option("--dir <path>", "make the temporary folder here instead of the system's temp folder")
+    .option("--json", "print the reports and the summary as one JSON document on stdout (progress goes to stderr)")
+    .action(async (f: Flags) => {
+      process.exitCode = await drillMain(f);
+    });
+}
+
+async function drillMain(f: Flags): Promise<number> {
+  const out = f.json ? process.stderr : process.stdout;
+  const seed = f.seed ?? randomInt(1, 2 ** 31);
+  const o: DrillOptions = {
+    rounds: f.rounds,
+    seed,
+    loop: !!f.loop,
+    configFile: f.config,
+    volumeMiB: f.volumeMib,
+    keep: !!f.keep,
+    keepGoing: !!f.keepGoing,
+    baseDir: f.dir,
+    say: (t) => out.write(t + "\n"),
+  };
+  out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}\n`);
+  const drill = new Drill(o);
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\ndrill: ${sig}: killing every process and detaching every loop device\n`);
+    void drill.interrupt().then((problems) => {
+      for (const p of problems) process.stderr.write(`drill: ${p}\n`);
+      process.exit(130);
+    });
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    const r = await drill.run();
+    // After Ctrl-C the signal handler tears down and exits 130; a half-run summary would mislead.
+    if (interrupted) await new Promise(() => undefined);
+    out.write(renderDrillSummary(o, r.summary) + "\n");
+    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, volumeMiB: o.volumeMiB }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
+    return r.summary.passed === r.summary.rounds && r.summary.rounds === o.rounds ? 0 : 1;
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    if (interrupted) await new Promise(() => undefined);
+    await drill.interrupt();
+    process.stderr.write(`tidemark drill: ${e.message}\n`);
+    return e.code === "TM_DRILL_LOOP" || e.code === "TM_DRILL_CONFIG" || e.code === "TM_CONFIG" ? 2 : 1;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}

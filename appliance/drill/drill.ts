@@ -1,0 +1,207 @@
+// `tidemark drill`: builds a temporary topology (volume files in a temporary folder, or with
+// --loop every volume on its own loop device), starts its subsystems, RCM and link proxies, runs
+// the rounds, and takes everything down again. Loop devices are detached and processes killed
+// whatever happens: a failed round, an error, or Ctrl-C (the caller runs cleanup() on a signal).
+// A failed round keeps the folder (logs, images, state files) for a post-mortem and says where.
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { loadConfig, type LoadedTopology } from "../../config/load.ts";
+import { attachLoop, detachLoop, loopSupported } from "../../disks/loop-device.ts";
+import { LinkProxy } from "./link-proxy.ts";
+import { freePorts } from "./ports.ts";
+import { DrillProcesses } from "./processes.ts";
+import { summarize, renderRound, renderSummary, type DrillSummary, type RoundReport } from "./report.ts";
+import { killRunningCommands, runRound, tidemarkCli, type DrillEnv } from "./round.ts";
+import { RCM_ID } from "./schedule.ts";
+import { checkShape, DEFAULT_SHAPE, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
+
+export const DRILL_HOST = "127.0.0.1";
+export const VOLUME_MIB_DEFAULT = 32;
+export const VOLUME_MIB_MAX = 1024;
+
+export interface DrillOptions {
+  rounds: number;
+  seed: number;
+  loop: boolean;
+  /** A topology file whose shape (ids, volumes, groups) the drill copies; default Fig. 1. */
+  configFile?: string;
+  volumeMiB: number;
+  /** Keep the temporary folder even when every round passed. */
+  keep: boolean;
+  /** After a failed round, build a fresh topology and go on (default: stop at the first failure). */
+  keepGoing: boolean;
+  /** Where the temporary folder goes (default: the OS temp dir). */
+  baseDir?: string;
+  /** Progress lines and round reports. */
+  say: (text: string) => void;
+}
+
+export interface DrillResult {
+  reports: RoundReport[];
+  summary: DrillSummary;
+  /** The folder kept for a post-mortem, if any. */
+  keptDir: string | null;
+}
+
+export class DrillLoopError extends Error {
+  readonly code = "TM_DRILL_LOOP";
+  constructor(message: string) {
+    super(message);
+    this.name = "DrillLoopError";
+  }
+}
+
+/** The command line that replays one round alone. */
+export function replayCommand(o: Pick<DrillOptions, "loop" | "configFile" | "volumeMiB">, seed: number): string {
+  return [
+    "tidemark drill --rounds 1",
+    `--seed ${seed}`,
+    ...(o.loop ? ["--loop"] : []),
+    ...(o.configFile ? [`--config ${o.configFile}`] : []),
+    ...(o.volumeMiB !== VOLUME_MIB_DEFAULT ? [`--volume-mib ${o.volumeMiB}`] : []),
+  ].join(" ");
+}
+
+/** One running temporary topology. */
+class Environment {
+  readonly loops: string[] = [];
+  readonly proxies = new Map<number, LinkProxy>();
+  procs: DrillProcesses | null = null;
+  topo: LoadedTopology | null = null;
+  private torn = false;
+
+  constructor(readonly dir: string) {}
+
+  async build(shape: DrillShape, volumeMiB: number, loop: boolean): Promise<void> {
+    const dataDir = path.join(this.dir, "data");
+    mkdirSync(dataDir, { recursive: true });
+    const devices = new Map<string, string>();
+    if (loop) {
+      const backing = path.join(this.dir, "loop");
+      mkdirSync(backing);
+      for (const s of shape.subsystems) {
+        for (const v of s.volumes) {
+          const file = path.join(backing, `${v}.img`);
+          writeFileSync(file, "");
+          truncateSync(file, volumeMiB << 20);
+          const dev = await attachLoop(file);
+          this.loops.push(dev);
+          devices.set(v, dev);
+        }
+      }
+    }
+    const ports = await freePorts(DRILL_HOST, portsNeeded(shape));
+    const { config, proxies } = drillConfig({ shape, host: DRILL_HOST, ports, clusterKey: randomBytes(24).toString("hex"), dataDir, volumeMiB, devices });
+    const file = path.join(this.dir, "drill.json");
+    writeFileSync(file, JSON.stringify(config, null, 2) + "\n");
+    this.topo = loadConfig(file);
+    for (const p of proxies) {
+      const proxy = new LinkProxy(DRILL_HOST, p.targetPort);
+      await proxy.listen(DRILL_HOST, p.listenPort);
+      this.proxies.set(p.secondary, proxy);
+    }
+    this.procs = new DrillProcesses(file, this.dir, [...this.topo.config.subsystems.map((s) => s.id), RCM_ID]);
+    await this.procs.startAll();
+  }
+
+  /** Processes first (the kernel defers a loop detach while a process holds the device), then proxies, then loops. */
+  async teardown(fast: boolean): Promise<string[]> {
+    if (this.torn) return [];
+    this.torn = true;
+    const problems: string[] = [];
+    if (fast) killRunningCommands();
+    if (this.procs) await (fast ? this.procs.killAll() : this.procs.stopAll());
+    for (const p of this.proxies.values()) await p.close();
+    for (const dev of this.loops.splice(0)) {
+      await detachLoop(dev).catch((e: Error) => problems.push(`could not detach ${dev}: ${e.message}`));
+    }
+    return problems;
+  }
+}
+
+export class Drill {
+  private env: Environment | null = null;
+  private stopping = false;
+  private readonly dirs: string[] = [];
+
+  constructor(private readonly o: DrillOptions) {}
+
+  /** Loads and checks the shape, and refuses --loop where loop devices cannot work, before anything is created. */
+  private shape(): DrillShape {
+    const shape = this.o.configFile ? shapeOf(loadConfig(this.o.configFile)) : DEFAULT_SHAPE;
+    checkShape(shape, this.o.configFile ?? "the default topology");
+    if (this.o.loop) {
+      const s = loopSupported();
+      if (!s.ok) throw new DrillLoopError(`--loop: ${s.why}; run without --loop to drill on volume files`);
+    }
+    return shape;
+  }
+
+  private async fresh(shape: DrillShape): Promise<Environment> {
+    const dir = mkdtempSync(path.join(this.o.baseDir ?? os.tmpdir(), "tidemark-drill-"));
+    this.dirs.push(dir);
+    const env = new Environment(dir);
+    this.env = env;
+    try {
+      await env.build(shape, this.o.volumeMiB, this.o.loop);
+    } catch (err) {
+      await env.teardown(true);
+      throw err;
+    }
+    this.o.say(
+      `drill: topology in ${dir}: ${env.topo!.config.subsystems.length} subsystems, ${env.topo!.pairs.length} pairs in ${env.topo!.groups.size} group(s), ` +
+        `${this.o.volumeMiB} MiB volumes ${this.o.loop ? `on loop devices ${env.loops.join(" ")}` : "in files"}`,
+    );
+    return env;
+  }
+
+  async run(): Promise<DrillResult> {
+    const started = Date.now();
+    const shape = this.shape();
+    // The resync command is the last step of every round: without it no round can pass.
+    const help = await tidemarkCli(["resync", "--help"], 30_000);
+    if (help.code !== 0) throw new Error(`this tidemark has no working 'resync' command (${(help.stderr || help.stdout).trim().split("\n")[0]}); the drill needs it`);
+    const reports: RoundReport[] = [];
+    let keptDir: string | null = null;
+    let env = await this.fresh(shape);
+    for (let i = 0; i < this.o.rounds && !this.stopping; i++) {
+      const seed = (this.o.seed + i) >>> 0;
+      const denv: DrillEnv = { topo: env.topo!, procs: env.procs!, proxies: env.proxies, volumeBytes: this.o.volumeMiB << 20, stopping: () => this.stopping };
+      const r = await runRound(denv, i + 1, seed);
+      reports.push(r);
+      if (!this.stopping) this.o.say(renderRound(r, replayCommand(this.o, seed)));
+      if (!r.ok && !this.stopping) {
+        keptDir = env.dir;
+        this.o.say(`drill: logs, images and state files of the failed round are kept in ${env.dir}`);
+        if (!this.o.keepGoing || i + 1 >= this.o.rounds) break;
+        for (const p of await env.teardown(false)) this.o.say(`drill: ${p}`);
+        env = await this.fresh(shape);
+      }
+    }
+    await this.finish(keptDir);
+    return { reports, summary: summarize(reports, Date.now() - started), keptDir };
+  }
+
+  private async finish(keptDir: string | null): Promise<void> {
+    if (this.env) for (const p of await this.env.teardown(false)) this.o.say(`drill: ${p}`);
+    for (const d of this.dirs) {
+      if (d === keptDir || this.o.keep) continue;
+      rmSync(d, { recursive: true, force: true });
+    }
+    if (this.o.keep && this.env) this.o.say(`drill: kept ${this.dirs.join(", ")}`);
+  }
+
+  /** Ctrl-C: stop the round where it is, kill every process at once, detach every loop device. */
+  async interrupt(): Promise<string[]> {
+    this.stopping = true;
+    const problems = this.env ? await this.env.teardown(true) : [];
+    for (const d of this.dirs) if (!this.o.keep) rmSync(d, { recursive: true, force: true });
+    return problems;
+  }
+}
+
+export function renderDrillSummary(o: Pick<DrillOptions, "loop" | "configFile" | "volumeMiB">, s: DrillSummary): string {
+  return renderSummary(s, (seed) => replayCommand(o, seed));
+}

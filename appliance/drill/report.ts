@@ -1,0 +1,155 @@
+// What a drill round did and found, and the drill's summary, as values and as the text an
+// admin reads. Pure: the rounds' facts come in, strings and numbers go out.
+import type { ViolationCounts } from "./chain-checker.ts";
+
+export interface RoundEvent {
+  /** Milliseconds since the round's write phase started (negative: during the preparation). */
+  atMs: number;
+  what: string;
+}
+
+export interface GroupChains {
+  group: string;
+  chains: number;
+  length: number;
+  /** Sums over the group's chains. */
+  acked: number;
+  issued: number;
+  /** Positions present on the secondaries after the takeover (sum of prefix lengths). */
+  onSecondaries: number;
+  prefixLengths: number[];
+  counts: ViolationCounts;
+}
+
+export interface GroupTakeover {
+  group: string;
+  ts: string;
+  generation: number;
+  attempts: number;
+  elapsedMs: number;
+  /** Primaries the RCM could not reach (down at the takeover: the disaster case). */
+  primariesDown: number[];
+}
+
+export interface GroupResync {
+  group: string;
+  elapsedMs: number;
+  /** What the resync command said, in one line. */
+  said: string;
+}
+
+export interface RoundReport {
+  round: number;
+  seed: number;
+  ok: boolean;
+  elapsedMs: number;
+  events: RoundEvent[];
+  kills: { primary: number; secondary: number; rcm: number };
+  linkFaults: { cut: number; hang: number };
+  takeovers: GroupTakeover[];
+  chains: GroupChains[];
+  secondaryWrites: number;
+  load: { writes: number; bytes: number };
+  resyncs: GroupResync[];
+  cmp: { pairs: number; identical: number };
+  /** Chain writes acknowledged to the host and found on the primary images after the resync. */
+  completeOnPrimaries: { acked: number; ok: boolean };
+  violations: string[];
+  /** Set when the round could not finish (a step failed or the drill was stopped): what it was doing. */
+  abortedAt?: string;
+}
+
+export interface DrillSummary {
+  rounds: number;
+  passed: number;
+  failedSeeds: number[];
+  kills: { primary: number; secondary: number; rcm: number };
+  linkFaults: { cut: number; hang: number };
+  takeovers: number;
+  primariesDownAtTakeover: number;
+  chainWritesAcked: number;
+  chainWritesOnSecondaries: number;
+  loadWrites: number;
+  secondaryWrites: number;
+  violations: number;
+  elapsedMs: number;
+}
+
+export function summarize(reports: readonly RoundReport[], elapsedMs: number): DrillSummary {
+  const sum = (f: (r: RoundReport) => number) => reports.reduce((n, r) => n + f(r), 0);
+  return {
+    rounds: reports.length,
+    passed: reports.filter((r) => r.ok).length,
+    failedSeeds: reports.filter((r) => !r.ok).map((r) => r.seed),
+    kills: { primary: sum((r) => r.kills.primary), secondary: sum((r) => r.kills.secondary), rcm: sum((r) => r.kills.rcm) },
+    linkFaults: { cut: sum((r) => r.linkFaults.cut), hang: sum((r) => r.linkFaults.hang) },
+    takeovers: sum((r) => r.takeovers.length),
+    primariesDownAtTakeover: sum((r) => r.takeovers.reduce((n, t) => n + t.primariesDown.length, 0)),
+    chainWritesAcked: sum((r) => r.chains.reduce((n, c) => n + c.acked, 0)),
+    chainWritesOnSecondaries: sum((r) => r.chains.reduce((n, c) => n + c.onSecondaries, 0)),
+    loadWrites: sum((r) => r.load.writes),
+    secondaryWrites: sum((r) => r.secondaryWrites),
+    violations: sum((r) => r.violations.length),
+    elapsedMs,
+  };
+}
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+const mib = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MiB`;
+
+function spread(xs: readonly number[]): string {
+  if (xs.length === 0) return "none";
+  const s = [...xs].sort((a, b) => a - b);
+  return `${s[0]}..${s[s.length - 1]} (median ${s[Math.floor(s.length / 2)]})`;
+}
+
+export function renderRound(r: RoundReport, replay: string): string {
+  const out: string[] = [];
+  out.push(`round ${r.round} (seed ${r.seed}) ${r.ok ? "OK" : "FAILED"} in ${secs(r.elapsedMs)}`);
+  for (const e of r.events) out.push(`  ${`+${e.atMs} ms`.padStart(10)}  ${e.what}`);
+  for (const t of r.takeovers) {
+    out.push(
+      `  takeover ${t.group}: Ts ${t.ts}, generation ${t.generation}, ${t.elapsedMs} ms${t.attempts > 1 ? ` (${t.attempts} attempts)` : ""}` +
+        `${t.primariesDown.length > 0 ? `; primaries down: ${t.primariesDown.map((p) => `#${p}`).join(", ")}` : ""}`,
+    );
+  }
+  for (const c of r.chains) {
+    out.push(
+      `  chains ${c.group}: ${c.chains} x ${c.length}; ${c.acked} writes acknowledged, ${c.issued} issued, ${c.onSecondaries} on the secondaries; ` +
+        `prefix lengths ${spread(c.prefixLengths)}; gaps ${c.counts.gaps}, torn ${c.counts.torn}, foreign ${c.counts.foreign}, from the future ${c.counts.future}`,
+    );
+  }
+  if (r.takeovers.length > 0) out.push(`  host writes on the taken-over secondaries: ${r.secondaryWrites}`);
+  for (const s of r.resyncs) out.push(`  resync ${s.group}: ${secs(s.elapsedMs)}${s.said ? `: ${s.said}` : ""}`);
+  if (r.cmp.pairs > 0) {
+    out.push(
+      `  after quiesce: cmp ${r.cmp.identical} of ${r.cmp.pairs} pairs identical; chains on the primaries: ${r.completeOnPrimaries.ok ? "every" : "NOT every"} ` +
+        `acknowledged write present (${r.completeOnPrimaries.acked}); load: ${r.load.writes} writes (${mib(r.load.bytes)}) acknowledged`,
+    );
+  }
+  if (r.abortedAt) out.push(`  stopped while: ${r.abortedAt}`);
+  if (!r.ok) {
+    out.push(`  VIOLATIONS (${r.violations.length}):`);
+    for (const v of r.violations) out.push(`    - ${v}`);
+    out.push(`  replay: ${replay}`);
+  }
+  return out.join("\n");
+}
+
+export function renderSummary(s: DrillSummary, replayOf: (seed: number) => string): string {
+  const out: string[] = [];
+  out.push(
+    `drill: ${s.rounds} round${s.rounds === 1 ? "" : "s"} in ${secs(s.elapsedMs)}: ${s.passed} passed, ${s.rounds - s.passed} failed; ` +
+      `${s.violations} violation${s.violations === 1 ? "" : "s"}`,
+  );
+  out.push(
+    `  kill -9: ${s.kills.primary} primaries, ${s.kills.secondary} secondaries, ${s.kills.rcm} RCMs; links cut ${s.linkFaults.cut}, hung ${s.linkFaults.hang}; ` +
+      `${s.takeovers} takeovers (${s.primariesDownAtTakeover} with a primary down)`,
+  );
+  out.push(
+    `  chain writes: ${s.chainWritesAcked} acknowledged, ${s.chainWritesOnSecondaries} on the secondaries at takeover; ` +
+      `load writes ${s.loadWrites}; host writes on taken-over secondaries ${s.secondaryWrites}`,
+  );
+  for (const seed of s.failedSeeds) out.push(`  FAILED seed ${seed}: replay with ${replayOf(seed)}`);
+  return out.join("\n");
+}

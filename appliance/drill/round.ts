@@ -1,0 +1,629 @@
+// One drill round on a running topology, as the issue's four steps: (1) hosts write causal chains
+// and random load over NBD while (2) processes are killed -9 and restarted and links are cut or
+// hung on the round's schedule; (3) the group is taken over and the secondary images are read
+// back: every chain must be a prefix and every block intact; (4) the group is resynced forward
+// (undoing host writes made on the secondaries after the takeover) while hosts write again, then
+// writes stop, the group is quiesced, `cmp` must find every secondary equal to its primary, and
+// every write a host was told about must be on the primary images.
+// The checks read the images themselves and know nothing of tidemark's timestamps or queues.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { open } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { volumePath, type LoadedTopology } from "../../config/load.ts";
+import { askAll } from "../cli/control-client.ts";
+import { buildStatus, type SubsystemStatus } from "../cli/status-view.ts";
+import { clockReader } from "../primary/clock-source.ts";
+import { NbdClient } from "../nbd/client.ts";
+import { CHAIN_BLOCK_BYTES } from "./chain-block.ts";
+import { checkChains, openFileBlockReader, type CheckMode } from "./chain-checker.ts";
+import { planChains, type ChainPlan } from "./chain-plan.ts";
+import { runChainWorkload, type ChainRecord } from "./chain-workload.ts";
+import type { LinkProxy } from "./link-proxy.ts";
+import { LoadModel, runLoad, type LoadResult } from "./load.ts";
+import { processName, type DrillProcesses } from "./processes.ts";
+import { prng } from "./prng.ts";
+import type { GroupChains, GroupResync, GroupTakeover, RoundReport } from "./report.ts";
+import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedule.ts";
+import { askRcm } from "../cli/rcm-client.ts";
+import type { ProcedureReport } from "../rcm/procedure.ts";
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tidemark");
+
+/** Chains per group and their longest length: enough dependent writes in flight to catch a reordering, few enough to check in milliseconds. */
+export const CHAINS_PER_GROUP = 16;
+export const CHAIN_LENGTH_MAX = 1000;
+/** Share of a group's chain region the plan may fill; the rest keeps the random draw of blocks easy. */
+const CHAIN_REGION_FILL = 0.6;
+const LOAD_QUEUE_DEPTH = 2;
+const LOAD_WRITE_BYTES_MAX = 64 * 1024;
+const LOAD_ZEROES_SHARE = 0.05;
+const RECONNECT_PAUSE_MS = 100;
+/** A chain retries a position this many times (a killed primary comes back within seconds). */
+const CHAIN_RECONNECTS_MAX = 1000;
+/** A host write to a volume that hangs this long fails its connection (a finding, not a wait). */
+const NBD_REQUEST_TIMEOUT_MS = 30_000;
+export const PAIRED_TIMEOUT_MS = 60_000;
+export const TAKEOVER_TIMEOUT_MS = 60_000;
+const TAKEOVER_ATTEMPTS_MAX = 3;
+const RESYNC_ATTEMPTS_MAX = 3;
+export const RESYNC_TIMEOUT_MS = 180_000;
+export const QUIESCE_TIMEOUT_MS = 60_000;
+/** Hosts keep writing this long after the resync returns, before the writes stop. */
+const AFTER_RESYNC_WRITE_MS_MAX = 400;
+const SECONDARY_WRITE_BYTES_MAX = 64 * 1024;
+
+export interface DrillEnv {
+  topo: LoadedTopology;
+  procs: DrillProcesses;
+  /** Link proxy of each secondary subsystem. */
+  proxies: ReadonlyMap<number, LinkProxy>;
+  volumeBytes: number;
+  /** True once the drill is being stopped (Ctrl-C): the round ends at its next step. */
+  stopping(): boolean;
+}
+
+export class DrillStepError extends Error {
+  readonly code = "TM_DRILL_STEP";
+  constructor(message: string) {
+    super(message);
+    this.name = "DrillStepError";
+  }
+}
+
+class Interrupted extends Error {
+  constructor() {
+    super("the drill was interrupted");
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/** Commands running now, so that Ctrl-C can end them with the rest. */
+const running = new Set<ChildProcess>();
+
+export function killRunningCommands(): void {
+  for (const c of running) c.kill("SIGKILL");
+}
+
+/** Runs `tidemark ARGS` as a user would, bounded by timeoutMs (then kill -9). */
+export function tidemarkCli(args: string[], timeoutMs: number): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    running.add(child);
+    let stdout = "";
+    let stderr = "";
+    let timedOut = false;
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    child.once("close", (code) => {
+      running.delete(child);
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, timedOut });
+    });
+  });
+}
+
+const firstLine = (s: string) => s.trim().split("\n").filter(Boolean).slice(-1)[0] ?? "";
+
+/** cmp(1) of two images: null when identical, else what differs (cmp's line and how many 4 KiB blocks). */
+async function cmpImages(a: string, b: string): Promise<string | null> {
+  const said = await new Promise<string | null>((resolve) => {
+    execFile("cmp", [a, b], (err, stdout, stderr) => {
+      if (!err) return resolve(null);
+      const sys = (err as NodeJS.ErrnoException).code;
+      resolve(sys === "ENOENT" ? "cmp is not installed (Debian package: diffutils)" : (stdout + stderr).trim() || `cmp exit ${String(sys)}`);
+    });
+  });
+  if (said === null) return null;
+  // cmp names the first byte only; which blocks differ tells a resync bug from a stray write.
+  const blocks = await differingBlocks(a, b).catch((e: Error) => ({ count: -1, first: [] as number[], why: e.message }));
+  const detail = blocks.count < 0 ? "" : `; ${blocks.count} differing 4 KiB blocks${blocks.first.length ? ` (first: ${blocks.first.join(", ")})` : ""}`;
+  return `${said}${detail}`;
+}
+
+async function differingBlocks(a: string, b: string): Promise<{ count: number; first: number[] }> {
+  const [fa, fb] = [await open(a, "r"), await open(b, "r")];
+  try {
+    const chunk = 1 << 20;
+    const ba = Buffer.alloc(chunk);
+    const bb = Buffer.alloc(chunk);
+    let count = 0;
+    const first: number[] = [];
+    for (let off = 0; ; off += chunk) {
+      const [ra, rb] = await Promise.all([fa.read(ba, 0, chunk, off), fb.read(bb, 0, chunk, off)]);
+      const n = Math.max(ra.bytesRead, rb.bytesRead);
+      if (n === 0) break;
+      for (let i = 0; i < n; i += CHAIN_BLOCK_BYTES) {
+        const end = Math.min(i + CHAIN_BLOCK_BYTES, n);
+        if (ra.bytesRead < end || rb.bytesRead < end || ba.compare(bb, i, end, i, end) !== 0) {
+          count++;
+          if (first.length < 5) first.push((off + i) / CHAIN_BLOCK_BYTES);
+        }
+      }
+      if (n < chunk) break;
+    }
+    return { count, first };
+  } finally {
+    await fa.close();
+    await fb.close();
+  }
+}
+
+async function readRange(file: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await open(file, "r");
+  try {
+    const buf = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) throw new Error(`${file}: ends at ${offset + got}, before ${offset + length}`);
+      got += bytesRead;
+    }
+    return buf;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The JSON a command printed on stdout, or null when it printed none. */
+function parseJson(stdout: string): unknown {
+  const t = stdout.trim();
+  const at = t.indexOf("{");
+  if (at < 0) return null;
+  try {
+    return JSON.parse(t.slice(at));
+  } catch {
+    return null;
+  }
+}
+
+/** What `tidemark resync --json` said, in one line: blocks copied and the generation it paired at. */
+function resyncGist(v: unknown): string {
+  const r = v as { start?: { generation?: number; secondaryBlocks?: number; nothingToDo?: boolean; suspendedFirst?: boolean }; final?: { totalBlocks?: number; doneBlocks?: number } } | null;
+  if (!r?.start) return "";
+  if (r.start.nothingToDo) return "nothing to copy";
+  return [
+    `paired again at generation ${r.start.generation}`,
+    r.final ? `${r.final.doneBlocks} of ${r.final.totalBlocks} blocks copied` : "",
+    `${r.start.secondaryBlocks} dirty on the secondaries`,
+    r.start.suspendedFirst ? "suspended first" : "",
+  ]
+    .filter(Boolean)
+    .join(", ");
+}
+
+interface GroupPlan {
+  name: string;
+  plan: ChainPlan;
+  primaryVolumes: string[];
+  pairs: { primary: string; secondary: string }[];
+}
+
+/**
+ * The random load writes the first quarter of every volume, the chains the rest: chains need
+ * many distinct blocks (each position has its own) to still be running when the takeover comes.
+ */
+function regions(volumeBytes: number) {
+  const blocks = Math.floor(volumeBytes / CHAIN_BLOCK_BYTES);
+  const chainStartBlock = Math.floor(blocks / 4);
+  return { loadBytes: chainStartBlock * CHAIN_BLOCK_BYTES, chainStartBlock, chainBlocks: blocks - chainStartBlock };
+}
+
+function planGroups(env: DrillEnv, seed: number): GroupPlan[] {
+  const { chainStartBlock, chainBlocks } = regions(env.volumeBytes);
+  return [...env.topo.groups.values()].map((g, gi) => {
+    const volumes = g.pairs.map((p) => ({ name: p.primary.name, primaryId: p.primary.subsystemId, sizeBytes: env.volumeBytes }));
+    // Chains alternate primaries, so the primary with the fewest volumes bounds the length.
+    const perPrimary = g.primaries.map((id) => volumes.filter((v) => v.primaryId === id).length * chainBlocks);
+    const length = Math.min(CHAIN_LENGTH_MAX, Math.floor((CHAIN_REGION_FILL * Math.min(...perPrimary) * g.primaries.length) / CHAINS_PER_GROUP));
+    if (length < 10) throw new DrillStepError(`group ${g.name}: volumes of ${env.volumeBytes} bytes leave room for chains of ${length} positions only; use larger volumes (--volume-mib)`);
+    const plan = planChains({ volumes, chains: CHAINS_PER_GROUP, length, seed: (seed + gi * 0x9e3779b9) >>> 0, regionStartBlock: chainStartBlock, regionBlocks: chainBlocks });
+    return { name: g.name, plan, primaryVolumes: volumes.map((v) => v.name), pairs: g.pairs.map((p) => ({ primary: p.primary.name, secondary: p.secondary.name })) };
+  });
+}
+
+export async function runRound(env: DrillEnv, round: number, seed: number): Promise<RoundReport> {
+  const { topo, procs } = env;
+  const started = Date.now();
+  let t0 = started;
+  const report: RoundReport = {
+    round,
+    seed,
+    ok: false,
+    elapsedMs: 0,
+    events: [],
+    kills: { primary: 0, secondary: 0, rcm: 0 },
+    linkFaults: { cut: 0, hang: 0 },
+    takeovers: [],
+    chains: [],
+    secondaryWrites: 0,
+    load: { writes: 0, bytes: 0 },
+    resyncs: [],
+    cmp: { pairs: 0, identical: 0 },
+    completeOnPrimaries: { acked: 0, ok: false },
+    violations: [],
+  };
+  const event = (what: string) => report.events.push({ atMs: Date.now() - t0, what });
+  const violation = (v: string) => report.violations.push(v);
+  const pathOf = (volume: string) => volumePath(topo, topo.volumes.get(volume)!);
+  const nbd = (volume: string) => {
+    const v = topo.volumes.get(volume)!;
+    const ss = topo.config.subsystems.find((s) => s.id === v.subsystemId)!;
+    return NbdClient.connect({ host: ss.host, port: ss.nbdPort, exportName: volume, requestTimeoutMs: NBD_REQUEST_TIMEOUT_MS });
+  };
+  const roleOf = (id: number): "primary" | "secondary" | "rcm" =>
+    id === RCM_ID ? "rcm" : [...topo.groups.values()].some((g) => g.primaries.includes(id)) ? "primary" : "secondary";
+  const check = () => {
+    if (env.stopping()) throw new Interrupted();
+    for (const d of procs.takeDeaths()) {
+      const lines = (s: string) => s.split("\n").slice(-3).join(" | ");
+      violation(`${processName(d.id)} (pid ${d.pid}) died on its own (${d.how})${d.stderr ? `; stderr: ${lines(d.stderr)}` : ""}${d.logTail ? `; log: ${lines(d.logTail)}` : ""}`);
+    }
+  };
+  const kill = async (id: number) => {
+    const pid = procs.pid(id);
+    await procs.kill(id);
+    report.kills[roleOf(id)]++;
+    event(`kill -9 ${processName(id)}${pid ? ` (pid ${pid})` : ""}`);
+  };
+  const restart = async (id: number, why = "") => {
+    const t = Date.now();
+    await procs.start(id);
+    event(`${processName(id)} restarted${why}, ready in ${Date.now() - t} ms`);
+  };
+  let doing = "preparing";
+  const step = (what: string) => {
+    doing = what;
+    check();
+  };
+
+  const rand = prng((seed ^ 0x68e31da4) >>> 0);
+  const groups = planGroups(env, seed);
+  const schedule = scheduleRound(seed, {
+    primaries: [...new Set([...topo.groups.values()].flatMap((g) => g.primaries))],
+    secondaries: [...new Set([...topo.groups.values()].flatMap((g) => g.secondaries))],
+  });
+  const { loadBytes, chainStartBlock, chainBlocks } = regions(env.volumeBytes);
+  const workloads: Promise<unknown>[] = [];
+  let writing = true;
+  let resyncWriting = true;
+
+  try {
+    // ---- preparation: every pair streaming, the chain region zero on both sides, the load region read into its models.
+    step("waiting for every pair to be paired");
+    await waitPaired(env, PAIRED_TIMEOUT_MS);
+    step("clearing the chain region");
+    for (const g of groups) {
+      for (const v of g.primaryVolumes) {
+        const c = await nbd(v);
+        try {
+          await c.writeZeroes(chainStartBlock * CHAIN_BLOCK_BYTES, chainBlocks * CHAIN_BLOCK_BYTES);
+        } finally {
+          await c.close();
+        }
+      }
+    }
+    for (const g of groups) await quiesce(g.name);
+    const models = new Map<string, LoadModel>();
+    for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
+
+    // ---- step 1 and 2: write, and fail things on the schedule.
+    step("writing under faults");
+    t0 = Date.now();
+    event(`hosts write: ${groups.map((g) => `${g.name}: ${g.plan.chains} chains x ${g.plan.length} over ${g.primaryVolumes.join(" ")}`).join("; ")}; random load on each`);
+    const chainRuns = groups.map((g) =>
+      runChainWorkload({ plan: g.plan, connect: nbd, until: () => !writing, reconnectAttemptsMax: CHAIN_RECONNECTS_MAX, reconnectPauseMs: RECONNECT_PAUSE_MS }),
+    );
+    workloads.push(...chainRuns);
+    const loadRun = (until: () => boolean) =>
+      [...models].map(([v, model]) =>
+        runLoad({
+          model,
+          connect: () => nbd(v),
+          rand: prng(Math.floor(rand() * 2 ** 32)),
+          queueDepth: LOAD_QUEUE_DEPTH,
+          writeBytesMax: LOAD_WRITE_BYTES_MAX,
+          zeroesShare: LOAD_ZEROES_SHARE,
+          until,
+          sleep,
+          reconnectPauseMs: RECONNECT_PAUSE_MS,
+        }),
+      );
+    const loads1 = loadRun(() => !writing);
+    workloads.push(...loads1);
+    await runFaults(schedule.faults);
+    await sleep(t0 + schedule.takeoverAtMs - Date.now());
+
+    // ---- step 3: take over, read the secondaries back.
+    step("taking over");
+    // The takeover needs every secondary and the RCM; primaries may stay down (that is the disaster).
+    for (const id of [...new Set([...topo.groups.values()].flatMap((g) => g.secondaries)), RCM_ID]) {
+      if (!procs.alive(id)) await restart(id, " (the takeover needs it)");
+    }
+    for (const [i, g] of groups.entries()) report.takeovers.push(await takeover(g.name, i === 0 ? schedule.rcmKillDuringTakeoverMs : null));
+    writing = false;
+    const records = await Promise.all(chainRuns);
+    sumLoad(await Promise.all(loads1));
+    event("hosts stopped writing");
+    check();
+
+    step("checking the chains on the secondaries");
+    for (const [i, g] of groups.entries()) {
+      const secondaryOf = new Map(g.pairs.map((p) => [p.primary, p.secondary]));
+      const r = await checkOn(g.plan, records[i], "prefix", (v) => pathOf(secondaryOf.get(v)!));
+      report.chains.push(chainsReport(g, records[i], r.prefixLengths, r.counts));
+      for (const v of r.violations) violation(`after the takeover of ${g.name}, on the secondaries: ${v}`);
+    }
+
+    // The disaster site carries on: hosts write the taken-over secondaries. The forward resync must undo it.
+    step("writing on the taken-over secondaries");
+    for (let i = 0; i < schedule.secondaryWrites; i++) {
+      const g = groups[Math.floor(rand() * groups.length)];
+      const s = g.pairs[Math.floor(rand() * g.pairs.length)].secondary;
+      const len = CHAIN_BLOCK_BYTES * (1 + Math.floor(rand() * (SECONDARY_WRITE_BYTES_MAX / CHAIN_BLOCK_BYTES)));
+      const off = Math.floor(rand() * ((env.volumeBytes - len) / CHAIN_BLOCK_BYTES + 1)) * CHAIN_BLOCK_BYTES;
+      const data = Buffer.alloc(len, 0xd5 ^ i);
+      const c = await nbd(s);
+      try {
+        await c.write(off, data);
+        report.secondaryWrites++;
+      } catch (err) {
+        violation(`a host write to taken-over secondary ${s} (${len} bytes at ${off}) failed: ${(err as Error).message}`);
+      } finally {
+        await c.close();
+      }
+    }
+    if (schedule.secondaryWrites > 0) event(`${report.secondaryWrites} host writes on the taken-over secondaries`);
+
+    // ---- step 4: everything back, resync forward while hosts write, stop, quiesce, compare.
+    step("restoring processes and links");
+    for (const [id, proxy] of env.proxies) {
+      if (proxy.state !== "up") {
+        proxy.restore();
+        event(`links -> #${id} restored`);
+      }
+    }
+    for (const id of procs.ids) if (!procs.alive(id)) await restart(id, " (the resync needs it)");
+
+    step("resyncing");
+    const loads2 = loadRun(() => !resyncWriting);
+    workloads.push(...loads2);
+    for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null));
+    await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
+    resyncWriting = false;
+    sumLoad(await Promise.all(loads2));
+    event("hosts stopped writing");
+    check();
+
+    step("quiescing and comparing");
+    for (const g of groups) await quiesce(g.name);
+    for (const g of groups) {
+      for (const p of g.pairs) {
+        report.cmp.pairs++;
+        const diff = await cmpImages(pathOf(p.primary), pathOf(p.secondary));
+        if (diff === null) report.cmp.identical++;
+        else violation(`after the resync and quiesce of ${g.name}, ${p.secondary} differs from its primary ${p.primary}: ${diff}`);
+      }
+    }
+    let completeOk = true;
+    for (const [i, g] of groups.entries()) {
+      const r = await checkOn(g.plan, records[i], "complete", pathOf);
+      report.completeOnPrimaries.acked += records[i].reduce((n, x) => n + x.acked, 0);
+      for (const v of r.violations) violation(`on the primaries of ${g.name}: ${v}`);
+      completeOk &&= r.ok;
+    }
+    report.completeOnPrimaries.ok = completeOk;
+    for (const [v, model] of models) {
+      const c = model.compare(await readRange(pathOf(v), 0, loadBytes));
+      if (c.mismatchedSectors > 0) {
+        violation(`${v}: ${c.mismatchedSectors} sectors written by acknowledged host writes do not hold what was written (first at byte ${c.firstMismatchOffset})`);
+      }
+    }
+    check();
+    doing = "";
+  } catch (err) {
+    if (err instanceof Interrupted) violation("the drill was interrupted");
+    else violation(`${doing}: ${(err as Error).message}`);
+    report.abortedAt = doing;
+  } finally {
+    writing = false;
+    resyncWriting = false;
+    await Promise.allSettled(workloads);
+    check2();
+  }
+  report.ok = report.violations.length === 0;
+  report.elapsedMs = Date.now() - started;
+  return report;
+
+  function check2() {
+    try {
+      check();
+    } catch {
+      // Interrupted while cleaning up: the report already says so.
+    }
+  }
+
+  function sumLoad(rs: LoadResult[]) {
+    for (const r of rs) {
+      report.load.writes += r.writes;
+      report.load.bytes += r.bytes;
+    }
+  }
+
+  async function quiesce(group: string) {
+    const r = await tidemarkCli(["quiesce", "--config", topo.file, "--group", group, "--timeout-ms", String(QUIESCE_TIMEOUT_MS)], QUIESCE_TIMEOUT_MS + 10_000);
+    if (r.code !== 0) throw new DrillStepError(`tidemark quiesce --group ${group} failed (${r.timedOut ? "timed out" : `exit ${r.code}`}): ${firstLine(r.stderr)}`);
+  }
+
+  /** Runs the schedule's faults: actions on one process or link in order, different ones at once. */
+  async function runFaults(faults: Fault[]) {
+    const lanes = new Map<string, Promise<void>>();
+    const at = (key: string, ms: number, f: () => Promise<void> | void) => {
+      const prev = lanes.get(key) ?? Promise.resolve();
+      lanes.set(
+        key,
+        prev.then(async () => {
+          await sleep(t0 + ms - Date.now());
+          if (!env.stopping()) await f();
+        }),
+      );
+    };
+    for (const f of faults) {
+      if (f.kind === "kill") {
+        at(`p${f.target}`, f.atMs, () => kill(f.target));
+        if (f.restartAtMs !== null) at(`p${f.target}`, f.restartAtMs, () => restart(f.target));
+      } else {
+        const proxy = env.proxies.get(f.secondary)!;
+        at(`l${f.secondary}`, f.atMs, () => {
+          if (f.kind === "cut") proxy.cut();
+          else proxy.hang();
+          report.linkFaults[f.kind]++;
+          event(`${f.kind === "cut" ? "cut" : "hang"} every link -> #${f.secondary}`);
+        });
+        if (f.restoreAtMs !== null) {
+          at(`l${f.secondary}`, f.restoreAtMs, () => {
+            proxy.restore();
+            event(`links -> #${f.secondary} restored`);
+          });
+        }
+      }
+    }
+    await Promise.all(lanes.values());
+  }
+
+  /**
+   * The takeover, asked of the RCM exactly as `tidemark takeover` asks it (in-process, so a kill
+   * `killRcmAfterMs` after the request lands inside the procedure rather than in a CLI's start-up).
+   * A failed run is run again, as docs/takeover.md tells an admin to.
+   */
+  async function takeover(group: string, killRcmAfterMs: number | null): Promise<GroupTakeover> {
+    const ask = () => askRcm<ProcedureReport>(topo, { op: "takeover", group, dryRun: false, by: `tidemark drill (pid ${process.pid})` }, TAKEOVER_TIMEOUT_MS);
+    const begun = Date.now();
+    event(`takeover ${group} asked of the RCM`);
+    let first: ProcedureReport | null = null;
+    let attempts = 0;
+    for (;;) {
+      attempts++;
+      const asked = ask();
+      if (killRcmAfterMs !== null && attempts === 1) {
+        // Caught here, reported below: the procedure's outcome depends on when the kill landed.
+        const outcome = asked.then(
+          (r) => ({ ok: true as const, r }),
+          (e: Error) => ({ ok: false as const, e }),
+        );
+        await sleep(killRcmAfterMs);
+        await kill(RCM_ID);
+        const o = await outcome;
+        event(`the takeover under the killed RCM ${o.ok ? "had already finished" : `failed (${o.e.message})`}`);
+        if (o.ok) first = o.r;
+        await restart(RCM_ID);
+        continue;
+      }
+      try {
+        const rep = await asked;
+        check();
+        // Idempotent: a rerun after a completed run must reach the same Ts.
+        if (first && first.ts !== rep.ts) violation(`takeover ${group}: a rerun reached Ts ${rep.ts}, the completed run before it Ts ${first.ts}`);
+        event(`takeover ${group} done: Ts ${rep.ts}, generation ${rep.generation}`);
+        return { group, ts: rep.ts, generation: rep.generation, attempts, elapsedMs: Date.now() - begun, primariesDown: rep.primaries.filter((p) => !p.reached).map((p) => p.subsystem) };
+      } catch (err) {
+        if (err instanceof Interrupted) throw err;
+        event(`takeover ${group} failed: ${(err as Error).message}`);
+        if (attempts >= TAKEOVER_ATTEMPTS_MAX) throw new DrillStepError(`takeover ${group} failed ${attempts} times; last: ${(err as Error).message}`);
+        await sleep(500);
+      }
+    }
+  }
+
+  /**
+   * `tidemark resync`, while `killAt` (the schedule's resync fault, for the first group) kills a
+   * process and restarts it. A run that fails because of that fault is run again, as an admin
+   * would; a run that fails without one is a finding.
+   */
+  async function resync(group: string, fault: RoundSchedule["resyncKill"]): Promise<GroupResync> {
+    const begun = Date.now();
+    let lane: Promise<void> = Promise.resolve();
+    let faulted = false;
+    if (fault) {
+      lane = (async () => {
+        await sleep(fault.afterMs);
+        if (env.stopping()) return;
+        faulted = true;
+        await kill(fault.target);
+        await sleep(fault.restartAfterMs);
+        if (!env.stopping()) await restart(fault.target);
+      })();
+    }
+    for (let attempt = 1; ; attempt++) {
+      event(`tidemark resync --group ${group}${attempt > 1 ? ` (attempt ${attempt})` : ""}`);
+      const r = await tidemarkCli(["resync", "--config", topo.file, "--group", group, "--json"], RESYNC_TIMEOUT_MS);
+      check();
+      if (r.code === 0) {
+        event(`resync ${group} done`);
+        await lane;
+        return { group, elapsedMs: Date.now() - begun, said: resyncGist(parseJson(r.stdout)) || firstLine(r.stdout) };
+      }
+      const why = `${r.timedOut ? `no end within ${RESYNC_TIMEOUT_MS} ms` : `exit ${r.code}`}: ${firstLine(r.stderr)}`;
+      event(`resync ${group} failed (${why})`);
+      if (!faulted || attempt >= RESYNC_ATTEMPTS_MAX) throw new DrillStepError(`tidemark resync --group ${group} failed (${why})`);
+      // Run it again once the killed process is back, as docs/resync.md tells an admin to.
+      await lane;
+    }
+  }
+}
+
+/** The chain check on the images `pathOf` names (files or loop devices), read directly. */
+async function checkOn(plan: ChainPlan, records: ChainRecord[], mode: CheckMode, pathOf: (volume: string) => string) {
+  const reader = openFileBlockReader(pathOf);
+  try {
+    return await checkChains({ plan, records, mode, readBlock: reader.readBlock });
+  } finally {
+    await reader.close();
+  }
+}
+
+function chainsReport(g: GroupPlan, records: ChainRecord[], prefixLengths: number[], counts: GroupChains["counts"]): GroupChains {
+  return {
+    group: g.name,
+    chains: g.plan.chains,
+    length: g.plan.length,
+    acked: records.reduce((n, r) => n + r.acked, 0),
+    issued: records.reduce((n, r) => n + r.issued, 0),
+    onSecondaries: prefixLengths.reduce((n, k) => n + k, 0),
+    prefixLengths,
+    counts,
+  };
+}
+
+/** Waits until every pair of every group is paired (links up, group active on both sides). */
+async function waitPaired(env: DrillEnv, timeoutMs: number): Promise<void> {
+  const { topo } = env;
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  for (;;) {
+    if (env.stopping()) throw new Interrupted();
+    const answers = await askAll<SubsystemStatus>(
+      topo,
+      topo.config.subsystems.map((s) => s.id),
+      { op: "status" },
+    );
+    const doc = buildStatus(topo, answers, clockReader(topo.config.clock)());
+    const waiting = doc.pairs.filter((p) => p.state !== "paired");
+    if (waiting.length === 0) return;
+    last = waiting.map((p) => `${p.primary.volume}->${p.secondary.volume} ${p.state}${p.reason ? ` (${p.reason})` : ""}`).join(", ");
+    if (Date.now() > deadline) throw new DrillStepError(`pairs not paired after ${timeoutMs} ms: ${last}`);
+    await sleep(100);
+  }
+}
