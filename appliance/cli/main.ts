@@ -16,6 +16,9 @@ import { renderProcedure } from "./procedure-view.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 import { drillCommand } from "./drill.ts";
 import { watchResync, type ResyncStart } from "../rcm/resync.ts";
+import type { FailbackReport } from "../rcm/failback.ts";
+import { liveTopology, liveTopologyFrom } from "./live-topology.ts";
+import type { LoadedTopology } from "../../config/load.ts";
 import { progressView } from "./progress-view.ts";
 import { renderResyncStart } from "./procedure-view.ts";
 
@@ -60,7 +63,7 @@ program
       topo.config.subsystems.map((s) => s.id),
       { op: "status" },
     );
-    const doc = buildStatus(topo, answers, clockReader(topo.config.clock)());
+    const doc = buildStatus(liveTopologyFrom(topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true), answers, clockReader(topo.config.clock)());
     process.stdout.write(o.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc) + "\n");
     if (doc.subsystems.some((s) => !s.reachable)) process.exitCode = 3;
   });
@@ -73,7 +76,7 @@ program
   .option("--timeout-ms <ms>", "give up after this long", positiveInt("--timeout-ms"), 120_000)
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; timeoutMs: number; json?: boolean }) => {
-    const r = await quiesce(loadConfig(o.config), o.group, o.timeoutMs);
+    const r = await quiesce(await liveTopology(loadConfig(o.config)), o.group, o.timeoutMs);
     process.stdout.write(o.json ? JSON.stringify(r) + "\n" : `group ${r.group} quiesced in ${r.elapsedMs} ms: every write acknowledged before the call is applied on every secondary\n`);
   });
 
@@ -110,35 +113,66 @@ program
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
 
+async function followResync(topo: LoadedTopology, group: string, r: ResyncStart, o: { wait: boolean; json?: boolean }, extra: Record<string, unknown>, started: number): Promise<void> {
+  if (r.nothingToDo) {
+    process.stdout.write(o.json ? JSON.stringify({ ...extra, start: r }) + "\n" : `group ${group} replicates with nothing to copy; nothing was changed\n`);
+    return;
+  }
+  if (!o.json) process.stdout.write(renderResyncStart(r) + "\n");
+  if (!o.wait) {
+    if (o.json) process.stdout.write(JSON.stringify({ ...extra, start: r }) + "\n");
+    return;
+  }
+  const view = o.json ? null : progressView(process.stdout);
+  try {
+    const p = await watchResync(await liveTopology(topo), group, r.generation, (x) => view?.update(x));
+    view?.stop();
+    const elapsedMs = Date.now() - started;
+    process.stdout.write(o.json ? JSON.stringify({ ...extra, start: r, final: p, elapsedMs }) + "\n" : `group ${group} is paired again at generation ${r.generation} after ${(elapsedMs / 1000).toFixed(1)} s\n`);
+  } finally {
+    view?.stop();
+  }
+}
+
 program
   .command("resync")
   .description("copy the blocks that differ and pair the group again; the secondaries stay consistent throughout (docs/resync.md)")
   .requiredOption("-c, --config <file>", "topology file")
   .requiredOption("-g, --group <name>", "consistency group")
+  .option("--reverse", "failback after a takeover: the secondaries (which hosts write now) become the source, the old primaries the target")
   .option("--no-wait", "start the resync and return; follow it with 'tidemark status'")
   .option("--json", "print the result as JSON")
-  .action(async (o: { config: string; group: string; wait: boolean; json?: boolean }) => {
+  .action(async (o: { config: string; group: string; reverse?: boolean; wait: boolean; json?: boolean }) => {
     const topo = loadConfig(o.config);
     const started = Date.now();
-    const r = await askRcm<ResyncStart>(topo, { op: "resync", group: o.group, by: `admin (pid ${process.pid})` }, 45 * 60_000);
-    if (r.nothingToDo) {
-      process.stdout.write(o.json ? JSON.stringify({ start: r }) + "\n" : `group ${o.group} replicates with nothing to copy; nothing was changed\n`);
-      return;
+    const by = `admin (pid ${process.pid})`;
+    if (o.reverse) {
+      const f = await askRcm<FailbackReport>(topo, { op: "resync", reverse: true, group: o.group, by }, 45 * 60_000);
+      if (!o.json) process.stdout.write(`group ${o.group} now replicates ${f.direction === "reverse" ? "from the config's secondaries to its primaries" : "from the config's primaries to its secondaries"} (direction ${f.direction}); the targets rest at Ts ${f.turnedAtTs}\n`);
+      return followResync(topo, o.group, f.resync, o, { failback: { direction: f.direction, turnedAtTs: f.turnedAtTs } }, started);
     }
-    if (!o.json) process.stdout.write(renderResyncStart(r) + "\n");
-    if (!o.wait) {
-      if (o.json) process.stdout.write(JSON.stringify({ start: r }) + "\n");
-      return;
+    const r = await askRcm<ResyncStart>(topo, { op: "resync", group: o.group, by }, 45 * 60_000);
+    return followResync(topo, o.group, r, o, {}, started);
+  });
+
+program
+  .command("swap")
+  .description("turn a paired group round with no acknowledged write lost: its secondaries become primary (docs/resync.md)")
+  .requiredOption("-c, --config <file>", "topology file")
+  .requiredOption("-g, --group <name>", "consistency group")
+  .option("--timeout-ms <ms>", "how long the secondaries may take to apply what the frozen primaries acknowledged", positiveInt("--timeout-ms"), 120_000)
+  .option("--no-wait", "return once the direction turned; follow the resync with 'tidemark status'")
+  .option("--json", "print the result as JSON")
+  .action(async (o: { config: string; group: string; timeoutMs: number; wait: boolean; json?: boolean }) => {
+    const topo = loadConfig(o.config);
+    const started = Date.now();
+    const f = await askRcm<FailbackReport>(topo, { op: "swap", group: o.group, timeoutMs: o.timeoutMs, by: `admin (pid ${process.pid})` }, 45 * 60_000);
+    if (!o.json) {
+      process.stdout.write(
+        `group ${o.group} swapped: direction ${f.swappedFrom ?? "?"} -> ${f.direction}; ${f.frozenAt ? `the old primaries were frozen at stamp ${f.frozenAt} and ` : ""}the new secondaries rest at Ts ${f.turnedAtTs}; hosts reconnect to the new primaries\n`,
+      );
     }
-    const view = o.json ? null : progressView(process.stdout);
-    try {
-      const p = await watchResync(topo, o.group, r.generation, (x) => view?.update(x));
-      view?.stop();
-      const elapsedMs = Date.now() - started;
-      process.stdout.write(o.json ? JSON.stringify({ start: r, final: p, elapsedMs }) + "\n" : `group ${o.group} is paired again at generation ${r.generation} after ${(elapsedMs / 1000).toFixed(1)} s\n`);
-    } finally {
-      view?.stop();
-    }
+    return followResync(topo, o.group, f.resync, o, { swap: { from: f.swappedFrom, direction: f.direction, turnedAtTs: f.turnedAtTs, frozenAt: f.frozenAt } }, started);
   });
 
 program.addCommand(drillCommand());

@@ -43,7 +43,8 @@ export async function quiesce(topo: LoadedTopology, group: string, timeoutMs: nu
       if (!a.ok) throw new QuiesceError("TM_UNREACHABLE", `quiesce ${group}: secondary subsystem #${id}: ${a.error}`);
       const sg = a.value.secondary?.find((x) => x.name === group);
       if (!sg) throw new QuiesceError("TM_NO_GROUP", `quiesce ${group}: subsystem #${id} does not know the group`);
-      if (sg.state !== "active") {
+      // A resync's hold ends by itself; a suspension does not.
+      if (sg.state !== "active" && sg.state !== "resyncing") {
         throw new QuiesceError("TM_SUSPENDED", `quiesce ${group}: the group is ${sg.state} on subsystem #${id}${sg.reason ? ` (${sg.reason})` : ""}; resync it first`);
       }
       if (BigInt(sg.appliedThrough) < target) done = false;

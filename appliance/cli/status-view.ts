@@ -11,6 +11,8 @@ export interface SubsystemStatus {
   replicationPort: number;
   nbdPort: number;
   nowNs: string;
+  /** Per group: "forward" (the config's primaries are primary) or "reverse" (after a failback). */
+  directions?: Record<string, string>;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;

@@ -16,11 +16,11 @@ import { clockReader, type ClockSource } from "./clock-source.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 
 /** Group states on a primary: docs/state-machines.md. */
-export type PrimaryGroupState = "active" | "copying" | "suspended" | "fenced" | "taken-over";
+export type PrimaryGroupState = "active" | "copying" | "frozen" | "suspended" | "fenced" | "taken-over";
 
-/** States in which host writes are replicated (streamed as RCRs). */
+/** States in which the group streams RCRs and SYNCs (frozen: for a swap, hosts may no longer write). */
 function replicating(state: PrimaryGroupState): boolean {
-  return state === "active" || state === "copying";
+  return state === "active" || state === "copying" || state === "frozen";
 }
 
 interface GroupState {
@@ -228,7 +228,7 @@ export class PrimaryEngine {
   // (copying replicates like active; suspended and fenced write to the bitmap.)
   isWritable(volume: string): boolean {
     const b = this.bindings.get(volume);
-    return !!b && this.groupState(b.group) !== "taken-over";
+    return !!b && this.groupState(b.group) !== "taken-over" && this.groupState(b.group) !== "frozen";
   }
 
   /** Replays the journal onto the volumes, then starts the links and timers. */
@@ -301,12 +301,18 @@ export class PrimaryEngine {
     const b = this.bindings.get(volume);
     assert(b, `volume ${volume} is a primary here`);
     const gs = this.groups.get(b.group)!;
-    if (gs.state === "taken-over") {
-      throw Object.assign(new Error(`volume ${volume}: group ${b.group} was taken over by its secondaries; this primary is read-only`), { code: "EPERM" });
+    if (gs.state === "taken-over" || gs.state === "frozen") {
+      const why = gs.state === "frozen" ? "is being swapped to its secondaries" : "was taken over by its secondaries";
+      throw Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
     }
     if (!replicating(gs.state)) return this.writeUnreplicated(b, offset, length, data, fua);
     await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
+    const now = gs.state as PrimaryGroupState;
+    if (now === "frozen" || now === "taken-over") {
+      release();
+      throw Object.assign(new Error(`volume ${volume}: group ${b.group} became read-only here while this write waited`), { code: "EPERM" });
+    }
     if (!replicating(gs.state)) {
       // Suspended while waiting for the lock: this write is not replicated.
       release();
@@ -526,6 +532,27 @@ export class PrimaryEngine {
     }
     this.startCopier(group);
     return this.copyStatus(group);
+  }
+
+  /**
+   * A swap's first step: hosts may no longer write the group's volumes here,
+   * replication goes on until the secondaries hold everything acknowledged.
+   * Durable, so a restart does not open the volumes to hosts again.
+   */
+  async freeze(group: string) {
+    const gs = this.groups.get(group);
+    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (gs.state !== "active" && gs.state !== "frozen") {
+      throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`), { code: "TM_NOT_PAIRED" });
+    }
+    if (gs.state === "active") {
+      gs.state = "frozen";
+      this.o.db.prepare("UPDATE grp SET state = 'frozen', changed_at_ms = ? WHERE name = ?").run(Date.now(), group);
+      this.journal.barrier();
+      this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
+    }
+    if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
+    return { subsystem: this.o.id, group, state: gs.state, lastStamp: this.clock.lastStamp.toString() };
   }
 
   private startCopier(group: string): void {

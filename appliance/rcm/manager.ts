@@ -10,6 +10,8 @@ import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { runProcedure, type ProcedureMode, type ProcedureReport } from "./procedure.ts";
 import { startResync } from "./resync.ts";
+import { reverseResync, swap } from "./failback.ts";
+import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -17,7 +19,7 @@ export class RemoteCopyManager {
   private readonly busy = new Map<string, Promise<unknown>>();
   /** Failure conditions by group, with when each was first seen. */
   private readonly since = new Map<string, Map<string, number>>();
-  readonly history: { at: string; group: string; mode: ProcedureMode | "resync"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
+  readonly history: { at: string; group: string; mode: ProcedureMode | "resync" | "swap"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
   private checking = false;
 
   constructor(
@@ -60,14 +62,21 @@ export class RemoteCopyManager {
   }
 
   private async handle(body: unknown): Promise<unknown> {
-    const b = (body ?? {}) as { op?: string; group?: string; dryRun?: boolean; reason?: string; by?: string };
+    const b = (body ?? {}) as { op?: string; group?: string; dryRun?: boolean; reason?: string; by?: string; reverse?: boolean; timeoutMs?: number };
     switch (b.op) {
       case "suspend":
         return this.procedure(String(b.group), "suspend", b.by ?? "admin", b.reason ?? "planned suspension");
       case "takeover":
         return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
-      case "resync":
-        return this.serialized(String(b.group), "resync", b.by ?? "admin", "resync", () => startResync(this.topo, String(b.group), { logger: this.logger, by: b.by ?? "admin" }));
+      case "resync": {
+        const o = { logger: this.logger, by: b.by ?? "admin" };
+        if (b.reverse) return this.serialized(String(b.group), "resync", o.by, "reverse resync (failback)", () => reverseResync(this.topo, String(b.group), o));
+        return this.serialized(String(b.group), "resync", o.by, "resync", async () => startResync(await liveTopology(this.topo), String(b.group), o));
+      }
+      case "swap": {
+        const o = { logger: this.logger, by: b.by ?? "admin", timeoutMs: b.timeoutMs ?? 120_000 };
+        return this.serialized(String(b.group), "swap", o.by, "swap", () => swap(this.topo, String(b.group), o));
+      }
       case "status":
         return { pid: process.pid, history: this.history.slice(-50) };
       default:
@@ -77,10 +86,11 @@ export class RemoteCopyManager {
 
   /** Runs one procedure on a group, after any that is already running there. */
   procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {
-    return this.serialized(group, mode, by, reason, () => runProcedure(this.topo, group, { mode, by, reason, logger: this.logger, partial }));
+    // The roles of the moment: after a failback the config's secondaries are primary.
+    return this.serialized(group, mode, by, reason, async () => runProcedure(await liveTopology(this.topo), group, { mode, by, reason, logger: this.logger, partial }));
   }
 
-  private serialized<T extends object>(group: string, mode: ProcedureMode | "resync", by: string, reason: string, f: () => Promise<T>): Promise<T> {
+  private serialized<T extends object>(group: string, mode: ProcedureMode | "resync" | "swap", by: string, reason: string, f: () => Promise<T>): Promise<T> {
     const prev = this.busy.get(group) ?? Promise.resolve();
     const run = prev
       .catch(() => {})
@@ -112,7 +122,9 @@ export class RemoteCopyManager {
       const answers = await askAll<SubsystemStatus>(this.topo, ids, { op: "status" });
       const now = Date.now();
       const timeout = this.topo.config.rcm!.failureTimeoutMs;
-      for (const g of this.topo.groups.values()) {
+      // Roles as the subsystems run them; a group in the middle of a turn is left alone.
+      const live = liveTopologyFrom(this.topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true);
+      for (const g of live.groups.values()) {
         if (this.busy.has(g.name)) continue;
         // Condition name -> [immediate, detail]. Names stay stable while a fault lasts
         // (a link flapping between connecting and backoff is one fault).

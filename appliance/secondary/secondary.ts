@@ -121,9 +121,12 @@ export class SecondaryEngine {
       setCopied: db.prepare(
         "INSERT INTO copied (grp, primary_id, ts) VALUES (?, ?, ?) ON CONFLICT(grp, primary_id) DO UPDATE SET ts = excluded.ts",
       ),
+      // Without payloads: a batch's rows are chosen by their lengths first, and only
+      // those payloads are read (1024 rows of 1 MiB copies would be 1 GiB at once).
       due: db
-        .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len, data FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
+        .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
         .safeIntegers(true),
+      payload: db.prepare("SELECT data FROM rcr WHERE id = ?").pluck(true),
       del: db.prepare("DELETE FROM rcr WHERE id = ?"),
       applied: db.prepare(
         "UPDATE grp SET applied = applied + ?, applied_bytes = applied_bytes + ?, last_applied_ts = max(last_applied_ts, ?) WHERE name = ?",
@@ -411,7 +414,6 @@ export class SecondaryEngine {
       op: bigint;
       off: bigint;
       len: bigint;
-      data: Buffer | null;
     }[];
     if (rows.length === 0) return 0;
     const touched = new Set<Volume>();
@@ -427,7 +429,7 @@ export class SecondaryEngine {
       assert(b, `queued RCR for unknown volume ${r.volume}`);
       const off = Number(r.off);
       const len = Number(r.len);
-      if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, r.data!);
+      if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, this.stmts.payload.get(r.id) as Buffer);
       // A zero run over a hole (an initial copy onto a new sparse file) has nothing to write.
       else if (b.volume.nextData(off) < off + len) await b.volume.writeZeroes(off, len);
       touched.add(b.volume);

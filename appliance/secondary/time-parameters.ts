@@ -82,8 +82,7 @@ function second(first: ReadonlyMap<number, bigint>, hold: ResyncHold | null | un
 export function withPrimaries(times: GroupTimes, primaries: readonly number[]): GroupTimes {
   const first = new Map<number, bigint>();
   for (const p of primaries) first.set(p, times.first.get(p) ?? times.second);
-  const s = second(first, times.hold);
-  return { first, second: s.second < times.second ? times.second : s.second, hold: s.hold };
+  return { first, second: times.second, hold: times.hold ?? null };
 }
 
 /** Step 4 of the normal procedure: SYNC(group, primary, t) arrives. */

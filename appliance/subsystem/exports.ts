@@ -89,3 +89,44 @@ export class ExportTable implements NbdExportProvider {
     return [...this.byName.values()];
   }
 }
+
+/** Which engine holds a volume right now; a failback changes the answer. */
+export interface Roles {
+  primary: PrimaryEngine | null;
+  secondary: SecondaryEngine | null;
+}
+
+/**
+ * One export per volume for the life of the process: every request asks the
+ * roles of the moment, so a connection made before a failback writes through
+ * the engine that holds the volume after it, never through a stopped one.
+ */
+export function volumeExport(v: Volume, roles: () => Roles): NbdExport {
+  const plain = plainExport(v);
+  // One export object per engine, not one per request: this is the write path.
+  let cache: { engine: unknown; exp: NbdExport } | null = null;
+  const route = (): NbdExport => {
+    const r = roles();
+    const engine = r.primary?.hasVolume(v.name) ? r.primary : r.secondary?.hasVolume(v.name) ? r.secondary : null;
+    if (cache?.engine !== engine) {
+      let exp = plain;
+      if (r.primary && engine === r.primary) exp = primaryExport(v, r.primary);
+      else if (r.secondary && engine === r.secondary) exp = secondaryExport(v, r.secondary);
+      cache = { engine, exp };
+    }
+    return cache.exp;
+  };
+  return {
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    get description() {
+      return route().description;
+    },
+    isReadOnly: () => route().isReadOnly(),
+    read: (offset, length) => v.read(offset, length),
+    write: (offset, data, fua) => route().write(offset, data, fua),
+    writeZeroes: (offset, length, fua) => route().writeZeroes(offset, length, fua),
+    trim: (offset, length, fua) => route().trim(offset, length, fua),
+    flush: () => route().flush(),
+  };
+}

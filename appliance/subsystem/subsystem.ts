@@ -17,7 +17,9 @@ import { PrimaryEngine, type PrimaryBinding } from "../primary/primary.ts";
 import { SecondaryEngine, type SecondaryBinding } from "../secondary/secondary.ts";
 import { createLinkServer, type Link } from "../replication/link.ts";
 import { NbdServer } from "../nbd/server.ts";
-import { ExportTable, plainExport, primaryExport, secondaryExport } from "./exports.ts";
+import { ExportTable, volumeExport } from "./exports.ts";
+import { directed, isDirection, type Direction } from "../../config/direction.ts";
+import { durableBarrier } from "../state/database.ts";
 import { installInvariantExit } from "../invariant.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { metricsRegistry, serveMetrics } from "./metrics.ts";
@@ -115,67 +117,107 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   }
 
   const ensureGroup = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
-  const generation = new Map<string, number>();
-  for (const g of topo.groups.keys()) {
-    ensureGroup.run(g);
-    generation.set(g, (db.prepare("SELECT generation FROM grp WHERE name = ?").get(g) as { generation: number }).generation);
-  }
-  const generationOf = (g: string) => generation.get(g) ?? 1;
-
-  const primaryBindings: PrimaryBinding[] = [];
-  const secondaryBindings: SecondaryBinding[] = [];
-  const groupSecondaries = new Map<string, number[]>();
-  const secondaryGroups = new Map<string, number[]>();
-  for (const p of topo.pairs) {
-    const g = topo.groups.get(p.group)!;
-    if (p.primary.subsystemId === id) {
-      primaryBindings.push({ volume: volumes.get(p.primary.name)!, group: p.group, link: p.secondary.subsystemId, target: p.secondary.name });
-      groupSecondaries.set(p.group, g.secondaries);
-    }
-    if (p.secondary.subsystemId === id) {
-      secondaryBindings.push({ volume: volumes.get(p.secondary.name)!, group: p.group, primaryId: p.primary.subsystemId });
-      secondaryGroups.set(p.group, g.primaries);
-    }
-  }
-  // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
-  for (const g of topo.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
+  for (const g of topo.groups.keys()) ensureGroup.run(g);
+  const getGroup = db.prepare("SELECT generation, direction FROM grp WHERE name = ?");
+  const generationOf = (g: string) => (getGroup.get(g) as { generation: number } | undefined)?.generation ?? 1;
+  const directions = () =>
+    new Map([...topo.groups.keys()].map((g) => [g, (getGroup.get(g) as { direction: string }).direction === "reverse" ? ("reverse" as const) : ("forward" as const)]));
 
   const peers = new Map(
     cfg.subsystems.map((s) => [s.id, { id: s.id, host: s.linkEndpoint?.host ?? s.host, port: s.linkEndpoint?.port ?? s.replicationPort }]),
   );
-  const primary =
-    groupSecondaries.size > 0
-      ? new PrimaryEngine({
-          id,
-          db,
-          logger,
-          clusterKey: cfg.clusterKey,
-          clock: cfg.clock,
-          maxClockOffsetMs: cfg.maxClockOffsetMs,
-          syncIntervalMs: cfg.syncIntervalMs,
-          reconnectMs: cfg.reconnectMs,
-          linkTimeoutMs: cfg.linkTimeoutMs,
-          inflightBytesMax: cfg.inflightBytesMax,
-          journalBytesMax: cfg.journalBytesMax,
-          bindings: primaryBindings,
-          groupSecondaries,
-          peers,
-          generationOf,
-          powerLossSuspected,
-        })
-      : null;
-  const secondary = secondaryGroups.size > 0 ? new SecondaryEngine({ id, db, logger, bindings: secondaryBindings, groups: secondaryGroups }) : null;
+
+  // The roles of the moment: the config's pairs turned as each group's direction says.
+  const buildRoles = (powerLossSuspected: boolean) => {
+    const now = directed(topo, directions());
+    const primaryBindings: PrimaryBinding[] = [];
+    const secondaryBindings: SecondaryBinding[] = [];
+    const groupSecondaries = new Map<string, number[]>();
+    const secondaryGroups = new Map<string, number[]>();
+    for (const p of now.pairs) {
+      const g = now.groups.get(p.group)!;
+      if (p.primary.subsystemId === id) {
+        primaryBindings.push({ volume: volumes.get(p.primary.name)!, group: p.group, link: p.secondary.subsystemId, target: p.secondary.name });
+        groupSecondaries.set(p.group, g.secondaries);
+      }
+      if (p.secondary.subsystemId === id) {
+        secondaryBindings.push({ volume: volumes.get(p.secondary.name)!, group: p.group, primaryId: p.primary.subsystemId });
+        secondaryGroups.set(p.group, g.primaries);
+      }
+    }
+    // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
+    for (const g of now.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
+    const primary =
+      groupSecondaries.size > 0
+        ? new PrimaryEngine({
+            id,
+            db,
+            logger,
+            clusterKey: cfg.clusterKey,
+            clock: cfg.clock,
+            maxClockOffsetMs: cfg.maxClockOffsetMs,
+            syncIntervalMs: cfg.syncIntervalMs,
+            reconnectMs: cfg.reconnectMs,
+            linkTimeoutMs: cfg.linkTimeoutMs,
+            inflightBytesMax: cfg.inflightBytesMax,
+            journalBytesMax: cfg.journalBytesMax,
+            bindings: primaryBindings,
+            groupSecondaries,
+            peers,
+            generationOf,
+            powerLossSuspected,
+          })
+        : null;
+    const secondary = secondaryGroups.size > 0 ? new SecondaryEngine({ id, db, logger, bindings: secondaryBindings, groups: secondaryGroups }) : null;
+    return { primary, secondary };
+  };
+  let roles = buildRoles(powerLossSuspected);
 
   const exports = new ExportTable(me.defaultExport);
-  for (const v of volumes.values()) {
-    if (primary?.hasVolume(v.name)) exports.add(primaryExport(v, primary));
-    else if (secondary?.hasVolume(v.name)) exports.add(secondaryExport(v, secondary));
-    else exports.add(plainExport(v));
-  }
+  // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
+  for (const v of volumes.values()) exports.add(volumeExport(v, () => roles));
 
   // The journal is replayed before the volumes are served again.
-  await primary?.start();
-  secondary?.start();
+  await roles.primary?.start();
+  roles.secondary?.start();
+
+  /** Failback (docs/resync.md): the group's direction turns; this subsystem's engines are rebuilt. */
+  const turnDirection = async (group: string, direction: Direction, generation: number, floor: bigint) => {
+    const g = topo.groups.get(group);
+    if (!g) throw Object.assign(new Error(`group '${group}' is not defined in ${topo.file}`), { code: "TM_NO_GROUP" });
+    const row = db.prepare("SELECT direction, generation, state FROM grp WHERE name = ?").get(group) as { direction: string; generation: number; state: string };
+    if (row.direction === direction && row.generation >= generation) return { subsystem: id, group, direction, generation: row.generation, turned: false };
+    if (generation <= row.generation) {
+      throw Object.assign(new Error(`group '${group}' on subsystem #${id} is at generation ${row.generation}; turning it needs a newer one than ${generation}`), { code: "TM_GENERATION" });
+    }
+    // Only a group that was taken over turns: both sides stand still for hosts' data.
+    if (row.state !== "takeover" && row.state !== "taken-over") {
+      throw Object.assign(new Error(`group '${group}' on subsystem #${id} is ${row.state}; only a group that was taken over turns its direction`), { code: "TM_NOT_TAKEN_OVER" });
+    }
+    const next = directed(topo, new Map([...directions(), [group, direction]]));
+    const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
+    const myNewPrimaryVolumes = next.pairs.filter((p) => p.group === group && p.primary.subsystemId === id);
+    await roles.primary?.stop();
+    roles.secondary?.stop();
+    db.transaction(() => {
+      db.prepare(
+        `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
+           synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?`,
+      ).run(direction, generation, `direction turned to ${direction}`, willBeSecondary ? floor : null, willBeSecondary ? floor : 0n, Date.now(), group);
+      db.prepare("DELETE FROM first_time WHERE grp = ?").run(group);
+      db.prepare("DELETE FROM copied WHERE grp = ?").run(group);
+      // A volume that becomes primary is a known pair: its differences are in the bitmaps, no initial copy.
+      for (const p of myNewPrimaryVolumes) db.prepare("INSERT OR IGNORE INTO pair (volume, target) VALUES (?, ?)").run(p.primary.name, p.secondary.name);
+      // New stamps stay above the time the other side rests at.
+      db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?)").run(floor);
+    })();
+    durableBarrier(db);
+    roles = buildRoles(false);
+    await roles.primary?.start();
+    roles.secondary?.start();
+    logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; roles rebuilt");
+    return { subsystem: id, group, direction, generation, turned: true };
+  };
 
   const bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
   const status = () => {
@@ -187,11 +229,11 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     replicationPort: me.replicationPort,
     nbdPort: me.nbdPort,
     clock: cfg.clock,
-    nowNs: (primary?.nowNs() ?? clockReader(cfg.clock)()).toString(),
+    nowNs: (roles.primary?.nowNs() ?? clockReader(cfg.clock)()).toString(),
     uptimeMs: Math.round(process.uptime() * 1000),
     volumes: [...volumes.values()].map((v) => ({
       name: v.name,
-      role: primary?.hasVolume(v.name) ? "primary" : secondary?.hasVolume(v.name) ? "secondary" : "unpaired",
+      role: roles.primary?.hasVolume(v.name) ? "primary" : roles.secondary?.hasVolume(v.name) ? "secondary" : "unpaired",
       path: v.path,
       kind: v.kind,
       sizeBytes: v.sizeBytes,
@@ -200,8 +242,9 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       readOnly: exports.get(v.name)!.isReadOnly(),
       bitmapBlocks: bitmap.get(v.name) ?? 0,
     })),
-    primary: primary?.status() ?? null,
-    secondary: secondary?.status() ?? null,
+    directions: Object.fromEntries(directions()),
+    primary: roles.primary?.status() ?? null,
+    secondary: roles.secondary?.status() ?? null,
     };
   };
 
@@ -216,31 +259,38 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
         return status();
       case "stamp":
         // Every write acknowledged to a host so far has ts <= lastStamp.
-        return { lastStamp: (primary?.lastStamp ?? 0n).toString(), nowNs: (primary?.nowNs() ?? clockReader(cfg.clock)()).toString() };
+        return { lastStamp: (roles.primary?.lastStamp ?? 0n).toString(), nowNs: (roles.primary?.nowNs() ?? clockReader(cfg.clock)()).toString() };
       // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
       case "fence":
-        return need(secondary, "secondary").fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
+        return need(roles.secondary, "secondary").fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
       case "preview":
-        return need(secondary, "secondary").preview(String(b.group), BigInt(String(b.ts)));
+        return need(roles.secondary, "secondary").preview(String(b.group), BigInt(String(b.ts)));
       case "apply-ts":
-        return need(secondary, "secondary").applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
+        return need(roles.secondary, "secondary").applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
       case "takeover":
-        return need(secondary, "secondary").takeover(String(b.group), Number(b.generation));
+        return need(roles.secondary, "secondary").takeover(String(b.group), Number(b.generation));
       case "primary-suspend":
-        await need(primary, "primary").suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
-        return need(primary, "primary").preview(String(b.group));
+        await need(roles.primary, "primary").suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
+        return need(roles.primary, "primary").preview(String(b.group));
       case "primary-takeover":
-        await need(primary, "primary").suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
-        return need(primary, "primary").preview(String(b.group));
+        await need(roles.primary, "primary").suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
+        return need(roles.primary, "primary").preview(String(b.group));
       case "primary-preview":
-        return need(primary, "primary").preview(String(b.group));
+        return need(roles.primary, "primary").preview(String(b.group));
       // Resync (docs/resync.md), driven by the RCM.
       case "resync-begin":
-        return need(secondary, "secondary").resyncBegin(String(b.group), Number(b.generation));
+        return need(roles.secondary, "secondary").resyncBegin(String(b.group), Number(b.generation));
       case "primary-resync":
-        return need(primary, "primary").resync(String(b.group), Number(b.generation), (b as { blocks?: Record<string, [number, number][]> }).blocks ?? {});
+        return need(roles.primary, "primary").resync(String(b.group), Number(b.generation), (b as { blocks?: Record<string, [number, number][]> }).blocks ?? {});
+      case "turn": {
+        const dir = (b as { direction?: unknown }).direction;
+        if (!isDirection(dir)) throw Object.assign(new Error(`turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`), { code: "TM_BAD_REQUEST" });
+        return turnDirection(String(b.group), dir, Number(b.generation), BigInt(String(b.ts)));
+      }
+      case "primary-freeze":
+        return need(roles.primary, "primary").freeze(String(b.group));
       case "copy-status":
-        return need(primary, "primary").copyStatus(String(b.group));
+        return need(roles.primary, "primary").copyStatus(String(b.group));
       default:
         throw Object.assign(new Error(`unknown control operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
     }
@@ -248,6 +298,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
 
   const onLink = (link: Link) => {
     if (link.peer.role === "link") {
+      const secondary = roles.secondary;
       if (!secondary) {
         logger.warn({ peer: link.peer.nodeId }, "replication link from a primary, but this subsystem is no secondary");
         link.send({ type: "error", code: 404, message: `subsystem #${id} holds no secondary volume` });
@@ -286,8 +337,8 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       metrics?.close();
       await nbd.close();
       linkServer.close();
-      await primary?.stop();
-      secondary?.stop();
+      await roles.primary?.stop();
+      roles.secondary?.stop();
       for (const v of volumes.values()) await v.close();
       setMeta(db, "clean", "1");
       db.close();

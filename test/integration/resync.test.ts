@@ -75,7 +75,7 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
       const rand = prng(name.length * 31 + name.charCodeAt(1));
       for (let off = 0; off < buf.length; off += 2 << 20) for (let i = off; i < off + (1 << 20); i += 4) buf.writeUInt32LE((rand() * 0xffffffff) >>> 0, i);
     }, ["p1a", "p1b", "p2a", "p2b"]);
-    await c.startAll();
+    await c.startAll({ paired: false });
     const s1 = await c.rawStatus(1);
     let stop = false;
     const writers = load(c, 11, MIB, () => stop);
@@ -156,4 +156,58 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     await expectIdentical(c);
     expect((await c.rawStatus(3)).secondary![0].bitmapBlocks, "the barrier cleared the secondary's bitmap").toBe(0);
   }, 180_000);
+
+  it("failback: suspend, take over, run on the secondaries, resync --reverse, swap back: identical at every step, the secondaries' writes reach the primaries", async () => {
+    const MIB = 16;
+    const c = await cluster(MIB, "tidemark-failback-");
+    let stop = false;
+    let writers: Promise<unknown> = load(c, 41, MIB, () => stop);
+    await pause(400);
+    await cliJson<ProcedureReport>(c, ["suspend"]);
+    await pause(200);
+    stop = true;
+    await writers.catch(() => null);
+    await cliJson<ProcedureReport>(c, ["takeover"]);
+    // Hosts now run on the secondary volumes.
+    const onSecondaries = (seed: number) => {
+      const rand = prng(seed);
+      return Promise.all(
+        ["s3a", "s3b", "s4a", "s5a"].map((v) => runWriter({ rand, queueDepth: 4, maxBytes: 64 * 1024, until: () => stop, connect: () => c.nbd(v), model: new VolumeModel(MIB << 20) })),
+      );
+    };
+    stop = false;
+    writers = onSecondaries(42);
+    await pause(500);
+    // Failback while hosts keep writing the secondaries.
+    const back = await cliJson<{ failback: { direction: string }; start: ResyncStart; final: ResyncProgress }>(c, ["resync", "--reverse"]);
+    expect(back.failback.direction).toBe("reverse");
+    expect(back.final.done).toBe(true);
+    const st1 = await c.rawStatus(1);
+    expect(st1.directions?.C1).toBe("reverse");
+    expect(st1.secondary?.[0].state, "the old primary is the secondary now").toBe("active");
+    stop = true;
+    await writers;
+    await c.quiesce();
+    await expectIdentical(c);
+    // A marker the hosts wrote on the secondaries must end on the config's primaries.
+    const marker = Buffer.alloc(4096, 0x5a);
+    const w = await c.nbd("s4a");
+    await w.write(8192, marker);
+    await w.close();
+    // Swap back: the config's primaries become primary again, nothing acknowledged is lost.
+    const sw = await cliJson<{ swap: { from: string; direction: string; frozenAt: string }; final: ResyncProgress }>(c, ["swap"]);
+    expect(sw.swap).toMatchObject({ from: "reverse", direction: "forward" });
+    expect(sw.final.done).toBe(true);
+    expect((await c.rawStatus(1)).primary?.groups[0].state).toBe("active");
+    const r = await c.nbd("p1b");
+    expect((await r.read(8192, 4096)).equals(marker), "the write made on s4a before the swap is on p1b").toBe(true);
+    await r.close();
+    stop = false;
+    writers = load(c, 43, MIB, () => stop);
+    await pause(400);
+    stop = true;
+    await writers;
+    await c.quiesce();
+    await expectIdentical(c);
+  }, 240_000);
 });

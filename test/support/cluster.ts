@@ -111,8 +111,31 @@ export class TestCluster {
     });
   }
 
-  async startAll(): Promise<void> {
+  /**
+   * Starts every subsystem and, unless told not to, waits until every group
+   * is paired: a new group begins with its initial copy, during which the
+   * secondaries hold their image (docs/resync.md).
+   */
+  async startAll(o: { paired?: boolean } = {}): Promise<void> {
     await Promise.all(this.ids.map((id) => this.start(id)));
+    if (o.paired !== false) await this.waitPaired();
+  }
+
+  /** Until no primary copies and no secondary holds for a resync. */
+  async waitPaired(timeoutMs = 60_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const answers = await askAll<SubsystemStatus>(this.topo, this.ids, { op: "status" });
+      const busy: string[] = [];
+      for (const [id, a] of answers) {
+        if (!a.ok) continue;
+        for (const g of a.value.primary?.groups ?? []) if (g.state === "copying") busy.push(`#${id} copying ${g.name}`);
+        for (const g of a.value.secondary ?? []) if (g.state === "resyncing") busy.push(`#${id} holds ${g.name}`);
+      }
+      if (busy.length === 0) return;
+      if (Date.now() > until) throw new Error(`groups not paired within ${timeoutMs} ms: ${busy.join(", ")}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   /** kill -9: no chance to clean up. */

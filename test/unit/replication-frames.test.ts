@@ -252,7 +252,7 @@ describe("frames: corruption", () => {
     const cases: [number, number, string][] = [
       [4, 2, "TM_FRAME_VERSION"],
       [5, 0, "TM_FRAME_TYPE"],
-      [5, 12, "TM_FRAME_TYPE"],
+      [5, 13, "TM_FRAME_TYPE"],
       [7, 1, "TM_FRAME_FLAGS"],
       [11, 1, "TM_FRAME_GENERATION"],
     ];

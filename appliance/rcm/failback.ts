@@ -1,0 +1,134 @@
+// Failback (docs/resync.md): `resync --reverse` after a takeover turns the
+// group's direction (the taken-over secondaries, which hosts write now, become
+// its primaries; the old primaries its read-only secondaries) and resyncs;
+// `swap` turns a paired group round without losing an acknowledged write:
+// freeze the primaries, wait until the secondaries hold everything they
+// acknowledged, take over, turn, resync (almost nothing to copy).
+import type { LoadedTopology } from "../../config/load.ts";
+import { directed, type Direction } from "../../config/direction.ts";
+import { askAll } from "../cli/control-client.ts";
+import type { SubsystemStatus } from "../cli/status-view.ts";
+import { quiesce } from "../cli/quiesce.ts";
+import { ProcedureError, call, runProcedure } from "./procedure.ts";
+import { startResync, type ResyncOptions, type ResyncStart } from "./resync.ts";
+
+const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
+
+interface GroupView {
+  /** Per subsystem of the group: the direction it holds, and its group state in its role. */
+  subsystems: Map<number, { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary" }>;
+}
+
+async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
+  const g = topo.groups.get(group);
+  if (!g) throw new ProcedureError("TM_NO_GROUP", `group '${group}' is not defined in ${topo.file}`);
+  const ids = [...new Set([...g.primaries, ...g.secondaries])];
+  const answers = await askAll<SubsystemStatus>(topo, ids, { op: "status" });
+  const down = [...answers].filter(([, a]) => !a.ok).map(([id, a]) => `#${id} (${(a as { error: string }).error})`);
+  if (down.length > 0) throw new ProcedureError("TM_UNREACHABLE", `${group}: ${down.join(", ")} cannot be reached; a failback needs every subsystem of the group; nothing was changed`);
+  const subsystems: GroupView["subsystems"] = new Map();
+  for (const [id, a] of answers) {
+    const s = (a as { value: SubsystemStatus }).value;
+    const direction = (s.directions?.[group] as Direction | undefined) ?? "forward";
+    const sec = s.secondary?.find((x) => x.name === group);
+    const prim = s.primary?.groups.find((x) => x.name === group);
+    if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary" });
+    else if (prim) subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: null, role: "primary" });
+  }
+  return { subsystems };
+}
+
+/**
+ * Turns the group to `to`, after a takeover in the other direction. Every
+ * subsystem is told the same generation and the synchronized time of the
+ * takeover (the new secondaries rest at it). Idempotent: a turn cut short is
+ * finished with the values the turned subsystems already hold.
+ */
+async function turn(topo: LoadedTopology, group: string, to: Direction): Promise<{ generation: number; ts: string }> {
+  const v = await view(topo, group);
+  const all = [...v.subsystems.values()];
+  const turned = [...v.subsystems].filter(([, s]) => s.direction === to);
+  const unturned = [...v.subsystems].filter(([, s]) => s.direction !== to);
+  // Ts: the takeover's synchronized time, on the old secondaries not yet turned, or on the new secondaries already turned.
+  const tsSeen = new Set(all.filter((s) => s.synchronizedTs !== null && (s.state === "takeover" || s.direction === to)).map((s) => s.synchronizedTs!));
+  for (const [id, s] of unturned) {
+    const ok = (s.role === "secondary" && s.state === "takeover") || (s.role === "primary" && s.state === "taken-over");
+    if (!ok) {
+      throw new ProcedureError(
+        "TM_NOT_TAKEN_OVER",
+        `${group}: subsystem #${id} is ${s.state} as a ${s.role}; only a group that was taken over turns (run 'tidemark takeover' first, or 'tidemark swap' for a paired group)`,
+      );
+    }
+  }
+  if (tsSeen.size !== 1) throw new ProcedureError("TM_TS_CONFLICT", `${group}: cannot tell the takeover's synchronized time (${[...tsSeen].join(", ") || "none"})`);
+  const ts = [...tsSeen][0];
+  const generation = turned.length > 0 ? Math.max(...turned.map(([, s]) => s.generation)) : Math.max(...all.map((s) => s.generation)) + 1;
+  await Promise.all(unturned.map(([id]) => call(topo, id, { op: "turn", group, direction: to, generation, ts })));
+  return { generation, ts };
+}
+
+function currentDirection(v: GroupView): Direction | "mixed" {
+  const dirs = new Set([...v.subsystems.values()].map((s) => s.direction));
+  return dirs.size === 1 ? [...dirs][0] : "mixed";
+}
+
+/** The direction the subsystems with the newest generation hold: where a cut-short turn was going. */
+function newestDirection(v: GroupView): Direction {
+  const all = [...v.subsystems.values()];
+  const top = Math.max(...all.map((s) => s.generation));
+  return all.find((s) => s.generation === top)!.direction;
+}
+
+export interface FailbackReport {
+  group: string;
+  direction: Direction;
+  turnedAtTs: string;
+  resync: ResyncStart;
+  swappedFrom?: Direction;
+  /** Swap: the greatest stamp the frozen primaries had handed out; the takeover's Ts is at or above it. */
+  frozenAt?: string;
+}
+
+/** `tidemark resync --reverse`: after a takeover, the secondaries become the source. */
+export async function reverseResync(topo: LoadedTopology, group: string, o: ResyncOptions): Promise<FailbackReport> {
+  const v = await view(topo, group);
+  const cur = currentDirection(v);
+  const to = cur === "mixed" ? newestDirection(v) : opposite(cur);
+  o.logger.warn({ group, to }, "failback: turning the group's direction");
+  const t = await turn(topo, group, to);
+  const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
+  return { group, direction: to, turnedAtTs: t.ts, resync };
+}
+
+/** `tidemark swap`: a paired group changes direction with no acknowledged write lost. */
+export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions & { timeoutMs: number }): Promise<FailbackReport> {
+  const v = await view(topo, group);
+  const cur = currentDirection(v);
+  if (cur === "mixed") return reverseResync(topo, group, o);
+  const now = directed(topo, new Map([[group, cur]]));
+  const g = now.groups.get(group)!;
+  const states = [...v.subsystems].map(([id, s]) => ({ id, ...s }));
+  const takenOver = states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over"));
+  let frozenAt: string | undefined;
+  if (!takenOver) {
+    const notPaired = states.filter((s) => !(s.role === "secondary" ? s.state === "active" : s.state === "active" || s.state === "frozen"));
+    if (notPaired.length > 0) {
+      throw new ProcedureError("TM_NOT_PAIRED", `swap ${group}: ${notPaired.map((s) => `#${s.id} is ${s.state}`).join(", ")}; only a paired group is swapped (resync it first)`);
+    }
+    // 1. Hosts stop writing the primaries; what they were told is written still streams.
+    const frozen = await Promise.all(g.primaries.map((id) => call<{ lastStamp: string }>(topo, id, { op: "primary-freeze", group })));
+    frozenAt = frozen.reduce((m, f) => (BigInt(f.lastStamp) > m ? BigInt(f.lastStamp) : m), 0n).toString();
+    o.logger.warn({ group, frozenAt }, "swap: primaries frozen; waiting until the secondaries hold every acknowledged write");
+    // 2. Every secondary has applied everything acknowledged.
+    await quiesce(now, group, o.timeoutMs);
+    // 3. Take over: the secondaries rest at Ts >= every stamp, nothing is dropped.
+    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
+    if (BigInt(r.ts) < BigInt(frozenAt)) {
+      throw new ProcedureError("TM_SWAP", `swap ${group}: the takeover came to Ts ${r.ts}, below the primaries' last stamp ${frozenAt}; the group is taken over, nothing was turned`);
+    }
+  }
+  const to = opposite(cur);
+  const t = await turn(topo, group, to);
+  const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
+  return { group, direction: to, turnedAtTs: t.ts, resync, swappedFrom: cur, frozenAt };
+}
