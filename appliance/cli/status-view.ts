@@ -2,6 +2,7 @@
 // subsystem's own status, and renders it as the table an admin reads. Pure:
 // the subsystems' answers and the clock reading come in as values.
 import type { Topology } from "../../config/schema.ts";
+import { formatEta } from "./progress-view.ts";
 
 /** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
 export interface SubsystemStatus {
@@ -96,6 +97,19 @@ export interface StatusDoc {
     lagMs: number | null;
     lowestSecond: string | null;
     heldBackBy: number | null;
+    /** "forward", or "reverse" after a failback (the config's secondaries are primary). */
+    direction: string;
+    /** A copy in progress (initial copy or resync), summed over the primaries; null when none runs. */
+    copy: {
+      totalBlocks: number;
+      doneBlocks: number;
+      bytesPerSecond: number;
+      etaMs: number | null;
+      primaries: { subsystem: number; state: string; phase: string | null; remainingBlocks: number }[];
+      /** T_old the secondaries hold until the barrier C, once known. */
+      floor: string | null;
+      barrier: string | null;
+    } | null;
     secondaries: {
       subsystem: number;
       reachable: boolean;
@@ -111,7 +125,7 @@ export interface StatusDoc {
   }[];
   pairs: {
     group: string;
-    /** paired | link-down | primary-unreachable | secondary-unreachable | suspended | takeover | fenced | taken-over */
+    /** paired | copying | awaiting-barrier | link-down | primary-unreachable | secondary-unreachable | suspended | takeover | fenced | frozen | taken-over */
     state: string;
     reason: string | null;
     link: string | null;
@@ -178,6 +192,26 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
     // Before the first SYNC there is no common time yet, so no lag either.
     const lagMs = lowest && complete && BigInt(lowest.second!) > 0n ? Number(nowNs - BigInt(lowest.second!)) / 1e6 : null;
     const gens = secondaries.map((s) => s.generation).filter((x): x is number => x !== null);
+    const prim = g.primaries.map((id) => {
+      const a = answers.get(id);
+      return { id, pg: a?.ok ? a.value.primary?.groups.find((x) => x.name === g.name) : undefined, dir: a?.ok ? a.value.directions?.[g.name] : undefined };
+    });
+    const copying = prim.some((p) => p.pg?.state === "copying") || secondaries.some((s) => s.state === "resyncing");
+    const holds = g.secondaries.map((id) => {
+      const a = answers.get(id);
+      return a?.ok ? a.value.secondary?.find((x) => x.name === g.name)?.resync : undefined;
+    });
+    const copy = copying
+      ? {
+          totalBlocks: prim.reduce((n, p) => n + (p.pg?.copy?.totalBlocks ?? 0), 0),
+          doneBlocks: prim.reduce((n, p) => n + (p.pg?.copy?.doneBlocks ?? 0), 0),
+          bytesPerSecond: prim.reduce((n, p) => n + (p.pg?.copy?.bytesPerSecond ?? 0), 0),
+          etaMs: prim.reduce<number | null>((m, p) => (p.pg?.copy?.etaMs == null ? m : Math.max(m ?? 0, p.pg.copy.etaMs)), null),
+          primaries: prim.map((p) => ({ subsystem: p.id, state: p.pg?.state ?? "unknown", phase: p.pg?.copy?.phase ?? null, remainingBlocks: p.pg?.remainingBlocks ?? 0 })),
+          floor: holds.find((h) => h?.floor)?.floor ?? null,
+          barrier: holds.find((h) => h?.barrier)?.barrier ?? null,
+        }
+      : null;
     const states = new Set(secondaries.map((s) => s.state).filter((x): x is string => x !== null));
     return {
       name: g.name,
@@ -189,6 +223,8 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       lagMs,
       lowestSecond: lowest?.second ?? null,
       heldBackBy,
+      direction: prim.find((p) => p.dir)?.dir ?? "forward",
+      copy,
       secondaries: secondaries.map(({ generation: _g, reason: _r, suspendedBy: _b, synchronizedTs: _t, ...rest }) => rest),
     };
   });
@@ -198,13 +234,17 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
     const link = pa?.ok ? (pa.value.primary?.links.find((l) => l.secondary === p.secondary.subsystemId)?.state ?? null) : null;
     const pg = pa?.ok ? pa.value.primary?.groups.find((g) => g.name === p.group) : undefined;
     const sg = sa?.ok ? sa.value.secondary?.find((g) => g.name === p.group) : undefined;
-    // A suspension outranks link trouble: it says what the pair's data is doing.
+    // A suspension outranks a copy, a copy outranks link trouble: each says what the pair's data is doing.
     const state =
-      sg && sg.state !== "active"
+      sg && sg.state !== "active" && sg.state !== "resyncing"
         ? sg.state
-        : pg && pg.state !== "active"
+        : pg && pg.state !== "active" && pg.state !== "copying"
           ? pg.state
-          : !pa?.ok
+          : pg?.state === "copying"
+            ? "copying"
+            : sg?.state === "resyncing"
+              ? "awaiting-barrier"
+              : !pa?.ok
             ? "primary-unreachable"
             : !sa?.ok
               ? "secondary-unreachable"
@@ -250,6 +290,16 @@ export function renderStatus(doc: StatusDoc): string {
     const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;
     const held = g.heldBackBy === null ? "" : `, held back by primary #${g.heldBackBy}`;
     out.push(`GROUP ${g.name}  state ${g.state}  generation ${g.generation ?? "?"}  lag ${lag}${held}`);
+    if (g.direction !== "forward") out.push(`  direction ${g.direction}: the config's secondaries are primary (failback)`);
+    if (g.copy) {
+      const c = g.copy;
+      const pct = c.totalBlocks > 0 ? ((100 * c.doneBlocks) / c.totalBlocks).toFixed(1) : "100.0";
+      out.push(
+        `  copy: ${c.doneBlocks}/${c.totalBlocks} blocks (${pct}%), ${(c.bytesPerSecond / 1048576).toFixed(1)} MiB/s, ETA ${formatEta(c.etaMs)}; ${c.primaries
+          .map((p) => `#${p.subsystem} ${p.state === "copying" ? (p.phase ?? "copying") : p.state}`)
+          .join(", ")}; secondaries hold T_old ${c.floor ?? "?"} until the barrier${c.barrier ? ` C ${c.barrier}` : " (not yet known)"}`,
+      );
+    }
     if (g.reason) out.push(`  suspended by ${g.suspendedBy ?? "?"}: ${g.reason}${g.synchronizedTs ? `; secondaries rest at Ts ${g.synchronizedTs}` : ""}`);
     const primaries = [...new Set(g.secondaries.flatMap((s) => Object.keys(s.first)))].sort((a, b) => Number(a) - Number(b));
     out.push(
