@@ -2,6 +2,9 @@
 // suspension and after a takeover, on real processes with an RCM; images
 // compared with cmp once writes stop and the group is quiesced.
 import { afterEach, describe, expect, it } from "vitest";
+import path from "node:path";
+import { randomFillSync } from "node:crypto";
+import Database from "better-sqlite3";
 import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster.ts";
 import { VolumeModel, runWriter } from "../support/workload.ts";
 import type { ProcedureReport } from "../../appliance/rcm/procedure.ts";
@@ -70,15 +73,27 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     const cfg = await fig1Config({ volumeMiB: MIB, extra: { rcm: { port: await freePort(), autoSuspend: false, checkIntervalMs: 100 } } });
     const c = TestCluster.create(cfg, "tidemark-initial-");
     cleanup.push(() => c.destroy());
-    c.prefill((name, buf) => {
+    c.prefill((_name, buf) => {
       // Every other MiB holds data: the copier sees data runs and holes.
-      const rand = prng(name.length * 31 + name.charCodeAt(1));
-      for (let off = 0; off < buf.length; off += 2 << 20) for (let i = off; i < off + (1 << 20); i += 4) buf.writeUInt32LE((rand() * 0xffffffff) >>> 0, i);
+      for (let off = 0; off < buf.length; off += 2 << 20) randomFillSync(buf, off, 1 << 20);
     }, ["p1a", "p1b", "p2a", "p2b"]);
     await c.startAll({ paired: false });
-    const s1 = await c.rawStatus(1);
     let stop = false;
-    const writers = load(c, 11, MIB, () => stop);
+    const writers = load(c, 11, MIB, () => stop).catch(() => null);
+    // kill -9 primary #1 in the middle of its copy; restarted, it goes on from its persisted cursor.
+    for (;;) {
+      const g = (await c.rawStatus(1)).primary!.groups[0];
+      if ((g.copy?.doneBlocks ?? 0) > 2048) break;
+      expect(g.state, "primary #1 still copying when it is killed").toBe("copying");
+      await pause(20);
+    }
+    await c.kill(1);
+    const db = new Database(path.join(c.dir, "data/ss1/state.db"), { readonly: true });
+    const persisted = (db.prepare("SELECT coalesce(sum(next_off), 0) AS n FROM copy_cursor").get() as { n: number }).n;
+    const left = db.prepare("SELECT count(*) AS n FROM copy_cursor").get() as { n: number };
+    db.close();
+    expect(left.n, "cursors left to copy after the kill").toBeGreaterThan(0);
+    await c.start(1);
     const until = Date.now() + 120_000;
     for (;;) {
       const st = await groupStates(c);
@@ -92,12 +107,23 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     await c.quiesce();
     await expectIdentical(c);
     // Half of each volume held data before the start: the copy read it; the other half were holes, sent as zero runs.
-    for (const id of [1, 2]) {
-      const done = c.readLog(id).split("\n").filter((l) => l.includes("copy complete and acknowledged")).map((l) => JSON.parse(l) as { dataBytes: number; zeroBytes: number });
-      expect(done.length, `primary #${id} completed one initial copy`).toBe(1);
-      expect(done[0].dataBytes).toBeGreaterThanOrEqual(2 * (MIB / 2) * 1024 * 1024);
-      expect(done[0].zeroBytes).toBeGreaterThan(0);
-    }
+    const completed = (id: number) =>
+      c
+        .readLog(id)
+        .split("\n")
+        .filter((l) => l.includes("copy complete and acknowledged"))
+        .map((l) => JSON.parse(l) as { blocks: number; dataBytes: number; zeroBytes: number });
+    const two = completed(2);
+    expect(two.length, "primary #2 completed one initial copy").toBe(1);
+    expect(two[0].dataBytes, "half of each volume held data: read and sent").toBeGreaterThanOrEqual(2 * (MIB / 2) * 1024 * 1024);
+    expect(two[0].zeroBytes, "the holes went as zero runs").toBeGreaterThan(0);
+    // Primary #1 resumed from the cursor it had persisted: after the restart it copied only what was left.
+    const one = completed(1);
+    expect(one.length).toBe(1);
+    const total = (2 * MIB * 1024 * 1024) / 4096;
+    console.log(`initial copy: primary #1 killed with ${persisted / 4096} blocks persisted as copied; ${one[0].blocks} of ${total} copied after the restart`);
+    expect(persisted).toBeGreaterThan(0);
+    expect(one[0].blocks).toBeLessThanOrEqual(total - persisted / 4096);
   }, 240_000);
 
   it("resync: after a planned suspension with host writes on the primaries, resync copies only the bitmap and the images end identical", async () => {
