@@ -1,0 +1,177 @@
+// `npm run bench:resync`: the resync's copy rate against nbdcopy's, in one
+// run on one disk. A 1-primary/1-secondary group with an RCM is suspended,
+// N MiB of random data are written to the primary volume over NBD (so N MiB
+// are dirty in its bitmap), and `tidemark resync` plus `tidemark quiesce`
+// bring the secondary back in step (copies read, stamped, journaled, sent,
+// queued durably, applied, fdatasynced). Against it: `nbdcopy --flush` of the
+// same N MiB between two plain files on the same disk. Prints both rates and
+// the ratio; the images are compared with cmp at the end.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from "node:fs";
+import { randomFillSync } from "node:crypto";
+import { createInterface } from "node:readline";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadConfig, volumePath } from "../config/load.ts";
+import { freePort } from "../test/support/ports.ts";
+
+const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), "../bin/tidemark");
+
+interface Options {
+  mib: number;
+  dir: string;
+  keep: boolean;
+  json: string | null;
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { mib: 1024, dir: os.tmpdir(), keep: false, json: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      const v = argv[++i];
+      if (v === undefined) fail(`${a} needs a value`);
+      return v;
+    };
+    if (a === "--mib") o.mib = Number(next());
+    else if (a === "--quick") o.mib = 256;
+    else if (a === "--dir") o.dir = next();
+    else if (a === "--keep") o.keep = true;
+    else if (a === "--json") o.json = next();
+    else if (a === "--help" || a === "-h") {
+      process.stdout.write("npm run bench:resync -- [--mib N (dirty MiB, default 1024)] [--quick (256 MiB)] [--dir DIR] [--keep] [--json FILE]\n");
+      process.exit(0);
+    } else fail(`unknown argument '${a}' (try --help)`);
+  }
+  if (!Number.isInteger(o.mib) || o.mib <= 0) fail(`--mib must be a positive integer, not '${o.mib}'`);
+  return o;
+}
+
+function fail(msg: string): never {
+  process.stderr.write(`bench:resync: ${msg}\n`);
+  process.exit(2);
+}
+
+const children = new Set<ChildProcess>();
+let workDir: string | null = null;
+let keep = false;
+process.on("exit", () => {
+  for (const p of children) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+  if (workDir && !keep) rmSync(workDir, { recursive: true, force: true });
+});
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => process.exit(130));
+
+function start(args: string[], log: string): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, ...args, "--log", log], { stdio: ["ignore", "pipe", "pipe"] });
+    children.add(p);
+    let err = "";
+    p.stderr!.on("data", (d) => (err += d));
+    createInterface({ input: p.stdout! }).on("line", (l) => l.includes('"ready":true') && resolve(p));
+    p.once("exit", (code, sig) => reject(new Error(`${args.join(" ")} exited (${sig ?? code}) before ready: ${err.trim()} (log ${log})`)));
+  });
+}
+
+function run(cmd: string, args: string[], what: string): { ms: number; stdout: string } {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { encoding: "utf8", maxBuffer: 64 << 20 });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.status !== 0) throw new Error(`${what} failed (${r.status ?? r.signal}): ${r.stderr.trim()}`);
+  return { ms, stdout: r.stdout };
+}
+
+function tidemark(args: string[], what: string) {
+  return run(process.execPath, [BIN, ...args], what);
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  keep = o.keep;
+  for (const [tool, pkg] of [
+    ["nbdcopy", "libnbd-bin"],
+    ["cmp", "diffutils"],
+  ]) {
+    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) {
+      process.stderr.write(`bench:resync: ${tool} is missing (Debian: apt-get install ${pkg})\n`);
+      process.exit(3);
+    }
+  }
+  mkdirSync(o.dir, { recursive: true });
+  workDir = mkdtempSync(path.join(o.dir, "tidemark-bench-resync-"));
+  const dir = workDir;
+  const volumeMiB = o.mib;
+  const cfg = {
+    clusterKey: "tidemark-bench-cluster-key-0123456789",
+    dataDir: "data",
+    clock: "monotonic",
+    syncIntervalMs: 50,
+    rcm: { port: await freePort(), autoSuspend: false },
+    subsystems: [
+      { id: 1, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "p1a", sizeMiB: volumeMiB }] },
+      { id: 2, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "s2a", sizeMiB: volumeMiB }] },
+    ],
+    groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
+  };
+  const file = path.join(dir, "config.json");
+  writeFileSync(file, JSON.stringify(cfg, null, 2));
+  const topo = loadConfig(file);
+
+  // The data both copies move: N MiB of random bytes in a plain file.
+  const src = path.join(dir, "source.img");
+  const fd = openSync(src, "w");
+  const chunk = Buffer.alloc(1 << 20);
+  for (let i = 0; i < o.mib; i++) writeSync(fd, randomFillSync(chunk));
+  closeSync(fd);
+
+  await Promise.all([1, 2].map((id) => start(["subsystem", "--config", file, "--id", String(id)], path.join(dir, `ss${id}.log`))));
+  await start(["rcm", "--config", file], path.join(dir, "rcm.log"));
+  // The new group's initial copy (zeroes over holes) ends before anything is measured.
+  tidemark(["quiesce", "--config", file, "--group", "C1"], "quiesce after the initial copy");
+  tidemark(["suspend", "--config", file, "--group", "C1", "--json"], "suspend");
+  const p1 = topo.config.subsystems[0];
+  run("nbdcopy", [src, `nbd://127.0.0.1:${p1.nbdPort}/p1a`], "nbdcopy into the suspended primary");
+
+  const rs = tidemark(["resync", "--config", file, "--group", "C1", "--json"], "tidemark resync");
+  const q = tidemark(["quiesce", "--config", file, "--group", "C1", "--json"], "quiesce after the resync");
+  const resyncMs = rs.ms + q.ms;
+  const report = JSON.parse(rs.stdout) as { start: { primaries: { remainingBlocks: number }[] } };
+  const copiedMiB = (report.start.primaries.reduce((n, p) => n + p.remainingBlocks, 0) * 4096) / (1 << 20);
+  // The copy inside the subsystems, without the commands' start-up: from the
+  // primary's "resync begins" to the secondary's barrier passed.
+  const at = (log: string, msg: string) => {
+    const lines = readFileSync(path.join(dir, log), "utf8").split("\n").filter((l) => l.includes(msg));
+    return lines.length > 0 ? (JSON.parse(lines[lines.length - 1]) as { time: number }).time : NaN;
+  };
+  const copyMs = at("ss2.log", "resync complete: the barrier is passed") - at("ss1.log", "resync begins: copying the bitmap");
+  const same = spawnSync("cmp", [volumePath(topo, topo.volumes.get("p1a")!), volumePath(topo, topo.volumes.get("s2a")!)], { encoding: "utf8" });
+
+  // nbdcopy between two plain files on the same disk, flushed like the resync's fdatasync.
+  const dst = path.join(dir, "destination.img");
+  const dfd = openSync(dst, "w");
+  ftruncateSync(dfd, o.mib << 20);
+  closeSync(dfd);
+  const nc = run("nbdcopy", ["--flush", src, dst], "nbdcopy between two files");
+
+  const rate = (ms: number) => o.mib / (ms / 1000);
+  const rows = [
+    ["copy", "dirty MiB", "seconds", "MiB/s"],
+    ["tidemark resync (+ quiesce)", String(o.mib), (resyncMs / 1000).toFixed(2), rate(resyncMs).toFixed(1)],
+    ["  of which the copy (begin -> barrier)", String(o.mib), (copyMs / 1000).toFixed(2), rate(copyMs).toFixed(1)],
+    ["nbdcopy file -> file", String(o.mib), (nc.ms / 1000).toFixed(2), rate(nc.ms).toFixed(1)],
+  ];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  process.stdout.write(`tidemark bench:resync, ${o.mib} MiB dirty, ${os.cpus().length} CPUs, ${new Date().toISOString()}\n`);
+  process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ")).join("\n") + "\n");
+  process.stdout.write(`ratio tidemark/nbdcopy: ${(rate(resyncMs) / rate(nc.ms)).toFixed(2)} (copy phase alone: ${(rate(copyMs) / rate(nc.ms)).toFixed(2)}); the resync copied ${copiedMiB.toFixed(0)} MiB (bitmap blocks); images after quiesce: ${same.status === 0 ? "identical (cmp)" : `DIFFER: ${same.stdout.trim()}`}\n`);
+  if (o.json) {
+    writeFileSync(o.json, JSON.stringify({ mib: o.mib, resyncMs, copyMs, resyncCommandMs: rs.ms, quiesceMs: q.ms, nbdcopyMs: nc.ms, copiedMiB, identical: same.status === 0 }, null, 2));
+  }
+  for (const p of children) p.kill("SIGTERM");
+  if (same.status !== 0) process.exit(1);
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench:resync: ${err.message}\n`);
+  process.exit(1);
+});
