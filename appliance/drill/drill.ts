@@ -13,7 +13,7 @@ import { LinkProxy } from "./link-proxy.ts";
 import { freePorts } from "./ports.ts";
 import { DrillProcesses } from "./processes.ts";
 import { summarize, renderRound, renderSummary, type DrillSummary, type RoundReport } from "./report.ts";
-import { killRunningCommands, runRound, tidemarkCli, type DrillEnv } from "./round.ts";
+import { killRunningCommands, runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { checkShape, DEFAULT_SHAPE, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
 
@@ -160,9 +160,6 @@ export class Drill {
   async run(): Promise<DrillResult> {
     const started = Date.now();
     const shape = this.shape();
-    // The resync command is the last step of every round: without it no round can pass.
-    const help = await tidemarkCli(["resync", "--help"], 30_000);
-    if (help.code !== 0) throw new Error(`this tidemark has no working 'resync' command (${(help.stderr || help.stdout).trim().split("\n")[0]}); the drill needs it`);
     const reports: RoundReport[] = [];
     let keptDir: string | null = null;
     let env = await this.fresh(shape);

@@ -55,6 +55,8 @@ export interface RoundReport {
   /** Chain writes acknowledged to the host and found on the primary images after the resync. */
   completeOnPrimaries: { acked: number; ok: boolean };
   violations: string[];
+  /** Milliseconds spent in each step of the round (paired, clear, write, takeover, check, dr-writes, restore, resync, compare). */
+  stepsMs: Record<string, number>;
   /** Set when the round could not finish (a step failed or the drill was stopped): what it was doing. */
   abortedAt?: string;
 }
@@ -105,7 +107,8 @@ function spread(xs: readonly number[]): string {
 
 export function renderRound(r: RoundReport, replay: string): string {
   const out: string[] = [];
-  out.push(`round ${r.round} (seed ${r.seed}) ${r.ok ? "OK" : "FAILED"} in ${secs(r.elapsedMs)}`);
+  const steps = Object.entries(r.stepsMs).map(([k, ms]) => `${k} ${(ms / 1000).toFixed(1)}`);
+  out.push(`round ${r.round} (seed ${r.seed}) ${r.ok ? "OK" : "FAILED"} in ${secs(r.elapsedMs)}${steps.length ? ` (${steps.join(", ")})` : ""}`);
   for (const e of r.events) out.push(`  ${`+${e.atMs} ms`.padStart(10)}  ${e.what}`);
   for (const t of r.takeovers) {
     out.push(

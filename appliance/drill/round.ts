@@ -16,6 +16,7 @@ import { buildStatus, type SubsystemStatus } from "../cli/status-view.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { NbdClient } from "../nbd/client.ts";
 import { CHAIN_BLOCK_BYTES } from "./chain-block.ts";
+import { nonZeroRuns, regions } from "./regions.ts";
 import { checkChains, openFileBlockReader, type CheckMode } from "./chain-checker.ts";
 import { planChains, type ChainPlan } from "./chain-plan.ts";
 import { runChainWorkload, type ChainRecord } from "./chain-workload.ts";
@@ -26,6 +27,7 @@ import { prng } from "./prng.ts";
 import type { GroupChains, GroupResync, GroupTakeover, RoundReport } from "./report.ts";
 import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedule.ts";
 import { askRcm } from "../cli/rcm-client.ts";
+import { quiesce } from "../cli/quiesce.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tidemark");
@@ -211,16 +213,6 @@ interface GroupPlan {
   pairs: { primary: string; secondary: string }[];
 }
 
-/**
- * The random load writes the first quarter of every volume, the chains the rest: chains need
- * many distinct blocks (each position has its own) to still be running when the takeover comes.
- */
-function regions(volumeBytes: number) {
-  const blocks = Math.floor(volumeBytes / CHAIN_BLOCK_BYTES);
-  const chainStartBlock = Math.floor(blocks / 4);
-  return { loadBytes: chainStartBlock * CHAIN_BLOCK_BYTES, chainStartBlock, chainBlocks: blocks - chainStartBlock };
-}
-
 function planGroups(env: DrillEnv, seed: number): GroupPlan[] {
   const { chainStartBlock, chainBlocks } = regions(env.volumeBytes);
   return [...env.topo.groups.values()].map((g, gi) => {
@@ -254,6 +246,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     cmp: { pairs: 0, identical: 0 },
     completeOnPrimaries: { acked: 0, ok: false },
     violations: [],
+    stepsMs: {},
   };
   const event = (what: string) => report.events.push({ atMs: Date.now() - t0, what });
   const violation = (v: string) => report.violations.push(v);
@@ -284,7 +277,16 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     event(`${processName(id)} restarted${why}, ready in ${Date.now() - t} ms`);
   };
   let doing = "preparing";
-  const step = (what: string) => {
+  let stepStarted = Date.now();
+  let stepName = "";
+  const endStep = () => {
+    if (stepName) report.stepsMs[stepName] = (report.stepsMs[stepName] ?? 0) + Date.now() - stepStarted;
+  };
+  /** Names the step under way (for a failure's report) and times it. */
+  const step = (name: string, what: string) => {
+    endStep();
+    stepName = name;
+    stepStarted = Date.now();
     doing = what;
     check();
   };
@@ -302,25 +304,28 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
 
   try {
     // ---- preparation: every pair streaming, the chain region zero on both sides, the load region read into its models.
-    step("waiting for every pair to be paired");
+    step("paired", "waiting for every pair to be paired");
     await waitPaired(env, PAIRED_TIMEOUT_MS);
-    step("clearing the chain region");
+    step("clear", "clearing the chain region");
+    // Zeroes replicate like any write; only what earlier rounds left is zeroed, the rest already is.
     for (const g of groups) {
       for (const v of g.primaryVolumes) {
+        const runs = nonZeroRuns(await readRange(pathOf(v), chainStartBlock * CHAIN_BLOCK_BYTES, chainBlocks * CHAIN_BLOCK_BYTES));
+        if (runs.length === 0) continue;
         const c = await nbd(v);
         try {
-          await c.writeZeroes(chainStartBlock * CHAIN_BLOCK_BYTES, chainBlocks * CHAIN_BLOCK_BYTES);
+          for (const [first, count] of runs) await c.writeZeroes((chainStartBlock + first) * CHAIN_BLOCK_BYTES, count * CHAIN_BLOCK_BYTES);
         } finally {
           await c.close();
         }
       }
     }
-    for (const g of groups) await quiesce(g.name);
+    for (const g of groups) await quiesceGroup(g.name);
     const models = new Map<string, LoadModel>();
     for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
 
     // ---- step 1 and 2: write, and fail things on the schedule.
-    step("writing under faults");
+    step("write", "writing under faults");
     t0 = Date.now();
     event(`hosts write: ${groups.map((g) => `${g.name}: ${g.plan.chains} chains x ${g.plan.length} over ${g.primaryVolumes.join(" ")}`).join("; ")}; random load on each`);
     const chainRuns = groups.map((g) =>
@@ -347,7 +352,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     await sleep(t0 + schedule.takeoverAtMs - Date.now());
 
     // ---- step 3: take over, read the secondaries back.
-    step("taking over");
+    step("takeover", "taking over");
     // The takeover needs every secondary and the RCM; primaries may stay down (that is the disaster).
     for (const id of [...new Set([...topo.groups.values()].flatMap((g) => g.secondaries)), RCM_ID]) {
       if (!procs.alive(id)) await restart(id, " (the takeover needs it)");
@@ -359,7 +364,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     event("hosts stopped writing");
     check();
 
-    step("checking the chains on the secondaries");
+    step("check", "checking the chains on the secondaries");
     for (const [i, g] of groups.entries()) {
       const secondaryOf = new Map(g.pairs.map((p) => [p.primary, p.secondary]));
       const r = await checkOn(g.plan, records[i], "prefix", (v) => pathOf(secondaryOf.get(v)!));
@@ -368,7 +373,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
 
     // The disaster site carries on: hosts write the taken-over secondaries. The forward resync must undo it.
-    step("writing on the taken-over secondaries");
+    step("dr-writes", "writing on the taken-over secondaries");
     for (let i = 0; i < schedule.secondaryWrites; i++) {
       const g = groups[Math.floor(rand() * groups.length)];
       const s = g.pairs[Math.floor(rand() * g.pairs.length)].secondary;
@@ -388,7 +393,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     if (schedule.secondaryWrites > 0) event(`${report.secondaryWrites} host writes on the taken-over secondaries`);
 
     // ---- step 4: everything back, resync forward while hosts write, stop, quiesce, compare.
-    step("restoring processes and links");
+    step("restore", "restoring processes and links");
     for (const [id, proxy] of env.proxies) {
       if (proxy.state !== "up") {
         proxy.restore();
@@ -397,7 +402,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
     for (const id of procs.ids) if (!procs.alive(id)) await restart(id, " (the resync needs it)");
 
-    step("resyncing");
+    step("resync", "resyncing");
     const loads2 = loadRun(() => !resyncWriting);
     workloads.push(...loads2);
     for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null));
@@ -407,8 +412,8 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     event("hosts stopped writing");
     check();
 
-    step("quiescing and comparing");
-    for (const g of groups) await quiesce(g.name);
+    step("compare", "quiescing and comparing");
+    for (const g of groups) await quiesceGroup(g.name);
     for (const g of groups) {
       for (const p of g.pairs) {
         report.cmp.pairs++;
@@ -432,6 +437,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       }
     }
     check();
+    endStep();
     doing = "";
   } catch (err) {
     if (err instanceof Interrupted) violation("the drill was interrupted");
@@ -462,9 +468,13 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
   }
 
-  async function quiesce(group: string) {
-    const r = await tidemarkCli(["quiesce", "--config", topo.file, "--group", group, "--timeout-ms", String(QUIESCE_TIMEOUT_MS)], QUIESCE_TIMEOUT_MS + 10_000);
-    if (r.code !== 0) throw new DrillStepError(`tidemark quiesce --group ${group} failed (${r.timedOut ? "timed out" : `exit ${r.code}`}): ${firstLine(r.stderr)}`);
+  /** What `tidemark quiesce` does, in-process (a command's start-up would double the step's time). */
+  async function quiesceGroup(group: string) {
+    try {
+      await quiesce(topo, group, QUIESCE_TIMEOUT_MS);
+    } catch (err) {
+      throw new DrillStepError(`quiesce ${group} failed: ${(err as Error).message}`);
+    }
   }
 
   /** Runs the schedule's faults: actions on one process or link in order, different ones at once. */

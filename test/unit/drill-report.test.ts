@@ -24,6 +24,7 @@ function round(o: Partial<RoundReport> = {}): RoundReport {
     cmp: { pairs: 4, identical: 4 },
     completeOnPrimaries: { acked: 30, ok: true },
     violations: [],
+    stepsMs: { write: 2100, resync: 1250 },
     ...o,
   };
 }
@@ -31,7 +32,7 @@ function round(o: Partial<RoundReport> = {}): RoundReport {
 describe("drill report", () => {
   it("drill report: a passing round shows its events, Ts, prefix lengths and zero gaps and torn blocks", () => {
     const text = renderRound(round(), "tidemark drill --rounds 1 --seed 41");
-    expect(text).toContain("round 1 (seed 41) OK in 5.4 s");
+    expect(text).toContain("round 1 (seed 41) OK in 5.4 s (write 2.1, resync 1.3)");
     expect(text).toContain("+412 ms  kill -9 subsystem #1 (pid 77)");
     expect(text).toContain("takeover C1: Ts 123456789, generation 3, 310 ms (2 attempts); primaries down: #1");
     expect(text).toContain("prefix lengths 5..9 (median 7); gaps 0, torn 0, foreign 0, from the future 0");
