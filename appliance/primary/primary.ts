@@ -583,6 +583,14 @@ export class PrimaryEngine {
   /** The copier (docs/resync.md, steps 4-5). */
   private async copyGroup(group: string): Promise<void> {
     const gs = this.groups.get(group)!;
+    try {
+      await this.copyAll(group, gs);
+    } finally {
+      gs.copy = null;
+    }
+  }
+
+  private async copyAll(group: string, gs: GroupState): Promise<void> {
     const copying = () => gs.state === "copying" && !this.stopped;
     gs.copy = { startedAtMs: Date.now(), totalBlocks: this.remainingBlocks(group), doneBlocks: 0, dataBytes: 0, zeroBytes: 0, runs: 0, phase: "copying" };
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
@@ -629,7 +637,6 @@ export class PrimaryEngine {
       { group, copiedTs: c.toString(), blocks: gs.copy.doneBlocks, dataBytes: gs.copy.dataBytes, zeroBytes: gs.copy.zeroBytes, ms },
       "copy complete and acknowledged: COPIED goes to every secondary",
     );
-    gs.copy = null;
   }
 
   /** Runs of one volume to copy: its bitmap (runs of set bits), then its initial-copy cursor. */
@@ -711,6 +718,9 @@ export class PrimaryEngine {
         this.pending.cancel(b.group, b.link, seq);
         throw err;
       }
+      // While still counted in flight: a suspension waiting for this copy then
+      // finds either the bits set, or the journal entry it turns back into bits.
+      if (run.kind === "bitmap") this.o.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
       if (data) gs.copy!.dataBytes += run.length;
       else gs.copy!.zeroBytes += run.length;
     } finally {
@@ -725,10 +735,7 @@ export class PrimaryEngine {
    * a crash re-copies at most the runs in flight.
    */
   private copyDone(b: BindingState, run: CopyRun, inFlight: ReadonlySet<CopyRun>, dispatchedEnd: number): void {
-    if (run.kind === "bitmap") {
-      this.o.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
-      return;
-    }
+    if (run.kind === "bitmap") return;
     let next = dispatchedEnd;
     for (const r of inFlight) if (r.kind === "cursor" && r.offset < next) next = r.offset;
     const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").get(b.volume.name) as { next_off: number } | undefined;
