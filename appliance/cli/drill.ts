@@ -4,7 +4,8 @@
 // 130 after Ctrl-C, once every process is killed and every loop device detached.
 import { randomInt } from "node:crypto";
 import { Command, InvalidArgumentError } from "commander";
-import { Drill, VOLUME_MIB_DEFAULT, VOLUME_MIB_MAX, renderDrillSummary, type DrillOptions } from "../drill/drill.ts";
+import type { DrillOptions } from "../drill/drill.ts";
+import { VOLUME_MIB_DEFAULT, VOLUME_MIB_MAX } from "../drill/defaults.ts";
 
 function intIn(what: string, lo: number, hi: number) {
   return (v: string) => {
@@ -49,6 +50,9 @@ export function drillCommand(): Command {
 }
 
 async function drillMain(f: Flags): Promise<number> {
+  // Loaded here, not at the top: every tidemark command (the subsystems too) loads this file, and
+  // none of them needs the drill's modules.
+  const { Drill, renderDrillSummary } = await import("../drill/drill.ts");
   const out = f.json ? process.stderr : process.stdout;
   const seed = f.seed ?? randomInt(1, 2 ** 31);
   const o: DrillOptions = {

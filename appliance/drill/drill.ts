@@ -15,11 +15,10 @@ import { DrillProcesses } from "./processes.ts";
 import { summarize, renderRound, renderSummary, type DrillSummary, type RoundReport } from "./report.ts";
 import { killRunningCommands, runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
+import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
 import { checkShape, DEFAULT_SHAPE, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
 
 export const DRILL_HOST = "127.0.0.1";
-export const VOLUME_MIB_DEFAULT = 32;
-export const VOLUME_MIB_MAX = 1024;
 
 export interface DrillOptions {
   rounds: number;

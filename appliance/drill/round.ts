@@ -191,15 +191,15 @@ function parseJson(stdout: string): unknown {
   }
 }
 
-/** What `tidemark resync --json` said, in one line: blocks copied and the generation it paired at. */
+/** What `tidemark resync --json` said, in one line: blocks to copy and the generation it paired at. */
 function resyncGist(v: unknown): string {
-  const r = v as { start?: { generation?: number; secondaryBlocks?: number; nothingToDo?: boolean; suspendedFirst?: boolean }; final?: { totalBlocks?: number; doneBlocks?: number } } | null;
+  const r = v as { start?: { generation?: number; secondaryBlocks?: number; nothingToDo?: boolean; suspendedFirst?: boolean; primaries?: { remainingBlocks?: number }[] } } | null;
   if (!r?.start) return "";
   if (r.start.nothingToDo) return "nothing to copy";
+  const toCopy = (r.start.primaries ?? []).reduce((n, p) => n + (p.remainingBlocks ?? 0), 0);
   return [
     `paired again at generation ${r.start.generation}`,
-    r.final ? `${r.final.doneBlocks} of ${r.final.totalBlocks} blocks copied` : "",
-    `${r.start.secondaryBlocks} dirty on the secondaries`,
+    `${toCopy} blocks to copy (${r.start.secondaryBlocks} of them dirty on the secondaries)`,
     r.start.suspendedFirst ? "suspended first" : "",
   ]
     .filter(Boolean)
