@@ -143,6 +143,7 @@ export class Drill {
     this.dirs.push(dir);
     const env = new Environment(dir);
     this.env = env;
+    const begun = Date.now();
     try {
       await env.build(shape, this.o.volumeMiB, this.o.loop);
     } catch (err) {
@@ -151,7 +152,7 @@ export class Drill {
     }
     this.o.say(
       `drill: topology in ${dir}: ${env.topo!.config.subsystems.length} subsystems, ${env.topo!.pairs.length} pairs in ${env.topo!.groups.size} group(s), ` +
-        `${this.o.volumeMiB} MiB volumes ${this.o.loop ? `on loop devices ${env.loops.join(" ")}` : "in files"}`,
+        `${this.o.volumeMiB} MiB volumes ${this.o.loop ? `on loop devices ${env.loops.join(" ")}` : "in files"}; up in ${Date.now() - begun} ms`,
     );
     return env;
   }
@@ -181,11 +182,13 @@ export class Drill {
   }
 
   private async finish(keptDir: string | null): Promise<void> {
+    const begun = Date.now();
     if (this.env) for (const p of await this.env.teardown(false)) this.o.say(`drill: ${p}`);
     for (const d of this.dirs) {
       if (d === keptDir || this.o.keep) continue;
       rmSync(d, { recursive: true, force: true });
     }
+    this.o.say(`drill: every process stopped${this.o.loop ? ", every loop device detached" : ""} and the temporary folder removed in ${Date.now() - begun} ms`);
     if (this.o.keep && this.env) this.o.say(`drill: kept ${this.dirs.join(", ")}`);
   }
 
