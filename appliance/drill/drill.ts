@@ -13,7 +13,8 @@ import { LinkProxy } from "./link-proxy.ts";
 import { freePorts } from "./ports.ts";
 import { DrillProcesses } from "./processes.ts";
 import { summarize, renderRound, renderSummary, type DrillSummary, type RoundReport } from "./report.ts";
-import { killRunningCommands, runRound, type DrillEnv } from "./round.ts";
+import { killRunningCommands } from "./commands.ts";
+import { runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
 import { checkShape, DEFAULT_SHAPE, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
@@ -184,11 +185,13 @@ export class Drill {
   private async finish(keptDir: string | null): Promise<void> {
     const begun = Date.now();
     if (this.env) for (const p of await this.env.teardown(false)) this.o.say(`drill: ${p}`);
+    let removed = 0;
     for (const d of this.dirs) {
       if (d === keptDir || this.o.keep) continue;
       rmSync(d, { recursive: true, force: true });
+      removed++;
     }
-    this.o.say(`drill: every process stopped${this.o.loop ? ", every loop device detached" : ""} and the temporary folder removed in ${Date.now() - begun} ms`);
+    this.o.say(`drill: every process stopped${this.o.loop ? ", every loop device detached" : ""}${removed > 0 ? ", temporary folders removed" : ""} in ${Date.now() - begun} ms`);
     if (this.o.keep && this.env) this.o.say(`drill: kept ${this.dirs.join(", ")}`);
   }
 

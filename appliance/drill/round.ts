@@ -1,4 +1,4 @@
-// One drill round on a running topology, as the issue's four steps: (1) hosts write causal chains
+// One drill round on a running topology, in four steps: (1) hosts write causal chains
 // and random load over NBD while (2) processes are killed -9 and restarted and links are cut or
 // hung on the round's schedule; (3) the group is taken over and the secondary images are read
 // back: every chain must be a prefix and every block intact; (4) the group is resynced forward
@@ -6,16 +6,14 @@
 // writes stop, the group is quiesced, `cmp` must find every secondary equal to its primary, and
 // every write a host was told about must be on the primary images.
 // The checks read the images themselves and know nothing of tidemark's timestamps or queues.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { open } from "node:fs/promises";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { volumePath, type LoadedTopology } from "../../config/load.ts";
 import { askAll } from "../cli/control-client.ts";
 import { buildStatus, type SubsystemStatus } from "../cli/status-view.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { NbdClient } from "../nbd/client.ts";
 import { CHAIN_BLOCK_BYTES } from "./chain-block.ts";
+import { tidemarkCli } from "./commands.ts";
+import { cmpImages, readRange } from "./images.ts";
 import { nonZeroRuns, regions } from "./regions.ts";
 import { checkChains, openFileBlockReader, type CheckMode } from "./chain-checker.ts";
 import { planChains, type ChainPlan } from "./chain-plan.ts";
@@ -29,8 +27,6 @@ import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedul
 import { askRcm } from "../cli/rcm-client.ts";
 import { quiesce } from "../cli/quiesce.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
-
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tidemark");
 
 /** Chains per group and their longest length: enough dependent writes in flight to catch a reordering, few enough to check in milliseconds. */
 export const CHAINS_PER_GROUP = 16;
@@ -81,103 +77,7 @@ class Interrupted extends Error {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
-export interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-/** Commands running now, so that Ctrl-C can end them with the rest. */
-const running = new Set<ChildProcess>();
-
-export function killRunningCommands(): void {
-  for (const c of running) c.kill("SIGKILL");
-}
-
-/** Runs `tidemark ARGS` as a user would, bounded by timeoutMs (then kill -9). */
-export function tidemarkCli(args: string[], timeoutMs: number): Promise<CliResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    running.add(child);
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.once("close", (code) => {
-      running.delete(child);
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut });
-    });
-  });
-}
-
 const firstLine = (s: string) => s.trim().split("\n").filter(Boolean).slice(-1)[0] ?? "";
-
-/** cmp(1) of two images: null when identical, else what differs (cmp's line and how many 4 KiB blocks). */
-async function cmpImages(a: string, b: string): Promise<string | null> {
-  const said = await new Promise<string | null>((resolve) => {
-    execFile("cmp", [a, b], (err, stdout, stderr) => {
-      if (!err) return resolve(null);
-      const sys = (err as NodeJS.ErrnoException).code;
-      resolve(sys === "ENOENT" ? "cmp is not installed (Debian package: diffutils)" : (stdout + stderr).trim() || `cmp exit ${String(sys)}`);
-    });
-  });
-  if (said === null) return null;
-  // cmp names the first byte only; which blocks differ tells a resync bug from a stray write.
-  const blocks = await differingBlocks(a, b).catch((e: Error) => ({ count: -1, first: [] as number[], why: e.message }));
-  const detail = blocks.count < 0 ? "" : `; ${blocks.count} differing 4 KiB blocks${blocks.first.length ? ` (first: ${blocks.first.join(", ")})` : ""}`;
-  return `${said}${detail}`;
-}
-
-async function differingBlocks(a: string, b: string): Promise<{ count: number; first: number[] }> {
-  const [fa, fb] = [await open(a, "r"), await open(b, "r")];
-  try {
-    const chunk = 1 << 20;
-    const ba = Buffer.alloc(chunk);
-    const bb = Buffer.alloc(chunk);
-    let count = 0;
-    const first: number[] = [];
-    for (let off = 0; ; off += chunk) {
-      const [ra, rb] = await Promise.all([fa.read(ba, 0, chunk, off), fb.read(bb, 0, chunk, off)]);
-      const n = Math.max(ra.bytesRead, rb.bytesRead);
-      if (n === 0) break;
-      for (let i = 0; i < n; i += CHAIN_BLOCK_BYTES) {
-        const end = Math.min(i + CHAIN_BLOCK_BYTES, n);
-        if (ra.bytesRead < end || rb.bytesRead < end || ba.compare(bb, i, end, i, end) !== 0) {
-          count++;
-          if (first.length < 5) first.push((off + i) / CHAIN_BLOCK_BYTES);
-        }
-      }
-      if (n < chunk) break;
-    }
-    return { count, first };
-  } finally {
-    await fa.close();
-    await fb.close();
-  }
-}
-
-async function readRange(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, "r");
-  try {
-    const buf = Buffer.alloc(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-      if (bytesRead === 0) throw new Error(`${file}: ends at ${offset + got}, before ${offset + length}`);
-      got += bytesRead;
-    }
-    return buf;
-  } finally {
-    await fh.close();
-  }
-}
 
 /** The JSON a command printed on stdout, or null when it printed none. */
 function parseJson(stdout: string): unknown {

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { CHAIN_BLOCK_BYTES, decodeChainBlock, encodeChainBlock, volumeTag } from "../../appliance/drill/chain-block.ts";
 import { ChainPlanError, planChains, type ChainPlan, type PlanVolume } from "../../appliance/drill/chain-plan.ts";
-import { checkChains, fileBlockReader, readBlockFromFile, type CheckMode } from "../../appliance/drill/chain-checker.ts";
+import { checkChains, fileBlockReader, openFileBlockReader, readBlockFromFile, type CheckMode } from "../../appliance/drill/chain-checker.ts";
 import { runChainWorkload, type ChainWriter } from "../../appliance/drill/chain-workload.ts";
 
 const MIB = 1 << 20;
@@ -228,13 +228,22 @@ describe("chains: checker on hand-made images", () => {
     expect(r.counts.missing).toBe(1);
   });
 
-  it("chains: readBlockFromFile reads at blockIndex * 4096 and refuses a read past the end", async () => {
+  it("chains: readBlockFromFile and openFileBlockReader read at blockIndex * 4096 and refuse a read past the end", async () => {
     const file = path.join(dir, "short.img");
     const block = encodeChainBlock({ run: 3n, chain: 0, pos: 0, volumeTag: 0, blockIndex: 2 });
     writeFileSync(file, Buffer.concat([Buffer.alloc(2 * CHAIN_BLOCK_BYTES), block]));
     expect((await readBlockFromFile(file, 2)).equals(block)).toBe(true);
     expect(decodeChainBlock(await readBlockFromFile(file, 1)).kind).toBe("empty");
     await expect(readBlockFromFile(file, 3)).rejects.toThrow(/short read/);
+    const reader = openFileBlockReader(() => file);
+    try {
+      const [a, b] = await Promise.all([reader.readBlock("any", 2), reader.readBlock("any", 1)]);
+      expect(a.equals(block)).toBe(true);
+      expect(decodeChainBlock(b).kind).toBe("empty");
+      await expect(reader.readBlock("any", 3)).rejects.toThrow(`${file}: short read of block 3`);
+    } finally {
+      await reader.close();
+    }
   });
 });
 
