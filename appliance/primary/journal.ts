@@ -3,9 +3,16 @@
 // acknowledged it and the volume write is durable. Group commit: appends made
 // while a commit runs form the next transaction, so a burst of writes costs
 // one transaction. The same transaction raises the stamp and seq floors and
-// durably marks activity-log regions hot before their first write.
+// durably marks activity-log regions hot before their first write. Payloads
+// go to append-only segment files (docs/segments.md), written before the
+// rows that name them; a row carries its payload's CRC32C, so after a power
+// cut an entry whose payload did not reach the disk is known and skipped
+// (its region was hot, so its blocks are in the bitmap).
+import path from "node:path";
+import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
+import { PayloadSegments, type PayloadRef } from "../state/payload-segments.ts";
 
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;
@@ -62,17 +69,23 @@ export class Journal {
   private readonly sumStmt;
   /** Called after every commit with the highest committed seq. */
   onCommit: (lastSeq: number) => void = () => {};
+  readonly segments: PayloadSegments;
+  private readonly oldestSegStmt;
+  /** Entries skipped at replay because their payload was torn (a power cut). */
+  torn = 0;
 
   constructor(private readonly db: Db) {
+    this.segments = new PayloadSegments(path.join(path.dirname(db.name), "segments"), "journal");
     this.insert = db.prepare(
-      "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, seg, seg_off, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
+    this.oldestSegStmt = db.prepare("SELECT seg FROM journal WHERE seg IS NOT NULL ORDER BY seq LIMIT 1").pluck(true);
     this.floors = db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?), seq_floor = max(seq_floor, ?) WHERE id = 1");
     this.leaseStmt = db.prepare("UPDATE stamp SET seq_lease = ? WHERE id = 1");
     this.seqLease = (db.prepare("SELECT seq_lease FROM stamp WHERE id = 1").get() as { seq_lease: number }).seq_lease;
     this.markHot = db.prepare("INSERT OR IGNORE INTO activity (volume, region) VALUES (?, ?)");
     this.readLinkStmt = db
-      .prepare("SELECT seq, ts, grp, target, op, off, len, data FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?")
+      .prepare("SELECT seq, ts, grp, target, op, off, len, data, seg, seg_off FROM journal WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?")
       .safeIntegers(true);
     this.trimStmt = db.prepare("DELETE FROM journal WHERE link = ? AND seq <= ?");
     this.coolStmt = db.prepare("DELETE FROM activity WHERE volume = ? AND region = ?");
@@ -121,13 +134,23 @@ export class Journal {
     const lease = maxSeq > this.seqLease ? maxSeq + SEQ_LEASE_SPAN : null;
     const full = newRegions.length > 0 || lease !== null;
     try {
+      // Payloads first, in one writev: the rows that name them come after.
+      const payloads: Buffer[] = [];
+      for (const { entry: e } of batch) if (e.data) payloads.push(e.data);
+      const refs = this.segments.append(payloads);
       // A region turning hot must be durable before any block of it reaches the
       // volume, and a new seq lease before any of its seqs leaves: such a commit
-      // syncs the WAL. Later writes to hot regions under the lease do not.
-      if (full) this.db.pragma("synchronous = FULL");
+      // syncs the WAL (and the payloads it names). Later writes to hot regions
+      // under the lease do not.
+      if (full) {
+        this.segments.sync();
+        this.db.pragma("synchronous = FULL");
+      }
       this.db.transaction(() => {
+        let i = 0;
         for (const { entry: e } of batch) {
-          this.insert.run(e.seq, e.ts, e.group, e.link, e.volume, e.target, e.op, e.offset, e.length, e.data);
+          const ref = e.data ? refs[i++] : null;
+          this.insert.run(e.seq, e.ts, e.group, e.link, e.volume, e.target, e.op, e.offset, e.length, ref?.seg ?? null, ref?.off ?? null, e.data ? crc32c(e.data) : null);
           if (e.ts > maxTs) maxTs = e.ts;
         }
         for (const [v, r] of newRegions) this.markHot.run(v, r);
@@ -166,7 +189,10 @@ export class Journal {
       off: bigint;
       len: bigint;
       data: Buffer | null;
+      seg: bigint | null;
+      seg_off: bigint | null;
     }>) {
+      const data = r.data ?? (r.seg !== null ? this.segments.read({ seg: Number(r.seg), off: Number(r.seg_off) }, Number(r.len)) : null);
       out.push({
         seq: Number(r.seq),
         ts: r.ts,
@@ -177,9 +203,9 @@ export class Journal {
         op: Number(r.op) as typeof OP_WRITE,
         offset: Number(r.off),
         length: Number(r.len),
-        data: r.data,
+        data,
       });
-      bytes += r.data?.length ?? 0;
+      bytes += data?.length ?? 0;
       // Leaving the loop early resets the statement.
       if (bytes >= bytesMax) break;
     }
@@ -194,6 +220,17 @@ export class Journal {
         this.trimStmt.run(link, seq);
       }
     })();
+    this.collectSegments();
+  }
+
+  /**
+   * Segments below the oldest entry's are free. Payloads are appended in seq
+   * order, so segments only grow with seq and one lookup by the primary key
+   * finds the oldest in use.
+   */
+  collectSegments(): void {
+    const seg = this.oldestSegStmt.get() as number | null | undefined;
+    this.segments.collect(seg ?? null);
   }
 
   /** Cools regions with no journal entry left; they are marked hot again on their next write. */
@@ -218,9 +255,27 @@ export class Journal {
   /** Every entry, oldest first: replayed onto the volumes after a restart. */
   *replay(): IterableIterator<JournalEntry & { volume: string }> {
     const stmt = this.db
-      .prepare("SELECT seq, ts, grp, link, volume, target, op, off, len, data FROM journal ORDER BY seq")
+      .prepare("SELECT seq, ts, grp, link, volume, target, op, off, len, data, seg, seg_off, crc FROM journal ORDER BY seq")
       .safeIntegers(true);
-    for (const r of stmt.iterate() as IterableIterator<Record<string, unknown>>) {
+    const rows = stmt.all() as Record<string, unknown>[];
+    for (const r of rows) {
+      let data = r.data as Buffer | null;
+      if (data === null && r.seg !== null) {
+        const len = Number(r.len);
+        try {
+          data = this.segments.read({ seg: Number(r.seg), off: Number(r.seg_off) }, len);
+        } catch {
+          data = null;
+        }
+        if (data === null || crc32c(data) !== Number(r.crc)) {
+          // The row reached the disk, its payload did not (a power cut between a
+          // NORMAL commit and the page cache's writeback). Its region is hot: the
+          // blocks are in the bitmap after this restart. The row goes.
+          this.torn++;
+          this.db.prepare("DELETE FROM journal WHERE seq = ?").run(r.seq);
+          continue;
+        }
+      }
       yield {
         seq: Number(r.seq),
         ts: r.ts as bigint,
@@ -231,7 +286,7 @@ export class Journal {
         op: Number(r.op) as typeof OP_WRITE,
         offset: Number(r.off),
         length: Number(r.len),
-        data: r.data as Buffer | null,
+        data,
       };
     }
   }
@@ -255,8 +310,9 @@ export class Journal {
     return { entries: r.n, bytes: r.b, hotRegions: this.hot.size };
   }
 
-  /** FLUSH/FUA: every commit so far is on stable storage. */
+  /** FLUSH/FUA: every commit so far is on stable storage, payloads included. */
   barrier(): void {
+    this.segments.sync();
     durableBarrier(this.db);
   }
 }

@@ -290,6 +290,7 @@ export class PrimaryEngine {
     this.timers = [];
     for (const s of this.senders.values()) s.stop();
     await this.trim();
+    this.journal.segments.close();
   }
 
   hasVolume(name: string): boolean {
@@ -454,6 +455,7 @@ export class PrimaryEngine {
     }
     this.pending.dropGroup(group);
     this.journal.recount();
+    this.journal.collectSegments();
     this.lastSync.delete(group);
     // The links' in-flight accounting counted entries that are gone: start them afresh.
     for (const s of this.senders.values()) s.restart();

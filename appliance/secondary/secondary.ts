@@ -14,6 +14,9 @@ import { assert } from "../invariant.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
+import path from "node:path";
+import { crc32c } from "@node-rs/crc32";
+import { PayloadSegments } from "../state/payload-segments.ts";
 
 /** Rows applied per transaction. */
 export const APPLY_BATCH_ROWS = 1024;
@@ -94,6 +97,7 @@ export class SecondaryEngine {
   private stopped = false;
   private readonly stmts;
   private readonly bitmap: BitmapWriter;
+  private readonly segments: PayloadSegments;
   private readonly appliedWaiters: { group: string; ts: bigint; resolve: () => void }[] = [];
   /** Host writes between their check and their volume write (after a takeover). */
   private hostWrites = 0;
@@ -107,9 +111,10 @@ export class SecondaryEngine {
     const db = o.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
     this.bitmap = new BitmapWriter(db);
+    this.segments = new PayloadSegments(path.join(path.dirname(db.name), "segments"), "queue");
     this.stmts = {
       insert: db.prepare(
-        "INSERT INTO rcr (grp, ts, primary_id, seq, volume, op, off, len, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO rcr (grp, ts, primary_id, seq, volume, op, off, len, seg, seg_off, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       setSeq: db.prepare(
         "INSERT INTO link_seq (primary_id, last_seq) VALUES (?, ?) ON CONFLICT(primary_id) DO UPDATE SET last_seq = excluded.last_seq",
@@ -126,7 +131,8 @@ export class SecondaryEngine {
       due: db
         .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
         .safeIntegers(true),
-      payload: db.prepare("SELECT data FROM rcr WHERE id = ?").pluck(true),
+      payload: db.prepare("SELECT data, seg, seg_off, len, crc FROM rcr WHERE id = ?"),
+      oldestSeg: db.prepare("SELECT seg FROM rcr WHERE seg IS NOT NULL ORDER BY id LIMIT 1").pluck(true),
       del: db.prepare("DELETE FROM rcr WHERE id = ?"),
       applied: db.prepare(
         "UPDATE grp SET applied = applied + ?, applied_bytes = applied_bytes + ?, last_applied_ts = max(last_applied_ts, ?) WHERE name = ?",
@@ -196,6 +202,9 @@ export class SecondaryEngine {
   stop(): void {
     this.stopped = true;
     for (const l of this.links.values()) l.close();
+    // An apply batch in flight may still read a payload: close once it is done.
+    const close = () => (this.applying ? setTimeout(close, 10) : this.segments.close());
+    close();
   }
 
   /** A primary's authenticated link (role "link", nodeId = primary id). */
@@ -285,8 +294,27 @@ export class SecondaryEngine {
     const next = new Map<string, GroupTimes>();
     const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
     try {
-      // An ack lets the primary forget the RCR, so the queue must survive a
-      // power cut too: this commit syncs the WAL (one fsync per batch).
+      // Payloads of the new RCRs (resends dropped) go to the queue's segment
+      // first, one writev; then, an ack letting the primary forget the RCR,
+      // the segment and the WAL are synced (the queue survives a power cut).
+      const fresh = new Set<RcrRecord>();
+      const seen = new Map<number, number>();
+      for (const w of work) {
+        if (w.kind !== "rcr") continue;
+        let last = seen.get(w.primaryId) ?? this.lastSeq.get(w.primaryId) ?? 0;
+        for (const r of w.records) {
+          if (r.seq <= last) continue;
+          fresh.add(r);
+          last = r.seq;
+        }
+        seen.set(w.primaryId, last);
+      }
+      const payloads = [...fresh].filter((r) => r.op === "write").map((r) => r.data!);
+      const refs = this.segments.append(payloads);
+      const refOf = new Map<RcrRecord, { seg: number; off: number }>();
+      let ri = 0;
+      for (const r of fresh) if (r.op === "write") refOf.set(r, refs[ri++]);
+      this.segments.sync();
       this.o.db.pragma("synchronous = FULL");
       this.o.db.transaction(() => {
         for (const w of work) {
@@ -297,6 +325,7 @@ export class SecondaryEngine {
                 this.duplicates++;
                 continue;
               }
+              const ref = refOf.get(r);
               this.stmts.insert.run(
                 w.group,
                 r.ts,
@@ -306,7 +335,9 @@ export class SecondaryEngine {
                 r.op === "write" ? OP_WRITE : OP_ZERO,
                 r.offset,
                 r.length,
-                r.op === "write" ? r.data! : null,
+                ref?.seg ?? null,
+                ref?.off ?? null,
+                r.op === "write" ? crc32c(r.data!) : null,
               );
               last = r.seq;
               this.received++;
@@ -429,7 +460,7 @@ export class SecondaryEngine {
       assert(b, `queued RCR for unknown volume ${r.volume}`);
       const off = Number(r.off);
       const len = Number(r.len);
-      if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, this.stmts.payload.get(r.id) as Buffer);
+      if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, this.payloadOf(r.id, g.name));
       // A zero run over a hole (an initial copy onto a new sparse file) has nothing to write.
       else if (b.volume.nextData(off) < off + len) await b.volume.writeZeroes(off, len);
       touched.add(b.volume);
@@ -443,11 +474,23 @@ export class SecondaryEngine {
       for (let i = 0; i < n; i++) this.stmts.del.run(rows[i].id);
       this.stmts.applied.run(n, bytes, maxTs, g.name);
     })();
+    this.segments.collect((this.stmts.oldestSeg.get() as number | null | undefined) ?? null);
     g.applied += n;
     g.appliedBytes += bytes;
     this.applyError = null;
     if (maxTs > g.lastAppliedTs) g.lastAppliedTs = maxTs;
     return n;
+  }
+
+  /** A queued RCR's payload: from its segment (checked against its CRC32C), or the row itself for rows of older versions. */
+  private payloadOf(id: bigint, group: string): Buffer {
+    const p = this.stmts.payload.get(id) as { data: Buffer | null; seg: number | null; seg_off: number | null; len: number; crc: number | null };
+    if (p.data) return p.data;
+    assert(p.seg !== null && p.seg_off !== null, `secondary #${this.o.id} group ${group}: RCR row ${id} has no payload`);
+    const data = this.segments.read({ seg: p.seg, off: p.seg_off }, p.len);
+    // The segment was synced before the row's commit: a mismatch is damage, not a crash.
+    assert(crc32c(data) === p.crc, `secondary #${this.o.id} group ${group}: payload of RCR row ${id} fails its CRC32C (segment ${p.seg} at ${p.seg_off})`);
+    return data;
   }
 
   private group(name: string): GroupState {

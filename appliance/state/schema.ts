@@ -143,6 +143,16 @@ export const MIGRATIONS: readonly string[] = [
   -- Pairs of a state file older than this table are known already (not new).
   INSERT INTO meta (key, value) SELECT 'pairs_unrecorded', '1' WHERE EXISTS (SELECT 1 FROM grp);
   `,
+  // 5: payloads in append-only segment files (docs/segments.md); rows of older
+  // versions keep theirs in \`data\`.
+  `
+  ALTER TABLE journal ADD COLUMN seg INTEGER;
+  ALTER TABLE journal ADD COLUMN seg_off INTEGER;
+  ALTER TABLE journal ADD COLUMN crc INTEGER;
+  ALTER TABLE rcr ADD COLUMN seg INTEGER;
+  ALTER TABLE rcr ADD COLUMN seg_off INTEGER;
+  ALTER TABLE rcr ADD COLUMN crc INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
