@@ -35,6 +35,9 @@ export interface SubsystemStatus {
       copy?: CopyStatus | null;
     }[];
     links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
+    /** Primary volumes whose initial copy has not run yet. */
+    pendingCopies?: string[];
+    volumes: { name: string; group: string; secondary: number; target: string }[];
   } | null;
   secondary:
     | {
@@ -125,13 +128,18 @@ export interface StatusDoc {
   }[];
   pairs: {
     group: string;
-    /** paired | copying | awaiting-barrier | link-down | primary-unreachable | secondary-unreachable | suspended | takeover | fenced | frozen | taken-over */
+    /** paired | copying | copy-pending | awaiting-barrier | link-down | primary-unreachable | secondary-unreachable | suspended | takeover | fenced | frozen | taken-over */
     state: string;
     reason: string | null;
     link: string | null;
     primary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
     secondary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
   }[];
+}
+
+/** A primary volume whose initial copy is still to run (a pair new to a group that replicates). */
+function copyPending(a: Answer | undefined, volume: string): boolean {
+  return !!a?.ok && (a.value.primary?.pendingCopies ?? []).includes(volume);
 }
 
 function volRef(answers: Map<number, Answer>, subsystem: number, volume: string): VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null } {
@@ -242,6 +250,8 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
           ? pg.state
           : pg?.state === "copying"
             ? "copying"
+            : copyPending(pa, p.primary.name)
+              ? "copy-pending"
             : sg?.state === "resyncing"
               ? "awaiting-barrier"
               : !pa?.ok

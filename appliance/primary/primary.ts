@@ -199,8 +199,8 @@ export class PrimaryEngine {
   private recordPairs(): void {
     const db = this.o.db;
     const unrecorded = db.prepare("SELECT 1 FROM meta WHERE key = 'pairs_unrecorded'").get() !== undefined;
-    const known = db.prepare("SELECT 1 FROM pair WHERE volume = ?");
-    const addPair = db.prepare("INSERT INTO pair (volume, target) VALUES (?, ?)");
+    const known = db.prepare("SELECT target FROM pair WHERE volume = ?").pluck(true);
+    const addPair = db.prepare("INSERT INTO pair (volume, target) VALUES (?, ?) ON CONFLICT(volume) DO UPDATE SET target = excluded.target");
     const addCursor = db.prepare("INSERT OR IGNORE INTO copy_cursor (volume, next_off) VALUES (?, 0)");
     db.transaction(() => {
       for (const g of this.o.groupSecondaries.keys()) {
@@ -209,7 +209,8 @@ export class PrimaryEngine {
         if (fresh) db.prepare("UPDATE grp SET initialized = 1, state = 'copying' WHERE name = ?").run(g);
       }
       for (const b of this.o.bindings) {
-        if (known.get(b.volume.name)) continue;
+        // A volume paired with another secondary volume than before is a new pair too.
+        if (known.get(b.volume.name) === b.target) continue;
         addPair.run(b.volume.name, b.target);
         if (!unrecorded) {
           addCursor.run(b.volume.name);
@@ -800,7 +801,7 @@ export class PrimaryEngine {
     const groups = m ? [m[1]] : [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
     for (const g of groups) {
       const gs = this.groups.get(g);
-      if (!gs || gs.state !== "active") continue;
+      if (!gs || !replicating(gs.state)) continue;
       this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
       void this.suspend(g, "fenced", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),
@@ -967,6 +968,10 @@ export class PrimaryEngine {
         lastError: s.lastError,
       })),
       volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
+      pendingCopies: (this.o.db.prepare("SELECT volume FROM copy_cursor").pluck(true).all() as string[]).filter((v) => {
+        const b = this.bindings.get(v);
+        return !!b && this.groupState(b.group) !== "copying";
+      }),
     };
   }
 }

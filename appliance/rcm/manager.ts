@@ -122,7 +122,9 @@ export class RemoteCopyManager {
       const answers = await askAll<SubsystemStatus>(this.topo, ids, { op: "status" });
       const now = Date.now();
       const timeout = this.topo.config.rcm!.failureTimeoutMs;
-      // Roles as the subsystems run them; a group in the middle of a turn is left alone.
+      // Roles as the subsystems run them. A group whose subsystems disagree on its
+      // direction (a turn cut short) is checked as forward; a suspension it
+      // triggers refuses with TM_DIRECTION_MIXED until the turn is finished.
       const live = liveTopologyFrom(this.topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true);
       for (const g of live.groups.values()) {
         if (this.busy.has(g.name)) continue;
@@ -134,6 +136,8 @@ export class RemoteCopyManager {
         let activeSomewhere = false;
         let unsynchronized = false;
         let secondariesReachable = true;
+        /** Primaries holding a new pair's initial copy that no resync has started. */
+        const pendingCopy: number[] = [];
         for (const id of [...g.primaries, ...g.secondaries]) {
           const a = answers.get(id)!;
           if (!a.ok) {
@@ -145,7 +149,9 @@ export class RemoteCopyManager {
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";
-            if (state !== "active" && state !== "copying") {
+            // A frozen primary is a swap in progress, not a failure.
+            if (state === "active" && (pg.remainingBlocks ?? 0) > 0) pendingCopy.push(id);
+            if (state !== "active" && state !== "copying" && state !== "frozen") {
               // A primary that stopped replicating on its own (fenced, journal full) needs no timeout.
               conditions.set(`primary #${id} ${state}: ${(pg as { reason?: string }).reason ?? ""}`, true);
             }
@@ -180,6 +186,13 @@ export class RemoteCopyManager {
         }
         if (!activeSomewhere) {
           this.since.delete(g.name);
+          continue;
+        }
+        if (pendingCopy.length > 0 && conditions.size === 0 && !suspendedSomewhere) {
+          this.logger.warn({ group: g.name, primaries: pendingCopy }, "a new pair waits for its initial copy: resyncing the group");
+          void this.serialized(g.name, "resync", "rcm (automatic)", "initial copy of a new pair", async () =>
+            startResync(await liveTopology(this.topo), g.name, { logger: this.logger, by: "rcm (automatic)" }),
+          ).catch(() => {});
           continue;
         }
         const seen = this.since.get(g.name) ?? new Map<string, number>();

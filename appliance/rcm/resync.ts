@@ -176,8 +176,17 @@ export function resyncProgress(group: string, generation: number, prim: Readonly
  * (a newer generation on a secondary).
  */
 export async function watchResync(topo: LoadedTopology, group: string, generation: number, onProgress: (p: ResyncProgress) => void, intervalMs = 500): Promise<ResyncProgress> {
+  // A primary drops its counters when its copy ends: its last ones, completed, stand for it.
+  const last = new Map<number, CopyStatus>();
   for (;;) {
     const st = await groupStatus(topo, group);
+    for (const [id, p] of st.prim) {
+      if (p.copy) last.set(id, p.copy);
+      else if (p.state === "active" && last.has(id)) {
+        const c = last.get(id)!;
+        st.prim.set(id, { ...p, copy: { ...c, doneBlocks: c.totalBlocks, etaMs: 0 } });
+      }
+    }
     const unreachable = st.down.map((d) => Number(/^#(\d+)/.exec(d)?.[1] ?? 0));
     for (const [id, s] of st.sec) {
       if (s.generation > generation || (s.generation === generation && (s.state === "suspended" || s.state === "takeover"))) {

@@ -236,4 +236,34 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     await c.quiesce();
     await expectIdentical(c);
   }, 240_000);
+
+  it("initial copy: a pair added to a group that replicates shows as copy-pending, the RCM copies it, and it ends identical", async () => {
+    const MIB = 16;
+    const cfg = await fig1Config({ volumeMiB: MIB, extra: { rcm: { port: await freePort(), autoSuspend: true, failureTimeoutMs: 60_000, checkIntervalMs: 100 } } });
+    const pairs = cfg.groups[0].pairs;
+    const added = pairs.pop()!; // p2b -> s5a comes later
+    const c = TestCluster.create(cfg, "tidemark-newpair-");
+    cleanup.push(() => c.destroy());
+    await c.startAll();
+    // Data on p2b before it is paired: the initial copy must carry it.
+    const w = await c.nbd("p2b");
+    for (let i = 0; i < 64; i++) await w.write(i * 65536, Buffer.alloc(65536, i + 1));
+    await w.close();
+    await c.stopAll();
+    pairs.push(added);
+    c.rewriteConfig(cfg);
+    await c.startAll({ paired: false });
+    const before = await c.status();
+    expect(before.pairs.find((p) => p.primary.volume === "p2b")?.state, "the new pair waits for its copy").toBe("copy-pending");
+    await c.startRcm();
+    const until = Date.now() + 60_000;
+    for (;;) {
+      const st = await c.status();
+      if (st.pairs.every((p) => p.state === "paired")) break;
+      expect(Date.now() < until, `pairs not paired: ${JSON.stringify(st.pairs.map((p) => [p.primary.volume, p.state]))}`).toBe(true);
+      await pause(200);
+    }
+    await c.quiesce();
+    await expectIdentical(c);
+  }, 180_000);
 });

@@ -54,7 +54,7 @@ export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number
 
 export class TestCluster {
   readonly procs = new Map<number, ChildProcess>();
-  readonly topo: LoadedTopology;
+  topo: LoadedTopology;
   private readonly deaths: string[] = [];
 
   private constructor(
@@ -187,6 +187,12 @@ export class TestCluster {
     const a = (await askAll<SubsystemStatus>(this.topo, [id], { op: "status" })).get(id)!;
     if (!a.ok) throw new Error(a.error);
     return a.value;
+  }
+
+  /** A changed topology (e.g. a new pair): written over the config file; processes started from now on read it. */
+  rewriteConfig(config: unknown): void {
+    writeFileSync(this.configFile, JSON.stringify(config, null, 2));
+    this.topo = loadConfig(this.configFile);
   }
 
   /** Before the first start: volume files made with content (fill gets a zeroed buffer of the volume's size). */
