@@ -4,7 +4,7 @@
 // whatever happens: a failed round, an error, or Ctrl-C (the caller runs cleanup() on a signal).
 // A failed round keeps the folder (logs, images, state files) for a post-mortem and says where.
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { loadConfig, type LoadedTopology } from "../../config/load.ts";
@@ -17,7 +17,7 @@ import { killRunningCommands } from "./commands.ts";
 import { runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
-import { checkShape, DEFAULT_SHAPE, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
+import { checkShape, DEFAULT_SHAPE, DrillConfigError, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
 
 export const DRILL_HOST = "127.0.0.1";
 
@@ -132,6 +132,9 @@ export class Drill {
   private shape(): DrillShape {
     const shape = this.o.configFile ? shapeOf(loadConfig(this.o.configFile)) : DEFAULT_SHAPE;
     checkShape(shape, this.o.configFile ?? "the default topology");
+    if (this.o.baseDir !== undefined && !statSync(this.o.baseDir, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new DrillConfigError(`--dir ${this.o.baseDir}: not a folder`);
+    }
     if (this.o.loop) {
       const s = loopSupported();
       if (!s.ok) throw new DrillLoopError(`--loop: ${s.why}; run without --loop to drill on volume files`);

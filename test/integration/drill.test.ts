@@ -66,10 +66,13 @@ function expectAllPassed(r: DrillRun, rounds: number): void {
 const killed = (s: DrillSummary) => `${s.kills.primary} primaries, ${s.kills.secondary} secondaries, ${s.kills.rcm} RCMs`;
 
 describe("drill: tidemark drill on real processes", () => {
-  it("drill: 3 rounds on volume files (seeds 17-19): chains are prefixes after every takeover, images equal after every resync", async () => {
-    const r = await drill(["--rounds", "3", "--seed", "17", "--json", "--dir", base]);
+  // Seed 17: two secondaries killed, links to a secondary hung, a primary killed and left down,
+  // the RCM killed mid-takeover, a primary killed during the resync; seed 18: a primary left down through the
+  // takeover, links cut, a secondary killed during the resync (appliance/drill/schedule.ts).
+  it("drill: 2 rounds on volume files (seeds 17-18): chains are prefixes after every takeover, images equal after every resync", async () => {
+    const r = await drill(["--rounds", "2", "--seed", "17", "--json", "--dir", base]);
     process.stderr.write(r.stderr);
-    expectAllPassed(r, 3);
+    expectAllPassed(r, 2);
     const s = r.doc!.summary;
     console.log(`drill on files: ${s.rounds} rounds, killed ${killed(s)}, links cut ${s.linkFaults.cut} hung ${s.linkFaults.hang}, ${s.chainWritesAcked} chain writes acknowledged, ${s.elapsedMs} ms`);
     expect(s.kills.primary + s.kills.secondary + s.kills.rcm).toBeGreaterThan(0);
@@ -78,6 +81,8 @@ describe("drill: tidemark drill on real processes", () => {
 
   const loops = loopSupported();
   if (!loops.ok) console.warn(`drill: skipping the drill on loop devices: ${loops.why}`);
+  // Seed 29: a primary left down, the RCM killed mid-takeover and during the resync; seed 30: a
+  // primary and a secondary killed, links hung.
   it.skipIf(!loops.ok)("drill: 2 rounds with every volume on a loop device (seeds 29-30), all detached afterwards", async () => {
     const before = spawnSync("losetup", ["--list", "--noheadings", "--output", "NAME"], { encoding: "utf8" }).stdout.trim().split("\n").filter(Boolean);
     const r = await drill(["--rounds", "2", "--seed", "29", "--loop", "--json", "--dir", base]);
