@@ -12,7 +12,7 @@ import path from "node:path";
 import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
-import { PayloadSegments, type PayloadRef } from "../state/payload-segments.ts";
+import { PayloadSegments } from "../state/payload-segments.ts";
 
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;

@@ -623,6 +623,7 @@ export class SecondaryEngine {
         this.bitmap.reset();
         throw err;
       }
+      this.segments.collect((this.stmts.oldestSeg.get() as number | null | undefined) ?? null);
       g.times = { first: g.times.first, second: ts, hold: null };
       g.synchronizedTs = ts;
       g.dropped += drop.length;
