@@ -68,7 +68,8 @@ export interface DrillSummary {
   kills: { primary: number; secondary: number; rcm: number };
   linkFaults: { cut: number; hang: number };
   takeovers: number;
-  primariesDownAtTakeover: number;
+  /** Takeovers with at least one primary down (the disaster case). */
+  takeoversWithPrimaryDown: number;
   chainWritesAcked: number;
   chainWritesOnSecondaries: number;
   loadWrites: number;
@@ -86,7 +87,7 @@ export function summarize(reports: readonly RoundReport[], elapsedMs: number): D
     kills: { primary: sum((r) => r.kills.primary), secondary: sum((r) => r.kills.secondary), rcm: sum((r) => r.kills.rcm) },
     linkFaults: { cut: sum((r) => r.linkFaults.cut), hang: sum((r) => r.linkFaults.hang) },
     takeovers: sum((r) => r.takeovers.length),
-    primariesDownAtTakeover: sum((r) => r.takeovers.reduce((n, t) => n + t.primariesDown.length, 0)),
+    takeoversWithPrimaryDown: sum((r) => r.takeovers.filter((t) => t.primariesDown.length > 0).length),
     chainWritesAcked: sum((r) => r.chains.reduce((n, c) => n + c.acked, 0)),
     chainWritesOnSecondaries: sum((r) => r.chains.reduce((n, c) => n + c.onSecondaries, 0)),
     loadWrites: sum((r) => r.load.writes),
@@ -147,7 +148,7 @@ export function renderSummary(s: DrillSummary, replayOf: (seed: number) => strin
   );
   out.push(
     `  kill -9: ${s.kills.primary} primaries, ${s.kills.secondary} secondaries, ${s.kills.rcm} RCMs; links cut ${s.linkFaults.cut}, hung ${s.linkFaults.hang}; ` +
-      `${s.takeovers} takeovers (${s.primariesDownAtTakeover} with a primary down)`,
+      `${s.takeovers} takeovers (${s.takeoversWithPrimaryDown} with a primary down)`,
   );
   out.push(
     `  chain writes: ${s.chainWritesAcked} acknowledged, ${s.chainWritesOnSecondaries} on the secondaries at takeover; ` +

@@ -49,7 +49,7 @@ describe("drill report", () => {
 
   it("drill report: the summary adds rounds up and names every failed seed with its replay", () => {
     const s = summarize([round(), round({ round: 2, seed: 42, ok: false, violations: ["x", "y"] })], 12_000);
-    expect(s).toMatchObject({ rounds: 2, passed: 1, failedSeeds: [42], kills: { primary: 2, secondary: 0, rcm: 2 }, takeovers: 2, primariesDownAtTakeover: 2, chainWritesAcked: 60, violations: 2 });
+    expect(s).toMatchObject({ rounds: 2, passed: 1, failedSeeds: [42], kills: { primary: 2, secondary: 0, rcm: 2 }, takeovers: 2, takeoversWithPrimaryDown: 2, chainWritesAcked: 60, violations: 2 });
     const text = renderSummary(s, (seed) => `tidemark drill --rounds 1 --seed ${seed}`);
     expect(text).toContain("drill: 2 rounds in 12.0 s: 1 passed, 1 failed; 2 violations");
     expect(text).toContain("kill -9: 2 primaries, 0 secondaries, 2 RCMs");
