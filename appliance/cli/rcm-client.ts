@@ -26,7 +26,11 @@ export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: 
           reject(new ControlError(b.code ?? "TM_RCM", b.message ?? "the RCM refused"));
         }
       });
-      link.on("close", () => reject(new ControlError("TM_CONTROL_CLOSED", "the RCM closed the connection")));
+      link.on("close", () => {
+        // A caller in-process (the drill) must not be held alive by the timer.
+        clearTimeout(timer);
+        reject(new ControlError("TM_CONTROL_CLOSED", "the RCM closed the connection"));
+      });
       link.send({ type: "request", id: 1, body });
     });
   } finally {
