@@ -6,8 +6,12 @@
 // positional writev per commit. A row names its payload by (segment, offset,
 // length, CRC32C); segments older than the oldest row still in the table are
 // deleted.
-import { closeSync, existsSync, fdatasyncSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writevSync, fstatSync } from "node:fs";
+import { closeSync, existsSync, fdatasyncSync, mkdirSync, openSync, readdirSync, readSync, unlink, writevSync, fstatSync } from "node:fs";
 import path from "node:path";
+import { fdatasync } from "node:fs";
+import { promisify } from "node:util";
+
+const fdatasyncAsync = promisify(fdatasync);
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -35,6 +39,8 @@ export class PayloadSegments {
     private readonly dir: string,
     private readonly prefix: string,
     private readonly segmentBytes = SEGMENT_BYTES,
+    /** A segment that could not be deleted (it stays; the next collect does not retry it). */
+    private readonly onError: (err: Error) => void = () => {},
   ) {
     mkdirSync(dir, { recursive: true });
     const re = new RegExp(`^${prefix}-(\\d+)\\.seg$`);
@@ -107,6 +113,13 @@ export class PayloadSegments {
     this.dirty.clear();
   }
 
+  /** sync(), in the thread pool. */
+  async syncAsync(): Promise<void> {
+    const fds = [...this.dirty].map((seg) => this.segments.get(seg)?.fd).filter((fd): fd is number => fd !== undefined);
+    this.dirty.clear();
+    await Promise.all(fds.map((fd) => fdatasyncAsync(fd)));
+  }
+
   read(ref: PayloadRef, length: number): Buffer {
     const s = this.open(ref.seg);
     const buf = Buffer.allocUnsafe(length);
@@ -128,12 +141,11 @@ export class PayloadSegments {
       if (s) closeSync(s.fd);
       this.segments.delete(seg);
       this.dirty.delete(seg);
-      try {
-        unlinkSync(this.fileOf(seg));
-        removed++;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      }
+      // Freeing 64 MiB of extents takes milliseconds: off the event loop.
+      unlink(this.fileOf(seg), (err) => {
+        if (err && err.code !== "ENOENT") this.onError(err);
+      });
+      removed++;
     }
     if (keep > this.lowest) this.lowest = keep;
     return removed;
