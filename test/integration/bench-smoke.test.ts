@@ -24,5 +24,18 @@ describe("bench: smoke", () => {
     expect(row, out.stdout).toBeDefined();
     const iops = Number(row!.trim().split(/\s+/)[3]);
     expect(iops).toBeGreaterThan(0);
+    expect(out.stdout, "the half-rate job reports its lag").toMatch(/tidemark 1x1 at half rate \(\d+ IOPS\): lag p99 \d+ ms/);
+  });
+
+  it.skipIf(!TOOLS.nbdcopy)("bench: bench:resync on 16 MiB runs end to end, prints both rates and finds the images identical", async () => {
+    const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, ["--import", "tsx", path.join(ROOT, "bench/resync.ts"), "--mib", "16"], { cwd: ROOT, timeout: 120_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+    expect(out.code, out.stderr).toBe(0);
+    expect(out.stdout).toMatch(/tidemark resync \(\+ quiesce\)\s+16\s+[\d.]+\s+[\d.]+/);
+    expect(out.stdout).toMatch(/nbdcopy file -> file\s+16\s+[\d.]+\s+[\d.]+/);
+    expect(out.stdout).toMatch(/ratio tidemark\/nbdcopy: [\d.]+.*identical \(cmp\)/);
   });
 });
