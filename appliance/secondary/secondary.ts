@@ -322,6 +322,7 @@ export class SecondaryEngine {
     let released = false;
     const next = new Map<string, GroupTimes>();
     const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
+    let walFd: number;
     try {
       // Payloads of the new RCRs (resends dropped) go to the queue's segment
       // first, one writev; then, an ack letting the primary forget the RCR,
@@ -343,6 +344,7 @@ export class SecondaryEngine {
       const refOf = new Map<RcrRecord, { seg: number; off: number }>();
       let ri = 0;
       for (const r of fresh) if (r.op === "write") refOf.set(r, refs[ri++]);
+      walFd = this.walFd();
       this.o.db.transaction(() => {
         for (const w of work) {
           if (w.kind === "rcr") {
@@ -407,7 +409,7 @@ export class SecondaryEngine {
     // Nothing takes effect before it is durable: an RCR applied, or a 112
     // raised, on the strength of a commit a power cut could take back would
     // leave a volume ahead of the 112 it restarts with.
-    this.committing = Promise.all([this.segments.syncAsync(), fdatasyncAsync(this.walFd())])
+    this.committing = Promise.all([this.segments.syncAsync(), fdatasyncAsync(walFd)])
       .then(
         () => {
           for (const [g, t] of next) this.groups.get(g)!.times = t;
