@@ -92,7 +92,7 @@ export const configSchema = z
      */
     linkTimeoutMs: z.number().int().min(100).max(600_000).default(3000),
     /** Bound on RCR bytes a primary has sent on one link and not yet had acknowledged. */
-    inflightBytesMax: z.number().int().min(64 * 1024).default(32 * 1024 * 1024),
+    inflightBytesMax: z.number().int().min(64 * 1024).default(16 * 1024 * 1024),
     /** Largest NBD request payload advertised to clients. */
     nbdMaxPayloadBytes: z.number().int().min(4096).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
     /** Cap on a primary's journal; past it the group is suspended and its payloads go to the bitmap. */

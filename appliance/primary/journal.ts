@@ -25,7 +25,7 @@ export const ACTIVITY_REGION_BYTES = 4 * 1024 * 1024;
  * and a buffer per entry) cost 15% of the primary's CPU on 4 KiB writes.
  * Beyond it, and for resends, the segment is read.
  */
-const RECENT_PAYLOAD_BYTES = 32 * 1024 * 1024;
+const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 /** Upper bound on entries per transaction, so one commit never stalls the loop long. */
 export const COMMIT_ENTRIES_MAX = 4096;
 /**

@@ -611,7 +611,9 @@ export class PrimaryEngine {
             any = true;
             inFlight.add(r.value);
             if (r.value.kind === "cursor") dispatched.end = r.value.offset + r.value.length;
-            await this.copyRun(b, gs, r.value);
+            // A run not copied (the group left copying meanwhile) stays in
+            // flight for good: no cursor may move past it.
+            if (!(await this.copyRun(b, gs, r.value))) return;
             inFlight.delete(r.value);
             this.copyDone(b, r.value, inFlight, dispatched.end);
             gs.copy!.doneBlocks += r.value.length / BLOCK_BYTES;
@@ -676,7 +678,7 @@ export class PrimaryEngine {
    * One copy: under the range lock host writes hold from stamping until their
    * volume write completes, read, then stamp, register pending and journal.
    */
-  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<void> {
+  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<boolean> {
     while (this.journal.bytes > COPY_JOURNAL_BYTES && gs.state === "copying" && !this.stopped) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
@@ -686,14 +688,14 @@ export class PrimaryEngine {
     const release = await b.lock.acquire(run.offset, run.length);
     gs.inflight++;
     try {
-      if (gs.state !== "copying" || this.stopped) return;
+      if (gs.state !== "copying" || this.stopped) return false;
       let data: Buffer | null = null;
       if (!run.zero) {
         data = await b.volume.read(run.offset, run.length);
         // A run of zeroes travels without payload.
         if (data.equals(ZEROES.subarray(0, data.length))) data = null;
       }
-      if (gs.state !== "copying" || this.stopped) return;
+      if (gs.state !== "copying" || this.stopped) return false;
       // Read, then stamp: under the lock no overlapping host write can come
       // between, so the copy holds exactly the writes stamped before it. The
       // stamp, the seq and the journal append are one synchronous step, like a
@@ -726,6 +728,7 @@ export class PrimaryEngine {
       if (run.kind === "bitmap") this.o.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
       if (data) gs.copy!.dataBytes += run.length;
       else gs.copy!.zeroBytes += run.length;
+      return true;
     } finally {
       release();
       if (--gs.inflight === 0) for (const w of gs.idle.splice(0)) w();

@@ -22,7 +22,7 @@ import { PayloadSegments } from "../state/payload-segments.ts";
 
 const fdatasyncAsync = promisify(fdatasync);
 /** Payloads of queued RCRs kept in memory for the applier (see keepRecent). */
-const RECENT_PAYLOAD_BYTES = 64 * 1024 * 1024;
+const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 
 /** Rows applied per transaction. */
 export const APPLY_BATCH_ROWS = 1024;

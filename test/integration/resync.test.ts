@@ -266,4 +266,27 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     await c.quiesce();
     await expectIdentical(c);
   }, 180_000);
+
+  it("initial copy: a suspension in the middle of it, then a resync, still ends identical (no run is skipped)", async () => {
+    const MIB = 64;
+    const cfg = await fig1Config({ volumeMiB: MIB, extra: { rcm: { port: await freePort(), autoSuspend: false, checkIntervalMs: 100 } } });
+    const c = TestCluster.create(cfg, "tidemark-initial-suspend-");
+    cleanup.push(() => c.destroy());
+    c.prefill((_name, buf) => randomFillSync(buf), ["p1a", "p1b", "p2a", "p2b"]);
+    await c.startAll({ paired: false });
+    await c.startRcm();
+    for (;;) {
+      const g = (await c.rawStatus(1)).primary!.groups[0];
+      if ((g.copy?.doneBlocks ?? 0) > 1024 || g.state !== "copying") break;
+      await pause(10);
+    }
+    const suspended = await cliJson<ProcedureReport>(c, ["suspend"]);
+    expect(suspended.complete).toBe(true);
+    const left = (await c.rawStatus(1)).primary!.groups[0].remainingBlocks ?? 0;
+    console.log(`initial copy suspended with ${left} blocks left on primary #1`);
+    const r = await cliJson<{ final: ResyncProgress }>(c, ["resync"]);
+    expect(r.final.done).toBe(true);
+    await c.quiesce();
+    await expectIdentical(c);
+  }, 180_000);
 });
