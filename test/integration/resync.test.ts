@@ -8,6 +8,7 @@ import Database from "better-sqlite3";
 import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster.ts";
 import { VolumeModel, runWriter } from "../support/workload.ts";
 import type { ProcedureReport } from "../../appliance/rcm/procedure.ts";
+import { askRcm } from "../../appliance/cli/rcm-client.ts";
 import type { ResyncProgress, ResyncStart } from "../../appliance/rcm/resync.ts";
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -268,22 +269,24 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
   }, 180_000);
 
   it("initial copy: a suspension in the middle of it, then a resync, still ends identical (no run is skipped)", async () => {
-    const MIB = 64;
+    const MIB = 256;
     const cfg = await fig1Config({ volumeMiB: MIB, extra: { rcm: { port: await freePort(), autoSuspend: false, checkIntervalMs: 100 } } });
     const c = TestCluster.create(cfg, "tidemark-initial-suspend-");
     cleanup.push(() => c.destroy());
-    c.prefill((_name, buf) => randomFillSync(buf), ["p1a", "p1b", "p2a", "p2b"]);
+    c.prefill((_name, buf) => randomFillSync(buf), ["p1a", "p1b"]);
     await c.startAll({ paired: false });
     await c.startRcm();
     for (;;) {
       const g = (await c.rawStatus(1)).primary!.groups[0];
       if ((g.copy?.doneBlocks ?? 0) > 1024 || g.state !== "copying") break;
-      await pause(10);
+      await pause(5);
     }
-    const suspended = await cliJson<ProcedureReport>(c, ["suspend"]);
+    // In-process, not through the CLI: the copy must still be running when the suspension lands.
+    const suspended = await askRcm<ProcedureReport>(c.topo, { op: "suspend", group: "C1", reason: "test", by: "test" }, 60_000);
     expect(suspended.complete).toBe(true);
     const left = (await c.rawStatus(1)).primary!.groups[0].remainingBlocks ?? 0;
     console.log(`initial copy suspended with ${left} blocks left on primary #1`);
+    expect(left, "the suspension landed in the middle of the copy").toBeGreaterThan(0);
     const r = await cliJson<{ final: ResyncProgress }>(c, ["resync"]);
     expect(r.final.done).toBe(true);
     await c.quiesce();
