@@ -26,6 +26,7 @@ import type { GroupChains, GroupResync, GroupTakeover, RoundReport } from "./rep
 import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedule.ts";
 import { askRcm } from "../cli/rcm-client.ts";
 import { quiesce } from "../cli/quiesce.ts";
+import { DRILL_FAILURE_TIMEOUT_MS, DRILL_RCM_CHECK_INTERVAL_MS } from "./topology.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 
 /** Chains per group and their longest length: enough dependent writes in flight to catch a reordering, few enough to check in milliseconds. */
@@ -483,6 +484,18 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       if (r.code === 0) {
         event(`resync ${group} done`);
         await lane;
+        // A kill that landed after the resync ended can outlast the RCM's failure
+        // timeout: the group is then suspended again, and an admin resyncs again.
+        if (faulted && attempt < RESYNC_ATTEMPTS_MAX) {
+          // Long enough for the RCM's monitor to have acted on the fault.
+          await sleep(DRILL_FAILURE_TIMEOUT_MS + 4 * DRILL_RCM_CHECK_INTERVAL_MS);
+          try {
+            await waitPaired(env, 1000);
+          } catch {
+            event(`group ${group} no longer paired after the fault (automatic suspension): resyncing again`);
+            continue;
+          }
+        }
         return { group, elapsedMs: Date.now() - begun, said: resyncGist(parseJson(r.stdout)) || firstLine(r.stdout) };
       }
       const why = `${r.timedOut ? `no end within ${RESYNC_TIMEOUT_MS} ms` : `exit ${r.code}`}: ${firstLine(r.stderr)}`;
