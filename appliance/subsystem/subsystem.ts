@@ -252,6 +252,13 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     if (!engine) throw Object.assign(new Error(`subsystem #${id} has no ${what} role`), { code: "TM_NO_ROLE" });
     return engine;
   };
+  /** A generation from a control request: a positive integer, or a clear refusal. */
+  const requestGeneration = (v: unknown): number => {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
+      throw Object.assign(new Error(`generation must be a positive integer, not ${JSON.stringify(v)}`), { code: "TM_BAD_REQUEST" });
+    }
+    return v;
+  };
   const handleRequest = async (body: unknown): Promise<unknown> => {
     const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string };
     switch (b.op) {
@@ -279,13 +286,20 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
         return need(roles.primary, "primary").preview(String(b.group));
       // Resync (docs/resync.md), driven by the RCM.
       case "resync-begin":
-        return need(roles.secondary, "secondary").resyncBegin(String(b.group), Number(b.generation));
-      case "primary-resync":
-        return need(roles.primary, "primary").resync(String(b.group), Number(b.generation), (b as { blocks?: Record<string, [number, number][]> }).blocks ?? {});
+        return need(roles.secondary, "secondary").resyncBegin(String(b.group), requestGeneration(b.generation));
+      case "primary-resync": {
+        const blocks = (b as { blocks?: unknown }).blocks ?? {};
+        if (typeof blocks !== "object" || blocks === null || Object.values(blocks).some((r) => !Array.isArray(r) || r.some((x) => !Array.isArray(x) || x.length !== 2))) {
+          throw Object.assign(new Error("primary-resync: blocks must map volume names to [first, count] runs"), { code: "TM_BAD_REQUEST" });
+        }
+        return need(roles.primary, "primary").resync(String(b.group), requestGeneration(b.generation), blocks as Record<string, [number, number][]>);
+      }
       case "turn": {
         const dir = (b as { direction?: unknown }).direction;
         if (!isDirection(dir)) throw Object.assign(new Error(`turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`), { code: "TM_BAD_REQUEST" });
-        return turnDirection(String(b.group), dir, Number(b.generation), BigInt(String(b.ts)));
+        const ts = String(b.ts);
+        if (!/^\d{1,20}$/.test(ts)) throw Object.assign(new Error(`turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`), { code: "TM_BAD_REQUEST" });
+        return turnDirection(String(b.group), dir, requestGeneration(b.generation), BigInt(ts));
       }
       case "primary-freeze":
         return need(roles.primary, "primary").freeze(String(b.group));

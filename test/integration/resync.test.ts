@@ -9,6 +9,7 @@ import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster
 import { VolumeModel, runWriter } from "../support/workload.ts";
 import type { ProcedureReport } from "../../appliance/rcm/procedure.ts";
 import { askRcm } from "../../appliance/cli/rcm-client.ts";
+import { ControlClient } from "../../appliance/cli/control-client.ts";
 import type { ResyncProgress, ResyncStart } from "../../appliance/rcm/resync.ts";
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -236,6 +237,14 @@ describe("resync: initial copy, after a suspension, after a takeover", () => {
     await writers;
     await c.quiesce();
     await expectIdentical(c);
+    // Malformed resync and turn requests are refused by name; the subsystem stays up and unchanged.
+    const cc = await ControlClient.connect(c.topo, 3);
+    await expect(cc.request({ op: "turn", group: "C1", direction: "sideways", generation: 99, ts: "1" })).rejects.toThrow(/direction must be "forward" or "reverse"/);
+    await expect(cc.request({ op: "turn", group: "C1", direction: "reverse", generation: "x", ts: "1" })).rejects.toThrow(/generation must be a positive integer/);
+    await expect(cc.request({ op: "resync-begin", group: "C1", generation: -1 })).rejects.toThrow(/generation must be a positive integer/);
+    cc.close();
+    expect((await c.rawStatus(3)).directions?.C1).toBe("forward");
+    expect(c.unexpectedDeaths()).toEqual([]);
   }, 240_000);
 
   it("initial copy: a pair added to a group that replicates shows as copy-pending, the RCM copies it, and it ends identical", async () => {
