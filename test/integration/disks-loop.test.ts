@@ -137,7 +137,7 @@ describe.skipIf(!canMount)("disks: I/O errors", () => {
   });
 
   it("disks: ENOSPC on a full file system is TM_VOLUME_IO with sysCode ENOSPC (1 MiB tmpfs, 4 MiB volume)", async (ctx) => {
-    if (!mounted) ctx.skip();
+    if (!mounted) ctx.skip("cannot mount a 1 MiB tmpfs here (needs root and the mount command); the reason is printed by beforeAll");
     const v = await openVolume({ name: "full", path: path.join(mnt, "full.img"), createSizeBytes: 4 * MiB });
     try {
       const err = await expectCode(v.write(0, Buffer.alloc(2 * MiB, 1)), "TM_VOLUME_IO");

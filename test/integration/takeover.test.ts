@@ -317,7 +317,7 @@ describe("takeover: automatic suspension", () => {
     } catch (err) {
       console.warn(`rcm ENOSPC test skipped: mounting a tmpfs needs root: ${String(err).split("\n")[0]}`);
       rmSync(mnt, { recursive: true, force: true });
-      ctx.skip();
+      ctx.skip(`mounting a tmpfs needs root: ${String(err).split("\n")[0]}`);
       return;
     }
     cleanup.push(async () => {
