@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
 import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster.ts";
-import { HangProxy } from "../support/hang-proxy.ts";
+import { LinkProxy } from "../../appliance/drill/link-proxy.ts";
 import { VolumeModel, runWriter } from "../support/workload.ts";
 import { planChains } from "../../appliance/drill/chain-plan.ts";
 import { runChainWorkload } from "../../appliance/drill/chain-workload.ts";
@@ -31,8 +31,8 @@ async function takeoverCluster(o: { autoSuspend?: boolean; failureTimeoutMs?: nu
   });
   if (o.s5aPath) (cfg.subsystems.find((s) => s.id === 5)!.volumes[0] as Record<string, unknown>).path = o.s5aPath;
   const ss3 = cfg.subsystems.find((s) => s.id === 3)!;
-  const proxy = new HangProxy("127.0.0.1", ss3.replicationPort);
-  await proxy.listen();
+  const proxy = new LinkProxy("127.0.0.1", ss3.replicationPort);
+  await proxy.listen("127.0.0.1", 0);
   (ss3 as Record<string, unknown>).linkEndpoint = { host: "127.0.0.1", port: proxy.port };
   const c = TestCluster.create(cfg, "tidemark-takeover-");
   cleanup.push(async () => {

@@ -11,6 +11,7 @@ import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.t
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdClient } from "./nbd-client.ts";
+import { DEFAULT_SHAPE } from "../../appliance/drill/topology.ts";
 import { freePort } from "./ports.ts";
 export { freePort };
 import { clockReader } from "../../appliance/primary/clock-source.ts";
@@ -36,18 +37,9 @@ export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number
     syncIntervalMs: o.syncIntervalMs ?? 20,
     reconnectMs: 100,
     logLevel: "info",
-    subsystems: [await ss(1, ["p1a", "p1b"]), await ss(2, ["p2a", "p2b"]), await ss(3, ["s3a", "s3b"]), await ss(4, ["s4a"]), await ss(5, ["s5a"])],
-    groups: [
-      {
-        name: "C1",
-        pairs: [
-          { primary: "p1a", secondary: "s3a" },
-          { primary: "p2a", secondary: "s3b" },
-          { primary: "p1b", secondary: "s4a" },
-          { primary: "p2b", secondary: "s5a" },
-        ],
-      },
-    ],
+    subsystems: await Promise.all(DEFAULT_SHAPE.subsystems.map((x) => ss(x.id, x.volumes))),
+    // Fresh copies: tests edit the pairs of the config they get.
+    groups: DEFAULT_SHAPE.groups.map((g) => ({ name: g.name, pairs: g.pairs.map((p) => ({ ...p })) })),
     ...o.extra,
   };
 }
