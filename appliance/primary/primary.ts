@@ -18,6 +18,11 @@ import { BitmapWriter } from "../state/bitmap-writer.ts";
 /** Group states on a primary: docs/state-machines.md. */
 export type PrimaryGroupState = "active" | "copying" | "frozen" | "suspended" | "fenced" | "taken-over";
 
+/** Taken over (the secondaries serve hosts) or frozen (a swap): the primary volumes are read-only. */
+function hostsMayWrite(state: PrimaryGroupState): boolean {
+  return state !== "taken-over" && state !== "frozen";
+}
+
 /** States in which the group streams RCRs and SYNCs (frozen: for a swap, hosts may no longer write). */
 function replicating(state: PrimaryGroupState): boolean {
   return state === "active" || state === "copying" || state === "frozen";
@@ -156,6 +161,7 @@ export class PrimaryEngine {
   writeBytes = 0;
   private stopped = false;
   private readonly copiers = new Map<string, Promise<void>>();
+  private readonly cursorStmts;
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
 
@@ -172,6 +178,12 @@ export class PrimaryEngine {
     };
     this.bitmap = new BitmapWriter(o.db);
     this.recordPairs();
+    this.cursorStmts = {
+      get: o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true),
+      all: o.db.prepare("SELECT volume FROM copy_cursor").pluck(true),
+      move: o.db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?"),
+      done: o.db.prepare("DELETE FROM copy_cursor WHERE volume = ?"),
+    };
     const getGrp = o.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
     for (const g of o.groupSecondaries.keys()) {
       const r = getGrp.get(g) as { state: string; generation: bigint; reason: string | null; suspended_by: string | null; copied_ts: bigint | null };
@@ -229,7 +241,7 @@ export class PrimaryEngine {
   // (copying replicates like active; suspended and fenced write to the bitmap.)
   isWritable(volume: string): boolean {
     const b = this.bindings.get(volume);
-    return !!b && this.groupState(b.group) !== "taken-over" && this.groupState(b.group) !== "frozen";
+    return !!b && hostsMayWrite(this.groupState(b.group));
   }
 
   /** Replays the journal onto the volumes, then starts the links and timers. */
@@ -303,17 +315,18 @@ export class PrimaryEngine {
     const b = this.bindings.get(volume);
     assert(b, `volume ${volume} is a primary here`);
     const gs = this.groups.get(b.group)!;
-    if (gs.state === "taken-over" || gs.state === "frozen") {
+    const refuse = () => {
       const why = gs.state === "frozen" ? "is being swapped to its secondaries" : "was taken over by its secondaries";
-      throw Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
-    }
+      return Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
+    };
+    if (!hostsMayWrite(gs.state)) throw refuse();
     if (!replicating(gs.state)) return this.writeUnreplicated(b, offset, length, data, fua);
     await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
-    const now = gs.state as PrimaryGroupState;
-    if (now === "frozen" || now === "taken-over") {
+    // The state may have changed while this write waited for the lock.
+    if (!hostsMayWrite(gs.state)) {
       release();
-      throw Object.assign(new Error(`volume ${volume}: group ${b.group} became read-only here while this write waited`), { code: "EPERM" });
+      throw refuse();
     }
     if (!replicating(gs.state)) {
       // Suspended while waiting for the lock: this write is not replicated.
@@ -386,11 +399,9 @@ export class PrimaryEngine {
   /** While the group is suspended: the block goes to the bitmap before it reaches the volume. */
   private async writeUnreplicated(b: BindingState, offset: number, length: number, data: Buffer | null, fua: boolean): Promise<void> {
     const gs = this.groups.get(b.group)!;
+    // Counted before the first await: a resync waits for these before it reads the bitmap.
     gs.unreplicated++;
-    const release = await b.lock.acquire(offset, length).catch((err: unknown) => {
-      this.unreplicatedDone(gs);
-      throw err;
-    });
+    const release = await b.lock.acquire(offset, length);
     try {
       await this.bitmap.mark(b.volume.name, offset, length);
       if (data) await b.volume.write(offset, data);
@@ -573,12 +584,11 @@ export class PrimaryEngine {
   /** Blocks still to copy in the group: bitmap rows plus what the cursors have left. */
   private remainingBlocks(group: string): number {
     let n = 0;
-    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?");
     for (const b of this.bindings.values()) {
       if (b.group !== group) continue;
       n += this.bitmap.count(b.volume.name);
-      const c = cursor.get(b.volume.name) as { next_off: number } | undefined;
-      if (c) n += Math.ceil((b.volume.sizeBytes - c.next_off) / BLOCK_BYTES);
+      const next = this.cursorStmts.get.get(b.volume.name) as number | undefined;
+      if (next !== undefined) n += Math.ceil((b.volume.sizeBytes - next) / BLOCK_BYTES);
     }
     return n;
   }
@@ -655,10 +665,10 @@ export class PrimaryEngine {
       yield { kind: "bitmap", offset, length: Math.min((j - i) * BLOCK_BYTES, b.volume.sizeBytes - offset), zero: false, blocks: blocks.slice(i, j) };
       i = j;
     }
-    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").get(b.volume.name) as { next_off: number } | undefined;
-    if (!cursor) return;
+    const start = this.cursorStmts.get.get(b.volume.name) as number | undefined;
+    if (start === undefined) return;
     const size = b.volume.sizeBytes;
-    let pos = cursor.next_off;
+    let pos = start;
     while (pos < size) {
       const data = b.volume.nextData(pos);
       if (data > pos) {
@@ -744,10 +754,10 @@ export class PrimaryEngine {
     if (run.kind === "bitmap") return;
     let next = dispatchedEnd;
     for (const r of inFlight) if (r.kind === "cursor" && r.offset < next) next = r.offset;
-    const cursor = this.o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").get(b.volume.name) as { next_off: number } | undefined;
-    if (!cursor || next <= cursor.next_off) return;
-    if (next >= b.volume.sizeBytes) this.o.db.prepare("DELETE FROM copy_cursor WHERE volume = ?").run(b.volume.name);
-    else this.o.db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?").run(next, b.volume.name);
+    const cursor = this.cursorStmts.get.get(b.volume.name) as number | undefined;
+    if (cursor === undefined || next <= cursor) return;
+    if (next >= b.volume.sizeBytes) this.cursorStmts.done.run(b.volume.name);
+    else this.cursorStmts.move.run(next, b.volume.name);
   }
 
   /** What status and the RCM show of a group's copy. */
@@ -971,7 +981,7 @@ export class PrimaryEngine {
         lastError: s.lastError,
       })),
       volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
-      pendingCopies: (this.o.db.prepare("SELECT volume FROM copy_cursor").pluck(true).all() as string[]).filter((v) => {
+      pendingCopies: (this.cursorStmts.all.all() as string[]).filter((v) => {
         const b = this.bindings.get(v);
         return !!b && this.groupState(b.group) !== "copying";
       }),
