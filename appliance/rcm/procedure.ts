@@ -10,7 +10,7 @@ import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
 import { ControlClient } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
-import { resyncCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
+import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
 import { clockReader } from "../primary/clock-source.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
@@ -39,8 +39,25 @@ interface TimesReport {
   resync?: { floor: string | null; barrier: string | null } | null;
 }
 
-function resyncReportOf(r: { resync?: { floor: string | null; barrier: string | null } | null }): ResyncReport {
-  return { floor: r.resync?.floor != null ? BigInt(r.resync.floor) : null, barrier: r.resync?.barrier != null ? BigInt(r.resync.barrier) : null };
+type CutInput = { synchronizedTs: string | null; resync?: { floor: string | null; barrier: string | null } | null };
+
+function resyncReportOf(r: CutInput): ResyncReport {
+  // A secondary resting at a synchronized time holds that image, hold or not.
+  const floor = r.resync?.floor ?? r.synchronizedTs;
+  return { floor: floor != null ? BigInt(floor) : null, barrier: r.resync?.barrier != null ? BigInt(r.resync.barrier) : null };
+}
+
+/** procedureCut over what the secondaries reported (fence replies, or status for a dry run). */
+function cutOf(mode: ProcedureMode, group: string, computed: bigint, reports: CutInput[]): bigint {
+  try {
+    return procedureCut(
+      computed,
+      reports.map((r) => ({ synchronizedTs: r.synchronizedTs === null ? null : BigInt(r.synchronizedTs), resync: resyncReportOf(r) })),
+    );
+  } catch (err) {
+    if (!(err instanceof CutConflict)) throw err;
+    throw new ProcedureError("TM_TS_CONFLICT", `${mode} ${group}: ${err.message}; this needs an operator`);
+  }
 }
 
 export interface ProcedureReport {
@@ -127,10 +144,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
 
   if (o.mode === "dry-run") {
     const first = new Map(reachable.map(([id, sg]) => [id, new Map(Object.entries(sg.first).map(([k, t]) => [Number(k), BigInt(t)]))]));
-    const resting = (sg: (typeof reachable)[number][1]) => ({
-      resync: sg.resync ?? { floor: sg.state === "suspended" || sg.state === "takeover" ? sg.synchronizedTs : null, barrier: null },
-    });
-    const ts = resyncCut(synchronizedTime(first), reachable.map(([, sg]) => resyncReportOf(resting(sg))));
+    const ts = cutOf(o.mode, group, synchronizedTime(first), reachable.map(([, sg]) => sg));
     const previews = await settle(g.secondaries, (id) => call<TimesReport & { wouldApply: number; volumes: { volume: string; droppedWrites: number; droppedBytes: number }[] }>(topo, id, { op: "preview", group, ts: ts.toString() }));
     const prim = await settle(g.primaries, (id) => call<{ state: string; volumes: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }>(topo, id, { op: "primary-preview", group }));
     return {
@@ -190,14 +204,9 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
   // 602
   const reports = [...fenced].map(([id, a]) => [id, (a as { value: TimesReport }).value] as const);
   const computed = synchronizedTime(new Map(reports.map(([id, r]) => [id, new Map(Object.entries(r.first).map(([k, t]) => [Number(k), BigInt(t)]))])));
-  // During a resync the group may only go to Ts once the barrier is passed; else to T_old (docs/resync.md).
-  // A secondary that already rests at a synchronized time (an earlier run, cut
-  // short after it applied) fixes the cut: the group must end at one time.
-  const resting = new Set(reports.map(([, r]) => r.synchronizedTs).filter((t): t is string => t !== null));
-  if (resting.size > 1) {
-    throw new ProcedureError("TM_TS_CONFLICT", `${o.mode} ${group}: secondaries rest at different synchronized times (${[...resting].join(", ")}); this needs an operator`);
-  }
-  const ts = resting.size === 1 ? BigInt([...resting][0]) : resyncCut(computed, reports.map(([, r]) => resyncReportOf(r)));
+  // During a resync the group goes to Ts only once the barrier is passed, else
+  // to T_old; a secondary already resting at a synchronized time fixes the cut.
+  const ts = cutOf(o.mode, group, computed, reports.map(([, r]) => r));
   o.logger.warn({ group, generation, ts: ts.toString(), computedTs: computed.toString() }, "after-failure procedure: synchronized time");
 
   // 603-606

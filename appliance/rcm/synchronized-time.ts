@@ -44,3 +44,29 @@ export function resyncCut(ts: bigint, reports: readonly ResyncReport[]): bigint 
   for (const r of holding) if (r.barrier !== null && (barrier === null || r.barrier > barrier)) barrier = r.barrier;
   return barrier !== null && ts >= barrier ? ts : floor;
 }
+
+/** What a fenced secondary reports for the cut: the synchronized time it already rests at, and its resync. */
+export interface FencedReport {
+  synchronizedTs: bigint | null;
+  resync: ResyncReport;
+}
+
+export class CutConflict extends Error {
+  constructor(readonly times: bigint[]) {
+    super(`secondaries rest at different synchronized times (${times.join(", ")})`);
+    this.name = "CutConflict";
+  }
+}
+
+/**
+ * The time a suspension or takeover brings the group to, from Ts computed
+ * over 111 (step 602) and every fenced secondary's report. A secondary that
+ * already rests at a synchronized time (an earlier run, cut short after it
+ * applied) fixes the cut, so a rerun never mixes two; otherwise resyncCut.
+ * Two different resting times cannot be reconciled: CutConflict.
+ */
+export function procedureCut(ts: bigint, reports: readonly FencedReport[]): bigint {
+  const resting = [...new Set(reports.map((r) => r.synchronizedTs).filter((t): t is bigint => t !== null))];
+  if (resting.length > 1) throw new CutConflict(resting);
+  return resting.length === 1 ? resting[0] : resyncCut(ts, reports.map((r) => r.resync));
+}

@@ -31,7 +31,7 @@ import {
   type GroupTimes,
   type SyncOutcome,
 } from "../../appliance/secondary/time-parameters.ts";
-import { resyncCut, synchronizedTime, type ResyncReport } from "../../appliance/rcm/synchronized-time.ts";
+import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "../../appliance/rcm/synchronized-time.ts";
 import { rcrOrder, splitAtSynchronizedTime, type QueuedRcr } from "../../appliance/secondary/synchronized-apply.ts";
 import { BITMAP_BLOCK_BYTES, blockSpan } from "../../appliance/resync/blocks.ts";
 
@@ -1910,11 +1910,15 @@ export function simulate(o: SimOptions): SimResult {
         if (bad.length > 0) return failRun(`fencing failed on ${bad.map((c) => `S${c.to.i}`).join(", ")}; run it again`);
         const reports = r.fenceReports.map((c) => c.reply!);
         const computed = synchronizedTime(new Map(r.fenceReports.map((c) => [c.to.i, c.reply!.first])));
-        // procedure.ts: a secondary resting at a synchronized time (an earlier run applied it) fixes the
-        // cut; otherwise resyncCut: Ts, or the resync's floor T_old until its barrier is passed.
-        const resting = new Set(reports.map((x) => x.synchronizedTs).filter((t): t is bigint => t !== null));
-        check(resting.size <= 1, `RCM: secondaries rest at different synchronized times (${[...resting].join(", ")})`);
-        const ts = resting.size === 1 ? [...resting][0] : resyncCut(computed, reports.map((x) => x.resync));
+        // The product's cut (procedure.ts): a secondary resting at a synchronized time fixes it;
+        // otherwise resyncCut: Ts, or the resync's floor T_old until its barrier is passed.
+        let ts: bigint;
+        try {
+          ts = procedureCut(computed, reports);
+        } catch (err) {
+          check(!(err instanceof CutConflict), `RCM: ${(err as Error).message}`);
+          throw err;
+        }
         log(`t${tick} RCM: Ts ${ts}${ts !== computed ? ` (computed ${computed}; ${reports.map((x) => `floor ${x.resync.floor} C ${x.resync.barrier}`).join(", ")})` : ""} (gen ${r.gen})`);
         check(computedTs.every((t) => t === ts), `RCM: procedure run ${r.id} reached Ts ${ts}, an earlier run reached ${computedTs[0]}`);
         computedTs.push(ts);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { prng } from "../../appliance/drill/prng.ts";
-import { resyncCut, type ResyncReport } from "../../appliance/rcm/synchronized-time.ts";
+import { CutConflict, procedureCut, resyncCut, type ResyncReport } from "../../appliance/rcm/synchronized-time.ts";
 import {
   barrierOf,
   initialTimes,
@@ -262,5 +262,20 @@ describe("resyncCut: the cut of a suspension or takeover during a resync", () =>
       }
     }
     expect(cases).toBeGreaterThan(2000);
+  });
+});
+
+describe("procedureCut: the cut the RCM applies", () => {
+  const hold = (floor: bigint | null, barrier: bigint | null = null): ResyncReport => ({ floor, barrier });
+  it("procedureCut: a secondary already resting at a synchronized time fixes the cut, whatever Ts is now", () => {
+    expect(procedureCut(90n, [{ synchronizedTs: 40n, resync: hold(40n) }, { synchronizedTs: null, resync: hold(null) }])).toBe(40n);
+  });
+  it("procedureCut: nobody rests: the resync rule decides (Ts, or T_old below the barrier)", () => {
+    expect(procedureCut(90n, [{ synchronizedTs: null, resync: hold(null) }])).toBe(90n);
+    expect(procedureCut(90n, [{ synchronizedTs: null, resync: hold(10n, 95n) }, { synchronizedTs: null, resync: hold(10n) }])).toBe(10n);
+    expect(procedureCut(90n, [{ synchronizedTs: null, resync: hold(10n, 80n) }, { synchronizedTs: null, resync: hold(10n) }])).toBe(90n);
+  });
+  it("procedureCut: two different resting times cannot be reconciled", () => {
+    expect(() => procedureCut(90n, [{ synchronizedTs: 40n, resync: hold(40n) }, { synchronizedTs: 50n, resync: hold(50n) }])).toThrow(CutConflict);
   });
 });
