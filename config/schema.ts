@@ -56,6 +56,16 @@ export const groupSchema = z
   })
   .strict();
 
+/**
+ * The least maxClockOffsetMs the realtime clock can honour. Its readings are
+ * the wall clock read at each call, which Node gives in whole milliseconds
+ * (appliance/primary/clock-source.ts): a reading is within (-1 ms, 0] of the
+ * host's clock, so two subsystems on one perfectly synchronized host can
+ * already differ by just under 1 ms. The commit wait must cover that, so 0 is
+ * refused; between hosts the NTP offset comes on top and is the admin's to add.
+ */
+export const REALTIME_MIN_OFFSET_MS = 1;
+
 export const rcmSchema = z
   .object({
     host: z.string().min(1).default("127.0.0.1"),
@@ -78,7 +88,8 @@ export const configSchema = z
     /**
      * monotonic: every subsystem on one host reads CLOCK_MONOTONIC, which is one
      * clock for all processes. realtime: subsystems on several hosts; each
-     * acknowledgement waits out maxClockOffsetMs (commit wait).
+     * acknowledgement waits out maxClockOffsetMs (commit wait), at least
+     * REALTIME_MIN_OFFSET_MS. docs/clock.md.
      */
     clock: z.enum(["monotonic", "realtime"]).default("monotonic"),
     maxClockOffsetMs: z.number().min(0).max(10_000).default(0),
@@ -102,7 +113,18 @@ export const configSchema = z
     subsystems: z.array(subsystemSchema).min(1),
     groups: z.array(groupSchema).default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.clock === "realtime" && c.maxClockOffsetMs < REALTIME_MIN_OFFSET_MS) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["maxClockOffsetMs"],
+        message:
+          `is ${c.maxClockOffsetMs}${c.maxClockOffsetMs === 0 ? " (the default)" : ""}, but clock "realtime" needs at least ${REALTIME_MIN_OFFSET_MS} ms: ` +
+          `its readings have millisecond resolution, so the commit wait must cover 1 ms plus the clock offset between hosts`,
+      });
+    }
+  });
 
 export type VolumeConfig = z.infer<typeof volumeSchema>;
 export type SubsystemConfig = z.infer<typeof subsystemSchema>;

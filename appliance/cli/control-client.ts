@@ -5,6 +5,9 @@ import { connectLink, type Link } from "../replication/link.ts";
 import type { Frame } from "../replication/frames.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
+import { attachedControlPlane, type ControlPlane } from "./control-plane.ts";
+import { realRuntime } from "../runtime/runtime.ts";
+import { clockReader } from "../primary/clock-source.ts";
 
 const silent = pino({ level: "silent" });
 
@@ -90,6 +93,24 @@ export class ControlClient {
   }
 }
 
+/** The plane a topology was given, else TCP with one connection per request and the real clock. */
+export function controlPlaneOf(topo: LoadedTopology): ControlPlane {
+  return (
+    attachedControlPlane(topo) ?? {
+      call: async <T>(id: number, body: unknown, timeoutMs: number) => {
+        const c = await ControlClient.connect(topo, id);
+        try {
+          return await c.request<T>(body, timeoutMs);
+        } finally {
+          c.close();
+        }
+      },
+      runtime: realRuntime,
+      clockNs: clockReader(topo.config.clock),
+    }
+  );
+}
+
 /** Runs one request against each listed subsystem; unreachable ones come back as errors. */
 export async function askAll<T>(
   topo: LoadedTopology,
@@ -97,16 +118,13 @@ export async function askAll<T>(
   body: unknown,
 ): Promise<Map<number, { ok: true; value: T } | { ok: false; error: string }>> {
   const out = new Map<number, { ok: true; value: T } | { ok: false; error: string }>();
+  const plane = controlPlaneOf(topo);
   await Promise.all(
     ids.map(async (id) => {
-      let c: ControlClient | null = null;
       try {
-        c = await ControlClient.connect(topo, id);
-        out.set(id, { ok: true, value: await c.request<T>(body) });
+        out.set(id, { ok: true, value: await plane.call<T>(id, body, 10_000) });
       } catch (err) {
         out.set(id, { ok: false, error: (err as Error).message });
-      } finally {
-        c?.close();
       }
     }),
   );

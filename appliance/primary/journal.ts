@@ -8,11 +8,12 @@
 // rows that name them; a row carries its payload's CRC32C, so after a power
 // cut an entry whose payload did not reach the disk is known and skipped
 // (its region was hot, so its blocks are in the bitmap).
-import path from "node:path";
 import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
+import type { StateStore } from "../state/store.ts";
+import type { Runtime } from "../runtime/runtime.ts";
 
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;
@@ -84,8 +85,15 @@ export class Journal {
   private readonly recent = new Map<number, Buffer>();
   private recentBytes = 0;
 
-  constructor(private readonly db: Db) {
-    this.segments = new PayloadSegments(path.join(path.dirname(db.name), "segments"), "journal");
+  private readonly db: Db;
+
+  constructor(
+    store: StateStore,
+    private readonly runtime: Runtime,
+  ) {
+    this.db = store.db;
+    const db = this.db;
+    this.segments = new PayloadSegments(store.segments("journal"));
     this.insert = db.prepare(
       "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, seg, seg_off, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
@@ -112,7 +120,7 @@ export class Journal {
       this.batch.push({ entry, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        setImmediate(() => this.commit());
+        this.runtime.setImmediate(() => this.commit());
       }
     });
   }
@@ -122,7 +130,7 @@ export class Journal {
     const batch = this.batch.splice(0, COMMIT_ENTRIES_MAX);
     if (this.batch.length > 0) {
       this.scheduled = true;
-      setImmediate(() => this.commit());
+      this.runtime.setImmediate(() => this.commit());
     }
     if (batch.length === 0) return;
     const newRegions: [string, number][] = [];

@@ -12,8 +12,10 @@ import { LinkSender } from "./sender.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
 import { RangeLock } from "./range-lock.ts";
 import { StampClock } from "./stamp-clock.ts";
-import { clockReader, type ClockSource } from "./clock-source.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
+import type { StateStore } from "../state/store.ts";
+import type { LinkConnector } from "../replication/frame-link.ts";
+import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 
 /** Group states on a primary: docs/state-machines.md. */
 export type PrimaryGroupState = "active" | "copying" | "frozen" | "suspended" | "fenced" | "taken-over";
@@ -93,18 +95,25 @@ export interface PrimaryBinding {
   target: string;
 }
 
-export interface PeerAddress {
-  id: number;
-  host: string;
-  port: number;
+/**
+ * What a simulation watches of the write path. Called synchronously at the
+ * moment named; never changes what the engine does.
+ */
+export interface PrimaryProbe {
+  /** A host write or a copy got its stamp and seq (the same synchronous step registers it pending). */
+  stamped?(e: { primary: number; group: string; volume: string; offset: number; length: number; ts: bigint; seq: number; copy: boolean; data: Buffer | null }): void;
 }
 
 export interface PrimaryOptions {
   id: number;
-  db: Db;
+  store: StateStore;
   logger: Logger;
-  clusterKey: string;
-  clock: ClockSource;
+  runtime: Runtime;
+  /** The stamp clock's reading in ns (clock-source.ts, or the simulator's clocks). */
+  clockNs: () => bigint;
+  /** Opens the replication link to a secondary subsystem. */
+  connect: LinkConnector;
+  probe?: PrimaryProbe;
   maxClockOffsetMs: number;
   syncIntervalMs: number;
   reconnectMs: number;
@@ -114,7 +123,6 @@ export interface PrimaryOptions {
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
   groupSecondaries: Map<string, number[]>;
-  peers: Map<number, PeerAddress>;
   generationOf: (group: string) => number;
   /** True after a reboot without a clean stop: hot regions may be torn. */
   powerLossSuspected: boolean;
@@ -147,7 +155,7 @@ export class PrimaryEngine {
   /** Highest seq written per activity region (volume\0region). */
   private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number; at: number }>();
   private persistedFloor: bigint;
-  private timers: NodeJS.Timeout[] = [];
+  private timers: TimerHandle[] = [];
   private trimming = false;
   private readonly trimmedSeq = new Map<number, number>();
   private readonly offsetNs: bigint;
@@ -165,10 +173,13 @@ export class PrimaryEngine {
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
 
+  private readonly db: Db;
+
   constructor(private readonly o: PrimaryOptions) {
-    this.journal = new Journal(o.db);
+    this.db = o.store.db;
+    this.journal = new Journal(o.store, o.runtime);
     const { tsFloor, seqFloor } = this.journal.floorsNow();
-    this.clock = new StampClock(clockReader(o.clock), tsFloor);
+    this.clock = new StampClock(o.clockNs, tsFloor);
     this.persistedFloor = tsFloor;
     this.seq = seqFloor;
     this.offsetNs = BigInt(Math.round(o.maxClockOffsetMs * 1e6));
@@ -176,15 +187,16 @@ export class PrimaryEngine {
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
-    this.bitmap = new BitmapWriter(o.db);
+    this.bitmap = new BitmapWriter(this.db, o.runtime);
     this.recordPairs();
+    const db = this.db;
     this.cursorStmts = {
-      get: o.db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true),
-      all: o.db.prepare("SELECT volume FROM copy_cursor").pluck(true),
-      move: o.db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?"),
-      done: o.db.prepare("DELETE FROM copy_cursor WHERE volume = ?"),
+      get: db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true),
+      all: db.prepare("SELECT volume FROM copy_cursor").pluck(true),
+      move: db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?"),
+      done: db.prepare("DELETE FROM copy_cursor WHERE volume = ?"),
     };
-    const getGrp = o.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
+    const getGrp = db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
     for (const g of o.groupSecondaries.keys()) {
       const r = getGrp.get(g) as { state: string; generation: bigint; reason: string | null; suspended_by: string | null; copied_ts: bigint | null };
       this.groups.set(g, {
@@ -209,7 +221,7 @@ export class PrimaryEngine {
    * pair table are taken as known.
    */
   private recordPairs(): void {
-    const db = this.o.db;
+    const db = this.db;
     const unrecorded = db.prepare("SELECT 1 FROM meta WHERE key = 'pairs_unrecorded'").get() !== undefined;
     const known = db.prepare("SELECT target FROM pair WHERE volume = ?").pluck(true);
     const addPair = db.prepare("INSERT INTO pair (volume, target) VALUES (?, ?) ON CONFLICT(volume) DO UPDATE SET target = excluded.target");
@@ -270,14 +282,11 @@ export class PrimaryEngine {
     const links = new Set<number>();
     for (const secs of o.groupSecondaries.values()) for (const s of secs) links.add(s);
     for (const id of links) {
-      const peer = o.peers.get(id);
-      assert(peer, `secondary subsystem #${id} has an address`);
       const sender = new LinkSender({
         primaryId: o.id,
         secondaryId: id,
-        host: peer.host,
-        port: peer.port,
-        clusterKey: o.clusterKey,
+        connect: o.connect,
+        runtime: o.runtime,
         reconnectMs: o.reconnectMs,
         linkTimeoutMs: o.linkTimeoutMs,
         inflightBytesMax: o.inflightBytesMax,
@@ -292,14 +301,14 @@ export class PrimaryEngine {
       this.senders.set(id, sender);
       sender.start();
     }
-    this.timers.push(setInterval(() => this.announce(), o.syncIntervalMs));
-    this.timers.push(setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
+    this.timers.push(o.runtime.setInterval(() => this.announce(), o.syncIntervalMs));
+    this.timers.push(o.runtime.setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
     for (const [g, gs] of this.groups) if (gs.state === "copying") this.startCopier(g);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const t of this.timers) clearInterval(t);
+    for (const t of this.timers) this.o.runtime.clearInterval(t);
     this.timers = [];
     for (const s of this.senders.values()) s.stop();
     await this.trim();
@@ -341,6 +350,7 @@ export class PrimaryEngine {
       ts = this.clock.stamp();
       const seq = ++this.seq;
       this.pending.add(b.group, b.link, seq, ts);
+      this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume, offset, length, ts, seq, copy: false, data });
       this.issuedOn.set(b.link, seq);
       this.writing.add(seq);
       this.noteRegions(b, offset, length, seq);
@@ -386,12 +396,12 @@ export class PrimaryEngine {
     const high = Math.min(JOURNAL_BACKPRESSURE_BYTES, this.o.journalBytesMax / 2);
     if (this.journal.bytes <= high) return;
     this.throttled++;
-    const until = Date.now() + this.o.linkTimeoutMs;
+    const until = this.o.runtime.nowMs() + this.o.linkTimeoutMs;
     const secs = this.o.groupSecondaries.get(group) ?? [];
-    while (this.journal.bytes > high && Date.now() < until && secs.every((s) => this.senders.get(s)?.state === "up")) {
+    while (this.journal.bytes > high && this.o.runtime.nowMs() < until && secs.every((s) => this.senders.get(s)?.state === "up")) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
-        setTimeout(r, 50);
+        this.o.runtime.setTimeout(r, 50);
       });
     }
   }
@@ -441,7 +451,7 @@ export class PrimaryEngine {
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
     await Promise.all(vols.map((b) => b.volume.sync()));
-    const rows = this.o.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
+    const rows = this.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
       seq: number;
       link: number;
       volume: string;
@@ -450,14 +460,14 @@ export class PrimaryEngine {
     }[];
     let blocks = 0;
     try {
-      this.o.db.transaction(() => {
+      this.db.transaction(() => {
         for (const r of rows) {
           if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
         }
-        this.o.db.prepare("DELETE FROM journal WHERE grp = ?").run(group);
-        this.o.db
+        this.db.prepare("DELETE FROM journal WHERE grp = ?").run(group);
+        this.db
           .prepare("UPDATE grp SET state = ?, generation = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
-          .run(gs.state, gs.generation, gs.reason, gs.by, Date.now(), group);
+          .run(gs.state, gs.generation, gs.reason, gs.by, this.o.runtime.nowMs(), group);
       })();
       // The bitmap now stands for the journal entries it replaced: durable before they are gone for good.
       this.journal.barrier();
@@ -518,7 +528,7 @@ export class PrimaryEngine {
     const volumes = new Map([...this.bindings.values()].filter((b) => b.group === group).map((b) => [b.volume.name, b]));
     let merged = 0;
     try {
-      this.o.db.transaction(() => {
+      this.db.transaction(() => {
         for (const [volume, runs] of Object.entries(blocks)) {
           const b = volumes.get(volume);
           if (!b) throw Object.assign(new Error(`resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`), { code: "TM_NO_VOLUME" });
@@ -529,9 +539,9 @@ export class PrimaryEngine {
             merged += this.bitmap.markNow(volume, first * BLOCK_BYTES, count * BLOCK_BYTES);
           }
         }
-        this.o.db
+        this.db
           .prepare("UPDATE grp SET state = 'copying', generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?")
-          .run(generation, Date.now(), group);
+          .run(generation, this.o.runtime.nowMs(), group);
       })();
       this.journal.barrier();
     } catch (err) {
@@ -561,7 +571,7 @@ export class PrimaryEngine {
     }
     if (gs.state === "active") {
       gs.state = "frozen";
-      this.o.db.prepare("UPDATE grp SET state = 'frozen', changed_at_ms = ? WHERE name = ?").run(Date.now(), group);
+      this.db.prepare("UPDATE grp SET state = 'frozen', changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), group);
       this.journal.barrier();
       this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
     }
@@ -605,7 +615,7 @@ export class PrimaryEngine {
 
   private async copyAll(group: string, gs: GroupState): Promise<void> {
     const copying = () => gs.state === "copying" && !this.stopped;
-    gs.copy = { startedAtMs: Date.now(), totalBlocks: this.remainingBlocks(group), doneBlocks: 0, dataBytes: 0, zeroBytes: 0, runs: 0, phase: "copying" };
+    gs.copy = { startedAtMs: this.o.runtime.nowMs(), totalBlocks: this.remainingBlocks(group), doneBlocks: 0, dataBytes: 0, zeroBytes: 0, runs: 0, phase: "copying" };
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
     for (;;) {
       let any = false;
@@ -639,15 +649,15 @@ export class PrimaryEngine {
     gs.copy.phase = "acknowledging";
     const upTo = new Map([...new Set(vols.map((b) => b.link))].map((l) => [l, this.issuedOn.get(l) ?? 0]));
     while (copying() && [...upTo].some(([l, seq]) => (this.senders.get(l)?.ackedSeq ?? 0) < seq)) {
-      await new Promise((r) => setTimeout(r, Math.max(10, this.o.syncIntervalMs)));
+      await this.o.runtime.sleep(Math.max(10, this.o.syncIntervalMs));
     }
     if (!copying()) return;
     const c = this.clock.stamp();
-    this.o.db.prepare("UPDATE grp SET state = 'active', copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(c, Date.now(), group);
+    this.db.prepare("UPDATE grp SET state = 'active', copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(c, this.o.runtime.nowMs(), group);
     this.journal.barrier();
     gs.state = "active";
     gs.copiedTs = c;
-    const ms = Date.now() - gs.copy.startedAtMs;
+    const ms = this.o.runtime.nowMs() - gs.copy.startedAtMs;
     this.o.logger.info(
       { group, copiedTs: c.toString(), blocks: gs.copy.doneBlocks, dataBytes: gs.copy.dataBytes, zeroBytes: gs.copy.zeroBytes, ms },
       "copy complete and acknowledged: COPIED goes to every secondary",
@@ -692,7 +702,7 @@ export class PrimaryEngine {
     while (this.journal.bytes > COPY_JOURNAL_BYTES && gs.state === "copying" && !this.stopped) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
-        setTimeout(r, 50);
+        this.o.runtime.setTimeout(r, 50);
       });
     }
     const release = await b.lock.acquire(run.offset, run.length);
@@ -715,6 +725,7 @@ export class PrimaryEngine {
       const seq = ++this.seq;
       this.pending.add(b.group, b.link, seq, ts);
       this.issuedOn.set(b.link, seq);
+      this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume: b.volume.name, offset: run.offset, length: run.length, ts, seq, copy: true, data });
       try {
         await this.journal.append({
           seq,
@@ -735,7 +746,7 @@ export class PrimaryEngine {
       }
       // While still counted in flight: a suspension waiting for this copy then
       // finds either the bits set, or the journal entry it turns back into bits.
-      if (run.kind === "bitmap") this.o.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
+      if (run.kind === "bitmap") this.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
       if (data) gs.copy!.dataBytes += run.length;
       else gs.copy!.zeroBytes += run.length;
       return true;
@@ -766,7 +777,7 @@ export class PrimaryEngine {
     if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
     const c = gs.copy;
     const remaining = this.remainingBlocks(group);
-    const elapsed = c ? Math.max(1, Date.now() - c.startedAtMs) : 0;
+    const elapsed = c ? Math.max(1, this.o.runtime.nowMs() - c.startedAtMs) : 0;
     const rate = c ? ((c.dataBytes + c.zeroBytes) / (elapsed / 1000)) : 0;
     return {
       subsystem: this.o.id,
@@ -792,7 +803,7 @@ export class PrimaryEngine {
 
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
   preview(group: string) {
-    const rows = this.o.db
+    const rows = this.db
       .prepare("SELECT volume, link, seq, len FROM journal WHERE grp = ?")
       .all(group) as { volume: string; link: number; seq: number; len: number }[];
     const out = new Map<string, { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }>();
@@ -840,7 +851,7 @@ export class PrimaryEngine {
     for (;;) {
       const left = ts + this.offsetNs - this.clock.now();
       if (left < 0n) return;
-      await new Promise((r) => setTimeout(r, Math.max(1, Math.ceil(Number(left) / 1e6))));
+      await this.o.runtime.sleep(Math.max(1, Math.ceil(Number(left) / 1e6)));
     }
   }
 
@@ -875,8 +886,8 @@ export class PrimaryEngine {
       const cur = this.regionSeq.get(key);
       if (cur) {
         cur.seq = seq;
-        cur.at = Date.now();
-      } else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq, at: Date.now() });
+        cur.at = this.o.runtime.nowMs();
+      } else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq, at: this.o.runtime.nowMs() });
     }
   }
 
@@ -917,7 +928,7 @@ export class PrimaryEngine {
   /** Regions whose writes are all trimmed (so durable) and idle for a while go cold. */
   private coolIdleRegions(): void {
     const cool: [string, number][] = [];
-    const idleSince = Date.now() - ACTIVITY_COOL_IDLE_MS;
+    const idleSince = this.o.runtime.nowMs() - ACTIVITY_COOL_IDLE_MS;
     for (const [key, r] of this.regionSeq) {
       if (r.seq <= (this.trimmedSeq.get(r.link) ?? 0) && r.at < idleSince) {
         cool.push([r.volume, r.region]);
@@ -932,10 +943,10 @@ export class PrimaryEngine {
    * entries never reached the disk: every block of it goes to the bitmap.
    */
   private markHotRegionsDirty(): void {
-    const rows = this.o.db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
-    const ins = this.o.db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
+    const rows = this.db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
+    const ins = this.db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
     const perRegion = ACTIVITY_REGION_BYTES / BLOCK_BYTES;
-    this.o.db.transaction(() => {
+    this.db.transaction(() => {
       for (const r of rows) for (let i = 0; i < perRegion; i++) ins.run(r.volume, r.region * perRegion + i);
     })();
     if (rows.length > 0) {

@@ -7,8 +7,9 @@ import type { Logger } from "pino";
 import type { Journal, JournalEntry } from "./journal.ts";
 import { OP_WRITE } from "./journal.ts";
 import { linkTransition, type LinkState } from "./link-state.ts";
-import { connectLink, type Link } from "../replication/link.ts";
+import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
+import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 
 /** Entries read from the journal per query. */
 export const READ_BATCH_ENTRIES = 512;
@@ -18,9 +19,9 @@ export const FRAME_DATA_BYTES_MAX = 4 * 1024 * 1024;
 export interface SenderOptions {
   primaryId: number;
   secondaryId: number;
-  host: string;
-  port: number;
-  clusterKey: string;
+  /** Opens the link (TCP with the cluster key's handshake, or the simulator's). */
+  connect: LinkConnector;
+  runtime: Runtime;
   reconnectMs: number;
   linkTimeoutMs: number;
   inflightBytesMax: number;
@@ -37,17 +38,17 @@ export interface SenderOptions {
 
 export class LinkSender {
   state: LinkState = "idle";
-  private link: Link | null = null;
+  private link: FrameLink | null = null;
   private sentSeq = 0;
   ackedSeq = 0;
   private inflight: { seq: number; bytes: number }[] = [];
   private inflightBytes = 0;
   private pumping = false;
-  private timer: NodeJS.Timeout | null = null;
+  private timer: TimerHandle | null = null;
   lastError: string | null = null;
   connectedAt: number | null = null;
   private lastHeard = 0;
-  private liveness: NodeJS.Timeout | null = null;
+  private liveness: TimerHandle | null = null;
   sentFrames = 0;
 
   constructor(private readonly o: SenderOptions) {}
@@ -60,8 +61,8 @@ export class LinkSender {
   stop(): void {
     if (this.state === "closed") return;
     this.move("stop");
-    if (this.timer) clearTimeout(this.timer);
-    if (this.liveness) clearInterval(this.liveness);
+    if (this.timer) this.o.runtime.clearTimeout(this.timer);
+    if (this.liveness) this.o.runtime.clearInterval(this.liveness);
     this.link?.close();
     this.link = null;
   }
@@ -105,24 +106,16 @@ export class LinkSender {
 
   private async connect(): Promise<void> {
     const { o } = this;
-    let link: Link;
+    let link: FrameLink;
     try {
-      link = await connectLink({
-        host: o.host,
-        port: o.port,
-        key: o.clusterKey,
-        role: "link",
-        nodeId: o.primaryId,
-        timeoutMs: Math.max(500, Math.min(o.linkTimeoutMs, o.reconnectMs * 5)),
-        logger: o.logger,
-      });
+      link = await o.connect(o.secondaryId);
     } catch (err) {
       if (this.state !== "connecting") return;
       const msg = (err as Error).message;
       if (msg !== this.lastError) o.logger.warn({ peer: o.secondaryId, err: msg }, "link connect failed; retrying");
       this.lastError = msg;
       this.move("connect-failed");
-      this.timer = setTimeout(() => this.retry(), o.reconnectMs);
+      this.timer = o.runtime.setTimeout(() => this.retry(), o.reconnectMs);
       return;
     }
     if (this.state !== "connecting") {
@@ -131,18 +124,18 @@ export class LinkSender {
     }
     this.link = link;
     this.lastError = null;
-    this.connectedAt = Date.now();
+    this.connectedAt = this.o.runtime.nowMs();
     // Resend everything not acknowledged: the secondary drops duplicates by seq.
     this.sentSeq = this.ackedSeq;
     this.inflight = [];
     this.inflightBytes = 0;
     link.on("frame", (f: Frame) => {
-      this.lastHeard = Date.now();
+      this.lastHeard = this.o.runtime.nowMs();
       this.onFrame(f);
     });
     link.on("close", (err?: Error) => this.onClose(link, err));
-    this.lastHeard = Date.now();
-    this.liveness ??= setInterval(() => this.checkLiveness(), Math.max(25, Math.floor(o.linkTimeoutMs / 4)));
+    this.lastHeard = this.o.runtime.nowMs();
+    this.liveness ??= o.runtime.setInterval(() => this.checkLiveness(), Math.max(25, Math.floor(o.linkTimeoutMs / 4)));
     this.move("connected");
     void this.pump();
   }
@@ -150,7 +143,7 @@ export class LinkSender {
   /** Heartbeats keep a quiet link talking; silence past the timeout drops it. */
   private checkLiveness(): void {
     if (this.state !== "up" || !this.link) return;
-    const quiet = Date.now() - this.lastHeard;
+    const quiet = this.o.runtime.nowMs() - this.lastHeard;
     if (quiet > this.o.linkTimeoutMs) {
       this.o.logger.warn({ peer: this.o.secondaryId, quietMs: quiet }, "link silent past linkTimeoutMs; dropping it");
       this.lastError = `no frame from secondary #${this.o.secondaryId} for ${quiet} ms`;
@@ -169,13 +162,13 @@ export class LinkSender {
     void this.connect();
   }
 
-  private onClose(link: Link, err?: Error): void {
+  private onClose(link: FrameLink, err?: Error): void {
     if (this.link !== link) return;
     this.link = null;
     if (this.state !== "up") return;
     this.lastError = err?.message ?? "connection closed by peer";
     this.move("lost");
-    this.timer = setTimeout(() => this.retry(), this.o.reconnectMs);
+    this.timer = this.o.runtime.setTimeout(() => this.retry(), this.o.reconnectMs);
   }
 
   private onFrame(f: Frame): void {

@@ -8,10 +8,9 @@
 import type { Logger } from "pino";
 import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
-import { ControlClient } from "../cli/control-client.ts";
+import { controlPlaneOf } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
-import { clockReader } from "../primary/clock-source.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
 
@@ -84,13 +83,8 @@ export interface ProcedureReport {
   primaries: { subsystem: number; reached: boolean; error?: string; state?: string; volumes?: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }[];
 }
 
-export async function call<T>(topo: LoadedTopology, id: number, body: unknown, timeoutMs = 15_000): Promise<T> {
-  const c = await ControlClient.connect(topo, id);
-  try {
-    return await c.request<T>(body, timeoutMs);
-  } finally {
-    c.close();
-  }
+export function call<T>(topo: LoadedTopology, id: number, body: unknown, timeoutMs = 15_000): Promise<T> {
+  return controlPlaneOf(topo).call<T>(id, body, timeoutMs);
 }
 
 async function settle<T>(ids: number[], f: (id: number) => Promise<T>): Promise<Map<number, { ok: true; value: T } | { ok: false; error: string }>> {
@@ -123,10 +117,11 @@ export interface ProcedureOptions {
 }
 
 export async function runProcedure(topo: LoadedTopology, group: string, o: ProcedureOptions): Promise<ProcedureReport> {
-  const started = Date.now();
+  const plane = controlPlaneOf(topo);
+  const started = plane.runtime.nowMs();
   const g = topo.groups.get(group);
   if (!g) throw new ProcedureError("TM_NO_GROUP", `group '${group}' is not defined in ${topo.file}`);
-  const now = () => clockReader(topo.config.clock)();
+  const now = () => plane.clockNs();
 
   // 601 needs every secondary: check them all before changing anything.
   const statuses = await settle(g.secondaries, (id) => call<SubsystemStatus>(topo, id, { op: "status" }));
@@ -155,7 +150,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
       lossWindowMs: Number(now() - ts) / 1e6,
       complete: true,
       waitingFor: [],
-      elapsedMs: Date.now() - started,
+      elapsedMs: plane.runtime.nowMs() - started,
       secondaries: [...previews].map(([id, a]) => {
         if (!a.ok) throw new ProcedureError("TM_UNREACHABLE", `dry run ${group}: secondary #${id}: ${a.error}; nothing was changed`);
         return {
@@ -198,7 +193,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
     if (!o.partial) {
       throw new ProcedureError("TM_FENCE", `${o.mode} ${group}: fencing failed on ${failedFence.map(([id, a]) => `#${id} (${a.error})`).join(", ")}; run it again`);
     }
-    return { group, mode: o.mode, generation, ts: "0", lossWindowMs: 0, complete: false, waitingFor, elapsedMs: Date.now() - started, secondaries: [], primaries };
+    return { group, mode: o.mode, generation, ts: "0", lossWindowMs: 0, complete: false, waitingFor, elapsedMs: plane.runtime.nowMs() - started, secondaries: [], primaries };
   }
 
   // 602
@@ -238,7 +233,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
     lossWindowMs: Number(now() - ts) / 1e6,
     complete: true,
     waitingFor: [],
-    elapsedMs: Date.now() - started,
+    elapsedMs: plane.runtime.nowMs() - started,
     secondaries: [...applied].map(([id, a]) => {
       const r = (a as { value: TimesReport & { applied: number; appliedNow: number; dropped: number; droppedBytes: number; bitmapBlocks: number } }).value;
       return {

@@ -6,7 +6,7 @@
 // from the subsystems' status until every secondary replicates again.
 import type { Logger } from "pino";
 import type { LoadedTopology } from "../../config/load.ts";
-import { askAll } from "../cli/control-client.ts";
+import { askAll, controlPlaneOf } from "../cli/control-client.ts";
 import type { CopyStatus, SubsystemStatus } from "../cli/status-view.ts";
 import { ProcedureError, call, runProcedure } from "./procedure.ts";
 import type { BlockRuns } from "../secondary/secondary.ts";
@@ -199,6 +199,6 @@ export async function watchResync(topo: LoadedTopology, group: string, generatio
     const p = resyncProgress(group, generation, st.prim, st.sec, unreachable);
     onProgress(p);
     if (p.done) return p;
-    await new Promise((r) => setTimeout(r, intervalMs));
+    await controlPlaneOf(topo).runtime.sleep(intervalMs);
   }
 }

@@ -9,18 +9,15 @@ import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import { durableBarrier, type Db } from "../state/database.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
-import type { Link } from "../replication/link.ts";
 import { assert } from "../invariant.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
-import path from "node:path";
-import { closeSync, fdatasync, openSync } from "node:fs";
-import { promisify } from "node:util";
 import { crc32c } from "@node-rs/crc32";
 import { PayloadSegments } from "../state/payload-segments.ts";
-
-const fdatasyncAsync = promisify(fdatasync);
+import type { StateStore } from "../state/store.ts";
+import type { FrameLink } from "../replication/frame-link.ts";
+import type { Runtime } from "../runtime/runtime.ts";
 /** Payloads of queued RCRs kept in memory for the applier (see keepRecent). */
 const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 
@@ -40,10 +37,18 @@ export interface SecondaryBinding {
   primaryId: number;
 }
 
+/** What a simulation watches of the applier. Called synchronously; never changes what the engine does. */
+export interface SecondaryProbe {
+  /** An RCR's volume write is issued, in apply order, with the 112 it was applied under. */
+  applying?(e: { secondary: number; group: string; volume: string; offset: number; length: number; ts: bigint; primaryId: number; seq: number; second: bigint }): void;
+}
+
 export interface SecondaryOptions {
   id: number;
-  db: Db;
+  store: StateStore;
   logger: Logger;
+  runtime: Runtime;
+  probe?: SecondaryProbe;
   bindings: SecondaryBinding[];
   /** Every group this subsystem is a secondary of, with the group's primaries. */
   groups: Map<string, number[]>;
@@ -88,14 +93,14 @@ export function toRuns(blocks: readonly number[]): BlockRuns {
 }
 
 type Work =
-  | { kind: "rcr"; link: Link; primaryId: number; group: string; records: RcrRecord[] }
+  | { kind: "rcr"; link: FrameLink; primaryId: number; group: string; records: RcrRecord[] }
   | { kind: "sync" | "copied"; group: string; primaryId: number; t: bigint; generation: number };
 
 export class SecondaryEngine {
   private readonly groups = new Map<string, GroupState>();
   private readonly volumes = new Map<string, SecondaryBinding>();
   private readonly lastSeq = new Map<number, number>();
-  private readonly links = new Map<number, Link>();
+  private readonly links = new Map<number, FrameLink>();
   private work: Work[] = [];
   private scheduled = false;
   private committing: Promise<void> | null = null;
@@ -114,11 +119,14 @@ export class SecondaryEngine {
   /** The last failure to write a secondary volume; the RCM suspends the group on it. */
   applyError: string | null = null;
 
+  private readonly db: Db;
+
   constructor(private readonly o: SecondaryOptions) {
-    const db = o.db;
+    this.db = o.store.db;
+    const db = this.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
-    this.bitmap = new BitmapWriter(db);
-    this.segments = new PayloadSegments(path.join(path.dirname(db.name), "segments"), "queue");
+    this.bitmap = new BitmapWriter(db, o.runtime);
+    this.segments = new PayloadSegments(o.store.segments("queue"));
     this.stmts = {
       insert: db.prepare(
         "INSERT INTO rcr (grp, ts, primary_id, seq, volume, op, off, len, seg, seg_off, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -151,7 +159,7 @@ export class SecondaryEngine {
   }
 
   private load(): void {
-    const db = this.o.db;
+    const db = this.db;
     for (const r of db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
       this.lastSeq.set(r.primary_id, r.last_seq);
     }
@@ -211,16 +219,14 @@ export class SecondaryEngine {
     for (const l of this.links.values()) l.close();
     // An apply batch in flight may still read a payload: close once it is done.
     const close = () => {
-      if (this.applying || this.committing) return void setTimeout(close, 10);
+      if (this.applying || this.committing) return void this.o.runtime.setTimeout(close, 10);
       this.segments.close();
-      if (this.walFile !== null) closeSync(this.walFile);
-      this.walFile = null;
     };
     close();
   }
 
   /** A primary's authenticated link (role "link", nodeId = primary id). */
-  attach(link: Link, primaryId: number): void {
+  attach(link: FrameLink, primaryId: number): void {
     const old = this.links.get(primaryId);
     if (old && old !== link) old.close();
     this.links.set(primaryId, link);
@@ -233,13 +239,13 @@ export class SecondaryEngine {
     if (seq > 0) link.send({ type: "ack", seq });
   }
 
-  private refuse(link: Link, primaryId: number, code: number, message: string): void {
+  private refuse(link: FrameLink, primaryId: number, code: number, message: string): void {
     this.o.logger.warn({ peer: primaryId, code, err: message }, "frame refused; dropping link");
     link.send({ type: "error", code, message });
     link.close();
   }
 
-  private onFrame(link: Link, primaryId: number, f: Frame): void {
+  private onFrame(link: FrameLink, primaryId: number, f: Frame): void {
     if (this.stopped) return;
     if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.groups.get(f.group);
@@ -292,7 +298,7 @@ export class SecondaryEngine {
   private schedule(): void {
     if (this.scheduled || this.committing) return;
     this.scheduled = true;
-    setImmediate(() => this.commit());
+    this.o.runtime.setImmediate(() => this.commit());
   }
 
   /** Until everything received so far is committed and durable (a fence needs that). */
@@ -315,14 +321,13 @@ export class SecondaryEngine {
     if (this.stopped || this.committing || this.work.length === 0) return;
     const work = this.work;
     this.work = [];
-    const ackTo = new Map<number, Link>();
+    const ackTo = new Map<number, FrameLink>();
     const seqChanged = new Set<number>();
     const groupsChanged = new Set<string>();
     const lifted = new Set<string>();
     let released = false;
     const next = new Map<string, GroupTimes>();
     const timesOf = (g: string) => next.get(g) ?? this.groups.get(g)!.times;
-    let walFd: number;
     try {
       // Payloads of the new RCRs (resends dropped) go to the queue's segment
       // first, one writev; then, an ack letting the primary forget the RCR,
@@ -344,8 +349,7 @@ export class SecondaryEngine {
       const refOf = new Map<RcrRecord, { seg: number; off: number }>();
       let ri = 0;
       for (const r of fresh) if (r.op === "write") refOf.set(r, refs[ri++]);
-      walFd = this.walFd();
-      this.o.db.transaction(() => {
+      this.db.transaction(() => {
         for (const w of work) {
           if (w.kind === "rcr") {
             let last = this.lastSeq.get(w.primaryId) ?? 0;
@@ -409,7 +413,7 @@ export class SecondaryEngine {
     // Nothing takes effect before it is durable: an RCR applied, or a 112
     // raised, on the strength of a commit a power cut could take back would
     // leave a volume ahead of the 112 it restarts with.
-    this.committing = Promise.all([this.segments.syncAsync(), fdatasyncAsync(walFd)])
+    this.committing = Promise.all([this.segments.syncAsync(), this.o.store.syncWal()])
       .then(
         () => {
           for (const [g, t] of next) this.groups.get(g)!.times = t;
@@ -431,18 +435,10 @@ export class SecondaryEngine {
       });
   }
 
-  private walFile: number | null = null;
-
-  /** The WAL's fd, for fdatasync off the loop: a NORMAL commit in WAL mode is durable once the WAL is. */
-  private walFd(): number {
-    if (this.walFile === null) this.walFile = openSync(`${this.o.db.name}-wal`, "r");
-    return this.walFile;
-  }
-
   /** Inside the commit's transaction: the group leaves its resync. */
   private endResync(name: string): void {
-    this.o.db.prepare("UPDATE grp SET state = 'active', resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(Date.now(), name);
-    this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
+    this.db.prepare("UPDATE grp SET state = 'active', resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), name);
+    this.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
     this.bitmap.clearVolumesNow(this.volumesOf(name));
   }
 
@@ -452,7 +448,7 @@ export class SecondaryEngine {
 
   private reloadSeqs(): void {
     this.lastSeq.clear();
-    for (const r of this.o.db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
+    for (const r of this.db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
       this.lastSeq.set(r.primary_id, r.last_seq);
     }
   }
@@ -479,7 +475,7 @@ export class SecondaryEngine {
     } catch (err) {
       this.applyError = (err as Error).message;
       this.o.logger.error({ err: (err as Error).message }, "applying the disk request queue failed; retrying");
-      setTimeout(() => this.kickApplier(), 1000);
+      this.o.runtime.setTimeout(() => this.kickApplier(), 1000);
     } finally {
       this.applying = false;
       this.wakeAppliedWaiters();
@@ -513,6 +509,7 @@ export class SecondaryEngine {
       assert(b, `queued RCR for unknown volume ${r.volume}`);
       const off = Number(r.off);
       const len = Number(r.len);
+      this.o.probe?.applying?.({ secondary: this.o.id, group: g.name, volume: r.volume, offset: off, length: len, ts: r.ts, primaryId: Number(r.primary_id), seq: Number(r.seq), second });
       if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, this.payloadOf(r.id, g.name));
       // A zero run over a hole (an initial copy onto a new sparse file) has nothing to write.
       else if (b.volume.nextData(off) < off + len) await b.volume.writeZeroes(off, len);
@@ -523,7 +520,7 @@ export class SecondaryEngine {
       if (bytes >= APPLY_BATCH_BYTES) break;
     }
     await Promise.all([...touched].map((v) => v.sync()));
-    this.o.db.transaction(() => {
+    this.db.transaction(() => {
       for (let i = 0; i < n; i++) this.stmts.del.run(rows[i].id);
       this.stmts.applied.run(n, bytes, maxTs, g.name);
     })();
@@ -597,11 +594,11 @@ export class SecondaryEngine {
         g.reason = reason;
         g.suspendedBy = by;
       }
-      this.o.db
+      this.db
         .prepare("UPDATE grp SET generation = ?, state = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
-        .run(generation, state, g.reason, g.suspendedBy, Date.now(), name);
+        .run(generation, state, g.reason, g.suspendedBy, this.o.runtime.nowMs(), name);
       // The RCM reads 111 only after the raise is durable, power cuts included.
-      durableBarrier(this.o.db);
+      durableBarrier(this.db);
       g.generation = generation;
       g.state = state;
       this.o.logger.warn({ group: name, generation, by, reason }, "group fenced: frames of older generations are refused");
@@ -640,11 +637,11 @@ export class SecondaryEngine {
   /** Dry run: what applying Ts would drop, per volume, without changing anything. */
   preview(name: string, ts: bigint) {
     const g = this.group(name);
-    const rows = this.o.db
+    const rows = this.db
       .prepare("SELECT volume, count(*) AS n, coalesce(sum(len), 0) AS b, max(ts) AS m FROM rcr WHERE grp = ? AND ts > ? GROUP BY volume")
       .safeIntegers(true)
       .all(name, ts) as { volume: string; n: bigint; b: bigint; m: bigint }[];
-    const keep = this.o.db.prepare("SELECT count(*) AS n FROM rcr WHERE grp = ? AND ts <= ?").get(name, ts) as { n: number };
+    const keep = this.db.prepare("SELECT count(*) AS n FROM rcr WHERE grp = ? AND ts <= ?").get(name, ts) as { n: number };
     return {
       ...this.timesReport(g),
       wouldApply: keep.n,
@@ -678,7 +675,7 @@ export class SecondaryEngine {
       // DESIGN.md: a primary announces T only once all its RCRs <= T are acknowledged, so 112 <= Ts.
       assert(g.times.second <= ts, `secondary #${this.o.id} group ${name}: 112 ${g.times.second} above Ts ${ts}`);
       const queued = (
-        this.o.db
+        this.db
           .prepare("SELECT id, ts, primary_id, seq, volume, off, len FROM rcr WHERE grp = ?")
           .safeIntegers(true)
           .all(name) as { id: bigint; ts: bigint; primary_id: bigint; seq: bigint; volume: string; off: bigint; len: bigint }[]
@@ -687,7 +684,7 @@ export class SecondaryEngine {
       let blocks = 0;
       let bytes = 0;
       try {
-        this.o.db.transaction(() => {
+        this.db.transaction(() => {
           for (const r of drop) {
             blocks += this.bitmap.markNow(r.volume, r.offset, r.length);
             bytes += r.length;
@@ -695,13 +692,13 @@ export class SecondaryEngine {
           }
           this.stmts.setSecond.run(ts, name);
           // A resync cut short rests at this cut; the next one starts from here.
-          this.o.db
+          this.db
             .prepare("UPDATE grp SET synchronized_ts = ?, resync_floor = NULL, dropped = dropped + ?, dropped_bytes = dropped_bytes + ? WHERE name = ?")
             .run(ts, drop.length, bytes, name);
-          this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
+          this.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
         })();
         // What the RCM is told is done survives a power cut: 112 never falls back from Ts.
-        durableBarrier(this.o.db);
+        durableBarrier(this.db);
       } catch (err) {
         this.bitmap.reset();
         throw err;
@@ -752,15 +749,15 @@ export class SecondaryEngine {
       // Host writes stop before the bitmap is read: one in flight marks its block first.
       g.state = "resyncing";
       if (this.hostWrites > 0) await new Promise<void>((r) => this.hostIdle.push(r));
-      this.o.db.transaction(() => {
-        this.o.db
+      this.db.transaction(() => {
+        this.db
           .prepare(
             "UPDATE grp SET generation = ?, state = 'resyncing', resync_floor = ?, synchronized_ts = NULL, reason = NULL, suspended_by = NULL, changed_at_ms = ? WHERE name = ?",
           )
-          .run(generation, floor, Date.now(), name);
-        this.o.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
+          .run(generation, floor, this.o.runtime.nowMs(), name);
+        this.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
       })();
-      durableBarrier(this.o.db);
+      durableBarrier(this.db);
       g.generation = generation;
       g.times = startHold(g.times, floor);
       g.synchronizedTs = null;
@@ -783,8 +780,8 @@ export class SecondaryEngine {
       });
     }
     if (g.state !== "takeover") {
-      this.o.db.prepare("UPDATE grp SET state = 'takeover', changed_at_ms = ? WHERE name = ?").run(Date.now(), name);
-      durableBarrier(this.o.db);
+      this.db.prepare("UPDATE grp SET state = 'takeover', changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), name);
+      durableBarrier(this.db);
       g.state = "takeover";
       this.o.logger.warn({ group: name }, "takeover: secondary volumes are read-write for hosts");
     }

@@ -4,6 +4,7 @@
 // crash or a power cut never leaves a changed block the bitmap does not name.
 import type { Db } from "./database.ts";
 import { blockSpan } from "../resync/blocks.ts";
+import type { Runtime } from "../runtime/runtime.ts";
 
 interface Waiting {
   resolve: () => void;
@@ -19,7 +20,10 @@ export class BitmapWriter {
   private readonly countStmt;
   private readonly del;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly runtime: Runtime,
+  ) {
     this.insert = db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
     this.countStmt = db.prepare("SELECT count(*) AS n FROM bitmap WHERE volume = ?");
     this.del = db.prepare("DELETE FROM bitmap WHERE volume = ? AND block = ?");
@@ -52,7 +56,7 @@ export class BitmapWriter {
       this.waiting.push({ resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        setImmediate(() => this.commit());
+        this.runtime.setImmediate(() => this.commit());
       }
     });
   }

@@ -6,12 +6,7 @@
 // positional writev per commit. A row names its payload by (segment, offset,
 // length, CRC32C); segments older than the oldest row still in the table are
 // deleted.
-import { closeSync, existsSync, fdatasyncSync, mkdirSync, openSync, readdirSync, readSync, unlink, writevSync, fstatSync } from "node:fs";
-import path from "node:path";
-import { fdatasync } from "node:fs";
-import { promisify } from "node:util";
-
-const fdatasyncAsync = promisify(fdatasync);
+import type { SegmentDir, SegmentFile } from "./segment-files.ts";
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -22,7 +17,7 @@ export interface PayloadRef {
 }
 
 interface Segment {
-  fd: number;
+  file: SegmentFile;
   size: number;
 }
 
@@ -34,38 +29,21 @@ export class PayloadSegments {
   /** Segments appended to since the last sync. */
   private readonly dirty = new Set<number>();
 
-  /** `dir` holds files named `<prefix>-<n>.seg`; the highest n is appended to. */
+  /** `dir` holds this prefix's segments; the highest one is appended to. */
   constructor(
-    private readonly dir: string,
-    private readonly prefix: string,
+    private readonly dir: SegmentDir,
     private readonly segmentBytes = SEGMENT_BYTES,
-    /** A segment that could not be deleted (it stays; the next collect does not retry it). */
-    private readonly onError: (err: Error) => void = () => {},
   ) {
-    mkdirSync(dir, { recursive: true });
-    const re = new RegExp(`^${prefix}-(\\d+)\\.seg$`);
-    let top = 0;
-    let bottom = Number.POSITIVE_INFINITY;
-    for (const f of readdirSync(dir)) {
-      const m = re.exec(f);
-      if (!m) continue;
-      top = Math.max(top, Number(m[1]));
-      bottom = Math.min(bottom, Number(m[1]));
-    }
-    this.current = top === 0 ? 1 : top;
-    this.lowest = top === 0 ? 1 : bottom;
-  }
-
-  private fileOf(seg: number): string {
-    return path.join(this.dir, `${this.prefix}-${String(seg).padStart(8, "0")}.seg`);
+    const present = dir.list();
+    this.current = present.length === 0 ? 1 : Math.max(...present);
+    this.lowest = present.length === 0 ? 1 : Math.min(...present);
   }
 
   private open(seg: number): Segment {
     let s = this.segments.get(seg);
     if (!s) {
-      const file = this.fileOf(seg);
-      const fd = openSync(file, existsSync(file) ? "r+" : "w+", 0o600);
-      s = { fd, size: fstatSync(fd).size };
+      const file = this.dir.open(seg);
+      s = { file, size: file.size() };
       this.segments.set(seg, s);
     }
     return s;
@@ -95,8 +73,8 @@ export class PayloadSegments {
     // where it stopped; at most IOV_BATCH buffers per call (IOV_MAX is 1024).
     while (done < total) {
       const bufs = remaining(payloads, done, IOV_BATCH);
-      const n = writevSync(s.fd, bufs, s.size + done);
-      if (n === 0) throw Object.assign(new Error(`${this.fileOf(this.current)}: writev wrote 0 bytes at ${s.size + done}`), { code: "TM_SEGMENT_IO" });
+      const n = s.file.writev(bufs, s.size + done);
+      if (n === 0) throw Object.assign(new Error(`${this.dir.nameOf(this.current)}: writev wrote 0 bytes at ${s.size + done}`), { code: "TM_SEGMENT_IO" });
       done += n;
     }
     s.size = off;
@@ -106,18 +84,15 @@ export class PayloadSegments {
 
   /** fdatasync of every segment appended to since the last sync: before a commit that must survive a power cut. */
   sync(): void {
-    for (const seg of this.dirty) {
-      const s = this.segments.get(seg);
-      if (s) fdatasyncSync(s.fd);
-    }
+    for (const seg of this.dirty) this.segments.get(seg)?.file.syncNow();
     this.dirty.clear();
   }
 
   /** sync(), in the thread pool. */
   async syncAsync(): Promise<void> {
-    const fds = [...this.dirty].map((seg) => this.segments.get(seg)?.fd).filter((fd): fd is number => fd !== undefined);
+    const files = [...this.dirty].map((seg) => this.segments.get(seg)?.file).filter((f): f is SegmentFile => f !== undefined);
     this.dirty.clear();
-    await Promise.all(fds.map((fd) => fdatasyncAsync(fd)));
+    await Promise.all(files.map((f) => f.sync()));
   }
 
   read(ref: PayloadRef, length: number): Buffer {
@@ -125,8 +100,8 @@ export class PayloadSegments {
     const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(s.fd, buf, done, length - done, ref.off + done);
-      if (n === 0) throw Object.assign(new Error(`${this.fileOf(ref.seg)}: payload at ${ref.off}+${length} ends at ${ref.off + done}, past the end of the file`), { code: "TM_SEGMENT_SHORT" });
+      const n = s.file.read(buf, done, length - done, ref.off + done);
+      if (n === 0) throw Object.assign(new Error(`${this.dir.nameOf(ref.seg)}: payload at ${ref.off}+${length} ends at ${ref.off + done}, past the end of the file`), { code: "TM_SEGMENT_SHORT" });
       done += n;
     }
     return buf;
@@ -137,14 +112,10 @@ export class PayloadSegments {
     const keep = Math.min(oldestInUse ?? this.current, this.current);
     let removed = 0;
     for (let seg = this.lowest; seg < keep; seg++) {
-      const s = this.segments.get(seg);
-      if (s) closeSync(s.fd);
+      this.segments.get(seg)?.file.close();
       this.segments.delete(seg);
       this.dirty.delete(seg);
-      // Freeing 64 MiB of extents takes milliseconds: off the event loop.
-      unlink(this.fileOf(seg), (err) => {
-        if (err && err.code !== "ENOENT") this.onError(err);
-      });
+      this.dir.remove(seg);
       removed++;
     }
     if (keep > this.lowest) this.lowest = keep;
@@ -152,7 +123,7 @@ export class PayloadSegments {
   }
 
   close(): void {
-    for (const s of this.segments.values()) closeSync(s.fd);
+    for (const s of this.segments.values()) s.file.close();
     this.segments.clear();
   }
 }

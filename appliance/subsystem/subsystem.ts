@@ -13,13 +13,11 @@ import pino, { type Logger } from "pino";
 import { openVolume, type Volume } from "../../disks/volume.ts";
 import { loadConfig, subsystemConfig, subsystemDir, volumePath, type LoadedTopology } from "../../config/load.ts";
 import { openState, type Db } from "../state/database.ts";
-import { PrimaryEngine, type PrimaryBinding } from "../primary/primary.ts";
-import { SecondaryEngine, type SecondaryBinding } from "../secondary/secondary.ts";
-import { createLinkServer, type Link } from "../replication/link.ts";
+import { connectLink, createLinkServer, type Link } from "../replication/link.ts";
 import { NbdServer } from "../nbd/server.ts";
-import { ExportTable, volumeExport } from "./exports.ts";
-import { directed, isDirection, type Direction } from "../../config/direction.ts";
-import { durableBarrier } from "../state/database.ts";
+import { fileStateStore } from "../state/store.ts";
+import { realRuntime } from "../runtime/runtime.ts";
+import { SubsystemCore } from "./core.ts";
 import { installInvariantExit } from "../invariant.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { metricsRegistry, serveMetrics } from "./metrics.ts";
@@ -116,234 +114,57 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     throw err;
   }
 
-  const ensureGroup = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
-  for (const g of topo.groups.keys()) ensureGroup.run(g);
-  const getGroup = db.prepare("SELECT generation, direction FROM grp WHERE name = ?");
-  const generationOf = (g: string) => (getGroup.get(g) as { generation: number } | undefined)?.generation ?? 1;
-  const directions = () =>
-    new Map([...topo.groups.keys()].map((g) => [g, (getGroup.get(g) as { direction: string }).direction === "reverse" ? ("reverse" as const) : ("forward" as const)]));
-
-  const peers = new Map(
-    cfg.subsystems.map((s) => [s.id, { id: s.id, host: s.linkEndpoint?.host ?? s.host, port: s.linkEndpoint?.port ?? s.replicationPort }]),
-  );
-
-  // The roles of the moment: the config's pairs turned as each group's direction says.
-  const buildRoles = (powerLossSuspected: boolean) => {
-    const now = directed(topo, directions());
-    const primaryBindings: PrimaryBinding[] = [];
-    const secondaryBindings: SecondaryBinding[] = [];
-    const groupSecondaries = new Map<string, number[]>();
-    const secondaryGroups = new Map<string, number[]>();
-    for (const p of now.pairs) {
-      const g = now.groups.get(p.group)!;
-      if (p.primary.subsystemId === id) {
-        primaryBindings.push({ volume: volumes.get(p.primary.name)!, group: p.group, link: p.secondary.subsystemId, target: p.secondary.name });
-        groupSecondaries.set(p.group, g.secondaries);
-      }
-      if (p.secondary.subsystemId === id) {
-        secondaryBindings.push({ volume: volumes.get(p.secondary.name)!, group: p.group, primaryId: p.primary.subsystemId });
-        secondaryGroups.set(p.group, g.primaries);
-      }
-    }
-    // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
-    for (const g of now.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
-    const primary =
-      groupSecondaries.size > 0
-        ? new PrimaryEngine({
-            id,
-            db,
-            logger,
-            clusterKey: cfg.clusterKey,
-            clock: cfg.clock,
-            maxClockOffsetMs: cfg.maxClockOffsetMs,
-            syncIntervalMs: cfg.syncIntervalMs,
-            reconnectMs: cfg.reconnectMs,
-            linkTimeoutMs: cfg.linkTimeoutMs,
-            inflightBytesMax: cfg.inflightBytesMax,
-            journalBytesMax: cfg.journalBytesMax,
-            bindings: primaryBindings,
-            groupSecondaries,
-            peers,
-            generationOf,
-            powerLossSuspected,
-          })
-        : null;
-    const secondary = secondaryGroups.size > 0 ? new SecondaryEngine({ id, db, logger, bindings: secondaryBindings, groups: secondaryGroups }) : null;
-    return { primary, secondary };
-  };
-  let roles = buildRoles(powerLossSuspected);
-
-  const exports = new ExportTable(me.defaultExport);
-  // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
-  for (const v of volumes.values()) exports.add(volumeExport(v, () => roles));
-
-  // The journal is replayed before the volumes are served again.
-  await roles.primary?.start();
-  roles.secondary?.start();
-
-  /** Failback (docs/resync.md): the group's direction turns; this subsystem's engines are rebuilt. */
-  const turnDirection = async (group: string, direction: Direction, generation: number, floor: bigint) => {
-    const g = topo.groups.get(group);
-    if (!g) throw Object.assign(new Error(`group '${group}' is not defined in ${topo.file}`), { code: "TM_NO_GROUP" });
-    const row = db.prepare("SELECT direction, generation, state FROM grp WHERE name = ?").get(group) as { direction: string; generation: number; state: string };
-    if (row.direction === direction && row.generation >= generation) return { subsystem: id, group, direction, generation: row.generation, turned: false };
-    if (generation <= row.generation) {
-      throw Object.assign(new Error(`group '${group}' on subsystem #${id} is at generation ${row.generation}; turning it needs a newer one than ${generation}`), { code: "TM_GENERATION" });
-    }
-    // Only a group that was taken over turns: both sides stand still for hosts' data.
-    if (row.state !== "takeover" && row.state !== "taken-over") {
-      throw Object.assign(new Error(`group '${group}' on subsystem #${id} is ${row.state}; only a group that was taken over turns its direction`), { code: "TM_NOT_TAKEN_OVER" });
-    }
-    const next = directed(topo, new Map([...directions(), [group, direction]]));
-    const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
-    const myNewPrimaryVolumes = next.pairs.filter((p) => p.group === group && p.primary.subsystemId === id);
-    await roles.primary?.stop();
-    roles.secondary?.stop();
-    db.transaction(() => {
-      db.prepare(
-        `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
-           synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?`,
-      ).run(direction, generation, `direction turned to ${direction}`, willBeSecondary ? floor : null, willBeSecondary ? floor : 0n, Date.now(), group);
-      db.prepare("DELETE FROM first_time WHERE grp = ?").run(group);
-      db.prepare("DELETE FROM copied WHERE grp = ?").run(group);
-      // A volume that becomes primary is a known pair: its differences are in the bitmaps, no initial copy.
-      for (const p of myNewPrimaryVolumes) db.prepare("INSERT OR IGNORE INTO pair (volume, target) VALUES (?, ?)").run(p.primary.name, p.secondary.name);
-      // New stamps stay above the time the other side rests at.
-      db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?)").run(floor);
-    })();
-    durableBarrier(db);
-    roles = buildRoles(false);
-    await roles.primary?.start();
-    roles.secondary?.start();
-    logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; roles rebuilt");
-    return { subsystem: id, group, direction, generation, turned: true };
-  };
-
-  const bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
-  const status = () => {
-    const bitmap = new Map((bitmapCounts.all() as { volume: string; n: number }[]).map((r) => [r.volume, r.n]));
-    return {
-    subsystem: id,
-    pid: process.pid,
-    host: me.host,
-    replicationPort: me.replicationPort,
-    nbdPort: me.nbdPort,
-    clock: cfg.clock,
-    nowNs: (roles.primary?.nowNs() ?? clockReader(cfg.clock)()).toString(),
-    uptimeMs: Math.round(process.uptime() * 1000),
-    volumes: [...volumes.values()].map((v) => ({
-      name: v.name,
-      role: roles.primary?.hasVolume(v.name) ? "primary" : roles.secondary?.hasVolume(v.name) ? "secondary" : "unpaired",
-      path: v.path,
-      kind: v.kind,
-      sizeBytes: v.sizeBytes,
-      // Socket-activated, the NBD listener belongs to whoever started us: no URL of ours.
-      nbdUrl: opts.nbdFd === undefined ? nbdUrl(me.host, me.nbdPort, v.name) : null,
-      readOnly: exports.get(v.name)!.isReadOnly(),
-      bitmapBlocks: bitmap.get(v.name) ?? 0,
-    })),
-    directions: Object.fromEntries(directions()),
-    primary: roles.primary?.status() ?? null,
-    secondary: roles.secondary?.status() ?? null,
-    };
-  };
-
-  const need = <T>(engine: T | null, what: string): T => {
-    if (!engine) throw Object.assign(new Error(`subsystem #${id} has no ${what} role`), { code: "TM_NO_ROLE" });
-    return engine;
-  };
-  /** A generation from a control request: a positive integer, or a clear refusal. */
-  const requestGeneration = (v: unknown): number => {
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
-      throw Object.assign(new Error(`generation must be a positive integer, not ${JSON.stringify(v)}`), { code: "TM_BAD_REQUEST" });
-    }
-    return v;
-  };
-  const handleRequest = async (body: unknown): Promise<unknown> => {
-    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string };
-    switch (b.op) {
-      case "status":
-        return status();
-      case "stamp":
-        // Every write acknowledged to a host so far has ts <= lastStamp.
-        return { lastStamp: (roles.primary?.lastStamp ?? 0n).toString(), nowNs: (roles.primary?.nowNs() ?? clockReader(cfg.clock)()).toString() };
-      // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
-      case "fence":
-        return need(roles.secondary, "secondary").fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
-      case "preview":
-        return need(roles.secondary, "secondary").preview(String(b.group), BigInt(String(b.ts)));
-      case "apply-ts":
-        return need(roles.secondary, "secondary").applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
-      case "takeover":
-        return need(roles.secondary, "secondary").takeover(String(b.group), Number(b.generation));
-      case "primary-suspend":
-        await need(roles.primary, "primary").suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
-        return need(roles.primary, "primary").preview(String(b.group));
-      case "primary-takeover":
-        await need(roles.primary, "primary").suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
-        return need(roles.primary, "primary").preview(String(b.group));
-      case "primary-preview":
-        return need(roles.primary, "primary").preview(String(b.group));
-      // Resync (docs/resync.md), driven by the RCM.
-      case "resync-begin":
-        return need(roles.secondary, "secondary").resyncBegin(String(b.group), requestGeneration(b.generation));
-      case "primary-resync": {
-        const blocks = (b as { blocks?: unknown }).blocks ?? {};
-        if (typeof blocks !== "object" || blocks === null || Object.values(blocks).some((r) => !Array.isArray(r) || r.some((x) => !Array.isArray(x) || x.length !== 2))) {
-          throw Object.assign(new Error("primary-resync: blocks must map volume names to [first, count] runs"), { code: "TM_BAD_REQUEST" });
-        }
-        return need(roles.primary, "primary").resync(String(b.group), requestGeneration(b.generation), blocks as Record<string, [number, number][]>);
-      }
-      case "turn": {
-        const dir = (b as { direction?: unknown }).direction;
-        if (!isDirection(dir)) throw Object.assign(new Error(`turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`), { code: "TM_BAD_REQUEST" });
-        const ts = String(b.ts);
-        if (!/^\d{1,20}$/.test(ts)) throw Object.assign(new Error(`turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`), { code: "TM_BAD_REQUEST" });
-        return turnDirection(String(b.group), dir, requestGeneration(b.generation), BigInt(ts));
-      }
-      case "primary-freeze":
-        return need(roles.primary, "primary").freeze(String(b.group));
-      case "copy-status":
-        return need(roles.primary, "primary").copyStatus(String(b.group));
-      default:
-        throw Object.assign(new Error(`unknown control operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
-    }
-  };
+  const store = fileStateStore(db, (err) => logger.warn({ err: err.message }, "a payload segment could not be deleted; it stays"));
+  const core = new SubsystemCore({
+    id,
+    topo,
+    store,
+    volumes,
+    logger,
+    runtime: realRuntime,
+    clockNs: clockReader(cfg.clock),
+    connect: (secondaryId) => {
+      const peer = subsystemConfig(topo, secondaryId);
+      return connectLink({
+        host: peer.linkEndpoint?.host ?? peer.host,
+        port: peer.linkEndpoint?.port ?? peer.replicationPort,
+        key: cfg.clusterKey,
+        role: "link",
+        nodeId: id,
+        timeoutMs: Math.max(500, Math.min(cfg.linkTimeoutMs, cfg.reconnectMs * 5)),
+        logger,
+      });
+    },
+    powerLossSuspected,
+    defaultExport: me.defaultExport,
+    processStatus: () => ({
+      pid: process.pid,
+      host: me.host,
+      replicationPort: me.replicationPort,
+      nbdPort: me.nbdPort,
+      uptimeMs: Math.round(process.uptime() * 1000),
+    }),
+    // Socket-activated, the NBD listener belongs to whoever started us: no URL of ours.
+    nbdUrlOf: (volume) => (opts.nbdFd === undefined ? nbdUrl(me.host, me.nbdPort, volume) : null),
+  });
+  await core.start();
+  const status = () => core.status();
 
   const onLink = (link: Link) => {
-    if (link.peer.role === "link") {
-      const secondary = roles.secondary;
-      if (!secondary) {
-        logger.warn({ peer: link.peer.nodeId }, "replication link from a primary, but this subsystem is no secondary");
-        link.send({ type: "error", code: 404, message: `subsystem #${id} holds no secondary volume` });
-        link.close();
-        return;
-      }
-      secondary.attach(link, link.peer.nodeId);
-      return;
-    }
-    link.on("frame", (f) => {
-      if (f.type !== "request") return;
-      handleRequest(f.body).then(
-        (body) => link.send({ type: "response", id: f.id, ok: true, body }),
-        (err: Error & { code?: string }) => {
-          if (err.name === "InvariantError") throw err;
-          link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_CONTROL", message: err.message } });
-        },
-      );
-    });
+    if (link.peer.role === "link") core.attachReplication(link, link.peer.nodeId);
+    else core.attachControl(link);
   };
 
   const linkServer = createLinkServer({ key: cfg.clusterKey, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
   await listen(linkServer, me.host, me.replicationPort, `subsystem #${id} replication port`);
-  const nbd = new NbdServer({ exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes });
+  const nbd = new NbdServer({ exports: core.exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes });
   if (opts.nbdFd !== undefined) await nbd.listenFd(opts.nbdFd);
   else await nbd.listen(me.host, me.nbdPort);
   const nbdWhere = opts.nbdFd !== undefined ? `fd ${opts.nbdFd}` : `${me.host}:${me.nbdPort}`;
   logger.info({ replication: `${me.host}:${me.replicationPort}`, nbd: nbdWhere, volumes: volumes.size }, "subsystem serving");
 
   const metrics =
-    me.metricsPort !== undefined ? await serveMetrics(metricsRegistry(status as () => SubsystemStatus, clockReader(cfg.clock)), me.host, me.metricsPort) : null;
+    me.metricsPort !== undefined ? await serveMetrics(metricsRegistry(status as unknown as () => SubsystemStatus, clockReader(cfg.clock)), me.host, me.metricsPort) : null;
 
   let stopping: Promise<void> | null = null;
   const stop = () =>
@@ -351,11 +172,11 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       metrics?.close();
       await nbd.close();
       linkServer.close();
-      await roles.primary?.stop();
-      roles.secondary?.stop();
+      await core.stop();
       for (const v of volumes.values()) await v.close();
       setMeta(db, "clean", "1");
       db.close();
+      store.close();
       closeSync(lockFd);
       logger.info("subsystem stopped cleanly");
     })());

@@ -235,6 +235,25 @@ describe("config: topology refusals", () => {
     });
     expect(p).toHaveLength(3);
   });
+
+  it("config: clock realtime refuses maxClockOffsetMs below 1 ms (0 explicit, 0 by default, 0.5), naming the field", () => {
+    for (const offset of [0, undefined, 0.5]) {
+      const p = refused((c) => {
+        c.clock = "realtime";
+        if (offset !== undefined) c.maxClockOffsetMs = offset;
+      });
+      expect(p).toHaveLength(1);
+      expect(p[0]).toMatch(/^maxClockOffsetMs: is [0-9.]+.* clock "realtime" needs at least 1 ms/);
+    }
+  });
+
+  it("config: clock realtime with maxClockOffsetMs 1 is accepted; monotonic keeps its default 0", () => {
+    const rt = base();
+    rt.clock = "realtime";
+    rt.maxClockOffsetMs = 1;
+    expect(parseConfig(rt, FILE).config).toMatchObject({ clock: "realtime", maxClockOffsetMs: 1 });
+    expect(parseConfig(base(), FILE).config).toMatchObject({ clock: "monotonic", maxClockOffsetMs: 0 });
+  });
 });
 
 describe("config: loading files", () => {

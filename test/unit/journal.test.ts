@@ -7,6 +7,8 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { openState, type Db } from "../../appliance/state/database.ts";
+import { fileStateStore } from "../../appliance/state/store.ts";
+import { realRuntime } from "../../appliance/runtime/runtime.ts";
 import { ACTIVITY_REGION_BYTES, COMMIT_ENTRIES_MAX, Journal, OP_WRITE, OP_ZERO, SEQ_LEASE_SPAN, type JournalEntry } from "../../appliance/primary/journal.ts";
 
 let dir: string;
@@ -54,7 +56,7 @@ function walFrames(): number {
 describe("journal: group commit", () => {
   it("journal: 1000 appends issued in one tick commit in one transaction and all resolve", async () => {
     const tx = countTransactions(db);
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const commits: number[] = [];
     j.onCommit = (last) => commits.push(last);
     db.pragma("wal_checkpoint(TRUNCATE)");
@@ -75,7 +77,7 @@ describe("journal: group commit", () => {
 
   it(`journal: 10000 appends in one tick commit in ceil(10000 / ${COMMIT_ENTRIES_MAX}) transactions`, async () => {
     const tx = countTransactions(db);
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const small = (seq: number) => entry(seq, 3, 0, { data: Buffer.alloc(512, 1), length: 512 });
     await Promise.all(Array.from({ length: 10_000 }, (_, i) => j.append(small(i + 1))));
     expect(tx.count()).toBe(Math.ceil(10_000 / COMMIT_ENTRIES_MAX));
@@ -84,7 +86,7 @@ describe("journal: group commit", () => {
 
   it("journal: appends made while a commit is scheduled join it; the next tick starts a new one (2 bursts)", async () => {
     const tx = countTransactions(db);
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const a = Array.from({ length: 50 }, (_, i) => j.append(entry(i + 1, 3)));
     await Promise.all(a);
     const b = Array.from({ length: 50 }, (_, i) => j.append(entry(i + 51, 4)));
@@ -93,7 +95,7 @@ describe("journal: group commit", () => {
   });
 
   it("journal: a committed entry is visible from a second connection (in the WAL)", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await j.append(entry(1, 3));
     const other = new Database(file, { readonly: true });
     try {
@@ -106,7 +108,7 @@ describe("journal: group commit", () => {
 
 describe("journal: reads, trim and replay", () => {
   it("journal: readLink returns one link's entries after a seq, in seq order, up to a limit (2 links)", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     // Interleaved links 3 and 4, appended out of seq order within the batch.
     const seqs = [5, 1, 3, 2, 6, 4, 8, 7];
     await Promise.all(seqs.map((s) => j.append(entry(s, s % 2 === 0 ? 4 : 3))));
@@ -124,13 +126,13 @@ describe("journal: reads, trim and replay", () => {
   });
 
   it("journal: a zero entry keeps a null payload", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await j.append(entry(1, 3, 0, { op: OP_ZERO, data: null, length: 1 << 20 }));
     expect(j.readLink(3, 0, 10)[0]).toMatchObject({ op: OP_ZERO, data: null, length: 1 << 20 });
   });
 
   it("journal: trim deletes only up to the given seq of each link", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await Promise.all(Array.from({ length: 12 }, (_, i) => j.append(entry(i + 1, 3 + (i % 3)))));
     // link 3: 1 4 7 10; link 4: 2 5 8 11; link 5: 3 6 9 12
     j.trim(new Map([[3, 7], [4, 2]]));
@@ -142,11 +144,11 @@ describe("journal: reads, trim and replay", () => {
   });
 
   it("journal: replay yields every entry of every link in seq order, with its primary volume", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const seqs = [9, 2, 7, 1, 5];
     await Promise.all(seqs.map((s) => j.append(entry(s, s > 4 ? 4 : 3, 0, { volume: s > 4 ? "p1b" : "p1a" }))));
     await j.append(entry(10, 5));
-    const replayed = [...new Journal(db).replay()];
+    const replayed = [...new Journal(fileStateStore(db), realRuntime).replay()];
     expect(replayed.map((e) => e.seq)).toEqual([1, 2, 5, 7, 9, 10]);
     expect(replayed.map((e) => e.volume)).toEqual(["p1a", "p1a", "p1b", "p1b", "p1b", "p1a"]);
     expect(replayed.map((e) => e.link)).toEqual([3, 3, 4, 4, 4, 5]);
@@ -154,11 +156,11 @@ describe("journal: reads, trim and replay", () => {
   });
 
   it("journal: replay after reopening the state file (the WAL survives close)", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await Promise.all([1, 2, 3].map((s) => j.append(entry(s, 3))));
     db.close();
     db = openState(file);
-    expect([...new Journal(db).replay()].map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect([...new Journal(fileStateStore(db), realRuntime).replay()].map((e) => e.seq)).toEqual([1, 2, 3]);
   });
 });
 
@@ -166,7 +168,7 @@ describe("journal: activity log and floors", () => {
   const hotRows = () => db.prepare("SELECT volume, region FROM activity ORDER BY volume, region").all();
 
   it("journal: the first write to a region marks it hot in the same commit; cool() removes it (3 regions)", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const R = ACTIVITY_REGION_BYTES;
     await Promise.all([
       j.append(entry(1, 3, 0)),
@@ -193,15 +195,15 @@ describe("journal: activity log and floors", () => {
   });
 
   it("journal: a new journal on the same file knows the hot regions (after a restart)", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await j.append(entry(1, 3, 5 * ACTIVITY_REGION_BYTES, { volume: "p2b" }));
-    const k = new Journal(db);
+    const k = new Journal(fileStateStore(db), realRuntime);
     expect(k.isHot("p2b", 5)).toBe(true);
     expect(k.counts().hotRegions).toBe(1);
   });
 
   it("journal: the commit that marks a region hot runs with synchronous=FULL, and NORMAL is restored", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const levels: number[] = [];
     const original = db.transaction.bind(db);
     db.transaction = ((fn: (...a: unknown[]) => unknown) =>
@@ -216,7 +218,7 @@ describe("journal: activity log and floors", () => {
   });
 
   it("journal: a commit raises the stamp floor; seqs resume above a durable lease; floors never go down", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     expect(j.floorsNow()).toEqual({ tsFloor: 0n, seqFloor: 0 });
     await Promise.all([j.append(entry(3, 3)), j.append(entry(1, 4)), j.append(entry(2, 5))]);
     // The first commit leased seqs up to 3 + SEQ_LEASE_SPAN in a FULL commit: a restart resumes there,
@@ -234,11 +236,11 @@ describe("journal: activity log and floors", () => {
     // Trimming every entry keeps the floors: they outlive the journal rows.
     j.trim(new Map([[3, 1 << 30], [4, 100], [5, 100]]));
     expect(j.counts().entries).toBe(0);
-    expect(new Journal(db).floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 2 * SEQ_LEASE_SPAN + 10 });
+    expect(new Journal(fileStateStore(db), realRuntime).floorsNow()).toEqual({ tsFloor: 9_000_000_000n, seqFloor: 2 * SEQ_LEASE_SPAN + 10 });
   });
 
   it("journal: barrier() commits with synchronous=FULL and leaves NORMAL", () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     j.barrier();
     j.barrier();
     expect(db.prepare("SELECT value FROM meta WHERE key = 'barrier'").get()).toEqual({ value: "2" });
@@ -248,7 +250,7 @@ describe("journal: activity log and floors", () => {
 
 describe("journal: a failing database", () => {
   it("journal: a closed database rejects every append of the batch (regions already hot), and the journal keeps no trace", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await j.append(entry(1, 3, 0)); // region 0 is hot from here on
     const batch = Array.from({ length: 20 }, (_, i) => j.append(entry(i + 2, 3, (i + 1) * 4096)));
     db.close();
@@ -258,17 +260,17 @@ describe("journal: a failing database", () => {
   });
 
   it("journal: a read-only database rejects every append of the batch (opened readonly)", async () => {
-    await new Journal(db).append(entry(1, 3, 0));
+    await new Journal(fileStateStore(db), realRuntime).append(entry(1, 3, 0));
     db.close();
     db = new Database(file, { readonly: true });
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const settled = await Promise.allSettled([j.append(entry(2, 3, 4096)), j.append(entry(3, 4, 8192))]);
     expect(settled.map((s) => s.status)).toEqual(["rejected", "rejected"]);
     expect((settled[0] as PromiseRejectedResult).reason.message).toMatch(/readonly/);
   });
 
   it("journal: a duplicate seq fails the whole batch, and the batch's new regions are not left hot", async () => {
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     await j.append(entry(1, 3, 0));
     const settled = await Promise.allSettled([j.append(entry(2, 3, 9 * ACTIVITY_REGION_BYTES)), j.append(entry(1, 3, 4096))]);
     expect(settled.map((s) => s.status)).toEqual(["rejected", "rejected"]);
@@ -287,7 +289,7 @@ describe("journal: a failing database", () => {
   // worker. Drop `.fails` once journal.ts guards the restore.
   it("journal: a closed database rejects a batch that turns a region hot, without throwing out of the commit", async () => {
     vi.useFakeTimers({ toFake: ["setImmediate"] });
-    const j = new Journal(db);
+    const j = new Journal(fileStateStore(db), realRuntime);
     const batch = [j.append(entry(1, 3, 0)), j.append(entry(2, 3, ACTIVITY_REGION_BYTES))];
     const settled = Promise.allSettled(batch);
     db.close();

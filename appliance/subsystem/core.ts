@@ -1,0 +1,304 @@
+// A subsystem without its process: its roles (the primary and secondary
+// engines, built from the topology turned as each group's direction says),
+// its control operations, its incoming links and its NBD exports. The
+// subsystem process (subsystem.ts) gives it real files, TCP and the real
+// clock; the seeded simulation gives it simulated ones, and so runs the
+// product's own code (docs/simulation.md).
+import type { Logger } from "pino";
+import type { Volume } from "../../disks/volume.ts";
+import type { LoadedTopology } from "../../config/load.ts";
+import { directed, isDirection, type Direction } from "../../config/direction.ts";
+import { durableBarrier } from "../state/database.ts";
+import type { StateStore } from "../state/store.ts";
+import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe } from "../primary/primary.ts";
+import { SecondaryEngine, type SecondaryBinding, type SecondaryProbe } from "../secondary/secondary.ts";
+import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
+import type { Frame } from "../replication/frames.ts";
+import type { Runtime } from "../runtime/runtime.ts";
+import { ExportTable, volumeExport, type Roles } from "./exports.ts";
+
+export interface SubsystemCoreOptions {
+  id: number;
+  topo: LoadedTopology;
+  store: StateStore;
+  volumes: Map<string, Volume>;
+  logger: Logger;
+  runtime: Runtime;
+  clockNs: () => bigint;
+  connect: LinkConnector;
+  /** True after a reboot without a clean stop: hot regions may be torn. */
+  powerLossSuspected: boolean;
+  defaultExport?: string;
+  probe?: PrimaryProbe & SecondaryProbe;
+  /** What status shows of the process (pid, ports, NBD URLs); the simulation has none. */
+  processStatus?: () => Record<string, unknown>;
+  nbdUrlOf?: (volume: string) => string | null;
+}
+
+/** A control request's error: a code from docs/errors.md and a message that names what was wrong. */
+function controlError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** A generation from a control request: a positive integer, or a clear refusal. */
+function requestGeneration(v: unknown): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw controlError("TM_BAD_REQUEST", `generation must be a positive integer, not ${JSON.stringify(v)}`);
+  return v;
+}
+
+export class SubsystemCore {
+  private roles: Roles;
+  readonly exports: ExportTable;
+  private readonly getGroup;
+  private readonly bitmapCounts;
+  /** Turns are one at a time: a turn stops and rebuilds the engines. */
+  private turning: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly o: SubsystemCoreOptions) {
+    const db = o.store.db;
+    const ensureGroup = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
+    for (const g of o.topo.groups.keys()) ensureGroup.run(g);
+    this.getGroup = db.prepare("SELECT generation, direction FROM grp WHERE name = ?");
+    this.bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
+    this.roles = this.buildRoles(o.powerLossSuspected);
+    this.exports = new ExportTable(o.defaultExport);
+    // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
+    for (const v of o.volumes.values()) this.exports.add(volumeExport(v, () => this.roles));
+  }
+
+  get id(): number {
+    return this.o.id;
+  }
+
+  get primary(): PrimaryEngine | null {
+    return this.roles.primary;
+  }
+
+  get secondary(): SecondaryEngine | null {
+    return this.roles.secondary;
+  }
+
+  private generationOf = (g: string): number => (this.getGroup.get(g) as { generation: number } | undefined)?.generation ?? 1;
+
+  private directions(): Map<string, Direction> {
+    return new Map(
+      [...this.o.topo.groups.keys()].map((g) => [g, (this.getGroup.get(g) as { direction: string }).direction === "reverse" ? ("reverse" as const) : ("forward" as const)]),
+    );
+  }
+
+  /** The roles of the moment: the config's pairs turned as each group's direction says. */
+  private buildRoles(powerLossSuspected: boolean): Roles {
+    const { o } = this;
+    const id = o.id;
+    const cfg = o.topo.config;
+    const now = directed(o.topo, this.directions());
+    const primaryBindings: PrimaryBinding[] = [];
+    const secondaryBindings: SecondaryBinding[] = [];
+    const groupSecondaries = new Map<string, number[]>();
+    const secondaryGroups = new Map<string, number[]>();
+    for (const p of now.pairs) {
+      const g = now.groups.get(p.group)!;
+      if (p.primary.subsystemId === id) {
+        primaryBindings.push({ volume: o.volumes.get(p.primary.name)!, group: p.group, link: p.secondary.subsystemId, target: p.secondary.name });
+        groupSecondaries.set(p.group, g.secondaries);
+      }
+      if (p.secondary.subsystemId === id) {
+        secondaryBindings.push({ volume: o.volumes.get(p.secondary.name)!, group: p.group, primaryId: p.primary.subsystemId });
+        secondaryGroups.set(p.group, g.primaries);
+      }
+    }
+    // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
+    for (const g of now.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
+    const primary =
+      groupSecondaries.size > 0
+        ? new PrimaryEngine({
+            id,
+            store: o.store,
+            logger: o.logger,
+            runtime: o.runtime,
+            clockNs: o.clockNs,
+            connect: o.connect,
+            probe: o.probe,
+            maxClockOffsetMs: cfg.maxClockOffsetMs,
+            syncIntervalMs: cfg.syncIntervalMs,
+            reconnectMs: cfg.reconnectMs,
+            linkTimeoutMs: cfg.linkTimeoutMs,
+            inflightBytesMax: cfg.inflightBytesMax,
+            journalBytesMax: cfg.journalBytesMax,
+            bindings: primaryBindings,
+            groupSecondaries,
+            generationOf: this.generationOf,
+            powerLossSuspected,
+          })
+        : null;
+    const secondary =
+      secondaryGroups.size > 0
+        ? new SecondaryEngine({ id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, bindings: secondaryBindings, groups: secondaryGroups })
+        : null;
+    return { primary, secondary };
+  }
+
+  /** The journal is replayed before the volumes are served again. */
+  async start(): Promise<void> {
+    await this.roles.primary?.start();
+    this.roles.secondary?.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.roles.primary?.stop();
+    this.roles.secondary?.stop();
+  }
+
+  /** Failback (docs/resync.md): the group's direction turns; this subsystem's engines are rebuilt. */
+  private async turnDirection(group: string, direction: Direction, generation: number, floor: bigint) {
+    const { o } = this;
+    const id = o.id;
+    const db = o.store.db;
+    const g = o.topo.groups.get(group);
+    if (!g) throw controlError("TM_NO_GROUP", `group '${group}' is not defined in ${o.topo.file}`);
+    const row = db.prepare("SELECT direction, generation, state FROM grp WHERE name = ?").get(group) as { direction: string; generation: number; state: string };
+    if (row.direction === direction && row.generation >= generation) return { subsystem: id, group, direction, generation: row.generation, turned: false };
+    if (generation <= row.generation) {
+      throw controlError("TM_GENERATION", `group '${group}' on subsystem #${id} is at generation ${row.generation}; turning it needs a newer one than ${generation}`);
+    }
+    // Only a group that was taken over turns: both sides stand still for hosts' data.
+    if (row.state !== "takeover" && row.state !== "taken-over") {
+      throw controlError("TM_NOT_TAKEN_OVER", `group '${group}' on subsystem #${id} is ${row.state}; only a group that was taken over turns its direction`);
+    }
+    const next = directed(o.topo, new Map([...this.directions(), [group, direction]]));
+    const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
+    const myNewPrimaryVolumes = next.pairs.filter((p) => p.group === group && p.primary.subsystemId === id);
+    await this.stop();
+    db.transaction(() => {
+      db.prepare(
+        `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
+           synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?`,
+      ).run(direction, generation, `direction turned to ${direction}`, willBeSecondary ? floor : null, willBeSecondary ? floor : 0n, o.runtime.nowMs(), group);
+      db.prepare("DELETE FROM first_time WHERE grp = ?").run(group);
+      db.prepare("DELETE FROM copied WHERE grp = ?").run(group);
+      // A volume that becomes primary is a known pair: its differences are in the bitmaps, no initial copy.
+      for (const p of myNewPrimaryVolumes) db.prepare("INSERT OR IGNORE INTO pair (volume, target) VALUES (?, ?)").run(p.primary.name, p.secondary.name);
+      // New stamps stay above the time the other side rests at.
+      db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?)").run(floor);
+    })();
+    durableBarrier(db);
+    this.roles = this.buildRoles(false);
+    await this.start();
+    o.logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; roles rebuilt");
+    return { subsystem: id, group, direction, generation, turned: true };
+  }
+
+  status() {
+    const { o } = this;
+    const roles = this.roles;
+    const bitmap = new Map((this.bitmapCounts.all() as { volume: string; n: number }[]).map((r) => [r.volume, r.n]));
+    return {
+      subsystem: o.id,
+      ...o.processStatus?.(),
+      clock: o.topo.config.clock,
+      nowNs: (roles.primary?.nowNs() ?? o.clockNs()).toString(),
+      volumes: [...o.volumes.values()].map((v) => ({
+        name: v.name,
+        role: roles.primary?.hasVolume(v.name) ? "primary" : roles.secondary?.hasVolume(v.name) ? "secondary" : "unpaired",
+        path: v.path,
+        kind: v.kind,
+        sizeBytes: v.sizeBytes,
+        nbdUrl: o.nbdUrlOf?.(v.name) ?? null,
+        readOnly: this.exports.get(v.name)!.isReadOnly(),
+        bitmapBlocks: bitmap.get(v.name) ?? 0,
+      })),
+      directions: Object.fromEntries(this.directions()),
+      primary: roles.primary?.status() ?? null,
+      secondary: roles.secondary?.status() ?? null,
+    };
+  }
+
+  private need<T>(engine: T | null, what: string): T {
+    if (!engine) throw controlError("TM_NO_ROLE", `subsystem #${this.o.id} has no ${what} role`);
+    return engine;
+  }
+
+  /** One control operation (docs/wire.md, control requests), as the RCM and the CLI send them. */
+  async handleRequest(body: unknown): Promise<unknown> {
+    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string };
+    const roles = this.roles;
+    const primary = () => this.need(roles.primary, "primary");
+    const secondary = () => this.need(roles.secondary, "secondary");
+    switch (b.op) {
+      case "status":
+        return this.status();
+      case "stamp":
+        // Every write acknowledged to a host so far has ts <= lastStamp.
+        return { lastStamp: (roles.primary?.lastStamp ?? 0n).toString(), nowNs: (roles.primary?.nowNs() ?? this.o.clockNs()).toString() };
+      // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
+      case "fence":
+        return secondary().fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
+      case "preview":
+        return secondary().preview(String(b.group), BigInt(String(b.ts)));
+      case "apply-ts":
+        return secondary().applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
+      case "takeover":
+        return secondary().takeover(String(b.group), Number(b.generation));
+      case "primary-suspend":
+        await primary().suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
+        return primary().preview(String(b.group));
+      case "primary-takeover":
+        await primary().suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
+        return primary().preview(String(b.group));
+      case "primary-preview":
+        return primary().preview(String(b.group));
+      // Resync (docs/resync.md), driven by the RCM.
+      case "resync-begin":
+        return secondary().resyncBegin(String(b.group), requestGeneration(b.generation));
+      case "primary-resync": {
+        const blocks = (b as { blocks?: unknown }).blocks ?? {};
+        if (typeof blocks !== "object" || blocks === null || Object.values(blocks).some((r) => !Array.isArray(r) || r.some((x) => !Array.isArray(x) || x.length !== 2))) {
+          throw controlError("TM_BAD_REQUEST", "primary-resync: blocks must map volume names to [first, count] runs");
+        }
+        return primary().resync(String(b.group), requestGeneration(b.generation), blocks as Record<string, [number, number][]>);
+      }
+      case "turn": {
+        const dir = (b as { direction?: unknown }).direction;
+        if (!isDirection(dir)) throw controlError("TM_BAD_REQUEST", `turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`);
+        const ts = String(b.ts);
+        if (!/^\d{1,20}$/.test(ts)) throw controlError("TM_BAD_REQUEST", `turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`);
+        const generation = requestGeneration(b.generation);
+        const turn = this.turning.then(() => this.turnDirection(String(b.group), dir, generation, BigInt(ts)));
+        this.turning = turn.catch(() => {});
+        return turn;
+      }
+      case "primary-freeze":
+        return primary().freeze(String(b.group));
+      case "copy-status":
+        return primary().copyStatus(String(b.group));
+      default:
+        throw controlError("TM_CONTROL_OP", `unknown control operation ${JSON.stringify(b.op)}`);
+    }
+  }
+
+  /** A replication link from a primary: its frames go to the secondary role. */
+  attachReplication(link: FrameLink, primaryId: number): void {
+    const secondary = this.roles.secondary;
+    if (!secondary) {
+      this.o.logger.warn({ peer: primaryId }, "replication link from a primary, but this subsystem is no secondary");
+      link.send({ type: "error", code: 404, message: `subsystem #${this.o.id} holds no secondary volume` });
+      link.close();
+      return;
+    }
+    secondary.attach(link, primaryId);
+  }
+
+  /** A control connection (the RCM, the CLI): request frames answered in turn. */
+  attachControl(link: FrameLink): void {
+    link.on("frame", (f: Frame) => {
+      if (f.type !== "request") return;
+      this.handleRequest(f.body).then(
+        (body) => link.send({ type: "response", id: f.id, ok: true, body }),
+        (err: Error & { code?: string }) => {
+          if (err.name === "InvariantError") throw err;
+          link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_CONTROL", message: err.message } });
+        },
+      );
+    });
+  }
+}
