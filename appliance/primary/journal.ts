@@ -90,12 +90,14 @@ export class Journal {
   constructor(
     store: StateStore,
     private readonly runtime: Runtime,
+    /** DESIGN.md's activity-log region; only a simulation scales it down. */
+    private readonly regionBytes = ACTIVITY_REGION_BYTES,
   ) {
     this.db = store.db;
     const db = this.db;
     this.segments = new PayloadSegments(store.segments("journal"));
     this.insert = db.prepare(
-      "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, seg, seg_off, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, seg, seg_off, crc, copy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     this.oldestSegStmt = db.prepare("SELECT seg FROM journal WHERE seg IS NOT NULL ORDER BY seq LIMIT 1").pluck(true);
     this.floors = db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?), seq_floor = max(seq_floor, ?) WHERE id = 1");
@@ -136,8 +138,8 @@ export class Journal {
     const newRegions: [string, number][] = [];
     for (const { entry: e } of batch) {
       if (e.copy) continue;
-      const first = Math.floor(e.offset / ACTIVITY_REGION_BYTES);
-      const last = Math.floor((e.offset + e.length - 1) / ACTIVITY_REGION_BYTES);
+      const first = Math.floor(e.offset / this.regionBytes);
+      const last = Math.floor((e.offset + e.length - 1) / this.regionBytes);
       for (let r = first; r <= last; r++) {
         const key = `${e.volume}\u0000${r}`;
         if (!this.hot.has(key)) {
@@ -166,7 +168,7 @@ export class Journal {
         let i = 0;
         for (const { entry: e } of batch) {
           const ref = e.data ? refs[i++] : null;
-          this.insert.run(e.seq, e.ts, e.group, e.link, e.volume, e.target, e.op, e.offset, e.length, ref?.seg ?? null, ref?.off ?? null, e.data ? crc32c(e.data) : null);
+          this.insert.run(e.seq, e.ts, e.group, e.link, e.volume, e.target, e.op, e.offset, e.length, ref?.seg ?? null, ref?.off ?? null, e.data ? crc32c(e.data) : null, e.copy ? 1 : 0);
           if (e.ts > maxTs) maxTs = e.ts;
         }
         for (const [v, r] of newRegions) this.markHot.run(v, r);
@@ -285,7 +287,7 @@ export class Journal {
   /** Every entry, oldest first: replayed onto the volumes after a restart. */
   *replay(): IterableIterator<JournalEntry & { volume: string }> {
     const stmt = this.db
-      .prepare("SELECT seq, ts, grp, link, volume, target, op, off, len, data, seg, seg_off, crc FROM journal ORDER BY seq")
+      .prepare("SELECT seq, ts, grp, link, volume, target, op, off, len, data, seg, seg_off, crc, copy FROM journal ORDER BY seq")
       .safeIntegers(true);
     const rows = stmt.all() as Record<string, unknown>[];
     for (const r of rows) {
@@ -317,6 +319,7 @@ export class Journal {
         offset: Number(r.off),
         length: Number(r.len),
         data,
+        copy: Number(r.copy) === 1,
       };
     }
   }

@@ -16,6 +16,7 @@ import { BitmapWriter } from "../state/bitmap-writer.ts";
 import type { StateStore } from "../state/store.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 
 /** Group states on a primary: docs/state-machines.md. */
 export type PrimaryGroupState = "active" | "copying" | "frozen" | "suspended" | "fenced" | "taken-over";
@@ -86,6 +87,26 @@ const COPY_WORKERS = 4;
 const COPY_JOURNAL_BYTES = 64 * 1024 * 1024;
 const ZEROES = Buffer.alloc(COPY_RUN_BYTES);
 
+/**
+ * Sizes a deployment never changes but a simulation scales down, so that a
+ * 16-block volume still has several activity regions and several copy runs,
+ * and a copier waits for the journal to drain as one on a busy 256 MiB volume
+ * does (docs/simulation.md). Each defaults to the constant above.
+ */
+export interface PrimaryTuning {
+  activityRegionBytes: number;
+  copyRunBytes: number;
+  copyZeroRunBytes: number;
+  copyJournalBytes: number;
+}
+
+export const DEFAULT_TUNING: PrimaryTuning = {
+  activityRegionBytes: ACTIVITY_REGION_BYTES,
+  copyRunBytes: COPY_RUN_BYTES,
+  copyZeroRunBytes: COPY_ZERO_RUN_BYTES,
+  copyJournalBytes: COPY_JOURNAL_BYTES,
+};
+
 export interface PrimaryBinding {
   volume: Volume;
   group: string;
@@ -114,6 +135,8 @@ export interface PrimaryOptions {
   /** Opens the replication link to a secondary subsystem. */
   connect: LinkConnector;
   probe?: PrimaryProbe;
+  controls?: NegativeControls;
+  tuning?: Partial<PrimaryTuning>;
   maxClockOffsetMs: number;
   syncIntervalMs: number;
   reconnectMs: number;
@@ -174,10 +197,13 @@ export class PrimaryEngine {
   private readonly issuedOn = new Map<number, number>();
 
   private readonly db: Db;
+  private readonly tuning: PrimaryTuning;
 
   constructor(private readonly o: PrimaryOptions) {
     this.db = o.store.db;
-    this.journal = new Journal(o.store, o.runtime);
+    this.tuning = { ...DEFAULT_TUNING, ...o.tuning };
+    assert(this.tuning.copyRunBytes <= COPY_RUN_BYTES && this.tuning.copyRunBytes % BLOCK_BYTES === 0, "copy runs are whole blocks, at most COPY_RUN_BYTES");
+    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes);
     const { tsFloor, seqFloor } = this.journal.floorsNow();
     this.clock = new StampClock(o.clockNs, tsFloor);
     this.persistedFloor = tsFloor;
@@ -266,9 +292,13 @@ export class PrimaryEngine {
         o.logger.error({ volume: e.volume, seq: e.seq }, "journal entry for a volume that is no longer a primary here; kept");
         continue;
       }
-      if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
-      else await b.volume.writeZeroes(e.offset, e.length);
-      b.dirty = true;
+      // A copy was read from this volume: written back, it would undo a host
+      // write that landed after it (only its resend to the secondary is owed).
+      if (!e.copy || o.controls?.copyHoleOutsideLock) {
+        if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
+        else await b.volume.writeZeroes(e.offset, e.length);
+        b.dirty = true;
+      }
       this.pending.add(e.group, e.link, e.seq, e.ts);
       this.issuedOn.set(e.link, Math.max(e.seq, this.issuedOn.get(e.link) ?? 0));
       this.noteRegions(b, e.offset, e.length, e.seq);
@@ -296,6 +326,7 @@ export class PrimaryEngine {
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
         onRefused: (link, _code, message) => this.onRefused(link, message),
+        onAckRegressed: (link, had, got) => this.onAckRegressed(link, had, got),
         highestSeq: () => this.seq,
       });
       this.senders.set(id, sender);
@@ -633,7 +664,10 @@ export class PrimaryEngine {
             if (r.value.kind === "cursor") dispatched.end = r.value.offset + r.value.length;
             // A run not copied (the group left copying meanwhile) stays in
             // flight for good: no cursor may move past it.
-            if (!(await this.copyRun(b, gs, r.value))) return;
+            const done = await this.copyRun(b, gs, r.value);
+            if (done === "stopped") return;
+            // A hole filled meanwhile stays in flight, so no cursor moves past it; the next pass reads it.
+            if (done === "rescan") continue;
             inFlight.delete(r.value);
             this.copyDone(b, r.value, inFlight, dispatched.end);
             gs.copy!.doneBlocks += r.value.length / BLOCK_BYTES;
@@ -670,7 +704,7 @@ export class PrimaryEngine {
     let i = 0;
     while (i < blocks.length) {
       let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (j - i) * BLOCK_BYTES < COPY_RUN_BYTES) j++;
+      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (j - i) * BLOCK_BYTES < this.tuning.copyRunBytes) j++;
       const offset = blocks[i] * BLOCK_BYTES;
       yield { kind: "bitmap", offset, length: Math.min((j - i) * BLOCK_BYTES, b.volume.sizeBytes - offset), zero: false, blocks: blocks.slice(i, j) };
       i = j;
@@ -683,12 +717,12 @@ export class PrimaryEngine {
       const data = b.volume.nextData(pos);
       if (data > pos) {
         // A hole of a sparse file reads as zeroes: sent as a zero run, never read.
-        const end = Math.min(data, pos + COPY_ZERO_RUN_BYTES);
+        const end = Math.min(data, pos + this.tuning.copyZeroRunBytes);
         yield { kind: "cursor", offset: pos, length: end - pos, zero: true, blocks: [] };
         pos = end;
         continue;
       }
-      const end = Math.min(b.volume.nextHole(pos), pos + COPY_RUN_BYTES, size);
+      const end = Math.min(b.volume.nextHole(pos), pos + this.tuning.copyRunBytes, size);
       yield { kind: "cursor", offset: pos, length: end - pos, zero: false, blocks: [] };
       pos = end;
     }
@@ -698,8 +732,8 @@ export class PrimaryEngine {
    * One copy: under the range lock host writes hold from stamping until their
    * volume write completes, read, then stamp, register pending and journal.
    */
-  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<boolean> {
-    while (this.journal.bytes > COPY_JOURNAL_BYTES && gs.state === "copying" && !this.stopped) {
+  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<"copied" | "stopped" | "rescan"> {
+    while (this.journal.bytes > this.tuning.copyJournalBytes && gs.state === "copying" && !this.stopped) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
         this.o.runtime.setTimeout(r, 50);
@@ -708,14 +742,18 @@ export class PrimaryEngine {
     const release = await b.lock.acquire(run.offset, run.length);
     gs.inflight++;
     try {
-      if (gs.state !== "copying" || this.stopped) return false;
+      if (gs.state !== "copying" || this.stopped) return "stopped";
+      // A hole is a hole only under the lock: a host write may have filled it
+      // since the run was chosen (it was stamped first, so zeroes stamped
+      // after it would wipe it). The run is chosen again from the cursor.
+      if (run.zero && !this.o.controls?.copyHoleOutsideLock && b.volume.nextData(run.offset) < run.offset + run.length) return "rescan";
       let data: Buffer | null = null;
       if (!run.zero) {
         data = await b.volume.read(run.offset, run.length);
         // A run of zeroes travels without payload.
         if (data.equals(ZEROES.subarray(0, data.length))) data = null;
       }
-      if (gs.state !== "copying" || this.stopped) return false;
+      if (gs.state !== "copying" || this.stopped) return "stopped";
       // Read, then stamp: under the lock no overlapping host write can come
       // between, so the copy holds exactly the writes stamped before it. The
       // stamp, the seq and the journal append are one synchronous step, like a
@@ -749,7 +787,7 @@ export class PrimaryEngine {
       if (run.kind === "bitmap") this.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
       if (data) gs.copy!.dataBytes += run.length;
       else gs.copy!.zeroBytes += run.length;
-      return true;
+      return "copied";
     } finally {
       release();
       if (--gs.inflight === 0) for (const w of gs.idle.splice(0)) w();
@@ -833,6 +871,27 @@ export class PrimaryEngine {
     }
   }
 
+  /**
+   * A secondary lost RCRs it had acknowledged (its queue went back from
+   * `had` to `got`): some may be trimmed here, so no bitmap can name them.
+   * The groups on that link are suspended and its pairs are copied whole by
+   * the next resync.
+   */
+  private onAckRegressed(secondaryId: number, had: number, got: number): void {
+    const reason = `secondary #${secondaryId} acknowledged seq ${got} after seq ${had}: it lost RCRs it had acknowledged; its pairs are copied whole at the next resync`;
+    this.o.logger.error({ secondary: secondaryId, had, got }, "a secondary's acknowledgement went backwards; suspending its groups");
+    const addCursor = this.db.prepare("INSERT OR REPLACE INTO copy_cursor (volume, next_off) VALUES (?, 0)");
+    this.db.transaction(() => {
+      for (const b of this.bindings.values()) if (b.link === secondaryId) addCursor.run(b.volume.name);
+    })();
+    for (const g of new Set([...this.bindings.values()].filter((b) => b.link === secondaryId).map((b) => b.group))) {
+      if (!replicating(this.groups.get(g)!.state)) continue;
+      void this.suspend(g, "suspended", reason, `primary #${this.o.id}`).catch((err) =>
+        this.o.logger.error({ group: g, err: (err as Error).message }, "suspending after a lost acknowledgement failed"),
+      );
+    }
+  }
+
   /** FLUSH: the volume's completed writes and every journal commit are durable. */
   async flush(volume: string): Promise<void> {
     const b = this.bindings.get(volume);
@@ -879,8 +938,8 @@ export class PrimaryEngine {
   }
 
   private noteRegions(b: BindingState, offset: number, length: number, seq: number): void {
-    const first = Math.floor(offset / ACTIVITY_REGION_BYTES);
-    const last = Math.floor((offset + length - 1) / ACTIVITY_REGION_BYTES);
+    const first = Math.floor(offset / this.tuning.activityRegionBytes);
+    const last = Math.floor((offset + length - 1) / this.tuning.activityRegionBytes);
     for (let r = first; r <= last; r++) {
       const key = `${b.volume.name}\u0000${r}`;
       const cur = this.regionSeq.get(key);
@@ -945,7 +1004,7 @@ export class PrimaryEngine {
   private markHotRegionsDirty(): void {
     const rows = this.db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
     const ins = this.db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
-    const perRegion = ACTIVITY_REGION_BYTES / BLOCK_BYTES;
+    const perRegion = this.tuning.activityRegionBytes / BLOCK_BYTES;
     this.db.transaction(() => {
       for (const r of rows) for (let i = 0; i < perRegion; i++) ins.run(r.volume, r.region * perRegion + i);
     })();

@@ -18,6 +18,7 @@ import { PayloadSegments } from "../state/payload-segments.ts";
 import type { StateStore } from "../state/store.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 /** Payloads of queued RCRs kept in memory for the applier (see keepRecent). */
 const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 
@@ -49,6 +50,7 @@ export interface SecondaryOptions {
   logger: Logger;
   runtime: Runtime;
   probe?: SecondaryProbe;
+  controls?: NegativeControls;
   bindings: SecondaryBinding[];
   /** Every group this subsystem is a secondary of, with the group's primaries. */
   groups: Map<string, number[]>;
@@ -99,8 +101,19 @@ type Work =
 export class SecondaryEngine {
   private readonly groups = new Map<string, GroupState>();
   private readonly volumes = new Map<string, SecondaryBinding>();
+  /** Per primary: the highest seq committed to the RCR queue (maybe not yet durable). */
   private readonly lastSeq = new Map<number, number>();
-  private readonly links = new Map<number, FrameLink>();
+  /**
+   * Per primary: the highest seq durably queued, the only one ever
+   * acknowledged. Null until the state loaded at start is known durable
+   * (after a kill -9 the WAL may hold commits no fdatasync covered yet).
+   */
+  private readonly durableSeq = new Map<number, number>();
+  private durableKnown = false;
+  /** What the queue held when this incarnation loaded it: durable with the first WAL sync. */
+  private loadedSeq = new Map<number, number>();
+  /** Links attached before durableSeq was known: they get their first ack then. */
+  private attachedEarly: [FrameLink, number][] = [];  private readonly links = new Map<number, FrameLink>();
   private work: Work[] = [];
   private scheduled = false;
   private committing: Promise<void> | null = null;
@@ -212,6 +225,12 @@ export class SecondaryEngine {
   start(): void {
     // Redo: whatever was due before a crash is applied again, in order.
     this.kickApplier();
+    // What the queue held at start is acknowledged only once it is durable.
+    this.loadedSeq = new Map(this.lastSeq);
+    this.o.store.syncWal().then(
+      () => this.markDurable(new Map()),
+      (err: Error) => assert(false, `secondary #${this.o.id}: fdatasync of the state file's WAL failed at start (${err.message}); stopping rather than acknowledge what may not be on disk`),
+    );
   }
 
   stop(): void {
@@ -234,9 +253,28 @@ export class SecondaryEngine {
     link.on("close", () => {
       if (this.links.get(primaryId) === link) this.links.delete(primaryId);
     });
-    // Tell the primary what is already held, so it can skip to the rest.
-    const seq = this.lastSeq.get(primaryId) ?? 0;
-    if (seq > 0) link.send({ type: "ack", seq });
+    // Tell the primary what is already held, so it can skip to the rest:
+    // only what is durable, or a power cut could take back what it then trims.
+    if (this.o.controls?.ackBeforeDurable) link.send({ type: "ack", seq: this.lastSeq.get(primaryId) ?? 0 });
+    else if (!this.durableKnown) this.attachedEarly.push([link, primaryId]);
+    else this.sendHeld(link, primaryId);
+  }
+
+  private sendHeld(link: FrameLink, primaryId: number): void {
+    if (this.links.get(primaryId) !== link) return;
+    // Sent even at 0: a primary that had more acknowledged learns this secondary lost it.
+    link.send({ type: "ack", seq: this.durableSeq.get(primaryId) ?? 0 });
+  }
+
+  /** A WAL sync completed: what it covered (and everything loaded at start) may be acknowledged. */
+  private markDurable(seqs: ReadonlyMap<number, number>): void {
+    if (this.stopped) return;
+    for (const m of [this.loadedSeq, seqs]) for (const [p, seq] of m) if (seq > (this.durableSeq.get(p) ?? 0)) this.durableSeq.set(p, seq);
+    this.loadedSeq.clear();
+    if (!this.durableKnown) {
+      this.durableKnown = true;
+      for (const [link, p] of this.attachedEarly.splice(0)) this.sendHeld(link, p);
+    }
   }
 
   private refuse(link: FrameLink, primaryId: number, code: number, message: string): void {
@@ -323,6 +361,8 @@ export class SecondaryEngine {
     this.work = [];
     const ackTo = new Map<number, FrameLink>();
     const seqChanged = new Set<number>();
+    /** The seqs this commit queues: acknowledged once it is durable. */
+    const committed = new Map<number, number>();
     const groupsChanged = new Set<string>();
     const lifted = new Set<string>();
     let released = false;
@@ -394,7 +434,10 @@ export class SecondaryEngine {
             }
           }
         }
-        for (const p of seqChanged) this.stmts.setSeq.run(p, this.lastSeq.get(p)!);
+        for (const p of seqChanged) {
+          this.stmts.setSeq.run(p, this.lastSeq.get(p)!);
+          committed.set(p, this.lastSeq.get(p)!);
+        }
         for (const g of groupsChanged) this.stmts.setSecond.run(next.get(g)!.second, g);
         // The barrier is passed: every copy sits at or below 112 now (applied,
         // or redone after a crash), so what differed no longer does.
@@ -421,7 +464,8 @@ export class SecondaryEngine {
             this.groups.get(g)!.state = "active";
             this.o.logger.info({ group: g, second: next.get(g)!.second.toString() }, "resync complete: the barrier is passed, the group replicates");
           }
-          for (const [p, link] of ackTo) link.send({ type: "ack", seq: this.lastSeq.get(p)! });
+          this.markDurable(committed);
+          for (const [p, link] of ackTo) link.send({ type: "ack", seq: committed.get(p)! });
           if (released) this.kickApplier();
         },
         (err: Error) => {

@@ -153,6 +153,11 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE rcr ADD COLUMN seg_off INTEGER;
   ALTER TABLE rcr ADD COLUMN crc INTEGER;
   `,
+  // 6: a journal row says whether it is a resync's copy: a copy was read from
+  // the primary volume, so replay resends it but never writes it back there.
+  `
+  ALTER TABLE journal ADD COLUMN copy INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

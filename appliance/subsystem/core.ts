@@ -10,11 +10,12 @@ import type { LoadedTopology } from "../../config/load.ts";
 import { directed, isDirection, type Direction } from "../../config/direction.ts";
 import { durableBarrier } from "../state/database.ts";
 import type { StateStore } from "../state/store.ts";
-import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe } from "../primary/primary.ts";
+import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe, type PrimaryTuning } from "../primary/primary.ts";
 import { SecondaryEngine, type SecondaryBinding, type SecondaryProbe } from "../secondary/secondary.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
 import type { Frame } from "../replication/frames.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
 
 export interface SubsystemCoreOptions {
@@ -30,6 +31,10 @@ export interface SubsystemCoreOptions {
   powerLossSuspected: boolean;
   defaultExport?: string;
   probe?: PrimaryProbe & SecondaryProbe;
+  /** Only the seeded simulation sets these (runtime/controls.ts). */
+  controls?: NegativeControls;
+  /** Scaled-down sizes for the simulation (PrimaryTuning). */
+  tuning?: Partial<PrimaryTuning>;
   /** What status shows of the process (pid, ports, NBD URLs); the simulation has none. */
   processStatus?: () => Record<string, unknown>;
   nbdUrlOf?: (volume: string) => string | null;
@@ -119,6 +124,8 @@ export class SubsystemCore {
             clockNs: o.clockNs,
             connect: o.connect,
             probe: o.probe,
+            controls: o.controls,
+            tuning: o.tuning,
             maxClockOffsetMs: cfg.maxClockOffsetMs,
             syncIntervalMs: cfg.syncIntervalMs,
             reconnectMs: cfg.reconnectMs,
@@ -133,7 +140,7 @@ export class SubsystemCore {
         : null;
     const secondary =
       secondaryGroups.size > 0
-        ? new SecondaryEngine({ id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, bindings: secondaryBindings, groups: secondaryGroups })
+        ? new SecondaryEngine({ id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings: secondaryBindings, groups: secondaryGroups })
         : null;
     return { primary, secondary };
   }

@@ -1,0 +1,260 @@
+// What the simulation knows from outside the engines, and the checks it
+// makes with it. It records every host write (in the order each block saw
+// them), every stamp the primaries hand out (through PrimaryProbe), every
+// apply (SecondaryProbe) and every ack a secondary sends (on the network).
+// From that alone, not from the engines' word, it judges:
+//   - DESIGN.md's Timestamps rule: a write gets a stamp above every stamp
+//     already acknowledged to a host when it was issued;
+//   - every acknowledged write is on its primary after a restart (or a
+//     write that came after it), unless a power cut may have taken it;
+//   - after a procedure at Ts, each secondary block holds the last write
+//     with ts <= Ts that it must hold, or one after it and still <= Ts;
+//   - where a primary and its secondary differ, a bitmap says so.
+import { SIM_BLOCK_BYTES } from "./cluster.ts";
+
+/** One write as the oracle knows it: a host write (with or without a stamp) or a copy. */
+export interface WriteRec {
+  id: number;
+  primary: number;
+  volume: string;
+  /** First block and block count. */
+  block: number;
+  blocks: number;
+  /** The bytes, or null for zeroes. */
+  data: Buffer | null;
+  host: boolean;
+  fua: boolean;
+  ts: bigint | null;
+  seq: number | null;
+  /** Greatest stamp acknowledged to any host when this write was issued. */
+  ackedTsAtIssue: bigint;
+  hostAcked: boolean;
+  /** A power cut of its primary may have taken it (not durable when the power went). */
+  fragile: boolean;
+  copy: boolean;
+}
+
+export class SimFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SimFailure";
+  }
+}
+
+function fail(message: string): never {
+  throw new SimFailure(message);
+}
+
+/** Host writes carry their id in the first 8 bytes of each block, so a block tells whose it is. */
+export function hostBlock(id: number, block: number): Buffer {
+  const b = Buffer.alloc(SIM_BLOCK_BYTES, (id * 31 + block) & 0xff);
+  b.writeUInt32BE(0x7464_6d6b, 0);
+  b.writeUInt32BE(id, 4);
+  b.writeUInt32BE(block, 8);
+  return b;
+}
+
+function describeBlock(b: Buffer): string {
+  if (b.every((x) => x === 0)) return "zeroes";
+  if (b.readUInt32BE(0) === 0x7464_6d6b) return `host write #${b.readUInt32BE(4)}`;
+  return "other bytes";
+}
+
+export class Oracle {
+  readonly writes: WriteRec[] = [];
+  private nextId = 1;
+  /** Per primary volume block: the writes that reached it, in the order they were issued. */
+  private readonly history = new Map<string, WriteRec[]>();
+  private readonly byTsKey = new Map<string, WriteRec>();
+  maxAckedTs = 0n;
+  /** Per primary, per secondary: the greatest seq that secondary acknowledged (durably queued). */
+  private readonly secondaryAcked = new Map<string, number>();
+  /** Which secondary subsystem a primary volume's RCRs go to. */
+  constructor(private readonly linkOf: (volume: string) => number) {}
+
+  private key(volume: string, block: number): string {
+    return `${volume}\u0000${block}`;
+  }
+
+  /** A host issues a write: it is now in the history of its blocks. */
+  issue(primary: number, volume: string, block: number, blocks: number, fua: boolean): WriteRec {
+    const w: WriteRec = {
+      id: this.nextId++,
+      primary,
+      volume,
+      block,
+      blocks,
+      data: null,
+      host: true,
+      fua,
+      ts: null,
+      seq: null,
+      ackedTsAtIssue: this.maxAckedTs,
+      hostAcked: false,
+      fragile: false,
+      copy: false,
+    };
+    const parts: Buffer[] = [];
+    for (let i = 0; i < blocks; i++) parts.push(hostBlock(w.id, block + i));
+    w.data = Buffer.concat(parts);
+    this.writes.push(w);
+    for (let i = 0; i < blocks; i++) {
+      const k = this.key(volume, block + i);
+      let h = this.history.get(k);
+      if (!h) this.history.set(k, (h = []));
+      h.push(w);
+    }
+    return w;
+  }
+
+  /**
+   * What a primary volume held before the group's first start (an existing
+   * volume paired: its initial copy carries it): durable, so it must stay
+   * until a host write replaces it.
+   */
+  base(primary: number, volume: string, block: number, data: Buffer): void {
+    const w: WriteRec = {
+      id: this.nextId++,
+      primary,
+      volume,
+      block,
+      blocks: 1,
+      data,
+      host: true,
+      fua: true,
+      ts: null,
+      seq: null,
+      ackedTsAtIssue: 0n,
+      hostAcked: true,
+      fragile: false,
+      copy: false,
+    };
+    this.writes.push(w);
+    this.history.set(this.key(volume, block), [w]);
+  }
+
+  /** PrimaryProbe.stamped: a host write or a copy got its stamp. */
+  stamped(e: { primary: number; volume: string; offset: number; length: number; ts: bigint; seq: number; copy: boolean; data: Buffer | null }): void {
+    const block = Math.floor(e.offset / SIM_BLOCK_BYTES);
+    const blocks = Math.ceil(e.length / SIM_BLOCK_BYTES);
+    let w: WriteRec | undefined;
+    if (!e.copy) {
+      if (!e.data) fail(`primary #${e.primary}: a stamped host write to ${e.volume} has no data; the simulated hosts send none`);
+      const id = e.data.readUInt32BE(4);
+      w = this.writes[id - 1];
+      if (!w || w.volume !== e.volume || w.block !== block) fail(`primary #${e.primary}: stamped write ${e.volume}@${block} is not the host write #${id} it carries`);
+      if (w.ts !== null) fail(`primary #${e.primary}: host write #${id} stamped twice (${w.ts}, then ${e.ts})`);
+      // DESIGN.md, Timestamps: above every stamp acknowledged before the write was issued.
+      if (e.ts <= w.ackedTsAtIssue) {
+        fail(`primary #${e.primary}: host write #${id} stamped ${e.ts}, not above ${w.ackedTsAtIssue}, a stamp acknowledged to a host before it was issued (dependent writes inverted)`);
+      }
+      w.ts = e.ts;
+      w.seq = e.seq;
+    } else {
+      w = {
+        id: this.nextId++,
+        primary: e.primary,
+        volume: e.volume,
+        block,
+        blocks,
+        data: e.data ? Buffer.from(e.data) : null,
+        host: false,
+        fua: false,
+        ts: e.ts,
+        seq: e.seq,
+        ackedTsAtIssue: 0n,
+        hostAcked: false,
+        fragile: false,
+        copy: true,
+      };
+      this.writes.push(w);
+    }
+    this.byTsKey.set(`${e.primary}:${e.seq}`, w);
+  }
+
+  acked(w: WriteRec): void {
+    w.hostAcked = true;
+    if (w.ts !== null && w.ts > this.maxAckedTs) this.maxAckedTs = w.ts;
+  }
+
+  /** An ack frame from a secondary to a primary. */
+  secondaryAck(primary: number, secondary: number, seq: number): void {
+    const k = `${primary}:${secondary}`;
+    if (seq > (this.secondaryAcked.get(k) ?? 0)) this.secondaryAcked.set(k, seq);
+  }
+
+  /** A new primary incarnation after a power cut may have forgotten acks: seqs restart from the journal. */
+  private isSecondaryAcked(w: WriteRec): boolean {
+    return w.seq !== null && w.seq <= (this.secondaryAcked.get(`${w.primary}:${this.linkOf(w.volume)}`) ?? 0);
+  }
+
+  /**
+   * A power cut of a primary: writes whose journal commit may be lost (seq
+   * above the durable seq floor) and unreplicated writes that were not FUA
+   * may be gone from its volume.
+   */
+  powerCut(primary: number, durableSeqFloor: number): void {
+    for (const w of this.writes) {
+      if (w.primary !== primary || !w.host || w.fragile) continue;
+      if (w.seq !== null ? w.seq > durableSeqFloor : !w.fua) w.fragile = true;
+    }
+  }
+
+  /** Must this write be on its primary (after a restart)? Acknowledged and not exposed to a power cut. */
+  private mustBeOnPrimary(w: WriteRec): boolean {
+    return w.host && w.hostAcked && !w.fragile;
+  }
+
+  /**
+   * After a primary's restart: every block holds its last write that must be
+   * there, or a write issued after it (in flight when it died).
+   */
+  checkPrimary(primary: number, volume: string, blocks: number, read: (block: number) => Buffer): void {
+    for (let b = 0; b < blocks; b++) {
+      const h = (this.history.get(this.key(volume, b)) ?? []).filter((w) => w.primary === primary);
+      let k = -1;
+      for (let i = 0; i < h.length; i++) if (this.mustBeOnPrimary(h[i])) k = i;
+      const got = read(b);
+      const allowed = h.slice(Math.max(0, k));
+      if (allowed.some((w) => sliceOf(w, b).equals(got))) continue;
+      if (k === -1 && got.every((x) => x === 0)) continue;
+      const must = k >= 0 ? h[k] : null;
+      fail(
+        `primary #${primary} ${volume} block ${b} after restart holds ${describeBlock(got)}, but ${must ? `host write #${must.id} (ts ${must.ts}, acknowledged${must.fua ? ", FUA" : ""}) or a later one` : "zeroes or a write"} must be there: an acknowledged write was lost`,
+      );
+    }
+  }
+
+  /**
+   * After a procedure cut at ts: a secondary block holds the last write to
+   * its primary block with ts <= cut that must be there (acknowledged by the
+   * secondary, or acknowledged to the host and durable on the primary, so
+   * the primary's SYNC covered it), or a later one still <= cut. `base` is
+   * what the block held before (the image the group rested at).
+   */
+  checkSecondary(cut: bigint, primaryVolume: string, target: string, block: number, got: Buffer, base: Buffer): void {
+    const stamped = this.writes.filter((w) => w.volume === primaryVolume && w.ts !== null && w.ts <= cut && w.block <= block && block < w.block + w.blocks);
+    stamped.sort((a, b) => (a.ts! < b.ts! ? -1 : 1));
+    let k = -1;
+    for (let i = 0; i < stamped.length; i++) {
+      const w = stamped[i];
+      if (this.isSecondaryAcked(w) || (w.hostAcked && !w.fragile)) k = i;
+    }
+    const allowed = stamped.slice(Math.max(0, k));
+    if (allowed.some((w) => sliceOf(w, block).equals(got))) return;
+    if (k === -1 && got.equals(base)) return;
+    const must = k >= 0 ? stamped[k] : null;
+    const above = this.writes.find((w) => w.volume === primaryVolume && w.ts !== null && w.ts > cut && w.block <= block && block < w.block + w.blocks && sliceOf(w, block).equals(got));
+    fail(
+      `secondary ${target} block ${block} (of ${primaryVolume}) holds ${describeBlock(got)}${above ? ` stamped ${above.ts}, above the cut ${cut}` : ""}; ` +
+        `expected ${must ? `${must.copy ? "the copy" : `host write #${must.id}`} (ts ${must.ts}) or a later write <= ${cut}` : "the image it rested at or a write <= the cut"}`,
+    );
+  }
+}
+
+/** The bytes a write put in one of its blocks. */
+export function sliceOf(w: WriteRec, block: number): Buffer {
+  if (!w.data) return Buffer.alloc(SIM_BLOCK_BYTES);
+  const i = block - w.block;
+  return w.data.subarray(i * SIM_BLOCK_BYTES, (i + 1) * SIM_BLOCK_BYTES);
+}
