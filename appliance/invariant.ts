@@ -8,8 +8,19 @@ export class InvariantError extends Error {
   }
 }
 
+/** The seeded simulation hears of every broken invariant here, wherever it is caught. */
+let watcher: ((err: InvariantError) => void) | null = null;
+
+export function watchInvariants(fn: ((err: InvariantError) => void) | null): void {
+  watcher = fn;
+}
+
 export function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new InvariantError(message);
+  if (!condition) {
+    const err = new InvariantError(message);
+    watcher?.(err);
+    throw err;
+  }
 }
 
 /** For the subsystem's top level: an InvariantError anywhere ends the process. */

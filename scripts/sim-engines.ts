@@ -1,10 +1,13 @@
 // Sweeps of the seeded simulation of the product's engines (test/sim/engine/), and replays of one seed.
 //   node --import tsx scripts/sim-engines.ts --seeds 10000 [--from N] [--power-cuts] [--clock realtime]
 //   node --import tsx scripts/sim-engines.ts --seed 1234 --verbose
+// --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed).
 // Negative controls (each must make some seed fail): --copy-hole-outside-lock,
-// --ack-before-durable, --per-process-epoch.
+// --ack-before-durable, --per-process-epoch (issue 11's bugs), --bare-clock-sync,
+// --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
+// --restart-lifts-112 (docs/simulation.md).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
-import { replayCommand, simulateEngines, type EngineSimOptions } from "../test/sim/engine/simulation.ts";
+import { STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
 function parse(argv: string[]) {
   const o: Omit<EngineSimOptions, "seed"> = {};
@@ -31,8 +34,17 @@ function parse(argv: string[]) {
       if (c !== "monotonic" && c !== "realtime") throw new Error(`--clock is monotonic or realtime, got '${c}'`);
       o.clock = c;
     } else if (a === "--per-process-epoch") o.perProcessEpoch = true;
-    else if (a === "--copy-hole-outside-lock") o.controls = { ...o.controls, copyHoleOutsideLock: true };
+    else if (a === "--story") {
+      const st = argv[++i] as Story;
+      if (!STORIES.includes(st)) throw new Error(`--story is one of ${STORIES.join(", ")}, got '${st}'`);
+      o.story = st;
+    } else if (a === "--copy-hole-outside-lock") o.controls = { ...o.controls, copyHoleOutsideLock: true };
     else if (a === "--ack-before-durable") o.controls = { ...o.controls, ackBeforeDurable: true };
+    else if (a === "--bare-clock-sync") o.controls = { ...o.controls, bareClockSync: true };
+    else if (a === "--no-fence") o.controls = { ...o.controls, noFence: true };
+    else if (a === "--no-activity-log") o.controls = { ...o.controls, noActivityLog: true };
+    else if (a === "--copied-waits-for-last-seq") o.controls = { ...o.controls, copiedWaitsForLastSeq: true };
+    else if (a === "--restart-lifts-112") o.controls = { ...o.controls, restartLifts112: true };
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-engines.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };

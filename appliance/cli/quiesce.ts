@@ -3,7 +3,7 @@
 // group. Target = the greatest stamp any primary of the group had handed out
 // when asked; done once each secondary has applied everything up to it.
 import type { LoadedTopology } from "../../config/load.ts";
-import { askAll } from "./control-client.ts";
+import { askAll, controlPlaneOf } from "./control-client.ts";
 import type { SubsystemStatus } from "./status-view.ts";
 
 export class QuiesceError extends Error {
@@ -26,7 +26,8 @@ export interface QuiesceResult {
 export async function quiesce(topo: LoadedTopology, group: string, timeoutMs: number, pollMs = 20): Promise<QuiesceResult> {
   const g = topo.groups.get(group);
   if (!g) throw new QuiesceError("TM_NO_GROUP", `group '${group}' is not defined in ${topo.file} (groups: ${[...topo.groups.keys()].join(", ") || "none"})`);
-  const started = Date.now();
+  const { runtime } = controlPlaneOf(topo);
+  const started = runtime.nowMs();
   const stamps = await askAll<{ lastStamp: string }>(topo, g.primaries, { op: "stamp" });
   let target = 0n;
   for (const [id, a] of stamps) {
@@ -49,10 +50,10 @@ export async function quiesce(topo: LoadedTopology, group: string, timeoutMs: nu
       }
       if (BigInt(sg.appliedThrough) < target) done = false;
     }
-    if (done) return { group, target: target.toString(), elapsedMs: Date.now() - started, polls };
-    if (Date.now() - started > timeoutMs) {
+    if (done) return { group, target: target.toString(), elapsedMs: runtime.nowMs() - started, polls };
+    if (runtime.nowMs() - started > timeoutMs) {
       throw new QuiesceError("TM_TIMEOUT", `quiesce ${group}: secondaries did not apply every acknowledged write within ${timeoutMs} ms; see 'tidemark status'`);
     }
-    await new Promise((r) => setTimeout(r, pollMs));
+    await runtime.sleep(pollMs);
   }
 }

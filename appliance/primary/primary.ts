@@ -307,7 +307,7 @@ export class PrimaryEngine {
     }
     for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
-    if (o.powerLossSuspected) this.markHotRegionsDirty();
+    if (o.powerLossSuspected && !o.controls?.noActivityLog) this.markHotRegionsDirty();
 
     const links = new Set<number>();
     for (const secs of o.groupSecondaries.values()) for (const s of secs) links.add(s);
@@ -326,7 +326,8 @@ export class PrimaryEngine {
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
         onRefused: (link, _code, message) => this.onRefused(link, message),
-        onAckRegressed: (link, had, got) => this.onAckRegressed(link, had, got),
+        // The negative control restores the old sender too, which ignored a lower ack.
+        onAckRegressed: o.controls?.ackBeforeDurable ? null : (link, had, got) => this.onAckRegressed(link, had, got),
         highestSeq: () => this.seq,
       });
       this.senders.set(id, sender);
@@ -681,7 +682,7 @@ export class PrimaryEngine {
     }
     // Every copy is journaled; C_k is sent once they are all acknowledged.
     gs.copy.phase = "acknowledging";
-    const upTo = new Map([...new Set(vols.map((b) => b.link))].map((l) => [l, this.issuedOn.get(l) ?? 0]));
+    const upTo = new Map([...new Set(vols.map((b) => b.link))].map((l) => [l, this.o.controls?.copiedWaitsForLastSeq ? this.seq : (this.issuedOn.get(l) ?? 0)]));
     while (copying() && [...upTo].some(([l, seq]) => (this.senders.get(l)?.ackedSeq ?? 0) < seq)) {
       await this.o.runtime.sleep(Math.max(10, this.o.syncIntervalMs));
     }
@@ -921,7 +922,7 @@ export class PrimaryEngine {
       // COPIED is repeated: a secondary that was away when the copy ended
       // still learns it; one holding no resync ignores it.
       if (gs.state === "active" && gs.copiedTs !== null) for (const s of secs) this.senders.get(s)?.sendCopied(group, gs.copiedTs);
-      const t = syncTime(this.pending.oldest(group), () => this.clock.stamp());
+      const t = this.o.controls?.bareClockSync ? this.clock.stamp() : syncTime(this.pending.oldest(group), () => this.clock.stamp());
       const prev = this.lastSync.get(group);
       if (prev !== undefined && t < prev) continue;
       this.lastSync.set(group, t);

@@ -31,7 +31,7 @@ export interface SenderOptions {
   /** Every RCR with seq <= `seq` on this link is durably queued on the secondary. */
   onAck: (secondaryId: number, seq: number) => void;
   /** The secondary acknowledged less than it had: it lost RCRs it had acknowledged. */
-  onAckRegressed: (secondaryId: number, had: number, got: number) => void;
+  onAckRegressed: ((secondaryId: number, had: number, got: number) => void) | null;
   /** A secondary refused a frame (error frame): fencing, or a broken peer. */
   onRefused: (secondaryId: number, code: number, message: string) => void;
   /** The highest seq this primary ever issued: an ack above it is not ours. */
@@ -175,7 +175,7 @@ export class LinkSender {
 
   private onFrame(f: Frame): void {
     if (f.type === "ack") {
-      if (f.seq < this.ackedSeq) {
+      if (f.seq < this.ackedSeq && this.o.onAckRegressed) {
         // The secondary holds less than it acknowledged: it lost durably queued
         // RCRs, some of which this primary may have trimmed. Never go on as if not.
         const had = this.ackedSeq;
@@ -183,7 +183,7 @@ export class LinkSender {
         this.o.onAckRegressed(this.o.secondaryId, had, f.seq);
         return;
       }
-      if (f.seq === this.ackedSeq) return;
+      if (f.seq <= this.ackedSeq) return;
       if (f.seq > this.o.highestSeq()) {
         // A peer acknowledging what this primary never issued is broken or not ours.
         this.o.logger.error({ peer: this.o.secondaryId, ack: f.seq, highest: this.o.highestSeq() }, "ack beyond any seq issued here; dropping link");

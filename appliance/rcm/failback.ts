@@ -93,6 +93,16 @@ export interface FailbackReport {
 export async function reverseResync(topo: LoadedTopology, group: string, o: ResyncOptions): Promise<FailbackReport> {
   const v = await view(topo, group);
   const cur = currentDirection(v);
+  // A rerun after the turn completed (the RCM died while the resync started):
+  // nothing is taken over any more and every subsystem holds the reverse
+  // direction. Turning again would undo the failback; finishing its resync is
+  // what the first run meant.
+  const takenOver = [...v.subsystems.values()].some((s) => s.state === "takeover" || s.state === "taken-over");
+  if (cur === "reverse" && !takenOver) {
+    o.logger.warn({ group }, "failback: the group was turned already; following its resync");
+    const resync = await startResync(directed(topo, new Map([[group, cur]])), group, o);
+    return { group, direction: cur, turnedAtTs: resync.floor ?? "", resync };
+  }
   const to = cur === "mixed" ? newestDirection(v) : opposite(cur);
   o.logger.warn({ group, to }, "failback: turning the group's direction");
   const t = await turn(topo, group, to);

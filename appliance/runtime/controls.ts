@@ -5,6 +5,16 @@
 export interface NegativeControls {
   /** Issue 11, bug 1: the copier decides a run is a hole before it holds the range lock, and replays copies onto the primary volume. */
   copyHoleOutsideLock?: boolean;
-  /** Issue 11, bug 2: a secondary's attach acknowledges what it has committed but not yet made durable. */
+  /** Issue 11, bug 2: a secondary's attach acknowledges what it has committed but not yet made durable, and a primary ignores an ack lower than one it had. */
   ackBeforeDurable?: boolean;
+  /** DESIGN.md step 3: a SYNC carries the clock's reading, not the time up to which every RCR is acknowledged. */
+  bareClockSync?: boolean;
+  /** DESIGN.md, after-failure step 1: a fenced secondary still takes frames of older generations. */
+  noFence?: boolean;
+  /** DESIGN.md, crash rules: after a power cut the hot activity-log regions are not put in the bitmap. */
+  noActivityLog?: boolean;
+  /** docs/simulation.md Finding 6: COPIED waits for the primary's last seq on every link. */
+  copiedWaitsForLastSeq?: boolean;
+  /** docs/simulation.md Finding 5: a secondary's restart lifts 112 to min 111. */
+  restartLifts112?: boolean;
 }

@@ -18,6 +18,12 @@ export interface Runtime {
   setImmediate(fn: () => void): void;
   /** A promise that resolves after ms. */
   sleep(ms: number): Promise<void>;
+  /**
+   * A broken invariant caught where the engine cannot go on (an async loop):
+   * the process stops loudly (exit 70 through installInvariantExit); the
+   * simulation records a failure and kills the simulated process.
+   */
+  fatal(err: Error): void;
 }
 
 export const realRuntime: Runtime = {
@@ -28,4 +34,8 @@ export const realRuntime: Runtime = {
   clearInterval: (t) => clearInterval(t as NodeJS.Timeout),
   setImmediate: (fn) => void setImmediate(fn),
   sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+  fatal: (err) =>
+    void setImmediate(() => {
+      throw err;
+    }),
 };

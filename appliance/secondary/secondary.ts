@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import { durableBarrier, type Db } from "../state/database.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
-import { assert } from "../invariant.ts";
+import { assert, InvariantError } from "../invariant.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
@@ -171,8 +171,49 @@ export class SecondaryEngine {
     this.load();
   }
 
+  /**
+   * After a power cut: the last queue commit's rows may have reached the disk
+   * while their payloads did not (its WAL sync finished, its segment sync did
+   * not). That commit was never acknowledged, so its primaries still hold
+   * those RCRs: the rows go, and each primary's last seq falls back below
+   * them, so the resend is taken rather than dropped as a duplicate. Only the
+   * newest rows can be torn, so the scan stops at the first whole one.
+   */
+  private dropTornTail(): void {
+    const db = this.db;
+    const torn = new Map<number, number>();
+    const rows = db.prepare("SELECT id, primary_id, seq, seg, seg_off, len, crc FROM rcr WHERE seg IS NOT NULL ORDER BY id DESC").iterate() as IterableIterator<{
+      id: number;
+      primary_id: number;
+      seq: number;
+      seg: number;
+      seg_off: number;
+      len: number;
+      crc: number;
+    }>;
+    for (const r of rows) {
+      let whole = false;
+      try {
+        whole = crc32c(this.segments.read({ seg: r.seg, off: r.seg_off }, r.len)) === r.crc;
+      } catch {
+        whole = false;
+      }
+      if (whole) break;
+      torn.set(r.primary_id, Math.min(r.seq, torn.get(r.primary_id) ?? r.seq));
+    }
+    if (torn.size === 0) return;
+    db.transaction(() => {
+      for (const [p, seq] of torn) {
+        db.prepare("DELETE FROM rcr WHERE primary_id = ? AND seq >= ?").run(p, seq);
+        this.stmts.setSeq.run(p, seq - 1);
+      }
+    })();
+    this.o.logger.warn({ primaries: Object.fromEntries(torn) }, "RCR queue: rows of the last commit before a power cut lost their payloads; they go, and their primaries resend them");
+  }
+
   private load(): void {
     const db = this.db;
+    this.dropTornTail();
     for (const r of db.prepare("SELECT primary_id, last_seq FROM link_seq").all() as { primary_id: number; last_seq: number }[]) {
       this.lastSeq.set(r.primary_id, r.last_seq);
     }
@@ -202,6 +243,10 @@ export class SecondaryEngine {
         }
         // A primary new to the group starts at the current 112, never at zero.
         times = withPrimaries(times, primaries);
+        if (this.o.controls?.restartLifts112) {
+          const min = [...times.first.values()].reduce((m, t) => (t < m ? t : m), times.first.values().next().value ?? times.second);
+          if (min > times.second) times = { ...times, second: min };
+        }
         for (const [p, t] of times.first) this.stmts.setFirst.run(name, p, t);
         this.stmts.setSecond.run(times.second, name);
         this.groups.set(name, {
@@ -291,7 +336,7 @@ export class SecondaryEngine {
       if (!g.times.first.has(primaryId)) {
         return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
-      if (f.generation !== g.generation || !replicating(g.state)) {
+      if ((f.generation !== g.generation || !replicating(g.state)) && !this.o.controls?.noFence) {
         // Fencing: a suspended group takes nothing more from its primaries.
         return this.refuse(
           link,
@@ -422,7 +467,7 @@ export class SecondaryEngine {
           } else {
             // A SYNC received before a fence is committed after it: never let it lift 111.
             const gs = this.groups.get(w.group)!;
-            if (w.generation !== gs.generation || !replicating(gs.state)) continue;
+            if ((w.generation !== gs.generation || !replicating(gs.state)) && !this.o.controls?.noFence) continue;
             const out: SyncOutcome = w.kind === "sync" ? onSync(timesOf(w.group), w.primaryId, w.t) : onCopied(timesOf(w.group), w.primaryId, w.t);
             if (out.kind === "raised") {
               next.set(w.group, out.times);
@@ -517,6 +562,8 @@ export class SecondaryEngine {
         }
       } while (this.applyAgain && !this.stopped);
     } catch (err) {
+      // A broken invariant is a bug, not an I/O error to retry: stop loudly.
+      if (err instanceof InvariantError) return this.o.runtime.fatal(err);
       this.applyError = (err as Error).message;
       this.o.logger.error({ err: (err as Error).message }, "applying the disk request queue failed; retrying");
       this.o.runtime.setTimeout(() => this.kickApplier(), 1000);

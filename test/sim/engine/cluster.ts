@@ -92,8 +92,12 @@ export interface SimNode {
 
 export interface ClusterHooks {
   probe: PrimaryProbe & SecondaryProbe;
+  /** The engines' log (a replay with --verbose shows their warnings). */
+  logger?: pino.Logger;
   /** A subsystem died (kill -9 or power cut); after the disk was cut, for power cuts. */
   died?(id: number, how: "kill" | "power"): void;
+  /** A primary's link reached subsystem `id`, with `pendingCommits` of its commits not yet durable. */
+  linkAttached?(id: number, pendingCommits: number): void;
 }
 
 const silent = pino({ level: "silent" });
@@ -148,7 +152,7 @@ export class SimCluster {
       topo: this.topo,
       store: n.disk.store(proc),
       volumes,
-      logger: silent,
+      logger: this.hooks.logger?.child({ ss: id }) ?? silent,
       runtime: proc.runtime,
       clockNs: this.clock.readerFor(id, proc),
       connect: (to) => this.net.connect(proc, id, to),
@@ -161,7 +165,11 @@ export class SimCluster {
     n.core = core;
     this.net.listen(id, {
       proc,
-      acceptLink: (link, from) => (from === 0 ? core.attachControl(link) : core.attachReplication(link, from)),
+      acceptLink: (link, from) => {
+        if (from === 0) return core.attachControl(link);
+        this.hooks.linkAttached?.(id, n.disk.state.pendingCommits);
+        core.attachReplication(link, from);
+      },
       request: (body) => core.handleRequest(body),
     });
     return core.start().then(() => {

@@ -29,8 +29,13 @@ export interface WriteRec {
   /** Greatest stamp acknowledged to any host when this write was issued. */
   ackedTsAtIssue: bigint;
   hostAcked: boolean;
+  /** Order of acknowledgement, and the acknowledgements there were when it was issued. */
+  ackIndex: number;
+  issueIndex: number;
   /** A power cut of its primary may have taken it (not durable when the power went). */
   fragile: boolean;
+  /** Durable on its primary: FUA, or acknowledged before a FUA write of that primary was issued (the FUA's barrier covers it). */
+  durable: boolean;
   copy: boolean;
 }
 
@@ -67,10 +72,11 @@ export class Oracle {
   private readonly history = new Map<string, WriteRec[]>();
   private readonly byTsKey = new Map<string, WriteRec>();
   maxAckedTs = 0n;
-  /** Per primary, per secondary: the greatest seq that secondary acknowledged (durably queued). */
-  private readonly secondaryAcked = new Map<string, number>();
-  /** Which secondary subsystem a primary volume's RCRs go to. */
-  constructor(private readonly linkOf: (volume: string) => number) {}
+  private ackCounter = 0;
+  /** RCRs delivered to a secondary and not yet covered by its ack, per primary:secondary. */
+  private readonly receivedSeqs = new Map<string, number[]>();
+  /** primary:seq of every RCR a secondary acknowledged (durably queued). */
+  private readonly ackedBySecondary = new Set<string>();
 
   private key(volume: string, block: number): string {
     return `${volume}\u0000${block}`;
@@ -90,8 +96,11 @@ export class Oracle {
       ts: null,
       seq: null,
       ackedTsAtIssue: this.maxAckedTs,
+      ackIndex: Number.POSITIVE_INFINITY,
+      issueIndex: this.ackCounter,
       hostAcked: false,
       fragile: false,
+      durable: false,
       copy: false,
     };
     const parts: Buffer[] = [];
@@ -125,8 +134,11 @@ export class Oracle {
       ts: null,
       seq: null,
       ackedTsAtIssue: 0n,
+      ackIndex: 0,
+      issueIndex: 0,
       hostAcked: true,
       fragile: false,
+      durable: true,
       copy: false,
     };
     this.writes.push(w);
@@ -163,8 +175,11 @@ export class Oracle {
         ts: e.ts,
         seq: e.seq,
         ackedTsAtIssue: 0n,
+      ackIndex: 0,
+      issueIndex: 0,
         hostAcked: false,
         fragile: false,
+      durable: false,
         copy: true,
       };
       this.writes.push(w);
@@ -174,30 +189,54 @@ export class Oracle {
 
   acked(w: WriteRec): void {
     w.hostAcked = true;
+    if (w.fua) {
+      // FUA syncs the journal (every row and payload) and its volume: what was acknowledged before it was issued is durable.
+      w.durable = true;
+      // The barrier covers every journal row; the volume sync only the FUA write's own volume (unreplicated writes live there alone).
+      for (const x of this.writes) {
+        if (x.primary === w.primary && x.host && x.hostAcked && x.ackIndex < w.issueIndex && (x.seq !== null || x.volume === w.volume)) x.durable = true;
+      }
+    }
+    w.ackIndex = ++this.ackCounter;
     if (w.ts !== null && w.ts > this.maxAckedTs) this.maxAckedTs = w.ts;
   }
 
-  /** An ack frame from a secondary to a primary. */
-  secondaryAck(primary: number, secondary: number, seq: number): void {
+  /** An RCR frame reached a secondary: its records may be acknowledged later. */
+  received(primary: number, secondary: number, seqs: readonly number[]): void {
     const k = `${primary}:${secondary}`;
-    if (seq > (this.secondaryAcked.get(k) ?? 0)) this.secondaryAcked.set(k, seq);
-  }
-
-  /** A new primary incarnation after a power cut may have forgotten acks: seqs restart from the journal. */
-  private isSecondaryAcked(w: WriteRec): boolean {
-    return w.seq !== null && w.seq <= (this.secondaryAcked.get(`${w.primary}:${this.linkOf(w.volume)}`) ?? 0);
+    let r = this.receivedSeqs.get(k);
+    if (!r) this.receivedSeqs.set(k, (r = []));
+    r.push(...seqs);
   }
 
   /**
-   * A power cut of a primary: writes whose journal commit may be lost (seq
-   * above the durable seq floor) and unreplicated writes that were not FUA
-   * may be gone from its volume.
+   * An ack frame from a secondary to a primary: every RCR received with a
+   * seq up to it is durably queued. (Acks are cumulative over what exists:
+   * a seq never committed on the primary is covered by no ack.)
    */
-  powerCut(primary: number, durableSeqFloor: number): void {
-    for (const w of this.writes) {
-      if (w.primary !== primary || !w.host || w.fragile) continue;
-      if (w.seq !== null ? w.seq > durableSeqFloor : !w.fua) w.fragile = true;
+  secondaryAck(primary: number, secondary: number, seq: number): void {
+    const r = this.receivedSeqs.get(`${primary}:${secondary}`);
+    if (!r) return;
+    const keep: number[] = [];
+    for (const s of r) {
+      if (s <= seq) this.ackedBySecondary.add(`${primary}:${s}`);
+      else keep.push(s);
     }
+    this.receivedSeqs.set(`${primary}:${secondary}`, keep);
+  }
+
+  private isSecondaryAcked(w: WriteRec): boolean {
+    return w.seq !== null && this.ackedBySecondary.has(`${w.primary}:${w.seq}`);
+  }
+
+  /**
+   * A power cut of a primary: what no FUA made durable may be gone, the way
+   * a disk's cache loses unflushed writes (NBD promises no more): a journal
+   * row may survive while its payload is torn, and an unreplicated write
+   * lives only in the page cache.
+   */
+  powerCut(primary: number): void {
+    for (const w of this.writes) if (w.primary === primary && w.host && !w.durable && !w.fua) w.fragile = true;
   }
 
   /** Must this write be on its primary (after a restart)? Acknowledged and not exposed to a power cut. */

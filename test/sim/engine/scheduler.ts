@@ -7,6 +7,9 @@
 import { prng } from "../../../appliance/drill/prng.ts";
 import type { Runtime, TimerHandle } from "../../../appliance/runtime/runtime.ts";
 
+/** Events at one instant past which time is taken to have stopped (a livelock, not work). */
+const LIVELOCK_EVENTS = 100_000;
+
 /** Nanoseconds of simulated true time per millisecond. */
 export const NS_PER_MS = 1_000_000n;
 
@@ -81,6 +84,9 @@ export class Scheduler {
   /** Clock reads within one millisecond: each read sees a later true time. */
   private bump = 0n;
   events = 0;
+  /** Set when simulated time stopped moving: events keep coming at one instant. */
+  stalled: string | null = null;
+  private eventsThisMs = 0;
 
   constructor(readonly seed: number) {
     this.random = prng(seed);
@@ -128,6 +134,11 @@ export class Scheduler {
       if (e.atMs > this.now) {
         this.now = e.atMs;
         this.bump = 0n;
+        this.eventsThisMs = 0;
+      }
+      if (++this.eventsThisMs > LIVELOCK_EVENTS) {
+        this.stalled ??= `livelock: more than ${LIVELOCK_EVENTS} events at ${this.now} ms of simulated time (last owner ${e.owner?.name ?? "none"})`;
+        return false;
       }
       this.events++;
       if (e.interval !== undefined) {
@@ -144,6 +155,7 @@ export class Scheduler {
   /** Runs events until `until` says stop or time passes `deadlineMs`. */
   async runUntil(until: () => boolean, deadlineMs: number): Promise<boolean> {
     while (!until()) {
+      if (this.stalled) return false;
       const next = this.queue.peek();
       if (!next || next.atMs > deadlineMs) {
         this.now = Math.max(this.now, deadlineMs);
@@ -173,6 +185,8 @@ export class Scheduler {
  */
 export class SimProcess {
   alive = true;
+  /** The error the process stopped on (runtime.fatal). */
+  fatal: Error | null = null;
   readonly runtime: Runtime;
   private immediateAt = 0;
 
@@ -201,6 +215,10 @@ export class SimProcess {
         sched.at(this.immediateAt - sched.nowMs, fn, this);
       },
       sleep: (ms) => new Promise<void>((r) => void sched.at(ms, r, this)),
+      fatal: (err) => {
+        this.fatal ??= err;
+        this.kill();
+      },
     };
   }
 

@@ -5,13 +5,20 @@
 // faults (partitions, kill -9, power cuts, RCM kills) and when the RCM runs;
 // the oracle judges the outcome from outside. A seed replays exactly.
 import pino from "pino";
-import { runProcedure, type ProcedureMode, type ProcedureReport } from "../../../appliance/rcm/procedure.ts";
+import { runProcedure } from "../../../appliance/rcm/procedure.ts";
+import { startResync, watchResync } from "../../../appliance/rcm/resync.ts";
+import { reverseResync, swap } from "../../../appliance/rcm/failback.ts";
+import { liveTopology } from "../../../appliance/cli/live-topology.ts";
+import { controlPlaneOf } from "../../../appliance/cli/control-client.ts";
+import { directed } from "../../../config/direction.ts";
+import type { LoadedTopology } from "../../../config/load.ts";
 import { Scheduler } from "./scheduler.ts";
 import { SimNetwork } from "./network.ts";
 import { SIM_BLOCK_BYTES, SimCluster, simTopology, type SimShape } from "./cluster.ts";
 import { Oracle, SimFailure } from "./oracle.ts";
 import { SimHosts } from "./hosts.ts";
 import { simClock } from "./clocks.ts";
+import { watchInvariants } from "../../../appliance/invariant.ts";
 import type { NegativeControls } from "../../../appliance/runtime/controls.ts";
 
 export interface EngineSimOptions {
@@ -22,7 +29,63 @@ export interface EngineSimOptions {
   perProcessEpoch?: boolean;
   /** Negative controls restored in the product's engines (appliance/runtime/controls.ts). */
   controls?: NegativeControls;
+  /** The steps the RCM takes (default: drawn by the seed). */
+  story?: Story;
   log?: (line: string) => void;
+}
+
+/**
+ * What the RCM does in a history: a takeover (after a planned suspension in
+ * some seeds); a suspension, a resync cut short by a second procedure, and
+ * a resync to the end; a takeover, hosts on the secondaries, and the reverse
+ * resync; a swap of a paired group.
+ */
+export const STORIES = ["takeover", "resync", "reverse", "swap"] as const;
+export type Story = (typeof STORIES)[number];
+
+interface Step {
+  kind: "suspend" | "takeover" | "resync" | "interrupted-resync" | "reverse" | "swap";
+  /** The RCM may be killed in the middle of it. */
+  kills: boolean;
+}
+
+function storySteps(story: Story, sched: Scheduler): Step[] {
+  switch (story) {
+    case "takeover":
+      return sched.chance(0.25) ? [{ kind: "suspend", kills: true }, { kind: "takeover", kills: true }] : [{ kind: "takeover", kills: true }];
+    case "resync":
+      return [
+        { kind: "suspend", kills: true },
+        { kind: "interrupted-resync", kills: false },
+        { kind: sched.chance(0.5) ? "suspend" : "takeover", kills: true },
+        { kind: "resync", kills: true },
+      ];
+    case "reverse":
+      return [
+        { kind: "takeover", kills: true },
+        { kind: "reverse", kills: true },
+      ];
+    case "swap":
+      return [{ kind: "swap", kills: true }];
+  }
+}
+
+type Pair = { primary: number; pv: string; secondary: number; sv: string };
+
+/** Replication is at rest: every side active, nothing pending, queued or to copy. */
+function settled(cluster: SimCluster): boolean {
+  for (const id of cluster.nodes.keys()) {
+    const core = cluster.node(id).core;
+    if (!core || !cluster.isUp(id)) return false;
+    const st = core.status();
+    for (const g of st.primary?.groups ?? []) if (g.state !== "active" || g.pending > 0 || g.remainingBlocks > 0) return false;
+    for (const g of st.secondary ?? []) if (g.state !== "active" || g.rcrQueue > 0 || g.diskQueue > 0) return false;
+  }
+  return true;
+}
+
+function bitmapsEmpty(cluster: SimCluster, pairs: Pair[]): boolean {
+  return pairs.every((p) => cluster.node(p.primary).disk.bitmapBlocks(p.pv).length === 0 && cluster.node(p.secondary).disk.bitmapBlocks(p.sv).length === 0);
 }
 
 export interface EngineSimResult {
@@ -34,22 +97,28 @@ export interface EngineSimResult {
   kills: number;
   powerCuts: number;
   procedureRuns: number;
+  story: Story;
   ts: string | null;
   events: number;
   simMs: number;
 }
 
 const silent = pino({ level: "silent" });
+const rtopoSleep = (t: LoadedTopology, ms: number) => controlPlaneOf(t).runtime.sleep(ms);
 /** Simulated time a history may take before it counts as stuck. */
-const HISTORY_LIMIT_MS = 120_000;
+const HISTORY_LIMIT_MS = 60_000;
+/** Partitions, kills and power cuts stop this far into a history. */
+const FAULTS_UNTIL_MS = 4_000;
 
 export function replayCommand(o: EngineSimOptions): string {
   const flags = [
     o.powerCuts ? "--power-cuts" : "",
     o.clock === "realtime" ? "--clock realtime" : "",
     o.perProcessEpoch ? "--per-process-epoch" : "",
-    o.controls?.copyHoleOutsideLock ? "--copy-hole-outside-lock" : "",
-    o.controls?.ackBeforeDurable ? "--ack-before-durable" : "",
+    ...Object.entries(o.controls ?? {})
+      .filter(([, on]) => on)
+      .map(([k]) => `--${k.replace(/[A-Z0-9]+/g, (m) => `-${m.toLowerCase()}`)}`),
+    o.story ? `--story ${o.story}` : "",
   ].filter(Boolean);
   return `node --import tsx scripts/sim-engines.ts --seed ${o.seed}${flags.length ? " " + flags.join(" ") : ""} --verbose`;
 }
@@ -75,15 +144,15 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   const shape = shapeOf(sched, o);
   const topo = simTopology(shape, sched);
   const pairs = topo.pairs.map((p) => ({ primary: p.primary.subsystemId, pv: p.primary.name, secondary: p.secondary.subsystemId, sv: p.secondary.name }));
-  const linkOf = new Map(pairs.map((p) => [p.pv, p.secondary]));
   const primaries = [...new Set(pairs.map((p) => p.primary))];
   const secondaries = topo.groups.get("C1")!.secondaries;
   log(`shape ${JSON.stringify(shape)}; pairs ${pairs.map((p) => `${p.pv}->${p.sv}`).join(" ")}`);
 
   const net = new SimNetwork(sched, { delayMinMs: 0, delayMaxMs: sched.int(1, 6), connectTimeoutMs: 200 });
-  const oracle = new Oracle((v) => linkOf.get(v)!);
+  const oracle = new Oracle();
   net.observe = (from, to, f) => {
     if (f.type === "ack") oracle.secondaryAck(to, from, f.seq);
+    else if (f.type === "rcr") oracle.received(from, to, f.records.map((r) => r.seq));
   };
   let failure: string | null = null;
   const check = (f: () => void) => {
@@ -94,27 +163,44 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       failure = err instanceof SimFailure ? err.message : `${(err as Error).name}: ${(err as Error).message}\n${(err as Error).stack}`;
     }
   };
+  // Every broken invariant anywhere in the engines fails the seed, even one an engine catches.
+  watchInvariants((err) => {
+    if (failure === null) failure = `${err.message}\n${err.stack ?? ""}`;
+  });
   const clock = simClock(sched, { mode: shape.clock, maxClockOffsetMs: shape.maxClockOffsetMs, perProcessEpoch: o.perProcessEpoch === true });
   let kills = 0;
-  let cuts = 0;
+  let powerCuts = 0;
   const cluster = new SimCluster(
     sched,
     net,
     topo,
     clock,
     {
+      logger: o.log ? pino({ level: "warn", base: null, timestamp: false }, { write: (line: string) => log(`log ${line.trim()}`) }) : undefined,
       probe: {
         stamped: (e) => {
           if (e.copy) log(`#${e.primary} copy ${e.volume} ${e.offset / SIM_BLOCK_BYTES}+${e.length / SIM_BLOCK_BYTES} ${e.data ? "data" : "zero"} ts ${e.ts}`);
           check(() => oracle.stamped(e));
+          if (o.log && !e.copy) log(`#${e.primary} stamp ${e.volume}@${e.offset / SIM_BLOCK_BYTES}+${e.length / SIM_BLOCK_BYTES} seq ${e.seq} ts ${e.ts} write #${e.data?.readUInt32BE(4)}`);
         },
+        applying: (e) => {
+          if (o.log) log(`#${e.secondary} apply ${e.volume}@${e.offset / SIM_BLOCK_BYTES}+${e.length / SIM_BLOCK_BYTES} from #${e.primaryId} seq ${e.seq} ts ${e.ts} (112 ${e.second})`);
+        },
+      },
+      // BUGGIFY-like: a power cut likes the moment a secondary answers a new
+      // link while its last commits are not yet durable (issue 11, bug 2).
+      linkAttached: (id, pending) => {
+        if (o.powerCuts !== true || pending === 0 || !faults || sched.nowMs > FAULTS_UNTIL_MS || !sched.chance(0.2)) return;
+        sched.at(sched.int(2, 30), () => {
+          if (!cluster.isUp(id)) return;
+          cluster.powerCut(id);
+          powerCuts++;
+          sched.at(sched.int(0, 300), () => void start(id));
+        });
       },
       died: (id, how) => {
         log(`#${id} ${how === "kill" ? "kill -9" : "power cut"}`);
-        if (how === "power" && primaries.includes(id)) {
-          const floor = cluster.node(id).disk.seqFloor();
-          oracle.powerCut(id, floor);
-        }
+        if (how === "power") oracle.powerCut(id);
       },
     },
     o.powerCuts === true,
@@ -128,7 +214,8 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       copyJournalBytes: sched.pick([8, 32, 1024]) * 1024,
     },
   );
-  const hosts = new SimHosts(sched, cluster, oracle, () => pairs.map((p) => ({ primary: p.primary, volume: p.pv })), {
+  // Hosts write the primaries; after a takeover of the reverse story, the secondaries; after a turn, the new primaries.
+  const hosts = new SimHosts(sched, cluster, oracle, () => pairs.map((p) => (turned || hostsOnSecondaries ? { primary: p.secondary, volume: p.sv } : { primary: p.primary, volume: p.pv })), {
     hosts: sched.int(1, 4),
     blocks: shape.blocks,
     fuaShare: sched.pick([0, 0.05, 0.3]),
@@ -148,14 +235,30 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     v.syncStart()();
   }
 
+  /**
+   * The volumes whose acknowledged host writes must survive a restart: the
+   * primaries, and the secondaries once hosts write them (from the image
+   * they hold then). A volume leaves the set when a turn may overwrite it.
+   */
+  const hostVolumes = new Set(pairs.map((p) => p.pv));
+  const hostsMove = () => {
+    for (const p of pairs) {
+      const v = cluster.node(p.secondary).disk.volume(p.sv);
+      for (let b = 0; b < shape.blocks; b++) oracle.base(p.secondary, p.sv, b, v.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES));
+      hostVolumes.add(p.sv);
+    }
+  };
+
   // A primary back from a crash must hold every acknowledged write.
   const start = (id: number) =>
     cluster.start(id).then(() => {
-      if (!cluster.isUp(id) || !primaries.includes(id)) return;
+      if (!cluster.isUp(id)) return;
       check(() => {
-        for (const p of pairs.filter((x) => x.primary === id)) {
-          const v = cluster.node(id).disk.volume(p.pv);
-          oracle.checkPrimary(id, p.pv, shape.blocks, (b) => v.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES));
+        // The volumes hosts write on this subsystem: forward primaries, or the secondaries once hosts moved there.
+        const written = [...pairs.filter((x) => x.primary === id).map((x) => x.pv), ...pairs.filter((x) => x.secondary === id).map((x) => x.sv)];
+        for (const name of written.filter((v) => hostVolumes.has(v))) {
+          const v = cluster.node(id).disk.volume(name);
+          oracle.checkPrimary(id, name, shape.blocks, (b) => v.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES));
         }
       });
     });
@@ -166,7 +269,8 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   // Faults until the procedure has run once and a while after.
   let faults = true;
   const faultTick = () => {
-    if (!faults) return;
+    // Faults come for the first seconds of a history, the story's first steps included; then it must finish.
+    if (!faults || sched.nowMs > FAULTS_UNTIL_MS) return;
     const r = sched.random();
     if (r < 0.25) {
       const p = sched.pick(primaries);
@@ -181,7 +285,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         const power = o.powerCuts === true && sched.chance(0.4);
         if (power) {
           cluster.powerCut(id);
-          cuts++;
+          powerCuts++;
         } else {
           cluster.kill(id);
           kills++;
@@ -193,51 +297,120 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   };
   sched.at(sched.int(50, 200), faultTick);
 
-  // The RCM: a takeover (after a planned suspension in a quarter of seeds), killed at random, run again until it completes.
-  const modes: ProcedureMode[] = sched.chance(0.25) ? ["suspend", "takeover"] : ["takeover"];
-  const reports: ProcedureReport[] = [];
+  // The RCM runs the story's steps one after the other; each is run again
+  // (a new RCM incarnation) until it completes, and the RCM is killed at
+  // random in the middle of them.
+  const story = o.story ?? sched.pick(STORIES);
+  log(`story ${story}`);
+  const steps = storySteps(story, sched);
+  const cuts: { step: string; ts: string }[] = [];
   let runs = 0;
-  let rcmDone = false;
-  const rcmRun = () => {
-    if (rcmDone) return;
-    const mode = modes[Math.min(reports.length, modes.length - 1)];
+  let stepIndex = 0;
+  let turned = false;
+  /** Hosts write the taken-over secondaries between a takeover and its reverse resync. */
+  let hostsOnSecondaries = false;
+  const runStep = () => {
+    if (stepIndex >= steps.length || failure) return;
+    const step = steps[stepIndex];
+    // A turn overwrites the old primaries with the new ones' image: their writes are no longer owed there.
+    if (step.kind === "reverse" || step.kind === "swap") for (const p of pairs) hostVolumes.delete(p.pv);
     const rtopo = cluster.rcmTopology();
     const incarnation = cluster.rcmIncarnations;
     runs++;
-    log(`rcm #${incarnation}: ${mode}`);
-    if (sched.chance(0.4)) {
-      sched.at(sched.int(0, 60), () => {
+    log(`rcm #${incarnation}: ${step.kind}`);
+    if (step.kills && sched.chance(0.4)) {
+      sched.at(sched.int(0, 80), () => {
         if (cluster.rcmIncarnations === incarnation && cluster.rcmAlive) {
           log(`rcm #${incarnation} kill -9`);
           cluster.killRcm();
-          sched.at(sched.int(10, 200), rcmRun);
+          sched.at(sched.int(10, 200), runStep);
         }
       });
     }
-    runProcedure(rtopo, "C1", { mode, reason: "simulation", by: "sim", logger: silent }).then(
-      (rep) => {
-        if (cluster.rcmIncarnations !== incarnation) return;
-        log(`rcm #${incarnation}: ${mode} ${rep.complete ? "complete" : "incomplete"} at Ts ${rep.ts}`);
-        if (!rep.complete) return void sched.at(sched.int(20, 200), rcmRun);
-        reports.push(rep);
-        if (reports.length < modes.length) sched.at(sched.int(0, 200), rcmRun);
-        else rcmDone = true;
+    rcmStep(rtopo, step).then(
+      (done) => {
+        if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
+        log(`rcm #${incarnation}: ${step.kind} ${done.complete ? "complete" : "incomplete"}${done.ts ? ` at Ts ${done.ts}` : ""}`);
+        if (!done.complete) return void sched.at(sched.int(20, 200), runStep);
+        // (Once hosts write the secondaries, their images are no longer the primaries' as of a cut.)
+        if (done.ts !== undefined && !turned && !hostsOnSecondaries) {
+          cuts.push({ step: step.kind, ts: done.ts });
+          checkCut(BigInt(done.ts));
+        }
+        if (step.kind === "takeover" && story === "reverse" && !hostsOnSecondaries) {
+          hostsMove();
+          hostsOnSecondaries = true;
+        }
+        if (step.kind === "swap") hostsMove();
+        if (step.kind === "reverse" || step.kind === "swap") {
+          turned = true;
+          hostsOnSecondaries = false;
+        }
+        stepIndex++;
+        if (step.kind === "interrupted-resync") cluster.killRcm();
+        sched.at(sched.int(0, 300), runStep);
       },
-      (err: Error) => {
-        if (cluster.rcmIncarnations !== incarnation) return;
-        log(`rcm #${incarnation}: ${mode} failed: ${err.message}`);
-        sched.at(sched.int(20, 200), rcmRun);
+      (err: Error & { code?: string }) => {
+        if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
+        log(`rcm #${incarnation}: ${step.kind} failed: ${err.message}`);
+        // A primary that was away at the takeover comes back fenced, not taken
+        // over: today the admin runs the takeover again first (issue 16 makes
+        // the reverse resync do it).
+        if (step.kind === "reverse" && err.code === "TM_NOT_TAKEN_OVER" && /is fenced as a primary/.test(err.message)) steps.splice(stepIndex, 0, { kind: "takeover", kills: false });
+        sched.at(sched.int(20, 200), runStep);
       },
     );
   };
-  sched.at(sched.int(300, 1500), rcmRun);
+
+  /** One step, as the CLI and the RCM run it; complete once its effect is reached. */
+  const rcmStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string }> => {
+    switch (step.kind) {
+      case "suspend":
+      case "takeover": {
+        const rep = await runProcedure(rtopo, "C1", { mode: step.kind, reason: "simulation", by: "sim", logger: silent });
+        return { complete: rep.complete, ts: rep.ts };
+      }
+      case "resync":
+      case "interrupted-resync": {
+        const live = await liveTopology(rtopo);
+        const r = await startResync(live, "C1", { logger: silent, by: "sim" });
+        if (step.kind === "interrupted-resync") {
+          // The RCM is abandoned in the middle of the resync; control messages already sent still land.
+          await rtopoSleep(rtopo, sched.int(0, 400));
+          return { complete: true };
+        }
+        if (!r.nothingToDo) await watchResync(live, "C1", r.generation, () => {}, 20);
+        return { complete: true };
+      }
+      case "reverse": {
+        const r = await reverseResync(rtopo, "C1", { logger: silent, by: "sim" });
+        await watchResync(directed(rtopo, new Map([["C1", r.direction]])), "C1", r.resync.generation, () => {}, 20);
+        return { complete: true };
+      }
+      case "swap": {
+        const r = await swap(rtopo, "C1", { logger: silent, by: "sim", timeoutMs: 5_000 });
+        await watchResync(directed(rtopo, new Map([["C1", r.direction]])), "C1", r.resync.generation, () => {}, 20);
+        return { complete: true };
+      }
+    }
+  };
+
+  /** After a procedure cut at ts in the forward direction: each secondary image is the primaries' as of ts. */
+  const checkCut = (ts: bigint) =>
+    check(() => {
+      for (const p of pairs) {
+        const sv = cluster.node(p.secondary).disk.volume(p.sv);
+        for (let b = 0; b < shape.blocks; b++) oracle.checkSecondary(ts, p.pv, p.sv, b, sv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES), Buffer.alloc(SIM_BLOCK_BYTES));
+      }
+    });
+  sched.at(sched.int(300, 1500), runStep);
 
   const until = (f: () => boolean, ms: number, what: string) =>
     sched.runUntil(() => failure !== null || f(), sched.nowMs + ms).then((ok) => {
-      if (!ok && failure === null) failure = `stuck: ${what} not reached within ${ms} ms of simulated time`;
+      if (!ok && failure === null) failure = sched.stalled ?? `stuck: ${what} not reached within ${ms} ms of simulated time`;
     });
 
-  await until(() => rcmDone, HISTORY_LIMIT_MS, "the first procedure");
+  await until(() => stepIndex >= steps.length, HISTORY_LIMIT_MS, `the story's steps (${story})`);
   hosts.stop();
   await sched.runFor(sched.int(0, 300));
   faults = false;
@@ -245,38 +418,14 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   for (const id of all) if (!cluster.node(id).proc) void start(id);
   await until(() => hosts.idle && all.every((id) => cluster.isUp(id)), 30_000, "every subsystem up and every host write answered");
 
-  // The rerun reaches the same Ts and the same images.
-  if (failure === null) {
-    rcmDone = false;
-    const before = reports.length;
-    modes.splice(0, modes.length, "takeover");
-    reports.splice(0, reports.length, ...reports);
-    const rerun = () => {
-      const rtopo = cluster.rcmTopology();
-      runs++;
-      runProcedure(rtopo, "C1", { mode: "takeover", reason: "rerun", by: "sim", logger: silent }).then(
-        (rep) => {
-          if (!rep.complete) return void sched.at(50, rerun);
-          reports.push(rep);
-          rcmDone = true;
-        },
-        (err: Error) => {
-          log(`rerun failed: ${err.message}`);
-          sched.at(50, rerun);
-        },
-      );
-    };
-    rerun();
-    await until(() => rcmDone && reports.length > before, 30_000, "the rerun of the takeover");
-  }
-
-  const ts = reports.length > 0 ? BigInt(reports[reports.length - 1].ts) : null;
-  check(() => {
-    const distinct = [...new Set(reports.map((r) => r.ts))];
-    if (distinct.length > 1) throw new SimFailure(`the procedure's runs reached different Ts: ${distinct.join(", ")}`);
-  });
-  if (failure === null && ts !== null) {
+  if (failure === null && story === "takeover") {
+    // The rerun reaches the same Ts and the same images; where a primary and its secondary differ, a bitmap says so.
+    steps.push({ kind: "takeover", kills: false });
+    sched.at(0, runStep);
+    await until(() => stepIndex >= steps.length, 30_000, "the rerun of the takeover");
     check(() => {
+      const distinct = [...new Set(cuts.map((c) => c.ts))];
+      if (distinct.length > 1) throw new SimFailure(`the procedure's runs reached different Ts: ${distinct.join(", ")}`);
       for (const p of pairs) {
         const sv = cluster.node(p.secondary).disk.volume(p.sv);
         const pv = cluster.node(p.primary).disk.volume(p.pv);
@@ -284,15 +433,36 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         const sBits = new Set(cluster.node(p.secondary).disk.bitmapBlocks(p.sv));
         for (let b = 0; b < shape.blocks; b++) {
           const got = sv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES);
-          oracle.checkSecondary(ts, p.pv, p.sv, b, got, Buffer.alloc(SIM_BLOCK_BYTES));
-          const mine = pv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES);
-          if (!mine.equals(got) && !pBits.has(b) && !sBits.has(b)) {
+          if (!pv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES).equals(got) && !pBits.has(b) && !sBits.has(b)) {
             throw new SimFailure(`${p.pv} and ${p.sv} differ at block ${b} with nothing to show it: in neither bitmap`);
           }
         }
       }
     });
+  } else if (failure === null) {
+    // The story ends paired: once replication settles, every pair is identical.
+    // A power cut after the last copy leaves hot regions in a bitmap: the RCM resyncs again, as an admin would.
+    for (let attempt = 0; attempt < 4 && failure === null; attempt++) {
+      await until(() => settled(cluster), 20_000, "replication settling after the last step");
+      if (failure !== null || bitmapsEmpty(cluster, pairs)) break;
+      log("bitmaps not empty after the story: resync again");
+      steps.push({ kind: "resync", kills: false });
+      sched.at(0, runStep);
+      await until(() => stepIndex >= steps.length, 30_000, "a resync after the story");
+    }
+    check(() => {
+      for (const p of pairs) {
+        const [src, dst] = turned ? [cluster.node(p.secondary).disk.volume(p.sv), cluster.node(p.primary).disk.volume(p.pv)] : [cluster.node(p.primary).disk.volume(p.pv), cluster.node(p.secondary).disk.volume(p.sv)];
+        for (let b = 0; b < shape.blocks; b++) {
+          if (!src.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES).equals(dst.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES))) {
+            throw new SimFailure(`after the story (${story}) the pair ${src.name} -> ${dst.name} differs at block ${b} though the group is paired and settled`);
+          }
+        }
+      }
+    });
   }
+  const ts = cuts.length > 0 ? BigInt(cuts[cuts.length - 1].ts) : null;
+  watchInvariants(null);
   clock.close();
   log(failure ? `FAILED: ${failure}` : `ok: Ts ${ts}`);
   return {
@@ -302,8 +472,9 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     writes: hosts.issued,
     acked: hosts.acked,
     kills,
-    powerCuts: cuts,
+    powerCuts,
     procedureRuns: runs,
+    story,
     ts: ts?.toString() ?? null,
     events: sched.events,
     simMs: sched.nowMs,
