@@ -214,7 +214,9 @@ export class SubsystemCore {
         readOnly: this.exports.get(v.name)!.isReadOnly(),
         bitmapBlocks: bitmap.get(v.name) ?? 0,
       })),
-      directions: Object.fromEntries(this.directions()),
+      // Only the groups this subsystem belongs to: another subsystem's group is not its to report
+      // (a subsystem outside a turned group would otherwise read "forward" and make it look mixed).
+      directions: Object.fromEntries([...this.directions()].filter(([g]) => this.o.topo.groups.get(g)!.primaries.includes(o.id) || this.o.topo.groups.get(g)!.secondaries.includes(o.id))),
       primary: roles.primary?.status() ?? null,
       secondary: roles.secondary?.status() ?? null,
     };
