@@ -23,4 +23,13 @@ npx tsc --noEmit
 echo "test: eslint"
 npx eslint .
 echo "test: vitest"
-npx vitest run "$@"
+# The simulation of the engines runs alone after the rest: it keeps one core
+# busy for minutes, and the timing-bound tests on real processes should not
+# share the machine with it.
+if [ $# -gt 0 ]; then
+  npx vitest run "$@"
+else
+  npx vitest run --exclude "test/sim/engines*.test.ts"
+  echo "test: vitest (simulation of the engines)"
+  npx vitest run test/sim/engines
+fi

@@ -865,6 +865,15 @@ export class PrimaryEngine {
     for (const g of groups) {
       const gs = this.groups.get(g);
       if (!gs || !replicating(gs.state)) continue;
+      // A frozen group is in a swap: its secondaries are being fenced by that
+      // swap's takeover. Fencing it here would open its volumes to hosts again
+      // (fenced takes host writes into the bitmap), and the swap would then
+      // copy over what they wrote. It stays frozen, read-only, until the
+      // takeover's primary step (issue 17).
+      if (gs.state === "frozen") {
+        this.o.logger.warn({ group: g, secondary: secondaryId, refusal: message }, "a secondary refuses this frozen primary's frames: the swap's takeover is under way; the group stays frozen");
+        continue;
+      }
       this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
       void this.suspend(g, "fenced", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),

@@ -16,7 +16,7 @@ const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "fo
 
 interface GroupView {
   /** Per subsystem of the group: the direction it holds, and its group state in its role. */
-  subsystems: Map<number, { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary" }>;
+  subsystems: Map<number, { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary"; reason: string | null }>;
 }
 
 async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
@@ -32,8 +32,8 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
     const direction = (s.directions?.[group] as Direction | undefined) ?? "forward";
     const sec = s.secondary?.find((x) => x.name === group);
     const prim = s.primary?.groups.find((x) => x.name === group);
-    if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary" });
-    else if (prim) subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: null, role: "primary" });
+    if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary", reason: sec.reason });
+    else if (prim) subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: null, role: "primary", reason: prim.reason });
   }
   return { subsystems };
 }
@@ -70,6 +70,11 @@ async function turn(topo: LoadedTopology, group: string, to: Direction): Promise
 function currentDirection(v: GroupView): Direction | "mixed" {
   const dirs = new Set([...v.subsystems.values()].map((s) => s.direction));
   return dirs.size === 1 ? [...dirs][0] : "mixed";
+}
+
+/** The subsystem rests where a turn of direction left it (turnDirection's reason). */
+function turnedBy(s: { state: string; reason: string | null }): boolean {
+  return s.state === "suspended" && (s.reason ?? "").startsWith("direction turned to ");
 }
 
 /** The direction the subsystems with the newest generation hold: where a cut-short turn was going. */
@@ -110,17 +115,47 @@ export async function reverseResync(topo: LoadedTopology, group: string, o: Resy
   return { group, direction: to, turnedAtTs: t.ts, resync };
 }
 
+/** A swap's takeover must rest at or above every stamp the frozen primaries handed out, or acknowledged writes would be dropped. */
+function swapCutCovers(group: string, ts: string, frozenAt: string): void {
+  if (BigInt(ts) < BigInt(frozenAt)) {
+    throw new ProcedureError("TM_SWAP", `swap ${group}: the takeover came to Ts ${ts}, below the primaries' last stamp ${frozenAt}; the group is taken over, nothing was turned`);
+  }
+}
+
 /** `tidemark swap`: a paired group changes direction with no acknowledged write lost. */
 export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions & { timeoutMs: number }): Promise<FailbackReport> {
   const v = await view(topo, group);
   const cur = currentDirection(v);
   if (cur === "mixed") return reverseResync(topo, group, o);
+  // A rerun after the swap's turn (the RCM died after turning): every
+  // subsystem rests at the turn, or the resync that follows it runs. What the
+  // first run meant is that resync, not a second swap back.
+  if ([...v.subsystems.values()].every((s) => turnedBy(s) || s.state === "copying" || s.state === "resyncing")) {
+    o.logger.warn({ group, direction: cur }, "swap: the group was turned already; following its resync");
+    const resync = await startResync(directed(topo, new Map([[group, cur]])), group, o);
+    return { group, direction: cur, turnedAtTs: resync.floor ?? "", resync };
+  }
   const now = directed(topo, new Map([[group, cur]]));
   const g = now.groups.get(group)!;
   const states = [...v.subsystems].map(([id, s]) => ({ id, ...s }));
   const takenOver = states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over"));
   let frozenAt: string | undefined;
-  if (!takenOver) {
+  // A swap cut short inside its takeover (the RCM died after fencing some
+  // secondaries): every primary is frozen or taken over and a secondary is
+  // fenced. Its freeze and its wait are done; what the first run meant is to
+  // finish the takeover, whose Ts must still cover every frozen stamp.
+  const pastWait =
+    !takenOver &&
+    states.every((s) => (s.role === "primary" ? s.state === "frozen" || s.state === "taken-over" : s.state === "active" || s.state === "suspended" || s.state === "takeover")) &&
+    states.some((s) => s.role === "secondary" && s.state !== "active");
+  if (pastWait) {
+    // Frozen primaries stamp nothing new: their last stamps are where the freeze left them.
+    const stamps = await Promise.all(g.primaries.map((id) => call<{ lastStamp: string }>(topo, id, { op: "stamp" })));
+    frozenAt = stamps.reduce((m, f) => (BigInt(f.lastStamp) > m ? BigInt(f.lastStamp) : m), 0n).toString();
+    o.logger.warn({ group, frozenAt }, "swap: finishing a swap cut short inside its takeover");
+    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
+    swapCutCovers(group, r.ts, frozenAt);
+  } else if (!takenOver) {
     const notPaired = states.filter((s) => !(s.role === "secondary" ? s.state === "active" : s.state === "active" || s.state === "frozen"));
     if (notPaired.length > 0) {
       throw new ProcedureError("TM_NOT_PAIRED", `swap ${group}: ${notPaired.map((s) => `#${s.id} is ${s.state}`).join(", ")}; only a paired group is swapped (resync it first)`);
@@ -133,9 +168,7 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     await quiesce(now, group, o.timeoutMs);
     // 3. Take over: the secondaries rest at Ts >= every stamp, nothing is dropped.
     const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
-    if (BigInt(r.ts) < BigInt(frozenAt)) {
-      throw new ProcedureError("TM_SWAP", `swap ${group}: the takeover came to Ts ${r.ts}, below the primaries' last stamp ${frozenAt}; the group is taken over, nothing was turned`);
-    }
+    swapCutCovers(group, r.ts, frozenAt);
   }
   const to = opposite(cur);
   const t = await turn(topo, group, to);

@@ -47,6 +47,8 @@ interface Step {
   kind: "suspend" | "takeover" | "resync" | "interrupted-resync" | "reverse" | "swap";
   /** The RCM may be killed in the middle of it. */
   kills: boolean;
+  /** A swap that cannot be run again: resync the group in whatever direction it holds. */
+  resume?: boolean;
 }
 
 function storySteps(story: Story, sched: Scheduler): Step[] {
@@ -107,7 +109,7 @@ export interface EngineSimResult {
 const silent = pino({ level: "silent" });
 const rtopoSleep = (t: LoadedTopology, ms: number) => controlPlaneOf(t).runtime.sleep(ms);
 /** Simulated time a history may take before it counts as stuck. */
-const HISTORY_LIMIT_MS = 60_000;
+const HISTORY_LIMIT_MS = 30_000;
 /** Partitions, kills and power cuts stop this far into a history. */
 const FAULTS_UNTIL_MS = 4_000;
 
@@ -212,7 +214,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       activityRegionBytes: 4 * SIM_BLOCK_BYTES,
       copyRunBytes: sched.int(1, 4) * SIM_BLOCK_BYTES,
       copyZeroRunBytes: sched.int(1, 8) * SIM_BLOCK_BYTES,
-      copyJournalBytes: sched.pick([8, 32, 1024]) * 1024,
+      copyJournalBytes: sched.pick([64, 256, 1024]) * 1024,
     },
   );
   // Hosts write the primaries; after a takeover of the reverse story, the secondaries; after a turn, the new primaries.
@@ -307,12 +309,17 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   const cuts: { step: string; ts: string }[] = [];
   let runs = 0;
   let stepIndex = 0;
+  let lastStep: Step | null = null;
+  /** Runs of the current step so far. */
+  let runsOfStep = 0;
   let turned = false;
   /** Hosts write the taken-over secondaries between a takeover and its reverse resync. */
   let hostsOnSecondaries = false;
   const runStep = () => {
     if (stepIndex >= steps.length || failure) return;
     const step = steps[stepIndex];
+    runsOfStep = step === lastStep ? runsOfStep + 1 : 1;
+    lastStep = step;
     // A turn overwrites the old primaries with the new ones' image: their writes are no longer owed there.
     if (step.kind === "reverse" || step.kind === "swap") for (const p of pairs) hostVolumes.delete(p.pv);
     const rtopo = cluster.rcmTopology();
@@ -342,8 +349,9 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           hostsMove();
           hostsOnSecondaries = true;
         }
-        if (step.kind === "swap") hostsMove();
-        if (step.kind === "reverse" || step.kind === "swap") {
+        if (step.kind === "swap" && done.turned !== false) hostsMove();
+        else if (step.kind === "swap") for (const p of pairs) hostVolumes.add(p.pv);
+        if (step.kind === "reverse" || (step.kind === "swap" && done.turned !== false)) {
           turned = true;
           hostsOnSecondaries = false;
         }
@@ -357,6 +365,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         // A primary that was away at the takeover comes back fenced, not taken
         // over: today the admin runs the takeover again first (issue 16 makes
         // the reverse resync do it).
+        if (step.kind === "swap" && err.code === "TM_NOT_PAIRED" && runsOfStep > 1) steps[stepIndex] = { ...step, resume: true };
         if (step.kind === "reverse" && err.code === "TM_NOT_TAKEN_OVER" && /is fenced as a primary/.test(err.message)) steps.splice(stepIndex, 0, { kind: "takeover", kills: false });
         sched.at(sched.int(20, 200), runStep);
       },
@@ -364,7 +373,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   };
 
   /** One step, as the CLI and the RCM run it; complete once its effect is reached. */
-  const rcmStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string }> => {
+  const rcmStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string; turned?: boolean }> => {
     switch (step.kind) {
       case "suspend":
       case "takeover": {
@@ -389,6 +398,13 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         return { complete: true };
       }
       case "swap": {
+        if (step.resume) {
+          // What an admin does when a swap cut short cannot be run again (issue 17): resync the group as it stands.
+          const live = await liveTopology(rtopo);
+          const r = await startResync(live, "C1", { logger: silent, by: "sim" });
+          if (!r.nothingToDo) await watchResync(live, "C1", r.generation, () => {}, 20);
+          return { complete: true, turned: live.groups.get("C1")!.primaries.some((id) => topo.groups.get("C1")!.secondaries.includes(id)) };
+        }
         const r = await swap(rtopo, "C1", { logger: silent, by: "sim", timeoutMs: 5_000 });
         await watchResync(directed(rtopo, new Map([["C1", r.direction]])), "C1", r.resync.generation, () => {}, 20);
         return { complete: true };

@@ -1,0 +1,32 @@
+// Shared by the two files of CI's seeds for the simulation of the engines.
+import { simulateEngines, replayCommand, type EngineSimOptions, type EngineSimResult } from "./simulation.ts";
+
+/** The seeds run one after another on one core: minutes, not the default two. */
+export const TIMEOUT_MS = 900_000;
+
+export async function sweep(o: Omit<EngineSimOptions, "seed">, count: number) {
+  const failed: string[] = [];
+  const stories = new Map<string, number>();
+  let writes = 0;
+  let kills = 0;
+  let cuts = 0;
+  for (let seed = 1; seed <= count; seed++) {
+    const r = await simulateEngines({ ...o, seed });
+    stories.set(r.story, (stories.get(r.story) ?? 0) + 1);
+    writes += r.writes;
+    kills += r.kills;
+    cuts += r.powerCuts;
+    if (!r.ok) failed.push(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand({ ...o, seed })}`);
+  }
+  return { failed, stories, writes, kills, cuts };
+}
+
+/** The first failing seed among `count` from 1, or null. */
+export async function firstFailure(o: Omit<EngineSimOptions, "seed">, count: number): Promise<EngineSimResult | null> {
+  for (let seed = 1; seed <= count; seed++) {
+    const r = await simulateEngines({ ...o, seed });
+    if (!r.ok) return r;
+  }
+  return null;
+}
+

@@ -1,0 +1,36 @@
+// CI's seeds for the simulation of the engines with power cuts, and the
+// negative controls: each breaks one rule in the engines themselves
+// (appliance/runtime/controls.ts), and some seed must then fail.
+import { describe, expect, it } from "vitest";
+import type { EngineSimOptions } from "./engine/simulation.ts";
+import { TIMEOUT_MS, firstFailure, sweep } from "./engine/ci-seeds.ts";
+
+const POWER_CUT_SEEDS = Number(process.env.TIDEMARK_SIM_POWER_CUT_SEEDS ?? 16);
+/** How far a control may search for a failing seed. */
+const CONTROL_SEEDS = Number(process.env.TIDEMARK_SIM_CONTROL_SEEDS ?? 60);
+
+describe("sim: the engines under power cuts, and the negative controls", () => {
+  it(`sim: ${POWER_CUT_SEEDS} power-cut seeds keep every check`, { timeout: TIMEOUT_MS }, async () => {
+    const started = Date.now();
+    const r = await sweep({ powerCuts: true }, POWER_CUT_SEEDS);
+    console.log(`sim power cuts: ${POWER_CUT_SEEDS} seeds, ${r.writes} host writes, ${r.cuts} power cuts, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    expect(r.cuts).toBeGreaterThan(0);
+    expect(r.failed, r.failed.join("\n")).toEqual([]);
+  });
+
+  // Each control breaks one rule in the engines themselves; some seed must fail.
+  const controls: [string, Omit<EngineSimOptions, "seed">][] = [
+    ["issue 11 bug 1: holes of the initial copy decided outside the range lock", { controls: { copyHoleOutsideLock: true } }],
+    ["issue 11 bug 3: a per-process boot-time epoch on the monotonic clock", { perProcessEpoch: true }],
+    ["a SYNC carrying the bare clock reading", { controls: { bareClockSync: true } }],
+    ["a fenced secondary still taking frames of older generations", { controls: { noFence: true } }],
+    ["COPIED waiting for the primary's last seq on every link", { controls: { copiedWaitsForLastSeq: true } }],
+  ];
+  for (const [name, o] of controls) {
+    it(`sim negative control: ${name} is caught`, { timeout: TIMEOUT_MS }, async () => {
+      const r = await firstFailure(o, CONTROL_SEEDS);
+      expect(r, `no seed of 1-${CONTROL_SEEDS} failed`).not.toBeNull();
+      console.log(`sim control (${name}): seed ${r!.seed}: ${r!.failure!.split("\n")[0]}`);
+    });
+  }
+});
