@@ -1,7 +1,8 @@
 // Sweeps of the seeded simulation of the product's engines (test/sim/engine/), and replays of one seed.
 //   node --import tsx scripts/sim-sweep.ts --seeds 10000 [--from N] [--power-cuts] [--clock realtime]
 //   node --import tsx scripts/sim-sweep.ts --seed 1234 --verbose
-// --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed).
+// --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed);
+// --copy-journal-kib N fixes where the copier starts to wait for the journal to drain.
 // Negative controls (each must make some seed fail): --copy-hole-outside-lock,
 // --ack-before-durable, --per-process-epoch (issue 11's bugs), --bare-clock-sync,
 // --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
@@ -34,6 +35,7 @@ function parse(argv: string[]) {
       if (c !== "monotonic" && c !== "realtime") throw new Error(`--clock is monotonic or realtime, got '${c}'`);
       o.clock = c;
     } else if (a === "--per-process-epoch") o.perProcessEpoch = true;
+    else if (a === "--copy-journal-kib") o.copyJournalKiB = num(++i);
     else if (a === "--story") {
       const st = argv[++i] as Story;
       if (!STORIES.includes(st)) throw new Error(`--story is one of ${STORIES.join(", ")}, got '${st}'`);

@@ -130,7 +130,8 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
   // A rerun after the swap's turn (the RCM died after turning): every
   // subsystem rests at the turn, or the resync that follows it runs. What the
   // first run meant is that resync, not a second swap back.
-  if ([...v.subsystems.values()].every((s) => turnedBy(s) || s.state === "copying" || s.state === "resyncing")) {
+  const all = [...v.subsystems.values()];
+  if ((cur === "reverse" || all.some(turnedBy)) && all.every((s) => turnedBy(s) || s.state === "copying" || s.state === "resyncing")) {
     o.logger.warn({ group, direction: cur }, "swap: the group was turned already; following its resync");
     const resync = await startResync(directed(topo, new Map([[group, cur]])), group, o);
     return { group, direction: cur, turnedAtTs: resync.floor ?? "", resync };

@@ -5,9 +5,9 @@ import { describe, expect, it } from "vitest";
 import type { EngineSimOptions } from "./engine/simulation.ts";
 import { TIMEOUT_MS, firstFailure, sweep } from "./engine/ci-seeds.ts";
 
-const POWER_CUT_SEEDS = Number(process.env.TIDEMARK_SIM_POWER_CUT_SEEDS ?? 16);
+const POWER_CUT_SEEDS = Number(process.env.TIDEMARK_SIM_POWER_CUT_SEEDS ?? 10);
 /** How far a control may search for a failing seed. */
-const CONTROL_SEEDS = Number(process.env.TIDEMARK_SIM_CONTROL_SEEDS ?? 60);
+const CONTROL_SEEDS = Number(process.env.TIDEMARK_SIM_CONTROL_SEEDS ?? 50);
 
 describe("sim: the engines under power cuts, and the negative controls", () => {
   it(`sim: ${POWER_CUT_SEEDS} power-cut seeds keep every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -20,11 +20,11 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
 
   // Each control breaks one rule in the engines themselves; some seed must fail.
   const controls: [string, Omit<EngineSimOptions, "seed">][] = [
-    ["issue 11 bug 1: holes of the initial copy decided outside the range lock", { controls: { copyHoleOutsideLock: true } }],
+    // A copier that often waits for the journal to drain, between choosing a hole and locking it: the reviewer's window.
+    ["issue 11 bug 1: holes of the initial copy decided outside the range lock", { controls: { copyHoleOutsideLock: true }, story: "takeover", copyJournalKiB: 8 }],
     ["issue 11 bug 3: a per-process boot-time epoch on the monotonic clock", { perProcessEpoch: true }],
     ["a SYNC carrying the bare clock reading", { controls: { bareClockSync: true } }],
     ["a fenced secondary still taking frames of older generations", { controls: { noFence: true } }],
-    ["COPIED waiting for the primary's last seq on every link", { controls: { copiedWaitsForLastSeq: true } }],
   ];
   for (const [name, o] of controls) {
     it(`sim negative control: ${name} is caught`, { timeout: TIMEOUT_MS }, async () => {

@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { STORIES, simulateEngines } from "./engine/simulation.ts";
 import { TIMEOUT_MS, sweep } from "./engine/ci-seeds.ts";
 
-const SEEDS = Number(process.env.TIDEMARK_SIM_SEEDS ?? 24);
+const SEEDS = Number(process.env.TIDEMARK_SIM_SEEDS ?? 16);
 
 describe("sim: the product's engines under simulated time, network and storage", () => {
   it(`sim: ${SEEDS} seeds (takeover, resync, reverse resync, swap; kill -9, partitions, RCM kills) keep every check`, { timeout: TIMEOUT_MS }, async () => {

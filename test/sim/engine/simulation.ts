@@ -29,6 +29,8 @@ export interface EngineSimOptions {
   perProcessEpoch?: boolean;
   /** Negative controls restored in the product's engines (appliance/runtime/controls.ts). */
   controls?: NegativeControls;
+  /** The journal size past which the copier waits (default: drawn, 16, 64 or 1024 KiB); small ones widen the copier's windows. */
+  copyJournalKiB?: number;
   /** The steps the RCM takes (default: drawn by the seed). */
   story?: Story;
   log?: (line: string) => void;
@@ -122,6 +124,7 @@ export function replayCommand(o: EngineSimOptions): string {
       .filter(([, on]) => on)
       .map(([k]) => `--${k.replace(/[A-Z0-9]+/g, (m) => `-${m.toLowerCase()}`)}`),
     o.story ? `--story ${o.story}` : "",
+    o.copyJournalKiB !== undefined ? `--copy-journal-kib ${o.copyJournalKiB}` : "",
   ].filter(Boolean);
   return `node --import tsx scripts/sim-sweep.ts --seed ${o.seed}${flags.length ? " " + flags.join(" ") : ""} --verbose`;
 }
@@ -214,7 +217,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       activityRegionBytes: 4 * SIM_BLOCK_BYTES,
       copyRunBytes: sched.int(1, 4) * SIM_BLOCK_BYTES,
       copyZeroRunBytes: sched.int(1, 8) * SIM_BLOCK_BYTES,
-      copyJournalBytes: sched.pick([64, 256, 1024]) * 1024,
+      copyJournalBytes: (o.copyJournalKiB ?? sched.pick([16, 64, 1024])) * 1024,
     },
   );
   // Hosts write the primaries; after a takeover of the reverse story, the secondaries; after a turn, the new primaries.
@@ -407,7 +410,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         }
         const r = await swap(rtopo, "C1", { logger: silent, by: "sim", timeoutMs: 5_000 });
         await watchResync(directed(rtopo, new Map([["C1", r.direction]])), "C1", r.resync.generation, () => {}, 20);
-        return { complete: true };
+        return { complete: true, turned: r.direction === "reverse" };
       }
     }
   };
