@@ -865,13 +865,13 @@ export class PrimaryEngine {
     for (const g of groups) {
       const gs = this.groups.get(g);
       if (!gs || !replicating(gs.state)) continue;
-      // A frozen group is in a swap: its secondaries are being fenced by that
+      // Only `active` is fenced (docs/state-machines.md, event refused). A frozen group is in a swap: its secondaries are being fenced by that
       // swap's takeover. Fencing it here would open its volumes to hosts again
       // (fenced takes host writes into the bitmap), and the swap would then
       // copy over what they wrote. It stays frozen, read-only, until the
       // takeover's primary step (issue 17).
-      if (gs.state === "frozen") {
-        this.o.logger.warn({ group: g, secondary: secondaryId, refusal: message }, "a secondary refuses this frozen primary's frames: the swap's takeover is under way; the group stays frozen");
+      if (gs.state !== "active") {
+        this.o.logger.warn({ group: g, state: gs.state, secondary: secondaryId, refusal: message }, "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)");
         continue;
       }
       this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");

@@ -105,15 +105,16 @@ export class SecondaryEngine {
   private readonly lastSeq = new Map<number, number>();
   /**
    * Per primary: the highest seq durably queued, the only one ever
-   * acknowledged. Null until the state loaded at start is known durable
-   * (after a kill -9 the WAL may hold commits no fdatasync covered yet).
+   * acknowledged. Known (durableKnown) once the state loaded at start is
+   * durable: after a kill -9 the WAL may hold commits no fdatasync covered.
    */
   private readonly durableSeq = new Map<number, number>();
   private durableKnown = false;
   /** What the queue held when this incarnation loaded it: durable with the first WAL sync. */
   private loadedSeq = new Map<number, number>();
   /** Links attached before durableSeq was known: they get their first ack then. */
-  private attachedEarly: [FrameLink, number][] = [];  private readonly links = new Map<number, FrameLink>();
+  private attachedEarly: [FrameLink, number][] = [];
+  private readonly links = new Map<number, FrameLink>();
   private work: Work[] = [];
   private scheduled = false;
   private committing: Promise<void> | null = null;
