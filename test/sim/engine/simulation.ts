@@ -257,7 +257,15 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
 
   // A primary back from a crash must hold every acknowledged write.
   const start = (id: number) =>
-    cluster.start(id).then(() => {
+    cluster.start(id).then(
+      () => afterStart(id),
+      (err: Error) => {
+        // A subsystem that cannot start (its journal replay threw) is a failure of the product, not of the simulator.
+        if (failure === null) failure = `subsystem #${id} failed to start: ${err.message}\n${err.stack ?? ""}`;
+      },
+    );
+  const afterStart = (id: number) =>
+    Promise.resolve().then(() => {
       if (!cluster.isUp(id)) return;
       check(() => {
         // The volumes hosts write on this subsystem: forward primaries, or the secondaries once hosts moved there.
