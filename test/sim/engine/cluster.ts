@@ -163,17 +163,19 @@ export class SimCluster {
     });
     n.powerLost = false;
     n.core = core;
-    this.net.listen(id, {
-      proc,
-      acceptLink: (link, from) => {
-        if (from === 0) return core.attachControl(link);
-        this.hooks.linkAttached?.(id, n.disk.state.pendingCommits);
-        core.attachReplication(link, from);
-      },
-      request: (body) => core.handleRequest(body),
-    });
+    // As runSubsystem does: links and control requests are taken only once the journal is replayed.
     return core.start().then(() => {
-      if (proc.alive) n.starting = false;
+      if (!proc.alive) return;
+      n.starting = false;
+      this.net.listen(id, {
+        proc,
+        acceptLink: (link, from) => {
+          if (from === 0) return core.attachControl(link);
+          this.hooks.linkAttached?.(id, n.disk.state.pendingCommits);
+          core.attachReplication(link, from);
+        },
+        request: (body) => core.handleRequest(body),
+      });
     });
   }
 
