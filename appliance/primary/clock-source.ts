@@ -210,11 +210,17 @@ function u64(v: bigint, what: string): bigint {
   return v;
 }
 
-export function encodeEpoch(r: EpochRecord): Buffer {
-  const b = Buffer.alloc(EPOCH_FILE_BYTES);
-  EPOCH_MAGIC.copy(b, 0);
+/** Both files open alike (docs/clock.md): magic, format version, CRC32C (filled last), boot id. */
+function withHeader(bytes: number, magic: Buffer, bootId: string): Buffer {
+  const b = Buffer.alloc(bytes);
+  magic.copy(b, 0);
   b.writeUInt32LE(FORMAT_VERSION, 8);
-  bootIdBytes(r.bootId).copy(b, 16);
+  bootIdBytes(bootId).copy(b, 16);
+  return b;
+}
+
+export function encodeEpoch(r: EpochRecord): Buffer {
+  const b = withHeader(EPOCH_FILE_BYTES, EPOCH_MAGIC, r.bootId);
   b.writeBigUInt64LE(u64(r.epochNs, "epoch"), 32);
   b.writeBigUInt64LE(u64(r.createdWallNs, "wall clock"), 40);
   b.writeBigUInt64LE(u64(r.createdMonoNs, "monotonic clock"), 48);
@@ -224,10 +230,7 @@ export function encodeEpoch(r: EpochRecord): Buffer {
 }
 
 export function encodeHighWater(r: HighWaterRecord): Buffer {
-  const b = Buffer.alloc(HW_FILE_BYTES);
-  HW_MAGIC.copy(b, 0);
-  b.writeUInt32LE(FORMAT_VERSION, 8);
-  bootIdBytes(r.bootId).copy(b, 16);
+  const b = withHeader(HW_FILE_BYTES, HW_MAGIC, r.bootId);
   b.writeBigUInt64LE(u64(r.epochNs, "epoch"), 32);
   b.writeBigUInt64LE(u64(r.highNs, "high-water reading"), 40);
   b.writeUInt32LE(crc32c(b.subarray(16)), 12);

@@ -65,7 +65,6 @@ export function simClock(sched: Scheduler, o: SimClockOptions): SimClockModel & 
       }
       return hostClock(hostId).reader("monotonic");
     },
-    reboot: () => {},
     close: () => {
       for (const c of clocks) c.close();
       rmSync(dir, { recursive: true, force: true });

@@ -72,8 +72,6 @@ export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
 export interface SimClockModel {
   /** The stamp clock a process of host `hostId` reads, for this incarnation. */
   readerFor(hostId: number, proc: SimProcess): () => bigint;
-  /** The host rebooted (power cut): its monotonic clock restarts. */
-  reboot(hostId: number): void;
 }
 
 export interface SimNode {
@@ -203,7 +201,6 @@ export class SimCluster {
     if (how === "power") {
       n.disk.powerCut();
       n.powerLost = true;
-      this.clock.reboot(id);
     }
     this.hooks.died?.(id, how);
   }
@@ -260,6 +257,5 @@ export class SimCluster {
 export function sharedMonotonicClock(sched: Scheduler): SimClockModel {
   return {
     readerFor: () => () => sched.trueNs() + 1_000n * NS_PER_MS,
-    reboot: () => {},
   };
 }
