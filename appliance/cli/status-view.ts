@@ -14,6 +14,8 @@ export interface SubsystemStatus {
   nowNs: string;
   /** Per group: "forward" (the config's primaries are primary) or "reverse" (after a failback). */
   directions?: Record<string, string>;
+  /** Per group: the synchronized time of its last turn of direction. */
+  turnedAtTs?: Record<string, string>;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;

@@ -85,6 +85,12 @@ const COPY_ZERO_RUN_BYTES = 64 * 1024 * 1024;
 const COPY_WORKERS = 4;
 /** The copier waits while the journal holds more than this (host writes take precedence). */
 const COPY_JOURNAL_BYTES = 64 * 1024 * 1024;
+/**
+ * A copy run waits at most this long for host writes to drain the journal:
+ * with 4 workers of 1 MiB runs, a resync under any load copies at least
+ * 20 MiB/s (the floor is in docs/resync.md).
+ */
+const COPY_STARVED_MS = 200;
 const ZEROES = Buffer.alloc(COPY_RUN_BYTES);
 
 /**
@@ -98,6 +104,8 @@ export interface PrimaryTuning {
   copyRunBytes: number;
   copyZeroRunBytes: number;
   copyJournalBytes: number;
+  /** How long one copy run waits for the journal to drain before it goes anyway. */
+  copyStarvedMs: number;
 }
 
 export const DEFAULT_TUNING: PrimaryTuning = {
@@ -105,6 +113,7 @@ export const DEFAULT_TUNING: PrimaryTuning = {
   copyRunBytes: COPY_RUN_BYTES,
   copyZeroRunBytes: COPY_ZERO_RUN_BYTES,
   copyJournalBytes: COPY_JOURNAL_BYTES,
+  copyStarvedMs: COPY_STARVED_MS,
 };
 
 export interface PrimaryBinding {
@@ -734,7 +743,19 @@ export class PrimaryEngine {
    * volume write completes, read, then stamp, register pending and journal.
    */
   private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<"copied" | "stopped" | "rescan"> {
-    while (this.journal.bytes > this.tuning.copyJournalBytes && gs.state === "copying" && !this.stopped) {
+    // Host writes take precedence, but not for ever: a load that keeps the
+    // journal above the mark would starve a resync, which then never ends.
+    // After copyStarvedMs the run goes anyway (a floor rate, as DRBD's
+    // c-min-rate), unless the journal is near half its cap, where a copy could
+    // be what suspends the group.
+    const waitUntil = this.o.runtime.nowMs() + this.tuning.copyStarvedMs;
+    const nearCap = () => this.journal.bytes + run.length > this.o.journalBytesMax / 2;
+    while (
+      this.journal.bytes > this.tuning.copyJournalBytes &&
+      (this.o.runtime.nowMs() < waitUntil || nearCap()) &&
+      gs.state === "copying" &&
+      !this.stopped
+    ) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
         this.o.runtime.setTimeout(r, 50);

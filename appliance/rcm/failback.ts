@@ -14,7 +14,7 @@ import { startResync, type ResyncOptions, type ResyncStart } from "./resync.ts";
 
 const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
 
-interface GroupView {
+export interface GroupView {
   /** Per subsystem of the group: the direction it holds, and its group state in its role. */
   subsystems: Map<number, { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary"; reason: string | null }>;
 }
@@ -33,7 +33,10 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
     const sec = s.secondary?.find((x) => x.name === group);
     const prim = s.primary?.groups.find((x) => x.name === group);
     if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary", reason: sec.reason });
-    else if (prim) subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: null, role: "primary", reason: prim.reason });
+    else if (prim) {
+      // A primary that a turn made: the Ts of that turn (a cut-short turn is finished from it).
+      subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: s.turnedAtTs?.[group] ?? null, role: "primary", reason: prim.reason });
+    }
   }
   return { subsystems };
 }
@@ -44,8 +47,27 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
  * takeover (the new secondaries rest at it). Idempotent: a turn cut short is
  * finished with the values the turned subsystems already hold.
  */
-async function turn(topo: LoadedTopology, group: string, to: Direction): Promise<{ generation: number; ts: string }> {
-  const v = await view(topo, group);
+async function turn(topo: LoadedTopology, group: string, to: Direction, logger: ResyncOptions["logger"]): Promise<{ generation: number; ts: string }> {
+  let v = await view(topo, group);
+  // A primary that was down while the group was taken over comes back in the
+  // state it died in. The takeover meant every primary of the group: it is
+  // brought to that state now, as the takeover would have done.
+  const returning = returningPrimaries(v, to);
+  if (returning.ids.length > 0) {
+    logger.warn({ group, primaries: returning.ids, generation: returning.generation }, "failback: primaries that were unreachable at the takeover are taken over now");
+    await Promise.all(
+      returning.ids.map((id) =>
+        call(topo, id, {
+          op: "primary-takeover",
+          group,
+          generation: returning.generation,
+          reason: `taken over at generation ${returning.generation} while unreachable`,
+          by: "failback",
+        }),
+      ),
+    );
+    v = await view(topo, group);
+  }
   const all = [...v.subsystems.values()];
   const turned = [...v.subsystems].filter(([, s]) => s.direction === to);
   const unturned = [...v.subsystems].filter(([, s]) => s.direction !== to);
@@ -65,6 +87,22 @@ async function turn(topo: LoadedTopology, group: string, to: Direction): Promise
   const generation = turned.length > 0 ? Math.max(...turned.map(([, s]) => s.generation)) : Math.max(...all.map((s) => s.generation)) + 1;
   await Promise.all(unturned.map(([id]) => call(topo, id, { op: "turn", group, direction: to, generation, ts })));
   return { generation, ts };
+}
+
+/**
+ * Primaries the group's takeover did not reach: every old secondary (not yet
+ * turned) is taken over at one generation, and these primaries hold an older
+ * one in a state other than taken-over. None when the group was not taken
+ * over: a turn must never fence a primary on its own.
+ */
+export function returningPrimaries(v: GroupView, to: Direction): { ids: number[]; generation: number } {
+  const unturned = [...v.subsystems].filter(([, s]) => s.direction !== to);
+  const secondaries = unturned.filter(([, s]) => s.role === "secondary");
+  const gens = new Set(secondaries.map(([, s]) => s.generation));
+  if (secondaries.length === 0 || gens.size !== 1 || !secondaries.every(([, s]) => s.state === "takeover")) return { ids: [], generation: 0 };
+  const generation = [...gens][0];
+  const ids = unturned.filter(([, s]) => s.role === "primary" && s.state !== "taken-over" && s.generation < generation).map(([id]) => id);
+  return { ids, generation };
 }
 
 function currentDirection(v: GroupView): Direction | "mixed" {
@@ -110,7 +148,7 @@ export async function reverseResync(topo: LoadedTopology, group: string, o: Resy
   }
   const to = cur === "mixed" ? newestDirection(v) : opposite(cur);
   o.logger.warn({ group, to }, "failback: turning the group's direction");
-  const t = await turn(topo, group, to);
+  const t = await turn(topo, group, to, o.logger);
   const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
   return { group, direction: to, turnedAtTs: t.ts, resync };
 }
@@ -172,7 +210,7 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     swapCutCovers(group, r.ts, frozenAt);
   }
   const to = opposite(cur);
-  const t = await turn(topo, group, to);
+  const t = await turn(topo, group, to, o.logger);
   const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
   return { group, direction: to, turnedAtTs: t.ts, resync, swappedFrom: cur, frozenAt };
 }

@@ -54,14 +54,22 @@ export function openState(file: string): Db {
   return db;
 }
 
+/** Barriers come with every FLUSH and FUA: the statement is prepared once per connection. */
+const barrierStatements = new WeakMap<Db, Database.Statement>();
+
 /**
  * Makes every commit so far durable: one FULL-synchronous commit fsyncs the
  * WAL, and the WAL holds every earlier frame.
  */
 export function durableBarrier(db: Db): void {
+  let bump = barrierStatements.get(db);
+  if (!bump) {
+    bump = db.prepare("INSERT INTO meta (key, value) VALUES ('barrier', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1");
+    barrierStatements.set(db, bump);
+  }
   db.pragma("synchronous = FULL");
   try {
-    db.prepare("INSERT INTO meta (key, value) VALUES ('barrier', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1").run();
+    bump.run();
   } finally {
     db.pragma("synchronous = NORMAL");
   }

@@ -56,6 +56,7 @@ export class SubsystemCore {
   readonly exports: ExportTable;
   private readonly getGroup;
   private readonly bitmapCounts;
+  private readonly turnedAt;
   /** Turns are one at a time: a turn stops and rebuilds the engines. */
   private turning: Promise<unknown> = Promise.resolve();
 
@@ -65,6 +66,7 @@ export class SubsystemCore {
     for (const g of o.topo.groups.keys()) ensureGroup.run(g);
     this.getGroup = db.prepare("SELECT generation, direction FROM grp WHERE name = ?");
     this.bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
+    this.turnedAt = db.prepare("SELECT name, synchronized_ts AS ts FROM grp WHERE synchronized_ts IS NOT NULL").safeIntegers(true);
     this.roles = this.buildRoles(o.powerLossSuspected);
     this.exports = new ExportTable(o.defaultExport);
     // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
@@ -84,6 +86,11 @@ export class SubsystemCore {
   }
 
   private generationOf = (g: string): number => (this.getGroup.get(g) as { generation: number } | undefined)?.generation ?? 1;
+
+  private ownGroup(group: string): boolean {
+    const g = this.o.topo.groups.get(group);
+    return !!g && (g.primaries.includes(this.o.id) || g.secondaries.includes(this.o.id));
+  }
 
   private directions(): Map<string, Direction> {
     return new Map(
@@ -180,7 +187,7 @@ export class SubsystemCore {
       db.prepare(
         `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
            synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?`,
-      ).run(direction, generation, `direction turned to ${direction}`, willBeSecondary ? floor : null, willBeSecondary ? floor : 0n, o.runtime.nowMs(), group);
+      ).run(direction, generation, `direction turned to ${direction}`, floor, willBeSecondary ? floor : 0n, o.runtime.nowMs(), group);
       db.prepare("DELETE FROM first_time WHERE grp = ?").run(group);
       db.prepare("DELETE FROM copied WHERE grp = ?").run(group);
       // A volume that becomes primary is a known pair: its differences are in the bitmaps, no initial copy.
@@ -216,9 +223,14 @@ export class SubsystemCore {
       })),
       // Only the groups this subsystem belongs to: another subsystem's group is not its to report
       // (a subsystem outside a turned group would otherwise read "forward" and make it look mixed).
-      directions: Object.fromEntries([...this.directions()].filter(([g]) => this.o.topo.groups.get(g)!.primaries.includes(o.id) || this.o.topo.groups.get(g)!.secondaries.includes(o.id))),
+      directions: Object.fromEntries([...this.directions()].filter(([g]) => this.ownGroup(g))),
       primary: roles.primary?.status() ?? null,
       secondary: roles.secondary?.status() ?? null,
+      // The Ts each group was last turned at, as a primary holds it too: a
+      // turn cut short after this subsystem turned is finished from it.
+      turnedAtTs: Object.fromEntries(
+        (this.turnedAt.all() as { name: string; ts: bigint }[]).filter((r) => this.ownGroup(r.name)).map((r) => [r.name, r.ts.toString()]),
+      ),
     };
   }
 

@@ -373,11 +373,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       (err: Error & { code?: string }) => {
         if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
         log(`rcm #${incarnation}: ${step.kind} failed: ${err.message}`);
-        // A primary that was away at the takeover comes back fenced, not taken
-        // over: today the admin runs the takeover again first (issue 16 makes
-        // the reverse resync do it).
         if (step.kind === "swap" && err.code === "TM_NOT_PAIRED" && runsOfStep > 1) steps[stepIndex] = { ...step, resume: true };
-        if (step.kind === "reverse" && err.code === "TM_NOT_TAKEN_OVER" && /is fenced as a primary/.test(err.message)) steps.splice(stepIndex, 0, { kind: "takeover", kills: false });
         sched.at(sched.int(20, 200), runStep);
       },
     );
