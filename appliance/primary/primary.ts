@@ -17,19 +17,20 @@ import type { StateStore } from "../state/store.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
+import {
+  hostsMayWrite,
+  primaryGroupIgnores,
+  primaryGroupTransition,
+  primaryResyncEvent,
+  replicating,
+  type PrimaryGroupEvent,
+  type PrimaryGroupState,
+} from "./group-state.ts";
 
-/** Group states on a primary: docs/state-machines.md. */
-export type PrimaryGroupState = "active" | "copying" | "frozen" | "suspended" | "fenced" | "taken-over";
+export type { PrimaryGroupState } from "./group-state.ts";
 
-/** Taken over (the secondaries serve hosts) or frozen (a swap): the primary volumes are read-only. */
-function hostsMayWrite(state: PrimaryGroupState): boolean {
-  return state !== "taken-over" && state !== "frozen";
-}
-
-/** States in which the group streams RCRs and SYNCs (frozen: for a swap, hosts may no longer write). */
-function replicating(state: PrimaryGroupState): boolean {
-  return state === "active" || state === "copying" || state === "frozen";
-}
+/** The events that stop a group's replication (PrimaryEngine.suspend). */
+type SuspendEvent = Extract<PrimaryGroupEvent, "primary-suspend" | "primary-takeover" | "journal-full" | "ack-regressed" | "refused">;
 
 interface GroupState {
   state: PrimaryGroupState;
@@ -265,7 +266,7 @@ export class PrimaryEngine {
       for (const g of this.o.groupSecondaries.keys()) {
         db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(g);
         const fresh = (db.prepare("SELECT initialized FROM grp WHERE name = ?").get(g) as { initialized: number }).initialized === 0;
-        if (fresh) db.prepare("UPDATE grp SET initialized = 1, state = 'copying' WHERE name = ?").run(g);
+        if (fresh) db.prepare("UPDATE grp SET initialized = 1, state = ? WHERE name = ?").run(primaryGroupTransition("uninitialized", "first-start"), g);
       }
       for (const b of this.o.bindings) {
         // A volume paired with another secondary volume than before is a new pair too.
@@ -282,6 +283,17 @@ export class PrimaryEngine {
 
   groupState(group: string): PrimaryGroupState {
     return this.groups.get(group)?.state ?? "active";
+  }
+
+  /**
+   * Every change of a group's state goes through here: the next state is the
+   * table's (group-state.ts), a refusal throws its code with the message
+   * `refusal` gives. Null when the table ignores the event in this state.
+   */
+  private transition(gs: GroupState, event: PrimaryGroupEvent, refusal?: (code: string) => string): PrimaryGroupState | null {
+    const next = primaryGroupTransition(gs.state, event, refusal);
+    if (next !== null) gs.state = next;
+    return next;
   }
 
   /** Hosts may write a primary volume unless its group was taken over. */
@@ -413,7 +425,7 @@ export class PrimaryEngine {
           this.pending.cancel(b.group, b.link, seq);
           throw err;
         }
-        if (this.journal.bytes > this.o.journalBytesMax && replicating(gs.state)) this.journalFull(b.group);
+        if (this.journal.bytes > this.o.journalBytesMax) this.journalFull(b.group);
         // Small writes go to the page cache on this thread (a few us) rather
         // than through the thread pool (tens of us each); large ones stay async.
         if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
@@ -477,13 +489,13 @@ export class PrimaryEngine {
    * group not yet acknowledged becomes bitmap blocks once its volume write is
    * durable, and the group's entries leave the journal.
    */
-  async suspend(group: string, to: Exclude<PrimaryGroupState, "active">, reason: string, by: string, generation?: number): Promise<void> {
+  async suspend(group: string, event: SuspendEvent, reason: string, by: string, generation?: number): Promise<void> {
     const gs = this.groups.get(group);
     if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
     const was = gs.state;
-    // taken-over is final until a resync; a fence does not undo an RCM's suspension.
-    const next: PrimaryGroupState = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
-    gs.state = next;
+    // Taken over stays so until a resync (group-state.ts). The callers of the
+    // internal events check the table first, in this same step.
+    if (this.transition(gs, event) === null) return;
     if (generation !== undefined && generation > gs.generation) gs.generation = generation;
     if (replicating(was) || gs.reason === null) {
       gs.reason = reason;
@@ -533,9 +545,11 @@ export class PrimaryEngine {
    * keep writing. The RCM sees the suspended primary and suspends the group.
    */
   private journalFull(group: string): void {
+    // A group whose writes already go to the bitmap is not suspended again.
+    if (primaryGroupIgnores(this.groups.get(group)!.state, "journal-full")) return;
     const reason = `journal past its cap of ${this.o.journalBytesMax} bytes (${this.journal.bytes} bytes held)`;
     this.o.logger.error({ group, journalBytes: this.journal.bytes, cap: this.o.journalBytesMax }, "journal full: suspending the group");
-    void this.suspend(group, "suspended", reason, `primary #${this.o.id}`).catch((err) =>
+    void this.suspend(group, "journal-full", reason, `primary #${this.o.id}`).catch((err) =>
       this.o.logger.error({ group, err: (err as Error).message }, "suspending after a full journal failed"),
     );
   }
@@ -549,19 +563,18 @@ export class PrimaryEngine {
   async resync(group: string, generation: number, blocks: Record<string, [number, number][]>) {
     const gs = this.groups.get(group);
     if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
-    const begun = gs.state === "copying" && gs.generation === generation;
+    const event = primaryResyncEvent(generation, gs.generation);
+    // From here host writes are replicated, with the new generation in their frames;
+    // those already marking the bitmap finish before the copier reads it.
+    const next = this.transition(gs, event, (code) =>
+      code === "TM_GENERATION"
+        ? `group '${group}' on primary #${this.o.id} is at generation ${gs.generation}; a resync needs a newer one than ${generation}`
+        : `group '${group}' on primary #${this.o.id} is ${gs.state}; suspend it before a resync`,
+    );
+    assert(next !== null, `primary #${this.o.id}: a resync request is never ignored`);
+    // The resync under way, asked again (the table allows that only while copying).
+    const begun = event === "primary-resync-again";
     if (!begun) {
-      if (replicating(gs.state)) {
-        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; suspend it before a resync`), { code: "TM_NOT_SYNCHRONIZED" });
-      }
-      if (generation <= gs.generation) {
-        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is at generation ${gs.generation}; a resync needs a newer one than ${generation}`), {
-          code: "TM_GENERATION",
-        });
-      }
-      // From here host writes are replicated, with the new generation in their frames;
-      // those already marking the bitmap finish before the copier reads it.
-      gs.state = "copying";
       gs.generation = generation;
       gs.copiedTs = null;
       if (gs.unreplicated > 0) await new Promise<void>((r) => gs.unreplicatedIdle.push(r));
@@ -581,8 +594,8 @@ export class PrimaryEngine {
           }
         }
         this.db
-          .prepare("UPDATE grp SET state = 'copying', generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?")
-          .run(generation, this.o.runtime.nowMs(), group);
+          .prepare("UPDATE grp SET state = ?, generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?")
+          .run(next, generation, this.o.runtime.nowMs(), group);
       })();
       this.journal.barrier();
     } catch (err) {
@@ -607,12 +620,11 @@ export class PrimaryEngine {
   async freeze(group: string) {
     const gs = this.groups.get(group);
     if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
-    if (gs.state !== "active" && gs.state !== "frozen") {
-      throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`), { code: "TM_NOT_PAIRED" });
-    }
-    if (gs.state === "active") {
-      gs.state = "frozen";
-      this.db.prepare("UPDATE grp SET state = 'frozen', changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), group);
+    const was = gs.state;
+    const next = this.transition(gs, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
+    assert(next !== null, `primary #${this.o.id}: a freeze is never ignored`);
+    if (next !== was) {
+      this.db.prepare("UPDATE grp SET state = ?, changed_at_ms = ? WHERE name = ?").run(next, this.o.runtime.nowMs(), group);
       this.journal.barrier();
       this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
     }
@@ -696,10 +708,13 @@ export class PrimaryEngine {
       await this.o.runtime.sleep(Math.max(10, this.o.syncIntervalMs));
     }
     if (!copying()) return;
+    // Decided before the row is written, changed here once it is durable.
+    const next = primaryGroupTransition(gs.state, "copy-acknowledged");
+    assert(next !== null, `primary #${this.o.id} group ${group}: a copy acknowledged while copying moves the group`);
     const c = this.clock.stamp();
-    this.db.prepare("UPDATE grp SET state = 'active', copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(c, this.o.runtime.nowMs(), group);
+    this.db.prepare("UPDATE grp SET state = ?, copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, c, this.o.runtime.nowMs(), group);
     this.journal.barrier();
-    gs.state = "active";
+    this.transition(gs, "copy-acknowledged");
     gs.copiedTs = c;
     const ms = this.o.runtime.nowMs() - gs.copy.startedAtMs;
     this.o.logger.info(
@@ -885,18 +900,19 @@ export class PrimaryEngine {
     const groups = m ? [m[1]] : [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
     for (const g of groups) {
       const gs = this.groups.get(g);
-      if (!gs || !replicating(gs.state)) continue;
-      // Only `active` is fenced (docs/state-machines.md, event refused). A frozen group is in a swap: its secondaries are being fenced by that
+      if (!gs) continue;
+      // Only `active` is fenced (group-state.ts). A frozen group is in a swap: its secondaries are being fenced by that
       // swap's takeover. Fencing it here would open its volumes to hosts again
       // (fenced takes host writes into the bitmap), and the swap would then
       // copy over what they wrote. It stays frozen, read-only, until the
       // takeover's primary step (issue 17).
-      if (gs.state !== "active") {
+      if (primaryGroupIgnores(gs.state, "refused")) {
+        if (!replicating(gs.state)) continue;
         this.o.logger.warn({ group: g, state: gs.state, secondary: secondaryId, refusal: message }, "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)");
         continue;
       }
       this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
-      void this.suspend(g, "fenced", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
+      void this.suspend(g, "refused", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),
       );
     }
@@ -916,8 +932,8 @@ export class PrimaryEngine {
       for (const b of this.bindings.values()) if (b.link === secondaryId) addCursor.run(b.volume.name);
     })();
     for (const g of new Set([...this.bindings.values()].filter((b) => b.link === secondaryId).map((b) => b.group))) {
-      if (!replicating(this.groups.get(g)!.state)) continue;
-      void this.suspend(g, "suspended", reason, `primary #${this.o.id}`).catch((err) =>
+      if (primaryGroupIgnores(this.groups.get(g)!.state, "ack-regressed")) continue;
+      void this.suspend(g, "ack-regressed", reason, `primary #${this.o.id}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending after a lost acknowledgement failed"),
       );
     }

@@ -19,6 +19,17 @@ import type { StateStore } from "../state/store.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
+import {
+  fenceEvent,
+  replicating,
+  resyncBeginEvent,
+  secondaryGroupOutcome,
+  secondaryGroupTransition,
+  type SecondaryGroupEvent,
+  type SecondaryGroupState,
+} from "./group-state.ts";
+
+export type { SecondaryGroupState } from "./group-state.ts";
 /** Payloads of queued RCRs kept in memory for the applier (see keepRecent). */
 const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 
@@ -60,7 +71,7 @@ interface GroupState {
   name: string;
   times: GroupTimes;
   generation: number;
-  state: string;
+  state: SecondaryGroupState;
   reason: string | null;
   applied: number;
   appliedBytes: number;
@@ -71,14 +82,6 @@ interface GroupState {
   suspendedBy: string | null;
   dropped: number;
   droppedBytes: number;
-}
-
-/** Group states on a secondary: docs/state-machines.md. */
-export type SecondaryGroupState = "active" | "resyncing" | "suspended" | "takeover";
-
-/** States in which a group takes its primaries' frames. */
-function replicating(state: string): boolean {
-  return state === "active" || state === "resyncing";
 }
 
 /** A volume's dirty blocks as [first, count] runs: a resync's bitmap crosses the RCM this way. */
@@ -230,11 +233,12 @@ export class SecondaryEngine {
         for (const r of getFirst.all(name) as { primary_id: bigint; t: bigint }[]) first.set(Number(r.primary_id), r.t);
         const second = g.second_time as bigint;
         let times: GroupTimes = first.size === 0 ? initialTimes(primaries, second) : { first, second, hold: null };
+        let state = g.state as SecondaryGroupState;
         if (Number(g.initialized) === 0) {
           // A group's first start is a resync from nothing (docs/resync.md, Initial copy):
           // 112 rests at 0 until every primary's copy is complete.
-          db.prepare("UPDATE grp SET initialized = 1, state = 'resyncing', resync_floor = ? WHERE name = ?").run(second, name);
-          g.state = "resyncing";
+          state = secondaryGroupTransition("uninitialized", "first-start")!;
+          db.prepare("UPDATE grp SET initialized = 1, state = ?, resync_floor = ? WHERE name = ?").run(state, second, name);
           g.resync_floor = second;
         }
         if (g.resync_floor !== null) {
@@ -254,7 +258,7 @@ export class SecondaryEngine {
           name,
           times,
           generation: Number(g.generation),
-          state: g.state as string,
+          state,
           reason: (g.reason as string | null) ?? null,
           applied: Number(g.applied),
           appliedBytes: Number(g.applied_bytes),
@@ -507,7 +511,7 @@ export class SecondaryEngine {
         () => {
           for (const [g, t] of next) this.groups.get(g)!.times = t;
           for (const g of lifted) {
-            this.groups.get(g)!.state = "active";
+            this.transition(this.groups.get(g)!, "barrier-passed");
             this.o.logger.info({ group: g, second: next.get(g)!.second.toString() }, "resync complete: the barrier is passed, the group replicates");
           }
           this.markDurable(committed);
@@ -527,7 +531,10 @@ export class SecondaryEngine {
 
   /** Inside the commit's transaction: the group leaves its resync. */
   private endResync(name: string): void {
-    this.db.prepare("UPDATE grp SET state = 'active', resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), name);
+    // The state here changes once the commit is durable (commit()).
+    const next = secondaryGroupTransition(this.groups.get(name)!.state, "barrier-passed");
+    assert(next !== null, `secondary #${this.o.id} group ${name}: a barrier passed is never ignored`);
+    this.db.prepare("UPDATE grp SET state = ?, resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(next, this.o.runtime.nowMs(), name);
     this.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
     this.bitmap.clearVolumesNow(this.volumesOf(name));
   }
@@ -665,6 +672,17 @@ export class SecondaryEngine {
     return data;
   }
 
+  /**
+   * Every change of a group's state goes through here: the next state is the
+   * table's (group-state.ts), a refusal throws its code with the message
+   * `refusal` gives. Null when the table ignores the event in this state.
+   */
+  private transition(g: GroupState, event: SecondaryGroupEvent, refusal?: (code: string) => string): SecondaryGroupState | null {
+    const next = secondaryGroupTransition(g.state, event, refusal);
+    if (next !== null) g.state = next;
+    return next;
+  }
+
   private group(name: string): GroupState {
     const g = this.groups.get(name);
     if (!g) throw Object.assign(new Error(`group '${name}' has no secondary volume on subsystem #${this.o.id}`), { code: "TM_NO_GROUP" });
@@ -679,8 +697,10 @@ export class SecondaryEngine {
   async fence(name: string, generation: number, by: string, reason: string) {
     const g = this.group(name);
     await this.flushCommits();
-    if (generation > g.generation) {
-      const state: SecondaryGroupState = g.state === "takeover" ? "takeover" : "suspended";
+    const event = fenceEvent(generation, g.generation);
+    // Null for a generation not above the group's: nothing changes, 111 and 112 are reported again.
+    const state = secondaryGroupTransition(g.state, event);
+    if (state !== null) {
       // The first suspension's cause is what an admin needs; a re-fence keeps it.
       if (replicating(g.state)) {
         g.reason = reason;
@@ -692,7 +712,7 @@ export class SecondaryEngine {
       // The RCM reads 111 only after the raise is durable, power cuts included.
       durableBarrier(this.db);
       g.generation = generation;
-      g.state = state;
+      this.transition(g, event);
       this.o.logger.warn({ group: name, generation, by, reason }, "group fenced: frames of older generations are refused");
       for (const [p, l] of this.links) if (g.times.first.has(p)) l.close();
     }
@@ -753,11 +773,10 @@ export class SecondaryEngine {
    */
   async applySynchronizedTime(name: string, generation: number, ts: bigint) {
     const g = this.group(name);
-    if (replicating(g.state) || generation !== g.generation) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`), {
-        code: "TM_NOT_FENCED",
-      });
-    }
+    const notFenced = () => `group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`;
+    // Refused where the group takes frames; where it is fenced, the state stays.
+    this.transition(g, "apply-ts", notFenced);
+    if (generation !== g.generation) throw Object.assign(new Error(notFenced()), { code: "TM_NOT_FENCED" });
     if (g.synchronizedTs !== null && g.synchronizedTs !== ts) {
       throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`), {
         code: "TM_TS_CONFLICT",
@@ -825,28 +844,30 @@ export class SecondaryEngine {
    */
   async resyncBegin(name: string, generation: number, reverse = false) {
     const g = this.group(name);
-    const begun = g.state === "resyncing" && g.generation === generation;
+    const event = resyncBeginEvent(generation, g.generation);
+    const notSynchronized = () => `group '${name}' on subsystem #${this.o.id} is ${g.state} and does not rest at a synchronized time; suspend it first`;
+    const out = secondaryGroupOutcome(g.state, event);
+    // The resync under way, asked again (the table allows that only while resyncing).
+    const begun = out.kind === "to" && out.to === g.state;
+    // Anything else needs the group at rest at a synchronized time (apply-ts since the last resync).
+    if (!begun && g.synchronizedTs === null) throw Object.assign(new Error(notSynchronized()), { code: "TM_NOT_SYNCHRONIZED" });
+    const floor = g.synchronizedTs;
+    // Host writes stop before the bitmap is read: one in flight marks its block first.
+    const next = this.transition(g, event, (code) =>
+      code === "TM_GENERATION"
+        ? `group '${name}' on subsystem #${this.o.id} is at generation ${g.generation}; a resync needs a newer one than ${generation}`
+        : notSynchronized(),
+    );
+    assert(next !== null, `secondary #${this.o.id}: a resync request is never ignored`);
     if (!begun) {
-      if (replicating(g.state) || g.synchronizedTs === null) {
-        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} and does not rest at a synchronized time; suspend it first`), {
-          code: "TM_NOT_SYNCHRONIZED",
-        });
-      }
-      if (generation <= g.generation) {
-        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is at generation ${g.generation}; a resync needs a newer one than ${generation}`), {
-          code: "TM_GENERATION",
-        });
-      }
-      const floor = g.synchronizedTs;
-      // Host writes stop before the bitmap is read: one in flight marks its block first.
-      g.state = "resyncing";
+      assert(floor !== null, `secondary #${this.o.id} group ${name}: a resync begins from a synchronized time`);
       if (this.hostWrites > 0) await new Promise<void>((r) => this.hostIdle.push(r));
       this.db.transaction(() => {
         this.db
           .prepare(
-            "UPDATE grp SET generation = ?, state = 'resyncing', resync_floor = ?, synchronized_ts = NULL, reason = NULL, suspended_by = NULL, changed_at_ms = ? WHERE name = ?",
+            "UPDATE grp SET generation = ?, state = ?, resync_floor = ?, synchronized_ts = NULL, reason = NULL, suspended_by = NULL, changed_at_ms = ? WHERE name = ?",
           )
-          .run(generation, floor, this.o.runtime.nowMs(), name);
+          .run(generation, next, floor, this.o.runtime.nowMs(), name);
         this.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
       })();
       durableBarrier(this.db);
@@ -866,15 +887,15 @@ export class SecondaryEngine {
   /** Step 7G: hosts may write the secondary volumes; every write is marked in the bitmap. */
   takeover(name: string, generation: number) {
     const g = this.group(name);
-    if (g.synchronizedTs === null || generation !== g.generation) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`), {
-        code: "TM_NOT_SYNCHRONIZED",
-      });
-    }
-    if (g.state !== "takeover") {
-      this.db.prepare("UPDATE grp SET state = 'takeover', changed_at_ms = ? WHERE name = ?").run(this.o.runtime.nowMs(), name);
+    const notSynchronized = () => `group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`;
+    if (g.synchronizedTs === null || generation !== g.generation) throw Object.assign(new Error(notSynchronized()), { code: "TM_NOT_SYNCHRONIZED" });
+    // Decided before the row is written, changed here once it is durable.
+    const next = secondaryGroupTransition(g.state, "takeover", notSynchronized);
+    assert(next !== null, `secondary #${this.o.id}: a takeover is never ignored`);
+    if (next !== g.state) {
+      this.db.prepare("UPDATE grp SET state = ?, changed_at_ms = ? WHERE name = ?").run(next, this.o.runtime.nowMs(), name);
       durableBarrier(this.db);
-      g.state = "takeover";
+      this.transition(g, "takeover");
       this.o.logger.warn({ group: name }, "takeover: secondary volumes are read-write for hosts");
     }
     return {

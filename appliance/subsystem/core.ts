@@ -261,10 +261,10 @@ export class SubsystemCore {
       case "takeover":
         return secondary().takeover(String(b.group), Number(b.generation));
       case "primary-suspend":
-        await primary().suspend(String(b.group), "suspended", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
+        await primary().suspend(String(b.group), "primary-suspend", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
         return primary().preview(String(b.group));
       case "primary-takeover":
-        await primary().suspend(String(b.group), "taken-over", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
+        await primary().suspend(String(b.group), "primary-takeover", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
         return primary().preview(String(b.group));
       case "primary-preview":
         return primary().preview(String(b.group));
