@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
+import { tmError } from "../errors/codes.ts";
 import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
@@ -470,7 +471,7 @@ export class PrimaryEngine {
    */
   async suspend(group: string, to: Exclude<PrimaryGroupState, "active">, reason: string, by: string, generation?: number): Promise<void> {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const was = gs.state;
     // taken-over is final until a resync; a fence does not undo an RCM's suspension.
     const next: PrimaryGroupState = was === "taken-over" ? "taken-over" : to === "fenced" && was === "suspended" ? "suspended" : to;
@@ -539,15 +540,18 @@ export class PrimaryEngine {
    */
   async resync(group: string, generation: number, blocks: Record<string, [number, number][]>) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const begun = gs.state === "copying" && gs.generation === generation;
     if (!begun) {
       if (replicating(gs.state)) {
-        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; suspend it before a resync`), { code: "TM_NOT_SYNCHRONIZED" });
+        throw tmError("TM_NOT_SYNCHRONIZED", `group '${group}' on primary #${this.o.id} is ${gs.state}; suspend it before a resync`, { group, subsystem: this.o.id, state: gs.state });
       }
       if (generation <= gs.generation) {
-        throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is at generation ${gs.generation}; a resync needs a newer one than ${generation}`), {
-          code: "TM_GENERATION",
+        throw tmError("TM_GENERATION", `group '${group}' on primary #${this.o.id} is at generation ${gs.generation}; a resync needs a newer one than ${generation}`, {
+          group,
+          subsystem: this.o.id,
+          held: gs.generation,
+          asked: generation,
         });
       }
       // From here host writes are replicated, with the new generation in their frames;
@@ -563,10 +567,10 @@ export class PrimaryEngine {
       this.db.transaction(() => {
         for (const [volume, runs] of Object.entries(blocks)) {
           const b = volumes.get(volume);
-          if (!b) throw Object.assign(new Error(`resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`), { code: "TM_NO_VOLUME" });
+          if (!b) throw tmError("TM_NO_VOLUME", `resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`, { group, volume, subsystem: this.o.id });
           for (const [first, count] of runs) {
             if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count <= 0 || (first + count) * BLOCK_BYTES > b.volume.sizeBytes) {
-              throw Object.assign(new Error(`resync of '${group}': blocks ${first}+${count} lie outside volume '${volume}'`), { code: "TM_BAD_REQUEST" });
+              throw tmError("TM_BAD_REQUEST", `resync of '${group}': blocks ${first}+${count} lie outside volume '${volume}'`, { group, volume, first, count });
             }
             merged += this.bitmap.markNow(volume, first * BLOCK_BYTES, count * BLOCK_BYTES);
           }
@@ -597,9 +601,9 @@ export class PrimaryEngine {
    */
   async freeze(group: string) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     if (gs.state !== "active" && gs.state !== "frozen") {
-      throw Object.assign(new Error(`group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`), { code: "TM_NOT_PAIRED" });
+      throw tmError("TM_NOT_PAIRED", `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`, { group, subsystem: this.o.id, state: gs.state });
     }
     if (gs.state === "active") {
       gs.state = "frozen";
@@ -813,7 +817,7 @@ export class PrimaryEngine {
   /** What status and the RCM show of a group's copy. */
   copyStatus(group: string) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const c = gs.copy;
     const remaining = this.remainingBlocks(group);
     const elapsed = c ? Math.max(1, this.o.runtime.nowMs() - c.startedAtMs) : 0;

@@ -3,6 +3,7 @@
 // length is checked against its bound before any byte of the payload is kept.
 import { isUtf8 } from "node:buffer";
 import { crc32c } from "@node-rs/crc32";
+import type { ErrorCodeOf } from "../errors/codes.ts";
 
 /** "TMRK": lets a receiver refuse a stranger (an HTTP client, a port scan) on its first byte. */
 export const FRAME_MAGIC = 0x544d524b;
@@ -165,16 +166,8 @@ export const WIRE_ERROR = {
   generation: 5,
 } as const;
 
-export type FrameErrorCode =
-  | "TM_FRAME_MAGIC"
-  | "TM_FRAME_VERSION"
-  | "TM_FRAME_TYPE"
-  | "TM_FRAME_FLAGS"
-  | "TM_FRAME_GENERATION"
-  | "TM_FRAME_LENGTH"
-  | "TM_FRAME_CRC"
-  | "TM_FRAME_PAYLOAD"
-  | "TM_FRAME_ENCODE";
+/** The registry's TM_FRAME_* codes (appliance/errors/codes.ts). */
+export type FrameErrorCode = ErrorCodeOf<"TM_FRAME_">;
 
 /**
  * A frame that cannot be decoded (the connection that sent it must be dropped)

@@ -18,6 +18,7 @@ import {
   type FrameType,
   type LinkRole,
 } from "./frames.ts";
+import type { ErrorCodeOf } from "../errors/codes.ts";
 
 export type { LinkRole } from "./frames.ts";
 
@@ -29,13 +30,8 @@ export const LINK_CLOSE_GRACE_MS = 2000;
 const SERVER_LABEL = Buffer.from("tidemark-v1 server", "utf8");
 const CLIENT_LABEL = Buffer.from("tidemark-v1 client", "utf8");
 
-export type LinkErrorCode =
-  | "TM_LINK_CONNECT"
-  | "TM_LINK_TIMEOUT"
-  | "TM_LINK_AUTH"
-  | "TM_LINK_REFUSED"
-  | "TM_LINK_PROTOCOL"
-  | "TM_LINK_CLOSED";
+/** The registry's TM_LINK_* codes (appliance/errors/codes.ts). */
+export type LinkErrorCode = ErrorCodeOf<"TM_LINK_">;
 
 /** Why a handshake failed or a link closed; the message names the peer. */
 export class LinkError extends Error {

@@ -10,6 +10,7 @@ import type { Volume } from "../../disks/volume.ts";
 import { durableBarrier, type Db } from "../state/database.ts";
 import type { Frame, RcrRecord } from "../replication/frames.ts";
 import { assert, InvariantError } from "../invariant.ts";
+import { tmError } from "../errors/codes.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
@@ -667,7 +668,7 @@ export class SecondaryEngine {
 
   private group(name: string): GroupState {
     const g = this.groups.get(name);
-    if (!g) throw Object.assign(new Error(`group '${name}' has no secondary volume on subsystem #${this.o.id}`), { code: "TM_NO_GROUP" });
+    if (!g) throw tmError("TM_NO_GROUP", `group '${name}' has no secondary volume on subsystem #${this.o.id}`, { group: name, subsystem: this.o.id });
     return g;
   }
 
@@ -754,13 +755,20 @@ export class SecondaryEngine {
   async applySynchronizedTime(name: string, generation: number, ts: bigint) {
     const g = this.group(name);
     if (replicating(g.state) || generation !== g.generation) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`), {
-        code: "TM_NOT_FENCED",
+      throw tmError("TM_NOT_FENCED", `group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`, {
+        group: name,
+        subsystem: this.o.id,
+        state: g.state,
+        held: g.generation,
+        asked: generation,
       });
     }
     if (g.synchronizedTs !== null && g.synchronizedTs !== ts) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`), {
-        code: "TM_TS_CONFLICT",
+      throw tmError("TM_TS_CONFLICT", `group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`, {
+        group: name,
+        subsystem: this.o.id,
+        ts: String(g.synchronizedTs),
+        asked: String(ts),
       });
     }
     if (g.synchronizedTs === null) {
@@ -828,13 +836,18 @@ export class SecondaryEngine {
     const begun = g.state === "resyncing" && g.generation === generation;
     if (!begun) {
       if (replicating(g.state) || g.synchronizedTs === null) {
-        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is ${g.state} and does not rest at a synchronized time; suspend it first`), {
-          code: "TM_NOT_SYNCHRONIZED",
+        throw tmError("TM_NOT_SYNCHRONIZED", `group '${name}' on subsystem #${this.o.id} is ${g.state} and does not rest at a synchronized time; suspend it first`, {
+          group: name,
+          subsystem: this.o.id,
+          state: g.state,
         });
       }
       if (generation <= g.generation) {
-        throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} is at generation ${g.generation}; a resync needs a newer one than ${generation}`), {
-          code: "TM_GENERATION",
+        throw tmError("TM_GENERATION", `group '${name}' on subsystem #${this.o.id} is at generation ${g.generation}; a resync needs a newer one than ${generation}`, {
+          group: name,
+          subsystem: this.o.id,
+          held: g.generation,
+          asked: generation,
         });
       }
       const floor = g.synchronizedTs;
@@ -867,8 +880,10 @@ export class SecondaryEngine {
   takeover(name: string, generation: number) {
     const g = this.group(name);
     if (g.synchronizedTs === null || generation !== g.generation) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`), {
-        code: "TM_NOT_SYNCHRONIZED",
+      throw tmError("TM_NOT_SYNCHRONIZED", `group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`, {
+        group: name,
+        subsystem: this.o.id,
+        asked: generation,
       });
     }
     if (g.state !== "takeover") {
