@@ -99,9 +99,10 @@ export interface AuthFrame {
 export interface ReadyFrame {
   type: "ready";
 }
+/** A refusal: the sender closes the connection after it. */
 export interface ErrorFrame {
   type: "error";
-  code: number;
+  code: ReceivedWireErrorCode;
   message: string;
 }
 export interface RcrFrame {
@@ -152,19 +153,62 @@ export type Frame =
   | ResponseFrame
   | HeartbeatFrame;
 
-/** Codes given to the peer in an `error` frame. */
+/**
+ * The one numbering of refusals: every `error` frame carries one of these
+ * codes (the sender then closes the connection). docs/wire.md prints this
+ * table, WIRE_ERROR_MEANINGS included, and test/unit/wire-docs.test.ts keeps
+ * the two equal. A new code is appended, never renumbered: a peer of another
+ * build reads the number.
+ */
 export const WIRE_ERROR = {
-  /** The peer's handshake MAC is wrong: it does not hold the cluster key. */
   auth: 1,
-  /** A frame that is not allowed in this state (e.g. rcr before the handshake). */
   protocol: 2,
-  /** The handshake was not complete in time. */
   timeout: 3,
-  /** The hello's role or node id is not acceptable. */
   role: 4,
-  /** A group frame of an older generation was refused (fencing). */
   generation: 5,
+  notReplicating: 6,
+  noGroup: 7,
+  notPrimary: 8,
+  badFrame: 9,
 } as const;
+
+export type WireErrorName = keyof typeof WIRE_ERROR;
+/** A code this build sends. */
+export type WireErrorCode = (typeof WIRE_ERROR)[WireErrorName];
+/**
+ * A code as received: any u16, since a newer peer may send one this build does
+ * not know. Branded so that a sender cannot put a bare number (an HTTP-like 409)
+ * in a frame: codes it sends come from WIRE_ERROR.
+ */
+export type ReceivedWireErrorCode = WireErrorCode | (number & { readonly __receivedWireErrorCode: true });
+
+/** What each code means; one table-safe line each (docs/wire.md prints them). */
+export const WIRE_ERROR_MEANINGS: Readonly<Record<WireErrorName, string>> = {
+  auth: "the peer's handshake proof is wrong: it does not hold the cluster key",
+  protocol: "a frame not allowed in this state (e.g. an `rcr` before the handshake is complete)",
+  timeout: "the handshake was not complete in time",
+  role: "the hello's role and node id disagree, the server is not the node the client expected, or a primary linked to a subsystem that holds no secondary volume",
+  generation: "a group frame carries another generation than the group has on the secondary: the group was fenced by a newer generation",
+  notReplicating: "the group takes no frames on the secondary at this generation: it is suspended, or taken over",
+  noGroup: "the secondary holds no volume of the named group",
+  notPrimary: "the sender is not a primary of the named group on the secondary",
+  badFrame: "a group frame the secondary cannot accept: a primary id other than the link's, a volume that is not the sender's in the group, a range not 512-aligned inside the volume",
+};
+
+const WIRE_ERROR_NAMES: ReadonlyMap<number, WireErrorName> = new Map(
+  (Object.entries(WIRE_ERROR) as [WireErrorName, number][]).map(([name, code]) => [code, name]),
+);
+
+/** The name of a received code, or undefined for a code this build does not know (never throws: a peer may send anything). */
+export function wireErrorName(code: number): WireErrorName | undefined {
+  return WIRE_ERROR_NAMES.get(code);
+}
+
+/** For log lines and messages: "generation (5)", or "unknown code 77". */
+export function describeWireError(code: number): string {
+  const name = wireErrorName(code);
+  return name === undefined ? `unknown code ${code}` : `${name} (${code})`;
+}
 
 /** The registry's TM_FRAME_* codes (appliance/errors/codes.ts). */
 export type FrameErrorCode = ErrorCodeOf<"TM_FRAME_">;
@@ -578,7 +622,8 @@ function decodePayload(type: FrameType, generation: number, r: PayloadReader): F
       frame = { type };
       break;
     case "error": {
-      const code = r.u16("code");
+      // Any u16 is kept: a code this build does not know is for the receiver to report, not a malformed frame.
+      const code = r.u16("code") as ReceivedWireErrorCode;
       const lengthAt = r.pos;
       const n = r.u16("message length");
       if (n > ERROR_MESSAGE_BYTES_MAX) throw r.fail(`message length ${n} exceeds ${ERROR_MESSAGE_BYTES_MAX}`, lengthAt);

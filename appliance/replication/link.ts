@@ -14,9 +14,11 @@ import {
   NONCE_BYTES,
   roleCode,
   WIRE_ERROR,
+  describeWireError,
   type Frame,
   type FrameType,
   type LinkRole,
+  type WireErrorCode,
 } from "./frames.ts";
 import type { ErrorCodeOf } from "../errors/codes.ts";
 
@@ -95,7 +97,7 @@ function remoteAddress(socket: net.Socket): string {
 }
 
 /** Error messages are cut at a character boundary to fit the frame's bound. */
-function errorFrame(code: number, message: string): Buffer {
+function errorFrame(code: WireErrorCode, message: string): Buffer {
   let text = message;
   while (Buffer.byteLength(text, "utf8") > ERROR_MESSAGE_BYTES_MAX) text = text.slice(0, Math.floor(text.length * 0.9));
   return encodeFrame({ type: "error", code, message: text });
@@ -307,10 +309,10 @@ function readHandshake<T>(
 
 /** Thrown by a handshake step: refuse the peer with an error frame carrying `wireCode`. */
 class Refusal extends LinkError {
-  readonly wireCode: number;
+  readonly wireCode: WireErrorCode;
   /** Message sent to the peer (the local error message names the peer instead). */
   readonly peerMessage: string;
-  constructor(code: LinkErrorCode, wireCode: number, message: string, peerMessage: string) {
+  constructor(code: LinkErrorCode, wireCode: WireErrorCode, message: string, peerMessage: string) {
     super(code, message);
     this.wireCode = wireCode;
     this.peerMessage = peerMessage;
@@ -415,7 +417,7 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
 
     const step = (frame: Frame): true | undefined => {
       if (frame.type === "error") {
-        throw new LinkError("TM_LINK_REFUSED", `peer at ${where} refused the handshake: ${frame.message} (code ${frame.code})`);
+        throw new LinkError("TM_LINK_REFUSED", `peer at ${where} refused the handshake: ${frame.message} (${describeWireError(frame.code)})`);
       }
       if (frame.type !== CLIENT_EXPECTS[state]) {
         throw new Refusal(
@@ -518,7 +520,7 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
     socket.off("end", onEnd);
     socket.off("close", onClose);
   };
-  const refuse = (wireCode: number, peerMessage: string, logMessage: string, detail: Record<string, unknown> = {}): void => {
+  const refuse = (wireCode: WireErrorCode, peerMessage: string, logMessage: string, detail: Record<string, unknown> = {}): void => {
     if (done) return;
     finish();
     logger.warn({ peer: address, ...detail }, logMessage);
@@ -537,7 +539,7 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
   );
 
   const step = (frame: Frame): true | undefined => {
-    if (frame.type === "error") throw new LinkError("TM_LINK_REFUSED", `peer refused the handshake: ${frame.message} (code ${frame.code})`);
+    if (frame.type === "error") throw new LinkError("TM_LINK_REFUSED", `peer refused the handshake: ${frame.message} (${describeWireError(frame.code)})`);
     if (frame.type !== SERVER_EXPECTS[state]) {
       throw new Refusal(
         "TM_LINK_PROTOCOL",

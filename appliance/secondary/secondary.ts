@@ -8,7 +8,7 @@
 import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import { durableBarrier, type Db } from "../state/database.ts";
-import type { Frame, RcrRecord } from "../replication/frames.ts";
+import { describeWireError, WIRE_ERROR, type Frame, type RcrRecord, type WireErrorName } from "../replication/frames.ts";
 import { assert, InvariantError } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
@@ -29,9 +29,6 @@ export const APPLY_BATCH_ROWS = 1024;
 export const APPLY_BATCH_BYTES = 4 * 1024 * 1024;
 const OP_WRITE = 1;
 const OP_ZERO = 2;
-/** Error-frame code for a frame of another generation, or for a suspended group. */
-export const GENERATION_REFUSED = 409;
-
 export interface SecondaryBinding {
   volume: Volume;
   group: string;
@@ -324,8 +321,10 @@ export class SecondaryEngine {
     }
   }
 
-  private refuse(link: FrameLink, primaryId: number, code: number, message: string): void {
-    this.o.logger.warn({ peer: primaryId, code, err: message }, "frame refused; dropping link");
+  /** Tells the primary why its frame is not taken (WIRE_ERROR, docs/wire.md), then closes the link. */
+  private refuse(link: FrameLink, primaryId: number, why: WireErrorName, message: string): void {
+    const code = WIRE_ERROR[why];
+    this.o.logger.warn({ peer: primaryId, code, why: describeWireError(code), err: message }, "frame refused; dropping link");
     link.send({ type: "error", code, message });
     link.close();
   }
@@ -334,27 +333,27 @@ export class SecondaryEngine {
     if (this.stopped) return;
     if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.groups.get(f.group);
-      if (!g) return this.refuse(link, primaryId, 404, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
+      if (!g) return this.refuse(link, primaryId, "noGroup", `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
       if (!g.times.first.has(primaryId)) {
-        return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
+        return this.refuse(link, primaryId, "notPrimary", `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
       if ((f.generation !== g.generation || !replicating(g.state)) && !this.o.controls?.noFence) {
         // Fencing: a suspended group takes nothing more from its primaries.
         return this.refuse(
           link,
           primaryId,
-          GENERATION_REFUSED,
+          f.generation !== g.generation ? "generation" : "notReplicating",
           `group '${f.group}' is ${g.state} at generation ${g.generation} on subsystem #${this.o.id}; frame carries generation ${f.generation}`,
         );
       }
       if (f.type !== "rcr") {
-        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
+        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, "badFrame", `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
         this.push({ kind: f.type, group: f.group, primaryId, t: f.t, generation: f.generation });
         return;
       }
       for (const r of f.records) {
         const problem = this.checkRecord(f.group, primaryId, r);
-        if (problem) return this.refuse(link, primaryId, 400, problem);
+        if (problem) return this.refuse(link, primaryId, "badFrame", problem);
       }
       this.push({ kind: "rcr", link, primaryId, group: f.group, records: f.records });
     } else if (f.type === "heartbeat") {

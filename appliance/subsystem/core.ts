@@ -13,7 +13,7 @@ import type { StateStore } from "../state/store.ts";
 import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe, type PrimaryTuning } from "../primary/primary.ts";
 import { SecondaryEngine, type SecondaryBinding, type SecondaryProbe } from "../secondary/secondary.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
-import type { Frame } from "../replication/frames.ts";
+import { WIRE_ERROR, type Frame } from "../replication/frames.ts";
 import { codeOf, tmError } from "../errors/codes.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -295,7 +295,7 @@ export class SubsystemCore {
     const secondary = this.roles.secondary;
     if (!secondary) {
       this.o.logger.warn({ peer: primaryId }, "replication link from a primary, but this subsystem is no secondary");
-      link.send({ type: "error", code: 404, message: `subsystem #${this.o.id} holds no secondary volume` });
+      link.send({ type: "error", code: WIRE_ERROR.role, message: `subsystem #${this.o.id} holds no secondary volume` });
       link.close();
       return;
     }

@@ -15,6 +15,7 @@ import {
   type Frame,
   type FrameType,
   type RcrRecord,
+  type ReceivedWireErrorCode,
 } from "../../appliance/replication/frames.ts";
 import { prng } from "../../appliance/drill/prng.ts";
 
@@ -68,7 +69,7 @@ function randFrame(rand: () => number): Frame {
     case "heartbeat":
       return { type };
     case "error":
-      return { type, code: randInt(rand, 0xffff), message: randName(rand, 200) };
+      return { type, code: randInt(rand, 0xffff) as ReceivedWireErrorCode, message: randName(rand, 200) };
     case "rcr": {
       const records: RcrRecord[] = [];
       const n = randInt(rand, 6);
