@@ -8,6 +8,8 @@ import type { Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
+import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
+import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
 import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
@@ -326,7 +328,7 @@ export class PrimaryEngine {
         generationOf: (g) => this.groups.get(g)?.generation ?? o.generationOf(g),
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
-        onRefused: (link, _code, message) => this.onRefused(link, message),
+        onRefused: (link, refusal) => this.onRefused(link, refusal),
         // The negative control restores the old sender too, which ignored a lower ack.
         onAckRegressed: o.controls?.ackBeforeDurable ? null : (link, had, got) => this.onAckRegressed(link, had, got),
         highestSeq: () => this.seq,
@@ -862,10 +864,19 @@ export class PrimaryEngine {
     return { subsystem: this.o.id, group, state: this.groupState(group), volumes: [...out.values()] };
   }
 
-  /** A secondary refused a frame: the group was fenced by a newer generation. */
-  private onRefused(secondaryId: number, message: string): void {
-    const m = /group '([^']+)'/.exec(message);
-    const groups = m ? [m[1]] : [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+  /**
+   * A secondary refused a frame and closed the link: fencing by a newer
+   * generation (the usual case), or a group it cannot take. The frame's group
+   * field says which group (refusal.ts); the message is only reported.
+   */
+  private onRefused(secondaryId: number, refusal: Refusal): void {
+    const onLink = [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+    const groups = refusedGroups(refusal, onLink);
+    const why = describeWireError(refusal.code);
+    if (groups.length === 0) {
+      this.o.logger.warn({ secondary: secondaryId, group: refusal.group, code: why, refusal: refusal.message }, "a secondary refuses a group this primary does not send it; nothing changes");
+    }
+    const message = refusalReason(secondaryId, refusal);
     for (const g of groups) {
       const gs = this.groups.get(g);
       if (!gs || !replicating(gs.state)) continue;
@@ -875,11 +886,18 @@ export class PrimaryEngine {
       // copy over what they wrote. It stays frozen, read-only, until the
       // takeover's primary step (issue 17).
       if (gs.state !== "active") {
-        this.o.logger.warn({ group: g, state: gs.state, secondary: secondaryId, refusal: message }, "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)");
+        this.o.logger.warn(
+          { group: g, state: gs.state, secondary: secondaryId, code: why, refusal: refusal.message },
+          "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)",
+        );
         continue;
       }
-      this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
-      void this.suspend(g, "fenced", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
+      const stale = refusal.code === WIRE_ERROR.generation;
+      this.o.logger.error(
+        { group: g, secondary: secondaryId, code: why, refusal: refusal.message },
+        `fenced: a secondary refuses this primary's frames (${stale ? "stale generation" : why}); replication of the group stops`,
+      );
+      void this.suspend(g, "fenced", message, `secondary #${secondaryId}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),
       );
     }

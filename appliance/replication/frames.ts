@@ -7,13 +7,19 @@ import type { ErrorCodeOf } from "../errors/codes.ts";
 
 /** "TMRK": lets a receiver refuse a stranger (an HTTP client, a port scan) on its first byte. */
 export const FRAME_MAGIC = 0x544d524b;
-export const FRAME_VERSION = 1;
+/**
+ * Bumped whenever a frame's layout or a code's meaning changes, so that peers
+ * of two builds refuse each other on the first frame (TM_FRAME_VERSION) rather
+ * than misread a payload. 2: the error frame carries a group, and refusals use
+ * WIRE_ERROR codes 5-9 (docs/wire.md, Versions).
+ */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER_BYTES = 20;
 /** One RCR frame carries up to 16 MiB of data plus room for its records' headers. */
 export const FRAME_PAYLOAD_MAX = 16 * 1024 * 1024 + 4096;
 export const NONCE_BYTES = 32;
 export const MAC_BYTES = 32;
-/** u8-prefixed strings: group and volume names. */
+/** u8-prefixed strings: group and volume names (the error frame's group too). */
 export const STRING8_BYTES_MAX = 255;
 /** The message of an `error` frame (u16-prefixed). */
 export const ERROR_MESSAGE_BYTES_MAX = 4096;
@@ -103,6 +109,12 @@ export interface ReadyFrame {
 export interface ErrorFrame {
   type: "error";
   code: ReceivedWireErrorCode;
+  /**
+   * The consistency group the refusal is about, so the receiver need not read
+   * it out of the message; "" when it is about no one group (a handshake, the
+   * whole link).
+   */
+  group: string;
   message: string;
 }
 export interface RcrFrame {
@@ -322,7 +334,7 @@ function measure(frame: Frame): { payloadBytes: number; json?: string } {
       checkUint("code", frame.code, U16_MAX);
       const n = Buffer.byteLength(frame.message, "utf8");
       if (n > ERROR_MESSAGE_BYTES_MAX) throw encodeFault(`error message is ${n} bytes, more than ${ERROR_MESSAGE_BYTES_MAX}`);
-      return { payloadBytes: 2 + 2 + n };
+      return { payloadBytes: 2 + string8Bytes("group", frame.group) + 2 + n };
     }
     case "rcr": {
       checkUint("generation", frame.generation, U32_MAX);
@@ -412,8 +424,9 @@ export function encodeFrame(frame: Frame): Buffer {
     case "heartbeat":
       break;
     case "error": {
-      const n = buf.write(frame.message, at + 4, "utf8");
       at = buf.writeUInt16BE(frame.code, at);
+      at = writeString8(buf, frame.group, at);
+      const n = buf.write(frame.message, at + 2, "utf8");
       at = buf.writeUInt16BE(n, at);
       at += n;
       break;
@@ -624,10 +637,11 @@ function decodePayload(type: FrameType, generation: number, r: PayloadReader): F
     case "error": {
       // Any u16 is kept: a code this build does not know is for the receiver to report, not a malformed frame.
       const code = r.u16("code") as ReceivedWireErrorCode;
+      const group = r.string8("group");
       const lengthAt = r.pos;
       const n = r.u16("message length");
       if (n > ERROR_MESSAGE_BYTES_MAX) throw r.fail(`message length ${n} exceeds ${ERROR_MESSAGE_BYTES_MAX}`, lengthAt);
-      frame = { type, code, message: r.utf8(n, "message") };
+      frame = { type, code, group, message: r.utf8(n, "message") };
       break;
     }
     case "rcr": {

@@ -96,11 +96,11 @@ function remoteAddress(socket: net.Socket): string {
   return `${host.includes(":") ? `[${host}]` : host}:${socket.remotePort ?? 0}`;
 }
 
-/** Error messages are cut at a character boundary to fit the frame's bound. */
+/** A handshake refusal (about no one group); the message is cut at a character boundary to fit the frame's bound. */
 function errorFrame(code: WireErrorCode, message: string): Buffer {
   let text = message;
   while (Buffer.byteLength(text, "utf8") > ERROR_MESSAGE_BYTES_MAX) text = text.slice(0, Math.floor(text.length * 0.9));
-  return encodeFrame({ type: "error", code, message: text });
+  return encodeFrame({ type: "error", code, group: "", message: text });
 }
 
 /** Ends the socket after the last bytes are flushed; destroys it if the peer does not close in time. */

@@ -321,11 +321,15 @@ export class SecondaryEngine {
     }
   }
 
-  /** Tells the primary why its frame is not taken (WIRE_ERROR, docs/wire.md), then closes the link. */
-  private refuse(link: FrameLink, primaryId: number, why: WireErrorName, message: string): void {
+  /**
+   * Tells the primary why its frame of `group` is not taken (WIRE_ERROR,
+   * docs/wire.md), then closes the link. The group travels in its own field:
+   * the primary stops that group by it, never by reading the message.
+   */
+  private refuse(link: FrameLink, primaryId: number, why: WireErrorName, group: string, message: string): void {
     const code = WIRE_ERROR[why];
-    this.o.logger.warn({ peer: primaryId, code, why: describeWireError(code), err: message }, "frame refused; dropping link");
-    link.send({ type: "error", code, message });
+    this.o.logger.warn({ peer: primaryId, group, code, why: describeWireError(code), err: message }, "frame refused; dropping link");
+    link.send({ type: "error", code, group, message });
     link.close();
   }
 
@@ -333,9 +337,9 @@ export class SecondaryEngine {
     if (this.stopped) return;
     if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.groups.get(f.group);
-      if (!g) return this.refuse(link, primaryId, "noGroup", `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
+      if (!g) return this.refuse(link, primaryId, "noGroup", f.group, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
       if (!g.times.first.has(primaryId)) {
-        return this.refuse(link, primaryId, "notPrimary", `subsystem #${primaryId} is not a primary of group '${f.group}'`);
+        return this.refuse(link, primaryId, "notPrimary", f.group, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
       if ((f.generation !== g.generation || !replicating(g.state)) && !this.o.controls?.noFence) {
         // Fencing: a suspended group takes nothing more from its primaries.
@@ -343,17 +347,18 @@ export class SecondaryEngine {
           link,
           primaryId,
           f.generation !== g.generation ? "generation" : "notReplicating",
+          f.group,
           `group '${f.group}' is ${g.state} at generation ${g.generation} on subsystem #${this.o.id}; frame carries generation ${f.generation}`,
         );
       }
       if (f.type !== "rcr") {
-        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, "badFrame", `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
+        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, "badFrame", f.group, `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
         this.push({ kind: f.type, group: f.group, primaryId, t: f.t, generation: f.generation });
         return;
       }
       for (const r of f.records) {
         const problem = this.checkRecord(f.group, primaryId, r);
-        if (problem) return this.refuse(link, primaryId, "badFrame", problem);
+        if (problem) return this.refuse(link, primaryId, "badFrame", f.group, problem);
       }
       this.push({ kind: "rcr", link, primaryId, group: f.group, records: f.records });
     } else if (f.type === "heartbeat") {

@@ -295,7 +295,8 @@ export class SubsystemCore {
     const secondary = this.roles.secondary;
     if (!secondary) {
       this.o.logger.warn({ peer: primaryId }, "replication link from a primary, but this subsystem is no secondary");
-      link.send({ type: "error", code: WIRE_ERROR.role, message: `subsystem #${this.o.id} holds no secondary volume` });
+      // About the whole link, no one group: the primary stops every group it sends here.
+      link.send({ type: "error", code: WIRE_ERROR.role, group: "", message: `subsystem #${this.o.id} holds no secondary volume` });
       link.close();
       return;
     }

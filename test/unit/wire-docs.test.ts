@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { describeWireError, WIRE_ERROR, WIRE_ERROR_MEANINGS, wireErrorName, type WireErrorName } from "../../appliance/replication/frames.ts";
+import { describeWireError, FRAME_VERSION, WIRE_ERROR, WIRE_ERROR_MEANINGS, wireErrorName, type WireErrorName } from "../../appliance/replication/frames.ts";
 
 const doc = fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../docs/wire.md"), "utf8");
 
@@ -22,6 +22,13 @@ describe("wire docs", () => {
   it("wire docs: docs/wire.md's WIRE_ERROR table and the code's are the same table (code, name, meaning; both directions)", () => {
     const code = (Object.entries(WIRE_ERROR) as [WireErrorName, number][]).map(([name, n]) => [n, name, WIRE_ERROR_MEANINGS[name]]);
     expect(docRows()).toEqual(code);
+  });
+
+  it("wire docs: the header's version and the last row of Versions are FRAME_VERSION", () => {
+    expect(/^\| 4 \| 1 \| version \| `(\d+)`/m.exec(doc)?.[1]).toBe(String(FRAME_VERSION));
+    const versions = doc.slice(doc.indexOf("## Versions"), doc.indexOf("## Error codes"));
+    const rows = [...versions.matchAll(/^\| (\d+) \| /gm)].map((m) => Number(m[1]));
+    expect(rows.at(-1)).toBe(FRAME_VERSION);
   });
 
   it("wire docs: codes are distinct, u16 and never 0", () => {
