@@ -1,7 +1,9 @@
 // Invariant checks that stay on in production. A broken invariant is a bug:
 // the process says so loudly and exits rather than write a volume wrong.
+import type { ErrorCode } from "./errors/codes.ts";
+
 export class InvariantError extends Error {
-  readonly code = "TM_INVARIANT";
+  readonly code = "TM_INVARIANT" satisfies ErrorCode;
   constructor(message: string) {
     super(`invariant broken: ${message}`);
     this.name = "InvariantError";

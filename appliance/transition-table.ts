@@ -5,6 +5,7 @@
 // equal. Pure: no I/O. Invariant: a table is total (its type has a cell for
 // every state and event), and an engine changes a group's state only to what
 // `nextState` returns for it.
+import { type ErrorCode, tmError } from "./errors/codes.ts";
 import { assert } from "./invariant.ts";
 
 /** What an event does in a state. */
@@ -12,7 +13,7 @@ export type Outcome<S extends string> =
   /** The group moves to `to`: the same state when the event's work is done again there. */
   | { readonly kind: "to"; readonly to: S }
   /** A control request is answered with this error code (docs/errors.md); nothing changes. */
-  | { readonly kind: "refused"; readonly code: string }
+  | { readonly kind: "refused"; readonly code: ErrorCode }
   /** Nothing changes and the engine does nothing for the event. */
   | { readonly kind: "ignored" }
   /** The engines never raise the event in this state: raising it is a bug. */
@@ -22,7 +23,7 @@ export type Outcome<S extends string> =
 export type TransitionTable<K extends string, E extends string, S extends K> = Readonly<Record<K, Readonly<Record<E, Outcome<S>>>>>;
 
 export const to = <S extends string>(state: S): Outcome<S> => ({ kind: "to", to: state });
-export const refused = (code: string): Outcome<never> => ({ kind: "refused", code });
+export const refused = (code: ErrorCode): Outcome<never> => ({ kind: "refused", code });
 export const ignored: Outcome<never> = { kind: "ignored" };
 export const never: Outcome<never> = { kind: "never" };
 
@@ -54,7 +55,7 @@ export function nextState<K extends string, E extends string, S extends K>(
     case "ignored":
       return null;
     case "refused":
-      throw Object.assign(new Error(refusal?.(out.code) ?? `${machine}: '${event}' is refused in state '${state}'`), { code: out.code });
+      throw tmError(out.code, refusal?.(out.code) ?? `${machine}: '${event}' is refused in state '${state}'`, { machine, state, event });
     case "never":
       assert(false, `${machine}: event '${event}' raised in state '${state}', where the engine never raises it`);
   }

@@ -3,6 +3,7 @@
 // checks what a shape cannot (names resolve, nothing is used twice).
 // Pure: no I/O here (config/load.ts reads the file).
 import { z } from "zod";
+import type { ErrorCode } from "../appliance/errors/codes.ts";
 
 export const BLOCK_SIZE = 4096;
 
@@ -157,7 +158,7 @@ export interface Topology {
 }
 
 export class ConfigError extends Error {
-  readonly code = "TM_CONFIG";
+  readonly code = "TM_CONFIG" satisfies ErrorCode;
   constructor(
     readonly file: string,
     readonly problems: string[],

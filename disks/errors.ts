@@ -1,21 +1,12 @@
 // Typed errors of the disks layer. Every failure a caller may see carries a
-// code from VOLUME_ERROR_CODES (documented in docs/disks.md, checked by a
+// TM_VOLUME_* or TM_LOOP_* code of the registry (appliance/errors/codes.ts,
+// a leaf module with no imports; docs/disks.md details them, checked by a
 // test) and the volume, path and byte range it concerns, so a log line alone
 // says what went wrong where. The NBD edge maps them to NBD errnos via sysCode.
+import { errorCodesWithPrefix, type ErrorCodeOf } from "../appliance/errors/codes.ts";
 
-export const VOLUME_ERROR_CODES = [
-  "TM_VOLUME_LOCKED",
-  "TM_VOLUME_MISSING",
-  "TM_VOLUME_ACCESS",
-  "TM_VOLUME_KIND",
-  "TM_VOLUME_SIZE",
-  "TM_VOLUME_ALIGN",
-  "TM_VOLUME_RANGE",
-  "TM_VOLUME_READONLY",
-  "TM_VOLUME_CLOSED",
-  "TM_VOLUME_IO",
-] as const;
-export type VolumeErrorCode = (typeof VOLUME_ERROR_CODES)[number];
+export type VolumeErrorCode = ErrorCodeOf<"TM_VOLUME_">;
+export const VOLUME_ERROR_CODES: readonly VolumeErrorCode[] = errorCodesWithPrefix("TM_VOLUME_");
 
 export interface VolumeErrorContext {
   volume: string;
@@ -48,8 +39,8 @@ export class VolumeError extends Error {
   }
 }
 
-export const LOOP_ERROR_CODES = ["TM_LOOP_ATTACH", "TM_LOOP_DETACH"] as const;
-export type LoopErrorCode = (typeof LOOP_ERROR_CODES)[number];
+export type LoopErrorCode = ErrorCodeOf<"TM_LOOP_">;
+export const LOOP_ERROR_CODES: readonly LoopErrorCode[] = errorCodesWithPrefix("TM_LOOP_");
 
 export class LoopDeviceError extends Error {
   override readonly name = "LoopDeviceError";

@@ -4,7 +4,7 @@
 // write path; every losetup call is bounded by LOSETUP_TIMEOUT_MS.
 import { execFile, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { LoopDeviceError } from "./errors.ts";
+import { LoopDeviceError, type LoopErrorCode } from "./errors.ts";
 
 export { LoopDeviceError, LOOP_ERROR_CODES, type LoopErrorCode } from "./errors.ts";
 
@@ -47,7 +47,7 @@ export async function detachLoop(dev: string): Promise<void> {
   await runLosetup(["--detach", dev], "TM_LOOP_DETACH", dev);
 }
 
-function runLosetup(args: string[], code: "TM_LOOP_ATTACH" | "TM_LOOP_DETACH", path: string): Promise<{ stdout: string }> {
+function runLosetup(args: string[], code: LoopErrorCode, path: string): Promise<{ stdout: string }> {
   return new Promise((resolve, reject) => {
     execFile("losetup", args, { encoding: "utf8", timeout: LOSETUP_TIMEOUT_MS }, (err, stdout, stderr) => {
       if (err === null) {

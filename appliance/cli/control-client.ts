@@ -8,16 +8,29 @@ import { subsystemConfig } from "../../config/load.ts";
 import { attachedControlPlane, type ControlPlane } from "./control-plane.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { clockReader } from "../primary/clock-source.ts";
+import { peerErrorCode, type ErrorCode, type PeerErrorCode } from "../errors/codes.ts";
 
 const silent = pino({ level: "silent" });
 
+/**
+ * A control request that failed: locally (unreachable, closed, timed out) with
+ * a registry code, or on the peer, with the code its answer carried (kept as
+ * sent: a newer peer may know codes this build does not).
+ */
 export class ControlError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ErrorCode | PeerErrorCode,
     message: string,
   ) {
     super(message);
     this.name = "ControlError";
+  }
+
+  /** From a peer's `{ ok: false, body: { code, message } }` answer; a body without a code gets `fallback`. */
+  static fromAnswer(body: unknown, fallback: ErrorCode, prefix: string, defaultMessage: string): ControlError {
+    const b = (typeof body === "object" && body !== null ? body : {}) as { code?: unknown; message?: unknown };
+    const message = typeof b.message === "string" ? b.message : defaultMessage;
+    return new ControlError(peerErrorCode(b.code, fallback), `${prefix}${message}`);
   }
 }
 
@@ -36,8 +49,7 @@ export class ControlClient {
       this.waiting.delete(f.id);
       if (f.ok) w.resolve(f.body);
       else {
-        const b = f.body as { code?: string; message?: string };
-        w.reject(new ControlError(b.code ?? "TM_CONTROL", `subsystem #${subsystemId}: ${b.message ?? "request failed"}`));
+        w.reject(ControlError.fromAnswer(f.body, "TM_CONTROL", `subsystem #${subsystemId}: `, "request failed"));
       }
     });
     link.on("close", (err?: Error) => {

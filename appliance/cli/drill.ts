@@ -6,6 +6,7 @@ import { randomInt } from "node:crypto";
 import { Command, InvalidArgumentError } from "commander";
 import type { DrillOptions } from "../drill/drill.ts";
 import { VOLUME_MIB_DEFAULT, VOLUME_MIB_MAX } from "../drill/defaults.ts";
+import { hasCode } from "../errors/codes.ts";
 
 function intIn(what: string, lo: number, hi: number) {
   return (v: string) => {
@@ -88,11 +89,11 @@ async function drillMain(f: Flags): Promise<number> {
     if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, volumeMiB: o.volumeMiB }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
     return r.summary.passed === r.summary.rounds && r.summary.rounds === o.rounds ? 0 : 1;
   } catch (err) {
-    const e = err as Error & { code?: string };
+    const e = err as Error;
     if (interrupted) await new Promise(() => undefined);
     await drill.interrupt();
     process.stderr.write(`tidemark drill: ${e.message}\n`);
-    return e.code === "TM_DRILL_LOOP" || e.code === "TM_DRILL_CONFIG" || e.code === "TM_CONFIG" ? 2 : 1;
+    return hasCode(e, "TM_DRILL_LOOP", "TM_DRILL_CONFIG", "TM_CONFIG") ? 2 : 1;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);

@@ -4,9 +4,10 @@ import type { LoadedTopology } from "../../config/load.ts";
 import { directed, directionsFrom, type Direction } from "../../config/direction.ts";
 import { askAll } from "./control-client.ts";
 import type { SubsystemStatus } from "./status-view.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export class DirectionError extends Error {
-  readonly code = "TM_DIRECTION_MIXED";
+  readonly code = "TM_DIRECTION_MIXED" satisfies ErrorCode;
 }
 
 /** Directions from status answers; a group in the middle of a turn is refused unless `allowMixed`. */

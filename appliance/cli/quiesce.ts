@@ -5,13 +5,11 @@
 import type { LoadedTopology } from "../../config/load.ts";
 import { askAll, controlPlaneOf } from "./control-client.ts";
 import type { SubsystemStatus } from "./status-view.ts";
+import { TidemarkError, type ErrorCode, type ErrorContext } from "../errors/codes.ts";
 
-export class QuiesceError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
+export class QuiesceError extends TidemarkError {
+  constructor(code: ErrorCode, message: string, context?: ErrorContext) {
+    super(code, message, context);
     this.name = "QuiesceError";
   }
 }

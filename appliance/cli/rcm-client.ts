@@ -21,10 +21,7 @@ export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: 
         if (f.type !== "response") return;
         clearTimeout(timer);
         if (f.ok) resolve(f.body as T);
-        else {
-          const b = f.body as { code?: string; message?: string };
-          reject(new ControlError(b.code ?? "TM_RCM", b.message ?? "the RCM refused"));
-        }
+        else reject(ControlError.fromAnswer(f.body, "TM_RCM", "", "the RCM refused"));
       });
       link.on("close", () => {
         // A caller in-process (the drill) must not be held alive by the timer.

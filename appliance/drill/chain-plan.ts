@@ -3,6 +3,7 @@
 // (volume, block) is used at most once in the whole plan, and every block lies in the region.
 import { CHAIN_BLOCK_BYTES } from "./chain-block.ts";
 import { prng } from "./prng.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export interface PlanVolume {
   /** The primary volume's name (the one hosts write over NBD). */
@@ -47,7 +48,7 @@ export const PLAN_LENGTH_MAX = 1_000_000;
 export const PLAN_BLOCKS_MAX = 4_000_000;
 
 export class ChainPlanError extends Error {
-  readonly code = "TM_CHAIN_PLAN";
+  readonly code = "TM_CHAIN_PLAN" satisfies ErrorCode;
   constructor(message: string) {
     super(`chain plan: ${message}`);
     this.name = "ChainPlanError";

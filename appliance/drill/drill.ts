@@ -18,6 +18,7 @@ import { runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
 import { checkShape, DEFAULT_SHAPE, DrillConfigError, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export const DRILL_HOST = "127.0.0.1";
 
@@ -46,7 +47,7 @@ export interface DrillResult {
 }
 
 export class DrillLoopError extends Error {
-  readonly code = "TM_DRILL_LOOP";
+  readonly code = "TM_DRILL_LOOP" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "DrillLoopError";

@@ -5,6 +5,7 @@
 // and checked by listening.
 import { readFileSync } from "node:fs";
 import net from "node:net";
+import type { ErrorCode } from "../errors/codes.ts";
 
 const EPHEMERAL_DEFAULT: [number, number] = [32768, 60999];
 /** Ports below this are privileged or well known; the drill stays above. */
@@ -44,7 +45,7 @@ function canListen(host: string, port: number): Promise<boolean> {
 }
 
 export class PortError extends Error {
-  readonly code = "TM_DRILL_PORTS";
+  readonly code = "TM_DRILL_PORTS" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "PortError";

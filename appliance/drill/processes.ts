@@ -9,6 +9,7 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { spawnSubsystem } from "../cli/up.ts";
 import { RCM_ID } from "./schedule.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 /** A process that prints no ready line in this long is stuck (a busy 2-core host starts one in about a second). */
 export const START_TIMEOUT_MS = 60_000;
@@ -18,7 +19,7 @@ export const STOP_GRACE_MS = 5_000;
 const TAIL_BYTES = 2048;
 
 export class DrillProcessError extends Error {
-  readonly code = "TM_DRILL_PROCESS";
+  readonly code = "TM_DRILL_PROCESS" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "DrillProcessError";

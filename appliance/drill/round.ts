@@ -28,6 +28,7 @@ import { askRcm } from "../cli/rcm-client.ts";
 import { quiesce } from "../cli/quiesce.ts";
 import { DRILL_FAILURE_TIMEOUT_MS, DRILL_RCM_CHECK_INTERVAL_MS } from "./topology.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 /** Chains per group and their longest length: enough dependent writes in flight to catch a reordering, few enough to check in milliseconds. */
 export const CHAINS_PER_GROUP = 16;
@@ -63,7 +64,7 @@ export interface DrillEnv {
 }
 
 export class DrillStepError extends Error {
-  readonly code = "TM_DRILL_STEP";
+  readonly code = "TM_DRILL_STEP" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "DrillStepError";

@@ -6,6 +6,7 @@
 // Invariants: a process is never killed while it is already down, a link never gets a second
 // fault while one is open, and every time lies inside the round's write phase.
 import { prng } from "./prng.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 /** The processes and links a round can fail; subsystem ids from the topology. */
 export interface RoundShape {
@@ -53,7 +54,7 @@ export const RESYNC_KILL_MS_MAX = 1000;
 const RESYNC_OUTAGE_MS_MAX = 2000;
 
 export class ScheduleError extends Error {
-  readonly code = "TM_DRILL_CONFIG";
+  readonly code = "TM_DRILL_CONFIG" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "ScheduleError";

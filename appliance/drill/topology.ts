@@ -6,6 +6,7 @@
 // Invariant: every consistency group's primary volumes live on at least two primaries,
 // because causal chains must cross primaries to test what a group promises.
 import type { Topology } from "../../config/schema.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export interface DrillShape {
   subsystems: { id: number; volumes: string[] }[];
@@ -43,7 +44,7 @@ export const DRILL_FAILURE_TIMEOUT_MS = 2500;
 export const DRILL_RCM_CHECK_INTERVAL_MS = 100;
 
 export class DrillConfigError extends Error {
-  readonly code = "TM_DRILL_CONFIG";
+  readonly code = "TM_DRILL_CONFIG" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "DrillConfigError";

@@ -4,9 +4,10 @@
 // read or skip is outstanding at a time.
 import type { Socket } from "node:net";
 import { assert } from "../invariant.ts";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export class StreamEndedError extends Error {
-  readonly code = "TM_NBD_STREAM_ENDED";
+  readonly code = "TM_NBD_STREAM_ENDED" satisfies ErrorCode;
   constructor(message: string) {
     super(message);
     this.name = "StreamEndedError";

@@ -4,6 +4,7 @@
 // timeout, which fails the whole connection so no late reply is ever taken for another's).
 import net from "node:net";
 import { ByteReader } from "./byte-reader.ts";
+import type { Codes } from "../errors/codes.ts";
 import {
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
@@ -45,13 +46,12 @@ export const NBD_CLIENT_REQUEST_TIMEOUT_MS_DEFAULT = 60_000;
 /** A single request's payload; the server advertises its own maximum, this bounds our buffers. */
 export const NBD_CLIENT_PAYLOAD_BYTES_MAX = 32 * 1024 * 1024;
 
-export type NbdClientErrorCode =
-  /** TCP connect failed, the handshake broke, or the connection was lost or timed out. */
-  | "TM_NBD_CONNECTION"
-  /** The server refused NBD_OPT_GO (unknown export, policy). */
-  | "TM_NBD_REFUSED"
-  /** The server answered a request with an NBD error number (EPERM on a read-only export, EIO). */
-  | "TM_NBD_REQUEST";
+/**
+ * TM_NBD_CONNECTION: TCP connect failed, the handshake broke, or the connection was lost or timed out.
+ * TM_NBD_REFUSED: the server refused NBD_OPT_GO (unknown export, policy).
+ * TM_NBD_REQUEST: the server answered a request with an NBD error number (EPERM on a read-only export, EIO).
+ */
+export type NbdClientErrorCode = Codes<"TM_NBD_CONNECTION" | "TM_NBD_REFUSED" | "TM_NBD_REQUEST">;
 
 export class NbdClientError extends Error {
   constructor(

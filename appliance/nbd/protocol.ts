@@ -3,6 +3,7 @@
 // Decoders never throw on bad input: they return { ok: false, reason } so the
 // connection that sent the bytes can be closed and nothing else is touched.
 // The byte tables in docs/nbd.md describe exactly these layouts.
+import { hasCode, type ErrorCode } from "../errors/codes.ts";
 
 // ---- magics -------------------------------------------------------------
 export const NBD_MAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
@@ -127,7 +128,7 @@ export function nbdErrnoName(errno: number): string {
 
 /** An error an export (or the server) raises with an explicit NBD error number. */
 export class NbdError extends Error {
-  readonly code = "TM_NBD_ERROR";
+  readonly code = "TM_NBD_ERROR" satisfies ErrorCode;
   constructor(
     readonly nbdErrno: number,
     message: string,
@@ -167,7 +168,7 @@ export function nbdErrno(err: unknown): number {
     const sys = (err as { sysCode?: unknown }).sysCode;
     if (typeof sys === "string" && sys in CODE_TO_NBD) return CODE_TO_NBD[sys];
     const code = (err as { code?: unknown }).code;
-    if (code === "TM_VOLUME_READONLY") return NBD_EPERM;
+    if (hasCode(err, "TM_VOLUME_READONLY")) return NBD_EPERM;
     if (typeof code === "string" && code in CODE_TO_NBD) return CODE_TO_NBD[code];
   }
   return NBD_EIO;

@@ -87,6 +87,7 @@ import os from "node:os";
 import path from "node:path";
 import { crc32c } from "@node-rs/crc32";
 import fsExt from "fs-ext";
+import type { ErrorCode } from "../errors/codes.ts";
 
 export type ClockSource = "monotonic" | "realtime";
 
@@ -114,7 +115,7 @@ const NAME_RE = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})
 
 /** A clock file that cannot be read, created or parsed; the message names the file. */
 export class ClockFileError extends Error {
-  readonly code = "TM_CLOCK";
+  readonly code = "TM_CLOCK" satisfies ErrorCode;
   constructor(
     readonly file: string,
     problem: string,
@@ -345,7 +346,7 @@ function max(a: bigint, b: bigint): bigint {
 export function createHostClock(opts: HostClockOptions = {}): HostClock {
   const wallNs = opts.wallNs ?? (() => BigInt(Date.now()) * 1_000_000n);
   const monoNs = opts.monoNs ?? (() => process.hrtime.bigint());
-  const warn = opts.warn ?? ((m: string) => process.emitWarning(m, { code: "TM_CLOCK" }));
+  const warn = opts.warn ?? ((m: string) => process.emitWarning(m, { code: "TM_CLOCK" satisfies ErrorCode }));
   const syncIntervalMs = opts.syncIntervalMs ?? HW_SYNC_MS;
   let dir: string | undefined = opts.dir !== undefined ? path.resolve(opts.dir) : undefined;
   let bootId: string | undefined;

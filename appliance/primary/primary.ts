@@ -7,6 +7,9 @@ import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
+import { tmError } from "../errors/codes.ts";
+import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
+import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
 import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
@@ -346,7 +349,7 @@ export class PrimaryEngine {
         generationOf: (g) => this.groups.get(g)?.generation ?? o.generationOf(g),
         logger: o.logger,
         onAck: (link, seq) => this.pending.ackUpTo(link, seq),
-        onRefused: (link, _code, message) => this.onRefused(link, message),
+        onRefused: (link, refusal) => this.onRefused(link, refusal),
         // The negative control restores the old sender too, which ignored a lower ack.
         onAckRegressed: o.controls?.ackBeforeDurable ? null : (link, had, got) => this.onAckRegressed(link, had, got),
         highestSeq: () => this.seq,
@@ -491,7 +494,7 @@ export class PrimaryEngine {
    */
   async suspend(group: string, event: SuspendEvent, reason: string, by: string, generation?: number): Promise<void> {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const was = gs.state;
     // Taken over stays so until a resync (group-state.ts). The callers of the
     // internal events check the table first, in this same step.
@@ -562,7 +565,7 @@ export class PrimaryEngine {
    */
   async resync(group: string, generation: number, blocks: Record<string, [number, number][]>) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const event = primaryResyncEvent(generation, gs.generation);
     // From here host writes are replicated, with the new generation in their frames;
     // those already marking the bitmap finish before the copier reads it.
@@ -585,10 +588,10 @@ export class PrimaryEngine {
       this.db.transaction(() => {
         for (const [volume, runs] of Object.entries(blocks)) {
           const b = volumes.get(volume);
-          if (!b) throw Object.assign(new Error(`resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`), { code: "TM_NO_VOLUME" });
+          if (!b) throw tmError("TM_NO_VOLUME", `resync of '${group}': volume '${volume}' is no primary volume of the group on #${this.o.id}`, { group, volume, subsystem: this.o.id });
           for (const [first, count] of runs) {
             if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count <= 0 || (first + count) * BLOCK_BYTES > b.volume.sizeBytes) {
-              throw Object.assign(new Error(`resync of '${group}': blocks ${first}+${count} lie outside volume '${volume}'`), { code: "TM_BAD_REQUEST" });
+              throw tmError("TM_BAD_REQUEST", `resync of '${group}': blocks ${first}+${count} lie outside volume '${volume}'`, { group, volume, first, count });
             }
             merged += this.bitmap.markNow(volume, first * BLOCK_BYTES, count * BLOCK_BYTES);
           }
@@ -619,7 +622,7 @@ export class PrimaryEngine {
    */
   async freeze(group: string) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const was = gs.state;
     const next = this.transition(gs, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
     assert(next !== null, `primary #${this.o.id}: a freeze is never ignored`);
@@ -849,7 +852,7 @@ export class PrimaryEngine {
   /** What status and the RCM show of a group's copy. */
   copyStatus(group: string) {
     const gs = this.groups.get(group);
-    if (!gs) throw Object.assign(new Error(`subsystem #${this.o.id} is no primary of group '${group}'`), { code: "TM_NO_GROUP" });
+    if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const c = gs.copy;
     const remaining = this.remainingBlocks(group);
     const elapsed = c ? Math.max(1, this.o.runtime.nowMs() - c.startedAtMs) : 0;
@@ -894,10 +897,19 @@ export class PrimaryEngine {
     return { subsystem: this.o.id, group, state: this.groupState(group), volumes: [...out.values()] };
   }
 
-  /** A secondary refused a frame: the group was fenced by a newer generation. */
-  private onRefused(secondaryId: number, message: string): void {
-    const m = /group '([^']+)'/.exec(message);
-    const groups = m ? [m[1]] : [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+  /**
+   * A secondary refused a frame and closed the link: fencing by a newer
+   * generation (the usual case), or a group it cannot take. The frame's group
+   * field says which group (refusal.ts); the message is only reported.
+   */
+  private onRefused(secondaryId: number, refusal: Refusal): void {
+    const onLink = [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+    const groups = refusedGroups(refusal, onLink);
+    const why = describeWireError(refusal.code);
+    if (groups.length === 0) {
+      this.o.logger.warn({ secondary: secondaryId, group: refusal.group, code: why, refusal: refusal.message }, "a secondary refuses a group this primary does not send it; nothing changes");
+    }
+    const message = refusalReason(secondaryId, refusal);
     for (const g of groups) {
       const gs = this.groups.get(g);
       if (!gs) continue;
@@ -908,11 +920,18 @@ export class PrimaryEngine {
       // takeover's primary step (issue 17).
       if (primaryGroupIgnores(gs.state, "refused")) {
         if (!replicating(gs.state)) continue;
-        this.o.logger.warn({ group: g, state: gs.state, secondary: secondaryId, refusal: message }, "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)");
+        this.o.logger.warn(
+          { group: g, state: gs.state, secondary: secondaryId, code: why, refusal: refusal.message },
+          "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)",
+        );
         continue;
       }
-      this.o.logger.error({ group: g, secondary: secondaryId, refusal: message }, "fenced: a secondary refuses this primary's frames (stale generation); replication of the group stops");
-      void this.suspend(g, "refused", `refused by secondary #${secondaryId}: ${message}`, `secondary #${secondaryId}`).catch((err) =>
+      const stale = refusal.code === WIRE_ERROR.generation;
+      this.o.logger.error(
+        { group: g, secondary: secondaryId, code: why, refusal: refusal.message },
+        `fenced: a secondary refuses this primary's frames (${stale ? "stale generation" : why}); replication of the group stops`,
+      );
+      void this.suspend(g, "refused", message, `secondary #${secondaryId}`).catch((err) =>
         this.o.logger.error({ group: g, err: (err as Error).message }, "suspending the fenced group failed"),
       );
     }

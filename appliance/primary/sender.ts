@@ -8,7 +8,8 @@ import type { Journal, JournalEntry } from "./journal.ts";
 import { OP_WRITE } from "./journal.ts";
 import { linkTransition, type LinkState } from "./link-state.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
-import type { Frame, RcrRecord } from "../replication/frames.ts";
+import { describeWireError, type Frame, type RcrRecord } from "../replication/frames.ts";
+import type { Refusal } from "./refusal.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 
 /** Entries read from the journal per query. */
@@ -32,8 +33,8 @@ export interface SenderOptions {
   onAck: (secondaryId: number, seq: number) => void;
   /** The secondary acknowledged less than it had: it lost RCRs it had acknowledged. */
   onAckRegressed: ((secondaryId: number, had: number, got: number) => void) | null;
-  /** A secondary refused a frame (error frame): fencing, or a broken peer. */
-  onRefused: (secondaryId: number, code: number, message: string) => void;
+  /** A secondary refused a frame (error frame): fencing, or a group it cannot take. */
+  onRefused: (secondaryId: number, refusal: Refusal) => void;
   /** The highest seq this primary ever issued: an ack above it is not ours. */
   highestSeq: () => number;
 }
@@ -199,8 +200,8 @@ export class LinkSender {
       this.o.onAck(this.o.secondaryId, f.seq);
       void this.pump();
     } else if (f.type === "error") {
-      this.o.logger.warn({ peer: this.o.secondaryId, code: f.code, message: f.message }, "secondary refused");
-      this.o.onRefused(this.o.secondaryId, f.code, f.message);
+      this.o.logger.warn({ peer: this.o.secondaryId, code: describeWireError(f.code), group: f.group, message: f.message }, "secondary refused");
+      this.o.onRefused(this.o.secondaryId, { code: f.code, group: f.group, message: f.message });
     }
   }
 

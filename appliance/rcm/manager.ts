@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type net from "node:net";
 import type { LoadedTopology } from "../../config/load.ts";
 import { createLinkServer, type Link } from "../replication/link.ts";
+import { codeOf, tmError } from "../errors/codes.ts";
 import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { runProcedure, type ProcedureMode, type ProcedureReport } from "./procedure.ts";
@@ -29,11 +30,11 @@ export class RemoteCopyManager {
 
   async start(): Promise<void> {
     const rcm = this.topo.config.rcm;
-    if (!rcm) throw Object.assign(new Error(`${this.topo.file} has no "rcm" section (host, port)`), { code: "TM_NO_RCM" });
+    if (!rcm) throw tmError("TM_NO_RCM", `${this.topo.file} has no "rcm" section (host, port)`, { file: this.topo.file });
     this.server = createLinkServer({ key: this.topo.config.clusterKey, nodeId: 0xfffe, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", (err: NodeJS.ErrnoException) =>
-        reject(Object.assign(new Error(`rcm: cannot listen on ${rcm.host}:${rcm.port}: ${err.code ?? err.message}`), { code: "TM_LISTEN" })),
+        reject(tmError("TM_LISTEN", `rcm: cannot listen on ${rcm.host}:${rcm.port}: ${err.code ?? err.message}`, { listener: "rcm", host: rcm.host, port: rcm.port, sysCode: err.code }, { cause: err })),
       );
       this.server!.listen(rcm.port, rcm.host, () => resolve());
     });
@@ -56,7 +57,7 @@ export class RemoteCopyManager {
       if (f.type !== "request") return;
       this.handle(f.body).then(
         (body) => link.send({ type: "response", id: f.id, ok: true, body }),
-        (err: Error & { code?: string }) => link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_RCM", message: err.message } }),
+        (err: Error) => link.send({ type: "response", id: f.id, ok: false, body: { code: codeOf(err, "TM_RCM"), message: err.message } }),
       );
     });
   }
@@ -80,7 +81,7 @@ export class RemoteCopyManager {
       case "status":
         return { pid: process.pid, history: this.history.slice(-50) };
       default:
-        throw Object.assign(new Error(`rcm: unknown operation ${JSON.stringify(b.op)}`), { code: "TM_CONTROL_OP" });
+        throw tmError("TM_CONTROL_OP", `rcm: unknown operation ${JSON.stringify(b.op)}`, { op: String(b.op) });
     }
   }
 

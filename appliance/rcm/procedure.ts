@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
 import { controlPlaneOf } from "../cli/control-client.ts";
+import { TidemarkError, type ErrorCode, type ErrorContext } from "../errors/codes.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
 
@@ -17,12 +18,10 @@ export type ProcedureMode = "suspend" | "takeover" | "dry-run";
 /** Draining a large disk request queue can take minutes. */
 const APPLY_TIMEOUT_MS = 30 * 60_000;
 
-export class ProcedureError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
+/** An RCM procedure (suspend, takeover, resync, failback) that cannot go on; its code is from the registry. */
+export class ProcedureError extends TidemarkError {
+  constructor(code: ErrorCode, message: string, context?: ErrorContext) {
+    super(code, message, context);
     this.name = "ProcedureError";
   }
 }

@@ -3,16 +3,23 @@
 // length is checked against its bound before any byte of the payload is kept.
 import { isUtf8 } from "node:buffer";
 import { crc32c } from "@node-rs/crc32";
+import type { ErrorCodeOf } from "../errors/codes.ts";
 
 /** "TMRK": lets a receiver refuse a stranger (an HTTP client, a port scan) on its first byte. */
 export const FRAME_MAGIC = 0x544d524b;
-export const FRAME_VERSION = 1;
+/**
+ * Bumped whenever a frame's layout or a code's meaning changes, so that peers
+ * of two builds refuse each other on the first frame (TM_FRAME_VERSION) rather
+ * than misread a payload. 2: the error frame carries a group, and refusals use
+ * WIRE_ERROR codes 5-9 (docs/wire.md, Versions).
+ */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER_BYTES = 20;
 /** One RCR frame carries up to 16 MiB of data plus room for its records' headers. */
 export const FRAME_PAYLOAD_MAX = 16 * 1024 * 1024 + 4096;
 export const NONCE_BYTES = 32;
 export const MAC_BYTES = 32;
-/** u8-prefixed strings: group and volume names. */
+/** u8-prefixed strings: group and volume names (the error frame's group too). */
 export const STRING8_BYTES_MAX = 255;
 /** The message of an `error` frame (u16-prefixed). */
 export const ERROR_MESSAGE_BYTES_MAX = 4096;
@@ -98,9 +105,16 @@ export interface AuthFrame {
 export interface ReadyFrame {
   type: "ready";
 }
+/** A refusal: the sender closes the connection after it. */
 export interface ErrorFrame {
   type: "error";
-  code: number;
+  code: ReceivedWireErrorCode;
+  /**
+   * The consistency group the refusal is about, so the receiver need not read
+   * it out of the message; "" when it is about no one group (a handshake, the
+   * whole link).
+   */
+  group: string;
   message: string;
 }
 export interface RcrFrame {
@@ -151,30 +165,65 @@ export type Frame =
   | ResponseFrame
   | HeartbeatFrame;
 
-/** Codes given to the peer in an `error` frame. */
+/**
+ * The one numbering of refusals: every `error` frame carries one of these
+ * codes (the sender then closes the connection). docs/wire.md prints this
+ * table, WIRE_ERROR_MEANINGS included, and test/unit/wire-docs.test.ts keeps
+ * the two equal. A new code is appended, never renumbered: a peer of another
+ * build reads the number.
+ */
 export const WIRE_ERROR = {
-  /** The peer's handshake MAC is wrong: it does not hold the cluster key. */
   auth: 1,
-  /** A frame that is not allowed in this state (e.g. rcr before the handshake). */
   protocol: 2,
-  /** The handshake was not complete in time. */
   timeout: 3,
-  /** The hello's role or node id is not acceptable. */
   role: 4,
-  /** A group frame of an older generation was refused (fencing). */
   generation: 5,
+  notReplicating: 6,
+  noGroup: 7,
+  notPrimary: 8,
+  badFrame: 9,
 } as const;
 
-export type FrameErrorCode =
-  | "TM_FRAME_MAGIC"
-  | "TM_FRAME_VERSION"
-  | "TM_FRAME_TYPE"
-  | "TM_FRAME_FLAGS"
-  | "TM_FRAME_GENERATION"
-  | "TM_FRAME_LENGTH"
-  | "TM_FRAME_CRC"
-  | "TM_FRAME_PAYLOAD"
-  | "TM_FRAME_ENCODE";
+export type WireErrorName = keyof typeof WIRE_ERROR;
+/** A code this build sends. */
+export type WireErrorCode = (typeof WIRE_ERROR)[WireErrorName];
+/**
+ * A code as received: any u16, since a newer peer may send one this build does
+ * not know. Branded so that a sender cannot put a bare number (an HTTP-like 409)
+ * in a frame: codes it sends come from WIRE_ERROR.
+ */
+export type ReceivedWireErrorCode = WireErrorCode | (number & { readonly __receivedWireErrorCode: true });
+
+/** What each code means; one table-safe line each (docs/wire.md prints them). */
+export const WIRE_ERROR_MEANINGS: Readonly<Record<WireErrorName, string>> = {
+  auth: "the peer's handshake proof is wrong: it does not hold the cluster key",
+  protocol: "a frame not allowed in this state (e.g. an `rcr` before the handshake is complete)",
+  timeout: "the handshake was not complete in time",
+  role: "the hello's role and node id disagree, the server is not the node the client expected, or a primary linked to a subsystem that holds no secondary volume",
+  generation: "a group frame carries another generation than the group has on the secondary: the group was fenced by a newer generation",
+  notReplicating: "the group takes no frames on the secondary at this generation: it is suspended, or taken over",
+  noGroup: "the secondary holds no volume of the named group",
+  notPrimary: "the sender is not a primary of the named group on the secondary",
+  badFrame: "a group frame the secondary cannot accept: a primary id other than the link's, a volume that is not the sender's in the group, a range not 512-aligned inside the volume",
+};
+
+const WIRE_ERROR_NAMES: ReadonlyMap<number, WireErrorName> = new Map(
+  (Object.entries(WIRE_ERROR) as [WireErrorName, number][]).map(([name, code]) => [code, name]),
+);
+
+/** The name of a received code, or undefined for a code this build does not know (never throws: a peer may send anything). */
+export function wireErrorName(code: number): WireErrorName | undefined {
+  return WIRE_ERROR_NAMES.get(code);
+}
+
+/** For log lines and messages: "generation (5)", or "unknown code 77". */
+export function describeWireError(code: number): string {
+  const name = wireErrorName(code);
+  return name === undefined ? `unknown code ${code}` : `${name} (${code})`;
+}
+
+/** The registry's TM_FRAME_* codes (appliance/errors/codes.ts). */
+export type FrameErrorCode = ErrorCodeOf<"TM_FRAME_">;
 
 /**
  * A frame that cannot be decoded (the connection that sent it must be dropped)
@@ -285,7 +334,7 @@ function measure(frame: Frame): { payloadBytes: number; json?: string } {
       checkUint("code", frame.code, U16_MAX);
       const n = Buffer.byteLength(frame.message, "utf8");
       if (n > ERROR_MESSAGE_BYTES_MAX) throw encodeFault(`error message is ${n} bytes, more than ${ERROR_MESSAGE_BYTES_MAX}`);
-      return { payloadBytes: 2 + 2 + n };
+      return { payloadBytes: 2 + string8Bytes("group", frame.group) + 2 + n };
     }
     case "rcr": {
       checkUint("generation", frame.generation, U32_MAX);
@@ -375,8 +424,9 @@ export function encodeFrame(frame: Frame): Buffer {
     case "heartbeat":
       break;
     case "error": {
-      const n = buf.write(frame.message, at + 4, "utf8");
       at = buf.writeUInt16BE(frame.code, at);
+      at = writeString8(buf, frame.group, at);
+      const n = buf.write(frame.message, at + 2, "utf8");
       at = buf.writeUInt16BE(n, at);
       at += n;
       break;
@@ -585,11 +635,13 @@ function decodePayload(type: FrameType, generation: number, r: PayloadReader): F
       frame = { type };
       break;
     case "error": {
-      const code = r.u16("code");
+      // Any u16 is kept: a code this build does not know is for the receiver to report, not a malformed frame.
+      const code = r.u16("code") as ReceivedWireErrorCode;
+      const group = r.string8("group");
       const lengthAt = r.pos;
       const n = r.u16("message length");
       if (n > ERROR_MESSAGE_BYTES_MAX) throw r.fail(`message length ${n} exceeds ${ERROR_MESSAGE_BYTES_MAX}`, lengthAt);
-      frame = { type, code, message: r.utf8(n, "message") };
+      frame = { type, code, group, message: r.utf8(n, "message") };
       break;
     }
     case "rcr": {

@@ -14,10 +14,13 @@ import {
   NONCE_BYTES,
   roleCode,
   WIRE_ERROR,
+  describeWireError,
   type Frame,
   type FrameType,
   type LinkRole,
+  type WireErrorCode,
 } from "./frames.ts";
+import type { ErrorCodeOf } from "../errors/codes.ts";
 
 export type { LinkRole } from "./frames.ts";
 
@@ -29,13 +32,8 @@ export const LINK_CLOSE_GRACE_MS = 2000;
 const SERVER_LABEL = Buffer.from("tidemark-v1 server", "utf8");
 const CLIENT_LABEL = Buffer.from("tidemark-v1 client", "utf8");
 
-export type LinkErrorCode =
-  | "TM_LINK_CONNECT"
-  | "TM_LINK_TIMEOUT"
-  | "TM_LINK_AUTH"
-  | "TM_LINK_REFUSED"
-  | "TM_LINK_PROTOCOL"
-  | "TM_LINK_CLOSED";
+/** The registry's TM_LINK_* codes (appliance/errors/codes.ts). */
+export type LinkErrorCode = ErrorCodeOf<"TM_LINK_">;
 
 /** Why a handshake failed or a link closed; the message names the peer. */
 export class LinkError extends Error {
@@ -98,11 +96,11 @@ function remoteAddress(socket: net.Socket): string {
   return `${host.includes(":") ? `[${host}]` : host}:${socket.remotePort ?? 0}`;
 }
 
-/** Error messages are cut at a character boundary to fit the frame's bound. */
-function errorFrame(code: number, message: string): Buffer {
+/** A handshake refusal (about no one group); the message is cut at a character boundary to fit the frame's bound. */
+function errorFrame(code: WireErrorCode, message: string): Buffer {
   let text = message;
   while (Buffer.byteLength(text, "utf8") > ERROR_MESSAGE_BYTES_MAX) text = text.slice(0, Math.floor(text.length * 0.9));
-  return encodeFrame({ type: "error", code, message: text });
+  return encodeFrame({ type: "error", code, group: "", message: text });
 }
 
 /** Ends the socket after the last bytes are flushed; destroys it if the peer does not close in time. */
@@ -311,10 +309,10 @@ function readHandshake<T>(
 
 /** Thrown by a handshake step: refuse the peer with an error frame carrying `wireCode`. */
 class Refusal extends LinkError {
-  readonly wireCode: number;
+  readonly wireCode: WireErrorCode;
   /** Message sent to the peer (the local error message names the peer instead). */
   readonly peerMessage: string;
-  constructor(code: LinkErrorCode, wireCode: number, message: string, peerMessage: string) {
+  constructor(code: LinkErrorCode, wireCode: WireErrorCode, message: string, peerMessage: string) {
     super(code, message);
     this.wireCode = wireCode;
     this.peerMessage = peerMessage;
@@ -419,7 +417,7 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
 
     const step = (frame: Frame): true | undefined => {
       if (frame.type === "error") {
-        throw new LinkError("TM_LINK_REFUSED", `peer at ${where} refused the handshake: ${frame.message} (code ${frame.code})`);
+        throw new LinkError("TM_LINK_REFUSED", `peer at ${where} refused the handshake: ${frame.message} (${describeWireError(frame.code)})`);
       }
       if (frame.type !== CLIENT_EXPECTS[state]) {
         throw new Refusal(
@@ -522,7 +520,7 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
     socket.off("end", onEnd);
     socket.off("close", onClose);
   };
-  const refuse = (wireCode: number, peerMessage: string, logMessage: string, detail: Record<string, unknown> = {}): void => {
+  const refuse = (wireCode: WireErrorCode, peerMessage: string, logMessage: string, detail: Record<string, unknown> = {}): void => {
     if (done) return;
     finish();
     logger.warn({ peer: address, ...detail }, logMessage);
@@ -541,7 +539,7 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
   );
 
   const step = (frame: Frame): true | undefined => {
-    if (frame.type === "error") throw new LinkError("TM_LINK_REFUSED", `peer refused the handshake: ${frame.message} (code ${frame.code})`);
+    if (frame.type === "error") throw new LinkError("TM_LINK_REFUSED", `peer refused the handshake: ${frame.message} (${describeWireError(frame.code)})`);
     if (frame.type !== SERVER_EXPECTS[state]) {
       throw new Refusal(
         "TM_LINK_PROTOCOL",

@@ -8,8 +8,9 @@
 import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import { durableBarrier, type Db } from "../state/database.ts";
-import type { Frame, RcrRecord } from "../replication/frames.ts";
+import { describeWireError, WIRE_ERROR, type Frame, type RcrRecord, type WireErrorName } from "../replication/frames.ts";
 import { assert, InvariantError } from "../invariant.ts";
+import { tmError } from "../errors/codes.ts";
 import { barrierOf, initialTimes, onCopied, onSync, startHold, withPrimaries, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
@@ -39,9 +40,6 @@ export const APPLY_BATCH_ROWS = 1024;
 export const APPLY_BATCH_BYTES = 4 * 1024 * 1024;
 const OP_WRITE = 1;
 const OP_ZERO = 2;
-/** Error-frame code for a frame of another generation, or for a suspended group. */
-export const GENERATION_REFUSED = 409;
-
 export interface SecondaryBinding {
   volume: Volume;
   group: string;
@@ -327,9 +325,15 @@ export class SecondaryEngine {
     }
   }
 
-  private refuse(link: FrameLink, primaryId: number, code: number, message: string): void {
-    this.o.logger.warn({ peer: primaryId, code, err: message }, "frame refused; dropping link");
-    link.send({ type: "error", code, message });
+  /**
+   * Tells the primary why its frame of `group` is not taken (WIRE_ERROR,
+   * docs/wire.md), then closes the link. The group travels in its own field:
+   * the primary stops that group by it, never by reading the message.
+   */
+  private refuse(link: FrameLink, primaryId: number, why: WireErrorName, group: string, message: string): void {
+    const code = WIRE_ERROR[why];
+    this.o.logger.warn({ peer: primaryId, group, code, why: describeWireError(code), err: message }, "frame refused; dropping link");
+    link.send({ type: "error", code, group, message });
     link.close();
   }
 
@@ -337,27 +341,28 @@ export class SecondaryEngine {
     if (this.stopped) return;
     if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.groups.get(f.group);
-      if (!g) return this.refuse(link, primaryId, 404, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
+      if (!g) return this.refuse(link, primaryId, "noGroup", f.group, `group '${f.group}' has no secondary volume on subsystem #${this.o.id}`);
       if (!g.times.first.has(primaryId)) {
-        return this.refuse(link, primaryId, 403, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
+        return this.refuse(link, primaryId, "notPrimary", f.group, `subsystem #${primaryId} is not a primary of group '${f.group}'`);
       }
       if ((f.generation !== g.generation || !replicating(g.state)) && !this.o.controls?.noFence) {
         // Fencing: a suspended group takes nothing more from its primaries.
         return this.refuse(
           link,
           primaryId,
-          GENERATION_REFUSED,
+          f.generation !== g.generation ? "generation" : "notReplicating",
+          f.group,
           `group '${f.group}' is ${g.state} at generation ${g.generation} on subsystem #${this.o.id}; frame carries generation ${f.generation}`,
         );
       }
       if (f.type !== "rcr") {
-        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, 400, `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
+        if (f.primaryId !== primaryId) return this.refuse(link, primaryId, "badFrame", f.group, `${f.type.toUpperCase()} names primary #${f.primaryId} on the link of #${primaryId}`);
         this.push({ kind: f.type, group: f.group, primaryId, t: f.t, generation: f.generation });
         return;
       }
       for (const r of f.records) {
         const problem = this.checkRecord(f.group, primaryId, r);
-        if (problem) return this.refuse(link, primaryId, 400, problem);
+        if (problem) return this.refuse(link, primaryId, "badFrame", f.group, problem);
       }
       this.push({ kind: "rcr", link, primaryId, group: f.group, records: f.records });
     } else if (f.type === "heartbeat") {
@@ -685,7 +690,7 @@ export class SecondaryEngine {
 
   private group(name: string): GroupState {
     const g = this.groups.get(name);
-    if (!g) throw Object.assign(new Error(`group '${name}' has no secondary volume on subsystem #${this.o.id}`), { code: "TM_NO_GROUP" });
+    if (!g) throw tmError("TM_NO_GROUP", `group '${name}' has no secondary volume on subsystem #${this.o.id}`, { group: name, subsystem: this.o.id });
     return g;
   }
 
@@ -776,10 +781,13 @@ export class SecondaryEngine {
     const notFenced = () => `group '${name}' on subsystem #${this.o.id} is ${g.state} at generation ${g.generation}, not fenced at ${generation}`;
     // Refused where the group takes frames; where it is fenced, the state stays.
     this.transition(g, "apply-ts", notFenced);
-    if (generation !== g.generation) throw Object.assign(new Error(notFenced()), { code: "TM_NOT_FENCED" });
+    if (generation !== g.generation) throw tmError("TM_NOT_FENCED", notFenced(), { group: name, subsystem: this.o.id, state: g.state, held: g.generation, asked: generation });
     if (g.synchronizedTs !== null && g.synchronizedTs !== ts) {
-      throw Object.assign(new Error(`group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`), {
-        code: "TM_TS_CONFLICT",
+      throw tmError("TM_TS_CONFLICT", `group '${name}' on subsystem #${this.o.id} was already brought to Ts ${g.synchronizedTs}, not ${ts}`, {
+        group: name,
+        subsystem: this.o.id,
+        ts: String(g.synchronizedTs),
+        asked: String(ts),
       });
     }
     if (g.synchronizedTs === null) {
@@ -850,7 +858,7 @@ export class SecondaryEngine {
     // The resync under way, asked again (the table allows that only while resyncing).
     const begun = out.kind === "to" && out.to === g.state;
     // Anything else needs the group at rest at a synchronized time (apply-ts since the last resync).
-    if (!begun && g.synchronizedTs === null) throw Object.assign(new Error(notSynchronized()), { code: "TM_NOT_SYNCHRONIZED" });
+    if (!begun && g.synchronizedTs === null) throw tmError("TM_NOT_SYNCHRONIZED", notSynchronized(), { group: name, subsystem: this.o.id, state: g.state });
     const floor = g.synchronizedTs;
     // Host writes stop before the bitmap is read: one in flight marks its block first.
     const next = this.transition(g, event, (code) =>
@@ -888,7 +896,7 @@ export class SecondaryEngine {
   takeover(name: string, generation: number) {
     const g = this.group(name);
     const notSynchronized = () => `group '${name}' on subsystem #${this.o.id} has not been brought to a synchronized time at generation ${generation}`;
-    if (g.synchronizedTs === null || generation !== g.generation) throw Object.assign(new Error(notSynchronized()), { code: "TM_NOT_SYNCHRONIZED" });
+    if (g.synchronizedTs === null || generation !== g.generation) throw tmError("TM_NOT_SYNCHRONIZED", notSynchronized(), { group: name, subsystem: this.o.id, asked: generation });
     // Decided before the row is written, changed here once it is durable.
     const next = secondaryGroupTransition(g.state, "takeover", notSynchronized);
     assert(next !== null, `secondary #${this.o.id}: a takeover is never ignored`);

@@ -7,14 +7,14 @@ import Database from "better-sqlite3";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { MIGRATIONS, SCHEMA_VERSION } from "./schema.ts";
+import { TidemarkError, type ErrorCodeOf } from "../errors/codes.ts";
 
 export type Db = Database.Database;
 
-export class StateError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
+export class StateError extends TidemarkError {
+  declare readonly code: ErrorCodeOf<"TM_STATE_">;
+  constructor(code: ErrorCodeOf<"TM_STATE_">, message: string, file: string, options?: { cause?: unknown }) {
+    super(code, message, { file }, options);
     this.name = "StateError";
   }
 }
@@ -26,7 +26,7 @@ export function openState(file: string): Db {
   try {
     db = new Database(file);
   } catch (err) {
-    throw new StateError("TM_STATE_OPEN", `cannot open state file ${file}: ${(err as Error).message}`, { cause: err });
+    throw new StateError("TM_STATE_OPEN", `cannot open state file ${file}: ${(err as Error).message}`, file, { cause: err });
   }
   try {
     db.pragma("journal_mode = WAL");
@@ -36,13 +36,14 @@ export function openState(file: string): Db {
     version = db.pragma("user_version", { simple: true }) as number;
   } catch (err) {
     db.close();
-    throw new StateError("TM_STATE_OPEN", `state file ${file} is not a usable SQLite database: ${(err as Error).message}`, { cause: err });
+    throw new StateError("TM_STATE_OPEN", `state file ${file} is not a usable SQLite database: ${(err as Error).message}`, file, { cause: err });
   }
   if (version > SCHEMA_VERSION) {
     db.close();
     throw new StateError(
       "TM_STATE_VERSION",
       `state file ${file} has schema version ${version}, newer than this tidemark (${SCHEMA_VERSION}); refusing to touch it`,
+      file,
     );
   }
   for (let v = version; v < SCHEMA_VERSION; v++) {

@@ -7,6 +7,7 @@
 // length, CRC32C); segments older than the oldest row still in the table are
 // deleted.
 import type { SegmentDir, SegmentFile } from "./segment-files.ts";
+import { tmError } from "../errors/codes.ts";
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -74,7 +75,10 @@ export class PayloadSegments {
     while (done < total) {
       const bufs = remaining(payloads, done, IOV_BATCH);
       const n = s.file.writev(bufs, s.size + done);
-      if (n === 0) throw Object.assign(new Error(`${this.dir.nameOf(this.current)}: writev wrote 0 bytes at ${s.size + done}`), { code: "TM_SEGMENT_IO" });
+      if (n === 0) {
+        const file = this.dir.nameOf(this.current);
+        throw tmError("TM_SEGMENT_IO", `${file}: writev wrote 0 bytes at ${s.size + done}`, { file, offset: s.size + done });
+      }
       done += n;
     }
     s.size = off;
@@ -101,7 +105,10 @@ export class PayloadSegments {
     let done = 0;
     while (done < length) {
       const n = s.file.read(buf, done, length - done, ref.off + done);
-      if (n === 0) throw Object.assign(new Error(`${this.dir.nameOf(ref.seg)}: payload at ${ref.off}+${length} ends at ${ref.off + done}, past the end of the file`), { code: "TM_SEGMENT_SHORT" });
+      if (n === 0) {
+        const file = this.dir.nameOf(ref.seg);
+        throw tmError("TM_SEGMENT_SHORT", `${file}: payload at ${ref.off}+${length} ends at ${ref.off + done}, past the end of the file`, { file, offset: ref.off, length });
+      }
       done += n;
     }
     return buf;

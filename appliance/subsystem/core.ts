@@ -13,7 +13,8 @@ import type { StateStore } from "../state/store.ts";
 import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe, type PrimaryTuning } from "../primary/primary.ts";
 import { SecondaryEngine, type SecondaryBinding, type SecondaryProbe } from "../secondary/secondary.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
-import type { Frame } from "../replication/frames.ts";
+import { WIRE_ERROR, type Frame } from "../replication/frames.ts";
+import { codeOf, tmError } from "../errors/codes.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
@@ -40,14 +41,9 @@ export interface SubsystemCoreOptions {
   nbdUrlOf?: (volume: string) => string | null;
 }
 
-/** A control request's error: a code from docs/errors.md and a message that names what was wrong. */
-function controlError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
-}
-
 /** A generation from a control request: a positive integer, or a clear refusal. */
 function requestGeneration(v: unknown): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw controlError("TM_BAD_REQUEST", `generation must be a positive integer, not ${JSON.stringify(v)}`);
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw tmError("TM_BAD_REQUEST", `generation must be a positive integer, not ${JSON.stringify(v)}`, { field: "generation" });
   return v;
 }
 
@@ -169,15 +165,24 @@ export class SubsystemCore {
     const id = o.id;
     const db = o.store.db;
     const g = o.topo.groups.get(group);
-    if (!g) throw controlError("TM_NO_GROUP", `group '${group}' is not defined in ${o.topo.file}`);
+    if (!g) throw tmError("TM_NO_GROUP", `group '${group}' is not defined in ${o.topo.file}`, { group, file: o.topo.file });
     const row = db.prepare("SELECT direction, generation, state FROM grp WHERE name = ?").get(group) as { direction: string; generation: number; state: string };
     if (row.direction === direction && row.generation >= generation) return { subsystem: id, group, direction, generation: row.generation, turned: false };
     if (generation <= row.generation) {
-      throw controlError("TM_GENERATION", `group '${group}' on subsystem #${id} is at generation ${row.generation}; turning it needs a newer one than ${generation}`);
+      throw tmError("TM_GENERATION", `group '${group}' on subsystem #${id} is at generation ${row.generation}; turning it needs a newer one than ${generation}`, {
+        group,
+        subsystem: id,
+        held: row.generation,
+        asked: generation,
+      });
     }
     // Only a group that was taken over turns: both sides stand still for hosts' data.
     if (row.state !== "takeover" && row.state !== "taken-over") {
-      throw controlError("TM_NOT_TAKEN_OVER", `group '${group}' on subsystem #${id} is ${row.state}; only a group that was taken over turns its direction`);
+      throw tmError("TM_NOT_TAKEN_OVER", `group '${group}' on subsystem #${id} is ${row.state}; only a group that was taken over turns its direction`, {
+        group,
+        subsystem: id,
+        state: row.state,
+      });
     }
     const next = directed(o.topo, new Map([...this.directions(), [group, direction]]));
     const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
@@ -235,7 +240,7 @@ export class SubsystemCore {
   }
 
   private need<T>(engine: T | null, what: string): T {
-    if (!engine) throw controlError("TM_NO_ROLE", `subsystem #${this.o.id} has no ${what} role`);
+    if (!engine) throw tmError("TM_NO_ROLE", `subsystem #${this.o.id} has no ${what} role`, { subsystem: this.o.id, role: what });
     return engine;
   }
 
@@ -274,15 +279,15 @@ export class SubsystemCore {
       case "primary-resync": {
         const blocks = (b as { blocks?: unknown }).blocks ?? {};
         if (typeof blocks !== "object" || blocks === null || Object.values(blocks).some((r) => !Array.isArray(r) || r.some((x) => !Array.isArray(x) || x.length !== 2))) {
-          throw controlError("TM_BAD_REQUEST", "primary-resync: blocks must map volume names to [first, count] runs");
+          throw tmError("TM_BAD_REQUEST", "primary-resync: blocks must map volume names to [first, count] runs", { op: "primary-resync", field: "blocks" });
         }
         return primary().resync(String(b.group), requestGeneration(b.generation), blocks as Record<string, [number, number][]>);
       }
       case "turn": {
         const dir = (b as { direction?: unknown }).direction;
-        if (!isDirection(dir)) throw controlError("TM_BAD_REQUEST", `turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`);
+        if (!isDirection(dir)) throw tmError("TM_BAD_REQUEST", `turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`, { op: "turn", field: "direction" });
         const ts = String(b.ts);
-        if (!/^\d{1,20}$/.test(ts)) throw controlError("TM_BAD_REQUEST", `turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`);
+        if (!/^\d{1,20}$/.test(ts)) throw tmError("TM_BAD_REQUEST", `turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`, { op: "turn", field: "ts" });
         const generation = requestGeneration(b.generation);
         const turn = this.turning.then(() => this.turnDirection(String(b.group), dir, generation, BigInt(ts)));
         this.turning = turn.catch(() => {});
@@ -293,7 +298,7 @@ export class SubsystemCore {
       case "copy-status":
         return primary().copyStatus(String(b.group));
       default:
-        throw controlError("TM_CONTROL_OP", `unknown control operation ${JSON.stringify(b.op)}`);
+        throw tmError("TM_CONTROL_OP", `unknown control operation ${JSON.stringify(b.op)}`, { subsystem: this.o.id, op: String(b.op) });
     }
   }
 
@@ -302,7 +307,8 @@ export class SubsystemCore {
     const secondary = this.roles.secondary;
     if (!secondary) {
       this.o.logger.warn({ peer: primaryId }, "replication link from a primary, but this subsystem is no secondary");
-      link.send({ type: "error", code: 404, message: `subsystem #${this.o.id} holds no secondary volume` });
+      // About the whole link, no one group: the primary stops every group it sends here.
+      link.send({ type: "error", code: WIRE_ERROR.role, group: "", message: `subsystem #${this.o.id} holds no secondary volume` });
       link.close();
       return;
     }
@@ -315,9 +321,9 @@ export class SubsystemCore {
       if (f.type !== "request") return;
       this.handleRequest(f.body).then(
         (body) => link.send({ type: "response", id: f.id, ok: true, body }),
-        (err: Error & { code?: string }) => {
+        (err: Error) => {
           if (err.name === "InvariantError") throw err;
-          link.send({ type: "response", id: f.id, ok: false, body: { code: err.code ?? "TM_CONTROL", message: err.message } });
+          link.send({ type: "response", id: f.id, ok: false, body: { code: codeOf(err, "TM_CONTROL"), message: err.message } });
         },
       );
     });

@@ -4,6 +4,7 @@
 import http from "node:http";
 import { Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import type { SubsystemStatus } from "../cli/status-view.ts";
+import { tmError } from "../errors/codes.ts";
 
 export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigint): Registry {
   const registry = new Registry();
@@ -64,7 +65,9 @@ export function serveMetrics(registry: Registry, host: string, port: number): Pr
     );
   });
   return new Promise((resolve, reject) => {
-    server.once("error", (err: NodeJS.ErrnoException) => reject(Object.assign(new Error(`metrics: cannot listen on ${host}:${port}: ${err.code ?? err.message}`), { code: "TM_LISTEN" })));
+    server.once("error", (err: NodeJS.ErrnoException) =>
+      reject(tmError("TM_LISTEN", `metrics: cannot listen on ${host}:${port}: ${err.code ?? err.message}`, { listener: "metrics", host, port, sysCode: err.code }, { cause: err })),
+    );
     server.listen(port, host, () => resolve(server));
   });
 }

@@ -19,6 +19,7 @@ import { fileStateStore } from "../state/store.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { SubsystemCore } from "./core.ts";
 import { installInvariantExit } from "../invariant.ts";
+import { tmError } from "../errors/codes.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { metricsRegistry, serveMetrics } from "./metrics.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
@@ -80,9 +81,8 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     fsExt.flockSync(lockFd, "exnb");
   } catch {
     closeSync(lockFd);
-    throw Object.assign(new Error(`subsystem #${id} is already running (lock ${path.join(dir, "subsystem.lock")} is held)`), {
-      code: "TM_SUBSYSTEM_RUNNING",
-    });
+    const lock = path.join(dir, "subsystem.lock");
+    throw tmError("TM_SUBSYSTEM_RUNNING", `subsystem #${id} is already running (lock ${lock} is held)`, { subsystem: id, file: lock });
   }
 
   const db = openState(path.join(dir, "state.db"));
@@ -186,7 +186,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
 function listen(server: net.Server, host: string, port: number, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) =>
-      reject(Object.assign(new Error(`${what}: cannot listen on ${host}:${port}: ${err.code ?? err.message}`), { code: "TM_LISTEN" })),
+      reject(tmError("TM_LISTEN", `${what}: cannot listen on ${host}:${port}: ${err.code ?? err.message}`, { listener: what, host, port, sysCode: err.code }, { cause: err })),
     );
     server.listen(port, host, () => resolve());
   });

@@ -8,6 +8,8 @@ import { StampClock } from "../../appliance/primary/stamp-clock.ts";
 import { LINK_TRANSITIONS, linkTransition, type LinkEvent, type LinkState } from "../../appliance/primary/link-state.ts";
 import { synchronizedTime } from "../../appliance/rcm/synchronized-time.ts";
 import { prng } from "../../appliance/drill/prng.ts";
+import { refusalReason, refusedGroups } from "../../appliance/primary/refusal.ts";
+import { WIRE_ERROR, type ReceivedWireErrorCode } from "../../appliance/replication/frames.ts";
 
 const int = (rnd: () => number, n: number) => Math.floor(rnd() * n);
 const SEEDS = [1, 2, 3, 7, 42, 1234, 99991, 20240601];
@@ -467,5 +469,20 @@ describe("synchronized time", () => {
         }
       }
     }
+  });
+});
+
+describe("refusal scope", () => {
+  const onLink = ["C1", "C2"];
+  it("refusal: the frame's group field decides, the message is never read", () => {
+    expect(refusedGroups({ code: WIRE_ERROR.generation, group: "C2", message: "group 'C1' is refused" }, onLink)).toEqual(["C2"]);
+    expect(refusedGroups({ code: WIRE_ERROR.noGroup, group: "C9", message: "group 'C1'" }, onLink)).toEqual([]);
+    expect(refusedGroups({ code: WIRE_ERROR.role, group: "", message: "group 'C1'" }, onLink)).toEqual(["C1", "C2"]);
+    expect(refusedGroups({ code: WIRE_ERROR.role, group: "", message: "" }, [])).toEqual([]);
+  });
+
+  it("refusal: the reason names the code, known or not, and keeps the message", () => {
+    expect(refusalReason(3, { code: WIRE_ERROR.notReplicating, group: "C1", message: "suspended" })).toBe("refused by secondary #3 (notReplicating (6)): suspended");
+    expect(refusalReason(3, { code: 999 as ReceivedWireErrorCode, group: "C1", message: "?" })).toBe("refused by secondary #3 (unknown code 999): ?");
   });
 });

@@ -10,11 +10,14 @@ import {
   FRAME_HEADER_BYTES,
   FRAME_PAYLOAD_MAX,
   FRAME_TYPES,
+  FRAME_VERSION,
   FrameDecoder,
   FrameError,
   type Frame,
   type FrameType,
   type RcrRecord,
+  type ReceivedWireErrorCode,
+  WIRE_ERROR,
 } from "../../appliance/replication/frames.ts";
 import { prng } from "../../appliance/drill/prng.ts";
 
@@ -68,7 +71,7 @@ function randFrame(rand: () => number): Frame {
     case "heartbeat":
       return { type };
     case "error":
-      return { type, code: randInt(rand, 0xffff), message: randName(rand, 200) };
+      return { type, code: randInt(rand, 0xffff) as ReceivedWireErrorCode, group: rand() < 0.3 ? "" : randName(rand, 60), message: randName(rand, 200) };
     case "rcr": {
       const records: RcrRecord[] = [];
       const n = randInt(rand, 6);
@@ -91,7 +94,7 @@ function randFrame(rand: () => number): Frame {
 function rawFrame(type: number, payload: Buffer, generation = 0): Buffer {
   const buf = Buffer.alloc(FRAME_HEADER_BYTES + payload.length);
   buf.writeUInt32BE(0x544d524b, 0);
-  buf.writeUInt8(1, 4);
+  buf.writeUInt8(FRAME_VERSION, 4);
   buf.writeUInt8(type, 5);
   buf.writeUInt32BE(generation, 8);
   buf.writeUInt32BE(payload.length, 12);
@@ -137,7 +140,7 @@ const everyType: Frame[] = [
   { type: "challenge", nodeId: 65535, nonce: Buffer.alloc(32, 3), mac: Buffer.alloc(32, 4) },
   { type: "auth", mac: Buffer.alloc(32, 5) },
   { type: "ready" },
-  { type: "error", code: 2, message: "expected auth, got rcr — ünïcödé" },
+  { type: "error", code: 2, group: "", message: "expected auth, got rcr — ünïcödé" },
   {
     type: "rcr",
     generation: 7,
@@ -156,6 +159,9 @@ const everyType: Frame[] = [
   { type: "response", id: 1, ok: false, body: { error: "no such group" } },
   { type: "response", id: 0xffffffff, ok: true, body: null },
   { type: "heartbeat" },
+  { type: "error", code: WIRE_ERROR.generation, group: "cg-1 — ünï", message: "" },
+  // A code this build does not know decodes as it came; the longest group and message fit.
+  { type: "error", code: 0xffff as ReceivedWireErrorCode, group: "g".repeat(255), message: "m".repeat(4096) },
 ];
 
 describe("frames: round trip", () => {
@@ -179,13 +185,25 @@ describe("frames: round trip", () => {
     const bytes = encodeFrame({ type: "sync", generation: 0x01020304, group: "g", primaryId: 0x0506, t: 0x0708n });
     expect(bytes.readUInt32BE(0)).toBe(0x544d524b);
     expect(bytes.subarray(0, 4).toString("latin1")).toBe("TMRK");
-    expect(bytes[4]).toBe(1);
+    expect(bytes[4]).toBe(2);
+    expect(bytes[4]).toBe(FRAME_VERSION);
     expect(bytes[5]).toBe(7);
     expect(bytes.readUInt16BE(6)).toBe(0);
     expect(bytes.readUInt32BE(8)).toBe(0x01020304);
     expect(bytes.readUInt32BE(12)).toBe(2 + 2 + 8);
     expect(bytes.readUInt32BE(16)).toBe(crc32c(bytes.subarray(20), crc32c(bytes.subarray(0, 16))));
     expect(bytes.subarray(20).toString("hex")).toBe("0167" + "0506" + "0000000000000708");
+  });
+
+  it("frames: error payload layout matches docs/wire.md (code, g, group, n, message)", () => {
+    const bytes = encodeFrame({ type: "error", code: WIRE_ERROR.generation, group: "C1", message: "stale" });
+    expect(bytes[5]).toBe(5);
+    expect(bytes.readUInt32BE(8)).toBe(0);
+    expect(bytes.readUInt32BE(12)).toBe(5 + 2 + 5);
+    expect(bytes.subarray(20).toString("hex")).toBe("0005" + "02" + "4331" + "0005" + Buffer.from("stale").toString("hex"));
+    // "Not about one group" is a zero length, not an absent field.
+    const none = encodeFrame({ type: "error", code: WIRE_ERROR.auth, group: "", message: "" });
+    expect(none.subarray(20).toString("hex")).toBe("0001" + "00" + "0000");
   });
 });
 
@@ -250,7 +268,9 @@ describe("frames: corruption", () => {
   it("frames: header checks name the field and offset", () => {
     const base = encodeFrame({ type: "ack", seq: 1 });
     const cases: [number, number, string][] = [
-      [4, 2, "TM_FRAME_VERSION"],
+      // A version 1 peer (error frames without a group) is refused on its first frame.
+      [4, 1, "TM_FRAME_VERSION"],
+      [4, 3, "TM_FRAME_VERSION"],
       [5, 0, "TM_FRAME_TYPE"],
       [5, 13, "TM_FRAME_TYPE"],
       [7, 1, "TM_FRAME_FLAGS"],
@@ -280,7 +300,7 @@ describe("frames: streaming", () => {
   it("frames: a declared length over the max is refused on its last header byte", () => {
     const header = Buffer.alloc(FRAME_HEADER_BYTES);
     header.writeUInt32BE(0x544d524b, 0);
-    header[4] = 1;
+    header[4] = FRAME_VERSION;
     header[5] = FRAME_TYPES.rcr;
     header.writeUInt32BE(FRAME_PAYLOAD_MAX + 1, 12);
     const d = new FrameDecoder();
@@ -358,7 +378,13 @@ describe("frames: payload checks", () => {
     ["unknown role", rawFrame(1, Buffer.concat([Buffer.from([3, 0, 1]), Buffer.alloc(32)])), 20],
     ["ok neither 0 nor 1", rawFrame(10, Buffer.concat([u64(0, 1).subarray(4), Buffer.from([2]), u64(0, 2).subarray(4), Buffer.from("{}")])), 24],
     ["body not JSON", rawFrame(9, Buffer.concat([u64(0, 1).subarray(4), u64(0, 3).subarray(4), Buffer.from("{x}")])), 24],
-    ["error message over 4096 bytes", rawFrame(5, Buffer.concat([Buffer.from([0, 1, 0x10, 0x01]), Buffer.alloc(4097, 0x61)])), 22],
+    ["error message over 4096 bytes", rawFrame(5, Buffer.concat([Buffer.from([0, 1, 0, 0x10, 0x01]), Buffer.alloc(4097, 0x61)])), 23],
+    ["error group not UTF-8", rawFrame(5, Buffer.concat([Buffer.from([0, 5, 2, 0xc3, 0x28, 0, 0])])), 23],
+    ["error group a lone continuation byte", rawFrame(5, Buffer.concat([Buffer.from([0, 5, 1, 0x80, 0, 0])])), 23],
+    ["error group longer than the payload", rawFrame(5, Buffer.concat([Buffer.from([0, 5, 200]), Buffer.from("C1"), Buffer.from([0, 0])])), 23],
+    // Why the version was bumped: a version 1 error payload read as version 2 takes its length's high byte for g.
+    ["error frame in the version 1 layout (no group)", rawFrame(5, Buffer.concat([Buffer.from([0, 5, 0, 2]), Buffer.from("hi")])), 25],
+    ["error frame cut inside its code", rawFrame(5, Buffer.from([0])), 20],
   ];
   it.each(cases)("frames: refuses %s", (_name, bytes, offset) => {
     const err = catchFrameError(() => new FrameDecoder().push(bytes));
@@ -377,6 +403,8 @@ describe("frames: encoding refusals", () => {
   });
   it.each([
     ["a group name over 255 bytes", { type: "sync", generation: 1, group: "é".repeat(128), primaryId: 1, t: 1n } as Frame],
+    ["an error frame's group over 255 bytes", { type: "error", code: WIRE_ERROR.noGroup, group: "g".repeat(256), message: "" } as Frame],
+    ["an error frame's code over u16", { type: "error", code: 0x10000 as ReceivedWireErrorCode, group: "", message: "" } as Frame],
     ["data shorter than length", write({ length: 3 })],
     ["a zero record with data", write({ op: "zero" })],
     ["seq above MAX_SAFE_INTEGER", write({ seq: 2 ** 53 })],

@@ -10,6 +10,7 @@ import { EventEmitter } from "node:events";
 import { decodeFrame, encodeFrame, type Frame } from "../../../appliance/replication/frames.ts";
 import type { FrameLink } from "../../../appliance/replication/frame-link.ts";
 import { ControlError } from "../../../appliance/cli/control-client.ts";
+import { codeOf } from "../../../appliance/errors/codes.ts";
 import type { Scheduler, SimProcess } from "./scheduler.ts";
 
 export type PartitionMode = "hold" | "drop";
@@ -210,9 +211,10 @@ export class SimNetwork {
             const answer = JSON.stringify(value);
             this.sched.at(this.delay(), () => finish(() => resolve(JSON.parse(answer) as T)), caller);
           },
-          (err: Error & { code?: string }) => {
+          (err: Error) => {
             if (err.name === "InvariantError") throw err;
-            const e = new ControlError(err.code ?? "TM_CONTROL", `subsystem #${to}: ${err.message}`);
+            // What the subsystem's control answer and the CLI's client make of it (core.ts, control-client.ts).
+            const e = ControlError.fromAnswer({ code: codeOf(err, "TM_CONTROL"), message: err.message }, "TM_CONTROL", `subsystem #${to}: `, "request failed");
             this.sched.at(this.delay(), () => finish(() => reject(e)), caller);
           },
         );
