@@ -6,7 +6,7 @@
 // Negative controls (each must make some seed fail): --copy-hole-outside-lock,
 // --ack-before-durable, --per-process-epoch (issue 11's bugs), --bare-clock-sync,
 // --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
-// --restart-lifts-112 (docs/simulation.md).
+// --restart-lifts-112 (docs/simulation.md), --copier-outlives-generation (issue 17's race 3).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 import { STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
@@ -47,6 +47,7 @@ function parse(argv: string[]) {
     else if (a === "--no-activity-log") o.controls = { ...o.controls, noActivityLog: true };
     else if (a === "--copied-waits-for-last-seq") o.controls = { ...o.controls, copiedWaitsForLastSeq: true };
     else if (a === "--restart-lifts-112") o.controls = { ...o.controls, restartLifts112: true };
+    else if (a === "--copier-outlives-generation") o.controls = { ...o.controls, copierOutlivesGeneration: true };
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-sweep.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };

@@ -10,12 +10,14 @@ import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
 import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
-import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO } from "./journal.ts";
+import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
+import { ActivityLog } from "./activity-log.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
 import { RangeLock } from "./range-lock.ts";
 import { StampClock } from "./stamp-clock.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
+import { COPY_JOURNAL_BYTES, COPY_RUN_BYTES, COPY_STARVED_MS, COPY_ZERO_RUN_BYTES, Copier, type CopierHost, type CopyProgress } from "../resync/copier.ts";
 import type { StateStore } from "../state/store.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
@@ -51,27 +53,8 @@ interface GroupState {
   copy: CopyProgress | null;
 }
 
-/** A copy's progress (status, progress bars). */
-export interface CopyProgress {
-  startedAtMs: number;
-  /** Blocks to copy when the copier (re)started, and blocks copied since. */
-  totalBlocks: number;
-  doneBlocks: number;
-  /** Bytes sent with data (zero runs travel without payload). */
-  dataBytes: number;
-  zeroBytes: number;
-  runs: number;
-  phase: "copying" | "acknowledging";
-}
 
 export const BLOCK_BYTES = 4096;
-/**
- * A region stays hot this long after its last write even once its entries
- * are trimmed: turning one hot costs a WAL fsync, and random writes would
- * otherwise re-heat regions in most commits (DRBD keeps its activity log's
- * extents hot for the same reason).
- */
-const ACTIVITY_COOL_IDLE_MS = 5000;
 /**
  * Above this many journal bytes, new host writes wait for trims while every
  * link of their group is up: a host must not outrun replication until the
@@ -81,21 +64,6 @@ const ACTIVITY_COOL_IDLE_MS = 5000;
 const JOURNAL_BACKPRESSURE_BYTES = 256 * 1024 * 1024;
 /** Host writes up to this size are written to the volume synchronously. */
 const SYNC_WRITE_BYTES_MAX = 64 * 1024;
-/** Largest copy with data: one range lock, one read, one RCR. */
-export const COPY_RUN_BYTES = 1024 * 1024;
-/** Largest zero run (a hole of a sparse file): no payload, so it may be long. */
-const COPY_ZERO_RUN_BYTES = 64 * 1024 * 1024;
-/** Copies in flight per group: the read of one overlaps the journal commit of another. */
-const COPY_WORKERS = 4;
-/** The copier waits while the journal holds more than this (host writes take precedence). */
-const COPY_JOURNAL_BYTES = 64 * 1024 * 1024;
-/**
- * A copy run waits at most this long for host writes to drain the journal:
- * with 4 workers of 1 MiB runs, a resync under any load copies at least
- * 20 MiB/s (the floor is in docs/resync.md).
- */
-const COPY_STARVED_MS = 200;
-const ZEROES = Buffer.alloc(COPY_RUN_BYTES);
 
 /**
  * Sizes a deployment never changes but a simulation scales down, so that a
@@ -164,15 +132,6 @@ export interface PrimaryOptions {
   powerLossSuspected: boolean;
 }
 
-interface CopyRun {
-  kind: "bitmap" | "cursor";
-  offset: number;
-  length: number;
-  /** Known zero without reading (a hole). */
-  zero: boolean;
-  /** For bitmap runs: the blocks it clears. */
-  blocks: number[];
-}
 
 interface BindingState extends PrimaryBinding {
   lock: RangeLock;
@@ -188,8 +147,7 @@ export class PrimaryEngine {
   private readonly bindings = new Map<string, BindingState>();
   /** Seqs whose volume write has not completed. */
   private readonly writing = new Set<number>();
-  /** Highest seq written per activity region (volume\0region). */
-  private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number; at: number }>();
+  private readonly activity: ActivityLog;
   private persistedFloor: bigint;
   private timers: TimerHandle[] = [];
   private trimming = false;
@@ -204,8 +162,7 @@ export class PrimaryEngine {
   writes = 0;
   writeBytes = 0;
   private stopped = false;
-  private readonly copiers = new Map<string, Promise<void>>();
-  private readonly cursorStmts;
+  private readonly copier: Copier;
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
 
@@ -227,14 +184,10 @@ export class PrimaryEngine {
       for (const s of this.senders.values()) s.wake();
     };
     this.bitmap = new BitmapWriter(this.db, o.runtime);
+    this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes });
     this.recordPairs();
     const db = this.db;
-    this.cursorStmts = {
-      get: db.prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true),
-      all: db.prepare("SELECT volume FROM copy_cursor").pluck(true),
-      move: db.prepare("UPDATE copy_cursor SET next_off = ? WHERE volume = ?"),
-      done: db.prepare("DELETE FROM copy_cursor WHERE volume = ?"),
-    };
+    this.copier = new Copier(this.copierHost());
     const getGrp = db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
     for (const g of o.groupSecondaries.keys()) {
       const r = getGrp.get(g) as { state: string; generation: bigint; reason: string | null; suspended_by: string | null; copied_ts: bigint | null };
@@ -325,13 +278,13 @@ export class PrimaryEngine {
       }
       this.pending.add(e.group, e.link, e.seq, e.ts);
       this.issuedOn.set(e.link, Math.max(e.seq, this.issuedOn.get(e.link) ?? 0));
-      this.noteRegions(b, e.offset, e.length, e.seq);
+      this.activity.note(b.volume.name, b.link, e.offset, e.length, e.seq);
       if (e.seq > this.seq) this.seq = e.seq;
       replayed++;
     }
     for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
-    if (o.powerLossSuspected && !o.controls?.noActivityLog) this.markHotRegionsDirty();
+    if (o.powerLossSuspected && !o.controls?.noActivityLog) this.activity.markHotRegionsDirty();
 
     const links = new Set<number>();
     for (const secs of o.groupSecondaries.values()) for (const s of secs) links.add(s);
@@ -359,7 +312,7 @@ export class PrimaryEngine {
     }
     this.timers.push(o.runtime.setInterval(() => this.announce(), o.syncIntervalMs));
     this.timers.push(o.runtime.setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
-    for (const [g, gs] of this.groups) if (gs.state === "copying") this.startCopier(g);
+    for (const [g, gs] of this.groups) if (gs.state === "copying") this.copier.start(g);
   }
 
   async stop(): Promise<void> {
@@ -401,33 +354,13 @@ export class PrimaryEngine {
     gs.inflight++;
     let ts: bigint;
     try {
-      // Stamping and registering as pending are one synchronous step, so no
-      // SYNC can announce a time above a stamp that is not yet pending.
-      ts = this.clock.stamp();
-      const seq = ++this.seq;
-      this.pending.add(b.group, b.link, seq, ts);
-      this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume, offset, length, ts, seq, copy: false, data });
-      this.issuedOn.set(b.link, seq);
+      const issued = this.issue(b, offset, length, data, false);
+      ts = issued.ts;
+      const seq = issued.seq;
       this.writing.add(seq);
-      this.noteRegions(b, offset, length, seq);
+      this.activity.note(b.volume.name, b.link, offset, length, seq);
       try {
-        try {
-          await this.journal.append({
-            seq,
-            ts,
-            group: b.group,
-            link: b.link,
-            volume,
-            target: b.target,
-            op: data ? OP_WRITE : OP_ZERO,
-            offset,
-            length,
-            data,
-          });
-        } catch (err) {
-          this.pending.cancel(b.group, b.link, seq);
-          throw err;
-        }
+        await issued.journaled;
         if (this.journal.bytes > this.o.journalBytesMax) this.journalFull(b.group);
         // Small writes go to the page cache on this thread (a few us) rather
         // than through the thread pool (tens of us each); large ones stay async.
@@ -446,6 +379,75 @@ export class PrimaryEngine {
     this.writeBytes += length;
     if (fua) await this.flush(volume);
     await this.commitWait(ts);
+  }
+
+  /**
+   * The stamping step of a host write or a copy: stamp, seq, pending and the
+   * journal append are one synchronous step, so no SYNC can announce a time
+   * above a stamp not yet pending, and entries reach the journal in seq
+   * order (the sender's cumulative acks rely on it).
+   */
+  private issue(b: BindingState, offset: number, length: number, data: Buffer | null, copy: boolean): { ts: bigint; seq: number; journaled: Promise<void> } {
+    const ts = this.clock.stamp();
+    const seq = ++this.seq;
+    this.pending.add(b.group, b.link, seq, ts);
+    this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume: b.volume.name, offset, length, ts, seq, copy, data });
+    this.issuedOn.set(b.link, seq);
+    const entry: JournalEntry = { seq, ts, group: b.group, link: b.link, volume: b.volume.name, target: b.target, op: data ? OP_WRITE : OP_ZERO, offset, length, data };
+    if (copy) entry.copy = true;
+    const journaled = this.journal.append(entry).catch((err: unknown) => {
+      this.pending.cancel(b.group, b.link, seq);
+      throw err;
+    });
+    return { ts, seq, journaled };
+  }
+
+  /** What the copier (appliance/resync/copier.ts) may use of this engine. */
+  private copierHost(): CopierHost {
+    const o = this.o;
+    return {
+      id: o.id,
+      db: this.db,
+      journal: this.journal,
+      bitmap: this.bitmap,
+      runtime: o.runtime,
+      logger: o.logger,
+      tuning: this.tuning,
+      journalBytesMax: o.journalBytesMax,
+      syncIntervalMs: o.syncIntervalMs,
+      controls: o.controls,
+      group: (name) => this.groups.get(name)!,
+      bindingsOf: (group) => [...this.bindings.values()].filter((b) => b.group === group),
+      stopped: () => this.stopped,
+      trimmed: () =>
+        new Promise<void>((r) => {
+          this.trimWaiters.push(r);
+          o.runtime.setTimeout(r, 50);
+        }),
+      journalCopy: (b, offset, length, data) => this.issue(this.bindings.get(b.volume.name)!, offset, length, data, true).journaled,
+      issuedOn: (link) => this.issuedOn.get(link) ?? 0,
+      ackedOn: (link) => this.senders.get(link)?.ackedSeq ?? 0,
+      lastSeq: () => this.seq,
+      copied: (group) => this.copied(group),
+    };
+  }
+
+  /** Every copy of the group's resync is acknowledged: C_k, durably, then active. */
+  private copied(group: string): void {
+    const gs = this.groups.get(group)!;
+    // Decided before the row is written, changed here once it is durable.
+    const next = primaryGroupTransition(gs.state, "copy-acknowledged");
+    assert(next !== null, `primary #${this.o.id} group ${group}: a copy acknowledged while copying moves the group`);
+    const c = this.clock.stamp();
+    this.db.prepare("UPDATE grp SET state = ?, copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, c, this.o.runtime.nowMs(), group);
+    this.journal.barrier();
+    this.transition(gs, "copy-acknowledged");
+    gs.copiedTs = c;
+    const p = gs.copy!;
+    this.o.logger.info(
+      { group, copiedTs: c.toString(), blocks: p.doneBlocks, dataBytes: p.dataBytes, zeroBytes: p.zeroBytes, ms: this.o.runtime.nowMs() - p.startedAtMs },
+      "copy complete and acknowledged: COPIED goes to every secondary",
+    );
   }
 
   private async admit(group: string): Promise<void> {
@@ -611,7 +613,7 @@ export class PrimaryEngine {
       this.o.logger.warn({ group, generation, mergedBlocks: merged }, "resync begins: copying the bitmap while host writes replicate");
       for (const s of this.senders.values()) s.restart();
     }
-    this.startCopier(group);
+    this.copier.start(group);
     return this.copyStatus(group);
   }
 
@@ -635,248 +637,11 @@ export class PrimaryEngine {
     return { subsystem: this.o.id, group, state: gs.state, lastStamp: this.clock.lastStamp.toString() };
   }
 
-  private startCopier(group: string): void {
-    if (this.copiers.has(group)) return;
-    const run = this.copyGroup(group)
-      .catch((err: Error) => {
-        this.o.logger.error({ group, err: err.message }, "copier stopped on an error; it resumes from the bitmap at the next resync or restart");
-        const gs = this.groups.get(group);
-        if (gs?.copy) gs.copy.phase = "copying";
-      })
-      .finally(() => this.copiers.delete(group));
-    this.copiers.set(group, run);
-  }
-
-  /** Blocks still to copy in the group: bitmap rows plus what the cursors have left. */
-  private remainingBlocks(group: string): number {
-    let n = 0;
-    for (const b of this.bindings.values()) {
-      if (b.group !== group) continue;
-      n += this.bitmap.count(b.volume.name);
-      const next = this.cursorStmts.get.get(b.volume.name) as number | undefined;
-      if (next !== undefined) n += Math.ceil((b.volume.sizeBytes - next) / BLOCK_BYTES);
-    }
-    return n;
-  }
-
-  /** The copier (docs/resync.md, steps 4-5). */
-  private async copyGroup(group: string): Promise<void> {
-    const gs = this.groups.get(group)!;
-    try {
-      await this.copyAll(group, gs);
-    } finally {
-      gs.copy = null;
-    }
-  }
-
-  private async copyAll(group: string, gs: GroupState): Promise<void> {
-    const copying = () => gs.state === "copying" && !this.stopped;
-    gs.copy = { startedAtMs: this.o.runtime.nowMs(), totalBlocks: this.remainingBlocks(group), doneBlocks: 0, dataBytes: 0, zeroBytes: 0, runs: 0, phase: "copying" };
-    const vols = [...this.bindings.values()].filter((b) => b.group === group);
-    for (;;) {
-      let any = false;
-      for (const b of vols) {
-        const runs = this.copyRuns(b);
-        const inFlight = new Set<CopyRun>();
-        const dispatched = { end: 0 };
-        const workers = Array.from({ length: COPY_WORKERS }, async () => {
-          for (;;) {
-            if (!copying()) return;
-            const r = runs.next();
-            if (r.done) return;
-            any = true;
-            inFlight.add(r.value);
-            if (r.value.kind === "cursor") dispatched.end = r.value.offset + r.value.length;
-            // A run not copied (the group left copying meanwhile) stays in
-            // flight for good: no cursor may move past it.
-            const done = await this.copyRun(b, gs, r.value);
-            if (done === "stopped") return;
-            // A hole filled meanwhile stays in flight, so no cursor moves past it; the next pass reads it.
-            if (done === "rescan") continue;
-            inFlight.delete(r.value);
-            this.copyDone(b, r.value, inFlight, dispatched.end);
-            gs.copy!.doneBlocks += r.value.length / BLOCK_BYTES;
-            gs.copy!.runs++;
-          }
-        });
-        await Promise.all(workers);
-        if (!copying()) return;
-      }
-      if (!any) break;
-    }
-    // Every copy is journaled; C_k is sent once they are all acknowledged.
-    gs.copy.phase = "acknowledging";
-    const upTo = new Map([...new Set(vols.map((b) => b.link))].map((l) => [l, this.o.controls?.copiedWaitsForLastSeq ? this.seq : (this.issuedOn.get(l) ?? 0)]));
-    while (copying() && [...upTo].some(([l, seq]) => (this.senders.get(l)?.ackedSeq ?? 0) < seq)) {
-      await this.o.runtime.sleep(Math.max(10, this.o.syncIntervalMs));
-    }
-    if (!copying()) return;
-    // Decided before the row is written, changed here once it is durable.
-    const next = primaryGroupTransition(gs.state, "copy-acknowledged");
-    assert(next !== null, `primary #${this.o.id} group ${group}: a copy acknowledged while copying moves the group`);
-    const c = this.clock.stamp();
-    this.db.prepare("UPDATE grp SET state = ?, copied_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, c, this.o.runtime.nowMs(), group);
-    this.journal.barrier();
-    this.transition(gs, "copy-acknowledged");
-    gs.copiedTs = c;
-    const ms = this.o.runtime.nowMs() - gs.copy.startedAtMs;
-    this.o.logger.info(
-      { group, copiedTs: c.toString(), blocks: gs.copy.doneBlocks, dataBytes: gs.copy.dataBytes, zeroBytes: gs.copy.zeroBytes, ms },
-      "copy complete and acknowledged: COPIED goes to every secondary",
-    );
-  }
-
-  /** Runs of one volume to copy: its bitmap (runs of set bits), then its initial-copy cursor. */
-  private *copyRuns(b: BindingState): Generator<CopyRun> {
-    const blocks = this.bitmap.blocks(b.volume.name);
-    let i = 0;
-    while (i < blocks.length) {
-      let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (j - i) * BLOCK_BYTES < this.tuning.copyRunBytes) j++;
-      const offset = blocks[i] * BLOCK_BYTES;
-      yield { kind: "bitmap", offset, length: Math.min((j - i) * BLOCK_BYTES, b.volume.sizeBytes - offset), zero: false, blocks: blocks.slice(i, j) };
-      i = j;
-    }
-    const start = this.cursorStmts.get.get(b.volume.name) as number | undefined;
-    if (start === undefined) return;
-    const size = b.volume.sizeBytes;
-    let pos = start;
-    while (pos < size) {
-      const data = b.volume.nextData(pos);
-      if (data > pos) {
-        // A hole of a sparse file reads as zeroes: sent as a zero run, never read.
-        const end = Math.min(data, pos + this.tuning.copyZeroRunBytes);
-        yield { kind: "cursor", offset: pos, length: end - pos, zero: true, blocks: [] };
-        pos = end;
-        continue;
-      }
-      const end = Math.min(b.volume.nextHole(pos), pos + this.tuning.copyRunBytes, size);
-      yield { kind: "cursor", offset: pos, length: end - pos, zero: false, blocks: [] };
-      pos = end;
-    }
-  }
-
-  /**
-   * One copy: under the range lock host writes hold from stamping until their
-   * volume write completes, read, then stamp, register pending and journal.
-   */
-  private async copyRun(b: BindingState, gs: GroupState, run: CopyRun): Promise<"copied" | "stopped" | "rescan"> {
-    // Host writes take precedence, but not for ever: a load that keeps the
-    // journal above the mark would starve a resync, which then never ends.
-    // After copyStarvedMs the run goes anyway (a floor rate, as DRBD's
-    // c-min-rate), unless the journal is near half its cap, where a copy could
-    // be what suspends the group.
-    const waitUntil = this.o.runtime.nowMs() + this.tuning.copyStarvedMs;
-    const nearCap = () => this.journal.bytes + run.length > this.o.journalBytesMax / 2;
-    while (
-      this.journal.bytes > this.tuning.copyJournalBytes &&
-      (this.o.runtime.nowMs() < waitUntil || nearCap()) &&
-      gs.state === "copying" &&
-      !this.stopped
-    ) {
-      await new Promise<void>((r) => {
-        this.trimWaiters.push(r);
-        this.o.runtime.setTimeout(r, 50);
-      });
-    }
-    const release = await b.lock.acquire(run.offset, run.length);
-    gs.inflight++;
-    try {
-      if (gs.state !== "copying" || this.stopped) return "stopped";
-      // A hole is a hole only under the lock: a host write may have filled it
-      // since the run was chosen (it was stamped first, so zeroes stamped
-      // after it would wipe it). The run is chosen again from the cursor.
-      if (run.zero && !this.o.controls?.copyHoleOutsideLock && b.volume.nextData(run.offset) < run.offset + run.length) return "rescan";
-      let data: Buffer | null = null;
-      if (!run.zero) {
-        data = await b.volume.read(run.offset, run.length);
-        // A run of zeroes travels without payload.
-        if (data.equals(ZEROES.subarray(0, data.length))) data = null;
-      }
-      if (gs.state !== "copying" || this.stopped) return "stopped";
-      // Read, then stamp: under the lock no overlapping host write can come
-      // between, so the copy holds exactly the writes stamped before it. The
-      // stamp, the seq and the journal append are one synchronous step, like a
-      // host write's: entries reach the journal in seq order, which the
-      // sender's cumulative acks rely on.
-      const ts = this.clock.stamp();
-      const seq = ++this.seq;
-      this.pending.add(b.group, b.link, seq, ts);
-      this.issuedOn.set(b.link, seq);
-      this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume: b.volume.name, offset: run.offset, length: run.length, ts, seq, copy: true, data });
-      try {
-        await this.journal.append({
-          seq,
-          ts,
-          group: b.group,
-          link: b.link,
-          volume: b.volume.name,
-          target: b.target,
-          op: data ? OP_WRITE : OP_ZERO,
-          offset: run.offset,
-          length: run.length,
-          data,
-          copy: true,
-        });
-      } catch (err) {
-        this.pending.cancel(b.group, b.link, seq);
-        throw err;
-      }
-      // While still counted in flight: a suspension waiting for this copy then
-      // finds either the bits set, or the journal entry it turns back into bits.
-      if (run.kind === "bitmap") this.db.transaction(() => this.bitmap.clearNow(b.volume.name, run.blocks))();
-      if (data) gs.copy!.dataBytes += run.length;
-      else gs.copy!.zeroBytes += run.length;
-      return "copied";
-    } finally {
-      release();
-      if (--gs.inflight === 0) for (const w of gs.idle.splice(0)) w();
-    }
-  }
-
-  /**
-   * A copy is in the journal: its bits leave the bitmap, or the cursor moves
-   * up to the lowest run still in flight (runs are handed out in order), so
-   * a crash re-copies at most the runs in flight.
-   */
-  private copyDone(b: BindingState, run: CopyRun, inFlight: ReadonlySet<CopyRun>, dispatchedEnd: number): void {
-    if (run.kind === "bitmap") return;
-    let next = dispatchedEnd;
-    for (const r of inFlight) if (r.kind === "cursor" && r.offset < next) next = r.offset;
-    const cursor = this.cursorStmts.get.get(b.volume.name) as number | undefined;
-    if (cursor === undefined || next <= cursor) return;
-    if (next >= b.volume.sizeBytes) this.cursorStmts.done.run(b.volume.name);
-    else this.cursorStmts.move.run(next, b.volume.name);
-  }
-
   /** What status and the RCM show of a group's copy. */
   copyStatus(group: string) {
     const gs = this.groups.get(group);
     if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
-    const c = gs.copy;
-    const remaining = this.remainingBlocks(group);
-    const elapsed = c ? Math.max(1, this.o.runtime.nowMs() - c.startedAtMs) : 0;
-    const rate = c ? ((c.dataBytes + c.zeroBytes) / (elapsed / 1000)) : 0;
-    return {
-      subsystem: this.o.id,
-      group,
-      state: gs.state,
-      generation: gs.generation,
-      copiedTs: gs.copiedTs?.toString() ?? null,
-      remainingBlocks: remaining,
-      copy: c
-        ? {
-            phase: c.phase,
-            totalBlocks: Math.max(c.totalBlocks, c.doneBlocks + remaining),
-            doneBlocks: c.doneBlocks,
-            dataBytes: c.dataBytes,
-            zeroBytes: c.zeroBytes,
-            elapsedMs: elapsed,
-            bytesPerSecond: Math.round(rate),
-            etaMs: rate > 0 ? Math.round(((remaining * BLOCK_BYTES) / rate) * 1000) : null,
-          }
-        : null,
-    };
+    return this.copier.status(group, gs.copiedTs);
   }
 
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
@@ -1003,19 +768,6 @@ export class PrimaryEngine {
     }
   }
 
-  private noteRegions(b: BindingState, offset: number, length: number, seq: number): void {
-    const first = Math.floor(offset / this.tuning.activityRegionBytes);
-    const last = Math.floor((offset + length - 1) / this.tuning.activityRegionBytes);
-    for (let r = first; r <= last; r++) {
-      const key = `${b.volume.name}\u0000${r}`;
-      const cur = this.regionSeq.get(key);
-      if (cur) {
-        cur.seq = seq;
-        cur.at = this.o.runtime.nowMs();
-      } else this.regionSeq.set(key, { volume: b.volume.name, region: r, link: b.link, seq, at: this.o.runtime.nowMs() });
-    }
-  }
-
   /**
    * Drops journal entries acknowledged by their secondary whose volume write
    * is durable: fdatasync first, then one transaction. Regions whose writes
@@ -1026,7 +778,7 @@ export class PrimaryEngine {
     let work = false;
     for (const [id, s] of this.senders) if (s.ackedSeq > (this.trimmedSeq.get(id) ?? 0)) work = true;
     if (!work) {
-      this.coolIdleRegions();
+      this.activity.coolIdle(this.trimmedSeq);
       return;
     }
     this.trimming = true;
@@ -1041,41 +793,12 @@ export class PrimaryEngine {
       this.journal.trim(upTo);
       for (const w of this.trimWaiters.splice(0)) w();
       for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
-      this.coolIdleRegions();
+      this.activity.coolIdle(this.trimmedSeq);
     } catch (err) {
       this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
       for (const b of this.bindings.values()) b.dirty = true;
     } finally {
       this.trimming = false;
-    }
-  }
-
-  /** Regions whose writes are all trimmed (so durable) and idle for a while go cold. */
-  private coolIdleRegions(): void {
-    const cool: [string, number][] = [];
-    const idleSince = this.o.runtime.nowMs() - ACTIVITY_COOL_IDLE_MS;
-    for (const [key, r] of this.regionSeq) {
-      if (r.seq <= (this.trimmedSeq.get(r.link) ?? 0) && r.at < idleSince) {
-        cool.push([r.volume, r.region]);
-        this.regionSeq.delete(key);
-      }
-    }
-    if (cool.length > 0) this.journal.cool(cool);
-  }
-
-  /**
-   * After a power loss a hot region may hold volume writes whose journal
-   * entries never reached the disk: every block of it goes to the bitmap.
-   */
-  private markHotRegionsDirty(): void {
-    const rows = this.db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
-    const ins = this.db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
-    const perRegion = this.tuning.activityRegionBytes / BLOCK_BYTES;
-    this.db.transaction(() => {
-      for (const r of rows) for (let i = 0; i < perRegion; i++) ins.run(r.volume, r.region * perRegion + i);
-    })();
-    if (rows.length > 0) {
-      this.o.logger.warn({ regions: rows.length }, "unclean restart after a reboot: hot activity-log regions marked in the bitmap for resync");
     }
   }
 
@@ -1117,7 +840,7 @@ export class PrimaryEngine {
         lastError: s.lastError,
       })),
       volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
-      pendingCopies: (this.cursorStmts.all.all() as string[]).filter((v) => {
+      pendingCopies: this.copier.cursorVolumes().filter((v) => {
         const b = this.bindings.get(v);
         return !!b && this.groupState(b.group) !== "copying";
       }),

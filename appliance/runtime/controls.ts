@@ -17,4 +17,6 @@ export interface NegativeControls {
   copiedWaitsForLastSeq?: boolean;
   /** docs/simulation.md Finding 5: a secondary's restart lifts 112 to min 111. */
   restartLifts112?: boolean;
+  /** Issue 17, race 3: a copier outlives its resync's generation, and the next resync's copier is not started while it runs. */
+  copierOutlivesGeneration?: boolean;
 }

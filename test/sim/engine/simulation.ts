@@ -138,7 +138,8 @@ function shapeOf(sched: Scheduler, o: EngineSimOptions): SimShape {
     blocks: 16,
     clock,
     maxClockOffsetMs: clock === "realtime" ? sched.int(1, 5) : 0,
-    syncIntervalMs: sched.int(3, 20),
+    // Up to past the product's default (50 ms): a long sleep is where a copier outlived its resync (issue 17, race 3).
+    syncIntervalMs: sched.int(3, 60),
     linkTimeoutMs: sched.int(100, 300),
     reconnectMs: sched.int(10, 50),
   };
@@ -368,7 +369,10 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         }
         stepIndex++;
         if (step.kind === "interrupted-resync") cluster.killRcm();
-        sched.at(sched.int(0, 300), runStep);
+        // Sometimes the next procedure follows at once, as the RCM's own
+        // suspend-then-resync does: a copier asleep in its acknowledgement
+        // wait then sees its generation end (issue 17, race 3).
+        sched.at(sched.chance(0.3) ? sched.int(0, 15) : sched.int(0, 300), runStep);
       },
       (err: Error & { code?: string }) => {
         if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
