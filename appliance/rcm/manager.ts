@@ -150,15 +150,19 @@ export class RemoteCopyManager {
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";
-            // A frozen primary is a swap in progress, not a failure.
             if (state === "active" && (pg.remainingBlocks ?? 0) > 0) pendingCopy.push(id);
-            if (state !== "active" && state !== "copying" && state !== "frozen") {
+            if (state === "frozen") {
+              // This RCM runs every swap and skips a group while it does (busy,
+              // above): a frozen primary seen here is a swap cut short (the RCM
+              // died), whose hosts are refused until the group is suspended.
+              conditions.set(`primary #${id} frozen by a swap that did not finish`, true);
+            } else if (state !== "active" && state !== "copying") {
               // A primary that stopped replicating on its own (fenced, journal full) needs no timeout.
               conditions.set(`primary #${id} ${state}: ${(pg as { reason?: string }).reason ?? ""}`, true);
             }
           }
           for (const l of s.primary?.links ?? []) {
-            if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x.state === "active" || x.state === "copying"))) {
+            if (g.secondaries.includes(l.secondary) && l.state !== "up" && s.primary?.groups.some((x) => x.name === g.name && (x.state === "active" || x.state === "copying" || x.state === "frozen"))) {
               const key = `link #${id} -> #${l.secondary} down`;
               conditions.set(key, false);
               if (l.lastError) details.set(key, l.lastError);

@@ -14,6 +14,7 @@ import { planChains } from "../../appliance/drill/chain-plan.ts";
 import { runChainWorkload } from "../../appliance/drill/chain-workload.ts";
 import { checkChains, fileBlockReader } from "../../appliance/drill/chain-checker.ts";
 import type { ProcedureReport } from "../../appliance/rcm/procedure.ts";
+import { ControlClient } from "../../appliance/cli/control-client.ts";
 
 const VOLUME_MIB = 8;
 const PRIMARY_VOLUMES = ["p1a", "p1b", "p2a", "p2b"];
@@ -289,6 +290,26 @@ describe("takeover: automatic suspension", () => {
     const ts = doc.groups[0].synchronizedTs;
     expect(ts).not.toBeNull();
     for (const s of doc.groups[0].secondaries) expect(s.second).toBe(ts);
+  });
+
+  it("rcm: a primary left frozen by a swap cut short is suspended at once, and its hosts write again", async () => {
+    // The failure timeout is long: only an immediate condition can suspend within the wait below.
+    const { c } = await takeoverCluster({ autoSuspend: true, failureTimeoutMs: 120_000 });
+    // A swap's first step, as the RCM sends it; the RCM that sent it is gone (its busy mark with it).
+    const cc = await ControlClient.connect(c.topo, 1);
+    await cc.request({ op: "primary-freeze", group: "C1" });
+    cc.close();
+    let g = (await c.rawStatus(1)).primary!.groups[0];
+    for (let i = 0; i < 100 && g.state !== "suspended"; i++) {
+      await pause(100);
+      g = (await c.rawStatus(1)).primary!.groups[0];
+    }
+    expect(g.state, "the frozen primary is suspended by the monitor").toBe("suspended");
+    expect((await c.status()).groups[0].reason).toMatch(/primary #1 frozen by a swap that did not finish/);
+    const w = await c.nbd("p1a");
+    await w.write(0, Buffer.alloc(4096, 0x33));
+    await w.close();
+    expect((await c.rawStatus(1)).volumes.find((v) => v.name === "p1a")!.bitmapBlocks, "the write is recorded for the next resync").toBeGreaterThan(0);
   });
 
   it("rcm: a primary's journal past its cap suspends the group; the primary keeps serving and records writes in its bitmap", async () => {
