@@ -168,6 +168,8 @@ export class PrimaryEngine {
 
   private readonly db: Db;
   private readonly tuning: PrimaryTuning;
+  /** Per group: its secondary subsystems. A turn adds and removes groups while the engine runs. */
+  private readonly groupSecondaries: Map<string, number[]>;
 
   constructor(private readonly o: PrimaryOptions) {
     this.db = o.store.db;
@@ -179,31 +181,38 @@ export class PrimaryEngine {
     this.persistedFloor = tsFloor;
     this.seq = seqFloor;
     this.offsetNs = BigInt(Math.round(o.maxClockOffsetMs * 1e6));
+    this.groupSecondaries = new Map(o.groupSecondaries);
     for (const b of o.bindings) this.bindings.set(b.volume.name, { ...b, lock: new RangeLock(), dirty: false });
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
     this.bitmap = new BitmapWriter(this.db, o.runtime);
     this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes });
-    this.recordPairs();
-    const db = this.db;
+    this.recordPairs([...this.groupSecondaries.keys()], o.bindings);
     this.copier = new Copier(this.copierHost());
-    const getGrp = db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true);
-    for (const g of o.groupSecondaries.keys()) {
-      const r = getGrp.get(g) as { state: string; generation: bigint; reason: string | null; suspended_by: string | null; copied_ts: bigint | null };
-      this.groups.set(g, {
-        state: r.state as PrimaryGroupState,
-        generation: Number(r.generation),
-        reason: r.reason,
-        by: r.suspended_by,
-        inflight: 0,
-        idle: [],
-        unreplicated: 0,
-        unreplicatedIdle: [],
-        copiedTs: r.copied_ts,
-        copy: null,
-      });
-    }
+    for (const g of this.groupSecondaries.keys()) this.loadGroup(g);
+  }
+
+  private loadGroup(g: string): void {
+    const r = this.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true).get(g) as {
+      state: string;
+      generation: bigint;
+      reason: string | null;
+      suspended_by: string | null;
+      copied_ts: bigint | null;
+    };
+    this.groups.set(g, {
+      state: r.state as PrimaryGroupState,
+      generation: Number(r.generation),
+      reason: r.reason,
+      by: r.suspended_by,
+      inflight: 0,
+      idle: [],
+      unreplicated: 0,
+      unreplicatedIdle: [],
+      copiedTs: r.copied_ts,
+      copy: null,
+    });
   }
 
   /**
@@ -212,19 +221,19 @@ export class PrimaryEngine {
    * (docs/resync.md, Initial copy). Pairs of a state file older than the
    * pair table are taken as known.
    */
-  private recordPairs(): void {
+  private recordPairs(groups: readonly string[], bindings: readonly PrimaryBinding[]): void {
     const db = this.db;
     const unrecorded = db.prepare("SELECT 1 FROM meta WHERE key = 'pairs_unrecorded'").get() !== undefined;
     const known = db.prepare("SELECT target FROM pair WHERE volume = ?").pluck(true);
     const addPair = db.prepare("INSERT INTO pair (volume, target) VALUES (?, ?) ON CONFLICT(volume) DO UPDATE SET target = excluded.target");
     const addCursor = db.prepare("INSERT OR IGNORE INTO copy_cursor (volume, next_off) VALUES (?, 0)");
     db.transaction(() => {
-      for (const g of this.o.groupSecondaries.keys()) {
+      for (const g of groups) {
         db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(g);
         const fresh = (db.prepare("SELECT initialized FROM grp WHERE name = ?").get(g) as { initialized: number }).initialized === 0;
         if (fresh) db.prepare("UPDATE grp SET initialized = 1, state = ? WHERE name = ?").run(primaryGroupTransition("uninitialized", "first-start"), g);
       }
-      for (const b of this.o.bindings) {
+      for (const b of bindings) {
         // A volume paired with another secondary volume than before is a new pair too.
         if (known.get(b.volume.name) === b.target) continue;
         addPair.run(b.volume.name, b.target);
@@ -286,33 +295,84 @@ export class PrimaryEngine {
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
     if (o.powerLossSuspected && !o.controls?.noActivityLog) this.activity.markHotRegionsDirty();
 
-    const links = new Set<number>();
-    for (const secs of o.groupSecondaries.values()) for (const s of secs) links.add(s);
-    for (const id of links) {
-      const sender = new LinkSender({
-        primaryId: o.id,
-        secondaryId: id,
-        connect: o.connect,
-        runtime: o.runtime,
-        reconnectMs: o.reconnectMs,
-        linkTimeoutMs: o.linkTimeoutMs,
-        inflightBytesMax: o.inflightBytesMax,
-        journal: this.journal,
-        // The group's generation changes at suspensions and resyncs: frames carry the current one.
-        generationOf: (g) => this.groups.get(g)?.generation ?? o.generationOf(g),
-        logger: o.logger,
-        onAck: (link, seq) => this.pending.ackUpTo(link, seq),
-        onRefused: (link, refusal) => this.onRefused(link, refusal),
-        // The negative control restores the old sender too, which ignored a lower ack.
-        onAckRegressed: o.controls?.ackBeforeDurable ? null : (link, had, got) => this.onAckRegressed(link, had, got),
-        highestSeq: () => this.seq,
-      });
-      this.senders.set(id, sender);
-      sender.start();
-    }
+    for (const secs of this.groupSecondaries.values()) for (const s of secs) this.startSender(s);
     this.timers.push(o.runtime.setInterval(() => this.announce(), o.syncIntervalMs));
     this.timers.push(o.runtime.setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
     for (const [g, gs] of this.groups) if (gs.state === "copying") this.copier.start(g);
+  }
+
+  /** One LinkSender per secondary subsystem of any group here. */
+  private startSender(id: number): void {
+    const o = this.o;
+    if (this.senders.has(id)) return;
+    const sender = new LinkSender({
+      primaryId: o.id,
+      secondaryId: id,
+      connect: o.connect,
+      runtime: o.runtime,
+      reconnectMs: o.reconnectMs,
+      linkTimeoutMs: o.linkTimeoutMs,
+      inflightBytesMax: o.inflightBytesMax,
+      journal: this.journal,
+      // The group's generation changes at suspensions and resyncs: frames carry the current one.
+      generationOf: (g) => this.groups.get(g)?.generation ?? o.generationOf(g),
+      logger: o.logger,
+      onAck: (link, seq) => this.pending.ackUpTo(link, seq),
+      onRefused: (link, refusal) => this.onRefused(link, refusal),
+      // The negative control restores the old sender too, which ignored a lower ack.
+      onAckRegressed: o.controls?.ackBeforeDurable ? null : (link, had, got) => this.onAckRegressed(link, had, got),
+      highestSeq: () => this.seq,
+    });
+    this.senders.set(id, sender);
+    sender.start();
+  }
+
+  /**
+   * A turn made this subsystem a primary of `group` (issue 17, race 1): its
+   * volumes, state and links join this running engine. The other groups'
+   * write paths, links and journal entries are not touched.
+   */
+  addGroup(group: string, bindings: readonly PrimaryBinding[], secondaries: readonly number[]): void {
+    assert(!this.groups.has(group), `primary #${this.o.id}: group ${group} is here already`);
+    assert(bindings.every((b) => b.group === group && !this.bindings.has(b.volume.name)), `primary #${this.o.id}: group ${group}'s volumes are new here`);
+    this.recordPairs([group], bindings);
+    for (const b of bindings) this.bindings.set(b.volume.name, { ...b, lock: new RangeLock(), dirty: false });
+    this.groupSecondaries.set(group, [...secondaries]);
+    this.loadGroup(group);
+    if (!this.stopped) for (const s of secondaries) this.startSender(s);
+  }
+
+  /**
+   * A turn makes this subsystem a secondary of `group`: the group leaves
+   * this engine. Only a group that was taken over leaves: its journal
+   * entries are bitmap blocks already and hosts may not write it.
+   */
+  async removeGroup(group: string): Promise<void> {
+    const gs = this.groups.get(group);
+    if (!gs) return;
+    assert(!hostsMayWrite(gs.state) && !replicating(gs.state), `primary #${this.o.id}: group ${group} leaves only once taken over (it is ${gs.state})`);
+    if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
+    const left = this.db.prepare("SELECT count(*) FROM journal WHERE grp = ?").pluck(true).get(group) as number;
+    assert(left === 0, `primary #${this.o.id}: group ${group} leaves with ${left} journal entries`);
+    const vols = [...this.bindings.values()].filter((b) => b.group === group);
+    await Promise.all(vols.map((b) => b.volume.sync()));
+    for (const b of vols) this.bindings.delete(b.volume.name);
+    this.groups.delete(group);
+    this.groupSecondaries.delete(group);
+    this.lastSync.delete(group);
+    this.pending.dropGroup(group);
+    // A link no other group uses goes: nothing of this engine travels on it any more.
+    const used = new Set([...this.groupSecondaries.values()].flat());
+    for (const [id, sender] of this.senders) {
+      if (used.has(id)) continue;
+      sender.stop();
+      this.senders.delete(id);
+    }
+  }
+
+  /** Groups this engine serves. */
+  groupNames(): string[] {
+    return [...this.groups.keys()];
   }
 
   async stop(): Promise<void> {
@@ -455,7 +515,7 @@ export class PrimaryEngine {
     if (this.journal.bytes <= high) return;
     this.throttled++;
     const until = this.o.runtime.nowMs() + this.o.linkTimeoutMs;
-    const secs = this.o.groupSecondaries.get(group) ?? [];
+    const secs = this.groupSecondaries.get(group) ?? [];
     while (this.journal.bytes > high && this.o.runtime.nowMs() < until && secs.every((s) => this.senders.get(s)?.state === "up")) {
       await new Promise<void>((r) => {
         this.trimWaiters.push(r);
@@ -668,7 +728,7 @@ export class PrimaryEngine {
    * field says which group (refusal.ts); the message is only reported.
    */
   private onRefused(secondaryId: number, refusal: Refusal): void {
-    const onLink = [...this.groups.keys()].filter((g) => this.o.groupSecondaries.get(g)?.includes(secondaryId));
+    const onLink = [...this.groups.keys()].filter((g) => this.groupSecondaries.get(g)?.includes(secondaryId));
     const groups = refusedGroups(refusal, onLink);
     const why = describeWireError(refusal.code);
     if (groups.length === 0) {
@@ -746,7 +806,7 @@ export class PrimaryEngine {
   }
 
   private announce(): void {
-    for (const [group, secs] of this.o.groupSecondaries) {
+    for (const [group, secs] of this.groupSecondaries) {
       const gs = this.groups.get(group)!;
       if (!replicating(gs.state)) continue;
       // COPIED is repeated: a secondary that was away when the copy ended
@@ -820,7 +880,7 @@ export class PrimaryEngine {
       pending: this.pending.size,
       throttledWrites: this.throttled,
       journal: { ...j, payloadBytes: this.journal.bytes },
-      groups: [...this.o.groupSecondaries.keys()].map((g) => ({
+      groups: [...this.groupSecondaries.keys()].map((g) => ({
         name: g,
         state: this.groupState(g),
         reason: this.groups.get(g)!.reason,
