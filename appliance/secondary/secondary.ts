@@ -16,6 +16,7 @@ import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
 import { crc32c } from "@node-rs/crc32";
 import { PayloadSegments } from "../state/payload-segments.ts";
+import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
@@ -31,7 +32,12 @@ import {
 } from "./group-state.ts";
 
 export type { SecondaryGroupState } from "./group-state.ts";
-/** Payloads of queued RCRs kept in memory for the applier (see keepRecent). */
+/**
+ * Payloads of queued RCRs kept in memory for the applier (usually a sync
+ * interval later) so it need not read them back from their segment: that
+ * read cost the secondary 19% of its CPU on 4 KiB writes. Beyond this, and
+ * after a restart, the segment is read.
+ */
 const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
 
 /** Rows applied per transaction. */
@@ -467,7 +473,7 @@ export class SecondaryEngine {
                 ref?.off ?? null,
                 r.op === "write" ? crc32c(r.data!) : null,
               );
-              if (r.op === "write") this.keepRecent(BigInt(row.lastInsertRowid), r.data!);
+              if (r.op === "write") this.recent.add(BigInt(row.lastInsertRowid), r.data!);
               last = r.seq;
               this.received++;
             }
@@ -504,7 +510,7 @@ export class SecondaryEngine {
       this.o.logger.error({ err: (err as Error).message }, "RCR queue commit failed; dropping links so primaries resend");
       this.reloadSeqs();
       this.bitmap.reset();
-      this.forgetRecent();
+      this.recent.clear();
       for (const l of this.links.values()) l.close();
       return;
     }
@@ -636,38 +642,13 @@ export class SecondaryEngine {
     return n;
   }
 
-  private readonly recent = new Map<bigint, Buffer>();
-  private recentBytes = 0;
-
-  /**
-   * The payload of a row just queued, kept for the applier (usually a sync
-   * interval later) so it need not read it back from its segment: that read
-   * cost the secondary 19% of its CPU on 4 KiB writes. Bounded; beyond it,
-   * and after a restart, the segment is read.
-   */
-  private keepRecent(id: bigint, data: Buffer): void {
-    this.recent.set(id, data);
-    this.recentBytes += data.length;
-    for (const [k, d] of this.recent) {
-      if (this.recentBytes <= RECENT_PAYLOAD_BYTES) break;
-      this.recent.delete(k);
-      this.recentBytes -= d.length;
-    }
-  }
-
-  private forgetRecent(): void {
-    this.recent.clear();
-    this.recentBytes = 0;
-  }
+  /** Payloads of rows just queued, by row id, until the applier takes them. */
+  private readonly recent = new PayloadCache<bigint>(RECENT_PAYLOAD_BYTES);
 
   /** A queued RCR's payload: from memory, from its segment (checked against its CRC32C), or the row itself for rows of older versions. */
   private payloadOf(id: bigint, group: string): Buffer {
-    const kept = this.recent.get(id);
-    if (kept) {
-      this.recent.delete(id);
-      this.recentBytes -= kept.length;
-      return kept;
-    }
+    const kept = this.recent.take(id);
+    if (kept) return kept;
     const p = this.stmts.payload.get(id) as { data: Buffer | null; seg: number | null; seg_off: number | null; len: number; crc: number | null };
     if (p.data) return p.data;
     assert(p.seg !== null && p.seg_off !== null, `secondary #${this.o.id} group ${group}: RCR row ${id} has no payload`);
@@ -824,7 +805,7 @@ export class SecondaryEngine {
       }
       this.segments.collect((this.stmts.oldestSeg.get() as number | null | undefined) ?? null);
       // Dropped rows' ids may be issued again: no payload kept for them may outlive them.
-      this.forgetRecent();
+      this.recent.clear();
       g.times = { first: g.times.first, second: ts, hold: null };
       g.synchronizedTs = ts;
       g.dropped += drop.length;
