@@ -12,6 +12,7 @@ import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
+import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 
@@ -82,13 +83,13 @@ export class Journal {
   private readonly oldestSegStmt;
   /** Entries skipped at replay because their payload was torn (a power cut). */
   torn = 0;
-  private readonly recent = new Map<number, Buffer>();
+  /** Payloads of committed entries by seq, until the sender takes them. */
+  private readonly recent = new PayloadCache<number>(RECENT_PAYLOAD_BYTES);
   /**
    * Per link, the highest seq ever committed: a sender that has sent that
    * far skips the query (it asks after every commit and every ack).
    */
   private readonly linkHigh = new Map<number, number>();
-  private recentBytes = 0;
 
   private readonly db: Db;
 
@@ -198,14 +199,8 @@ export class Journal {
     for (const { entry: e } of batch) {
       if (e.op !== OP_WRITE || !e.data) continue;
       this.bytes += e.length;
-      this.recent.set(e.seq, e.data);
-      this.recentBytes += e.data.length;
-    }
-    // Oldest first (a Map keeps insertion order, and seqs are committed in order).
-    for (const [seq, d] of this.recent) {
-      if (this.recentBytes <= RECENT_PAYLOAD_BYTES) break;
-      this.recent.delete(seq);
-      this.recentBytes -= d.length;
+      // Seqs are committed in order, so the oldest the cache drops are the lowest seqs.
+      this.recent.add(e.seq, e.data);
     }
     for (const { entry: e } of batch) if (e.seq > (this.linkHigh.get(e.link) ?? 0)) this.linkHigh.set(e.link, e.seq);
     for (const w of batch) w.resolve();
@@ -224,9 +219,10 @@ export class Journal {
     type Row = [seq: bigint, ts: bigint, grp: string, target: string, op: bigint, off: bigint, len: bigint, data: Buffer | null, seg: bigint | null, segOff: bigint | null];
     for (const [rseq, ts, grp, target, op, off, len, rdata, seg, segOff] of this.readLinkStmt.iterate(link, afterSeq, limit) as IterableIterator<Row>) {
       const seq = Number(rseq);
-      let data = rdata ?? this.recent.get(seq) ?? null;
-      if (data !== null && this.recent.delete(seq)) this.recentBytes -= data.length;
-      else if (data === null && seg !== null) data = this.segments.read({ seg: Number(seg), off: Number(segOff) }, Number(len));
+      // Taken whether or not it is used: each payload is read from the cache once.
+      const kept = this.recent.take(seq);
+      let data = rdata ?? kept ?? null;
+      if (data === null && seg !== null) data = this.segments.read({ seg: Number(seg), off: Number(segOff) }, Number(len));
       out.push({
         seq,
         ts,
