@@ -370,6 +370,12 @@ export class PrimaryEngine {
     }
   }
 
+  /** New stamps stay above `ts`, in this process and (durably) after a restart. */
+  raiseStampFloor(ts: bigint): void {
+    this.clock.raiseFloor(ts);
+    this.journal.raiseTsFloor(ts);
+  }
+
   /** Groups this engine serves. */
   groupNames(): string[] {
     return [...this.groups.keys()];

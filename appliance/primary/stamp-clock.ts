@@ -23,6 +23,11 @@ export class StampClock {
     return ts;
   }
 
+  /** Every later stamp exceeds `floor` (a turn's Ts, which the other side rests at). */
+  raiseFloor(floor: bigint): void {
+    if (floor > this.last) this.last = floor;
+  }
+
   /** The greatest stamp handed out (or announced) so far. */
   get lastStamp(): bigint {
     return this.last;

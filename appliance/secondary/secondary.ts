@@ -5,6 +5,7 @@
 // procedure-steps.ts (the RCM's steps). Hosts write its volumes only after a
 // takeover, each write marked in the bitmap first.
 import type { Logger } from "pino";
+import { assert } from "../invariant.ts";
 import type { Db } from "../state/database.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
@@ -109,55 +110,97 @@ export class SecondaryEngine {
     const db = this.db;
     dropTornTail({ db, segments: this.segments, stmts: this.stmts, logger: this.o.logger });
     this.receiver.reloadSeqs();
-    const ensure = db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)");
-    const getGrp = db.prepare("SELECT * FROM grp WHERE name = ?").safeIntegers(true);
-    const getFirst = db.prepare("SELECT primary_id, t FROM first_time WHERE grp = ?").safeIntegers(true);
-    const getCopied = db.prepare("SELECT primary_id, ts FROM copied WHERE grp = ?").safeIntegers(true);
     db.transaction(() => {
-      for (const [name, primaries] of this.o.groups) {
-        ensure.run(name);
-        const g = getGrp.get(name) as Record<string, bigint | string | null>;
-        const first = new Map<number, bigint>();
-        for (const r of getFirst.all(name) as { primary_id: bigint; t: bigint }[]) first.set(Number(r.primary_id), r.t);
-        const second = g.second_time as bigint;
-        let times: GroupTimes = first.size === 0 ? initialTimes(primaries, second) : { first, second, hold: null };
-        let state = g.state as SecondaryGroupState;
-        if (Number(g.initialized) === 0) {
-          // A group's first start is a resync from nothing (docs/resync.md, Initial copy):
-          // 112 rests at 0 until every primary's copy is complete.
-          state = secondaryGroupTransition("uninitialized", "first-start")!;
-          db.prepare("UPDATE grp SET initialized = 1, state = ?, resync_floor = ? WHERE name = ?").run(state, second, name);
-          g.resync_floor = second;
-        }
-        if (g.resync_floor !== null) {
-          const copied = new Map<number, bigint>();
-          for (const r of getCopied.all(name) as { primary_id: bigint; ts: bigint }[]) copied.set(Number(r.primary_id), r.ts);
-          times = { first: times.first, second: times.second, hold: { floor: g.resync_floor as bigint, copied } };
-        }
-        // A primary new to the group starts at the current 112, never at zero.
-        times = withPrimaries(times, primaries);
-        if (this.o.controls?.restartLifts112) {
-          const min = [...times.first.values()].reduce((m, t) => (t < m ? t : m), times.first.values().next().value ?? times.second);
-          if (min > times.second) times = { ...times, second: min };
-        }
-        for (const [p, t] of times.first) this.stmts.setFirst.run(name, p, t);
-        this.stmts.setSecond.run(times.second, name);
-        this.groups.set(name, {
-          name,
-          times,
-          generation: Number(g.generation),
-          state,
-          reason: (g.reason as string | null) ?? null,
-          applied: Number(g.applied),
-          appliedBytes: Number(g.applied_bytes),
-          lastAppliedTs: g.last_applied_ts as bigint,
-          synchronizedTs: (g.synchronized_ts as bigint | null) ?? null,
-          suspendedBy: (g.suspended_by as string | null) ?? null,
-          dropped: Number(g.dropped),
-          droppedBytes: Number(g.dropped_bytes),
-        });
-      }
+      for (const [name, primaries] of this.o.groups) this.loadGroup(name, primaries);
     })();
+  }
+
+  /** One group's row, times and state, as a start or a turn finds them (inside a transaction). */
+  private loadGroup(name: string, primaries: readonly number[]): void {
+    const db = this.db;
+    db.prepare("INSERT OR IGNORE INTO grp (name) VALUES (?)").run(name);
+    const g = db.prepare("SELECT * FROM grp WHERE name = ?").safeIntegers(true).get(name) as Record<string, bigint | string | null>;
+    const first = new Map<number, bigint>();
+    for (const r of db.prepare("SELECT primary_id, t FROM first_time WHERE grp = ?").safeIntegers(true).all(name) as { primary_id: bigint; t: bigint }[]) {
+      first.set(Number(r.primary_id), r.t);
+    }
+    const second = g.second_time as bigint;
+    let times: GroupTimes = first.size === 0 ? initialTimes([...primaries], second) : { first, second, hold: null };
+    let state = g.state as SecondaryGroupState;
+    if (Number(g.initialized) === 0) {
+      // A group's first start is a resync from nothing (docs/resync.md, Initial copy):
+      // 112 rests at 0 until every primary's copy is complete.
+      state = secondaryGroupTransition("uninitialized", "first-start")!;
+      db.prepare("UPDATE grp SET initialized = 1, state = ?, resync_floor = ? WHERE name = ?").run(state, second, name);
+      g.resync_floor = second;
+    }
+    if (g.resync_floor !== null) {
+      const copied = new Map<number, bigint>();
+      for (const r of db.prepare("SELECT primary_id, ts FROM copied WHERE grp = ?").safeIntegers(true).all(name) as { primary_id: bigint; ts: bigint }[]) {
+        copied.set(Number(r.primary_id), r.ts);
+      }
+      times = { first: times.first, second: times.second, hold: { floor: g.resync_floor as bigint, copied } };
+    }
+    // A primary new to the group starts at the current 112, never at zero.
+    times = withPrimaries(times, [...primaries]);
+    if (this.o.controls?.restartLifts112) {
+      const min = [...times.first.values()].reduce((m, t) => (t < m ? t : m), times.first.values().next().value ?? times.second);
+      if (min > times.second) times = { ...times, second: min };
+    }
+    for (const [p, t] of times.first) this.stmts.setFirst.run(name, p, t);
+    this.stmts.setSecond.run(times.second, name);
+    this.groups.set(name, {
+      name,
+      times,
+      generation: Number(g.generation),
+      state,
+      reason: (g.reason as string | null) ?? null,
+      applied: Number(g.applied),
+      appliedBytes: Number(g.applied_bytes),
+      lastAppliedTs: g.last_applied_ts as bigint,
+      synchronizedTs: (g.synchronized_ts as bigint | null) ?? null,
+      suspendedBy: (g.suspended_by as string | null) ?? null,
+      dropped: Number(g.dropped),
+      droppedBytes: Number(g.dropped_bytes),
+    });
+  }
+
+  /**
+   * A turn made this subsystem a secondary of `group` (issue 17, race 1):
+   * its volumes and times join this running engine; the other groups'
+   * queues, links and applier are not touched.
+   */
+  addGroup(group: string, bindings: readonly SecondaryBinding[], primaries: readonly number[]): void {
+    assert(!this.groups.has(group), `secondary #${this.o.id}: group ${group} is here already`);
+    assert(bindings.every((b) => b.group === group && !this.volumes.has(b.volume.name)), `secondary #${this.o.id}: group ${group}'s volumes are new here`);
+    for (const b of bindings) this.volumes.set(b.volume.name, b);
+    this.db.transaction(() => this.loadGroup(group, primaries))();
+    if (!this.stopped) this.applier.kick();
+  }
+
+  /**
+   * A turn makes this subsystem a primary of `group`: the group leaves this
+   * engine. Only a group taken over leaves (its queue is applied up to Ts
+   * or dropped, and no frame of it is taken any more); host writes to its
+   * volumes in flight here finish first.
+   */
+  async removeGroup(group: string): Promise<void> {
+    const g = this.groups.get(group);
+    if (!g) return;
+    assert(g.state === "takeover", `secondary #${this.o.id}: group ${group} leaves only once taken over (it is ${g.state})`);
+    await this.receiver.flushCommits();
+    if (this.hostWrites > 0) await new Promise<void>((r) => this.hostIdle.push(r));
+    const left = (this.stmts.countAll.get(group) as { n: number }).n;
+    assert(left === 0, `secondary #${this.o.id}: group ${group} leaves with ${left} queued RCRs`);
+    const vols = [...this.volumes.values()].filter((b) => b.group === group);
+    await Promise.all(vols.map((b) => b.volume.sync()));
+    for (const b of vols) this.volumes.delete(b.volume.name);
+    this.groups.delete(group);
+  }
+
+  /** Groups this engine serves. */
+  groupNames(): string[] {
+    return [...this.groups.keys()];
   }
 
   start(): void {

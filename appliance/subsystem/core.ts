@@ -53,7 +53,7 @@ export class SubsystemCore {
   private readonly getGroup;
   private readonly bitmapCounts;
   private readonly turnedAt;
-  /** Turns are one at a time: a turn stops and rebuilds the engines. */
+  /** Turns are one at a time: each moves one group between the engines. */
   private turning: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: SubsystemCoreOptions) {
@@ -98,7 +98,6 @@ export class SubsystemCore {
   private buildRoles(powerLossSuspected: boolean): Roles {
     const { o } = this;
     const id = o.id;
-    const cfg = o.topo.config;
     const now = directed(o.topo, this.directions());
     const primaryBindings: PrimaryBinding[] = [];
     const secondaryBindings: SecondaryBinding[] = [];
@@ -117,35 +116,40 @@ export class SubsystemCore {
     }
     // A secondary subsystem of a group holds its time parameters even with no volume of a given primary.
     for (const g of now.groups.values()) if (g.secondaries.includes(id)) secondaryGroups.set(g.name, g.primaries);
-    const primary =
-      groupSecondaries.size > 0
-        ? new PrimaryEngine({
-            id,
-            store: o.store,
-            logger: o.logger,
-            runtime: o.runtime,
-            clockNs: o.clockNs,
-            connect: o.connect,
-            probe: o.probe,
-            controls: o.controls,
-            tuning: o.tuning,
-            maxClockOffsetMs: cfg.maxClockOffsetMs,
-            syncIntervalMs: cfg.syncIntervalMs,
-            reconnectMs: cfg.reconnectMs,
-            linkTimeoutMs: cfg.linkTimeoutMs,
-            inflightBytesMax: cfg.inflightBytesMax,
-            journalBytesMax: cfg.journalBytesMax,
-            bindings: primaryBindings,
-            groupSecondaries,
-            generationOf: this.generationOf,
-            powerLossSuspected,
-          })
-        : null;
-    const secondary =
-      secondaryGroups.size > 0
-        ? new SecondaryEngine({ id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings: secondaryBindings, groups: secondaryGroups })
-        : null;
+    const primary = groupSecondaries.size > 0 ? this.primaryEngine(primaryBindings, groupSecondaries, powerLossSuspected) : null;
+    const secondary = secondaryGroups.size > 0 ? this.secondaryEngine(secondaryBindings, secondaryGroups) : null;
     return { primary, secondary };
+  }
+
+  private primaryEngine(bindings: PrimaryBinding[], groupSecondaries: Map<string, number[]>, powerLossSuspected: boolean): PrimaryEngine {
+    const { o } = this;
+    const cfg = o.topo.config;
+    return new PrimaryEngine({
+      id: o.id,
+      store: o.store,
+      logger: o.logger,
+      runtime: o.runtime,
+      clockNs: o.clockNs,
+      connect: o.connect,
+      probe: o.probe,
+      controls: o.controls,
+      tuning: o.tuning,
+      maxClockOffsetMs: cfg.maxClockOffsetMs,
+      syncIntervalMs: cfg.syncIntervalMs,
+      reconnectMs: cfg.reconnectMs,
+      linkTimeoutMs: cfg.linkTimeoutMs,
+      inflightBytesMax: cfg.inflightBytesMax,
+      journalBytesMax: cfg.journalBytesMax,
+      bindings,
+      groupSecondaries,
+      generationOf: this.generationOf,
+      powerLossSuspected,
+    });
+  }
+
+  private secondaryEngine(bindings: SecondaryBinding[], groups: Map<string, number[]>): SecondaryEngine {
+    const { o } = this;
+    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups });
   }
 
   /** The journal is replayed before the volumes are served again. */
@@ -187,7 +191,6 @@ export class SubsystemCore {
     const next = directed(o.topo, new Map([...this.directions(), [group, direction]]));
     const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
     const myNewPrimaryVolumes = next.pairs.filter((p) => p.group === group && p.primary.subsystemId === id);
-    await this.stop();
     db.transaction(() => {
       db.prepare(
         `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
@@ -201,10 +204,63 @@ export class SubsystemCore {
       db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?)").run(floor);
     })();
     durableBarrier(db);
-    this.roles = this.buildRoles(false);
-    await this.start();
-    o.logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; roles rebuilt");
+    // Only this group changes roles: the other groups' write paths, links,
+    // journal and queue stay as they are (issue 17, race 1).
+    await this.moveGroup(group, next, willBeSecondary, floor);
+    o.logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; its roles moved");
     return { subsystem: id, group, direction, generation, turned: true };
+  }
+
+  /**
+   * Moves one group between this subsystem's engines after a turn. The
+   * engine that gains it takes it first, so a host request always finds an
+   * engine holding the volume (exports ask the primary first); an engine left
+   * with no group stops, one that is needed and absent is built and started.
+   */
+  private async moveGroup(group: string, next: LoadedTopology, willBeSecondary: boolean, floor: bigint): Promise<void> {
+    const { o } = this;
+    const id = o.id;
+    const g = next.groups.get(group)!;
+    const roles = this.roles;
+    if (willBeSecondary) {
+      const bindings = next.pairs
+        .filter((p) => p.group === group && p.secondary.subsystemId === id)
+        .map((p) => ({ volume: o.volumes.get(p.secondary.name)!, group, primaryId: p.primary.subsystemId }));
+      if (roles.secondary) roles.secondary.addGroup(group, bindings, g.primaries);
+      else {
+        roles.secondary = this.secondaryEngine(bindings, new Map([[group, g.primaries]]));
+        roles.secondary.start();
+      }
+      if (roles.primary) {
+        await roles.primary.removeGroup(group);
+        if (roles.primary.groupNames().length === 0) {
+          const gone = roles.primary;
+          roles.primary = null;
+          await gone.stop();
+        }
+      }
+    } else {
+      const bindings = next.pairs
+        .filter((p) => p.group === group && p.primary.subsystemId === id)
+        .map((p) => ({ volume: o.volumes.get(p.primary.name)!, group, link: p.secondary.subsystemId, target: p.secondary.name }));
+      if (roles.primary) {
+        roles.primary.addGroup(group, bindings, g.secondaries);
+        roles.primary.raiseStampFloor(floor);
+      } else {
+        const primary = this.primaryEngine(bindings, new Map([[group, g.secondaries]]), false);
+        // Its journal holds no entry (no group was primary here): the replay is empty.
+        await primary.start();
+        roles.primary = primary;
+      }
+      if (roles.secondary) {
+        await roles.secondary.removeGroup(group);
+        if (roles.secondary.groupNames().length === 0) {
+          const gone = roles.secondary;
+          roles.secondary = null;
+          gone.stop();
+        }
+      }
+    }
   }
 
   status() {
