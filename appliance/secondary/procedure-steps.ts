@@ -240,8 +240,18 @@ export async function resyncBegin(c: StepContext, name: string, generation: numb
   assert(next !== null, `secondary #${c.id}: a resync request is never ignored`);
   if (!begun) {
     assert(floor !== null, `secondary #${c.id} group ${name}: a resync begins from a synchronized time`);
+    const before = g.generation;
     const idle = c.hostsIdle();
     if (idle) await idle;
+    // A fence may have landed while host writes finished: it holds a newer
+    // generation (and state) that this older resync must not write over.
+    if (g.generation !== before || g.state !== next) {
+      throw tmError(
+        "TM_GENERATION",
+        `group '${name}' on subsystem #${c.id} was fenced at generation ${g.generation} (${g.state}) while resync ${generation} began; nothing of the resync was written`,
+        { group: name, subsystem: c.id, held: g.generation, asked: generation },
+      );
+    }
     c.db.transaction(() => {
       c.db
         .prepare(
