@@ -891,7 +891,7 @@ export class PrimaryEngine {
         v.unacknowledgedBytes += r.len;
       }
     }
-    return { subsystem: this.o.id, group, state: this.groupState(group), volumes: [...out.values()] };
+    return { subsystem: this.o.id, group, state: this.groupState(group), generation: this.groups.get(group)?.generation ?? 0, volumes: [...out.values()] };
   }
 
   /** A secondary refused a frame: the group was fenced by a newer generation. */
