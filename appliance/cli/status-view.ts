@@ -309,9 +309,11 @@ export function renderStatus(doc: StatusDoc): string {
   out.push(
     table([
       ["id", "state", "pid", "replication", "nbd"],
-      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : `DOWN (${s.error ?? "?"})`, s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
+      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : "DOWN", s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
     ]),
   );
+  // Why each one is down, under the table: a reason in a cell would widen its column for every row.
+  for (const s of doc.subsystems) if (!s.reachable) out.push(`  #${s.id} DOWN: ${s.error ?? "no answer"}`);
   for (const g of doc.groups) {
     out.push("");
     const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;
