@@ -48,8 +48,9 @@ export const STORIES = ["takeover", "resync", "reverse", "swap"] as const;
  * seeds' histories stay as they are. `outage` (issue 16): a primary goes
  * down and stays down through the takeover (after a suspension in some
  * seeds), hosts move to the secondaries, the primary comes back, and the
- * reverse resync takes it over and turns the group; the RCM and, in some
- * seeds, the returning primary are killed in the middle of it.
+ * way home takes it over first: resync --reverse (half of the seeds), swap
+ * or a forward resync; the RCM and, in some seeds, the returning primary
+ * are killed in the middle of it.
  */
 export const EXTRA_STORIES = ["outage"] as const;
 export type Story = (typeof STORIES)[number] | (typeof EXTRA_STORIES)[number];
@@ -88,7 +89,8 @@ function storySteps(story: Story, sched: Scheduler): Step[] {
         ...(sched.chance(0.5) ? [{ kind: "suspend" as const, kills: true }] : []),
         { kind: "takeover", kills: true },
         { kind: "primary-back", kills: false },
-        { kind: "reverse", kills: true, killsReturning: sched.chance(0.5) },
+        // The way home: resync --reverse mostly; swap (on a taken-over group, the same) or a forward resync (discarding the hosts' writes on the secondaries).
+        { kind: sched.pick(["reverse", "reverse", "swap", "resync"] as const), kills: true, killsReturning: sched.chance(0.5) },
       ];
   }
 }
@@ -358,6 +360,11 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     lastStep = step;
     // A turn overwrites the old primaries with the new ones' image: their writes are no longer owed there.
     if (step.kind === "reverse" || step.kind === "swap") for (const p of pairs) hostVolumes.delete(p.pv);
+    // A forward resync after hosts moved to the secondaries overwrites what they wrote there; hosts go back to the primaries.
+    if (step.kind === "resync" && hostsOnSecondaries) {
+      hostsOnSecondaries = false;
+      for (const p of pairs) hostVolumes.delete(p.sv);
+    }
     const rtopo = cluster.rcmTopology();
     const incarnation = cluster.rcmIncarnations;
     runs++;
