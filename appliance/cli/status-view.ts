@@ -15,7 +15,11 @@ export interface SubsystemStatus {
   nowNs: string;
   /** Per group: "forward" (the config's primaries are primary) or "reverse" (after a failback). */
   directions?: Record<string, string>;
-  /** Per group: the synchronized time of its last turn of direction. */
+  /**
+   * Per group, the synchronized time this subsystem holds for it: on a primary
+   * a turn made, the Ts of that turn; on a secondary, its synchronizedTs.
+   * failback.ts reads it for primaries only (a cut-short turn is finished from it).
+   */
   turnedAtTs?: Record<string, string>;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
