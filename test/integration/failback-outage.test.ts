@@ -16,6 +16,8 @@ import { LinkProxy } from "../../appliance/drill/link-proxy.ts";
 import { planChains, type ChainPlan } from "../../appliance/drill/chain-plan.ts";
 import { runChainWorkload } from "../../appliance/drill/chain-workload.ts";
 import { checkChains, fileBlockReader } from "../../appliance/drill/chain-checker.ts";
+import { quiesce } from "../../appliance/cli/quiesce.ts";
+import { liveTopology } from "../../appliance/cli/live-topology.ts";
 
 const VOLUME_MIB = 8;
 const HALF = (VOLUME_MIB << 20) / 2;
@@ -74,21 +76,59 @@ class Terminal {
   }
 }
 
+/** What `tidemark quiesce` does, in-process (not one of the admin's steps; a command's start-up costs seconds on a loaded machine). */
+async function quiesced(c: TestCluster): Promise<void> {
+  await quiesce(await liveTopology(c.topo), "C1", 60_000);
+}
+
 async function expectIdentical(c: TestCluster, when: string): Promise<void> {
   for (const p of c.pairFiles()) expect(await cmp(p.primary, p.secondary), `${when}: ${p.name} differs`).toBe(null);
 }
 
-/** Random writes on the lower half of each volume until `until()`. */
-function writeLowerHalves(c: TestCluster, volumes: string[], seed: number, until: () => boolean, models = new Map<string, VolumeModel>()) {
+/**
+ * The writers' model, with one more doubt: a write whose connection was lost
+ * may still be executed by the server after a later write to the same
+ * sectors on the next connection was acknowledged, so its sectors stay
+ * uncertain for good.
+ */
+class HostModel extends VolumeModel {
+  private readonly everLost = new Uint8Array(this.uncertain.length);
+  override lost(offset: number, length: number): void {
+    super.lost(offset, length);
+    this.everLost.fill(1, offset / 512, (offset + length) / 512);
+  }
+  override firstMismatch(actual: Buffer): number {
+    for (let s = 0; s < this.uncertain.length; s++) {
+      if (this.uncertain[s] || this.everLost[s]) continue;
+      if (this.image.compare(actual, s * 512, (s + 1) * 512, s * 512, (s + 1) * 512) !== 0) return s * 512;
+    }
+    return -1;
+  }
+}
+
+/**
+ * Random writes on the lower half of each volume until `until()`; write
+ * errors are kept per volume. The models start from the volumes' images as
+ * they are now (after a takeover, the secondaries hold the primaries' image
+ * as of Ts), so every sector of them is checked.
+ */
+async function writeLowerHalves(c: TestCluster, volumes: string[], seed: number, until: () => boolean) {
   const rand = prng(seed);
+  const models = new Map<string, VolumeModel>();
+  const errors = new Map<string, string[]>();
+  for (const v of volumes) {
+    const model = new HostModel(HALF);
+    (await readFile(c.volumeFile(v))).copy(model.image, 0, 0, HALF);
+    models.set(v, model);
+  }
   const run = Promise.all(
     volumes.map((v) => {
-      const model = models.get(v) ?? new VolumeModel(HALF);
-      models.set(v, model);
-      return runWriter({ rand, queueDepth: 4, maxBytes: 64 * 1024, until, connect: () => c.nbd(v), model });
+      const model = models.get(v)!;
+      const onError = (err: Error) => errors.set(v, [...(errors.get(v) ?? []), err.message]);
+      return runWriter({ rand, queueDepth: 4, maxBytes: 64 * 1024, until, connect: () => c.nbd(v), model, onError });
     }),
   );
-  return { run, models };
+  return { run, models, errors };
 }
 
 async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>): Promise<T> {
@@ -112,7 +152,7 @@ async function outage(c: TestCluster, term: Terminal, seed: number, o: { statusW
   const plan: ChainPlan = planChains({ volumes, chains: 16, length: 150, seed, regionStartBlock: HALF / 4096 });
   let stop = false;
   const chains = runChainWorkload({ plan, connect: (v) => c.nbd(v), until: () => stop, reconnectAttemptsMax: 1000, reconnectPauseMs: 50 });
-  const load = writeLowerHalves(c, PRIMARY_VOLUMES, seed * 31, () => stop);
+  const load = await writeLowerHalves(c, PRIMARY_VOLUMES, seed * 31, () => stop);
   await pause(700);
   await c.kill(1);
   term.note("primary #1 was killed -9 under writes; the RCM suspends the group on its own");
@@ -145,13 +185,20 @@ async function outage(c: TestCluster, term: Terminal, seed: number, o: { statusW
 
   // Hosts move to the secondaries and keep writing them (lower halves only: the chains stay as the takeover left them).
   let hostsStop = false;
-  const onSecondaryHosts = writeLowerHalves(c, SECONDARY_VOLUMES, seed * 37, () => hostsStop);
+  const onSecondaryHosts = await writeLowerHalves(c, SECONDARY_VOLUMES, seed * 37, () => hostsStop);
   await pause(400);
   term.note("hosts write the secondary volumes; primary #1 is restarted");
   await c.start(1);
   // Back, it streams at its old generation; the secondaries refuse it and it fences itself.
   await waitFor("#1 fenced by the secondaries", 15_000, async () => (await c.rawStatus(1)).primary!.groups[0].state === "fenced");
   return { plan, records, acked, onSecondaries, hosts: { ...onSecondaryHosts, stop: () => (hostsStop = true) } };
+}
+
+function reportHosts(results: { writes: number; reconnects: number }[], errors: Map<string, string[]>): void {
+  const failed = [...errors].map(([v, e]) => `${v}: ${e.length} (first: ${e[0]})`);
+  console.log(
+    `hosts on the secondaries: ${results.reduce((n, r) => n + r.writes, 0)} writes acknowledged, ${results.reduce((n, r) => n + r.reconnects, 0)} reconnects${failed.length ? `; write errors ${failed.join("; ")}` : ""}`,
+  );
 }
 
 /** After the failback: the chains on the config's primaries are exactly the prefixes the takeover left. */
@@ -167,7 +214,8 @@ async function expectHostWrites(c: TestCluster, models: Map<string, VolumeModel>
     const model = models.get(p.secondary.name)!;
     for (const name of [p.secondary.name, p.primary.name]) {
       const image = (await readFile(c.volumeFile(name))).subarray(0, HALF);
-      expect(model.firstMismatch(image), `${name}: what hosts wrote on ${p.secondary.name}`).toBe(-1);
+      const at = model.firstMismatch(image);
+      expect(at, `${name}: what hosts wrote on ${p.secondary.name}`).toBe(-1);
     }
   }
 }
@@ -179,11 +227,11 @@ async function swapBack(c: TestCluster, term: Terminal, seed: number): Promise<v
   expect(sw.out).toMatch(/group C1 swapped: direction reverse -> forward/);
   expect(sw.out).toMatch(/group C1 is paired again at generation \d+/);
   let stop = false;
-  const load = writeLowerHalves(c, PRIMARY_VOLUMES, seed * 41, () => stop);
+  const load = await writeLowerHalves(c, PRIMARY_VOLUMES, seed * 41, () => stop);
   await pause(400);
   stop = true;
   await load.run;
-  await c.quiesce();
+  await quiesced(c);
   await expectIdentical(c, "after the swap back");
   const st = await c.status();
   expect(st.groups[0]).toMatchObject({ state: "active", direction: "forward" });
@@ -212,8 +260,8 @@ describe("failback after an outage: the primary that was down comes back (issue 
       expect(rev.out).toMatch(/group C1 now replicates from the config's secondaries to its primaries \(direction reverse\)/);
       expect(rev.out).toMatch(/group C1 is paired again at generation \d+/);
       o.hosts.stop();
-      await o.hosts.run;
-      await c.quiesce();
+      reportHosts(await o.hosts.run, o.hosts.errors);
+      await quiesced(c);
       await expectIdentical(c, "after the reverse resync");
       await expectSamePrefixes(c, o);
       await expectHostWrites(c, o.hosts.models);
@@ -261,8 +309,8 @@ describe("failback after an outage: the primary that was down comes back (issue 
       expect(r2.code, r2.out).toBe(0);
       expect(r2.out).toMatch(/group C1 is paired again at generation \d+/);
       o.hosts.stop();
-      await o.hosts.run;
-      await c.quiesce();
+      reportHosts(await o.hosts.run, o.hosts.errors);
+      await quiesced(c);
       await expectIdentical(c, "after the reverse resync run again");
       await expectSamePrefixes(c, o);
       await expectHostWrites(c, o.hosts.models);
