@@ -17,6 +17,7 @@ import type { ProcedureReport } from "../rcm/procedure.ts";
 import { drillCommand } from "./drill.ts";
 import { watchResync, type ResyncStart } from "../rcm/resync.ts";
 import type { FailbackReport } from "../rcm/failback.ts";
+import { describeReturning } from "../rcm/returning.ts";
 import { liveTopology, liveTopologyFrom } from "./live-topology.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { progressView } from "./progress-view.ts";
@@ -148,8 +149,9 @@ program
     const by = `admin (pid ${process.pid})`;
     if (o.reverse) {
       const f = await askRcm<FailbackReport>(topo, { op: "resync", reverse: true, group: o.group, by }, 45 * 60_000);
+      if (!o.json && f.returning) process.stdout.write(describeReturning(o.group, f.returning).join("\n") + "\n");
       if (!o.json) process.stdout.write(`group ${o.group} now replicates ${f.direction === "reverse" ? "from the config's secondaries to its primaries" : "from the config's primaries to its secondaries"} (direction ${f.direction}); the targets rest at Ts ${f.turnedAtTs}\n`);
-      return followResync(topo, o.group, f.resync, o, { failback: { direction: f.direction, turnedAtTs: f.turnedAtTs } }, started);
+      return followResync(topo, o.group, f.resync, o, { failback: { direction: f.direction, turnedAtTs: f.turnedAtTs, ...(f.returning ? { returning: f.returning } : {}) } }, started);
     }
     const r = await askRcm<ResyncStart>(topo, { op: "resync", group: o.group, by }, 45 * 60_000);
     return followResync(topo, o.group, r, o, {}, started);
@@ -168,11 +170,12 @@ program
     const started = Date.now();
     const f = await askRcm<FailbackReport>(topo, { op: "swap", group: o.group, timeoutMs: o.timeoutMs, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     if (!o.json) {
+      if (f.returning) process.stdout.write(describeReturning(o.group, f.returning).join("\n") + "\n");
       process.stdout.write(
         `group ${o.group} swapped: direction ${f.swappedFrom ?? "?"} -> ${f.direction}; ${f.frozenAt ? `the old primaries were frozen at stamp ${f.frozenAt} and ` : ""}the new secondaries rest at Ts ${f.turnedAtTs}; hosts reconnect to the new primaries\n`,
       );
     }
-    return followResync(topo, o.group, f.resync, o, { swap: { from: f.swappedFrom, direction: f.direction, turnedAtTs: f.turnedAtTs, frozenAt: f.frozenAt } }, started);
+    return followResync(topo, o.group, f.resync, o, { swap: { from: f.swappedFrom, direction: f.direction, turnedAtTs: f.turnedAtTs, frozenAt: f.frozenAt, ...(f.returning ? { returning: f.returning } : {}) } }, started);
   });
 
 program.addCommand(drillCommand());

@@ -2,6 +2,7 @@
 // an admin at a terminal. Pure.
 import type { ResyncStart } from "../rcm/resync.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
+import { describeReturning } from "../rcm/returning.ts";
 
 const mib = (b: number | undefined) => ((b ?? 0) / 1048576).toFixed(2);
 
@@ -13,6 +14,7 @@ export function renderProcedure(r: ProcedureReport): string {
     out.push(`  fenced what answered at generation ${r.generation}; waiting for ${r.waitingFor.map((i) => `#${i}`).join(", ")}`);
     return out.join("\n");
   }
+  if (r.takenOver) out.push(`  ${r.group} is taken over already at generation ${r.generation}: the secondaries serve hosts`);
   out.push(`  synchronized time Ts = ${r.ts} (${r.lossWindowMs.toFixed(1)} ms ago: writes acknowledged after Ts are not on the secondaries)`);
   out.push(`  generation ${r.generation}; took ${r.elapsedMs} ms`);
   for (const s of r.secondaries) {
@@ -29,9 +31,17 @@ export function renderProcedure(r: ProcedureReport): string {
       for (const v of s.volumes) out.push(`    ${v.volume}: ${v.nbdUrl}${r.mode === "takeover" ? " (read-write: reconnect hosts)" : " (read-only)"}`);
     }
   }
+  const failback = `'tidemark resync --group ${r.group} --reverse'`;
   for (const p of r.primaries) {
-    if (!p.reached) out.push(`  primary #${p.subsystem}: unreachable (${p.error}); it is fenced by generation when it comes back`);
-    else if (r.mode === "dry-run") {
+    if (!p.reached) {
+      const then = r.mode === "suspend" ? "" : `; once it is back, ${failback} takes it over and fails back`;
+      out.push(`  primary #${p.subsystem}: unreachable (${p.error}); it is fenced by generation when it comes back${then}`);
+    } else if (p.returning) {
+      out.push(
+        `  primary #${p.subsystem}: back after the takeover, which could not reach it: ${p.state} at generation ${p.generation}; ` +
+          `next: ${failback} takes it over and fails back (the hosts' writes on the secondaries are kept)`,
+      );
+    } else if (r.mode === "dry-run") {
       for (const v of p.volumes ?? []) out.push(`  primary #${p.subsystem} ${v.volume}: ${v.unacknowledgedWrites} writes (${mib(v.unacknowledgedBytes)} MiB) not yet acknowledged by the secondary`);
     } else out.push(`  primary #${p.subsystem}: ${p.state}${p.state === "taken-over" ? " (read-only for hosts)" : " (writes are recorded in its bitmap)"}`);
   }
@@ -40,7 +50,7 @@ export function renderProcedure(r: ProcedureReport): string {
 
 /** What `tidemark resync` says when the copy starts. */
 export function renderResyncStart(r: ResyncStart): string {
-  const lines: string[] = [];
+  const lines: string[] = r.returning ? describeReturning(r.group, r.returning) : [];
   if (r.alreadyRunning) lines.push(`resync of ${r.group} is already running at generation ${r.generation}; following it`);
   else {
     if (r.suspendedFirst) lines.push(`group ${r.group} did not rest at one synchronized time: it was suspended first`);

@@ -3,6 +3,7 @@
 // the subsystems' answers and the clock reading come in as values.
 import type { Topology } from "../../config/schema.ts";
 import { formatEta } from "./progress-view.ts";
+import { returningPrimaries } from "../rcm/returning.ts";
 
 /** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
 export interface SubsystemStatus {
@@ -14,7 +15,11 @@ export interface SubsystemStatus {
   nowNs: string;
   /** Per group: "forward" (the config's primaries are primary) or "reverse" (after a failback). */
   directions?: Record<string, string>;
-  /** Per group: the synchronized time of its last turn of direction. */
+  /**
+   * Per group, the synchronized time this subsystem holds for it: on a primary
+   * a turn made, the Ts of that turn; on a secondary, its synchronizedTs.
+   * failback.ts reads it for primaries only (a cut-short turn is finished from it).
+   */
   turnedAtTs?: Record<string, string>;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
@@ -104,6 +109,12 @@ export interface StatusDoc {
     heldBackBy: number | null;
     /** "forward", or "reverse" after a failback (the config's secondaries are primary). */
     direction: string;
+    /**
+     * Primaries the group's takeover could not reach that are back, in the state
+     * they came back in (appliance/rcm/returning.ts); `resync --reverse`,
+     * `resync` and `swap` take them over first. Empty otherwise.
+     */
+    returning: { subsystem: number; state: string; generation: number }[];
     /** A copy in progress (initial copy or resync), summed over the primaries; null when none runs. */
     copy: {
       totalBlocks: number;
@@ -223,6 +234,13 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
         }
       : null;
     const states = new Set(secondaries.map((s) => s.state).filter((x): x is string => x !== null));
+    // Only when every secondary answered: the rule needs all of them taken over at one generation.
+    const returning = complete
+      ? returningPrimaries(
+          secondaries.map((s) => ({ state: s.state ?? "", generation: s.generation ?? 0 })),
+          new Map(prim.flatMap((p) => (p.pg ? [[p.id, p.pg] as const] : []))),
+        ).primaries
+      : [];
     return {
       name: g.name,
       generation: gens.length > 0 ? Math.max(...gens) : null,
@@ -234,6 +252,7 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       lowestSecond: lowest?.second ?? null,
       heldBackBy,
       direction: prim.find((p) => p.dir)?.dir ?? "forward",
+      returning,
       copy,
       secondaries: secondaries.map(({ generation: _g, reason: _r, suspendedBy: _b, synchronizedTs: _t, ...rest }) => rest),
     };
@@ -294,9 +313,11 @@ export function renderStatus(doc: StatusDoc): string {
   out.push(
     table([
       ["id", "state", "pid", "replication", "nbd"],
-      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : `DOWN (${s.error ?? "?"})`, s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
+      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : "DOWN", s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
     ]),
   );
+  // Why each one is down, under the table: a reason in a cell would widen its column for every row.
+  for (const s of doc.subsystems) if (!s.reachable) out.push(`  #${s.id} DOWN: ${s.error ?? "no answer"}`);
   for (const g of doc.groups) {
     out.push("");
     const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;
@@ -313,6 +334,12 @@ export function renderStatus(doc: StatusDoc): string {
       );
     }
     if (g.reason) out.push(`  suspended by ${g.suspendedBy ?? "?"}: ${g.reason}${g.synchronizedTs ? `; secondaries rest at Ts ${g.synchronizedTs}` : ""}`);
+    for (const p of g.returning) {
+      out.push(
+        `  primary #${p.subsystem} is back (${p.state}, generation ${p.generation}) after the takeover at generation ${g.generation ?? "?"}, which could not reach it;` +
+          ` next: tidemark resync --group ${g.name} --reverse (takes it over and fails back)`,
+      );
+    }
     const primaries = [...new Set(g.secondaries.flatMap((s) => Object.keys(s.first)))].sort((a, b) => Number(a) - Number(b));
     out.push(
       table([

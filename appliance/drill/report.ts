@@ -33,6 +33,8 @@ export interface GroupTakeover {
 
 export interface GroupResync {
   group: string;
+  /** What ran: `resync` (forward), `resync --reverse` (failback) or `swap` (back again); `resync` when absent. */
+  command?: "resync" | "resync --reverse" | "swap";
   elapsedMs: number;
   /** What the resync command said, in one line. */
   said: string;
@@ -51,8 +53,17 @@ export interface RoundReport {
   secondaryWrites: number;
   load: { writes: number; bytes: number };
   resyncs: GroupResync[];
+  /** How the group went home: a forward resync, or a failback (`resync --reverse`) and a swap back (schedule.ts). */
+  wayBack: "forward" | "failback";
+  /** cmp at the end of the round: after the resync, or after the swap back. */
   cmp: { pairs: number; identical: number };
-  /** Chain writes acknowledged to the host and found on the primary images after the resync. */
+  /** Failback rounds: cmp after the reverse resync, before the swap back. */
+  cmpAfterFailback?: { pairs: number; identical: number };
+  /**
+   * Forward: chain writes acknowledged to the host and found on the primary images after the
+   * resync. Failback: the chain writes the takeover left on the secondaries, found on the primary
+   * images exactly as prefixes of the same lengths (later acknowledged writes are lost by design).
+   */
   completeOnPrimaries: { acked: number; ok: boolean };
   violations: string[];
   /** Milliseconds spent in each step of the round (paired, clear, write, takeover, check, dr-writes, restore, resync, compare). */
@@ -70,6 +81,8 @@ export interface DrillSummary {
   takeovers: number;
   /** Takeovers with at least one primary down (the disaster case). */
   takeoversWithPrimaryDown: number;
+  /** Rounds that went home by failback (`resync --reverse`, then `swap`). */
+  failbacks: number;
   chainWritesAcked: number;
   chainWritesOnSecondaries: number;
   loadWrites: number;
@@ -88,6 +101,7 @@ export function summarize(reports: readonly RoundReport[], elapsedMs: number): D
     linkFaults: { cut: sum((r) => r.linkFaults.cut), hang: sum((r) => r.linkFaults.hang) },
     takeovers: sum((r) => r.takeovers.length),
     takeoversWithPrimaryDown: sum((r) => r.takeovers.filter((t) => t.primariesDown.length > 0).length),
+    failbacks: reports.filter((r) => r.wayBack === "failback").length,
     chainWritesAcked: sum((r) => r.chains.reduce((n, c) => n + c.acked, 0)),
     chainWritesOnSecondaries: sum((r) => r.chains.reduce((n, c) => n + c.onSecondaries, 0)),
     loadWrites: sum((r) => r.load.writes),
@@ -124,8 +138,14 @@ export function renderRound(r: RoundReport, replay: string): string {
     );
   }
   if (r.takeovers.length > 0) out.push(`  host writes on the taken-over secondaries: ${r.secondaryWrites}`);
-  for (const s of r.resyncs) out.push(`  resync ${s.group}: ${secs(s.elapsedMs)}${s.said ? `: ${s.said}` : ""}`);
-  if (r.cmp.pairs > 0) {
+  for (const s of r.resyncs) out.push(`  ${s.command ?? "resync"} ${s.group}: ${secs(s.elapsedMs)}${s.said ? `: ${s.said}` : ""}`);
+  if (r.cmpAfterFailback && r.cmpAfterFailback.pairs > 0) out.push(`  after the reverse resync and quiesce: cmp ${r.cmpAfterFailback.identical} of ${r.cmpAfterFailback.pairs} pairs identical`);
+  if (r.cmp.pairs > 0 && r.wayBack === "failback") {
+    out.push(
+      `  after the swap back and quiesce: cmp ${r.cmp.identical} of ${r.cmp.pairs} pairs identical; chains on the primaries: ${r.completeOnPrimaries.ok ? "exactly" : "NOT"} ` +
+        `the takeover's prefixes (${r.completeOnPrimaries.acked} writes); load: ${r.load.writes} writes (${mib(r.load.bytes)}) acknowledged`,
+    );
+  } else if (r.cmp.pairs > 0) {
     out.push(
       `  after quiesce: cmp ${r.cmp.identical} of ${r.cmp.pairs} pairs identical; chains on the primaries: ${r.completeOnPrimaries.ok ? "every" : "NOT every"} ` +
         `acknowledged write present (${r.completeOnPrimaries.acked}); load: ${r.load.writes} writes (${mib(r.load.bytes)}) acknowledged`,
@@ -148,7 +168,7 @@ export function renderSummary(s: DrillSummary, replayOf: (seed: number) => strin
   );
   out.push(
     `  kill -9: ${s.kills.primary} primaries, ${s.kills.secondary} secondaries, ${s.kills.rcm} RCMs; links cut ${s.linkFaults.cut}, hung ${s.linkFaults.hang}; ` +
-      `${s.takeovers} takeovers (${s.takeoversWithPrimaryDown} with a primary down)`,
+      `${s.takeovers} takeovers (${s.takeoversWithPrimaryDown} with a primary down, ${s.failbacks} failed back and swapped)`,
   );
   out.push(
     `  chain writes: ${s.chainWritesAcked} acknowledged, ${s.chainWritesOnSecondaries} on the secondaries at takeover; ` +

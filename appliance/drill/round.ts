@@ -1,10 +1,14 @@
 // One drill round on a running topology, in four steps: (1) hosts write causal chains
 // and random load over NBD while (2) processes are killed -9 and restarted and links are cut or
 // hung on the round's schedule; (3) the group is taken over and the secondary images are read
-// back: every chain must be a prefix and every block intact; (4) the group is resynced forward
-// (undoing host writes made on the secondaries after the takeover) while hosts write again, then
-// writes stop, the group is quiesced, `cmp` must find every secondary equal to its primary, and
-// every write a host was told about must be on the primary images.
+// back: every chain must be a prefix and every block intact; (4) the group goes home one of two
+// ways. Forward: it is resynced forward (undoing host writes made on the secondaries after the
+// takeover) while hosts write again, then writes stop, the group is quiesced, `cmp` must find
+// every secondary equal to its primary, and every write a host was told about must be on the
+// primary images. Failback (a primary was down through the takeover): hosts keep writing the
+// secondaries, the primary returns, `resync --reverse` carries the secondaries' image back (cmp,
+// the takeover's chain prefixes and the secondaries' writes on the old primaries), and `swap`
+// brings the config's primaries back (cmp again).
 // The checks read the images themselves and know nothing of tidemark's timestamps or queues.
 import { volumePath, type LoadedTopology } from "../../config/load.ts";
 import { askAll } from "../cli/control-client.ts";
@@ -26,6 +30,7 @@ import type { GroupChains, GroupResync, GroupTakeover, RoundReport } from "./rep
 import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedule.ts";
 import { askRcm } from "../cli/rcm-client.ts";
 import { quiesce } from "../cli/quiesce.ts";
+import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
 import { DRILL_FAILURE_TIMEOUT_MS, DRILL_RCM_CHECK_INTERVAL_MS } from "./topology.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 import type { ErrorCode } from "../errors/codes.ts";
@@ -95,12 +100,20 @@ function parseJson(stdout: string): unknown {
 
 /** What `tidemark resync --json` said, in one line: blocks to copy and the generation it paired at. */
 function resyncGist(v: unknown): string {
-  const r = v as { start?: { generation?: number; secondaryBlocks?: number; nothingToDo?: boolean; suspendedFirst?: boolean; primaries?: { remainingBlocks?: number }[] } } | null;
+  type Returned = { returning?: { primaries?: { subsystem: number }[] } };
+  const r = v as {
+    start?: { generation?: number; secondaryBlocks?: number; nothingToDo?: boolean; suspendedFirst?: boolean; primaries?: { remainingBlocks?: number }[]; returning?: Returned["returning"] };
+    failback?: Returned;
+    swap?: Returned;
+  } | null;
   if (!r?.start) return "";
+  const back = (r.failback?.returning ?? r.swap?.returning ?? r.start.returning)?.primaries ?? [];
+  const tookOver = back.length > 0 ? `took over ${back.map((p) => `#${p.subsystem}`).join(", ")} on ${back.length > 1 ? "their" : "its"} return; ` : "";
+  if (tookOver && r.start.nothingToDo) return `${tookOver}nothing to copy`;
   if (r.start.nothingToDo) return "nothing to copy";
   const toCopy = (r.start.primaries ?? []).reduce((n, p) => n + (p.remainingBlocks ?? 0), 0);
   return [
-    `paired again at generation ${r.start.generation}`,
+    `${tookOver}paired again at generation ${r.start.generation}`,
     `${toCopy} blocks to copy (${r.start.secondaryBlocks} of them dirty on the secondaries)`,
     r.start.suspendedFirst ? "suspended first" : "",
   ]
@@ -145,6 +158,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     secondaryWrites: 0,
     load: { writes: 0, bytes: 0 },
     resyncs: [],
+    wayBack: "forward",
     cmp: { pairs: 0, identical: 0 },
     completeOnPrimaries: { acked: 0, ok: false },
     violations: [],
@@ -199,10 +213,15 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     primaries: [...new Set([...topo.groups.values()].flatMap((g) => g.primaries))],
     secondaries: [...new Set([...topo.groups.values()].flatMap((g) => g.secondaries))],
   });
+  report.wayBack = schedule.wayBack;
   const { loadBytes, chainStartBlock, chainBlocks } = regions(env.volumeBytes);
   const workloads: Promise<unknown>[] = [];
   let writing = true;
   let resyncWriting = true;
+  /** Hosts write the config's primaries again after a swap back (failback rounds). */
+  let swapWriting = true;
+  /** The model of each primary volume's load region (renewed after a swap back). */
+  let models = new Map<string, LoadModel>();
 
   try {
     // ---- preparation: every pair streaming, the chain region zero on both sides, the load region read into its models.
@@ -223,7 +242,6 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       }
     }
     for (const g of groups) await quiesceGroup(g.name);
-    const models = new Map<string, LoadModel>();
     for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
 
     // ---- step 1 and 2: write, and fail things on the schedule.
@@ -234,21 +252,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       runChainWorkload({ plan: g.plan, connect: nbd, until: () => !writing, reconnectAttemptsMax: CHAIN_RECONNECTS_MAX, reconnectPauseMs: RECONNECT_PAUSE_MS }),
     );
     workloads.push(...chainRuns);
-    const loadRun = (until: () => boolean) =>
-      [...models].map(([v, model]) =>
-        runLoad({
-          model,
-          connect: () => nbd(v),
-          rand: prng(Math.floor(rand() * 2 ** 32)),
-          queueDepth: LOAD_QUEUE_DEPTH,
-          writeBytesMax: LOAD_WRITE_BYTES_MAX,
-          zeroesShare: LOAD_ZEROES_SHARE,
-          until,
-          sleep,
-          reconnectPauseMs: RECONNECT_PAUSE_MS,
-        }),
-      );
-    const loads1 = loadRun(() => !writing);
+    const loads1 = loadOn(models, () => !writing);
     workloads.push(...loads1);
     await runFaults(schedule.faults);
     await sleep(t0 + schedule.takeoverAtMs - Date.now());
@@ -274,70 +278,8 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       for (const v of r.violations) violation(`after the takeover of ${g.name}, on the secondaries: ${v}`);
     }
 
-    // The disaster site carries on: hosts write the taken-over secondaries. The forward resync must undo it.
-    step("dr-writes", "writing on the taken-over secondaries");
-    for (let i = 0; i < schedule.secondaryWrites; i++) {
-      const g = groups[Math.floor(rand() * groups.length)];
-      const s = g.pairs[Math.floor(rand() * g.pairs.length)].secondary;
-      const len = CHAIN_BLOCK_BYTES * (1 + Math.floor(rand() * (SECONDARY_WRITE_BYTES_MAX / CHAIN_BLOCK_BYTES)));
-      const off = Math.floor(rand() * ((env.volumeBytes - len) / CHAIN_BLOCK_BYTES + 1)) * CHAIN_BLOCK_BYTES;
-      const data = Buffer.alloc(len, 0xd5 ^ i);
-      const c = await nbd(s);
-      try {
-        await c.write(off, data);
-        report.secondaryWrites++;
-      } catch (err) {
-        violation(`a host write to taken-over secondary ${s} (${len} bytes at ${off}) failed: ${(err as Error).message}`);
-      } finally {
-        await c.close();
-      }
-    }
-    if (schedule.secondaryWrites > 0) event(`${report.secondaryWrites} host writes on the taken-over secondaries`);
-
-    // ---- step 4: everything back, resync forward while hosts write, stop, quiesce, compare.
-    step("restore", "restoring processes and links");
-    for (const [id, proxy] of env.proxies) {
-      if (proxy.state !== "up") {
-        proxy.restore();
-        event(`links -> #${id} restored`);
-      }
-    }
-    for (const id of procs.ids) if (!procs.alive(id)) await restart(id, " (the resync needs it)");
-
-    step("resync", "resyncing");
-    const loads2 = loadRun(() => !resyncWriting);
-    workloads.push(...loads2);
-    for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null));
-    await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
-    resyncWriting = false;
-    sumLoad(await Promise.all(loads2));
-    event("hosts stopped writing");
-    check();
-
-    step("compare", "quiescing and comparing");
-    for (const g of groups) await quiesceGroup(g.name);
-    for (const g of groups) {
-      for (const p of g.pairs) {
-        report.cmp.pairs++;
-        const diff = await cmpImages(pathOf(p.primary), pathOf(p.secondary));
-        if (diff === null) report.cmp.identical++;
-        else violation(`after the resync and quiesce of ${g.name}, ${p.secondary} differs from its primary ${p.primary}: ${diff}`);
-      }
-    }
-    let completeOk = true;
-    for (const [i, g] of groups.entries()) {
-      const r = await checkOn(g.plan, records[i], "complete", pathOf);
-      report.completeOnPrimaries.acked += records[i].reduce((n, x) => n + x.acked, 0);
-      for (const v of r.violations) violation(`on the primaries of ${g.name}: ${v}`);
-      completeOk &&= r.ok;
-    }
-    report.completeOnPrimaries.ok = completeOk;
-    for (const [v, model] of models) {
-      const c = model.compare(await readRange(pathOf(v), 0, loadBytes));
-      if (c.mismatchedSectors > 0) {
-        violation(`${v}: ${c.mismatchedSectors} sectors written by acknowledged host writes do not hold what was written (first at byte ${c.firstMismatchOffset})`);
-      }
-    }
+    if (schedule.wayBack === "failback") await failBack(records);
+    else await resyncForward(records);
     check();
     endStep();
     doing = "";
@@ -348,6 +290,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   } finally {
     writing = false;
     resyncWriting = false;
+    swapWriting = false;
     await Promise.allSettled(workloads);
     check2();
   }
@@ -363,6 +306,23 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
   }
 
+  /** Random load on the volumes of `on` (name -> model of its load region) until `until()`. */
+  function loadOn(on: Map<string, LoadModel>, until: () => boolean): Promise<LoadResult>[] {
+    return [...on].map(([v, model]) =>
+      runLoad({
+        model,
+        connect: () => nbd(v),
+        rand: prng(Math.floor(rand() * 2 ** 32)),
+        queueDepth: LOAD_QUEUE_DEPTH,
+        writeBytesMax: LOAD_WRITE_BYTES_MAX,
+        zeroesShare: LOAD_ZEROES_SHARE,
+        until,
+        sleep,
+        reconnectPauseMs: RECONNECT_PAUSE_MS,
+      }),
+    );
+  }
+
   function sumLoad(rs: LoadResult[]) {
     for (const r of rs) {
       report.load.writes += r.writes;
@@ -370,10 +330,175 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
   }
 
+  /** The disaster site carries on: hosts write the taken-over secondaries (`loadOnly`: their load regions, recorded in `into`). */
+  async function disasterSiteWrites(loadOnly: boolean, into?: Map<string, LoadModel>) {
+    step("dr-writes", "writing on the taken-over secondaries");
+    for (let i = 0; i < schedule.secondaryWrites; i++) {
+      const g = groups[Math.floor(rand() * groups.length)];
+      const s = g.pairs[Math.floor(rand() * g.pairs.length)].secondary;
+      const len = CHAIN_BLOCK_BYTES * (1 + Math.floor(rand() * (SECONDARY_WRITE_BYTES_MAX / CHAIN_BLOCK_BYTES)));
+      const span = loadOnly ? loadBytes : env.volumeBytes;
+      const off = Math.floor(rand() * ((span - len) / CHAIN_BLOCK_BYTES + 1)) * CHAIN_BLOCK_BYTES;
+      const data = Buffer.alloc(len, 0xd5 ^ i);
+      const c = await nbd(s);
+      try {
+        await c.write(off, data);
+        into?.get(s)?.ack(off, len, data);
+        report.secondaryWrites++;
+      } catch (err) {
+        into?.get(s)?.lost(off, len);
+        violation(`a host write to taken-over secondary ${s} (${len} bytes at ${off}) failed: ${(err as Error).message}`);
+      } finally {
+        await c.close();
+      }
+    }
+    if (schedule.secondaryWrites > 0) event(`${report.secondaryWrites} host writes on the taken-over secondaries`);
+  }
+
+  /** Links restored and every process started: the way home needs them all (a primary down through the takeover returns here). */
+  async function restoreAll(why: string) {
+    step("restore", "restoring processes and links");
+    for (const [id, proxy] of env.proxies) {
+      if (proxy.state !== "up") {
+        proxy.restore();
+        event(`links -> #${id} restored`);
+      }
+    }
+    for (const id of procs.ids) if (!procs.alive(id)) await restart(id, why);
+  }
+
+  /** Every secondary image equal to its primary, by cmp; counted in `into`. */
+  async function compareImages(when: string, into: { pairs: number; identical: number }) {
+    for (const g of groups) await quiesceGroup(g.name);
+    for (const g of groups) {
+      for (const p of g.pairs) {
+        into.pairs++;
+        const diff = await cmpImages(pathOf(p.primary), pathOf(p.secondary));
+        if (diff === null) into.identical++;
+        else violation(`${when} of ${g.name}, ${p.secondary} differs from its primary ${p.primary}: ${diff}`);
+      }
+    }
+  }
+
+  /** What `models` says acknowledged load writes left in the load regions, against `pathOf(target(volume))`. */
+  async function compareLoad(on: Map<string, LoadModel>, target: (volume: string) => string, when: string) {
+    for (const [v, model] of on) {
+      const c = model.compare(await readRange(pathOf(target(v)), 0, loadBytes));
+      if (c.mismatchedSectors > 0) {
+        violation(`${when}: ${target(v)}: ${c.mismatchedSectors} sectors written by acknowledged host writes${target(v) === v ? "" : ` on ${v}`} do not hold what was written (first at byte ${c.firstMismatchOffset})`);
+      }
+    }
+  }
+
+  /**
+   * Step 4, forward: everything back, resync forward (undoing the writes made on the secondaries)
+   * while hosts write the primaries, stop, quiesce, compare; every acknowledged write is on the primaries.
+   */
+  async function resyncForward(records: ChainRecord[][]) {
+    await disasterSiteWrites(false);
+    await restoreAll(" (the resync needs it)");
+    step("resync", "resyncing");
+    const loads2 = loadOn(models, () => !resyncWriting);
+    workloads.push(...loads2);
+    for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null, "resync"));
+    await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
+    resyncWriting = false;
+    sumLoad(await Promise.all(loads2));
+    event("hosts stopped writing");
+    check();
+
+    step("compare", "quiescing and comparing");
+    await compareImages("after the resync and quiesce", report.cmp);
+    let completeOk = true;
+    for (const [i, g] of groups.entries()) {
+      const r = await checkOn(g.plan, records[i], "complete", pathOf);
+      report.completeOnPrimaries.acked += records[i].reduce((n, x) => n + x.acked, 0);
+      for (const v of r.violations) violation(`on the primaries of ${g.name}: ${v}`);
+      completeOk &&= r.ok;
+    }
+    report.completeOnPrimaries.ok = completeOk;
+    await compareLoad(models, (v) => v, "after the resync");
+  }
+
+  /**
+   * Step 4, failback (a primary was down through the takeover): hosts keep writing the
+   * secondaries' load regions; every process returns, the returning primary included;
+   * `tidemark resync --reverse` (which takes it over first) carries the secondaries' image
+   * back while hosts write them; then cmp, and the old primaries must hold exactly the chain
+   * prefixes the takeover left and every load write made on the secondaries. `tidemark swap`
+   * brings the config's primaries back; hosts write them, cmp again.
+   */
+  async function failBack(records: ChainRecord[][]) {
+    const onSecondaries = new Map<string, LoadModel>();
+    for (const g of groups) for (const p of g.pairs) onSecondaries.set(p.secondary, new LoadModel(0, await readRange(pathOf(p.secondary), 0, loadBytes)));
+    const primaryOf = new Map(groups.flatMap((g) => g.pairs.map((p) => [p.secondary, p.primary] as const)));
+    await disasterSiteWrites(true, onSecondaries);
+    await restoreAll(" (back after the takeover)");
+
+    step("failback", "failing back with resync --reverse");
+    const loads2 = loadOn(onSecondaries, () => !resyncWriting);
+    workloads.push(...loads2);
+    for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null, "resync --reverse"));
+    await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
+    resyncWriting = false;
+    sumLoad(await Promise.all(loads2));
+    event("hosts stopped writing");
+    check();
+
+    step("compare", "quiescing and comparing after the failback");
+    report.cmpAfterFailback = { pairs: 0, identical: 0 };
+    await compareImages("after the reverse resync and quiesce", report.cmpAfterFailback);
+    await expectTakeoverPrefixes(records, "after the reverse resync");
+    await compareLoad(onSecondaries, (v) => primaryOf.get(v)!, "after the reverse resync");
+
+    step("swap", "swapping back");
+    for (const g of groups) report.resyncs.push(await swapBack(g.name));
+    models = new Map();
+    for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
+    const loads3 = loadOn(models, () => !swapWriting);
+    workloads.push(...loads3);
+    await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
+    swapWriting = false;
+    sumLoad(await Promise.all(loads3));
+    event("hosts stopped writing");
+    check();
+
+    step("compare", "quiescing and comparing after the swap");
+    await compareImages("after the swap back and quiesce", report.cmp);
+    report.completeOnPrimaries = { acked: report.chains.reduce((n, c) => n + c.onSecondaries, 0), ok: await expectTakeoverPrefixes(records, "after the swap back") };
+    await compareLoad(models, (v) => v, "after the swap back");
+  }
+
+  /** The chains on the config's primaries are exactly the prefixes the takeover left on the secondaries: no more, no less. */
+  async function expectTakeoverPrefixes(records: ChainRecord[][], when: string): Promise<boolean> {
+    let ok = true;
+    for (const [i, g] of groups.entries()) {
+      const r = await checkOn(g.plan, records[i], "prefix", pathOf);
+      for (const v of r.violations) violation(`${when}, on the primaries of ${g.name}: ${v}`);
+      const want = report.chains[i].prefixLengths;
+      const differ = r.prefixLengths.flatMap((k, c) => (k === want[c] ? [] : [`chain ${c}: ${k} (takeover: ${want[c]})`]));
+      if (differ.length > 0) violation(`${when}, on the primaries of ${g.name}: chains are not the takeover's prefixes: ${differ.slice(0, 5).join(", ")}`);
+      ok &&= r.violations.length === 0 && differ.length === 0;
+    }
+    return ok;
+  }
+
+  /** `tidemark swap`: no fault is scheduled in it, so a failure is a finding. */
+  async function swapBack(group: string): Promise<GroupResync> {
+    const begun = Date.now();
+    event(`tidemark swap --group ${group}`);
+    const r = await tidemarkCli(["swap", "--config", topo.file, "--group", group, "--json"], RESYNC_TIMEOUT_MS);
+    check();
+    if (r.code !== 0) throw new DrillStepError(`tidemark swap --group ${group} failed (${r.timedOut ? `no end within ${RESYNC_TIMEOUT_MS} ms` : `exit ${r.code}`}: ${firstLine(r.stderr)})`);
+    event(`swap ${group} done`);
+    return { group, command: "swap", elapsedMs: Date.now() - begun, said: resyncGist(parseJson(r.stdout)) || firstLine(r.stdout) };
+  }
+
   /** What `tidemark quiesce` does, in-process (a command's start-up would double the step's time). */
   async function quiesceGroup(group: string) {
     try {
-      await quiesce(topo, group, QUIESCE_TIMEOUT_MS);
+      // The roles of the moment: a failback turns them.
+      await quiesce(await liveTopology(topo), group, QUIESCE_TIMEOUT_MS);
     } catch (err) {
       throw new DrillStepError(`quiesce ${group} failed: ${(err as Error).message}`);
     }
@@ -464,7 +589,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
    * process and restarts it. A run that fails because of that fault is run again, as an admin
    * would; a run that fails without one is a finding.
    */
-  async function resync(group: string, fault: RoundSchedule["resyncKill"]): Promise<GroupResync> {
+  async function resync(group: string, fault: RoundSchedule["resyncKill"], command: "resync" | "resync --reverse"): Promise<GroupResync> {
     const begun = Date.now();
     let lane: Promise<void> = Promise.resolve();
     let faulted = false;
@@ -479,11 +604,11 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       })();
     }
     for (let attempt = 1; ; attempt++) {
-      event(`tidemark resync --group ${group}${attempt > 1 ? ` (attempt ${attempt})` : ""}`);
-      const r = await tidemarkCli(["resync", "--config", topo.file, "--group", group, "--json"], RESYNC_TIMEOUT_MS);
+      event(`tidemark resync --group ${group}${command === "resync --reverse" ? " --reverse" : ""}${attempt > 1 ? ` (attempt ${attempt})` : ""}`);
+      const r = await tidemarkCli(["resync", "--config", topo.file, "--group", group, ...(command === "resync --reverse" ? ["--reverse"] : []), "--json"], RESYNC_TIMEOUT_MS);
       check();
       if (r.code === 0) {
-        event(`resync ${group} done`);
+        event(`${command} ${group} done`);
         await lane;
         // A kill that landed after the resync ended can outlast the RCM's failure
         // timeout: the group is then suspended again, and an admin resyncs again.
@@ -497,11 +622,11 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
             continue;
           }
         }
-        return { group, elapsedMs: Date.now() - begun, said: resyncGist(parseJson(r.stdout)) || firstLine(r.stdout) };
+        return { group, command, elapsedMs: Date.now() - begun, said: resyncGist(parseJson(r.stdout)) || firstLine(r.stdout) };
       }
       const why = `${r.timedOut ? `no end within ${RESYNC_TIMEOUT_MS} ms` : `exit ${r.code}`}: ${firstLine(r.stderr)}`;
-      event(`resync ${group} failed (${why})`);
-      if (!faulted || attempt >= RESYNC_ATTEMPTS_MAX) throw new DrillStepError(`tidemark resync --group ${group} failed (${why})`);
+      event(`${command} ${group} failed (${why})`);
+      if (!faulted || attempt >= RESYNC_ATTEMPTS_MAX) throw new DrillStepError(`tidemark ${command} --group ${group} failed (${why})`);
       // Run it again once the killed process is back, as docs/resync.md tells an admin to.
       await lane;
     }
@@ -543,7 +668,8 @@ async function waitPaired(env: DrillEnv, timeoutMs: number): Promise<void> {
       topo.config.subsystems.map((s) => s.id),
       { op: "status" },
     );
-    const doc = buildStatus(topo, answers, clockReader(topo.config.clock)());
+    // The roles of the moment: after a failback the config's secondaries are primary.
+    const doc = buildStatus(liveTopologyFrom(topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true), answers, clockReader(topo.config.clock)());
     const waiting = doc.pairs.filter((p) => p.state !== "paired");
     if (waiting.length === 0) return;
     last = waiting.map((p) => `${p.primary.volume}->${p.secondary.volume} ${p.state}${p.reason ? ` (${p.reason})` : ""}`).join(", ");

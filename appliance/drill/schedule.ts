@@ -1,8 +1,9 @@
 // What one drill round does and when, drawn from its seed: how long hosts write before the
 // takeover, which processes die and when they come back, which links are cut or hang, whether
 // the RCM dies in the middle of the takeover, how many host writes land on the secondaries
-// after it. Pure: no I/O, no clock, no Math.random; the same seed and shape give the same
-// schedule, so a failing round's report names a seed that replays what it did.
+// after it, and the way home (a forward resync, or a failback and a swap back). Pure: no I/O,
+// no clock, no Math.random; the same seed and shape give the same schedule, so a failing round's
+// report names a seed that replays what it did.
 // Invariants: a process is never killed while it is already down, a link never gets a second
 // fault while one is open, and every time lies inside the round's write phase.
 import { prng } from "./prng.ts";
@@ -32,8 +33,15 @@ export interface RoundSchedule {
   rcmKillDuringTakeoverMs: number | null;
   /** Random host writes on the taken-over secondaries, which the forward resync must undo. */
   secondaryWrites: number;
-  /** A process killed -9 while the resync runs, restarted after `restartAfterMs`; null: none. */
+  /** A process killed -9 while the resync (forward or reverse) runs, restarted after `restartAfterMs`; null: none. */
   resyncKill: { target: number; role: "primary" | "secondary" | "rcm"; afterMs: number; restartAfterMs: number } | null;
+  /**
+   * How the group goes home after the takeover: `forward`, a resync that undoes
+   * the writes made on the secondaries; `failback`, only when a primary was
+   * down through the takeover: once it is back, `resync --reverse` (which
+   * takes it over first) keeps them, and `swap` brings the primaries back.
+   */
+  wayBack: "forward" | "failback";
 }
 
 /** Bounds of a round's write phase: long enough for faults to land mid-stream, short enough that a round takes seconds. */
@@ -52,6 +60,8 @@ export const TAKEOVER_KILL_MS_MAX = 300;
 export const RESYNC_KILL_MS_MAX = 1000;
 /** Shorter than the RCM's failure timeout mostly, so the resync usually rides the outage out (when not, it is run again). */
 const RESYNC_OUTAGE_MS_MAX = 2000;
+/** Of the rounds with a primary down through the takeover, the share that fails back rather than resyncing forward. */
+export const FAILBACK_SHARE = 0.5;
 
 export class ScheduleError extends Error {
   readonly code = "TM_DRILL_CONFIG" satisfies ErrorCode;
@@ -131,5 +141,8 @@ export function scheduleRound(seed: number, shape: RoundShape): RoundSchedule {
     const [role, pool] = roll < 0.45 ? (["primary", shape.primaries] as const) : roll < 0.9 ? (["secondary", shape.secondaries] as const) : (["rcm", [RCM_ID]] as const);
     resyncKill = { target: pick([...pool]), role, afterMs: between(0, RESYNC_KILL_MS_MAX), restartAfterMs: between(OUTAGE_MS_MIN, RESYNC_OUTAGE_MS_MAX) };
   }
-  return { seed, takeoverAtMs, faults, rcmKillDuringTakeoverMs, secondaryWrites, resyncKill };
+  // Drawn last, so every earlier draw stays what it was for a seed.
+  const primaryDown = faults.some((f) => f.kind === "kill" && f.role === "primary" && f.restartAtMs === null);
+  const wayBack = primaryDown && rand() < FAILBACK_SHARE ? "failback" : "forward";
+  return { seed, takeoverAtMs, faults, rcmKillDuringTakeoverMs, secondaryWrites, resyncKill, wayBack };
 }

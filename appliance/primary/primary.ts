@@ -725,7 +725,7 @@ export class PrimaryEngine {
         v.unacknowledgedBytes += r.len;
       }
     }
-    return { subsystem: this.o.id, group, state: this.groupState(group), volumes: [...out.values()] };
+    return { subsystem: this.o.id, group, state: this.groupState(group), generation: this.groups.get(group)?.generation ?? 0, volumes: [...out.values()] };
   }
 
   /**

@@ -10,7 +10,8 @@ import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { quiesce } from "../cli/quiesce.ts";
 import { ProcedureError, call, runProcedure } from "./procedure.ts";
-import { startResync, type ResyncOptions, type ResyncStart } from "./resync.ts";
+import { startResync, takeOverReturning, type ResyncOptions, type ResyncStart } from "./resync.ts";
+import { returningPrimaries, type Returning } from "./returning.ts";
 
 const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
 
@@ -47,25 +48,14 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
  * takeover (the new secondaries rest at it). Idempotent: a turn cut short is
  * finished with the values the turned subsystems already hold.
  */
-async function turn(topo: LoadedTopology, group: string, to: Direction, logger: ResyncOptions["logger"]): Promise<{ generation: number; ts: string }> {
+async function turn(topo: LoadedTopology, group: string, to: Direction, o: ResyncOptions): Promise<{ generation: number; ts: string; returning: Returning }> {
   let v = await view(topo, group);
   // A primary that was down while the group was taken over comes back in the
   // state it died in. The takeover meant every primary of the group: it is
-  // brought to that state now, as the takeover would have done.
-  const returning = returningPrimaries(v, to);
-  if (returning.ids.length > 0) {
-    logger.warn({ group, primaries: returning.ids, generation: returning.generation }, "failback: primaries that were unreachable at the takeover are taken over now");
-    await Promise.all(
-      returning.ids.map((id) =>
-        call(topo, id, {
-          op: "primary-takeover",
-          group,
-          generation: returning.generation,
-          reason: `taken over at generation ${returning.generation} while unreachable`,
-          by: "failback",
-        }),
-      ),
-    );
+  // brought to that state now, as the takeover would have done (returning.ts).
+  const returning = returningInView(v, to);
+  if (returning.primaries.length > 0) {
+    await takeOverReturning(topo, group, returning, o);
     v = await view(topo, group);
   }
   const all = [...v.subsystems.values()];
@@ -86,23 +76,16 @@ async function turn(topo: LoadedTopology, group: string, to: Direction, logger: 
   const ts = [...tsSeen][0];
   const generation = turned.length > 0 ? Math.max(...turned.map(([, s]) => s.generation)) : Math.max(...all.map((s) => s.generation)) + 1;
   await Promise.all(unturned.map(([id]) => call(topo, id, { op: "turn", group, direction: to, generation, ts })));
-  return { generation, ts };
+  return { generation, ts, returning };
 }
 
-/**
- * Primaries the group's takeover did not reach: every old secondary (not yet
- * turned) is taken over at one generation, and these primaries hold an older
- * one in a state other than taken-over. None when the group was not taken
- * over: a turn must never fence a primary on its own.
- */
-export function returningPrimaries(v: GroupView, to: Direction): { ids: number[]; generation: number } {
+/** Returning primaries (returning.ts) among the subsystems not yet turned to `to`. */
+export function returningInView(v: GroupView, to: Direction): Returning {
   const unturned = [...v.subsystems].filter(([, s]) => s.direction !== to);
-  const secondaries = unturned.filter(([, s]) => s.role === "secondary");
-  const gens = new Set(secondaries.map(([, s]) => s.generation));
-  if (secondaries.length === 0 || gens.size !== 1 || !secondaries.every(([, s]) => s.state === "takeover")) return { ids: [], generation: 0 };
-  const generation = [...gens][0];
-  const ids = unturned.filter(([, s]) => s.role === "primary" && s.state !== "taken-over" && s.generation < generation).map(([id]) => id);
-  return { ids, generation };
+  return returningPrimaries(
+    unturned.filter(([, s]) => s.role === "secondary").map(([, s]) => s),
+    new Map(unturned.filter(([, s]) => s.role === "primary")),
+  );
 }
 
 function currentDirection(v: GroupView): Direction | "mixed" {
@@ -130,7 +113,11 @@ export interface FailbackReport {
   swappedFrom?: Direction;
   /** Swap: the greatest stamp the frozen primaries had handed out; the takeover's Ts is at or above it. */
   frozenAt?: string;
+  /** Primaries the takeover could not reach, taken over on their return before the turn. */
+  returning?: Returning;
 }
+
+const returned = (r: Returning) => (r.primaries.length > 0 ? { returning: r } : {});
 
 /** `tidemark resync --reverse`: after a takeover, the secondaries become the source. */
 export async function reverseResync(topo: LoadedTopology, group: string, o: ResyncOptions): Promise<FailbackReport> {
@@ -148,9 +135,9 @@ export async function reverseResync(topo: LoadedTopology, group: string, o: Resy
   }
   const to = cur === "mixed" ? newestDirection(v) : opposite(cur);
   o.logger.warn({ group, to }, "failback: turning the group's direction");
-  const t = await turn(topo, group, to, o.logger);
+  const t = await turn(topo, group, to, o);
   const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
-  return { group, direction: to, turnedAtTs: t.ts, resync };
+  return { group, direction: to, turnedAtTs: t.ts, resync, ...returned(t.returning) };
 }
 
 /** A swap's takeover must rest at or above every stamp the frozen primaries handed out, or acknowledged writes would be dropped. */
@@ -177,16 +164,21 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
   const now = directed(topo, new Map([[group, cur]]));
   const g = now.groups.get(group)!;
   const states = [...v.subsystems].map(([id, s]) => ({ id, ...s }));
-  const takenOver = states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over"));
+  const everyTakenOver = states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over"));
   let frozenAt: string | undefined;
   // A swap cut short inside its takeover (the RCM died after fencing some
   // secondaries): every primary is frozen or taken over and a secondary is
   // fenced. Its freeze and its wait are done; what the first run meant is to
   // finish the takeover, whose Ts must still cover every frozen stamp.
   const pastWait =
-    !takenOver &&
+    !everyTakenOver &&
     states.every((s) => (s.role === "primary" ? s.state === "frozen" || s.state === "taken-over" : s.state === "active" || s.state === "suspended" || s.state === "takeover")) &&
     states.some((s) => s.role === "secondary" && s.state !== "active");
+  // A group taken over while some primaries were down, which are back: taken
+  // over as far as a swap goes; the turn takes them over first (returning.ts),
+  // and the swap does what `resync --reverse` does.
+  const back = new Set(returningInView(v, opposite(cur)).primaries.map((p) => p.subsystem));
+  const takenOver = everyTakenOver || (!pastWait && back.size > 0 && states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over" || back.has(s.id))));
   if (pastWait) {
     // Frozen primaries stamp nothing new: their last stamps are where the freeze left them.
     const stamps = await Promise.all(g.primaries.map((id) => call<{ lastStamp: string }>(topo, id, { op: "stamp" })));
@@ -210,7 +202,7 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     swapCutCovers(group, r.ts, frozenAt);
   }
   const to = opposite(cur);
-  const t = await turn(topo, group, to, o.logger);
+  const t = await turn(topo, group, to, o);
   const resync = await startResync(directed(topo, new Map([[group, to]])), group, o);
-  return { group, direction: to, turnedAtTs: t.ts, resync, swappedFrom: cur, frozenAt };
+  return { group, direction: to, turnedAtTs: t.ts, resync, swappedFrom: cur, frozenAt, ...returned(t.returning) };
 }

@@ -18,6 +18,13 @@ export class RemoteCopyManager {
   private server: net.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
   private readonly busy = new Map<string, Promise<unknown>>();
+  /**
+   * Per group, bumped when a procedure, resync or swap on it starts and when
+   * it ends. A monitoring pass acts on a group only if this did not move
+   * while it read the subsystems: a snapshot taken in the middle of a
+   * procedure that has ended since (an admin's resync) is stale.
+   */
+  private readonly epochs = new Map<string, number>();
   /** Failure conditions by group, with when each was first seen. */
   private readonly since = new Map<string, Map<string, number>>();
   readonly history: { at: string; group: string; mode: ProcedureMode | "resync" | "swap"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
@@ -93,9 +100,12 @@ export class RemoteCopyManager {
 
   private serialized<T extends object>(group: string, mode: ProcedureMode | "resync" | "swap", by: string, reason: string, f: () => Promise<T>): Promise<T> {
     const prev = this.busy.get(group) ?? Promise.resolve();
+    const bump = () => this.epochs.set(group, (this.epochs.get(group) ?? 0) + 1);
+    bump();
     const run = prev
       .catch(() => {})
       .then(f)
+      .finally(bump)
       .then(
         (r) => {
           this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts: (r as { ts?: string }).ts });
@@ -120,6 +130,7 @@ export class RemoteCopyManager {
     this.checking = true;
     try {
       const ids = this.topo.config.subsystems.map((s) => s.id);
+      const epochs = new Map(this.epochs);
       const answers = await askAll<SubsystemStatus>(this.topo, ids, { op: "status" });
       const now = Date.now();
       const timeout = this.topo.config.rcm!.failureTimeoutMs;
@@ -128,7 +139,8 @@ export class RemoteCopyManager {
       // triggers refuses with TM_DIRECTION_MIXED until the turn is finished.
       const live = liveTopologyFrom(this.topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true);
       for (const g of live.groups.values()) {
-        if (this.busy.has(g.name)) continue;
+        // Busy now, or busy at some moment while the answers came in: look again next pass.
+        if (this.busy.has(g.name) || (this.epochs.get(g.name) ?? 0) !== (epochs.get(g.name) ?? 0)) continue;
         // Condition name -> [immediate, detail]. Names stay stable while a fault lasts
         // (a link flapping between connecting and backoff is one fault).
         const conditions = new Map<string, boolean>();

@@ -12,6 +12,7 @@ import { controlPlaneOf } from "../cli/control-client.ts";
 import { TidemarkError, type ErrorCode, type ErrorContext } from "../errors/codes.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
+import { returningPrimaries } from "./returning.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
 
@@ -79,7 +80,18 @@ export interface ProcedureReport {
     wouldApply?: number;
     volumes: { volume: string; nbdUrl: string; droppedWrites?: number; droppedBytes?: number }[];
   }[];
-  primaries: { subsystem: number; reached: boolean; error?: string; state?: string; volumes?: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }[];
+  primaries: {
+    subsystem: number;
+    reached: boolean;
+    error?: string;
+    state?: string;
+    generation?: number;
+    /** Dry run of a group taken over already: the takeover could not reach this primary, which is back (returning.ts). */
+    returning?: boolean;
+    volumes?: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[];
+  }[];
+  /** Dry run: every secondary is taken over already, at `generation`; a takeover would change nothing but the returning primaries. */
+  takenOver?: boolean;
 }
 
 export function call<T>(topo: LoadedTopology, id: number, body: unknown, timeoutMs = 15_000): Promise<T> {
@@ -140,10 +152,21 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
     const first = new Map(reachable.map(([id, sg]) => [id, new Map(Object.entries(sg.first).map(([k, t]) => [Number(k), BigInt(t)]))]));
     const ts = cutOf(o.mode, group, synchronizedTime(first), reachable.map(([, sg]) => sg));
     const previews = await settle(g.secondaries, (id) => call<TimesReport & { wouldApply: number; volumes: { volume: string; droppedWrites: number; droppedBytes: number }[] }>(topo, id, { op: "preview", group, ts: ts.toString() }));
-    const prim = await settle(g.primaries, (id) => call<{ state: string; volumes: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }>(topo, id, { op: "primary-preview", group }));
+    const prim = await settle(g.primaries, (id) =>
+      call<{ state: string; generation: number; volumes: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }>(topo, id, { op: "primary-preview", group }),
+    );
+    // Taken over already: say so, and name the primaries the takeover could not reach that are back.
+    const takenOver = reachable.length > 0 && reachable.every(([, sg]) => sg.state === "takeover") && new Set(reachable.map(([, sg]) => sg.generation)).size === 1;
+    const back = new Set(
+      returningPrimaries(
+        reachable.map(([, sg]) => sg),
+        new Map([...prim].flatMap(([id, a]) => (a.ok ? [[id, { state: a.value.state, generation: a.value.generation }] as const] : []))),
+      ).primaries.map((p) => p.subsystem),
+    );
     return {
       group,
       mode: o.mode,
+      ...(takenOver ? { takenOver } : {}),
       generation: Math.max(...reachable.map(([, sg]) => sg.generation)),
       ts: ts.toString(),
       lossWindowMs: Number(now() - ts) / 1e6,
@@ -159,7 +182,11 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
           volumes: a.value.volumes.map((v) => ({ ...v, nbdUrl: nbdUrlOf(topo, v.volume) })),
         };
       }),
-      primaries: [...prim].map(([id, a]) => (a.ok ? { subsystem: id, reached: true, state: a.value.state, volumes: a.value.volumes } : { subsystem: id, reached: false, error: a.error })),
+      primaries: [...prim].map(([id, a]) =>
+        a.ok
+          ? { subsystem: id, reached: true, state: a.value.state, generation: a.value.generation, ...(back.has(id) ? { returning: true } : {}), volumes: a.value.volumes }
+          : { subsystem: id, reached: false, error: a.error },
+      ),
     };
   }
 

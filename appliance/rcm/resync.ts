@@ -10,6 +10,7 @@ import { askAll, controlPlaneOf } from "../cli/control-client.ts";
 import type { CopyStatus, SubsystemStatus } from "../cli/status-view.ts";
 import { ProcedureError, call, runProcedure } from "./procedure.ts";
 import type { BlockRuns } from "../secondary/secondary.ts";
+import { returningPrimaries, type Returning } from "./returning.ts";
 
 export interface ResyncStart {
   group: string;
@@ -24,6 +25,8 @@ export interface ResyncStart {
   suspendedFirst: boolean;
   /** Blocks the secondaries reported dirty, and blocks the primaries hold in all. */
   secondaryBlocks: number;
+  /** Primaries the group's takeover could not reach, taken over on their return before the resync began. */
+  returning?: Returning;
   primaries: { subsystem: number; remainingBlocks: number }[];
 }
 
@@ -52,12 +55,54 @@ export interface ResyncOptions {
   by: string;
 }
 
+/**
+ * Takes the returning primaries over at the takeover's generation, as the
+ * takeover would have: fenced at G, read-only for hosts, their unacknowledged
+ * journal turned into bitmap blocks (`primary-takeover`, docs/takeover.md).
+ * Idempotent: a primary taken over by an earlier run is no longer returning,
+ * and one that dies before the step is durable comes back as it was and is
+ * taken over by the next run.
+ */
+export async function takeOverReturning(topo: LoadedTopology, group: string, r: Returning, o: { logger: Logger; by: string }): Promise<void> {
+  if (r.primaries.length === 0) return;
+  o.logger.warn(
+    { group, generation: r.generation, primaries: r.primaries },
+    "primaries the takeover could not reach are back: taking them over now, as the takeover would have",
+  );
+  await Promise.all(
+    r.primaries.map((p) =>
+      call(topo, p.subsystem, {
+        op: "primary-takeover",
+        group,
+        generation: r.generation,
+        reason: `takeover at generation ${r.generation}: unreachable then, taken over on its return`,
+        by: o.by,
+      }),
+    ),
+  );
+}
+
+
+/** The group's returning primaries (returning.ts) from the subsystems' status. */
+export function returningOf(st: { sec: ReadonlyMap<number, GroupOnSecondary>; prim: ReadonlyMap<number, GroupOnPrimary> }): Returning {
+  return returningPrimaries([...st.sec.values()], st.prim);
+}
+
 export async function startResync(topo: LoadedTopology, group: string, o: ResyncOptions): Promise<ResyncStart> {
   const g = topo.groups.get(group);
   if (!g) throw new ProcedureError("TM_NO_GROUP", `group '${group}' is not defined in ${topo.file}`);
   let st = await groupStatus(topo, group);
   if (st.down.length > 0) {
     throw new ProcedureError("TM_UNREACHABLE", `resync ${group}: ${st.down.join(", ")} cannot be reached; a resync needs every subsystem of the group; nothing was changed`);
+  }
+  // A group taken over while some primaries were down: those back now are
+  // taken over first, as the takeover would have done; the resync then starts
+  // from a group taken over on every subsystem.
+  const returning = returningOf(st);
+  if (returning.primaries.length > 0) {
+    await takeOverReturning(topo, group, returning, o);
+    st = await groupStatus(topo, group);
+    if (st.down.length > 0) throw new ProcedureError("TM_UNREACHABLE", `resync ${group}: ${st.down.join(", ")} cannot be reached; run it again`);
   }
   const secs = () => [...st.sec.values()];
   const prims = () => [...st.prim.values()];
@@ -120,6 +165,7 @@ export async function startResync(topo: LoadedTopology, group: string, o: Resync
     floor,
     suspendedFirst,
     secondaryBlocks,
+    ...(returning.primaries.length > 0 ? { returning } : {}),
     primaries: started.map(([id, r]) => ({ subsystem: id, remainingBlocks: r.remainingBlocks })),
   };
 }

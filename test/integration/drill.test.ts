@@ -67,12 +67,16 @@ const killed = (s: DrillSummary) => `${s.kills.primary} primaries, ${s.kills.sec
 
 describe("drill: tidemark drill on real processes", () => {
   // Seed 17: two secondaries killed, links to a secondary hung, a primary killed and left down,
-  // the RCM killed mid-takeover, a primary killed during the resync; seed 18: a primary left down through the
-  // takeover, links cut, a secondary killed during the resync (appliance/drill/schedule.ts).
-  it("drill: 2 rounds on volume files (seeds 17-18): chains are prefixes after every takeover, images equal after every resync", async () => {
+  // the RCM killed mid-takeover; it fails back once the primary returns (resync --reverse, with
+  // a primary killed during it) and swaps back; seed 18: a primary left down through the
+  // takeover, links cut, a secondary killed during the forward resync (appliance/drill/schedule.ts).
+  it("drill: 2 rounds on volume files (seeds 17-18): chains are prefixes after every takeover, images equal after every resync, a failback and a swap", async () => {
     const r = await drill(["--rounds", "2", "--seed", "17", "--json", "--dir", base]);
     process.stderr.write(r.stderr);
     expectAllPassed(r, 2);
+    expect(r.doc!.rounds.map((x) => x.wayBack)).toEqual(["failback", "forward"]);
+    expect(r.doc!.rounds[0].cmpAfterFailback).toEqual({ pairs: 4, identical: 4 });
+    expect(r.doc!.rounds[0].resyncs.map((x) => x.command)).toEqual(["resync --reverse", "swap"]);
     const s = r.doc!.summary;
     console.log(`drill on files: ${s.rounds} rounds, killed ${killed(s)}, links cut ${s.linkFaults.cut} hung ${s.linkFaults.hang}, ${s.chainWritesAcked} chain writes acknowledged, ${s.elapsedMs} ms`);
     expect(s.kills.primary + s.kills.secondary + s.kills.rcm).toBeGreaterThan(0);

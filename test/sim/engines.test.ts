@@ -9,6 +9,7 @@ import { STORIES, simulateEngines } from "./engine/simulation.ts";
 import { TIMEOUT_MS, sweep } from "./engine/ci-seeds.ts";
 
 const SEEDS = Number(process.env.TIDEMARK_SIM_SEEDS ?? 16);
+const OUTAGE_SEEDS = Number(process.env.TIDEMARK_SIM_OUTAGE_SEEDS ?? 12);
 
 describe("sim: the product's engines under simulated time, network and storage", () => {
   it(`sim: ${SEEDS} seeds (takeover, resync, reverse resync, swap; kill -9, partitions, RCM kills) keep every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -21,6 +22,14 @@ describe("sim: the product's engines under simulated time, network and storage",
     // A history that does not finish is printed above; more than a quarter of them would be a collapse, not a corner.
     expect(r.stuck.length, r.stuck.join("\n")).toBeLessThanOrEqual(Math.ceil(r.stories.size > 0 ? [...r.stories.values()].reduce((a, b) => a + b, 0) / 4 : 0));
     for (const s of STORIES) expect(r.stories.get(s) ?? 0, `story ${s} drawn`).toBeGreaterThan(0);
+  });
+
+  it(`sim: outage story (issue 16), ${OUTAGE_SEEDS} seeds: a primary down through the takeover comes back and resync --reverse takes it over and turns the group, the RCM and the returning primary killed in the middle`, { timeout: TIMEOUT_MS }, async () => {
+    const started = Date.now();
+    const r = await sweep({ story: "outage" }, OUTAGE_SEEDS);
+    console.log(`sim outage: ${OUTAGE_SEEDS} seeds, ${r.writes} host writes, ${r.kills} kill -9, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    expect(r.failed, r.failed.join("\n")).toEqual([]);
+    expect(r.stuck, r.stuck.join("\n")).toEqual([]);
   });
 
   it("sim: the same seed replays the same history", async () => {

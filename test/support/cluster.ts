@@ -9,6 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.ts";
 import { askAll } from "../../appliance/cli/control-client.ts";
+import { liveTopologyFrom } from "../../appliance/cli/live-topology.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdClient } from "./nbd-client.ts";
 import { DEFAULT_SHAPE } from "../../appliance/drill/topology.ts";
@@ -170,9 +171,11 @@ export class TestCluster {
     });
   }
 
+  /** The status document as `tidemark status` builds it: the roles of the moment (after a failback the config's secondaries are primary). */
   async status(): Promise<StatusDoc> {
     const answers = await askAll<SubsystemStatus>(this.topo, this.ids, { op: "status" });
-    return buildStatus(this.topo, answers, clockReader(this.topo.config.clock)());
+    const live = liveTopologyFrom(this.topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true);
+    return buildStatus(live, answers, clockReader(this.topo.config.clock)());
   }
 
   async rawStatus(id: number): Promise<SubsystemStatus> {

@@ -21,6 +21,7 @@ function round(o: Partial<RoundReport> = {}): RoundReport {
     secondaryWrites: 4,
     load: { writes: 100, bytes: 3 << 20 },
     resyncs: [{ group: "C1", elapsedMs: 1200, said: "copied 12 blocks" }],
+    wayBack: "forward",
     cmp: { pairs: 4, identical: 4 },
     completeOnPrimaries: { acked: 30, ok: true },
     violations: [],
@@ -38,6 +39,28 @@ describe("drill report", () => {
     expect(text).toContain("prefix lengths 5..9 (median 7); gaps 0, torn 0, foreign 0, from the future 0");
     expect(text).toContain("cmp 4 of 4 pairs identical");
     expect(text).not.toContain("replay");
+  });
+
+  it("drill report: a failback round shows the reverse resync and the swap, cmp after each, and the takeover's prefixes on the primaries", () => {
+    const text = renderRound(
+      round({
+        wayBack: "failback",
+        resyncs: [
+          { group: "C1", command: "resync --reverse", elapsedMs: 2300, said: "took over #1 on its return; paired again at generation 5" },
+          { group: "C1", command: "swap", elapsedMs: 1400, said: "nothing to copy" },
+        ],
+        cmpAfterFailback: { pairs: 4, identical: 4 },
+        completeOnPrimaries: { acked: 21, ok: true },
+      }),
+      "tidemark drill --rounds 1 --seed 41",
+    );
+    expect(text).toContain("  resync --reverse C1: 2.3 s: took over #1 on its return; paired again at generation 5");
+    expect(text).toContain("  swap C1: 1.4 s: nothing to copy");
+    expect(text).toContain("  after the reverse resync and quiesce: cmp 4 of 4 pairs identical");
+    expect(text).toContain("  after the swap back and quiesce: cmp 4 of 4 pairs identical; chains on the primaries: exactly the takeover's prefixes (21 writes)");
+    const s = summarize([round(), round({ wayBack: "failback" })], 1000);
+    expect(s.failbacks).toBe(1);
+    expect(renderSummary(s, String)).toContain("2 takeovers (2 with a primary down, 1 failed back and swapped)");
   });
 
   it("drill report: a failed round lists every violation and the replay command", () => {

@@ -49,15 +49,18 @@ describe("drill schedule", () => {
         expect(s.resyncKill.restartAfterMs).toBeGreaterThan(0);
       }
       expect(s.secondaryWrites).toBeGreaterThanOrEqual(0);
+      // A failback needs a primary that was down through the takeover and comes back.
+      if (s.wayBack === "failback") expect(s.faults.some((f) => f.kind === "kill" && f.role === "primary" && f.restartAtMs === null), at).toBe(true);
     }
   });
 
-  it(`drill schedule: over ${SEEDS} seeds every kind of fault happens, including outages left open at the takeover`, () => {
+  it(`drill schedule: over ${SEEDS} seeds every kind of fault happens, including outages left open at the takeover, and both ways home`, () => {
     const seen = new Set<string>();
     const label = (f: Fault) =>
       f.kind === "kill" ? `kill ${f.role}${f.restartAtMs === null ? " left down" : ""}` : `${f.kind}${f.restoreAtMs === null ? " left failed" : ""}`;
     let rcmMidTakeover = 0;
     let clean = 0;
+    let failbacks = 0;
     const resyncKills = new Set<string>();
     for (let seed = 0; seed < SEEDS; seed++) {
       const s = scheduleRound(seed, FIG1);
@@ -65,7 +68,11 @@ describe("drill schedule", () => {
       if (s.rcmKillDuringTakeoverMs !== null) rcmMidTakeover++;
       if (s.faults.length === 0) clean++;
       if (s.resyncKill) resyncKills.add(s.resyncKill.role);
+      if (s.wayBack === "failback") failbacks++;
     }
+    // Both ways home, failbacks in a good share of the rounds.
+    expect(failbacks).toBeGreaterThan(SEEDS / 20);
+    expect(failbacks).toBeLessThan(SEEDS / 2);
     expect([...resyncKills].sort()).toEqual(["primary", "rcm", "secondary"]);
     expect([...seen].sort()).toEqual(
       [

@@ -40,17 +40,29 @@ export interface EngineSimOptions {
  * What the RCM does in a history: a takeover (after a planned suspension in
  * some seeds); a suspension, a resync cut short by a second procedure, and
  * a resync to the end; a takeover, hosts on the secondaries, and the reverse
- * resync; a swap of a paired group.
+ * resync; a swap of a paired group. Drawn by the seed from these.
  */
 export const STORIES = ["takeover", "resync", "reverse", "swap"] as const;
-export type Story = (typeof STORIES)[number];
+/**
+ * Stories run only when asked for (`story`), so the draw above and the CI
+ * seeds' histories stay as they are. `outage` (issue 16): a primary goes
+ * down and stays down through the takeover (after a suspension in some
+ * seeds), hosts move to the secondaries, the primary comes back, and the
+ * way home takes it over first: resync --reverse (half of the seeds), swap
+ * or a forward resync; the RCM and, in some seeds, the returning primary
+ * are killed in the middle of it.
+ */
+export const EXTRA_STORIES = ["outage"] as const;
+export type Story = (typeof STORIES)[number] | (typeof EXTRA_STORIES)[number];
 
 interface Step {
-  kind: "suspend" | "takeover" | "resync" | "interrupted-resync" | "reverse" | "swap";
+  kind: "suspend" | "takeover" | "resync" | "interrupted-resync" | "reverse" | "swap" | "primary-down" | "primary-back";
   /** The RCM may be killed in the middle of it. */
   kills: boolean;
   /** A swap that cannot be run again: resync the group in whatever direction it holds. */
   resume?: boolean;
+  /** The primary that came back is killed -9 in the middle of it (and restarted). */
+  killsReturning?: boolean;
 }
 
 function storySteps(story: Story, sched: Scheduler): Step[] {
@@ -71,6 +83,15 @@ function storySteps(story: Story, sched: Scheduler): Step[] {
       ];
     case "swap":
       return [{ kind: "swap", kills: true }];
+    case "outage":
+      return [
+        { kind: "primary-down", kills: false },
+        ...(sched.chance(0.5) ? [{ kind: "suspend" as const, kills: true }] : []),
+        { kind: "takeover", kills: true },
+        { kind: "primary-back", kills: false },
+        // The way home: resync --reverse mostly; swap (on a taken-over group, the same) or a forward resync (discarding the hosts' writes on the secondaries).
+        { kind: sched.pick(["reverse", "reverse", "swap", "resync"] as const), kills: true, killsReturning: sched.chance(0.5) },
+      ];
   }
 }
 
@@ -256,15 +277,19 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     }
   };
 
+  /** Primaries an outage story keeps down (nothing restarts them until its primary-back step). */
+  const heldDown = new Set<number>();
   // A primary back from a crash must hold every acknowledged write.
-  const start = (id: number) =>
-    cluster.start(id).then(
+  const start = (id: number): Promise<void> => {
+    if (heldDown.has(id)) return Promise.resolve();
+    return cluster.start(id).then(
       () => afterStart(id),
       (err: Error) => {
         // A subsystem that cannot start (its journal replay threw) is a failure of the product, not of the simulator.
         if (failure === null) failure = `subsystem #${id} failed to start: ${err.message}\n${err.stack ?? ""}`;
       },
     );
+  };
   const afterStart = (id: number) =>
     Promise.resolve().then(() => {
       if (!cluster.isUp(id)) return;
@@ -325,6 +350,8 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   /** Runs of the current step so far. */
   let runsOfStep = 0;
   let turned = false;
+  /** Outage story: the primary that stayed down through the takeover, once it is back. */
+  let returned: number | null = null;
   /** Hosts write the taken-over secondaries between a takeover and its reverse resync. */
   let hostsOnSecondaries = false;
   const runStep = () => {
@@ -334,10 +361,25 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     lastStep = step;
     // A turn overwrites the old primaries with the new ones' image: their writes are no longer owed there.
     if (step.kind === "reverse" || step.kind === "swap") for (const p of pairs) hostVolumes.delete(p.pv);
+    // A forward resync after hosts moved to the secondaries overwrites what they wrote there; hosts go back to the primaries.
+    if (step.kind === "resync" && hostsOnSecondaries) {
+      hostsOnSecondaries = false;
+      for (const p of pairs) hostVolumes.delete(p.sv);
+    }
     const rtopo = cluster.rcmTopology();
     const incarnation = cluster.rcmIncarnations;
     runs++;
     log(`rcm #${incarnation}: ${step.kind}`);
+    if (step.killsReturning && returned !== null && runsOfStep === 1) {
+      const id = returned;
+      sched.at(sched.int(0, 80), () => {
+        if (!cluster.isUp(id)) return;
+        log(`returning primary #${id} kill -9 in the middle of the ${step.kind}`);
+        cluster.kill(id);
+        kills++;
+        sched.at(sched.int(0, 300), () => void start(id));
+      });
+    }
     if (step.kills && sched.chance(0.4)) {
       sched.at(sched.int(0, 80), () => {
         if (cluster.rcmIncarnations === incarnation && cluster.rcmAlive) {
@@ -357,7 +399,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           cuts.push({ step: step.kind, ts: done.ts });
           checkCut(BigInt(done.ts));
         }
-        if (step.kind === "takeover" && story === "reverse" && !hostsOnSecondaries) {
+        if (step.kind === "takeover" && (story === "reverse" || story === "outage") && !hostsOnSecondaries) {
           hostsMove();
           hostsOnSecondaries = true;
         }
@@ -386,6 +428,26 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   /** One step, as the CLI and the RCM run it; complete once its effect is reached. */
   const rcmStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string; turned?: boolean }> => {
     switch (step.kind) {
+      case "primary-down": {
+        // The primary site goes down and stays down through the takeover.
+        const id = sched.pick(primaries);
+        heldDown.add(id);
+        if (cluster.isUp(id)) {
+          cluster.kill(id);
+          kills++;
+        }
+        log(`outage: primary #${id} down until after the takeover`);
+        return { complete: true };
+      }
+      case "primary-back": {
+        for (const id of heldDown) {
+          heldDown.delete(id);
+          returned = id;
+          log(`outage: primary #${id} comes back`);
+          void start(id);
+        }
+        return { complete: true };
+      }
       case "suspend":
       case "takeover": {
         const rep = await runProcedure(rtopo, "C1", { mode: step.kind, reason: "simulation", by: "sim", logger: silent });
@@ -443,6 +505,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   await sched.runFor(sched.int(0, 300));
   faults = false;
   net.healAll();
+  heldDown.clear();
   for (const id of all) if (!cluster.node(id).proc) void start(id);
   await until(() => hosts.idle && all.every((id) => cluster.isUp(id)), 30_000, "every subsystem up and every host write answered");
 
