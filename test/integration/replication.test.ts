@@ -20,8 +20,7 @@ interface Sampled {
 }
 
 /** Polls every secondary: an applied RCR above 112 is a violation. */
-function sampleStatuses(c: TestCluster, stop: () => boolean): Promise<Sampled> {
-  const out: Sampled = { samples: 0, maxLagMs: 0, violations: [] };
+function sampleStatuses(c: TestCluster, stop: () => boolean, out: Sampled = { samples: 0, maxLagMs: 0, violations: [] }): Promise<Sampled> {
   return (async () => {
     while (!stop()) {
       try {
@@ -70,9 +69,12 @@ describe("replication: Fig. 1 topology on real processes", () => {
     const rand = prng(seed);
     const models = new Map(["p1a", "p1b", "p2a", "p2b"].map((v) => [v, new VolumeModel(VOLUME_MIB << 20)]));
     const endAt = Date.now() + 6000;
-    const until = () => Date.now() > endAt;
+    // Writes go on past 6 s until the sampler has looked twice: on a loaded
+    // machine one status round can take seconds (at most 60 s in all).
+    const live: Sampled = { samples: 0, maxLagMs: 0, violations: [] };
+    const until = () => (Date.now() > endAt && live.samples > 1) || Date.now() > endAt + 54_000;
     let writing = true;
-    const sampler = sampleStatuses(c, () => !writing);
+    const sampler = sampleStatuses(c, () => !writing, live);
     const t0 = Date.now();
     const results = await Promise.all(
       [...models].map(([vol, model]) =>

@@ -279,8 +279,9 @@ describe("takeover: automatic suspension", () => {
     expect((await c.status()).groups[0].state).toBe("active");
     proxy.hang();
     let doc = await c.status();
-    // Fenced first, then brought to Ts: wait for both.
-    for (let i = 0; i < 300 && !(doc.groups[0].state === "suspended" && doc.groups[0].synchronizedTs !== null); i++) {
+    // Fenced first, then brought to Ts on every secondary (they apply it in parallel): wait for all of it.
+    const rests = () => doc.groups[0].state === "suspended" && doc.groups[0].synchronizedTs !== null && doc.groups[0].secondaries.every((s) => s.second === doc.groups[0].synchronizedTs);
+    for (let i = 0; i < 300 && !rests(); i++) {
       await pause(100);
       doc = await c.status();
     }
