@@ -6,6 +6,9 @@ import { describeReturning } from "../rcm/returning.ts";
 
 const mib = (b: number | undefined) => ((b ?? 0) / 1048576).toFixed(2);
 
+/** The arrays' COPY state: a pair whose initial copy is running is not a consistent copy. */
+const NOT_USABLE = "NOT USABLE: its initial copy never finished, it holds no image of the primary";
+
 export function renderProcedure(r: ProcedureReport): string {
   const out: string[] = [];
   const what = r.mode === "dry-run" ? "takeover plan (dry run: nothing was changed)" : r.mode === "takeover" ? "takeover complete" : r.complete ? "group suspended" : "group partly suspended";
@@ -23,13 +26,19 @@ export function renderProcedure(r: ProcedureReport): string {
       .join(" ");
     if (r.mode === "dry-run") {
       out.push(`  secondary #${s.subsystem}: ${first}; would apply ${s.wouldApply} queued RCRs`);
-      for (const v of s.volumes) out.push(`    ${v.volume}: would drop ${v.droppedWrites} writes (${mib(v.droppedBytes)} MiB) into the bitmap`);
+      for (const v of s.volumes) out.push(`    ${v.volume}: would drop ${v.droppedWrites} writes (${mib(v.droppedBytes)} MiB) into the bitmap${v.notUsable ? `; ${NOT_USABLE}` : ""}`);
     } else {
       out.push(
         `  secondary #${s.subsystem}: applied ${s.appliedNow} RCRs in this procedure, ${s.dropped} RCRs (${mib(s.droppedBytes)} MiB) turned into ${s.bitmapBlocks} bitmap blocks`,
       );
-      for (const v of s.volumes) out.push(`    ${v.volume}: ${v.nbdUrl}${r.mode === "takeover" ? " (read-write: reconnect hosts)" : " (read-only)"}`);
+      for (const v of s.volumes) {
+        out.push(`    ${v.volume}: ${v.nbdUrl}${r.mode === "takeover" ? " (read-write: reconnect hosts)" : " (read-only)"}${v.notUsable ? `; ${NOT_USABLE}` : ""}`);
+      }
     }
+  }
+  const unusable = r.secondaries.flatMap((s) => s.volumes.filter((v) => v.notUsable).map((v) => v.volume));
+  if (unusable.length > 0) {
+    out.push(`  WARNING: ${unusable.join(", ")}: the pair's initial copy never finished; ${r.mode === "dry-run" ? "a takeover would present" : "the takeover presents"} ${unusable.length > 1 ? "these volumes" : "this volume"} incomplete (do not use ${unusable.length > 1 ? "them" : "it"} as part of the image)`);
   }
   const failback = `'tidemark resync --group ${r.group} --reverse'`;
   for (const p of r.primaries) {

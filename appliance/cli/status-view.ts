@@ -69,6 +69,8 @@ export interface SubsystemStatus {
         dropped: number;
         droppedBytes: number;
         bitmapBlocks: number;
+        /** Volumes whose initial copy never passed a barrier (absent from older subsystems). */
+        uncopiedVolumes?: string[];
       }[]
     | null;
 }
@@ -115,6 +117,11 @@ export interface StatusDoc {
      * `resync` and `swap` take them over first. Empty otherwise.
      */
     returning: { subsystem: number; state: string; generation: number }[];
+    /**
+     * Secondary volumes whose pair's initial copy has never finished: no image
+     * of the primary at any Ts, so a takeover now would present them incomplete.
+     */
+    uncopiedVolumes: string[];
     /** A copy in progress (initial copy or resync), summed over the primaries; null when none runs. */
     copy: {
       totalBlocks: number;
@@ -253,6 +260,12 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       heldBackBy,
       direction: prim.find((p) => p.dir)?.dir ?? "forward",
       returning,
+      uncopiedVolumes: g.secondaries
+        .flatMap((id) => {
+          const a = answers.get(id);
+          return (a?.ok ? a.value.secondary?.find((x) => x.name === g.name)?.uncopiedVolumes : undefined) ?? [];
+        })
+        .sort(),
       copy,
       secondaries: secondaries.map(({ generation: _g, reason: _r, suspendedBy: _b, synchronizedTs: _t, ...rest }) => rest),
     };
@@ -334,6 +347,9 @@ export function renderStatus(doc: StatusDoc): string {
       );
     }
     if (g.reason) out.push(`  suspended by ${g.suspendedBy ?? "?"}: ${g.reason}${g.synchronizedTs ? `; secondaries rest at Ts ${g.synchronizedTs}` : ""}`);
+    if (g.uncopiedVolumes.length > 0) {
+      out.push(`  initial copy not finished: ${g.uncopiedVolumes.join(", ")}; a takeover now would present ${g.uncopiedVolumes.length > 1 ? "them" : "it"} incomplete (not usable)`);
+    }
     for (const p of g.returning) {
       out.push(
         `  primary #${p.subsystem} is back (${p.state}, generation ${p.generation}) after the takeover at generation ${g.generation ?? "?"}, which could not reach it;` +

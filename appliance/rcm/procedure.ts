@@ -36,6 +36,8 @@ interface TimesReport {
   second: string;
   synchronizedTs: string | null;
   resync?: { floor: string | null; barrier: string | null } | null;
+  /** Volumes whose initial copy never passed a barrier: not a usable image (absent from older subsystems). */
+  uncopiedVolumes?: string[];
 }
 
 type CutInput = { synchronizedTs: string | null; resync?: { floor: string | null; barrier: string | null } | null };
@@ -78,7 +80,8 @@ export interface ProcedureReport {
     droppedBytes?: number;
     bitmapBlocks?: number;
     wouldApply?: number;
-    volumes: { volume: string; nbdUrl: string; droppedWrites?: number; droppedBytes?: number }[];
+    /** `notUsable`: the pair's initial copy never finished, so the volume is no image of the primary at any Ts. */
+    volumes: { volume: string; nbdUrl: string; droppedWrites?: number; droppedBytes?: number; notUsable?: boolean }[];
   }[];
   primaries: {
     subsystem: number;
@@ -179,7 +182,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
           subsystem: id,
           first: a.value.first,
           wouldApply: a.value.wouldApply,
-          volumes: a.value.volumes.map((v) => ({ ...v, nbdUrl: nbdUrlOf(topo, v.volume) })),
+          volumes: a.value.volumes.map((v) => ({ ...v, nbdUrl: nbdUrlOf(topo, v.volume), ...(a.value.uncopiedVolumes?.includes(v.volume) ? { notUsable: true } : {}) })),
         };
       }),
       primaries: [...prim].map(([id, a]) =>
@@ -270,7 +273,9 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
         dropped: r.dropped,
         droppedBytes: r.droppedBytes,
         bitmapBlocks: r.bitmapBlocks,
-        volumes: g.pairs.filter((p) => p.secondary.subsystemId === id).map((p) => ({ volume: p.secondary.name, nbdUrl: nbdUrlOf(topo, p.secondary.name) })),
+        volumes: g.pairs
+          .filter((p) => p.secondary.subsystemId === id)
+          .map((p) => ({ volume: p.secondary.name, nbdUrl: nbdUrlOf(topo, p.secondary.name), ...(r.uncopiedVolumes?.includes(p.secondary.name) ? { notUsable: true } : {}) })),
       };
     }),
     primaries,

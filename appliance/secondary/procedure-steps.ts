@@ -103,7 +103,19 @@ function timesReport(c: StepContext, g: GroupState) {
     second: g.times.second.toString(),
     synchronizedTs: g.synchronizedTs?.toString() ?? null,
     resync: resyncReport(g),
+    uncopiedVolumes: uncopiedVolumes(c, g.name),
   };
+}
+
+/**
+ * The group's volumes here whose initial copy has never passed a barrier:
+ * not a usable image at any Ts (the arrays' COPY state). Every step reply
+ * and status carry them, so a plan and a takeover report can say so.
+ */
+export function uncopiedVolumes(c: Pick<StepContext, "db" | "volumes">, group: string): string[] {
+  const rows = c.db.prepare("SELECT volume FROM uncopied").pluck(true).all() as string[];
+  const mine = new Set([...c.volumes.values()].filter((b) => b.group === group).map((b) => b.volume.name));
+  return rows.filter((v) => mine.has(v)).sort();
 }
 
 /**
@@ -302,4 +314,7 @@ export function endResync(c: StepContext, name: string): void {
   c.db.prepare("UPDATE grp SET state = ?, resync_floor = NULL, changed_at_ms = ? WHERE name = ?").run(next, c.runtime.nowMs(), name);
   c.db.prepare("DELETE FROM copied WHERE grp = ?").run(name);
   c.bitmap.clearVolumesNow(volumesOf(c, name));
+  // Past the barrier every volume of the group holds a complete image.
+  const copied = c.db.prepare("DELETE FROM uncopied WHERE volume = ?");
+  for (const v of volumesOf(c, name)) copied.run(v);
 }

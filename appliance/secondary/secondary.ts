@@ -112,7 +112,25 @@ export class SecondaryEngine {
     this.receiver.reloadSeqs();
     db.transaction(() => {
       for (const [name, primaries] of this.o.groups) this.loadGroup(name, primaries);
+      this.recordVolumes(this.o.bindings, db.prepare("SELECT 1 FROM meta WHERE key = 'secondary_volumes_unrecorded'").get() !== undefined);
+      db.prepare("DELETE FROM meta WHERE key = 'secondary_volumes_unrecorded'").run();
     })();
+  }
+
+  /**
+   * A secondary volume seen for the first time is a new pair: its image is
+   * not complete until a resync's barrier passes (endResync), and until then
+   * a takeover shows it as not usable. `copied`: taken as complete (a state
+   * file older than the record, or a volume a turn brings, which was a primary).
+   */
+  private recordVolumes(bindings: readonly SecondaryBinding[], copied: boolean): void {
+    const known = this.db.prepare("INSERT OR IGNORE INTO secondary_volume (volume) VALUES (?)");
+    const uncopied = this.db.prepare("INSERT OR IGNORE INTO uncopied (volume) VALUES (?)");
+    for (const b of bindings) {
+      if (known.run(b.volume.name).changes === 0 || copied) continue;
+      uncopied.run(b.volume.name);
+      this.o.logger.info({ volume: b.volume.name, group: b.group }, "new secondary volume: not a usable image until its initial copy passes a resync barrier");
+    }
   }
 
   /** One group's row, times and state, as a start or a turn finds them (inside a transaction). */
@@ -174,7 +192,11 @@ export class SecondaryEngine {
     assert(!this.groups.has(group), `secondary #${this.o.id}: group ${group} is here already`);
     assert(bindings.every((b) => b.group === group && !this.volumes.has(b.volume.name)), `secondary #${this.o.id}: group ${group}'s volumes are new here`);
     for (const b of bindings) this.volumes.set(b.volume.name, b);
-    this.db.transaction(() => this.loadGroup(group, primaries))();
+    this.db.transaction(() => {
+      this.loadGroup(group, primaries);
+      // A turn brings volumes that were primaries: complete images.
+      this.recordVolumes(bindings, true);
+    })();
     if (!this.stopped) this.applier.kick();
   }
 
@@ -319,6 +341,7 @@ export class SecondaryEngine {
         dropped: g.dropped,
         droppedBytes: g.droppedBytes,
         bitmapBlocks: [...this.volumes.values()].filter((b) => b.group === g.name).reduce((n, b) => n + this.bitmap.count(b.volume.name), 0),
+        uncopiedVolumes: steps.uncopiedVolumes(this.stepContext, g.name),
         received: this.receiver.received,
         duplicates: this.receiver.duplicates,
         links: this.receiver.linkIds(),

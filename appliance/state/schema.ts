@@ -158,6 +158,15 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE journal ADD COLUMN copy INTEGER NOT NULL DEFAULT 0;
   `,
+  // 7: the secondary knows which of its volumes have never held a complete
+  // image (a new pair whose initial copy has not passed a resync barrier): a
+  // takeover shows them as not usable. Volumes of a state file older than
+  // this are taken as copied (the first start records them).
+  `
+  CREATE TABLE secondary_volume (volume TEXT PRIMARY KEY) WITHOUT ROWID;
+  CREATE TABLE uncopied (volume TEXT PRIMARY KEY) WITHOUT ROWID;
+  INSERT INTO meta (key, value) SELECT 'secondary_volumes_unrecorded', '1' WHERE EXISTS (SELECT 1 FROM grp);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

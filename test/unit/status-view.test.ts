@@ -133,4 +133,15 @@ describe("status view", () => {
     expect(after.groups[0].returning).toEqual([]);
     expect(renderStatus(after)).not.toContain("is back");
   });
+
+  it("status view: secondary volumes whose initial copy never finished are named as not usable for a takeover", () => {
+    const a = answers({ ok: true, value: primary(1, "taken-over", 3) });
+    const s4 = secondary(4, 3);
+    s4.secondary![0].uncopiedVolumes = ["s4a"];
+    a.set(4, { ok: true, value: s4 });
+    const doc = buildStatus(topo, a, NOW);
+    expect(doc.groups[0].uncopiedVolumes).toEqual(["s4a"]);
+    expect(renderStatus(doc)).toContain("  initial copy not finished: s4a; a takeover now would present it incomplete (not usable)");
+    expect(buildStatus(topo, answers({ ok: true, value: primary(1, "taken-over", 3) }), NOW).groups[0].uncopiedVolumes).toEqual([]);
+  });
 });
