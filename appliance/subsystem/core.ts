@@ -205,8 +205,19 @@ export class SubsystemCore {
     })();
     durableBarrier(db);
     // Only this group changes roles: the other groups' write paths, links,
-    // journal and queue stay as they are (issue 17, race 1).
-    await this.moveGroup(group, next, willBeSecondary, floor);
+    // journal and queue stay as they are (issue 17, race 1). The turn is
+    // durable already: an engine that cannot let the group go (a broken
+    // invariant) stops the process, whose restart builds the roles from the
+    // state file, rather than serve with roles that disagree with it.
+    try {
+      await this.moveGroup(group, next, willBeSecondary, floor);
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      o.logger.fatal({ group, direction, err: e.message }, "a turned group could not move between the engines; stopping (a restart builds the roles from the state file)");
+      o.runtime.fatal(e);
+      // The process is stopping on `e`; the RCM hears why (or, with the process gone, nothing).
+      throw tmError("TM_INVARIANT", `subsystem #${id}: turning group '${group}' stopped the subsystem: ${e.message}`, { group, subsystem: id });
+    }
     o.logger.warn({ group, direction, generation, role: willBeSecondary ? "secondary" : "primary" }, "group direction turned; its roles moved");
     return { subsystem: id, group, direction, generation, turned: true };
   }
