@@ -33,17 +33,7 @@ async function resyncDuringAckWait(controls?: NegativeControls): Promise<{ diffe
   const secondaryGroup = () => cluster.node(2).core!.status().secondary![0];
   const write = (block: number, fill: number) =>
     cluster.hostCall(1, (core) => core.exports.get("p1a")!.write(block * SIM_BLOCK_BYTES, Buffer.alloc(SIM_BLOCK_BYTES, fill), false));
-  const rcm = async <T>(f: () => Promise<T>): Promise<T> => {
-    let out: { v: T } | { e: unknown } | null = null;
-    f().then(
-      (v) => (out = { v }),
-      (e: unknown) => (out = { e }),
-    );
-    expect(await sched.runUntil(() => out !== null, 20_000)).toBe(true);
-    const r = out as unknown as { v: T } | { e: unknown };
-    if ("e" in r) throw r.e;
-    return r.v;
-  };
+  const rcm = <T>(f: () => Promise<T>): Promise<T> => sched.settle(f(), 20_000);
 
   expect(await sched.runUntil(() => cluster.isUp(1) && cluster.isUp(2) && primaryGroup().state === "active" && secondaryGroup().state === "active", 20_000)).toBe(true);
   // Suspended, hosts write blocks 0-3: they go to the primary's bitmap.

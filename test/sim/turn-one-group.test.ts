@@ -51,17 +51,7 @@ describe("sim: a turn changes the roles of one group only", () => {
       const s = cluster.node(id).core!.status();
       return s.primary?.groups.find((x) => x.name === g)?.state ?? s.secondary?.find((x) => x.name === g)?.state;
     };
-    const rcm = async <T>(f: () => Promise<T>): Promise<T> => {
-      let out: { v: T } | { e: unknown } | null = null;
-      f().then(
-        (v) => (out = { v }),
-        (e: unknown) => (out = { e }),
-      );
-      expect(await sched.runUntil(() => out !== null, sched.nowMs + 60_000)).toBe(true);
-      const r = out as unknown as { v: T } | { e: unknown };
-      if ("e" in r) throw r.e;
-      return r.v;
-    };
+    const rcm = <T>(f: () => Promise<T>): Promise<T> => sched.settle(f(), 60_000);
     expect(await sched.runUntil(() => [1, 2, 3].every((id) => cluster.isUp(id)) && groupOn(1, "A") === "active" && groupOn(1, "B") === "active", 20_000)).toBe(true);
 
     // Hosts write B at queue depth 8: what each block must read back once acknowledged.

@@ -34,12 +34,8 @@ async function scenario(copyFirst: boolean) {
   void cluster.start(2);
   expect(await sched.runUntil(() => cluster.isUp(2), sched.nowMs + 5_000)).toBe(true);
   const afterRestart = [...(secondary().uncopiedVolumes ?? [])];
-  const run = async (mode: "dry-run" | "takeover") => {
-    let out: ProcedureReport | null = null;
-    void runProcedure(cluster.rcmTopology(), "C1", { mode, reason: "test", by: "test", logger: silent }).then((r) => (out = r));
-    expect(await sched.runUntil(() => out !== null, sched.nowMs + 20_000)).toBe(true);
-    return out! as ProcedureReport;
-  };
+  const run = (mode: "dry-run" | "takeover"): Promise<ProcedureReport> =>
+    sched.settle(runProcedure(cluster.rcmTopology(), "C1", { mode, reason: "test", by: "test", logger: silent }), 20_000);
   const dry = await run("dry-run");
   const taken = await run("takeover");
   return { before, afterRestart, dry, taken };

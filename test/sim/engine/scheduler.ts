@@ -166,6 +166,23 @@ export class Scheduler {
     return true;
   }
 
+  /**
+   * Runs events until `work` settles, for at most `ms` of simulated time:
+   * its value, or its error. A test drives an RCM procedure or a host call
+   * to its end this way.
+   */
+  async settle<T>(work: Promise<T>, ms: number): Promise<T> {
+    let out: { v: T } | { e: unknown } | null = null;
+    work.then(
+      (v) => (out = { v }),
+      (e: unknown) => (out = { e }),
+    );
+    if (!(await this.runUntil(() => out !== null, this.now + ms))) throw new Error(`simulation: the work did not settle within ${ms} ms of simulated time`);
+    const r = out as unknown as { v: T } | { e: unknown };
+    if ("e" in r) throw r.e;
+    return r.v;
+  }
+
   /** Runs every event up to `ms` from now. */
   async runFor(ms: number): Promise<void> {
     const end = this.now + ms;
