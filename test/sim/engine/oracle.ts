@@ -230,13 +230,19 @@ export class Oracle {
   }
 
   /**
-   * A power cut of a primary: what no FUA made durable may be gone, the way
-   * a disk's cache loses unflushed writes (NBD promises no more): a journal
-   * row may survive while its payload is torn, and an unreplicated write
-   * lives only in the page cache.
+   * A power cut of subsystem `id`. As a primary: what no FUA made durable
+   * may be gone, the way a disk's cache loses unflushed writes (NBD promises
+   * no more): a journal row may survive while its payload is torn, and an
+   * unreplicated write lives only in the page cache. As a secondary: RCRs it
+   * received and had not acknowledged may be gone (a torn queue tail). A
+   * later cumulative ack then does not cover them: their primary resends
+   * them (received again), or lost them too in a power cut of its own, and
+   * goes on with seqs above them (seed 10154 of the power-cut sweep: an ack
+   * of seq 65539 was taken to cover a seq 93 that neither side held).
    */
-  powerCut(primary: number): void {
-    for (const w of this.writes) if (w.primary === primary && w.host && !w.durable && !w.fua) w.fragile = true;
+  powerCut(id: number): void {
+    for (const w of this.writes) if (w.primary === id && w.host && !w.durable && !w.fua) w.fragile = true;
+    for (const k of this.receivedSeqs.keys()) if (k.endsWith(`:${id}`)) this.receivedSeqs.set(k, []);
   }
 
   /** Must this write be on its primary (after a restart)? Acknowledged and not exposed to a power cut. */
