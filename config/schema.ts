@@ -77,6 +77,12 @@ export const rcmSchema = z
     checkIntervalMs: z.number().int().min(50).max(60_000).default(500),
     /** Suspend automatically on failure; off leaves it to an admin's `tidemark suspend`. */
     autoSuspend: z.boolean().default(true),
+    /**
+     * Life of a procedure's lease on a group (docs/takeover.md, "One procedure
+     * at a time"), renewed at a third of it while the procedure runs: how long
+     * an RCM that died on another address keeps the group from a second RCM.
+     */
+    leaseMs: z.number().int().min(1000).max(600_000).default(30_000),
   })
   .strict();
 

@@ -4,10 +4,13 @@
 // --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed among
 // these); --story outage runs issue 16's site outage (never drawn: asked for only);
 // --copy-journal-kib N fixes where the copier starts to wait for the journal to drain.
+// --wide adds issue 17's scope: a second RCM overlapping the story's procedures,
+// and the RCM killed at a drawn control step; the sweep then sums up where.
 // Negative controls (each must make some seed fail): --copy-hole-outside-lock,
 // --ack-before-durable, --per-process-epoch (issue 11's bugs), --bare-clock-sync,
 // --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
-// --restart-lifts-112 (docs/simulation.md), --copier-outlives-generation (issue 17's race 3).
+// --restart-lifts-112 (docs/simulation.md), --turn-rebuilds-subsystem, --refusal-fences-frozen,
+// --copier-outlives-generation (issue 17's races 1-3; with --wide).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 import { EXTRA_STORIES, STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
@@ -31,6 +34,7 @@ function parse(argv: string[]) {
     else if (a === "--max-failures") maxFailures = num(++i);
     else if (a === "--verbose") verbose = true;
     else if (a === "--power-cuts") o.powerCuts = true;
+    else if (a === "--wide") o.wide = true;
     else if (a === "--clock") {
       const c = argv[++i];
       if (c !== "monotonic" && c !== "realtime") throw new Error(`--clock is monotonic or realtime, got '${c}'`);
@@ -50,6 +54,8 @@ function parse(argv: string[]) {
     else if (a === "--copied-waits-for-last-seq") o.controls = { ...o.controls, copiedWaitsForLastSeq: true };
     else if (a === "--restart-lifts-112") o.controls = { ...o.controls, restartLifts112: true };
     else if (a === "--copier-outlives-generation") o.controls = { ...o.controls, copierOutlivesGeneration: true };
+    else if (a === "--turn-rebuilds-subsystem") o.controls = { ...o.controls, turnRebuildsSubsystem: true };
+    else if (a === "--refusal-fences-frozen") o.controls = { ...o.controls, refusalFencesFrozen: true };
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-sweep.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };
@@ -68,10 +74,19 @@ async function main(): Promise<void> {
   let failed = 0;
   let writes = 0;
   let events = 0;
+  /** Wide scope: control ops the RCM was killed at, by procedure; the second RCM's outcomes. */
+  const killedAt = new Map<string, Set<string>>();
+  const overlaps = new Map<string, number>();
   for (let seed = from; seed < from + seeds; seed++) {
     const r = await simulateEngines({ ...o, seed });
     writes += r.writes;
     events += r.events;
+    for (const k of r.rcmKilledAt) {
+      const [proc, op] = k.split(":");
+      if (!killedAt.has(proc)) killedAt.set(proc, new Set());
+      killedAt.get(proc)!.add(op);
+    }
+    for (const x of r.overlaps) overlaps.set(x, (overlaps.get(x) ?? 0) + 1);
     if (!r.ok) {
       failed++;
       console.log(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand({ ...o, seed })}`);
@@ -84,6 +99,11 @@ async function main(): Promise<void> {
   }
   const secs = (Date.now() - started) / 1000;
   console.log(`${seeds} seeds from ${from}: ${failed} failed; ${writes} host writes, ${events} events; ${secs.toFixed(0)} s (${(seeds / secs).toFixed(1)} seeds/s)`);
+  if (killedAt.size > 0) {
+    console.log("RCM killed at these control steps (procedure: ops):");
+    for (const [proc, ops] of [...killedAt].sort()) console.log(`  ${proc}: ${[...ops].sort().join(", ")}`);
+  }
+  if (overlaps.size > 0) console.log(`second RCM's procedures: ${[...overlaps].sort().map(([k, n]) => `${k} x${n}`).join("; ")}`);
   process.exit(failed > 0 ? 1 : 0);
 }
 

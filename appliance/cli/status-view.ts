@@ -21,6 +21,8 @@ export interface SubsystemStatus {
    * failback.ts reads it for primaries only (a cut-short turn is finished from it).
    */
   turnedAtTs?: Record<string, string>;
+  /** Live procedure leases by group (absent from subsystems older than migration 8). */
+  leases?: Record<string, { holder: string; procedure: string; acquiredMs: number; expiresInMs: number }>;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;
@@ -122,6 +124,8 @@ export interface StatusDoc {
      * of the primary at any Ts, so a takeover now would present them incomplete.
      */
     uncopiedVolumes: string[];
+    /** The procedure whose lease the group's subsystems hold now (docs/takeover.md, "One procedure at a time"); null when none. */
+    procedure: { holder: string; procedure: string; expiresInMs: number } | null;
     /** A copy in progress (initial copy or resync), summed over the primaries; null when none runs. */
     copy: {
       totalBlocks: number;
@@ -266,6 +270,14 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
           return (a?.ok ? a.value.secondary?.find((x) => x.name === g.name)?.uncopiedVolumes : undefined) ?? [];
         })
         .sort(),
+      procedure:
+        [...new Set([...g.primaries, ...g.secondaries])]
+          .map((id) => {
+            const a = answers.get(id);
+            const l = a?.ok ? a.value.leases?.[g.name] : undefined;
+            return l ? { holder: l.holder, procedure: l.procedure, expiresInMs: l.expiresInMs } : null;
+          })
+          .find((l) => l !== null) ?? null,
       copy,
       secondaries: secondaries.map(({ generation: _g, reason: _r, suspendedBy: _b, synchronizedTs: _t, ...rest }) => rest),
     };
@@ -350,6 +362,7 @@ export function renderStatus(doc: StatusDoc): string {
     if (g.uncopiedVolumes.length > 0) {
       out.push(`  initial copy not finished: ${g.uncopiedVolumes.join(", ")}; a takeover now would present ${g.uncopiedVolumes.length > 1 ? "them" : "it"} incomplete (not usable)`);
     }
+    if (g.procedure) out.push(`  procedure running: ${g.procedure.procedure}, held by ${g.procedure.holder} (lease renewed while it runs; expires in ${Math.ceil(g.procedure.expiresInMs / 1000)} s if it stops)`);
     for (const p of g.returning) {
       out.push(
         `  primary #${p.subsystem} is back (${p.state}, generation ${p.generation}) after the takeover at generation ${g.generation ?? "?"}, which could not reach it;` +

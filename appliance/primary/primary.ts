@@ -256,6 +256,8 @@ export class PrimaryEngine {
    * `refusal` gives. Null when the table ignores the event in this state.
    */
   private transition(gs: GroupState, event: PrimaryGroupEvent, refusal?: (code: string) => string): PrimaryGroupState | null {
+    // The negative control restores issue 17's race 2, outside the table.
+    if (this.o.controls?.refusalFencesFrozen && event === "refused" && (gs.state === "frozen" || gs.state === "copying")) return (gs.state = "fenced");
     const next = primaryGroupTransition(gs.state, event, refusal);
     if (next !== null) gs.state = next;
     return next;
@@ -749,7 +751,7 @@ export class PrimaryEngine {
       // (fenced takes host writes into the bitmap), and the swap would then
       // copy over what they wrote. It stays frozen, read-only, until the
       // takeover's primary step (issue 17).
-      if (primaryGroupIgnores(gs.state, "refused")) {
+      if (primaryGroupIgnores(gs.state, "refused") && !(this.o.controls?.refusalFencesFrozen && replicating(gs.state))) {
         if (!replicating(gs.state)) continue;
         this.o.logger.warn(
           { group: g, state: gs.state, secondary: secondaryId, code: why, refusal: refusal.message },

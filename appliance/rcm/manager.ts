@@ -13,6 +13,7 @@ import { runProcedure, type ProcedureMode, type ProcedureReport } from "./proced
 import { startResync } from "./resync.ts";
 import { reverseResync, swap } from "./failback.ts";
 import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
+import { withGroupLease, type LeaseHolder } from "./lease.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -29,11 +30,19 @@ export class RemoteCopyManager {
   private readonly since = new Map<string, Map<string, number>>();
   readonly history: { at: string; group: string; mode: ProcedureMode | "resync" | "swap"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
   private checking = false;
+  /** Who this RCM is to the subsystems' leases: its control address, and this process's start. */
+  private readonly leaseHolder: LeaseHolder;
+  /** Groups whose lease another holder was last seen with: logged once per holder. */
+  private readonly heldElsewhere = new Map<string, string>();
 
   constructor(
     private readonly topo: LoadedTopology,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    const rcm = topo.config.rcm;
+    const address = rcm ? `${rcm.host}:${rcm.port}` : "rcm";
+    this.leaseHolder = { holder: `rcm ${address} pid ${process.pid}`, holderAddress: address, incarnation: Date.now(), ttlMs: rcm?.leaseMs ?? 30_000 };
+  }
 
   async start(): Promise<void> {
     const rcm = this.topo.config.rcm;
@@ -78,12 +87,12 @@ export class RemoteCopyManager {
         return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
       case "resync": {
         const o = { logger: this.logger, by: b.by ?? "admin" };
-        if (b.reverse) return this.serialized(String(b.group), "resync", o.by, "reverse resync (failback)", () => reverseResync(this.topo, String(b.group), o));
-        return this.serialized(String(b.group), "resync", o.by, "resync", async () => startResync(await liveTopology(this.topo), String(b.group), o));
+        if (b.reverse) return this.serialized(String(b.group), "resync", o.by, "reverse resync (failback)", (t) => reverseResync(t, String(b.group), o));
+        return this.serialized(String(b.group), "resync", o.by, "resync", async (t) => startResync(await liveTopology(t), String(b.group), o));
       }
       case "swap": {
         const o = { logger: this.logger, by: b.by ?? "admin", timeoutMs: b.timeoutMs ?? 120_000 };
-        return this.serialized(String(b.group), "swap", o.by, "swap", () => swap(this.topo, String(b.group), o));
+        return this.serialized(String(b.group), "swap", o.by, "swap", (t) => swap(t, String(b.group), o));
       }
       case "status":
         return { pid: process.pid, history: this.history.slice(-50) };
@@ -95,16 +104,22 @@ export class RemoteCopyManager {
   /** Runs one procedure on a group, after any that is already running there. */
   procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {
     // The roles of the moment: after a failback the config's secondaries are primary.
-    return this.serialized(group, mode, by, reason, async () => runProcedure(await liveTopology(this.topo), group, { mode, by, reason, logger: this.logger, partial }));
+    return this.serialized(group, mode, by, reason, async (t) => runProcedure(await liveTopology(t), group, { mode, by, reason, logger: this.logger, partial }));
   }
 
-  private serialized<T extends object>(group: string, mode: ProcedureMode | "resync" | "swap", by: string, reason: string, f: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `f` after any procedure of this RCM already running on the group,
+   * holding the group's lease on its subsystems (lease.ts), so a second RCM
+   * is refused with this one's name. A dry run changes nothing and takes no lease.
+   */
+  private serialized<T extends object>(group: string, mode: ProcedureMode | "resync" | "swap", by: string, reason: string, f: (topo: LoadedTopology) => Promise<T>): Promise<T> {
     const prev = this.busy.get(group) ?? Promise.resolve();
     const bump = () => this.epochs.set(group, (this.epochs.get(group) ?? 0) + 1);
     bump();
+    const leased = () => (mode === "dry-run" ? f(this.topo) : withGroupLease(this.topo, group, `${mode} (${reason}) by ${by}`, this.leaseHolder, f, this.logger));
     const run = prev
       .catch(() => {})
-      .then(f)
+      .then(leased)
       .finally(bump)
       .then(
         (r) => {
@@ -124,6 +139,16 @@ export class RemoteCopyManager {
     return run;
   }
 
+  /** The holder of a live lease on the group that is not this RCM, as the subsystems report it. */
+  private leasedElsewhere(group: string, ids: number[], answers: Map<number, { ok: true; value: SubsystemStatus } | { ok: false; error: string }>): string | null {
+    for (const id of ids) {
+      const a = answers.get(id);
+      const l = a?.ok ? a.value.leases?.[group] : undefined;
+      if (l && l.holder !== this.leaseHolder.holder) return `${l.procedure} by ${l.holder}`;
+    }
+    return null;
+  }
+
   /** One monitoring pass over every group. */
   private async check(): Promise<void> {
     if (this.checking) return;
@@ -141,6 +166,14 @@ export class RemoteCopyManager {
       for (const g of live.groups.values()) {
         // Busy now, or busy at some moment while the answers came in: look again next pass.
         if (this.busy.has(g.name) || (this.epochs.get(g.name) ?? 0) !== (epochs.get(g.name) ?? 0)) continue;
+        // Another RCM runs a procedure on it: its procedure decides, not this monitor (logged once per holder).
+        const other = this.leasedElsewhere(g.name, [...g.primaries, ...g.secondaries], answers);
+        if (other !== null) {
+          if (this.heldElsewhere.get(g.name) !== other) this.logger.warn({ group: g.name, holder: other }, "another RCM holds the group's procedure lease: not monitoring it while it does");
+          this.heldElsewhere.set(g.name, other);
+          continue;
+        }
+        this.heldElsewhere.delete(g.name);
         // Condition name -> [immediate, detail]. Names stay stable while a fault lasts
         // (a link flapping between connecting and backoff is one fault).
         const conditions = new Map<string, boolean>();

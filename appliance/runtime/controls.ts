@@ -17,6 +17,10 @@ export interface NegativeControls {
   copiedWaitsForLastSeq?: boolean;
   /** docs/simulation.md Finding 5: a secondary's restart lifts 112 to min 111. */
   restartLifts112?: boolean;
+  /** Issue 17, race 1: a turn stops and rebuilds both engines of the subsystem, every other group's included, and replays the whole journal. */
+  turnRebuildsSubsystem?: boolean;
+  /** Issue 17, race 2: a refusal fences a frozen or copying group too, which opens a frozen primary's volumes to hosts again. */
+  refusalFencesFrozen?: boolean;
   /** Issue 17, race 3: a copier outlives its resync's generation, and the next resync's copier is not started while it runs. */
   copierOutlivesGeneration?: boolean;
 }

@@ -167,6 +167,20 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TABLE uncopied (volume TEXT PRIMARY KEY) WITHOUT ROWID;
   INSERT INTO meta (key, value) SELECT 'secondary_volumes_unrecorded', '1' WHERE EXISTS (SELECT 1 FROM grp);
   `,
+  // 8: one procedure at a time per group (issue 17): the RCM's lease on the
+  // group, held on every subsystem of it (docs/takeover.md, "One procedure at a time").
+  `
+  CREATE TABLE lease (
+    grp            TEXT    PRIMARY KEY,
+    holder         TEXT    NOT NULL,
+    holder_address TEXT    NOT NULL,
+    incarnation    INTEGER NOT NULL,
+    procedure      TEXT    NOT NULL,
+    token          TEXT    NOT NULL,
+    acquired_ms    INTEGER NOT NULL,
+    expires_ms     INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

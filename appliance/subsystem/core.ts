@@ -18,6 +18,10 @@ import { codeOf, tmError } from "../errors/codes.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
+import { ProcedureLeases, leaseRequestOf } from "./procedure-lease.ts";
+
+/** The procedure steps a group's lease guards: each changes the group's state (docs/takeover.md, "One procedure at a time"). */
+const LEASED_STEPS = new Set(["fence", "apply-ts", "takeover", "primary-suspend", "primary-takeover", "resync-begin", "primary-resync", "turn", "primary-freeze"]);
 
 export interface SubsystemCoreOptions {
   id: number;
@@ -55,6 +59,7 @@ export class SubsystemCore {
   private readonly turnedAt;
   /** Turns are one at a time: each moves one group between the engines. */
   private turning: Promise<unknown> = Promise.resolve();
+  private readonly leases: ProcedureLeases;
 
   constructor(private readonly o: SubsystemCoreOptions) {
     const db = o.store.db;
@@ -63,6 +68,7 @@ export class SubsystemCore {
     this.getGroup = db.prepare("SELECT generation, direction FROM grp WHERE name = ?");
     this.bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
     this.turnedAt = db.prepare("SELECT name, synchronized_ts AS ts FROM grp WHERE synchronized_ts IS NOT NULL").safeIntegers(true);
+    this.leases = new ProcedureLeases(db, o.id, () => o.runtime.nowMs());
     this.roles = this.buildRoles(o.powerLossSuspected);
     this.exports = new ExportTable(o.defaultExport);
     // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
@@ -191,6 +197,9 @@ export class SubsystemCore {
     const next = directed(o.topo, new Map([...this.directions(), [group, direction]]));
     const willBeSecondary = next.groups.get(group)!.secondaries.includes(id);
     const myNewPrimaryVolumes = next.pairs.filter((p) => p.group === group && p.primary.subsystemId === id);
+    // The negative control restores issue 17's race 1: every group's engines stop for the turn.
+    const rebuild = o.controls?.turnRebuildsSubsystem === true;
+    if (rebuild) await this.stop();
     db.transaction(() => {
       db.prepare(
         `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
@@ -204,6 +213,11 @@ export class SubsystemCore {
       db.prepare("UPDATE stamp SET ts_floor = max(ts_floor, ?)").run(floor);
     })();
     durableBarrier(db);
+    if (rebuild) {
+      this.roles = this.buildRoles(false);
+      await this.start();
+      return { subsystem: id, group, direction, generation, turned: true };
+    }
     // Only this group changes roles: the other groups' write paths, links,
     // journal and queue stay as they are (issue 17, race 1). The turn is
     // durable already: an engine that cannot let the group go (a broken
@@ -303,6 +317,8 @@ export class SubsystemCore {
       turnedAtTs: Object.fromEntries(
         (this.turnedAt.all() as { name: string; ts: bigint }[]).filter((r) => this.ownGroup(r.name)).map((r) => [r.name, r.ts.toString()]),
       ),
+      // Live procedure leases by group: who runs a procedure on it now.
+      leases: this.leases.status((g) => this.ownGroup(g)),
     };
   }
 
@@ -313,8 +329,9 @@ export class SubsystemCore {
 
   /** One control operation (docs/wire.md, control requests), as the RCM and the CLI send them. */
   async handleRequest(body: unknown): Promise<unknown> {
-    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string };
+    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string; lease?: unknown };
     const roles = this.roles;
+    if (typeof b.op === "string" && LEASED_STEPS.has(b.op)) this.leases.admit(String(b.group), leaseRequestOf(b.lease, b.op), b.op);
     const primary = () => this.need(roles.primary, "primary");
     const secondary = () => this.need(roles.secondary, "secondary");
     switch (b.op) {
@@ -362,6 +379,16 @@ export class SubsystemCore {
       }
       case "primary-freeze":
         return primary().freeze(String(b.group));
+      case "lease-acquire": {
+        const req = leaseRequestOf(b.lease, "lease-acquire");
+        if (!req) throw tmError("TM_BAD_REQUEST", "lease-acquire: lease is missing", { op: "lease-acquire", field: "lease" });
+        return this.leases.acquire(String(b.group), req);
+      }
+      case "lease-release": {
+        const token = (b as { token?: unknown }).token;
+        if (typeof token !== "string") throw tmError("TM_BAD_REQUEST", "lease-release: token must be a string", { op: "lease-release", field: "token" });
+        return this.leases.release(String(b.group), token);
+      }
       case "copy-status":
         return primary().copyStatus(String(b.group));
       default:

@@ -215,6 +215,46 @@ describe("takeover: procedure", () => {
   });
 });
 
+describe("takeover: one procedure at a time", () => {
+  it("lease: a group another RCM holds refuses this RCM's procedure and a bare step, naming the holder; the lease survives a kill -9 of a subsystem; once released, the suspension runs", async () => {
+    const { c } = await takeoverCluster();
+    const ids = c.ids;
+    const other = { holder: "rcm 10.9.9.9:7400 pid 77", holderAddress: "10.9.9.9:7400", incarnation: 1, procedure: "swap (test) by another admin", token: "other/1/1", ttlMs: 120_000 };
+    const ask = async (id: number, body: unknown) => {
+      const cc = await ControlClient.connect(c.topo, id);
+      try {
+        return await cc.request<Record<string, unknown>>(body, 10_000);
+      } finally {
+        cc.close();
+      }
+    };
+    for (const id of ids) await ask(id, { op: "lease-acquire", group: "C1", lease: other });
+    const refused = await c.cli(["suspend", "--config", c.configFile, "--group", "C1"]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain("rcm 10.9.9.9:7400 pid 77");
+    expect(refused.stderr).toContain("swap (test) by another admin");
+    expect(refused.stderr).toMatch(/expires in \d+ s/);
+    // Nothing changed: the group still replicates.
+    expect((await c.status()).groups[0].state).toBe("active");
+    // An admin's tool sending a step without a lease is refused too.
+    await expect(ask(3, { op: "fence", group: "C1", generation: 9 })).rejects.toThrow(/busy with swap \(test\) by another admin/);
+    const text = await c.cli(["status", "--config", c.configFile]);
+    expect(text.stdout).toContain("procedure running: swap (test) by another admin, held by rcm 10.9.9.9:7400 pid 77");
+    // Held durably: a secondary killed -9 and restarted still refuses.
+    await c.kill(3);
+    await c.start(3);
+    await expect(ask(3, { op: "resync-begin", group: "C1", generation: 9 })).rejects.toThrow(/busy with swap/);
+    // A step with the holder's lease is admitted (refused here only by the group's own state: it replicates).
+    await expect(ask(3, { op: "resync-begin", group: "C1", generation: 9, lease: other })).rejects.toThrow(/TM_NOT_SYNCHRONIZED|replicat|suspend/i);
+    for (const id of ids) expect(await ask(id, { op: "lease-release", group: "C1", token: other.token })).toMatchObject({ released: true });
+    const ok = await c.cli(["suspend", "--config", c.configFile, "--group", "C1", "--json"]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((await c.status()).groups[0].state).toBe("suspended");
+    // The RCM released its own lease at the end: nothing is shown as running.
+    expect((await c.cli(["status", "--config", c.configFile])).stdout).not.toContain("procedure running");
+  });
+});
+
 describe("takeover: crash safety", () => {
   it("takeover: the RCM and secondary #3 killed mid-takeover, then takeover again: same Ts and same image bytes as an uninterrupted takeover", async () => {
     const seed = Number(process.env.TIDEMARK_SEED ?? 5);

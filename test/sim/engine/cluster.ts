@@ -30,12 +30,14 @@ export interface SimShape {
   syncIntervalMs: number;
   linkTimeoutMs: number;
   reconnectMs: number;
+  /** 2: each primary's second volume is in group C2, sharing the subsystems with C1 (issue 17). */
+  groups?: 1 | 2;
 }
 
 /** The topology a shape stands for, through the product's own config schema. */
 export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
   const subsystems: { id: number; replicationPort: number; nbdPort: number; volumes: { name: string; sizeMiB: number }[] }[] = [];
-  const pairs: { primary: string; secondary: string }[] = [];
+  const pairs: { primary: string; secondary: string; group: string }[] = [];
   const secIds = Array.from({ length: shape.secondaries }, (_, i) => shape.primaries + 1 + i);
   const secVolumes = new Map<number, { name: string; sizeMiB: number }[]>(secIds.map((id) => [id, []]));
   for (let p = 1; p <= shape.primaries; p++) {
@@ -48,7 +50,7 @@ export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
       const list = secVolumes.get(s)!;
       const target = `s${s}${String.fromCharCode(97 + list.length)}`;
       list.push({ name: target, sizeMiB: 1 });
-      pairs.push({ primary: name, secondary: target });
+      pairs.push({ primary: name, secondary: target, group: shape.groups === 2 && v === 1 ? "C2" : "C1" });
     }
     subsystems.push({ id: p, replicationPort: 20000 + p, nbdPort: 21000 + p, volumes: vols });
   }
@@ -64,7 +66,7 @@ export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
     inflightBytesMax: 64 * 1024,
     logLevel: "fatal",
     subsystems,
-    groups: [{ name: "C1", pairs }],
+    groups: [...new Set(pairs.map((p) => p.group))].map((name) => ({ name, pairs: pairs.filter((p) => p.group === name).map(({ primary, secondary }) => ({ primary, secondary })) })),
   };
   return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
 }
@@ -234,12 +236,25 @@ export class SimCluster {
     this.rcmProc?.kill();
     const proc = this.sched.process(`rcm#${++this.rcmIncarnations}`);
     this.rcmProc = proc;
+    return this.rcmPlane(proc);
+  }
+
+  private rcmPlane(proc: SimProcess): LoadedTopology {
     const plane: ControlPlane = {
       call: <T>(id: number, body: unknown, timeoutMs: number) => this.net.request<T>(proc, id, body, Math.min(timeoutMs, 5_000)),
       runtime: proc.runtime,
       clockNs: () => this.sched.trueNs(),
     };
     return withControlPlane(this.topo, plane);
+  }
+
+  /**
+   * A second RCM (another address): it overlaps the first one's procedures,
+   * as a second admin's RCM or a stray one would. It lives until `kill()`.
+   */
+  otherRcm(name: string): { topo: LoadedTopology; proc: SimProcess } {
+    const proc = this.sched.process(name);
+    return { topo: this.rcmPlane(proc), proc };
   }
 
   /** kill -9 of the RCM: its procedure stops where it is; requests already sent still land. */

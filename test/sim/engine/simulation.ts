@@ -8,6 +8,8 @@ import pino from "pino";
 import { runProcedure } from "../../../appliance/rcm/procedure.ts";
 import { startResync, watchResync } from "../../../appliance/rcm/resync.ts";
 import { reverseResync, swap } from "../../../appliance/rcm/failback.ts";
+import { withGroupLease } from "../../../appliance/rcm/lease.ts";
+import { withControlPlane } from "../../../appliance/cli/control-plane.ts";
 import { liveTopology } from "../../../appliance/cli/live-topology.ts";
 import { controlPlaneOf } from "../../../appliance/cli/control-client.ts";
 import { directed } from "../../../config/direction.ts";
@@ -33,6 +35,12 @@ export interface EngineSimOptions {
   copyJournalKiB?: number;
   /** The steps the RCM takes (default: drawn by the seed). */
   story?: Story;
+  /**
+   * Issue 17's scope: a second RCM whose procedures overlap the story's
+   * (held off by the group's lease), and the RCM killed at a drawn control
+   * step of its procedure rather than at a drawn time.
+   */
+  wide?: boolean;
   log?: (line: string) => void;
 }
 
@@ -56,6 +64,8 @@ export const EXTRA_STORIES = ["outage"] as const;
 export type Story = (typeof STORIES)[number] | (typeof EXTRA_STORIES)[number];
 
 interface Step {
+  /** The group it acts on: the story's C1 unless said (the end of a history resyncs C2 too). */
+  group?: string;
   kind: "suspend" | "takeover" | "resync" | "interrupted-resync" | "reverse" | "swap" | "primary-down" | "primary-back";
   /** The RCM may be killed in the middle of it. */
   kills: boolean;
@@ -95,17 +105,28 @@ function storySteps(story: Story, sched: Scheduler): Step[] {
   }
 }
 
-type Pair = { primary: number; pv: string; secondary: number; sv: string };
+type Pair = { group: string; primary: number; pv: string; secondary: number; sv: string };
 
-/** Replication is at rest: every side active, nothing pending or queued. */
-function settled(cluster: SimCluster): boolean {
+/** Every subsystem up, and `group` active or copying on every side. */
+function replicating(cluster: SimCluster, group: string): boolean {
+  for (const id of cluster.nodes.keys()) {
+    const st = cluster.node(id).core?.status();
+    if (!st || !cluster.isUp(id)) return false;
+    for (const g of st.primary?.groups ?? []) if (g.name === group && g.state !== "active" && g.state !== "copying") return false;
+    for (const g of st.secondary ?? []) if (g.name === group && g.state !== "active" && g.state !== "resyncing") return false;
+  }
+  return true;
+}
+
+/** Replication of `group` is at rest: every side active, nothing pending or queued. */
+function settled(cluster: SimCluster, group: string): boolean {
   for (const id of cluster.nodes.keys()) {
     const core = cluster.node(id).core;
     if (!core || !cluster.isUp(id)) return false;
     const st = core.status();
     // (Bitmap blocks of an active group wait for the next resync: the caller runs one.)
-    for (const g of st.primary?.groups ?? []) if (g.state !== "active" || g.pending > 0) return false;
-    for (const g of st.secondary ?? []) if (g.state !== "active" || g.rcrQueue > 0 || g.diskQueue > 0) return false;
+    for (const g of st.primary?.groups ?? []) if (g.name === group && (g.state !== "active" || g.pending > 0)) return false;
+    for (const g of st.secondary ?? []) if (g.name === group && (g.state !== "active" || g.rcrQueue > 0 || g.diskQueue > 0)) return false;
   }
   return true;
 }
@@ -127,6 +148,10 @@ export interface EngineSimResult {
   ts: string | null;
   events: number;
   simMs: number;
+  /** Where an RCM was killed: "procedure:control op" (wide scope). */
+  rcmKilledAt: string[];
+  /** The second RCM's procedures: "kind: outcome" (wide scope). */
+  overlaps: string[];
 }
 
 const silent = pino({ level: "silent" });
@@ -145,6 +170,7 @@ export function replayCommand(o: EngineSimOptions): string {
       .filter(([, on]) => on)
       .map(([k]) => `--${k.replace(/[A-Z0-9]+/g, (m) => `-${m.toLowerCase()}`)}`),
     o.story ? `--story ${o.story}` : "",
+    o.wide ? "--wide" : "",
     o.copyJournalKiB !== undefined ? `--copy-journal-kib ${o.copyJournalKiB}` : "",
   ].filter(Boolean);
   return `node --import tsx scripts/sim-sweep.ts --seed ${o.seed}${flags.length ? " " + flags.join(" ") : ""} --verbose`;
@@ -170,10 +196,15 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   const sched = new Scheduler(o.seed);
   const log = (line: string) => o.log?.(`${String(sched.nowMs).padStart(6)} ms  ${line}`);
   const shape = shapeOf(sched, o);
+  // Wide scope: half of the seeds have a second group on the same subsystems, replicating while the story runs on C1.
+  if (o.wide === true && sched.chance(0.5)) Object.assign(shape, { groups: 2, volumesPerPrimary: 2 });
   const topo = simTopology(shape, sched);
-  const pairs = topo.pairs.map((p) => ({ primary: p.primary.subsystemId, pv: p.primary.name, secondary: p.secondary.subsystemId, sv: p.secondary.name }));
-  const primaries = [...new Set(pairs.map((p) => p.primary))];
-  const secondaries = topo.groups.get("C1")!.secondaries;
+  const pairs: Pair[] = topo.pairs.map((p) => ({ group: p.group, primary: p.primary.subsystemId, pv: p.primary.name, secondary: p.secondary.subsystemId, sv: p.secondary.name }));
+  const groups = [...topo.groups.keys()];
+  /** The pairs the story acts on (C1); the others' group only replicates, and is written, meanwhile. */
+  const storyPairs = pairs.filter((p) => p.group === "C1");
+  const primaries = topo.groups.get("C1")!.primaries;
+  const secondaries = [...new Set(groups.flatMap((g) => topo.groups.get(g)!.secondaries))];
   log(`shape ${JSON.stringify(shape)}; pairs ${pairs.map((p) => `${p.pv}->${p.sv}`).join(" ")}`);
 
   const net = new SimNetwork(sched, { delayMinMs: 0, delayMaxMs: sched.int(1, 6), connectTimeoutMs: 200 });
@@ -243,7 +274,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     },
   );
   // Hosts write the primaries; after a takeover of the reverse story, the secondaries; after a turn, the new primaries.
-  const hosts = new SimHosts(sched, cluster, oracle, () => pairs.map((p) => (turned || hostsOnSecondaries ? { primary: p.secondary, volume: p.sv } : { primary: p.primary, volume: p.pv })), {
+  const hosts = new SimHosts(sched, cluster, oracle, () => pairs.map((p) => (p.group === "C1" && (turned || hostsOnSecondaries) ? { primary: p.secondary, volume: p.sv } : { primary: p.primary, volume: p.pv })), {
     hosts: sched.int(1, 4),
     blocks: shape.blocks,
     fuaShare: sched.pick([0, 0.05, 0.3]),
@@ -270,7 +301,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
    */
   const hostVolumes = new Set(pairs.map((p) => p.pv));
   const hostsMove = () => {
-    for (const p of pairs) {
+    for (const p of storyPairs) {
       const v = cluster.node(p.secondary).disk.volume(p.sv);
       for (let b = 0; b < shape.blocks; b++) oracle.base(p.secondary, p.sv, b, v.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES));
       hostVolumes.add(p.sv);
@@ -344,6 +375,10 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   log(`story ${story}`);
   const steps = storySteps(story, sched);
   const cuts: { step: string; ts: string }[] = [];
+  const rcmKilledAt: string[] = [];
+  const overlaps: string[] = [];
+  // Long enough for a procedure step's slowest answer, short enough that a dead second RCM's lease lapses within a history.
+  const LEASE_MS = 1000 + (o.seed % 5) * 500;
   let runs = 0;
   let stepIndex = 0;
   let lastStep: Step | null = null;
@@ -360,14 +395,14 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     runsOfStep = step === lastStep ? runsOfStep + 1 : 1;
     lastStep = step;
     // A turn overwrites the old primaries with the new ones' image: their writes are no longer owed there.
-    if (step.kind === "reverse" || step.kind === "swap") for (const p of pairs) hostVolumes.delete(p.pv);
+    if (step.kind === "reverse" || step.kind === "swap") for (const p of storyPairs) hostVolumes.delete(p.pv);
     // A forward resync after hosts moved to the secondaries overwrites what they wrote there; hosts go back to the primaries.
-    if (step.kind === "resync" && hostsOnSecondaries) {
+    if (step.kind === "resync" && (step.group ?? "C1") === "C1" && hostsOnSecondaries) {
       hostsOnSecondaries = false;
-      for (const p of pairs) hostVolumes.delete(p.sv);
+      for (const p of storyPairs) hostVolumes.delete(p.sv);
     }
-    const rtopo = cluster.rcmTopology();
-    const incarnation = cluster.rcmIncarnations;
+    const incarnation = cluster.rcmIncarnations + 1;
+    let rtopo = cluster.rcmTopology();
     runs++;
     log(`rcm #${incarnation}: ${step.kind}`);
     if (step.killsReturning && returned !== null && runsOfStep === 1) {
@@ -380,16 +415,36 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         sched.at(sched.int(0, 300), () => void start(id));
       });
     }
-    if (step.kills && sched.chance(0.4)) {
-      sched.at(sched.int(0, 80), () => {
-        if (cluster.rcmIncarnations === incarnation && cluster.rcmAlive) {
-          log(`rcm #${incarnation} kill -9`);
-          cluster.killRcm();
-          sched.at(sched.int(10, 200), runStep);
-        }
+    const killRcm = (at: string) => {
+      if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
+      log(`rcm #${incarnation} kill -9${at ? ` ${at}` : ""}`);
+      cluster.killRcm();
+      sched.at(sched.int(10, 200), runStep);
+    };
+    if (step.kills && o.wide === true && sched.chance(0.5)) {
+      // Killed at a drawn control step of its procedure (lease taking
+      // included), just before or just after the request goes out: over a
+      // sweep, every step of every procedure is cut short somewhere.
+      const killAt = sched.int(1, 24);
+      let calls = 0;
+      const plane = controlPlaneOf(rtopo);
+      rtopo = withControlPlane(rtopo, {
+        ...plane,
+        call: <T>(id: number, body: unknown, timeoutMs: number) => {
+          if (++calls === killAt) {
+            const op = String((body as { op?: unknown } | null)?.op);
+            sched.at(sched.int(0, 8), () => {
+              if (cluster.rcmIncarnations === incarnation && cluster.rcmAlive) rcmKilledAt.push(`${step.kind}:${op}`);
+              killRcm(`at its control call #${killAt} (${op} to #${id})`);
+            });
+          }
+          return plane.call<T>(id, body, timeoutMs);
+        },
       });
+    } else if (step.kills && sched.chance(0.4)) {
+      sched.at(sched.int(0, 80), () => killRcm(""));
     }
-    rcmStep(rtopo, step).then(
+    rcmStep(rtopo, step, incarnation).then(
       (done) => {
         if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
         log(`rcm #${incarnation}: ${step.kind} ${done.complete ? "complete" : "incomplete"}${done.ts ? ` at Ts ${done.ts}` : ""}`);
@@ -404,7 +459,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           hostsOnSecondaries = true;
         }
         if (step.kind === "swap" && done.turned !== false) hostsMove();
-        else if (step.kind === "swap") for (const p of pairs) hostVolumes.add(p.pv);
+        else if (step.kind === "swap") for (const p of storyPairs) hostVolumes.add(p.pv);
         if (step.kind === "reverse" || (step.kind === "swap" && done.turned !== false)) {
           turned = true;
           hostsOnSecondaries = false;
@@ -425,8 +480,16 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     );
   };
 
-  /** One step, as the CLI and the RCM run it; complete once its effect is reached. */
-  const rcmStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string; turned?: boolean }> => {
+  /** One step, as the RCM runs it (holding the group's lease); complete once its effect is reached. */
+  const rcmStep = async (rtopo: LoadedTopology, step: Step, incarnation: number): Promise<{ complete: boolean; ts?: string; turned?: boolean }> => {
+    if (step.kind === "primary-down" || step.kind === "primary-back") return storyStep(rtopo, step);
+    // Every incarnation has the one RCM's address: a later one supersedes the lease of one killed.
+    const group = step.group ?? "C1";
+    return withGroupLease(rtopo, group, step.kind, { holder: `sim rcm #${incarnation}`, holderAddress: "sim-rcm", incarnation, ttlMs: LEASE_MS }, (t) => storyStep(t, step));
+  };
+
+  const storyStep = async (rtopo: LoadedTopology, step: Step): Promise<{ complete: boolean; ts?: string; turned?: boolean }> => {
+    const group = step.group ?? "C1";
     switch (step.kind) {
       case "primary-down": {
         // The primary site goes down and stays down through the takeover.
@@ -450,19 +513,19 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       }
       case "suspend":
       case "takeover": {
-        const rep = await runProcedure(rtopo, "C1", { mode: step.kind, reason: "simulation", by: "sim", logger: silent });
+        const rep = await runProcedure(rtopo, group, { mode: step.kind, reason: "simulation", by: "sim", logger: silent });
         return { complete: rep.complete, ts: rep.ts };
       }
       case "resync":
       case "interrupted-resync": {
         const live = await liveTopology(rtopo);
-        const r = await startResync(live, "C1", { logger: silent, by: "sim" });
+        const r = await startResync(live, group, { logger: silent, by: "sim" });
         if (step.kind === "interrupted-resync") {
           // The RCM is abandoned in the middle of the resync; control messages already sent still land.
           await rtopoSleep(rtopo, sched.int(0, 400));
           return { complete: true };
         }
-        if (!r.nothingToDo) await watchResync(live, "C1", r.generation, () => {}, 20);
+        if (!r.nothingToDo) await watchResync(live, group, r.generation, () => {}, 20);
         return { complete: true };
       }
       case "reverse": {
@@ -485,22 +548,75 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     }
   };
 
-  /** After a procedure cut at ts in the forward direction: each secondary image is the primaries' as of ts. */
-  const checkCut = (ts: bigint) =>
+  /** After a procedure cut at ts in the forward direction: each secondary image of `group` is the primaries' as of ts. */
+  const checkCut = (ts: bigint, group = "C1") =>
     check(() => {
-      for (const p of pairs) {
+      for (const p of pairs.filter((x) => x.group === group)) {
         const sv = cluster.node(p.secondary).disk.volume(p.sv);
         for (let b = 0; b < shape.blocks; b++) oracle.checkSecondary(ts, p.pv, p.sv, b, sv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES), Buffer.alloc(SIM_BLOCK_BYTES));
       }
     });
   sched.at(sched.int(300, 1500), runStep);
 
+  // Wide scope: a second RCM (another address) runs one procedure on the
+  // group while the story runs: an admin's suspension, a second resync, or a
+  // takeover beside the story's own. The group's lease keeps the two apart:
+  // the later one is refused, naming the holder, and tries again; a second
+  // RCM killed while it holds the lease keeps the group until it lapses.
+  let overlapDone = true;
+  if (o.wide === true && sched.chance(0.7)) {
+    overlapDone = false;
+    // On the other group, sometimes: two groups' procedures at once on shared subsystems.
+    const group = groups.length > 1 && sched.chance(0.5) ? "C2" : "C1";
+    const kinds =
+      group === "C2" || story === "resync" ? (["suspend", "resync", "takeover"] as const) : story === "takeover" ? (["suspend", "takeover"] as const) : (["suspend"] as const);
+    const kind = sched.pick(kinds);
+    const overlap = (attempt: number) => {
+      const { topo: t, proc } = cluster.otherRcm(`rcm-b#${attempt}`);
+      const killed = sched.chance(0.25);
+      if (killed) sched.at(sched.int(0, 60), () => proc.kill());
+      log(`second rcm: ${kind} ${group}${killed ? " (killed in the middle)" : ""}`);
+      const holder = { holder: `second sim rcm #${attempt}`, holderAddress: "sim-rcm-b", incarnation: attempt, ttlMs: LEASE_MS };
+      withGroupLease(t, group, kind, holder, async (lt) => {
+        if (kind === "resync") {
+          await startResync(await liveTopology(lt), group, { logger: silent, by: "second rcm" });
+          return { ts: undefined };
+        }
+        const rep = await runProcedure(await liveTopology(lt), group, { mode: kind, reason: "second rcm", by: "second rcm", logger: silent });
+        return { ts: rep.complete ? rep.ts : undefined };
+      }).then(
+        (r) => {
+          if (!proc.alive) return;
+          overlaps.push(`${kind}: done`);
+          log(`second rcm: ${kind} ${group} done${r.ts ? ` at Ts ${r.ts}` : ""}`);
+          if (r.ts !== undefined && (group !== "C1" || (!turned && !hostsOnSecondaries))) checkCut(BigInt(r.ts), group);
+          overlapDone = true;
+        },
+        (err: Error & { code?: string }) => {
+          if (!proc.alive) return;
+          overlaps.push(`${kind}: ${err.code ?? "failed"}`);
+          log(`second rcm: ${kind} failed: ${err.message}`);
+          if (attempt < 4) sched.at(sched.int(50, 500), () => overlap(attempt + 1));
+          else overlapDone = true;
+        },
+      );
+      // A killed second RCM is done: its lease lapses by itself.
+      if (killed) sched.at(60, () => {
+        if (!proc.alive && !overlapDone) {
+          overlaps.push(`${kind}: killed`);
+          overlapDone = true;
+        }
+      });
+    };
+    sched.at(sched.int(300, 2500), () => overlap(1));
+  }
+
   const until = (f: () => boolean, ms: number, what: string) =>
     sched.runUntil(() => failure !== null || f(), sched.nowMs + ms).then((ok) => {
       if (!ok && failure === null) failure = sched.stalled ?? `stuck: ${what} not reached within ${ms} ms of simulated time`;
     });
 
-  await until(() => stepIndex >= steps.length, HISTORY_LIMIT_MS, `the story's steps (${story})`);
+  await until(() => stepIndex >= steps.length && overlapDone, HISTORY_LIMIT_MS, `the story's steps (${story})${overlapDone ? "" : " and the second RCM's procedure"}`);
   hosts.stop();
   await sched.runFor(sched.int(0, 300));
   faults = false;
@@ -509,15 +625,53 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
   for (const id of all) if (!cluster.node(id).proc) void start(id);
   await until(() => hosts.idle && all.every((id) => cluster.isUp(id)), 30_000, "every subsystem up and every host write answered");
 
+  /** Runs one more step (as an admin would) and waits for it. */
+  const adminStep = async (step: Step, what: string) => {
+    steps.push(step);
+    sched.at(0, runStep);
+    await until(() => stepIndex >= steps.length, 30_000, what);
+  };
+  /**
+   * The groups that end paired: once replication settles, every pair is
+   * identical. A group the second RCM left suspended or taken over is
+   * resynced; a power cut after the last copy leaves hot regions in a
+   * bitmap: the RCM resyncs again, as an admin would.
+   */
+  const settleAndCompare = async (paired: string[]) => {
+    for (const g of paired) {
+      if (failure !== null || replicating(cluster, g)) continue;
+      log(`group ${g} does not replicate after the story: resync`);
+      await adminStep({ kind: "resync", kills: false, group: g }, `a resync of ${g} after the story`);
+    }
+    for (let attempt = 0; attempt < 4 && failure === null; attempt++) {
+      await until(() => paired.every((g) => settled(cluster, g)), 20_000, "replication settling after the last step");
+      const dirty = paired.filter((g) => !bitmapsEmpty(cluster, pairs.filter((p) => p.group === g)));
+      if (failure !== null || dirty.length === 0) break;
+      for (const g of dirty) {
+        log(`bitmaps of ${g} not empty after the story: resync again`);
+        await adminStep({ kind: "resync", kills: false, group: g }, `a resync of ${g} after the story`);
+      }
+    }
+    check(() => {
+      for (const p of pairs.filter((x) => paired.includes(x.group))) {
+        const back = turned && p.group === "C1";
+        const [src, dst] = back ? [cluster.node(p.secondary).disk.volume(p.sv), cluster.node(p.primary).disk.volume(p.pv)] : [cluster.node(p.primary).disk.volume(p.pv), cluster.node(p.secondary).disk.volume(p.sv)];
+        for (let b = 0; b < shape.blocks; b++) {
+          if (!src.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES).equals(dst.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES))) {
+            throw new SimFailure(`after the story (${story}) the pair ${src.name} -> ${dst.name} of ${p.group} differs at block ${b} though the group is paired and settled`);
+          }
+        }
+      }
+    });
+  };
+  const others = groups.filter((g) => g !== "C1");
   if (failure === null && story === "takeover") {
     // The rerun reaches the same Ts and the same images; where a primary and its secondary differ, a bitmap says so.
-    steps.push({ kind: "takeover", kills: false });
-    sched.at(0, runStep);
-    await until(() => stepIndex >= steps.length, 30_000, "the rerun of the takeover");
+    await adminStep({ kind: "takeover", kills: false }, "the rerun of the takeover");
     check(() => {
       const distinct = [...new Set(cuts.map((c) => c.ts))];
       if (distinct.length > 1) throw new SimFailure(`the procedure's runs reached different Ts: ${distinct.join(", ")}`);
-      for (const p of pairs) {
+      for (const p of storyPairs) {
         const sv = cluster.node(p.secondary).disk.volume(p.sv);
         const pv = cluster.node(p.primary).disk.volume(p.pv);
         const pBits = new Set(cluster.node(p.primary).disk.bitmapBlocks(p.pv));
@@ -530,27 +684,10 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         }
       }
     });
+    // The other group was never taken over: it ends paired.
+    if (failure === null && others.length > 0) await settleAndCompare(others);
   } else if (failure === null) {
-    // The story ends paired: once replication settles, every pair is identical.
-    // A power cut after the last copy leaves hot regions in a bitmap: the RCM resyncs again, as an admin would.
-    for (let attempt = 0; attempt < 4 && failure === null; attempt++) {
-      await until(() => settled(cluster), 20_000, "replication settling after the last step");
-      if (failure !== null || bitmapsEmpty(cluster, pairs)) break;
-      log("bitmaps not empty after the story: resync again");
-      steps.push({ kind: "resync", kills: false });
-      sched.at(0, runStep);
-      await until(() => stepIndex >= steps.length, 30_000, "a resync after the story");
-    }
-    check(() => {
-      for (const p of pairs) {
-        const [src, dst] = turned ? [cluster.node(p.secondary).disk.volume(p.sv), cluster.node(p.primary).disk.volume(p.pv)] : [cluster.node(p.primary).disk.volume(p.pv), cluster.node(p.secondary).disk.volume(p.sv)];
-        for (let b = 0; b < shape.blocks; b++) {
-          if (!src.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES).equals(dst.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES))) {
-            throw new SimFailure(`after the story (${story}) the pair ${src.name} -> ${dst.name} differs at block ${b} though the group is paired and settled`);
-          }
-        }
-      }
-    });
+    await settleAndCompare(groups);
   }
   const ts = cuts.length > 0 ? BigInt(cuts[cuts.length - 1].ts) : null;
   watchInvariants(null);
@@ -569,5 +706,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     ts: ts?.toString() ?? null,
     events: sched.events,
     simMs: sched.nowMs,
+    rcmKilledAt,
+    overlaps,
   };
 }
