@@ -254,7 +254,7 @@ export class Oracle {
    * After a primary's restart: every block holds its last write that must be
    * there, or a write issued after it (in flight when it died).
    */
-  checkPrimary(primary: number, volume: string, blocks: number, read: (block: number) => Buffer): void {
+  checkPrimary(primary: number, volume: string, blocks: number, read: (block: number) => Buffer, where = `primary #${primary} ${volume}`, when = "after restart"): void {
     for (let b = 0; b < blocks; b++) {
       const h = (this.history.get(this.key(volume, b)) ?? []).filter((w) => w.primary === primary);
       let k = -1;
@@ -265,7 +265,7 @@ export class Oracle {
       if (k === -1 && got.every((x) => x === 0)) continue;
       const must = k >= 0 ? h[k] : null;
       fail(
-        `primary #${primary} ${volume} block ${b} after restart holds ${describeBlock(got)}, but ${must ? `host write #${must.id} (ts ${must.ts}, acknowledged${must.fua ? ", FUA" : ""}) or a later one` : "zeroes or a write"} must be there: an acknowledged write was lost`,
+        `${where} block ${b} ${when} holds ${describeBlock(got)}, but ${must ? `host write #${must.id} (ts ${must.ts}, acknowledged${must.fua ? ", FUA" : ""}) or a later one` : "zeroes or a write"} must be there: an acknowledged write was lost`,
       );
     }
   }

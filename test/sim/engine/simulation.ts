@@ -458,6 +458,16 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           hostsMove();
           hostsOnSecondaries = true;
         }
+        if (story === "swap" && step.kind === "swap" && done.turned !== false) {
+          // A swap carries everything acknowledged to hosts before its freeze to the new primaries:
+          // a write the old primaries took after it (issue 17, race 2) would be lost here.
+          check(() => {
+            for (const p of storyPairs) {
+              const sv = cluster.node(p.secondary).disk.volume(p.sv);
+              oracle.checkPrimary(p.primary, p.pv, shape.blocks, (b) => sv.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES), `${p.sv}, the new primary of ${p.pv},`, "after the swap");
+            }
+          });
+        }
         if (step.kind === "swap" && done.turned !== false) hostsMove();
         else if (step.kind === "swap") for (const p of storyPairs) hostVolumes.add(p.pv);
         if (step.kind === "reverse" || (step.kind === "swap" && done.turned !== false)) {
