@@ -22,7 +22,7 @@ export function buildStaleness(root) {
     stampNs = statSync(file, { bigint: true }).mtimeNs;
     inputs = JSON.parse(readFileSync(file, "utf8")).inputs;
   } catch {
-    return "no finished build (dist/.build-stamp.json is missing or unreadable)";
+    return "no finished build: dist/.build-stamp.json is missing or unreadable";
   }
   if (!Array.isArray(inputs) || inputs.length === 0) return "the build stamp lists no inputs";
   for (const input of inputs) {
