@@ -3,10 +3,13 @@
 // compiler reads any source, renames it when the compiler has finished, and only then swaps the
 // work dir in as dist/. So a stamp exists only for a finished build, and its mtime is the moment
 // the build started (a rename keeps the mtime). The build is fresh when no input (a compiled
-// directory, a .ts file under one, a tsconfig) has an mtime at or after the stamp's: a source
-// saved during the build counts as newer, and a directory's own mtime moves when a file in it is
-// added, removed or renamed. Plain JavaScript: bin/tidemark reads it before any TypeScript can
-// run. Sync fs only, so it uses none of libuv's thread pool.
+// directory, a .ts file under one, a tsconfig) has a ctime at or after the stamp's mtime:
+// - the ctime, not the mtime: it moves with every write and cannot be set back, so a copy that
+//   keeps old mtimes (cp -p, tar, rsync -a) still counts as a change;
+// - at or after: a source saved while the compiler runs counts as newer;
+// - directories too: a directory's times move when a file in it is added, removed or renamed.
+// Plain JavaScript: bin/tidemark reads it before any TypeScript can run. Sync fs only, so it uses
+// none of libuv's thread pool.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 
@@ -32,11 +35,11 @@ export function buildStaleness(root) {
   return null;
 }
 
-/** The first path under p (p included) with an mtime at or after stampNs; null if none. */
+/** The first path under p (p included) changed at or after stampNs; null if none. */
 function firstNewer(p, stampNs) {
   const st = statSync(p, { bigint: true, throwIfNoEntry: false });
   if (!st) return p; // an input removed since the build
-  if (st.mtimeNs >= stampNs) return p;
+  if (st.ctimeNs >= stampNs) return p;
   if (!st.isDirectory()) return null;
   for (const e of readdirSync(p, { withFileTypes: true })) {
     // Only what the compiler reads: .ts files and the directories that hold them. A config

@@ -104,7 +104,7 @@ describe("bin/tidemark and the build", () => {
     expect(stampMtimeNs()).toBe(before);
   });
 
-  it("bin: a source added to or removed from a compiled directory makes the build stale (the directory's mtime)", () => {
+  it("bin: a source added to or removed from a compiled directory makes the build stale (the directory's times)", () => {
     write("disks/extra.ts", "export const extra = 1;\n");
     // The new file's own mtime would do as well; bin names the first newer path it meets.
     expect(tidemark().loader).toMatch(/^tsx \(disks(\/extra\.ts)? changed after the build\)$/);
@@ -114,7 +114,7 @@ describe("bin/tidemark and the build", () => {
     expect(tidemark().loader).toBe("tsx (disks changed after the build)");
   });
 
-  it("bin: an edited tsconfig makes the build stale; a non-TypeScript file beside the sources does not", () => {
+  it("bin: an edited tsconfig, or a source copied in with its old mtime (cp -p), makes the build stale; a non-TypeScript file beside the sources does not", () => {
     write("config/default.json", "{}\n");
     // Writing a new file moves config/'s mtime (and the last test left a source removed): rebuild,
     // then edit the file only.
@@ -123,6 +123,9 @@ describe("bin/tidemark and the build", () => {
     expect(tidemark().loader).toMatch(/^dist /);
     touch("tsconfig.json");
     expect(tidemark().loader).toBe("tsx (tsconfig.json changed after the build)");
+    // Setting an mtime back moves the ctime forward; bin walks disks/ before tsconfig.json.
+    fs.utimesSync(path.join(dir, "disks/word.ts"), new Date(0), new Date(0));
+    expect(tidemark().loader).toBe("tsx (disks/word.ts changed after the build)");
   });
 
   it("build: a compile that fails leaves the previous dist/ and its stamp, and no work dir", () => {
