@@ -4,7 +4,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "var/", "coverage/", "dist/"] },
+  { ignores: ["node_modules/", "var/", "coverage/", "dist/", "dist.*/"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -13,5 +13,5 @@ export default tseslint.config(
       "no-constant-condition": ["error", { checkLoops: false }],
     },
   },
-  { files: ["bin/*", "*.js"], languageOptions: { globals: { process: "readonly", console: "readonly" } } },
+  { files: ["bin/*", "scripts/*.mjs", "*.js"], languageOptions: { globals: { process: "readonly", console: "readonly" } } },
 );

@@ -37,6 +37,7 @@ cat >"$WORK/config.json" <<EOF
 EOF
 for id in 1 2; do
   mkdir -p "$OUT/ss$id"
+  # From dist/ when it is fresh (file names end in .js), else the sources through tsx (.ts).
   node --cpu-prof --cpu-prof-dir="$OUT/ss$id" "$ROOT/bin/tidemark" subsystem --config "$WORK/config.json" --id $id --log "$WORK/ss$id.log" >"$WORK/ss$id.out" 2>&1 &
   pids+=($!)
 done
@@ -55,7 +56,7 @@ trap - EXIT INT TERM
 for id in 1 2; do
   echo "### subsystem #$id ($([ $id = 1 ] && echo primary || echo secondary))"
   node --import tsx "$ROOT/bench/profile-summary.ts" --top 25 \
-    --focus 'primary\.ts|journal\.ts|sender\.ts|secondary\.ts|connection\.ts|link\.ts|frames\.ts|volume\.ts|transaction|run ' \
+    --focus 'primary\.[jt]s|journal\.[jt]s|sender\.[jt]s|secondary\.[jt]s|connection\.[jt]s|link\.[jt]s|frames\.[jt]s|volume\.[jt]s|transaction|run ' \
     "$OUT/ss$id"/*.cpuprofile
 done
 echo "profiles in $OUT"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # npm test: installs the Debian tools the interop tests call (when root and
-# apt-get is there), then type-checks, lints and runs the vitest suite.
+# apt-get is there), then type-checks, builds dist/ if a source is newer, lints
+# and runs the vitest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -20,6 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "test: tsc --noEmit"
 npx tsc --noEmit
+# The tests start many tidemark processes through bin/tidemark, which runs the
+# compiled dist/ only while no source is newer than it (else the sources through
+# tsx, about 0.4 s more per start). Rebuilt here when stale: about 5 s.
+echo "test: build"
+node scripts/build.mjs --if-stale
 echo "test: eslint"
 npx eslint .
 echo "test: vitest"

@@ -4,13 +4,10 @@
 import { Command, InvalidArgumentError } from "commander";
 import { loadConfig } from "../../config/load.ts";
 import { ConfigError } from "../../config/schema.ts";
-import { subsystemMain } from "../subsystem/subsystem.ts";
 import { askAll } from "./control-client.ts";
 import { buildStatus, renderStatus, type SubsystemStatus } from "./status-view.ts";
 import { quiesce } from "./quiesce.ts";
-import { up } from "./up.ts";
 import { clockReader } from "../primary/clock-source.ts";
-import { rcmMain } from "../rcm/main.ts";
 import { askRcm } from "./rcm-client.ts";
 import { renderProcedure } from "./procedure-view.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
@@ -31,6 +28,9 @@ function positiveInt(what: string) {
   };
 }
 
+// The long-running processes' modules (`up`, `subsystem`, `rcm`; the drill's too, in drill.ts) are
+// imported in their actions, not at the top: the short commands (`status`, `--help`) need none of
+// them, and loading them cost about 0.11 s of CPU at every start (docs/benchmarks.md, CLI start).
 const program = new Command();
 program.name("tidemark").description("N:M asynchronous block replication with consistency groups, served over NBD").showHelpAfterError();
 
@@ -39,6 +39,7 @@ program
   .description("run every subsystem of a config as child processes, in the foreground")
   .requiredOption("-c, --config <file>", "topology file")
   .action(async (o: { config: string }) => {
+    const { up } = await import("./up.ts");
     process.exitCode = await up(loadConfig(o.config), process.stdout, process.stderr);
   });
 
@@ -49,6 +50,7 @@ program
   .requiredOption("--id <n>", "subsystem id", positiveInt("--id"))
   .option("--log <file>", "write JSON logs to this file instead of stdout")
   .action(async (o: { config: string; id: number; log?: string }) => {
+    const { subsystemMain } = await import("../subsystem/subsystem.ts");
     await subsystemMain(o.config, o.id, o.log);
   });
 
@@ -87,6 +89,7 @@ program
   .requiredOption("-c, --config <file>", "topology file")
   .option("--log <file>", "write JSON logs to this file instead of stdout")
   .action(async (o: { config: string; log?: string }) => {
+    const { rcmMain } = await import("../rcm/main.ts");
     await rcmMain(o.config, o.log);
   });
 

@@ -4,11 +4,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { TIDEMARK_BIN as BIN } from "./bin-path.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemDir } from "../../config/load.ts";
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tidemark");
 const STOP_GRACE_MS = 10_000;
 
 interface Child {

@@ -1,10 +1,7 @@
 // The tidemark commands a drill round runs as a user would (`tidemark resync`), each bounded by a
 // timeout, and every one still running killable at once when the drill is interrupted.
 import { spawn, type ChildProcess } from "node:child_process";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tidemark");
+import { TIDEMARK_BIN as BIN } from "../cli/bin-path.ts";
 
 export interface CliResult {
   code: number | null;
