@@ -10,6 +10,7 @@ import { TIMEOUT_MS, sweep } from "./engine/ci-seeds.ts";
 
 const SEEDS = Number(process.env.TIDEMARK_SIM_SEEDS ?? 16);
 const OUTAGE_SEEDS = Number(process.env.TIDEMARK_SIM_OUTAGE_SEEDS ?? 12);
+const WIDE_SEEDS = Number(process.env.TIDEMARK_SIM_WIDE_SEEDS ?? 12);
 
 describe("sim: the product's engines under simulated time, network and storage", () => {
   it(`sim: ${SEEDS} seeds (takeover, resync, reverse resync, swap; kill -9, partitions, RCM kills) keep every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -30,6 +31,19 @@ describe("sim: the product's engines under simulated time, network and storage",
     console.log(`sim outage: ${OUTAGE_SEEDS} seeds, ${r.writes} host writes, ${r.kills} kill -9, ${((Date.now() - started) / 1000).toFixed(1)} s`);
     expect(r.failed, r.failed.join("\n")).toEqual([]);
     expect(r.stuck, r.stuck.join("\n")).toEqual([]);
+  });
+
+  it(`sim: issue 17's scope, ${WIDE_SEEDS} seeds: two groups on shared subsystems, a second RCM overlapping the story's procedures (held off by the lease), the RCM killed at a drawn control step`, { timeout: TIMEOUT_MS }, async () => {
+    const started = Date.now();
+    const r = await sweep({ wide: true }, WIDE_SEEDS);
+    console.log(
+      `sim wide: ${WIDE_SEEDS} seeds (${r.twoGroups} with two groups), ${r.writes} host writes, RCM killed at ${[...r.killedAt].sort().join(" ")}, second RCM ${r.overlaps.join("; ")}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
+    expect(r.failed, r.failed.join("\n")).toEqual([]);
+    expect(r.stuck, r.stuck.join("\n")).toEqual([]);
+    expect(r.twoGroups).toBeGreaterThan(0);
+    expect(r.killedAt.size).toBeGreaterThan(0);
+    expect(r.overlaps.length).toBeGreaterThan(0);
   });
 
   it("sim: the same seed replays the same history", async () => {

@@ -12,8 +12,15 @@ export async function sweep(o: Omit<EngineSimOptions, "seed">, count: number) {
   let writes = 0;
   let kills = 0;
   let cuts = 0;
+  /** Wide scope: where the RCM was killed ("procedure:op"), and the second RCM's outcomes. */
+  const killedAt = new Set<string>();
+  const overlaps: string[] = [];
+  let twoGroups = 0;
   for (let seed = 1; seed <= count; seed++) {
     const r = await simulateEngines({ ...o, seed });
+    for (const k of r.rcmKilledAt) killedAt.add(k);
+    overlaps.push(...r.overlaps);
+    if (r.groups > 1) twoGroups++;
     stories.set(r.story, (stories.get(r.story) ?? 0) + 1);
     writes += r.writes;
     kills += r.kills;
@@ -21,7 +28,7 @@ export async function sweep(o: Omit<EngineSimOptions, "seed">, count: number) {
     if (!r.ok) (r.failure!.startsWith("stuck:") ? stuck : failed).push(`seed ${seed}: ${r.failure}\n  replay: ${replayCommand({ ...o, seed })}`);
   }
   if (stuck.length > 0) console.log(`sim: ${stuck.length} of ${count} histories did not finish in time (liveness, open in issue 17):\n${stuck.join("\n")}`);
-  return { failed, stuck, stories, writes, kills, cuts };
+  return { failed, stuck, stories, writes, kills, cuts, killedAt, overlaps, twoGroups };
 }
 
 /** The first failing seed among `count` from 1, or null. */

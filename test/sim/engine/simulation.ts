@@ -152,6 +152,8 @@ export interface EngineSimResult {
   rcmKilledAt: string[];
   /** The second RCM's procedures: "kind: outcome" (wide scope). */
   overlaps: string[];
+  /** Consistency groups in the topology (2: C2 shares the subsystems of the story's C1). */
+  groups: number;
 }
 
 const silent = pino({ level: "silent" });
@@ -718,5 +720,6 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
     simMs: sched.nowMs,
     rcmKilledAt,
     overlaps,
+    groups: groups.length,
   };
 }
