@@ -83,6 +83,41 @@ describe("drill: tidemark drill on real processes", () => {
     expect(s.chainWritesAcked).toBeGreaterThan(0);
   });
 
+  // The two-group shape (seed 3: a primary killed and restarted, a forward resync): after the round's own steps, A alone is taken over, failed back
+  // (resync --reverse) and swapped back while hosts write B; B's writes must all succeed, B must
+  // stay active, its links up (or back within the link timeout), and after quiesce its chains,
+  // pairs and load must hold.
+  it("drill: 1 round of the two-group shape (seed 3, 8 MiB volumes): A turned alone while B is written, B untouched", async () => {
+    const r = await drill(["--shape", "two-groups", "--rounds", "1", "--seed", "3", "--volume-mib", "8", "--json", "--dir", base]);
+    process.stderr.write(r.stderr);
+    expect(r.doc, `no JSON report; stderr:\n${r.stderr}`).not.toBeNull();
+    expect(r.doc!.summary.violations, r.stderr).toBe(0);
+    expect(r.code, r.stderr).toBe(0);
+    const [round] = r.doc!.rounds;
+    expect(round.takeovers.map((t) => t.group)).toEqual(["A", "B"]);
+    const t = round.turn!;
+    expect(t.group).toBe("A");
+    expect(t.resyncs.map((x) => x.command)).toEqual(["resync --reverse", "swap"]);
+    expect(t.cmpAfterFailback).toEqual({ pairs: 2, identical: 2 });
+    expect(t.cmp).toEqual({ pairs: 2, identical: 2 });
+    expect(t.completeOnPrimaries.ok).toBe(true);
+    expect(t.chains!.counts).toEqual({ torn: 0, foreign: 0, gaps: 0, future: 0, missing: 0 });
+    const o = t.other;
+    expect(o.group).toBe("B");
+    expect(o.writeFailures).toBe(0);
+    expect(o.chains!.acked).toBeGreaterThan(0);
+    expect(o.load.writes).toBeGreaterThan(0);
+    expect(o.samples).toBeGreaterThan(10);
+    expect(o.notActive + o.unanswered).toBe(0);
+    expect(o.cmp).toEqual({ pairs: 2, identical: 2 });
+    expect(o.completeOnPrimaries).toBe(true);
+    console.log(
+      `drill two-groups: round ${round.elapsedMs} ms, turn ${t.elapsedMs} ms; B wrote ${o.chains!.acked} chain and ${o.load.writes} load writes, ` +
+        `${o.samples} status samples, ${o.linkOutages} link outages (longest ${o.longestLinkOutageMs} ms)`,
+    );
+    expect(readdirSync(base).filter((d) => d.startsWith("tidemark-drill-"))).toEqual([]);
+  }, 300_000);
+
   const loops = loopSupported();
   if (!loops.ok) console.warn(`drill: skipping the drill on loop devices: ${loops.why}`);
   // Seed 29: a primary left down, the RCM killed mid-takeover and during the resync; seed 30: a
