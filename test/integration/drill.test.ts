@@ -2,8 +2,9 @@
 // seeds on volume files, and on loop devices where this machine allows it. Each round kills
 // processes, cuts links, takes over, checks the chains on the secondaries, resyncs, and
 // compares every image with cmp; any violation fails the test with the round's report.
-// Also: the drill refuses what it cannot do (no loop devices, a group on one primary) before
-// it creates anything.
+// One round of the two-group shape turns group A alone while hosts write B. Also: the drill
+// refuses what it cannot do (no loop devices, a group on one primary, an unknown --shape,
+// --shape with --config) before it creates anything.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -159,6 +160,12 @@ describe("drill: tidemark drill on real processes", () => {
     const r = await drill(["--config", file, "--dir", base]);
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toContain(`tidemark drill: ${file}: group G has its primary volumes on one primary (#1); causal chains must cross at least two primaries`);
+    const unknown = await drill(["--shape", "three-groups", "--dir", base]);
+    expect(unknown.code, unknown.stderr).toBe(2);
+    expect(unknown.stderr).toContain("tidemark drill: --shape three-groups: no such shape; the shapes are default, two-groups");
+    const both = await drill(["--shape", "two-groups", "--config", file, "--dir", base]);
+    expect(both.code, both.stderr).toBe(2);
+    expect(both.stderr).toContain("tidemark drill: --shape two-groups and --config: give one shape, not both");
     expect(existsSync(base) && readdirSync(base).filter((d) => d.startsWith("tidemark-drill-"))).toEqual([]);
   });
 });
