@@ -514,10 +514,18 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     const tally = await watching;
     event(`hosts stopped writing ${b.name}`);
     check();
-    for (const r of loadB) if (r.errors > 0) failuresB.push(`${r.errors} load write(s) failed; last: ${r.lastError ?? "?"}`);
-    out.other.load = { writes: loadB.reduce((n, r) => n + r.writes, 0), bytes: loadB.reduce((n, r) => n + r.bytes, 0) };
-    out.other.writeFailures = failuresB.length;
-    Object.assign(out.other, {
+    judgeOther(a.name, b.name, loadB, failuresB, tally, out.other);
+    await checkOther(b, recordsB, loadModelsB, out.other);
+    stepPrefix = "";
+    out.elapsedMs = Date.now() - begun;
+  }
+
+  /** What the group written during the turn went through: failed writes, its states and its links in the status samples. */
+  function judgeOther(turned: string, other: string, loads: LoadResult[], failures: string[], tally: WatchTally, into: TurnReport["other"]) {
+    for (const r of loads) if (r.errors > 0) failures.push(`${r.errors} load write(s) failed; last: ${r.lastError ?? "?"}`);
+    into.load = { writes: loads.reduce((n, r) => n + r.writes, 0), bytes: loads.reduce((n, r) => n + r.bytes, 0) };
+    into.writeFailures = failures.length;
+    Object.assign(into, {
       samples: tally.samples,
       notActive: tally.notActive,
       linkDown: tally.linkDown,
@@ -525,18 +533,15 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       longestLinkOutageMs: tally.longestLinkOutageMs,
       unanswered: tally.unanswered,
     });
-    if (failuresB.length > 0) violation(`turn of ${a.name}: ${failuresB.length} host write(s) to ${b.name} failed or were refused; first: ${failuresB.slice(0, 3).join("; ")}`);
-    if (tally.samples === 0) violation(`turn of ${a.name}: ${b.name}'s status was never sampled`);
+    if (failures.length > 0) violation(`turn of ${turned}: ${failures.length} host write(s) to ${other} failed or were refused; first: ${failures.slice(0, 3).join("; ")}`);
+    if (tally.samples === 0) violation(`turn of ${turned}: ${other}'s status was never sampled`);
     if (tally.notActive + tally.unanswered > 0) {
-      violation(`turn of ${a.name}: ${b.name} was not active everywhere, or a subsystem of it was silent, in ${tally.notActive + tally.unanswered} of ${tally.samples} status samples: ${tally.first.join("; ")}`);
+      violation(`turn of ${turned}: ${other} was not active everywhere, or a subsystem of it was silent, in ${tally.notActive + tally.unanswered} of ${tally.samples} status samples: ${tally.first.join("; ")}`);
     }
     if (tally.longestLinkOutageMs >= TURN_LINK_OUTAGE_MS_MAX) {
-      violation(`turn of ${a.name}: a link of ${b.name} was down for ${tally.longestLinkOutageMs} ms (at most ${TURN_LINK_OUTAGE_MS_MAX} ms allowed): ${tally.linkFirst.join("; ")}`);
+      violation(`turn of ${turned}: a link of ${other} was down for ${tally.longestLinkOutageMs} ms (at most ${TURN_LINK_OUTAGE_MS_MAX} ms allowed): ${tally.linkFirst.join("; ")}`);
     }
-    if (tally.linkOutages > 0) event(`${b.name}'s links reconnected ${tally.linkOutages} time(s) during the turn, the longest outage seen ${tally.longestLinkOutageMs} ms: ${tally.linkFirst.slice(0, 2).join("; ")}`);
-    await checkOther(b, recordsB, loadModelsB, out.other);
-    stepPrefix = "";
-    out.elapsedMs = Date.now() - begun;
+    if (tally.linkOutages > 0) event(`${other}'s links reconnected ${tally.linkOutages} time(s) during the turn, the longest outage seen ${tally.longestLinkOutageMs} ms: ${tally.linkFirst.slice(0, 2).join("; ")}`);
   }
 
   /** The group written during the turn, once quiesced: its chains on its secondaries, cmp, and every acknowledged write on its primaries. */
