@@ -21,6 +21,7 @@ interface Flags {
   seed?: number;
   loop?: boolean;
   config?: string;
+  shape?: string;
   volumeMib: number;
   keep?: boolean;
   keepGoing?: boolean;
@@ -35,6 +36,7 @@ export function drillCommand(): Command {
     .option("--seed <s>", "seed of the first round (round i uses seed s+i-1); default: random, printed", intIn("--seed", 0, 0xffffffff))
     .option("--loop", "put every volume on its own loop device (needs root and /dev/loop-control)")
     .option("-c, --config <file>", "copy the shape (subsystem ids, volumes, groups) of this topology instead of the default 2 x 3")
+    .option("--shape <name>", "a built-in shape: default (Fig. 1, one group) or two-groups (A and B on shared subsystems; A is turned while B is written)")
     .option("--volume-mib <n>", "size of every volume", intIn("--volume-mib", 1, VOLUME_MIB_MAX), VOLUME_MIB_DEFAULT)
     .option("--keep", "keep the temporary folder (logs, images, state) even when every round passed")
     .option("--keep-going", "after a failed round, build a fresh topology and run the remaining rounds")
@@ -61,13 +63,14 @@ async function drillMain(f: Flags): Promise<number> {
     seed,
     loop: !!f.loop,
     configFile: f.config,
+    shapeName: f.shape,
     volumeMiB: f.volumeMib,
     keep: !!f.keep,
     keepGoing: !!f.keepGoing,
     baseDir: f.dir,
     say: (t) => out.write(t + "\n"),
   };
-  out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}\n`);
+  out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}${o.shapeName ? `, shape ${o.shapeName}` : ""}\n`);
   const drill = new Drill(o);
   let interrupted = false;
   const onSignal = (sig: NodeJS.Signals) => {
@@ -86,7 +89,7 @@ async function drillMain(f: Flags): Promise<number> {
     // After Ctrl-C the signal handler tears down and exits 130; a half-run summary would mislead.
     if (interrupted) await new Promise(() => undefined);
     out.write(renderDrillSummary(o, r.summary) + "\n");
-    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, volumeMiB: o.volumeMiB }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
+    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, shape: o.shapeName ?? null, volumeMiB: o.volumeMiB }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
     return r.summary.passed === r.summary.rounds && r.summary.rounds === o.rounds ? 0 : 1;
   } catch (err) {
     const e = err as Error;

@@ -17,7 +17,7 @@ import { killRunningCommands } from "./commands.ts";
 import { runRound, type DrillEnv } from "./round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
-import { checkShape, DEFAULT_SHAPE, DrillConfigError, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
+import { checkShape, DrillConfigError, SHAPES, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
 import type { ErrorCode } from "../errors/codes.ts";
 
 export const DRILL_HOST = "127.0.0.1";
@@ -28,6 +28,8 @@ export interface DrillOptions {
   loop: boolean;
   /** A topology file whose shape (ids, volumes, groups) the drill copies; default Fig. 1. */
   configFile?: string;
+  /** A built-in shape by name (topology.ts SHAPES); not with configFile. Default: `default`. */
+  shapeName?: string;
   volumeMiB: number;
   /** Keep the temporary folder even when every round passed. */
   keep: boolean;
@@ -55,12 +57,13 @@ export class DrillLoopError extends Error {
 }
 
 /** The command line that replays one round alone. */
-export function replayCommand(o: Pick<DrillOptions, "loop" | "configFile" | "volumeMiB">, seed: number): string {
+export function replayCommand(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB">, seed: number): string {
   return [
     "tidemark drill --rounds 1",
     `--seed ${seed}`,
     ...(o.loop ? ["--loop"] : []),
     ...(o.configFile ? [`--config ${o.configFile}`] : []),
+    ...(o.shapeName && o.shapeName !== "default" ? [`--shape ${o.shapeName}`] : []),
     ...(o.volumeMiB !== VOLUME_MIB_DEFAULT ? [`--volume-mib ${o.volumeMiB}`] : []),
   ].join(" ");
 }
@@ -131,8 +134,12 @@ export class Drill {
 
   /** Loads and checks the shape, and refuses --loop where loop devices cannot work, before anything is created. */
   private shape(): DrillShape {
-    const shape = this.o.configFile ? shapeOf(loadConfig(this.o.configFile)) : DEFAULT_SHAPE;
-    checkShape(shape, this.o.configFile ?? "the default topology");
+    const name = this.o.shapeName ?? "default";
+    if (this.o.configFile && name !== "default") throw new DrillConfigError(`--shape ${name} and --config: give one shape, not both`);
+    const builtIn = Object.hasOwn(SHAPES, name) ? SHAPES[name] : undefined;
+    if (!builtIn) throw new DrillConfigError(`--shape ${name}: no such shape; the shapes are ${Object.keys(SHAPES).join(", ")}`);
+    const shape = this.o.configFile ? shapeOf(loadConfig(this.o.configFile)) : builtIn;
+    checkShape(shape, this.o.configFile ?? (name === "default" ? "the default topology" : `the ${name} shape`));
     if (this.o.baseDir !== undefined && !statSync(this.o.baseDir, { throwIfNoEntry: false })?.isDirectory()) {
       throw new DrillConfigError(`--dir ${this.o.baseDir}: not a folder`);
     }
@@ -170,7 +177,7 @@ export class Drill {
     let env = await this.fresh(shape);
     for (let i = 0; i < this.o.rounds && !this.stopping; i++) {
       const seed = (this.o.seed + i) >>> 0;
-      const denv: DrillEnv = { topo: env.topo!, procs: env.procs!, proxies: env.proxies, volumeBytes: this.o.volumeMiB << 20, stopping: () => this.stopping };
+      const denv: DrillEnv = { topo: env.topo!, procs: env.procs!, proxies: env.proxies, volumeBytes: this.o.volumeMiB << 20, turn: shape.turn ?? null, stopping: () => this.stopping };
       const r = await runRound(denv, i + 1, seed);
       reports.push(r);
       if (!this.stopping) this.o.say(renderRound(r, replayCommand(this.o, seed)));
@@ -208,6 +215,6 @@ export class Drill {
   }
 }
 
-export function renderDrillSummary(o: Pick<DrillOptions, "loop" | "configFile" | "volumeMiB">, s: DrillSummary): string {
+export function renderDrillSummary(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB">, s: DrillSummary): string {
   return renderSummary(s, (seed) => replayCommand(o, seed));
 }

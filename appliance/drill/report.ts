@@ -40,6 +40,44 @@ export interface GroupResync {
   said: string;
 }
 
+/**
+ * The turn phase of a two-group shape (round.ts): `group` is taken over, failed back with
+ * `resync --reverse` and swapped back alone, while hosts write `other.group` at full rate.
+ */
+export interface TurnReport {
+  group: string;
+  takeover: GroupTakeover | null;
+  /** The turned group's chains on its secondaries after its takeover. */
+  chains: GroupChains | null;
+  resyncs: GroupResync[];
+  cmpAfterFailback?: { pairs: number; identical: number };
+  /** cmp of the turned group's pairs after the swap back. */
+  cmp: { pairs: number; identical: number };
+  /** The turned group's chains on its primaries: exactly the takeover's prefixes after the failback and the swap. */
+  completeOnPrimaries: { acked: number; ok: boolean };
+  other: {
+    group: string;
+    /** Its chains, checked on its secondaries after it was quiesced (prefix lengths: the positions there). */
+    chains: GroupChains | null;
+    load: { writes: number; bytes: number };
+    /** Host writes of the group that failed or were refused (each retried; any is a violation). */
+    writeFailures: number;
+    /** `status` samples taken during the turn, and those that showed it not active, a link down, or a subsystem silent. */
+    samples: number;
+    notActive: number;
+    linkDown: number;
+    unanswered: number;
+    /** Link outages seen (a link not up, then up again), and the longest, from sample to sample. */
+    linkOutages: number;
+    longestLinkOutageMs: number;
+    /** cmp of its pairs after it was quiesced. */
+    cmp: { pairs: number; identical: number };
+    /** Every acknowledged chain write on its primaries. */
+    completeOnPrimaries: boolean;
+  };
+  elapsedMs: number;
+}
+
 export interface RoundReport {
   round: number;
   seed: number;
@@ -70,6 +108,8 @@ export interface RoundReport {
   stepsMs: Record<string, number>;
   /** Set when the round could not finish (a step failed or the drill was stopped): what it was doing. */
   abortedAt?: string;
+  /** The two-group shape's turn phase, after the round's own steps. */
+  turn?: TurnReport;
 }
 
 export interface DrillSummary {
@@ -83,6 +123,9 @@ export interface DrillSummary {
   takeoversWithPrimaryDown: number;
   /** Rounds that went home by failback (`resync --reverse`, then `swap`). */
   failbacks: number;
+  /** Turn phases run (two-group shape), and the writes hosts made to the other group meanwhile. */
+  turns: number;
+  turnOtherWrites: number;
   chainWritesAcked: number;
   chainWritesOnSecondaries: number;
   loadWrites: number;
@@ -102,6 +145,8 @@ export function summarize(reports: readonly RoundReport[], elapsedMs: number): D
     takeovers: sum((r) => r.takeovers.length),
     takeoversWithPrimaryDown: sum((r) => r.takeovers.filter((t) => t.primariesDown.length > 0).length),
     failbacks: reports.filter((r) => r.wayBack === "failback").length,
+    turns: reports.filter((r) => r.turn?.takeover).length,
+    turnOtherWrites: sum((r) => (r.turn ? (r.turn.other.chains?.acked ?? 0) + r.turn.other.load.writes : 0)),
     chainWritesAcked: sum((r) => r.chains.reduce((n, c) => n + c.acked, 0)),
     chainWritesOnSecondaries: sum((r) => r.chains.reduce((n, c) => n + c.onSecondaries, 0)),
     loadWrites: sum((r) => r.load.writes),
@@ -151,6 +196,7 @@ export function renderRound(r: RoundReport, replay: string): string {
         `acknowledged write present (${r.completeOnPrimaries.acked}); load: ${r.load.writes} writes (${mib(r.load.bytes)}) acknowledged`,
     );
   }
+  if (r.turn) out.push(...renderTurn(r.turn));
   if (r.abortedAt) out.push(`  stopped while: ${r.abortedAt}`);
   if (!r.ok) {
     out.push(`  VIOLATIONS (${r.violations.length}):`);
@@ -174,6 +220,31 @@ export function renderSummary(s: DrillSummary, replayOf: (seed: number) => strin
     `  chain writes: ${s.chainWritesAcked} acknowledged, ${s.chainWritesOnSecondaries} on the secondaries at takeover; ` +
       `load writes ${s.loadWrites}; host writes on taken-over secondaries ${s.secondaryWrites}`,
   );
+  if (s.turns > 0) out.push(`  turns of one group while another was written: ${s.turns}; writes to the other group meanwhile: ${s.turnOtherWrites}`);
   for (const seed of s.failedSeeds) out.push(`  FAILED seed ${seed}: replay with ${replayOf(seed)}`);
   return out.join("\n");
+}
+
+function renderTurn(t: TurnReport): string[] {
+  const out: string[] = [];
+  const o = t.other;
+  out.push(`  turn of ${t.group} alone while hosts wrote ${o.group}, ${secs(t.elapsedMs)}:`);
+  if (t.takeover) out.push(`    takeover ${t.group}: Ts ${t.takeover.ts}, generation ${t.takeover.generation}, ${t.takeover.elapsedMs} ms`);
+  if (t.chains) {
+    const c = t.chains;
+    out.push(`    chains ${c.group}: ${c.acked} writes acknowledged, ${c.onSecondaries} on the secondaries; prefix lengths ${spread(c.prefixLengths)}; gaps ${c.counts.gaps}, torn ${c.counts.torn}, foreign ${c.counts.foreign}, from the future ${c.counts.future}`);
+  }
+  for (const s of t.resyncs) out.push(`    ${s.command ?? "resync"} ${s.group}: ${secs(s.elapsedMs)}${s.said ? `: ${s.said}` : ""}`);
+  if (t.cmpAfterFailback) out.push(`    after the reverse resync: cmp ${t.cmpAfterFailback.identical} of ${t.cmpAfterFailback.pairs} pairs of ${t.group} identical`);
+  if (t.cmp.pairs > 0) {
+    out.push(`    after the swap back: cmp ${t.cmp.identical} of ${t.cmp.pairs} pairs of ${t.group} identical; chains on the primaries ${t.completeOnPrimaries.ok ? "exactly" : "NOT"} the takeover's prefixes (${t.completeOnPrimaries.acked} writes)`);
+  }
+  const chains = o.chains ? `${o.chains.acked} chain writes acknowledged (${o.chains.onSecondaries} on the secondaries after quiesce, gaps ${o.chains.counts.gaps}, torn ${o.chains.counts.torn}, foreign ${o.chains.counts.foreign}, from the future ${o.chains.counts.future}), ` : "";
+  out.push(`    ${o.group} meanwhile: ${chains}${o.load.writes} load writes (${mib(o.load.bytes)}); ${o.writeFailures} failed or refused`);
+  out.push(
+    `    ${o.group} status: ${o.samples} samples; not active in ${o.notActive}, a subsystem silent in ${o.unanswered}, a link down in ${o.linkDown}` +
+      ` (${o.linkOutages} outage${o.linkOutages === 1 ? "" : "s"}, the longest ${o.longestLinkOutageMs} ms)`,
+  );
+  if (o.cmp.pairs > 0) out.push(`    ${o.group} after quiesce: cmp ${o.cmp.identical} of ${o.cmp.pairs} pairs identical; every acknowledged chain write on the primaries: ${o.completeOnPrimaries ? "yes" : "NO"}`);
+  return out;
 }

@@ -26,7 +26,8 @@ import type { LinkProxy } from "./link-proxy.ts";
 import { LoadModel, runLoad, type LoadResult } from "./load.ts";
 import { processName, type DrillProcesses } from "./processes.ts";
 import { prng } from "./prng.ts";
-import type { GroupChains, GroupResync, GroupTakeover, RoundReport } from "./report.ts";
+import type { GroupChains, GroupResync, GroupTakeover, RoundReport, TurnReport } from "./report.ts";
+import { closeTally, groupHealth, newTally, tallySample, type WatchTally } from "./turn-watch.ts";
 import { RCM_ID, scheduleRound, type Fault, type RoundSchedule } from "./schedule.ts";
 import { askRcm } from "../cli/rcm-client.ts";
 import { quiesce } from "../cli/quiesce.ts";
@@ -57,6 +58,37 @@ export const QUIESCE_TIMEOUT_MS = 60_000;
 /** Hosts keep writing this long after the resync returns, before the writes stop. */
 const AFTER_RESYNC_WRITE_MS_MAX = 400;
 const SECONDARY_WRITE_BYTES_MAX = 64 * 1024;
+/** Turn phase: both groups are written this long (plus up to as much again) before the turned group's takeover. */
+const TURN_WRITE_MS_MIN = 800;
+/** Turn phase: host writes on the turned group's taken-over secondaries. */
+const TURN_SECONDARY_WRITES = 8;
+/** Turn phase: how often the other group's status is sampled. */
+const TURN_WATCH_INTERVAL_MS = 100;
+/**
+ * Turn phase: the longest a link of the other group may be seen down. Links are shared by every
+ * group of two subsystems, and the turned group's procedure steps drop them: a fence on a
+ * secondary closes its primaries' links, which then resend the fenced group's frames and are
+ * refused until the primary has suspended that group too; a suspension or resync start on a
+ * primary restarts all its links. Measured: 0.2-1.3 s on 2 busy cores. An outage as long as
+ * the RCM's failure timeout is one it would act on (and race 1 left links down for good), so
+ * that is the bound; shorter ones are counted and reported.
+ */
+const TURN_LINK_OUTAGE_MS_MAX = DRILL_FAILURE_TIMEOUT_MS;
+
+/** A group's chains of one write phase, and the prefix lengths its takeover left on the secondaries. */
+interface Leg {
+  g: GroupPlan;
+  records: ChainRecord[];
+  prefixLengths: number[];
+}
+
+/** Where a failback's results go: the round's report, or its turn phase's. */
+interface WayBackOut {
+  resyncs: GroupResync[];
+  cmpAfterFailback?: { pairs: number; identical: number };
+  cmp: { pairs: number; identical: number };
+  completeOnPrimaries: { acked: number; ok: boolean };
+}
 
 export interface DrillEnv {
   topo: LoadedTopology;
@@ -64,6 +96,8 @@ export interface DrillEnv {
   /** Link proxy of each secondary subsystem. */
   proxies: ReadonlyMap<number, LinkProxy>;
   volumeBytes: number;
+  /** The shape's turn of one group while another is written (topology.ts DrillShape.turn), or null. */
+  turn: { group: string; whileWriting: string } | null;
   /** True once the drill is being stopped (Ctrl-C): the round ends at its next step. */
   stopping(): boolean;
 }
@@ -201,7 +235,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   /** Names the step under way (for a failure's report) and times it. */
   const step = (name: string, what: string) => {
     endStep();
-    stepName = name;
+    stepName = stepPrefix + name;
     stepStarted = Date.now();
     doing = what;
     check();
@@ -217,31 +251,24 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   const { loadBytes, chainStartBlock, chainBlocks } = regions(env.volumeBytes);
   const workloads: Promise<unknown>[] = [];
   let writing = true;
-  let resyncWriting = true;
-  /** Hosts write the config's primaries again after a swap back (failback rounds). */
-  let swapWriting = true;
-  /** The model of each primary volume's load region (renewed after a swap back). */
-  let models = new Map<string, LoadModel>();
+  /** Hosts write while a flag is on; every flag goes off when the round ends, however it ends. */
+  const flags: { on: boolean }[] = [];
+  const flag = () => {
+    const f = { on: true };
+    flags.push(f);
+    return f;
+  };
+  /** Step names get this prefix in the turn phase, so its time shows apart from the round's own steps. */
+  let stepPrefix = "";
+  /** The model of each primary volume's load region. */
+  const models = new Map<string, LoadModel>();
 
   try {
     // ---- preparation: every pair streaming, the chain region zero on both sides, the load region read into its models.
     step("paired", "waiting for every pair to be paired");
     await waitPaired(env, PAIRED_TIMEOUT_MS);
     step("clear", "clearing the chain region");
-    // Zeroes replicate like any write; only what earlier rounds left is zeroed, the rest already is.
-    for (const g of groups) {
-      for (const v of g.primaryVolumes) {
-        const runs = nonZeroRuns(await readRange(pathOf(v), chainStartBlock * CHAIN_BLOCK_BYTES, chainBlocks * CHAIN_BLOCK_BYTES));
-        if (runs.length === 0) continue;
-        const c = await nbd(v);
-        try {
-          for (const [first, count] of runs) await c.writeZeroes((chainStartBlock + first) * CHAIN_BLOCK_BYTES, count * CHAIN_BLOCK_BYTES);
-        } finally {
-          await c.close();
-        }
-      }
-    }
-    for (const g of groups) await quiesceGroup(g.name);
+    await clearChains(groups);
     for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
 
     // ---- step 1 and 2: write, and fail things on the schedule.
@@ -278,9 +305,12 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
       for (const v of r.violations) violation(`after the takeover of ${g.name}, on the secondaries: ${v}`);
     }
 
-    if (schedule.wayBack === "failback") await failBack(records);
-    else await resyncForward(records);
+    if (schedule.wayBack === "failback") {
+      const legs = groups.map((g, i) => ({ g, records: records[i], prefixLengths: report.chains[i].prefixLengths }));
+      await failBack(legs, report, schedule.resyncKill, schedule.secondaryWrites);
+    } else await resyncForward(records);
     check();
+    if (env.turn) await turnPhase(env.turn);
     endStep();
     doing = "";
   } catch (err) {
@@ -289,8 +319,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     report.abortedAt = doing;
   } finally {
     writing = false;
-    resyncWriting = false;
-    swapWriting = false;
+    for (const f of flags) f.on = false;
     await Promise.allSettled(workloads);
     check2();
   }
@@ -331,10 +360,11 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   }
 
   /** The disaster site carries on: hosts write the taken-over secondaries (`loadOnly`: their load regions, recorded in `into`). */
-  async function disasterSiteWrites(loadOnly: boolean, into?: Map<string, LoadModel>) {
+  async function disasterSiteWrites(gs: GroupPlan[], count: number, loadOnly: boolean, into?: Map<string, LoadModel>) {
     step("dr-writes", "writing on the taken-over secondaries");
-    for (let i = 0; i < schedule.secondaryWrites; i++) {
-      const g = groups[Math.floor(rand() * groups.length)];
+    const before = report.secondaryWrites;
+    for (let i = 0; i < count; i++) {
+      const g = gs[Math.floor(rand() * gs.length)];
       const s = g.pairs[Math.floor(rand() * g.pairs.length)].secondary;
       const len = CHAIN_BLOCK_BYTES * (1 + Math.floor(rand() * (SECONDARY_WRITE_BYTES_MAX / CHAIN_BLOCK_BYTES)));
       const span = loadOnly ? loadBytes : env.volumeBytes;
@@ -352,7 +382,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
         await c.close();
       }
     }
-    if (schedule.secondaryWrites > 0) event(`${report.secondaryWrites} host writes on the taken-over secondaries`);
+    if (count > 0) event(`${report.secondaryWrites - before} host writes on the taken-over secondaries of ${gs.map((g) => g.name).join(", ")}`);
   }
 
   /** Links restored and every process started: the way home needs them all (a primary down through the takeover returns here). */
@@ -368,9 +398,9 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   }
 
   /** Every secondary image equal to its primary, by cmp; counted in `into`. */
-  async function compareImages(when: string, into: { pairs: number; identical: number }) {
-    for (const g of groups) await quiesceGroup(g.name);
-    for (const g of groups) {
+  async function compareImages(gs: GroupPlan[], when: string, into: { pairs: number; identical: number }) {
+    for (const g of gs) await quiesceGroup(g.name);
+    for (const g of gs) {
       for (const p of g.pairs) {
         into.pairs++;
         const diff = await cmpImages(pathOf(p.primary), pathOf(p.secondary));
@@ -390,25 +420,184 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
     }
   }
 
+  /** Zeroes what earlier writes left in the chain regions of `gs` (zeroes replicate like any write), then quiesces them. */
+  async function clearChains(gs: GroupPlan[]) {
+    for (const g of gs) {
+      for (const v of g.primaryVolumes) {
+        const runs = nonZeroRuns(await readRange(pathOf(v), chainStartBlock * CHAIN_BLOCK_BYTES, chainBlocks * CHAIN_BLOCK_BYTES));
+        if (runs.length === 0) continue;
+        const c = await nbd(v);
+        try {
+          for (const [first, count] of runs) await c.writeZeroes((chainStartBlock + first) * CHAIN_BLOCK_BYTES, count * CHAIN_BLOCK_BYTES);
+        } finally {
+          await c.close();
+        }
+      }
+    }
+    for (const g of gs) await quiesceGroup(g.name);
+  }
+
+  /**
+   * The turn phase (two-group shapes, after the round's own steps): hosts write both groups'
+   * chains and load; then `turn.group` alone is taken over, failed back with `resync --reverse`
+   * and swapped back, with the checks a failback round makes, while hosts keep writing
+   * `turn.whileWriting` at full rate and its `status` is sampled. The turn changes roles on
+   * subsystems that keep serving the other group, which must not notice: no write of it fails,
+   * it stays active with its links up, and after it is quiesced its chains, pairs and load hold.
+   */
+  async function turnPhase(turn: NonNullable<DrillEnv["turn"]>) {
+    const begun = Date.now();
+    stepPrefix = "turn-";
+    // Chains of a run of their own: the round's chains are cleared first, so only this phase's count.
+    const plans = planGroups(env, (seed ^ 0x2f7a91c3) >>> 0);
+    const a = plans.find((g) => g.name === turn.group)!;
+    const b = plans.find((g) => g.name === turn.whileWriting)!;
+    const out: TurnReport = {
+      group: a.name,
+      takeover: null,
+      chains: null,
+      resyncs: [],
+      cmp: { pairs: 0, identical: 0 },
+      completeOnPrimaries: { acked: 0, ok: false },
+      other: { group: b.name, chains: null, load: { writes: 0, bytes: 0 }, writeFailures: 0, samples: 0, notActive: 0, linkDown: 0, unanswered: 0, linkOutages: 0, longestLinkOutageMs: 0, cmp: { pairs: 0, identical: 0 }, completeOnPrimaries: false },
+      elapsedMs: 0,
+    };
+    report.turn = out;
+    step("clear", `clearing the chain regions of ${a.name} and ${b.name} for the turn`);
+    await clearChains([a, b]);
+    const modelsOf = async (g: GroupPlan) => new Map(await Promise.all(g.primaryVolumes.map(async (v) => [v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes))] as const)));
+    const [loadModelsA, loadModelsB] = [await modelsOf(a), await modelsOf(b)];
+
+    step("write", `writing ${a.name} and ${b.name} before the turn of ${a.name}`);
+    event(`turn: hosts write ${a.name} and ${b.name}: 2 x ${a.plan.chains} chains over ${[...a.primaryVolumes, ...b.primaryVolumes].join(" ")}; random load on each`);
+    const [writingA, writingB] = [flag(), flag()];
+    const failuresB: string[] = [];
+    const chainsA = runChainWorkload({ plan: a.plan, connect: nbd, until: () => !writingA.on, reconnectAttemptsMax: CHAIN_RECONNECTS_MAX, reconnectPauseMs: RECONNECT_PAUSE_MS });
+    const chainsB = runChainWorkload({
+      plan: b.plan,
+      connect: nbd,
+      until: () => !writingB.on,
+      reconnectAttemptsMax: CHAIN_RECONNECTS_MAX,
+      reconnectPauseMs: RECONNECT_PAUSE_MS,
+      onError: (chain, pos, err) => failuresB.push(`chain ${chain} position ${pos}: ${err.message}`),
+    });
+    const [loadsA, loadsB] = [loadOn(loadModelsA, () => !writingA.on), loadOn(loadModelsB, () => !writingB.on)];
+    workloads.push(chainsA, chainsB, ...loadsA, ...loadsB);
+    // Chains end at their plan's length; the load goes on. The report says when they ended, to read beside the turn's steps.
+    void chainsB.then(
+      () => writingB.on && event(`${b.name}'s chains all reached their end (the load goes on)`),
+      () => undefined,
+    );
+    const watching = watchGroup(b, () => writingB.on);
+    workloads.push(watching);
+    await sleep(TURN_WRITE_MS_MIN * (1 + rand()));
+
+    step("takeover", `taking over ${a.name} alone`);
+    out.takeover = await takeover(a.name, null);
+    writingA.on = false;
+    const recordsA = await chainsA;
+    sumLoad(await Promise.all(loadsA));
+    event(`hosts stopped writing ${a.name}`);
+    check();
+    step("check", `checking the chains of ${a.name} on its secondaries`);
+    const secondaryOf = new Map(a.pairs.map((p) => [p.primary, p.secondary]));
+    const ra = await checkOn(a.plan, recordsA, "prefix", (v) => pathOf(secondaryOf.get(v)!));
+    out.chains = chainsReport(a, recordsA, ra.prefixLengths, ra.counts);
+    for (const v of ra.violations) violation(`turn: after the takeover of ${a.name}, on the secondaries: ${v}`);
+    await failBack([{ g: a, records: recordsA, prefixLengths: ra.prefixLengths }], out, null, TURN_SECONDARY_WRITES);
+
+    step("other", `stopping and checking ${b.name}`);
+    writingB.on = false;
+    const recordsB = await chainsB;
+    const loadB = await Promise.all(loadsB);
+    sumLoad(loadB);
+    const tally = await watching;
+    event(`hosts stopped writing ${b.name}`);
+    check();
+    judgeOther(a.name, b.name, loadB, failuresB, tally, out.other);
+    await checkOther(b, recordsB, loadModelsB, out.other);
+    stepPrefix = "";
+    out.elapsedMs = Date.now() - begun;
+  }
+
+  /** What the group written during the turn went through: failed writes, its states and its links in the status samples. */
+  function judgeOther(turned: string, other: string, loads: LoadResult[], failures: string[], tally: WatchTally, into: TurnReport["other"]) {
+    for (const r of loads) if (r.errors > 0) failures.push(`${r.errors} load write(s) failed; last: ${r.lastError ?? "?"}`);
+    into.load = { writes: loads.reduce((n, r) => n + r.writes, 0), bytes: loads.reduce((n, r) => n + r.bytes, 0) };
+    into.writeFailures = failures.length;
+    Object.assign(into, {
+      samples: tally.samples,
+      notActive: tally.notActive,
+      linkDown: tally.linkDown,
+      linkOutages: tally.linkOutages,
+      longestLinkOutageMs: tally.longestLinkOutageMs,
+      unanswered: tally.unanswered,
+    });
+    if (failures.length > 0) violation(`turn of ${turned}: ${failures.length} host write(s) to ${other} failed or were refused; first: ${failures.slice(0, 3).join("; ")}`);
+    if (tally.samples === 0) violation(`turn of ${turned}: ${other}'s status was never sampled`);
+    if (tally.notActive + tally.unanswered > 0) {
+      violation(`turn of ${turned}: ${other} was not active everywhere, or a subsystem of it was silent, in ${tally.notActive + tally.unanswered} of ${tally.samples} status samples: ${tally.first.join("; ")}`);
+    }
+    if (tally.longestLinkOutageMs >= TURN_LINK_OUTAGE_MS_MAX) {
+      violation(`turn of ${turned}: a link of ${other} was down for ${tally.longestLinkOutageMs} ms (at most ${TURN_LINK_OUTAGE_MS_MAX} ms allowed): ${tally.linkFirst.join("; ")}`);
+    }
+    if (tally.linkOutages > 0) event(`${other}'s links reconnected ${tally.linkOutages} time(s) during the turn, the longest outage seen ${tally.longestLinkOutageMs} ms: ${tally.linkFirst.slice(0, 2).join("; ")}`);
+  }
+
+  /** The group written during the turn, once quiesced: its chains on its secondaries, cmp, and every acknowledged write on its primaries. */
+  async function checkOther(b: GroupPlan, records: ChainRecord[], loadModels: Map<string, LoadModel>, into: TurnReport["other"]) {
+    step("compare", `quiescing and checking ${b.name}`);
+    await quiesceGroup(b.name);
+    const secondaryOf = new Map(b.pairs.map((p) => [p.primary, p.secondary]));
+    const rs = await checkOn(b.plan, records, "prefix", (v) => pathOf(secondaryOf.get(v)!));
+    into.chains = chainsReport(b, records, rs.prefixLengths, rs.counts);
+    for (const v of rs.violations) violation(`turn: ${b.name}, written during the turn, on its secondaries after quiesce: ${v}`);
+    await compareImages([b], `after the turn, ${b.name} quiesced`, into.cmp);
+    const rp = await checkOn(b.plan, records, "complete", pathOf);
+    for (const v of rp.violations) violation(`turn: on the primaries of ${b.name}, written during the turn: ${v}`);
+    into.completeOnPrimaries = rp.ok;
+    await compareLoad(loadModels, (v) => v, `after the turn, ${b.name}`);
+  }
+
+  /** Samples the status of `g`'s subsystems while `on()`; the tally says how often it was not as it should be. */
+  async function watchGroup(g: GroupPlan, on: () => boolean): Promise<WatchTally> {
+    const tally = newTally();
+    const pairs = g.pairs.map((p) => {
+      const [pv, sv] = [topo.volumes.get(p.primary)!, topo.volumes.get(p.secondary)!];
+      return { primary: { subsystemId: pv.subsystemId, name: p.primary }, secondary: { subsystemId: sv.subsystemId, name: p.secondary } };
+    });
+    const ids = [...new Set(pairs.flatMap((p) => [p.primary.subsystemId, p.secondary.subsystemId]))];
+    while (on() && !env.stopping()) {
+      // Timed when asked: on busy cores an answer can take longer than the outage it reports.
+      const at = Date.now() - t0;
+      const answers = await askAll<SubsystemStatus>(topo, ids, { op: "status" });
+      // The last sample may land after the writes stopped; it still counts.
+      tallySample(tally, groupHealth(g.name, pairs, answers), at);
+      await sleep(TURN_WATCH_INTERVAL_MS);
+    }
+    return closeTally(tally);
+  }
+
   /**
    * Step 4, forward: everything back, resync forward (undoing the writes made on the secondaries)
    * while hosts write the primaries, stop, quiesce, compare; every acknowledged write is on the primaries.
    */
   async function resyncForward(records: ChainRecord[][]) {
-    await disasterSiteWrites(false);
+    await disasterSiteWrites(groups, schedule.secondaryWrites, false);
     await restoreAll(" (the resync needs it)");
     step("resync", "resyncing");
-    const loads2 = loadOn(models, () => !resyncWriting);
+    const resyncWriting = flag();
+    const loads2 = loadOn(models, () => !resyncWriting.on);
     workloads.push(...loads2);
     for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null, "resync"));
     await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
-    resyncWriting = false;
+    resyncWriting.on = false;
     sumLoad(await Promise.all(loads2));
     event("hosts stopped writing");
     check();
 
     step("compare", "quiescing and comparing");
-    await compareImages("after the resync and quiesce", report.cmp);
+    await compareImages(groups, "after the resync and quiesce", report.cmp);
     let completeOk = true;
     for (const [i, g] of groups.entries()) {
       const r = await checkOn(g.plan, records[i], "complete", pathOf);
@@ -428,54 +617,56 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
    * prefixes the takeover left and every load write made on the secondaries. `tidemark swap`
    * brings the config's primaries back; hosts write them, cmp again.
    */
-  async function failBack(records: ChainRecord[][]) {
+  async function failBack(legs: Leg[], out: WayBackOut, fault: RoundSchedule["resyncKill"], secondaryWrites: number) {
+    const gs = legs.map((l) => l.g);
     const onSecondaries = new Map<string, LoadModel>();
-    for (const g of groups) for (const p of g.pairs) onSecondaries.set(p.secondary, new LoadModel(0, await readRange(pathOf(p.secondary), 0, loadBytes)));
-    const primaryOf = new Map(groups.flatMap((g) => g.pairs.map((p) => [p.secondary, p.primary] as const)));
-    await disasterSiteWrites(true, onSecondaries);
+    for (const g of gs) for (const p of g.pairs) onSecondaries.set(p.secondary, new LoadModel(0, await readRange(pathOf(p.secondary), 0, loadBytes)));
+    const primaryOf = new Map(gs.flatMap((g) => g.pairs.map((p) => [p.secondary, p.primary] as const)));
+    await disasterSiteWrites(gs, secondaryWrites, true, onSecondaries);
     await restoreAll(" (back after the takeover)");
 
     step("failback", "failing back with resync --reverse");
-    const loads2 = loadOn(onSecondaries, () => !resyncWriting);
+    const resyncWriting = flag();
+    const loads2 = loadOn(onSecondaries, () => !resyncWriting.on);
     workloads.push(...loads2);
-    for (const [i, g] of groups.entries()) report.resyncs.push(await resync(g.name, i === 0 ? schedule.resyncKill : null, "resync --reverse"));
+    for (const [i, g] of gs.entries()) out.resyncs.push(await resync(g.name, i === 0 ? fault : null, "resync --reverse"));
     await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
-    resyncWriting = false;
+    resyncWriting.on = false;
     sumLoad(await Promise.all(loads2));
     event("hosts stopped writing");
     check();
 
     step("compare", "quiescing and comparing after the failback");
-    report.cmpAfterFailback = { pairs: 0, identical: 0 };
-    await compareImages("after the reverse resync and quiesce", report.cmpAfterFailback);
-    await expectTakeoverPrefixes(records, "after the reverse resync");
+    out.cmpAfterFailback = { pairs: 0, identical: 0 };
+    await compareImages(gs, "after the reverse resync and quiesce", out.cmpAfterFailback);
+    await expectTakeoverPrefixes(legs, "after the reverse resync");
     await compareLoad(onSecondaries, (v) => primaryOf.get(v)!, "after the reverse resync");
 
     step("swap", "swapping back");
-    for (const g of groups) report.resyncs.push(await swapBack(g.name));
-    models = new Map();
-    for (const g of groups) for (const v of g.primaryVolumes) models.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
-    const loads3 = loadOn(models, () => !swapWriting);
+    for (const g of gs) out.resyncs.push(await swapBack(g.name));
+    const swapModels = new Map<string, LoadModel>();
+    for (const g of gs) for (const v of g.primaryVolumes) swapModels.set(v, new LoadModel(0, await readRange(pathOf(v), 0, loadBytes)));
+    const swapWriting = flag();
+    const loads3 = loadOn(swapModels, () => !swapWriting.on);
     workloads.push(...loads3);
     await sleep(rand() * AFTER_RESYNC_WRITE_MS_MAX);
-    swapWriting = false;
+    swapWriting.on = false;
     sumLoad(await Promise.all(loads3));
     event("hosts stopped writing");
     check();
 
     step("compare", "quiescing and comparing after the swap");
-    await compareImages("after the swap back and quiesce", report.cmp);
-    report.completeOnPrimaries = { acked: report.chains.reduce((n, c) => n + c.onSecondaries, 0), ok: await expectTakeoverPrefixes(records, "after the swap back") };
-    await compareLoad(models, (v) => v, "after the swap back");
+    await compareImages(gs, "after the swap back and quiesce", out.cmp);
+    out.completeOnPrimaries = { acked: legs.reduce((n, l) => n + l.prefixLengths.reduce((m, k) => m + k, 0), 0), ok: await expectTakeoverPrefixes(legs, "after the swap back") };
+    await compareLoad(swapModels, (v) => v, "after the swap back");
   }
 
   /** The chains on the config's primaries are exactly the prefixes the takeover left on the secondaries: no more, no less. */
-  async function expectTakeoverPrefixes(records: ChainRecord[][], when: string): Promise<boolean> {
+  async function expectTakeoverPrefixes(legs: Leg[], when: string): Promise<boolean> {
     let ok = true;
-    for (const [i, g] of groups.entries()) {
-      const r = await checkOn(g.plan, records[i], "prefix", pathOf);
+    for (const { g, records, prefixLengths: want } of legs) {
+      const r = await checkOn(g.plan, records, "prefix", pathOf);
       for (const v of r.violations) violation(`${when}, on the primaries of ${g.name}: ${v}`);
-      const want = report.chains[i].prefixLengths;
       const differ = r.prefixLengths.flatMap((k, c) => (k === want[c] ? [] : [`chain ${c}: ${k} (takeover: ${want[c]})`]));
       if (differ.length > 0) violation(`${when}, on the primaries of ${g.name}: chains are not the takeover's prefixes: ${differ.slice(0, 5).join(", ")}`);
       ok &&= r.violations.length === 0 && differ.length === 0;

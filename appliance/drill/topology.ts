@@ -11,6 +11,11 @@ import type { ErrorCode } from "../errors/codes.ts";
 export interface DrillShape {
   subsystems: { id: number; volumes: string[] }[];
   groups: { name: string; pairs: { primary: string; secondary: string }[] }[];
+  /**
+   * A turn of one group while another is written (round.ts's turn phase): `group` is taken over,
+   * failed back and swapped back alone while hosts keep writing `whileWriting` at full rate.
+   */
+  turn?: { group: string; whileWriting: string };
 }
 
 /** The seed's Fig. 1, as config/default.json ships it: primaries #1 and #2, secondaries #3, #4, #5, group C1. */
@@ -34,6 +39,42 @@ export const DEFAULT_SHAPE: DrillShape = {
     },
   ],
 };
+
+/**
+ * Two groups on shared subsystems (issue 17, race 1): A and B both have primary volumes on #1
+ * and #2, and both have a secondary volume on #3, so turning A makes #3 a primary of A and #1
+ * and #2 secondaries of A while all three keep serving B in their old roles. #4 holds only A's
+ * other secondary, #5 only B's.
+ */
+export const TWO_GROUPS_SHAPE: DrillShape = {
+  subsystems: [
+    { id: 1, volumes: ["p1a", "p1b"] },
+    { id: 2, volumes: ["p2a", "p2b"] },
+    { id: 3, volumes: ["s3a", "s3b"] },
+    { id: 4, volumes: ["s4a"] },
+    { id: 5, volumes: ["s5b"] },
+  ],
+  groups: [
+    {
+      name: "A",
+      pairs: [
+        { primary: "p1a", secondary: "s3a" },
+        { primary: "p2a", secondary: "s4a" },
+      ],
+    },
+    {
+      name: "B",
+      pairs: [
+        { primary: "p1b", secondary: "s3b" },
+        { primary: "p2b", secondary: "s5b" },
+      ],
+    },
+  ],
+  turn: { group: "A", whileWriting: "B" },
+};
+
+/** The built-in shapes `tidemark drill --shape NAME` takes. */
+export const SHAPES: Readonly<Record<string, DrillShape>> = { default: DEFAULT_SHAPE, "two-groups": TWO_GROUPS_SHAPE };
 
 /** Timers of the drill's topology: fast enough that failures are noticed within a round. */
 export const DRILL_SYNC_INTERVAL_MS = 20;
@@ -69,6 +110,13 @@ export function checkShape(shape: DrillShape, from: string): void {
       throw new DrillConfigError(
         `${from}: group ${g.name} has its primary volumes on ${primaries.length === 1 ? `one primary (#${primaries[0]})` : "no primary"}; causal chains must cross at least two primaries`,
       );
+    }
+  }
+  if (shape.turn) {
+    const { group, whileWriting } = shape.turn;
+    const names = new Set(shape.groups.map((g) => g.name));
+    if (!names.has(group) || !names.has(whileWriting) || group === whileWriting) {
+      throw new DrillConfigError(`${from}: the turn needs two different groups of the shape, not ${group} and ${whileWriting}`);
     }
   }
 }

@@ -2,8 +2,9 @@
 // seeds on volume files, and on loop devices where this machine allows it. Each round kills
 // processes, cuts links, takes over, checks the chains on the secondaries, resyncs, and
 // compares every image with cmp; any violation fails the test with the round's report.
-// Also: the drill refuses what it cannot do (no loop devices, a group on one primary) before
-// it creates anything.
+// One round of the two-group shape turns group A alone while hosts write B. Also: the drill
+// refuses what it cannot do (no loop devices, a group on one primary, an unknown --shape,
+// --shape with --config) before it creates anything.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -83,6 +84,41 @@ describe("drill: tidemark drill on real processes", () => {
     expect(s.chainWritesAcked).toBeGreaterThan(0);
   });
 
+  // The two-group shape (seed 3: a primary killed and restarted, a forward resync): after the round's own steps, A alone is taken over, failed back
+  // (resync --reverse) and swapped back while hosts write B; B's writes must all succeed, B must
+  // stay active, its links up (or back within the link timeout), and after quiesce its chains,
+  // pairs and load must hold.
+  it("drill: 1 round of the two-group shape (seed 3, 8 MiB volumes): A turned alone while B is written, B untouched", async () => {
+    const r = await drill(["--shape", "two-groups", "--rounds", "1", "--seed", "3", "--volume-mib", "8", "--json", "--dir", base]);
+    process.stderr.write(r.stderr);
+    expect(r.doc, `no JSON report; stderr:\n${r.stderr}`).not.toBeNull();
+    expect(r.doc!.summary.violations, r.stderr).toBe(0);
+    expect(r.code, r.stderr).toBe(0);
+    const [round] = r.doc!.rounds;
+    expect(round.takeovers.map((t) => t.group)).toEqual(["A", "B"]);
+    const t = round.turn!;
+    expect(t.group).toBe("A");
+    expect(t.resyncs.map((x) => x.command)).toEqual(["resync --reverse", "swap"]);
+    expect(t.cmpAfterFailback).toEqual({ pairs: 2, identical: 2 });
+    expect(t.cmp).toEqual({ pairs: 2, identical: 2 });
+    expect(t.completeOnPrimaries.ok).toBe(true);
+    expect(t.chains!.counts).toEqual({ torn: 0, foreign: 0, gaps: 0, future: 0, missing: 0 });
+    const o = t.other;
+    expect(o.group).toBe("B");
+    expect(o.writeFailures).toBe(0);
+    expect(o.chains!.acked).toBeGreaterThan(0);
+    expect(o.load.writes).toBeGreaterThan(0);
+    expect(o.samples).toBeGreaterThan(10);
+    expect(o.notActive + o.unanswered).toBe(0);
+    expect(o.cmp).toEqual({ pairs: 2, identical: 2 });
+    expect(o.completeOnPrimaries).toBe(true);
+    console.log(
+      `drill two-groups: round ${round.elapsedMs} ms, turn ${t.elapsedMs} ms; B wrote ${o.chains!.acked} chain and ${o.load.writes} load writes, ` +
+        `${o.samples} status samples, ${o.linkOutages} link outages (longest ${o.longestLinkOutageMs} ms)`,
+    );
+    expect(readdirSync(base).filter((d) => d.startsWith("tidemark-drill-"))).toEqual([]);
+  }, 300_000);
+
   const loops = loopSupported();
   if (!loops.ok) console.warn(`drill: skipping the drill on loop devices: ${loops.why}`);
   // Seed 29: a primary left down, the RCM killed mid-takeover and during the resync; seed 30: a
@@ -124,6 +160,12 @@ describe("drill: tidemark drill on real processes", () => {
     const r = await drill(["--config", file, "--dir", base]);
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toContain(`tidemark drill: ${file}: group G has its primary volumes on one primary (#1); causal chains must cross at least two primaries`);
+    const unknown = await drill(["--shape", "three-groups", "--dir", base]);
+    expect(unknown.code, unknown.stderr).toBe(2);
+    expect(unknown.stderr).toContain("tidemark drill: --shape three-groups: no such shape; the shapes are default, two-groups");
+    const both = await drill(["--shape", "two-groups", "--config", file, "--dir", base]);
+    expect(both.code, both.stderr).toBe(2);
+    expect(both.stderr).toContain("tidemark drill: --shape two-groups and --config: give one shape, not both");
     expect(existsSync(base) && readdirSync(base).filter((d) => d.startsWith("tidemark-drill-"))).toEqual([]);
   });
 });
