@@ -263,6 +263,15 @@ export class PrimaryEngine {
     return next;
   }
 
+  /**
+   * Drops the links to `group`'s secondaries; they reconnect and resend from
+   * the last ack. A link that carries only other groups is left alone: the
+   * drill's two-group turn saw it drop for nothing (issue 17).
+   */
+  private restartLinksOf(group: string): void {
+    for (const id of this.groupSecondaries.get(group) ?? []) this.senders.get(id)?.restart();
+  }
+
   /** Hosts may write a primary volume unless its group was taken over. */
   // (copying replicates like active; suspended and fenced write to the bitmap.)
   isWritable(volume: string): boolean {
@@ -606,7 +615,8 @@ export class PrimaryEngine {
     this.journal.collectSegments();
     this.lastSync.delete(group);
     // The links' in-flight accounting counted entries that are gone: start them afresh.
-    for (const s of this.senders.values()) s.restart();
+    // Only this group's links carried them; a link only other groups use stays up.
+    this.restartLinksOf(group);
     if (was !== gs.state) {
       this.o.logger.warn({ group, from: was, to: gs.state, reason: gs.reason, by: gs.by, generation: gs.generation, bitmapBlocks: blocks }, "group no longer replicated");
     }
@@ -679,7 +689,7 @@ export class PrimaryEngine {
       gs.reason = null;
       gs.by = null;
       this.o.logger.warn({ group, generation, mergedBlocks: merged }, "resync begins: copying the bitmap while host writes replicate");
-      for (const s of this.senders.values()) s.restart();
+      this.restartLinksOf(group);
     }
     this.copier.start(group);
     return this.copyStatus(group);
