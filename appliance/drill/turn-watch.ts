@@ -1,8 +1,8 @@
 // What one `status` sample says of the group a turn must leave alone (round.ts's turn phase):
 // while another group on the same subsystems is turned, this group's primaries and secondaries
 // must stay `active` and every link from its primaries to its secondaries must stay `up`, or
-// come back within a bound: links are shared by every group of a pair of subsystems, and today
-// the turned group's fence (secondary) and suspension and resync (primary) restart them all.
+// come back within a bound: links are shared by every group of a pair of subsystems, and the
+// turned group's fence on a secondary closes the links its primaries send it on.
 // Pure: the subsystems' answers come in, the problems (one sentence each) and a tally go out.
 import type { Answer } from "../cli/status-view.ts";
 
@@ -61,13 +61,15 @@ export interface WatchTally {
   linkFirst: string[];
   /** Link name -> when its outage under way was first seen. */
   downSince: Map<string, number>;
+  /** Every link seen down at least once. */
+  everDown: Set<string>;
   lastAtMs: number;
 }
 
 export const WATCH_FIRST_KEPT = 5;
 
 export function newTally(): WatchTally {
-  return { samples: 0, unanswered: 0, notActive: 0, linkDown: 0, linkOutages: 0, longestLinkOutageMs: 0, first: [], linkFirst: [], downSince: new Map(), lastAtMs: 0 };
+  return { samples: 0, unanswered: 0, notActive: 0, linkDown: 0, linkOutages: 0, longestLinkOutageMs: 0, first: [], linkFirst: [], downSince: new Map(), everDown: new Set(), lastAtMs: 0 };
 }
 
 export function tallySample(t: WatchTally, problems: readonly HealthProblem[], atMs: number): void {
@@ -78,6 +80,7 @@ export function tallySample(t: WatchTally, problems: readonly HealthProblem[], a
   const down = new Set(problems.flatMap((p) => (p.kind === "link-down" && p.link ? [p.link] : [])));
   if (down.size > 0) t.linkDown++;
   for (const link of down) {
+    t.everDown.add(link);
     if (t.downSince.has(link)) continue;
     t.downSince.set(link, atMs);
     t.linkOutages++;
