@@ -83,6 +83,8 @@ export class Journal {
   private readonly oldestSegStmt;
   /** Entries skipped at replay because their payload was torn (a power cut). */
   torn = 0;
+  /** The torn rows the last replay found, until dropTornRows() removes them. */
+  private tornRows: { seq: bigint; volume: string; offset: number; length: number }[] = [];
   /** Payloads of committed entries by seq, until the sender takes them. */
   private readonly recent = new PayloadCache<number>(RECENT_PAYLOAD_BYTES);
   /**
@@ -299,10 +301,12 @@ export class Journal {
         }
         if (data === null || crc32c(data) !== Number(r.crc)) {
           // The row reached the disk, its payload did not (a power cut between a
-          // NORMAL commit and the page cache's writeback). Its region is hot: the
-          // blocks are in the bitmap after this restart. The row goes.
+          // NORMAL commit and the page cache's writeback). The row goes, and its
+          // blocks go back into the bitmap (dropTornRows): a host write's region
+          // is hot anyway, but a resync's copy is in no activity region, and its
+          // bits left the bitmap when it was journaled.
           this.torn++;
-          this.db.prepare("DELETE FROM journal WHERE seq = ?").run(r.seq);
+          this.tornRows.push({ seq: r.seq as bigint, volume: r.volume as string, offset: Number(r.off), length: Number(r.len) });
           continue;
         }
       }
@@ -320,6 +324,25 @@ export class Journal {
         copy: Number(r.copy) === 1,
       };
     }
+  }
+
+  /**
+   * After replay: each torn row goes, and `mark` puts its blocks back in the
+   * bitmap, in one transaction (a crash in between must not drop the row
+   * without its bits). The caller makes it durable before serving.
+   */
+  dropTornRows(mark: (volume: string, offset: number, length: number) => void): number {
+    const rows = this.tornRows;
+    this.tornRows = [];
+    if (rows.length === 0) return 0;
+    const del = this.db.prepare("DELETE FROM journal WHERE seq = ?");
+    this.db.transaction(() => {
+      for (const r of rows) {
+        mark(r.volume, r.offset, r.length);
+        del.run(r.seq);
+      }
+    })();
+    return rows.length;
   }
 
   /** Where stamps and seqs resume after a restart: above everything issued, leased seqs included. */

@@ -304,6 +304,15 @@ export class PrimaryEngine {
     }
     for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
+    // A torn entry (a power cut) is not replayed or resent: its blocks differ from the secondary's until a resync copies them.
+    let tornBlocks = 0;
+    const torn = this.journal.dropTornRows((volume, offset, length) => {
+      if (this.bindings.has(volume)) tornBlocks += this.bitmap.markNow(volume, offset, length);
+    });
+    if (torn > 0) {
+      this.journal.barrier();
+      o.logger.warn({ entries: torn, bitmapBlocks: tornBlocks }, "journal entries torn by a power cut: their blocks are in the bitmap for resync");
+    }
     if (o.powerLossSuspected && !o.controls?.noActivityLog) this.activity.markHotRegionsDirty();
 
     for (const secs of this.groupSecondaries.values()) for (const s of secs) this.startSender(s);

@@ -436,7 +436,9 @@ describe("sim storage: the real Journal over a SimHostDisk", () => {
     const p2 = sched.process("primary#2");
     const j2 = new Journal(disk.store(p2), p2.runtime);
     const replayed = [...j2.replay()];
-    return { replayed, torn: j2.torn, rows: j2.counts().entries };
+    const marked: [string, number, number][] = [];
+    j2.dropTornRows((v, off, len) => marked.push([v, off, len]));
+    return { replayed, torn: j2.torn, rows: j2.counts().entries, marked };
   }
 
   it("sim storage: journal append + commit, power cut, reopen, replay: what each cut keeps", async () => {
@@ -456,6 +458,8 @@ describe("sim storage: the real Journal over a SimHostDisk", () => {
     expect(torn.replayed.map((e) => e.seq)).toEqual([1]);
     expect(torn.torn).toBe(1);
     expect(torn.rows).toBe(1);
+    // Its blocks go back to the bitmap, in the transaction that drops the row.
+    expect(torn.marked).toEqual([[expect.any(String), BLOCK, BLOCK]]);
   });
 
   it("sim storage: after any power cut the barrier's entry replays intact", async () => {
