@@ -81,6 +81,8 @@ export const ERROR_CODES = {
     "the direction of a group was asked to turn on a subsystem where the group was not taken over (it still replicates, or rests suspended); `tidemark resync --reverse` exits 1: take the group over first",
   TM_LEASE_HELD:
     "another procedure holds the group's lease (a second RCM, or an RCM that died less than `rcm.leaseMs` ago on another address); the command exits 1 with nothing changed and names the holder and when its lease expires: wait for it, or run the command again once it has expired",
+  TM_LEASE:
+    "a subsystem answered the RCM's lease request with an error of its own (not another holder, not an absence: a malformed request from mixed versions, or a state file it cannot write); the procedure does not start and the command exits 1 naming the subsystem and its error",
   TM_LEASE_LOST:
     "a procedure step was refused because its lease on the group was taken by another holder (its RCM stalled past `rcm.leaseMs`, or a new RCM took over its address); the procedure stops where it is: the holder's procedure, or a rerun, finishes the group",
 

@@ -23,6 +23,15 @@ export interface LeaseHolder {
 
 const CALL_MS = 5_000;
 let tokens = 0;
+/** A subsystem refuses lease fields longer than this (procedure-lease.ts). */
+const FIELD_MAX = 200;
+/** Answers that mean "not here now": the lease is taken where the steps get through (lease-rule.ts, admitStep). */
+const AWAY = new Set(["TM_UNREACHABLE", "TM_CONTROL_TIMEOUT", "TM_CONTROL_CLOSED"]);
+
+/** A description cut to what a subsystem takes: an automatic suspension's reason lists every failed link. */
+function clip(text: string): string {
+  return text.length <= FIELD_MAX ? text : `${text.slice(0, FIELD_MAX - 3)}...`;
+}
 
 function codeOf(err: unknown): string | undefined {
   return (err as { code?: string }).code;
@@ -49,12 +58,21 @@ export async function withGroupLease<T>(
   if (!g) return f(topo);
   const base = controlPlaneOf(topo);
   const ids = [...new Set([...g.primaries, ...g.secondaries])].sort((a, b) => a - b);
-  const req: LeaseRequest = { holder: who.holder, holderAddress: who.holderAddress, incarnation: who.incarnation, procedure, token: `${who.holderAddress}/${who.incarnation}/${++tokens}`, ttlMs: who.ttlMs };
+  const req: LeaseRequest = {
+    holder: clip(who.holder),
+    holderAddress: clip(who.holderAddress),
+    incarnation: who.incarnation,
+    procedure: clip(procedure),
+    token: clip(`${who.holderAddress}/${who.incarnation}/${++tokens}`),
+    ttlMs: who.ttlMs,
+  };
 
   /** Takes or renews the lease on every subsystem that answers; the refusals, by subsystem. */
-  const acquire = async (): Promise<{ granted: number[]; refused: Map<number, Error> }> => {
+  const acquire = async (): Promise<{ granted: number[]; refused: Map<number, Error>; failed: Map<number, Error> }> => {
     const granted: number[] = [];
     const refused = new Map<number, Error>();
+    /** Answers that are neither a grant, a holder's refusal nor an absence: the procedure must not run on them. */
+    const failed = new Map<number, Error>();
     await Promise.all(
       ids.map(async (id) => {
         try {
@@ -62,22 +80,29 @@ export async function withGroupLease<T>(
           granted.push(id);
           if (r.broke) logger?.warn({ group, subsystem: id, broke: r.broke }, "took over the lease of a procedure that is gone");
         } catch (err) {
-          if (codeOf(err) === "TM_LEASE_HELD") refused.set(id, err as Error);
-          // Unreachable, or a subsystem that predates leases: its steps are not guarded.
-          else logger?.debug({ group, subsystem: id, err: (err as Error).message }, "lease not taken on a subsystem that did not answer");
+          const code = codeOf(err);
+          if (code === "TM_LEASE_HELD") refused.set(id, err as Error);
+          // Away, or a subsystem that predates leases (an unknown op): its steps are not guarded.
+          else if ((code !== undefined && AWAY.has(code)) || code === "TM_CONTROL_OP") {
+            logger?.debug({ group, subsystem: id, err: (err as Error).message }, "lease not taken on a subsystem that did not answer");
+          } else failed.set(id, err as Error);
         }
       }),
     );
-    return { granted, refused };
+    return { granted, refused, failed };
   };
   const release = (on: number[]) =>
     Promise.allSettled(on.map((id) => base.call(id, { op: "lease-release", group, token: req.token }, CALL_MS))).then(() => undefined);
 
   const first = await acquire();
-  if (first.refused.size > 0) {
+  if (first.refused.size > 0 || first.failed.size > 0) {
     await release(first.granted);
-    const [id, err] = [...first.refused][0];
-    throw new ProcedureError("TM_LEASE_HELD", `${procedure} ${group}: subsystem #${id} refused the group's lease: ${err.message}`, { group, subsystem: id });
+    if (first.refused.size > 0) {
+      const [id, err] = [...first.refused][0];
+      throw new ProcedureError("TM_LEASE_HELD", `${procedure} ${group}: subsystem #${id} refused the group's lease: ${err.message}`, { group, subsystem: id });
+    }
+    const [id, err] = [...first.failed][0];
+    throw new ProcedureError("TM_LEASE", `${procedure} ${group}: subsystem #${id} did not grant the group's lease: ${err.message}; nothing was changed`, { group, subsystem: id });
   }
 
   // Renewed at a third of its life: a renewal may be late by one slow call and still land in time.
