@@ -304,6 +304,11 @@ export class PrimaryEngine {
     }
     for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
+    if (o.powerLossSuspected && !o.controls?.noActivityLog) {
+      this.activity.markHotRegionsDirty();
+      // Those rows went into the table directly: a bitmap cache read before them would hide them from the copier.
+      this.bitmap.reset();
+    }
     // A torn entry (a power cut) is not replayed or resent: its blocks differ from the secondary's until a resync copies them.
     let tornBlocks = 0;
     const torn = this.journal.dropTornRows((volume, offset, length) => {
@@ -313,7 +318,6 @@ export class PrimaryEngine {
       this.journal.barrier();
       o.logger.warn({ entries: torn, bitmapBlocks: tornBlocks }, "journal entries torn by a power cut: their blocks are in the bitmap for resync");
     }
-    if (o.powerLossSuspected && !o.controls?.noActivityLog) this.activity.markHotRegionsDirty();
 
     for (const secs of this.groupSecondaries.values()) for (const s of secs) this.startSender(s);
     this.timers.push(o.runtime.setInterval(() => this.announce(), o.syncIntervalMs));
