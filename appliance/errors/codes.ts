@@ -19,6 +19,8 @@ export const ERROR_CODES = {
     "the SQLite state file cannot be opened (permissions, a folder in the way, not a database); the subsystem does not start (exit 1): fix the path or its permissions",
   TM_STATE_VERSION:
     "the state file's `user_version` is newer than this tidemark's schema: it is refused untouched (docs/state.md, Migrations) and the subsystem does not start: run the newer tidemark",
+  TM_STATE_DISK_FULL:
+    "a file of the subsystem's state could not be written because its file system is full or over quota (`ENOSPC`, `EDQUOT`, `EFBIG`): `state.db` or its WAL, a journal or queue segment, a bitmap mark; or a subsystem started on a full file system with no reserve file left to release. The message names the file and the file system. The subsystem keeps running and serving reads, refuses host writes with NBD `ENOSPC`, takes no RCRs, and shows `state-disk-full` in `status` and metrics; the RCM suspends its groups. Free space: host writes are taken again by themselves within seconds, the groups need `tidemark resync` (README, When a disk fills)",
   TM_SUBSYSTEM_RUNNING:
     "another process already runs this subsystem id on this data folder (its `subsystem.lock` flock is held); this one does not start: stop the other or use another folder",
   TM_LISTEN:

@@ -19,6 +19,7 @@ import { StampClock } from "./stamp-clock.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { COPY_JOURNAL_BYTES, COPY_RUN_BYTES, COPY_STARVED_MS, COPY_ZERO_RUN_BYTES, Copier, type CopierHost, type CopyProgress } from "../resync/copier.ts";
 import type { StateStore } from "../state/store.ts";
+import { DISK_RECHECK_MS, failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -124,6 +125,8 @@ export interface PrimaryOptions {
   linkTimeoutMs: number;
   inflightBytesMax: number;
   journalBytesMax: number;
+  /** The state disk (disk-guard.ts): while it is full, host writes are refused with ENOSPC. The simulation has none. */
+  disk?: DiskGuard;
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
   groupSecondaries: Map<string, number[]>;
@@ -175,7 +178,7 @@ export class PrimaryEngine {
     this.db = o.store.db;
     this.tuning = { ...DEFAULT_TUNING, ...o.tuning };
     assert(this.tuning.copyRunBytes <= COPY_RUN_BYTES && this.tuning.copyRunBytes % BLOCK_BYTES === 0, "copy runs are whole blocks, at most COPY_RUN_BYTES");
-    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes);
+    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes, o.disk);
     const { tsFloor, seqFloor } = this.journal.floorsNow();
     this.clock = new StampClock(o.clockNs, tsFloor);
     this.persistedFloor = tsFloor;
@@ -186,10 +189,13 @@ export class PrimaryEngine {
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
-    this.bitmap = new BitmapWriter(this.db, o.runtime);
+    this.bitmap = new BitmapWriter(this.db, o.runtime, o.disk);
     this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes });
     this.recordPairs([...this.groupSecondaries.keys()], o.bindings);
     this.copier = new Copier(this.copierHost());
+    o.disk?.onFull((full) => {
+      if (!this.stopped) this.diskFull(full.reason);
+    });
     for (const g of this.groupSecondaries.keys()) this.loadGroup(g);
   }
 
@@ -404,6 +410,9 @@ export class PrimaryEngine {
       return Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
     };
     if (!hostsMayWrite(gs.state)) throw refuse();
+    // Nothing is stamped, journaled or marked that the state disk may not take:
+    // the host hears ENOSPC now rather than an acknowledgement not backed by a record.
+    if (this.o.disk?.full) throw this.o.disk.refusal(volume);
     if (!replicating(gs.state)) return this.writeUnreplicated(b, offset, length, data, fua);
     await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
@@ -615,6 +624,31 @@ export class PrimaryEngine {
    * group stops replicating, its payloads become bitmap blocks, and hosts
    * keep writing. The RCM sees the suspended primary and suspends the group.
    */
+  /**
+   * The journal's disk is full: every group that replicates stops, as at the
+   * journal cap, so its entries become bitmap blocks and their segments are
+   * freed (a journal grown by a slow secondary is the usual hog). The
+   * suspension's own writes use the room the guard's reserve left; if even
+   * they fail, the group stays suspended in memory (host writes are refused
+   * meanwhile) and its record is tried again each DISK_RECHECK_MS.
+   */
+  private diskFull(reason: string): void {
+    for (const [group, gs] of this.groups) {
+      if (primaryGroupIgnores(gs.state, "journal-full")) continue;
+      this.o.logger.error({ group, reason }, "state disk full: suspending the group");
+      this.suspendUntilRecorded(group, reason);
+    }
+  }
+
+  private suspendUntilRecorded(group: string, reason: string, event: SuspendEvent = "journal-full"): void {
+    this.suspend(group, event, reason, `primary #${this.o.id}`).catch((err) => {
+      if (this.stopped) return;
+      this.o.logger.error({ group, err: (err as Error).message }, "the group's suspension could not be recorded; trying again");
+      // Once suspended in memory the table ignores journal-full: the retry records it as the primary's own suspension.
+      this.o.runtime.setTimeout(() => this.suspendUntilRecorded(group, reason, "primary-suspend"), DISK_RECHECK_MS);
+    });
+  }
+
   private journalFull(group: string): void {
     // A group whose writes already go to the bitmap is not suspended again.
     if (primaryGroupIgnores(this.groups.get(group)!.state, "journal-full")) return;
@@ -793,7 +827,11 @@ export class PrimaryEngine {
   async flush(volume: string): Promise<void> {
     const b = this.bindings.get(volume);
     assert(b, `volume ${volume} is a primary here`);
-    this.journal.barrier();
+    try {
+      this.journal.barrier();
+    } catch (err) {
+      throw this.o.disk?.failed(err, failedFile(err, stateFileName(this.db.name))) ?? err;
+    }
     await b.volume.sync();
   }
 
@@ -812,6 +850,7 @@ export class PrimaryEngine {
   }
 
   private announce(): void {
+    const syncs: [group: string, secs: number[], t: bigint][] = [];
     for (const [group, secs] of this.groupSecondaries) {
       const gs = this.groups.get(group)!;
       if (!replicating(gs.state)) continue;
@@ -821,16 +860,27 @@ export class PrimaryEngine {
       const t = this.o.controls?.bareClockSync ? this.clock.stamp() : syncTime(this.pending.oldest(group), () => this.clock.stamp());
       const prev = this.lastSync.get(group);
       if (prev !== undefined && t < prev) continue;
-      this.lastSync.set(group, t);
-      for (const s of secs) this.senders.get(s)?.sendSync(group, t);
+      syncs.push([group, secs, t]);
     }
     // Stamps must stay above every T announced, across restarts too. The floor
     // is exact: one running ahead of the clock would stamp a restarted primary's
     // writes above dependent writes that other primaries accept later (the
     // simulation found that). One small write per sync interval, not per write.
+    // It is written before the SYNCs go: a floor the state disk cannot take
+    // (full) announces nothing above the floor already recorded.
     if (this.clock.lastStamp > this.persistedFloor) {
+      try {
+        this.journal.raiseTsFloor(this.clock.lastStamp);
+      } catch (err) {
+        // The guard suspends the groups (diskFull); anything else stops the process as before.
+        if (!this.o.disk?.failed(err, stateFileName(this.db.name))) throw err;
+        return;
+      }
       this.persistedFloor = this.clock.lastStamp;
-      this.journal.raiseTsFloor(this.persistedFloor);
+    }
+    for (const [group, secs, t] of syncs) {
+      this.lastSync.set(group, t);
+      for (const s of secs) this.senders.get(s)?.sendSync(group, t);
     }
   }
 
@@ -843,12 +893,12 @@ export class PrimaryEngine {
     if (this.trimming) return;
     let work = false;
     for (const [id, s] of this.senders) if (s.ackedSeq > (this.trimmedSeq.get(id) ?? 0)) work = true;
-    if (!work) {
-      this.activity.coolIdle(this.trimmedSeq);
-      return;
-    }
     this.trimming = true;
     try {
+      if (!work) {
+        this.activity.coolIdle(this.trimmedSeq);
+        return;
+      }
       let frontier = this.seq + 1;
       for (const s of this.writing) if (s < frontier) frontier = s;
       const upTo = new Map<number, number>();
@@ -861,7 +911,8 @@ export class PrimaryEngine {
       for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
       this.activity.coolIdle(this.trimmedSeq);
     } catch (err) {
-      this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
+      // A full state disk is reported once, by the guard; the trim is retried each interval.
+      if (!this.o.disk?.failed(err, failedFile(err, stateFileName(this.db.name)))) this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
       for (const b of this.bindings.values()) b.dirty = true;
     } finally {
       this.trimming = false;

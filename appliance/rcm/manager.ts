@@ -159,6 +159,8 @@ export class RemoteCopyManager {
             continue;
           }
           const s = a.value;
+          // A full state disk takes no writes and no RCRs: no timeout (issue 18).
+          if (s.disk?.state === "state-disk-full") conditions.set(`subsystem #${id} ${s.disk.reason}`, true);
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";

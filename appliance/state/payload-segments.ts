@@ -57,6 +57,19 @@ export class PayloadSegments {
    */
   append(payloads: readonly Buffer[]): PayloadRef[] {
     if (payloads.length === 0) return [];
+    try {
+      return this.appendUnnamed(payloads);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code === "TM_SEGMENT_IO" || typeof code !== "string") throw err;
+      // The operating system's error (ENOSPC, EDQUOT, EIO) with the file it was
+      // about: the disk guard names it, and the NBD edge maps sysCode.
+      const file = this.dir.nameOf(this.current);
+      throw Object.assign(tmError("TM_SEGMENT_IO", `${file}: ${(err as Error).message}`, { file, sysCode: code }, { cause: err }), { sysCode: code });
+    }
+  }
+
+  private appendUnnamed(payloads: readonly Buffer[]): PayloadRef[] {
     let s = this.open(this.current);
     if (s.size >= this.segmentBytes) {
       this.current++;
