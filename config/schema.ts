@@ -117,6 +117,11 @@ export const configSchema = z
     stateReserveMiB: z.number().int().min(0).max(4096).default(16),
     rcm: rcmSchema.optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
+    /**
+     * Log lines held in memory while the log file is slow or cannot be
+     * written; past it lines are dropped and counted (appliance/logging/log-file.ts).
+     */
+    logBufferKiB: z.number().int().min(4).max(1024 * 1024).default(4096),
     subsystems: z.array(subsystemSchema).min(1),
     groups: z.array(groupSchema).default([]),
   })

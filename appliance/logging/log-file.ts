@@ -1,7 +1,7 @@
 // The subsystem's log file as pino's destination: a log line costs the write
 // path one array push, never a wait. Lines are written by one asynchronous
 // fs.write at a time (a libuv thread, off the event loop), from a buffer
-// bounded at LOG_BUFFER_BYTES_MAX; while the file cannot be written (a full
+// bounded at `logBufferKiB` (LOG_BUFFER_BYTES_MAX by default); while the file cannot be written (a full
 // or failing log disk) or the disk is slow, lines past the bound are dropped
 // and counted, and once writing works again one line says how many went
 // missing. Why not pino.destination (sonic-boom): on ENOSPC it emits an

@@ -5,10 +5,12 @@
 // ENOSPC, takes no RCRs, and keeps serving reads, replication of what is
 // journaled already, and the RCM's procedures. Invariants: a host write is
 // acknowledged only once recorded durably (the guard refuses before anything
-// is stamped); the procedures that record a suspension find room, because a
-// reserve file of `stateReserveMiB` is deleted the moment the disk fills
-// (CockroachDB's ballast file) and written again once space is back.
-import { closeSync, fsyncSync, openSync, readFileSync, realpathSync, statfsSync, unlinkSync, writeSync, existsSync, statSync } from "node:fs";
+// is stamped); the procedures that record a suspension find room, because
+// half of a reserve file of `stateReserveMiB` is released the moment the disk
+// fills (CockroachDB's ballast file), the other half at a start on a full
+// disk (WAL recovery and the start's own writes), and the whole is written
+// again once space is back.
+import { closeSync, fsyncSync, openSync, readFileSync, realpathSync, statfsSync, truncateSync, unlinkSync, writeSync, existsSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "pino";
 import { TidemarkError } from "../errors/codes.ts";
@@ -139,10 +141,11 @@ export class DiskGuard {
    */
   start(): void {
     if (this.o.reserveBytes === 0) return;
-    if (this.freeBytes() >= this.o.reserveBytes + DISK_RESUME_MARGIN_BYTES || this.reserveHeld()) {
-      if (this.writeReserve()) return;
-    }
-    this.enter(Object.assign(new Error(`less than ${this.o.reserveBytes + DISK_RESUME_MARGIN_BYTES} bytes free at start`), { code: "ENOSPC" }), this.reserveFile);
+    const free = this.freeBytes();
+    if (free >= DISK_RESUME_MARGIN_BYTES && (this.reserveHeld() || (free >= this.o.reserveBytes + DISK_RESUME_MARGIN_BYTES && this.writeReserve()))) return;
+    const released = this.releaseReserve(0);
+    const err = Object.assign(new Error(`${free} bytes free at start, ${released} more from the reserve`), { code: "ENOSPC" });
+    this.enter(err, this.reserveFile);
   }
 
   stop(): void {
@@ -175,8 +178,9 @@ export class DiskGuard {
     const full: DiskFull = { file, fileSystem, cause, sinceMs: this.o.runtime.nowMs(), reason: `state disk full: ${cause} writing ${file} on ${fileSystem}` };
     this.fullNow = full;
     this.episodes++;
-    // Room for the procedures that record a suspension (fence, bitmap marks, trims).
-    const released = this.releaseReserve();
+    // Room for the procedures that record a suspension (fence, bitmap marks,
+    // trims); the other half is kept for a restart on this full disk.
+    const released = this.releaseReserve(Math.floor(this.o.reserveBytes / 2));
     this.o.logger.error(
       { file, fileSystem, cause, reserveReleasedBytes: released },
       "state disk full: host writes are refused with ENOSPC and no RCRs are taken until there is space again; reads, replication of the journal and procedures go on",
@@ -243,11 +247,14 @@ export class DiskGuard {
     }
   }
 
-  private releaseReserve(): number {
+  /** Shrinks the reserve to `keepBytes` (deletes it at 0); returns the bytes given back. */
+  private releaseReserve(keepBytes = 0): number {
     try {
       const size = statSync(this.reserveFile).size;
-      unlinkSync(this.reserveFile);
-      return size;
+      if (size <= keepBytes) return 0;
+      if (keepBytes === 0) unlinkSync(this.reserveFile);
+      else truncateSync(this.reserveFile, keepBytes);
+      return size - keepBytes;
     } catch {
       return 0;
     }

@@ -11,6 +11,13 @@ import { tmError } from "../errors/codes.ts";
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
+/**
+ * When no row names any payload and the current segment holds at least this
+ * much, appends move to a new segment and the old one is deleted: a drained
+ * journal or queue gives its space back (a suspension on a full disk relies
+ * on it) instead of keeping up to SEGMENT_BYTES until the segment fills.
+ */
+export const SEGMENT_RESET_BYTES = 4 * 1024 * 1024;
 
 export interface PayloadRef {
   seg: number;
@@ -129,6 +136,7 @@ export class PayloadSegments {
 
   /** Deletes every segment below `oldestInUse` (the segment of the oldest row still in the table), never the current one. */
   collect(oldestInUse: number | null): number {
+    if (oldestInUse === null && (this.segments.get(this.current)?.size ?? 0) >= Math.min(SEGMENT_RESET_BYTES, this.segmentBytes)) this.current++;
     const keep = Math.min(oldestInUse ?? this.current, this.current);
     let removed = 0;
     for (let seg = this.lowest; seg < keep; seg++) {

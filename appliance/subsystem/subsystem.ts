@@ -235,7 +235,7 @@ export async function subsystemMain(configFile: string, id: number, logFile?: st
   const nbdFd = takeActivationFd();
   const out = nbdFd !== undefined ? process.stderr : process.stdout;
   // A log file never holds up the write path: full or slow, it costs log lines (log-file.ts, README).
-  const logSink = logFile ? new LogFile(logFile) : null;
+  const logSink = logFile ? new LogFile(logFile, topo.config.logBufferKiB * 1024) : null;
   const dest = logSink ?? pino.destination(nbdFd !== undefined ? 2 : 1);
   const logger = pino({ level: topo.config.logLevel, base: { ss: id } }, dest);
   if (logSink) {

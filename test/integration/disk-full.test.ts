@@ -1,0 +1,322 @@
+// Full disks (issue 18) on real tmpfs mounts with real processes: a full
+// state disk is a state (`state-disk-full`), never a dead or hung subsystem;
+// hosts get ENOSPC for what cannot be recorded, the group is suspended with
+// the file and file system named, and after space returns and a resync every
+// acknowledged write is on both sides. A full log disk costs log lines only.
+// Each test mounts its own tmpfs (root only; skipped with the reason printed
+// otherwise) and fills it with a filler file, the way a snapshot or another
+// program eats a disk; deleting the filler frees the space.
+import { afterEach, describe, expect, it } from "vitest";
+import { execFile, execFileSync } from "node:child_process";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statfsSync, unlinkSync, writeSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
+import { askAll } from "../../appliance/cli/control-client.ts";
+import type { SubsystemStatus } from "../../appliance/cli/status-view.ts";
+import { NbdRequestError } from "../support/nbd-client.ts";
+import type { NbdClient } from "../support/nbd-client.ts";
+import { NBD_ENOSPC } from "../../appliance/nbd/protocol.ts";
+import { nbdTools } from "../support/tools.ts";
+
+const VOLUME_MIB = 4;
+const WRITE_BYTES = 256 * 1024;
+const SLOTS = (VOLUME_MIB << 20) / WRITE_BYTES;
+/** Every answer (status, nbdinfo, a host write) must come within this: the issue's bar for "no hang". */
+const ANSWER_MS = 2000;
+const tools = nbdTools("disk-full");
+
+const cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A tmpfs of `sizeMiB` at `dir` (made if missing), unmounted after the test; null (and the reason printed) where mounting is not allowed. */
+function mountTmpfs(dir: string, sizeMiB: number, skip: (why: string) => void): string | null {
+  mkdirSync(dir, { recursive: true });
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeMiB}m`, "tidemark-disk-full", dir], { stdio: "pipe" });
+  } catch (err) {
+    const why = `mounting a tmpfs needs root: ${String(err).split("\n")[0]}`;
+    console.warn(`disk-full test skipped: ${why}`);
+    skip(why);
+    return null;
+  }
+  cleanup.push(() => void execFileSync("umount", ["-l", dir]));
+  return dir;
+}
+
+/** Eats the file system's free space but `leaveBytes`, as another program would; returns the filler's path. */
+function fill(dir: string, leaveBytes: number): string {
+  const file = path.join(dir, "filler");
+  const fd = openSync(file, "w");
+  const chunk = Buffer.alloc(1 << 20, 0xee);
+  try {
+    for (;;) {
+      const s = statfsSync(dir);
+      const room = s.bavail * s.bsize - leaveBytes;
+      if (room <= 0) break;
+      writeSync(fd, chunk, 0, Math.min(chunk.length, room));
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
+  } finally {
+    closeSync(fd);
+  }
+  return file;
+}
+
+/**
+ * Asks every subsystem for its status and nbdinfo for one of its exports,
+ * every 200 ms until stopped; each answer must come within ANSWER_MS.
+ */
+function probe(c: TestCluster) {
+  const slow: string[] = [];
+  let rounds = 0;
+  let stop = false;
+  const exportOf = new Map(c.topo.config.subsystems.map((s) => [s.id, s.volumes[0].name]));
+  const timed = async (what: string, f: () => Promise<unknown>) => {
+    const t0 = Date.now();
+    try {
+      await f();
+    } catch (err) {
+      slow.push(`${what}: ${(err as Error).message}`);
+    }
+    if (Date.now() - t0 > ANSWER_MS) slow.push(`${what}: ${Date.now() - t0} ms`);
+  };
+  const loop = (async () => {
+    while (!stop) {
+      await Promise.all(
+        c.ids.map(async (id) => {
+          if (!c.alive(id)) return;
+          await timed(`status #${id}`, async () => {
+            const a = (await askAll<SubsystemStatus>(c.topo, [id], { op: "status" })).get(id)!;
+            if (!a.ok && c.alive(id)) throw new Error(a.error);
+          });
+          if (tools.nbdinfo) {
+            await timed(`nbdinfo #${id}`, () => new Promise((res, rej) => execFile("nbdinfo", ["--size", c.nbdUrl(exportOf.get(id)!)], { timeout: ANSWER_MS * 2 }, (e) => (e && c.alive(id) ? rej(e) : res(null)))));
+          }
+        }),
+      );
+      rounds++;
+      await pause(200);
+    }
+  })();
+  return {
+    async end() {
+      stop = true;
+      await loop;
+      return { slow, rounds };
+    },
+  };
+}
+
+/** A host write that must be answered (ok or an error) within ANSWER_MS. */
+async function answered(w: NbdClient, offset: number, data: Buffer): Promise<"ok" | "ENOSPC"> {
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`host write at ${offset} not answered within ${ANSWER_MS} ms`)), ANSWER_MS)));
+  try {
+    await Promise.race([w.write(offset, data), hang]);
+    return "ok";
+  } catch (err) {
+    if (err instanceof NbdRequestError && err.errno === NBD_ENOSPC) return "ENOSPC";
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Content of write `n` to a volume: every byte says which write it was. */
+function payload(volume: string, n: number): Buffer {
+  const b = Buffer.alloc(WRITE_BYTES, (n * 7 + volume.charCodeAt(1)) & 0xff);
+  b.write(`${volume} write ${n}\n`, 0);
+  return b;
+}
+
+async function statusUntil(c: TestCluster, what: string, ok: (s: Map<number, SubsystemStatus>) => boolean, timeoutMs = 15_000): Promise<Map<number, SubsystemStatus>> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const answers = await askAll<SubsystemStatus>(c.topo, c.ids, { op: "status" });
+    const s = new Map([...answers].filter(([, a]) => a.ok).map(([id, a]) => [id, (a as { value: SubsystemStatus }).value]));
+    if (ok(s)) return s;
+    if (Date.now() > until) throw new Error(`not ${what} within ${timeoutMs} ms: ${JSON.stringify([...s].map(([id, x]) => [id, x.disk, x.secondary?.map((g) => [g.state, g.reason])]))}`);
+    await pause(100);
+  }
+}
+
+async function cluster(prefix: string, extra: Record<string, unknown> = {}) {
+  const cfg = await fig1Config({
+    volumeMiB: VOLUME_MIB,
+    extra: { stateReserveMiB: 2, rcm: { port: await freePort(), autoSuspend: true, failureTimeoutMs: 60_000, checkIntervalMs: 100 }, ...extra },
+  });
+  const c = TestCluster.create(cfg, prefix);
+  cleanup.push(() => c.destroy());
+  return { c, cfg };
+}
+
+/** After the space is back: resync, quiesce, and every acknowledged write on both sides of its pair, every pair identical. */
+async function resyncAndCheck(c: TestCluster, acked: Map<string, Buffer>) {
+  const r = await c.cli(["resync", "--config", c.configFile, "--group", "C1"]);
+  expect(r.code, r.stderr).toBe(0);
+  await c.quiesce();
+  const secondaryOf = new Map(c.topo.pairs.map((p) => [p.primary.name, p.secondary.name]));
+  for (const [key, want] of acked) {
+    const [volume, slot] = key.split("@");
+    for (const file of [c.volumeFile(volume), c.volumeFile(secondaryOf.get(volume)!)]) {
+      const fd = openSync(file, "r");
+      const got = Buffer.alloc(WRITE_BYTES);
+      try {
+        readAt(fd, got, Number(slot) * WRITE_BYTES);
+      } finally {
+        closeSync(fd);
+      }
+      expect(got.equals(want), `${key} in ${file}`).toBe(true);
+    }
+  }
+  for (const p of c.pairFiles()) expect(await cmp(p.primary, p.secondary), p.name).toBeNull();
+}
+
+/** `buf.length` bytes of `fd` at `position`. */
+function readAt(fd: number, buf: Buffer, position: number): void {
+  for (let done = 0; done < buf.length; ) {
+    const n = readSync(fd, buf, done, buf.length - done, position + done);
+    if (n === 0) throw new Error(`short read at ${position + done}`);
+    done += n;
+  }
+}
+
+describe("disk-full", () => {
+  it("disk-full: primaries and secondaries on one filled tmpfs: nothing dies or hangs, hosts get ENOSPC, the group suspends naming the file; after space and a resync every acknowledged write is on both sides", async (ctx) => {
+    const { c } = await cluster("tidemark-diskfull-");
+    const mnt = mountTmpfs(path.join(c.dir, "data"), 64, (why) => ctx.skip(why));
+    if (!mnt) return;
+    // Allocated volumes: the state files, not the volumes, are what fills here.
+    c.prefill(() => {}, [...c.topo.volumes.keys()]);
+    await c.startAll();
+    await c.startRcm();
+    const filler = fill(mnt, 3 << 20);
+    const p = probe(c);
+    const writers = { p1a: await c.nbd("p1a"), p2a: await c.nbd("p2a") };
+    const acked = new Map<string, Buffer>();
+    let refused = 0;
+    // Dependent writes alternating between the two primaries, each issued once the last was answered.
+    for (let n = 0; n < 400 && refused < 6; n++) {
+      const volume = n % 2 === 0 ? "p1a" : "p2a";
+      const slot = Math.floor(n / 2) % SLOTS;
+      const data = payload(volume, n);
+      const r = await answered(writers[volume], slot * WRITE_BYTES, data);
+      if (r === "ok") acked.set(`${volume}@${slot}`, data);
+      else refused++;
+    }
+    expect(refused, "hosts got ENOSPC").toBeGreaterThan(0);
+    const full = await statusUntil(c, "suspended with a full disk named", (s) =>
+      [...s.values()].some((x) => x.secondary?.some((g) => g.state === "suspended" && /state disk full: E(NOSPC|DQUOT|FBIG) writing \/\S+ on \S+ \(tmpfs\)/.test(g.reason ?? ""))),
+    );
+    const fullIds = [...full].filter(([, x]) => x.disk?.state === "state-disk-full").map(([id]) => id);
+    expect(fullIds.length).toBeGreaterThan(0);
+    const doc = await c.cli(["status", "--config", c.configFile]);
+    expect(doc.stdout).toMatch(/state-disk-full: state disk full: ENOSPC writing/);
+
+    const first = await p.end();
+    expect(first.slow, "every status and nbdinfo answered within 2 s").toEqual([]);
+    expect(first.rounds).toBeGreaterThan(1);
+
+    // A restart on the full disk comes up, serves reads and says so.
+    await c.kill(1);
+    await c.start(1);
+    expect((await c.rawStatus(1)).disk?.state).toBe("state-disk-full");
+    const reader = await c.nbd("p1a");
+    const want = acked.get("p1a@0");
+    if (want) expect((await reader.read(0, WRITE_BYTES)).equals(want)).toBe(true);
+    await reader.close();
+    await writers.p1a.close();
+    writers.p1a = await c.nbd("p1a");
+    expect(await answered(writers.p1a, 0, payload("p1a", 1000))).toBe("ENOSPC");
+    const second = probe(c);
+    await pause(600);
+    expect((await second.end()).slow, "after the restart too").toEqual([]);
+
+    // Space back: host writes are taken again by themselves, into the bitmap.
+    unlinkSync(filler);
+    await statusUntil(c, "out of state-disk-full", (s) => s.size === c.ids.length && [...s.values()].every((x) => x.disk?.state === "ok"));
+    const after = payload("p2a", 2000);
+    expect(await answered(writers.p2a, 0, after)).toBe("ok");
+    acked.set("p2a@0", after);
+    for (const w of Object.values(writers)) await w.close();
+    await resyncAndCheck(c, acked);
+    expect(c.unexpectedDeaths()).toEqual([]);
+  });
+
+  it("disk-full: only secondary #3's file system full (a backlog): the primaries keep taking writes and the group suspends naming #3's file", async (ctx) => {
+    const { c } = await cluster("tidemark-diskfull-s3-");
+    const mnt = mountTmpfs(path.join(c.dir, "data", "ss3"), 32, (why) => ctx.skip(why));
+    if (!mnt) return;
+    c.prefill(() => {}, ["s3a", "s3b"]);
+    await c.startAll();
+    await c.startRcm();
+    const filler = fill(mnt, 2 << 20);
+    const acked = new Map<string, Buffer>();
+    const writers = { p1a: await c.nbd("p1a"), p2a: await c.nbd("p2a") };
+    for (let n = 0; n < 48; n++) {
+      const volume = n % 2 === 0 ? "p1a" : "p2a";
+      const slot = Math.floor(n / 2) % SLOTS;
+      const data = payload(volume, n);
+      expect(await answered(writers[volume], slot * WRITE_BYTES, data), `write ${n} to ${volume}`).toBe("ok");
+      acked.set(`${volume}@${slot}`, data);
+    }
+    const s = await statusUntil(c, "suspended for #3's disk", (m) =>
+      [...m.values()].some((x) => x.secondary?.some((g) => g.state === "suspended" && /subsystem #3 state disk full: ENOSPC writing \S+\/ss3\/.+ on \S+\/ss3 \(tmpfs\)/.test(g.reason ?? ""))),
+    );
+    expect(s.get(3)!.disk?.state).toBe("state-disk-full");
+    expect(s.get(1)!.disk?.state).toBe("ok");
+    // Suspended: the primaries go on, into their bitmaps.
+    const more = payload("p1a", 500);
+    expect(await answered(writers.p1a, WRITE_BYTES, more)).toBe("ok");
+    acked.set("p1a@1", more);
+    unlinkSync(filler);
+    await statusUntil(c, "#3 out of state-disk-full", (m) => m.get(3)?.disk?.state === "ok");
+    for (const w of Object.values(writers)) await w.close();
+    await resyncAndCheck(c, acked);
+    expect(c.unexpectedDeaths()).toEqual([]);
+  });
+
+  it("disk-full: the log folder on its own full tmpfs: host writes and replication go on, dropped log lines are counted and reported", async (ctx) => {
+    const metricsPort = await freePort();
+    const { c, cfg } = await cluster("tidemark-diskfull-log-", { logBufferKiB: 16 });
+    const logParent = mkdtempSync(path.join(os.tmpdir(), "tidemark-logs-"));
+    cleanup.push(() => rmSync(logParent, { recursive: true, force: true }));
+    const logDir = mountTmpfs(path.join(logParent, "log"), 1, (why) => ctx.skip(why));
+    if (!logDir) return;
+    cfg.subsystems[0] = { ...cfg.subsystems[0], metricsPort } as (typeof cfg.subsystems)[number];
+    c.rewriteConfig(cfg);
+    c.logDir = logDir;
+    await c.startAll();
+    const filler = fill(logDir, 0);
+    // Each connection logs its handshake and its close: far more than the 16 KiB the log may hold.
+    const t0 = Date.now();
+    for (let n = 0; n < 80; n++) {
+      const w = await c.nbd("p1a");
+      await w.write((n % SLOTS) * WRITE_BYTES, payload("p1a", n));
+      await w.disconnect();
+    }
+    const writeMs = Date.now() - t0;
+    await c.quiesce("C1", 20_000);
+    for (const p of c.pairFiles()) expect(await cmp(p.primary, p.secondary), p.name).toBeNull();
+    const dropped = (await c.rawStatus(1)).log?.droppedLines ?? 0;
+    expect(dropped).toBeGreaterThan(0);
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(Number(/^tidemark_log_dropped_lines (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    // 80 connections of 256 KiB are seconds of work at most even on a loaded machine: nothing waited on the log.
+    expect(writeMs).toBeLessThan(20_000);
+    unlinkSync(filler);
+    const until = Date.now() + 5000;
+    while (!readFileSync(c.logOf(1), "utf8").includes("log lines were dropped") && Date.now() < until) await pause(100);
+    const line = readFileSync(c.logOf(1), "utf8")
+      .split("\n")
+      .find((l) => l.includes("log lines were dropped"));
+    expect(line).toBeDefined();
+    expect(JSON.parse(line!).droppedLines).toBeGreaterThan(0);
+    expect(c.unexpectedDeaths()).toEqual([]);
+  });
+});
