@@ -48,7 +48,7 @@ export interface SubsystemStatus {
     links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
     /** Primary volumes whose initial copy has not run yet. */
     pendingCopies?: string[];
-    volumes: { name: string; group: string; secondary: number; target: string }[];
+    volumes: { name: string; group: string; secondary: number; target: string; failed?: string | null }[];
   } | null;
   secondary:
     | {

@@ -4,7 +4,7 @@
 // the periodic SYNC of DESIGN.md step 3, and the journal trim that runs once
 // entries are acknowledged and their volume writes are durable.
 import type { Logger } from "pino";
-import type { Volume } from "../../disks/volume.ts";
+import { VolumeError, type Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
@@ -19,7 +19,7 @@ import { StampClock } from "./stamp-clock.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { COPY_JOURNAL_BYTES, COPY_RUN_BYTES, COPY_STARVED_MS, COPY_ZERO_RUN_BYTES, Copier, type CopierHost, type CopyProgress } from "../resync/copier.ts";
 import type { StateStore } from "../state/store.ts";
-import { DISK_RECHECK_MS, failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
+import { DISK_RECHECK_MS, diskFullCause, failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -168,6 +168,13 @@ export class PrimaryEngine {
   private readonly copier: Copier;
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
+  /**
+   * Primary volumes whose write or fdatasync failed (EIO): what the volume
+   * holds can no longer be trusted, so hosts get EIO for every read and
+   * write of it until the subsystem restarts, and status names it (the RCM
+   * suspends the group on it). In memory: a restart tries the volume again.
+   */
+  private readonly failedVolumes = new Map<string, string>();
 
   private readonly db: Db;
   private readonly tuning: PrimaryTuning;
@@ -410,6 +417,7 @@ export class PrimaryEngine {
       return Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
     };
     if (!hostsMayWrite(gs.state)) throw refuse();
+    if (this.failedVolumes.has(volume)) throw this.failedVolumeError(b);
     // Nothing is stamped, journaled or marked that the state disk may not take:
     // the host hears ENOSPC now rather than an acknowledgement not backed by a record.
     if (this.o.disk?.full) throw this.o.disk.refusal(volume);
@@ -439,9 +447,13 @@ export class PrimaryEngine {
         if (this.journal.bytes > this.o.journalBytesMax) this.journalFull(b.group);
         // Small writes go to the page cache on this thread (a few us) rather
         // than through the thread pool (tens of us each); large ones stay async.
-        if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
-        else if (data) await b.volume.write(offset, data);
-        else await b.volume.writeZeroes(offset, length);
+        try {
+          if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
+          else if (data) await b.volume.write(offset, data);
+          else await b.volume.writeZeroes(offset, length);
+        } catch (err) {
+          throw await this.volumeWriteFailed(b, err, offset, length);
+        }
         b.dirty = true;
       } finally {
         this.writing.delete(seq);
@@ -547,8 +559,13 @@ export class PrimaryEngine {
     const release = await b.lock.acquire(offset, length);
     try {
       await this.bitmap.mark(b.volume.name, offset, length);
-      if (data) await b.volume.write(offset, data);
-      else await b.volume.writeZeroes(offset, length);
+      try {
+        if (data) await b.volume.write(offset, data);
+        else await b.volume.writeZeroes(offset, length);
+      } catch (err) {
+        // The blocks are marked already: a resync copies whatever the volume holds.
+        throw diskFullCause(err) ? err : this.volumeFailed(b, err, "write");
+      }
       b.dirty = true;
     } finally {
       release();
@@ -583,7 +600,8 @@ export class PrimaryEngine {
     }
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
-    await Promise.all(vols.map((b) => b.volume.sync()));
+    // A volume that fails its sync is marked failed; the suspension still goes on.
+    await Promise.all(vols.map((b) => this.syncVolume(b, false)));
     const rows = this.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
       seq: number;
       link: number;
@@ -643,6 +661,8 @@ export class PrimaryEngine {
   private suspendUntilRecorded(group: string, reason: string, event: SuspendEvent = "journal-full"): void {
     this.suspend(group, event, reason, `primary #${this.o.id}`).catch((err) => {
       if (this.stopped) return;
+      // An I/O error on the state file stops the process (disk-guard.ts); a full disk is retried.
+      this.o.disk?.failed(err, stateFileName(this.db.name));
       this.o.logger.error({ group, err: (err as Error).message }, "the group's suspension could not be recorded; trying again");
       // Once suspended in memory the table ignores journal-full: the retry records it as the primary's own suspension.
       this.o.runtime.setTimeout(() => this.suspendUntilRecorded(group, reason, "primary-suspend"), DISK_RECHECK_MS);
@@ -823,6 +843,70 @@ export class PrimaryEngine {
     }
   }
 
+  /** A host read: the volume's bytes, unless the volume failed (EIO), whose bytes may not be what the disk holds. */
+  read(volume: string, offset: number, length: number): Promise<Buffer> {
+    const b = this.bindings.get(volume);
+    assert(b, `volume ${volume} is a primary here`);
+    if (this.failedVolumes.has(volume)) return Promise.reject(this.failedVolumeError(b));
+    return b.volume.read(offset, length);
+  }
+
+  private failedVolumeError(b: BindingState): VolumeError {
+    return new VolumeError("TM_VOLUME_IO", `${this.failedVolumes.get(b.volume.name)}; hosts get EIO for it until subsystem #${this.o.id} restarts`, {
+      volume: b.volume.name,
+      path: b.volume.path,
+      sysCode: "EIO",
+    });
+  }
+
+  /**
+   * A primary volume's write or fdatasync failed (not for a full disk): the
+   * volume is marked failed, once, with why. After a failed fdatasync Linux
+   * may have dropped the pages and the next one succeeds, so nothing written
+   * since the last good sync can be trusted on it; the writes it
+   * acknowledged are on the secondary, which a takeover uses.
+   */
+  private volumeFailed(b: BindingState, err: unknown, op: string): VolumeError {
+    const name = b.volume.name;
+    if (!this.failedVolumes.has(name)) {
+      const sys = (err as { sysCode?: string }).sysCode ?? (err as { code?: string }).code ?? "EIO";
+      const reason = `volume ${name} failed: ${sys} on ${op} of ${b.volume.path}`;
+      this.failedVolumes.set(name, reason);
+      this.o.logger.error(
+        { volume: name, path: b.volume.path, group: b.group, err: (err as Error).message },
+        "primary volume failed: hosts get EIO for it; the group is suspended with the volume named. Take the group over (its secondary holds what was acknowledged), replace the disk, then resync --reverse",
+      );
+    }
+    return this.failedVolumeError(b);
+  }
+
+  /**
+   * A replicated write reached the journal but not the volume: its blocks go
+   * to the bitmap, so a resync makes the pair equal again (the host was told
+   * the write failed: either content is right). A full volume disk is a full
+   * disk (disk-guard.ts); anything else fails the volume.
+   */
+  private async volumeWriteFailed(b: BindingState, err: unknown, offset: number, length: number): Promise<Error> {
+    try {
+      await this.bitmap.mark(b.volume.name, offset, length);
+    } catch (markErr) {
+      // Unmarked, the pair may differ where no bitmap says so: the volume cannot be trusted.
+      return this.volumeFailed(b, markErr, "the bitmap mark after a failed write");
+    }
+    if (diskFullCause(err)) return this.o.disk?.failed(err, b.volume.path) ?? (err as Error);
+    return this.volumeFailed(b, err, "write");
+  }
+
+  /** fdatasync of a primary volume; a failure marks it failed and, if `rethrow`, fails the caller. */
+  private async syncVolume(b: BindingState, rethrow: boolean): Promise<void> {
+    try {
+      await b.volume.sync();
+    } catch (err) {
+      const e = this.volumeFailed(b, err, "fdatasync");
+      if (rethrow) throw e;
+    }
+  }
+
   /** FLUSH: the volume's completed writes and every journal commit are durable. */
   async flush(volume: string): Promise<void> {
     const b = this.bindings.get(volume);
@@ -832,7 +916,8 @@ export class PrimaryEngine {
     } catch (err) {
       throw this.o.disk?.failed(err, failedFile(err, stateFileName(this.db.name))) ?? err;
     }
-    await b.volume.sync();
+    if (this.failedVolumes.has(volume)) throw this.failedVolumeError(b);
+    await this.syncVolume(b, true);
   }
 
   /**
@@ -905,7 +990,9 @@ export class PrimaryEngine {
       for (const [id, s] of this.senders) upTo.set(id, Math.min(s.ackedSeq, frontier - 1));
       const dirty = [...this.bindings.values()].filter((b) => b.dirty);
       for (const b of dirty) b.dirty = false;
-      await Promise.all(dirty.map((b) => b.volume.sync()));
+      // A volume whose sync fails is marked failed (hosts get EIO for it) and the
+      // trim goes on: what it acknowledged is on its secondary, which a takeover uses.
+      await Promise.all(dirty.map((b) => this.syncVolume(b, false)));
       this.journal.trim(upTo);
       for (const w of this.trimWaiters.splice(0)) w();
       for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
@@ -956,7 +1043,13 @@ export class PrimaryEngine {
         bytesInFlight: s.bytesInFlight,
         lastError: s.lastError,
       })),
-      volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
+      volumes: [...this.bindings.values()].map((b) => ({
+        name: b.volume.name,
+        group: b.group,
+        secondary: b.link,
+        target: b.target,
+        failed: this.failedVolumes.get(b.volume.name) ?? null,
+      })),
       pendingCopies: this.copier.cursorVolumes().filter((v) => {
         const b = this.bindings.get(v);
         return !!b && this.groupState(b.group) !== "copying";

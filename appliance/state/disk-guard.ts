@@ -13,7 +13,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, realpathSync, statfsSync, truncateSync, unlinkSync, writeSync, existsSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "pino";
-import { TidemarkError } from "../errors/codes.ts";
+import { TidemarkError, tmError } from "../errors/codes.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 
 /** How often a full disk is looked at again for space. */
@@ -40,6 +40,21 @@ export function diskFullCause(err: unknown, depth = 0): DiskFullCause | null {
     if (c === "SQLITE_FULL") return "ENOSPC";
   }
   return diskFullCause(e.cause, depth + 1);
+}
+
+/**
+ * Whether a failed write of a state file is an I/O error the state cannot
+ * survive: EIO or EROFS (a file system that turned read-only on errors), or
+ * SQLite's SQLITE_IOERR family. Pure.
+ */
+export function stateIoCause(err: unknown, depth = 0): string | null {
+  if (typeof err !== "object" || err === null || depth > 4) return null;
+  const e = err as { code?: unknown; sysCode?: unknown; cause?: unknown; context?: { sysCode?: unknown } };
+  for (const c of [e.sysCode, e.context?.sysCode, e.code]) {
+    if (c === "EIO" || c === "EROFS") return c;
+    if (typeof c === "string" && c.startsWith("SQLITE_IOERR")) return c;
+  }
+  return stateIoCause(e.cause, depth + 1);
 }
 
 /** The file a failed write names (a segment error's context), else `fallback` (the state file, for SQLite's errors). */
@@ -118,6 +133,7 @@ export class DiskGuard {
   /** Host writes refused while full (status, metrics). */
   refusedWrites = 0;
   private readonly fullListeners: ((full: DiskFull) => void)[] = [];
+  private stopping = false;
 
   constructor(private readonly o: DiskGuardOptions) {
     this.reserveFile = path.join(o.dir, "state.reserve");
@@ -159,9 +175,33 @@ export class DiskGuard {
    * anything else returns null and the caller handles it as before.
    */
   failed(err: unknown, file: string): DiskFullError | null {
-    if (!diskFullCause(err)) return null;
+    if (!diskFullCause(err)) {
+      if (stateIoCause(err)) this.stopOnIoError(err, file);
+      return null;
+    }
     const full = this.enter(err, file);
     return new DiskFullError(`${full.reason}: ${(err as Error).message ?? String(err)}`, full, { cause: err });
+  }
+
+  /**
+   * An I/O error on a state file: after a failed write or fdatasync Linux may
+   * have dropped the pages (and the next fdatasync succeeds), so the state
+   * can no longer be trusted. The process stops (runtime.fatal: exit 70, one
+   * stderr line) rather than serve, acknowledge or replicate from it.
+   */
+  private stopOnIoError(err: unknown, file: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    const fileSystem = fileSystemOf(file);
+    const cause = stateIoCause(err)!;
+    const e = tmError(
+      "TM_STATE_IO",
+      `${cause} on state file ${file} on ${fileSystem}: stopping, the state can no longer be trusted (${(err as Error).message ?? String(err)}). Check the disk (dmesg), repair or replace it, then start the subsystem again`,
+      { file, fileSystem, sysCode: cause },
+      { cause: err },
+    );
+    this.o.logger.fatal({ file, fileSystem, cause, err: (err as Error).message }, e.message);
+    this.o.runtime.fatal(e);
   }
 
   /** The error a host write gets while the state disk is full: nothing is stamped or acknowledged. */

@@ -18,6 +18,7 @@ import { NbdRequestError } from "../support/nbd-client.ts";
 import type { NbdClient } from "../support/nbd-client.ts";
 import { NBD_ENOSPC } from "../../appliance/nbd/protocol.ts";
 import { nbdTools } from "../support/tools.ts";
+import { attachLoop, detachLoop, loopSupported } from "../../disks/loop-device.ts";
 
 const VOLUME_MIB = 4;
 const WRITE_BYTES = 256 * 1024;
@@ -28,7 +29,10 @@ const tools = nbdTools("disk-full");
 
 const cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
+  // Every step runs, whatever an earlier one threw: a mount or loop device must not outlive the test.
+  const errors: unknown[] = [];
+  for (const f of cleanup.splice(0).reverse()) await Promise.resolve().then(f).catch((e: unknown) => errors.push(e));
+  if (errors.length > 0) throw errors[0];
 });
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -318,5 +322,103 @@ describe("disk-full", () => {
     expect(line).toBeDefined();
     expect(JSON.parse(line!).droppedLines).toBeGreaterThan(0);
     expect(c.unexpectedDeaths()).toEqual([]);
+  });
+
+  it("eio: primary volume p1a on a real failing device (a loop device whose backing tmpfs is full): hosts get EIO for p1a, the pair is marked and the group suspended naming it; p1b goes on", async (ctx) => {
+    const loop = loopSupported();
+    if (!loop.ok) {
+      console.warn(`eio test skipped: ${loop.why}`);
+      ctx.skip(loop.why);
+      return;
+    }
+    const { c, cfg } = await cluster("tidemark-eio-");
+    const backing = mountTmpfs(mkdtempSync(path.join(os.tmpdir(), "tidemark-eio-backing-")), 2, (why) => ctx.skip(why));
+    if (!backing) return;
+    const img = path.join(backing, "p1a.img");
+    execFileSync("truncate", ["-s", `${VOLUME_MIB}M`, img]);
+    const dev = await attachLoop(img);
+    cleanup.push(() => detachLoop(dev));
+    const p1a = cfg.subsystems[0].volumes.find((v) => v.name === "p1a")! as { name: string; sizeMiB?: number; path?: string };
+    delete p1a.sizeMiB;
+    p1a.path = dev;
+    c.rewriteConfig(cfg);
+    await c.startAll();
+    await c.startRcm();
+    // Writes land in the device's page cache; the writeback to the 2 MiB backing fails: fdatasync says EIO.
+    const w = await c.nbd("p1a");
+    let eio = 0;
+    for (let n = 0; n < SLOTS && eio === 0; n++) {
+      try {
+        await w.write(n * WRITE_BYTES, payload("p1a", n));
+        await w.flush();
+      } catch (err) {
+        expect(err).toBeInstanceOf(NbdRequestError);
+        expect((err as NbdRequestError).errno).toBe(5); // NBD_EIO
+        eio++;
+      }
+    }
+    expect(eio, "the host saw EIO").toBe(1);
+    // From now on every read and write of p1a is EIO: its bytes may not be what the disk holds.
+    await expect(w.read(0, 4096)).rejects.toMatchObject({ errno: 5 });
+    await expect(w.write(0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ errno: 5 });
+    await w.close();
+    const s = await statusUntil(c, "suspended for the failed volume", (m) =>
+      [...m.values()].some((x) => x.secondary?.some((g) => g.state === "suspended" && /primary #1 volume p1a failed: EIO on (fdatasync|write) of \/dev\/loop\d+/.test(g.reason ?? ""))),
+    );
+    expect(s.get(1)!.primary!.volumes.find((v) => v.name === "p1a")!.failed).toMatch(/EIO/);
+    // The other volume of the same primary is served as before (its writes go to the bitmap now).
+    const other = await c.nbd("p1b");
+    await other.write(0, Buffer.alloc(4096, 7));
+    expect((await other.read(0, 4096)).equals(Buffer.alloc(4096, 7))).toBe(true);
+    await other.close();
+    expect(c.unexpectedDeaths()).toEqual([]);
+    await c.stopAll();
+  });
+
+  it("eio: the state folder of primary #1 on a real failing device (ext4 on a loop device whose backing tmpfs fills): #1 stops loudly (exit 70) naming the file and what to do, and serves nothing stale", async (ctx) => {
+    const loop = loopSupported();
+    if (!loop.ok) {
+      console.warn(`eio test skipped: ${loop.why}`);
+      ctx.skip(loop.why);
+      return;
+    }
+    const { c, cfg } = await cluster("tidemark-eio-state-");
+    const backing = mountTmpfs(mkdtempSync(path.join(os.tmpdir(), "tidemark-eio-state-backing-")), 6, (why) => ctx.skip(why));
+    if (!backing) return;
+    const img = path.join(backing, "ss1.ext4");
+    execFileSync("truncate", ["-s", "64M", img]);
+    execFileSync("mkfs.ext4", ["-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1", img], { stdio: "pipe" });
+    const dev = await attachLoop(img);
+    cleanup.push(() => detachLoop(dev));
+    const stateDir = path.join(c.dir, "data", "ss1");
+    mkdirSync(stateDir, { recursive: true });
+    execFileSync("mount", ["-t", "ext4", dev, stateDir], { stdio: "pipe" });
+    cleanup.push(() => void execFileSync("umount", ["-l", stateDir]));
+    // The volumes elsewhere: it is the state that fails here.
+    for (const v of cfg.subsystems[0].volumes as { name: string; path?: string }[]) v.path = path.join(c.dir, `${v.name}.img`);
+    c.rewriteConfig(cfg);
+    await c.startAll();
+    const w = await c.nbd("p1a");
+    let failed: unknown = null;
+    // Each FLUSH syncs the journal's segment; once the backing is full its writeback fails.
+    for (let n = 0; n < 200 && failed === null; n++) {
+      try {
+        await w.write((n % SLOTS) * WRITE_BYTES, payload("p1a", n));
+        await w.flush();
+      } catch (err) {
+        failed = err;
+      }
+    }
+    expect(failed, "a host write or flush failed").not.toBeNull();
+    const until = Date.now() + 10_000;
+    while (c.alive(1) && Date.now() < until) await pause(50);
+    expect(c.alive(1), "#1 stopped").toBe(false);
+    const deaths = c.unexpectedDeaths();
+    expect(deaths).toHaveLength(1);
+    expect(deaths[0]).toMatch(/^#1 exit 70: .*(EIO|EROFS|SQLITE_IOERR\w*) on state file \S+\/ss1\/.* on \S+\/ss1 \(ext4\): stopping.*Check the disk/);
+    // Nothing of #1 is served any more; the others answer.
+    await expect(c.nbd("p1a")).rejects.toThrow();
+    for (const id of [2, 3, 4, 5]) expect((await c.rawStatus(id)).subsystem).toBe(id);
+    await w.close().catch(() => {});
   });
 });
