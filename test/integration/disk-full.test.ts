@@ -13,7 +13,7 @@ import os from "node:os";
 import path from "node:path";
 import { TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
 import { askAll } from "../../appliance/cli/control-client.ts";
-import type { SubsystemStatus } from "../../appliance/cli/status-view.ts";
+import { renderStatus, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdRequestError } from "../support/nbd-client.ts";
 import type { NbdClient } from "../support/nbd-client.ts";
 import { NBD_ENOSPC } from "../../appliance/nbd/protocol.ts";
@@ -149,11 +149,20 @@ async function statusUntil(c: TestCluster, what: string, ok: (s: Map<number, Sub
   }
 }
 
-async function cluster(prefix: string, extra: Record<string, unknown> = {}) {
+/**
+ * Fig. 1 with an RCM that suspends at once; `small`: only primary #1 and
+ * secondary #3 (p1a -> s3a, p1b -> s3b), two processes to start instead of
+ * five where the test needs no more.
+ */
+async function cluster(prefix: string, extra: Record<string, unknown> = {}, small = false) {
   const cfg = await fig1Config({
     volumeMiB: VOLUME_MIB,
     extra: { stateReserveMiB: 2, rcm: { port: await freePort(), autoSuspend: true, failureTimeoutMs: 60_000, checkIntervalMs: 100 }, ...extra },
   });
+  if (small) {
+    cfg.subsystems = cfg.subsystems.filter((x) => x.id === 1 || x.id === 3);
+    cfg.groups = [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s3a" }, { primary: "p1b", secondary: "s3b" }] }];
+  }
   const c = TestCluster.create(cfg, prefix);
   cleanup.push(() => c.destroy());
   return { c, cfg };
@@ -219,8 +228,8 @@ describe("disk-full", () => {
     );
     const fullIds = [...full].filter(([, x]) => x.disk?.state === "state-disk-full").map(([id]) => id);
     expect(fullIds.length).toBeGreaterThan(0);
-    const doc = await c.cli(["status", "--config", c.configFile]);
-    expect(doc.stdout).toMatch(/state-disk-full: state disk full: ENOSPC writing/);
+    // What `tidemark status` prints (rendered here: a CLI process costs seconds on a loaded machine).
+    expect(renderStatus(await c.status())).toMatch(/#\d+\s+state-disk-full.*\n[^]*state-disk-full: state disk full: ENOSPC writing/);
 
     const first = await p.end();
     expect(first.slow, "every status and nbdinfo answered within 2 s").toEqual([]);
@@ -253,7 +262,7 @@ describe("disk-full", () => {
   });
 
   it("disk-full: only secondary #3's file system full (a backlog): the primaries keep taking writes and the group suspends naming #3's file", async (ctx) => {
-    const { c } = await cluster("tidemark-diskfull-s3-");
+    const { c } = await cluster("tidemark-diskfull-s3-", {}, true);
     const mnt = mountTmpfs(path.join(c.dir, "data", "ss3"), 32, (why) => ctx.skip(why));
     if (!mnt) return;
     c.prefill(() => {}, ["s3a", "s3b"]);
@@ -261,9 +270,9 @@ describe("disk-full", () => {
     await c.startRcm();
     const filler = fill(mnt, 2 << 20);
     const acked = new Map<string, Buffer>();
-    const writers = { p1a: await c.nbd("p1a"), p2a: await c.nbd("p2a") };
+    const writers = { p1a: await c.nbd("p1a"), p1b: await c.nbd("p1b") };
     for (let n = 0; n < 48; n++) {
-      const volume = n % 2 === 0 ? "p1a" : "p2a";
+      const volume = n % 2 === 0 ? "p1a" : "p1b";
       const slot = Math.floor(n / 2) % SLOTS;
       const data = payload(volume, n);
       expect(await answered(writers[volume], slot * WRITE_BYTES, data), `write ${n} to ${volume}`).toBe("ok");
@@ -287,7 +296,7 @@ describe("disk-full", () => {
 
   it("disk-full: the log folder on its own full tmpfs: host writes and replication go on, dropped log lines are counted and reported", async (ctx) => {
     const metricsPort = await freePort();
-    const { c, cfg } = await cluster("tidemark-diskfull-log-", { logBufferKiB: 16 });
+    const { c, cfg } = await cluster("tidemark-diskfull-log-", { logBufferKiB: 16 }, true);
     const logParent = mkdtempSync(path.join(os.tmpdir(), "tidemark-logs-"));
     cleanup.push(() => rmSync(logParent, { recursive: true, force: true }));
     const logDir = mountTmpfs(path.join(logParent, "log"), 1, (why) => ctx.skip(why));
@@ -331,7 +340,7 @@ describe("disk-full", () => {
       ctx.skip(loop.why);
       return;
     }
-    const { c, cfg } = await cluster("tidemark-eio-");
+    const { c, cfg } = await cluster("tidemark-eio-", {}, true);
     const backing = mountTmpfs(mkdtempSync(path.join(os.tmpdir(), "tidemark-eio-backing-")), 2, (why) => ctx.skip(why));
     if (!backing) return;
     const img = path.join(backing, "p1a.img");
@@ -382,7 +391,7 @@ describe("disk-full", () => {
       ctx.skip(loop.why);
       return;
     }
-    const { c, cfg } = await cluster("tidemark-eio-state-");
+    const { c, cfg } = await cluster("tidemark-eio-state-", {}, true);
     const backing = mountTmpfs(mkdtempSync(path.join(os.tmpdir(), "tidemark-eio-state-backing-")), 6, (why) => ctx.skip(why));
     if (!backing) return;
     const img = path.join(backing, "ss1.ext4");
@@ -418,7 +427,7 @@ describe("disk-full", () => {
     expect(deaths[0]).toMatch(/^#1 exit 70: .*(EIO|EROFS|SQLITE_IOERR\w*) on state file \S+\/ss1\/.* on \S+\/ss1 \(ext4\): stopping.*Check the disk/);
     // Nothing of #1 is served any more; the others answer.
     await expect(c.nbd("p1a")).rejects.toThrow();
-    for (const id of [2, 3, 4, 5]) expect((await c.rawStatus(id)).subsystem).toBe(id);
+    expect((await c.rawStatus(3)).subsystem).toBe(3);
     await w.close().catch(() => {});
   });
 });
