@@ -11,6 +11,7 @@
 // disk (WAL recovery and the start's own writes), and the whole is written
 // again once space is back.
 import { closeSync, fsyncSync, openSync, readFileSync, realpathSync, statfsSync, truncateSync, unlinkSync, writeSync, existsSync, statSync } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { TidemarkError, tmError } from "../errors/codes.ts";
@@ -134,6 +135,7 @@ export class DiskGuard {
   refusedWrites = 0;
   private readonly fullListeners: ((full: DiskFull) => void)[] = [];
   private stopping = false;
+  private rechecking = false;
 
   constructor(private readonly o: DiskGuardOptions) {
     this.reserveFile = path.join(o.dir, "state.reserve");
@@ -235,10 +237,21 @@ export class DiskGuard {
   /** While full: once there is room for the reserve and a margin, the reserve is written again and host writes are taken. */
   private recheck(): void {
     const full = this.fullNow;
-    if (!full) return;
+    if (!full || this.rechecking) return;
     const free = this.freeBytes();
     if (free < this.o.reserveBytes + DISK_RESUME_MARGIN_BYTES) return;
-    if (!this.writeReserve()) return;
+    // Off the event loop: 16 MiB and an fsync on a slow disk must not hold up status or NBD.
+    this.rechecking = true;
+    void this.writeReserveAsync()
+      .then((ok) => {
+        if (ok && this.fullNow === full) this.resumed(full, free);
+      })
+      .finally(() => {
+        this.rechecking = false;
+      });
+  }
+
+  private resumed(full: DiskFull, free: number): void {
     this.fullNow = null;
     this.stop();
     this.o.logger.warn(
@@ -288,6 +301,36 @@ export class DiskGuard {
   }
 
   /** Shrinks the reserve to `keepBytes` (deletes it at 0); returns the bytes given back. */
+  /** writeReserve, in the thread pool. */
+  private async writeReserveAsync(): Promise<boolean> {
+    if (this.o.reserveBytes === 0 || this.reserveHeld()) return true;
+    let fh: FileHandle | null = null;
+    // What is left of it (the half kept for a restart) stays if this fails.
+    let kept = 0;
+    try {
+      kept = statSync(this.reserveFile).size;
+    } catch {
+      kept = 0;
+    }
+    try {
+      fh = await open(this.reserveFile, "a", 0o600);
+      const chunk = Buffer.alloc(RESERVE_CHUNK_BYTES);
+      for (let done = kept; done < this.o.reserveBytes; ) {
+        done += (await fh.write(chunk, 0, Math.min(chunk.length, this.o.reserveBytes - done))).bytesWritten;
+      }
+      await fh.sync();
+      return true;
+    } catch (err) {
+      await fh?.close().catch(() => {});
+      fh = null;
+      this.releaseReserve(kept);
+      if (!diskFullCause(err)) this.o.logger.warn({ file: this.reserveFile, err: (err as Error).message }, "the state disk's reserve file could not be written");
+      return false;
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+  }
+
   private releaseReserve(keepBytes = 0): number {
     try {
       const size = statSync(this.reserveFile).size;
