@@ -136,6 +136,8 @@ export const ERROR_CODES = {
     "a consistency drill's chain plan is invalid or over its bounds (`PLAN_CHAINS_MAX`, `PLAN_LENGTH_MAX`, `PLAN_BLOCKS_MAX`); the drill exits 1: ask for fewer or shorter chains",
   TM_DRILL_CONFIG:
     "`tidemark drill --config FILE`: the topology has no consistency group, or a group whose primary volumes are all on one primary (causal chains must cross primaries); or `--dir` is not a folder; the drill exits 2 with nothing created",
+  TM_DRILL_MOUNT:
+    "`tidemark drill --full-disk` where the tmpfs its full-disk round fills cannot be mounted (not root, no `mount`); the message says which and the drill exits 2 with nothing created (or the mount's error, once the folder exists)",
   TM_DRILL_LOOP:
     "`tidemark drill --loop` where loop devices cannot work: not root, no `/dev/loop-control`, no `losetup`; the message says which and the drill exits 2 with nothing created",
   TM_DRILL_PORTS:
