@@ -11,7 +11,7 @@ import { execFile, execFileSync } from "node:child_process";
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statfsSync, unlinkSync, writeSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
+import { ROOT, TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { renderStatus, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import { NbdRequestError } from "../support/nbd-client.ts";
@@ -429,5 +429,25 @@ describe("disk-full", () => {
     await expect(c.nbd("p1a")).rejects.toThrow();
     expect((await c.rawStatus(3)).subsystem).toBe(3);
     await w.close().catch(() => {});
+  });
+
+  it("drill: `tidemark drill --rounds 1 --full-disk` runs the full-disk round and passes, and leaves no mount behind", async (ctx) => {
+    if (process.getuid?.() !== 0) {
+      console.warn("drill --full-disk test skipped: it mounts a tmpfs, which needs root");
+      ctx.skip("needs root");
+      return;
+    }
+    const base = mkdtempSync(path.join(os.tmpdir(), "tidemark-drill-fd-"));
+    cleanup.push(() => rmSync(base, { recursive: true, force: true }));
+    const r = await new Promise<{ code: number; out: string }>((resolve) =>
+      execFile(process.execPath, [path.join(ROOT, "bin/tidemark"), "drill", "--rounds", "1", "--seed", "3", "--full-disk", "--volume-mib", "4", "--dir", base], { timeout: 120_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr }),
+      ),
+    );
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/round 1 \(seed 3\) OK .*fill .*free .*resync/);
+    expect(r.out).toMatch(/refused with ENOSPC/);
+    expect(r.out).toMatch(/cmp 4 of 4 pairs identical/);
+    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(base);
   });
 });
