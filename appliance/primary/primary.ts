@@ -659,6 +659,9 @@ export class PrimaryEngine {
   }
 
   private suspendUntilRecorded(group: string, reason: string, event: SuspendEvent = "journal-full"): void {
+    const gs = this.groups.get(group);
+    // Gone (a turn), or replicating again (a resync came meanwhile): nothing left to record.
+    if (!gs || (event === "primary-suspend" && replicating(gs.state))) return;
     this.suspend(group, event, reason, `primary #${this.o.id}`).catch((err) => {
       if (this.stopped) return;
       // An I/O error on the state file stops the process (disk-guard.ts); a full disk is retried.

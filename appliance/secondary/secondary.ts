@@ -350,6 +350,8 @@ export class SecondaryEngine {
         uncopiedVolumes: steps.uncopiedVolumes(this.stepContext, g.name),
         received: this.receiver.received,
         duplicates: this.receiver.duplicates,
+        /** Links dropped because frames came while the state disk was full (disk-guard.ts). */
+        linksDroppedDiskFull: this.receiver.refusedWhileFull,
         links: this.receiver.linkIds(),
       };
     });

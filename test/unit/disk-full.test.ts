@@ -3,7 +3,7 @@
 // every write with ENOSPC): it must drop and count, never throw or wait.
 import { describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
-import { diskFullCause, fileSystemOf } from "../../appliance/state/disk-guard.ts";
+import { diskFullCause, fileSystemOf, stateIoCause } from "../../appliance/state/disk-guard.ts";
 import { LogFile } from "../../appliance/logging/log-file.ts";
 import { nbdErrno, NBD_ENOSPC } from "../../appliance/nbd/protocol.ts";
 import { DiskFullError } from "../../appliance/state/disk-guard.ts";
@@ -17,6 +17,15 @@ describe("disk-full", () => {
     expect(diskFullCause(Object.assign(new Error("x"), { code: "EIO" }))).toBeNull();
     expect(diskFullCause(Object.assign(new Error("x"), { code: "SQLITE_IOERR" }))).toBeNull();
     expect(diskFullCause("ENOSPC")).toBeNull();
+  });
+
+  it("disk-full: EIO, EROFS and SQLITE_IOERR_* on a state file are I/O errors the state cannot survive; a full disk and others are not", () => {
+    expect(stateIoCause(Object.assign(new Error("x"), { code: "EIO" }))).toBe("EIO");
+    expect(stateIoCause(Object.assign(new Error("x"), { code: "TM_SEGMENT_IO", sysCode: "EROFS" }))).toBe("EROFS");
+    expect(stateIoCause(Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR_FSYNC" }))).toBe("SQLITE_IOERR_FSYNC");
+    expect(stateIoCause(Object.assign(new Error("x"), { code: "ENOSPC" }))).toBeNull();
+    expect(stateIoCause(Object.assign(new Error("x"), { code: "SQLITE_FULL" }))).toBeNull();
+    expect(stateIoCause(Object.assign(new Error("x"), { code: "SQLITE_BUSY" }))).toBeNull();
   });
 
   it("disk-full: a DiskFullError reaches hosts as NBD ENOSPC whatever the cause, and names the file and file system", () => {
