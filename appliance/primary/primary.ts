@@ -638,11 +638,6 @@ export class PrimaryEngine {
   }
 
   /**
-   * The journal outgrew its cap (a secondary slow or away for long): the
-   * group stops replicating, its payloads become bitmap blocks, and hosts
-   * keep writing. The RCM sees the suspended primary and suspends the group.
-   */
-  /**
    * The journal's disk is full: every group that replicates stops, as at the
    * journal cap, so its entries become bitmap blocks and their segments are
    * freed (a journal grown by a slow secondary is the usual hog). The
@@ -672,6 +667,11 @@ export class PrimaryEngine {
     });
   }
 
+  /**
+   * The journal outgrew its cap (a secondary slow or away for long): the
+   * group stops replicating, its payloads become bitmap blocks, and hosts
+   * keep writing. The RCM sees the suspended primary and suspends the group.
+   */
   private journalFull(group: string): void {
     // A group whose writes already go to the bitmap is not suspended again.
     if (primaryGroupIgnores(this.groups.get(group)!.state, "journal-full")) return;
