@@ -96,8 +96,9 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   let db: Db;
   let powerLossSuspected: boolean;
   let wasClean: boolean;
+  let opened: Db | null = null;
   try {
-    db = openState(path.join(dir, "state.db"));
+    db = opened = openState(path.join(dir, "state.db"));
     const boot = bootId();
     wasClean = meta(db, "clean") !== "0";
     const lastBoot = meta(db, "boot_id");
@@ -105,6 +106,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     setMeta(db, "clean", "0");
     setMeta(db, "boot_id", boot);
   } catch (err) {
+    opened?.close();
     disk.stop();
     closeSync(lockFd);
     const cause = diskFullCause(err);
