@@ -235,6 +235,14 @@ describe("disk-full", () => {
     expect(first.slow, "every status and nbdinfo answered within 2 s").toEqual([]);
     expect(first.rounds).toBeGreaterThan(1);
 
+    // SIGTERM stops a subsystem on the full disk promptly (a full log or state disk once wedged it).
+    const termAt = Date.now();
+    await c.kill(2, "SIGTERM");
+    expect(Date.now() - termAt, "SIGTERM on a full disk").toBeLessThan(3000);
+    await c.start(2);
+    await writers.p2a.close().catch(() => {});
+    writers.p2a = await c.nbd("p2a");
+
     // A restart on the full disk comes up, serves reads and says so.
     await c.kill(1);
     await c.start(1);
