@@ -254,6 +254,8 @@ describe("disk-full", () => {
     await writers.p1a.close();
     writers.p1a = await c.nbd("p1a");
     expect(await answered(writers.p1a, 0, payload("p1a", 1000))).toBe("ENOSPC");
+    // A FLUSH of what was acknowledged still succeeds on the full disk.
+    await writers.p1a.flush();
     const second = probe(c);
     await pause(600);
     expect((await second.end()).slow, "after the restart too").toEqual([]);
