@@ -9,13 +9,15 @@
 // failing write forever in Atomics.wait, which wedged a subsystem with a full
 // log disk in its exit path (issue 18). Invariant: nothing here throws into
 // the caller or blocks the loop beyond one bounded writeSync in flushSync().
-import { closeSync, mkdirSync, openSync, write, writeSync } from "node:fs";
+import { closeSync, fstatSync, mkdirSync, openSync, write, writeSync } from "node:fs";
 import path from "node:path";
 
 /** Lines held in memory while the file is slow or failing; past it they are dropped (and counted). */
 export const LOG_BUFFER_BYTES_MAX = 4 * 1024 * 1024;
 /** After a failed write, the next attempt waits this long: a full disk is not retried in a loop. */
 export const LOG_RETRY_MS = 1000;
+/** On the way out, how long flushSync waits for a write in flight to land before it writes the rest itself. */
+const EXIT_WAIT_MS = 100;
 /** One write takes at most this much of the buffer. */
 const LOG_WRITE_BYTES_MAX = 256 * 1024;
 
@@ -32,8 +34,14 @@ export class LogFile {
   private queue: Buffer[] = [];
   private queued = 0;
   private writing = false;
+  /** Bytes of the chunk the write in flight was given (the front of the queue). */
+  private inflightBytes = 0;
+  /** The file's size as this writer knows it: where the write in flight began. */
+  private fileBytes: number;
   private retryTimer: NodeJS.Timeout | null = null;
+  /** After flushSync or close: lines are no longer taken. */
   private closed = false;
+  private fdClosed = false;
   /** Drops since the last report, and the first drop's time. */
   private unreported = 0;
   private unreportedSince = 0;
@@ -53,6 +61,7 @@ export class LogFile {
   ) {
     mkdirSync(path.dirname(file), { recursive: true });
     this.fd = openSync(file, "a");
+    this.fileBytes = fstatSync(this.fd).size;
   }
 
   /** pino calls this with one serialized line: queued, or dropped and counted; never blocks, never throws. */
@@ -80,9 +89,11 @@ export class LogFile {
     while (n < this.queue.length && (n === 0 || bytes + this.queue[n].length <= LOG_WRITE_BYTES_MAX)) bytes += this.queue[n++].length;
     const chunk = n === 1 ? this.queue[0] : Buffer.concat(this.queue.slice(0, n), bytes);
     this.writing = true;
+    this.inflightBytes = chunk.length;
     write(this.fd, chunk, 0, chunk.length, null, (err, written) => {
       this.writing = false;
-      if (this.closed) return closeSync(this.fd);
+      this.inflightBytes = 0;
+      if (this.closed) return this.closeFd();
       if (err) {
         this.lastError = err.code ?? err.message;
         // The chunk stays queued: a line cut by a partial write is finished when the disk has room.
@@ -94,6 +105,7 @@ export class LogFile {
         return;
       }
       this.consume(written);
+      this.fileBytes += written;
       const cause = this.lastError;
       this.lastError = null;
       if (this.unreported > 0) {
@@ -121,18 +133,54 @@ export class LogFile {
   }
 
   /**
-   * On the way out (a fatal stop): one attempt to write what is queued, on
-   * this thread. A failure is given up at once; nothing is retried.
+   * On the way out (a fatal stop, a signal), just before process.exit: what
+   * is queued is written on this thread, once; a failure is given up at
+   * once, nothing is retried. A write still in flight in the thread pool may
+   * not happen before the exit, so its chunk is written here too, less what
+   * the file's size shows already landed (one writer appends to this file).
    */
   flushSync(): void {
-    if (this.closed || this.writing || this.queue.length === 0) return;
+    if (this.closed) return;
+    // Whatever happens below, this writer is done: a late callback must not write the lines again.
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.queue.length === 0) return;
+    let landed = 0;
+    if (this.writing) {
+      // A bounded wait (EXIT_WAIT_MS) for the thread pool's write: written
+      // here too, its lines would appear twice once it lands.
+      const until = Date.now() + EXIT_WAIT_MS;
+      const nap = new Int32Array(new SharedArrayBuffer(4));
+      for (;;) {
+        try {
+          landed = Math.min(Math.max(fstatSync(this.fd).size - this.fileBytes, 0), this.inflightBytes);
+        } catch {
+          landed = 0;
+        }
+        if (landed === this.inflightBytes || Date.now() >= until) break;
+        Atomics.wait(nap, 0, 0, 1);
+      }
+    }
+    const rest = Buffer.concat(this.queue, this.queued).subarray(landed);
+    this.queue = [];
+    this.queued = 0;
     try {
-      const all = Buffer.concat(this.queue, this.queued);
-      const written = writeSync(this.fd, all);
-      this.consume(written);
+      for (let off = 0; off < rest.length; ) off += writeSync(this.fd, rest, off);
     } catch {
       // The disk cannot take it: the lines are lost, the process still stops.
     }
+  }
+
+  private closeFd(): void {
+    if (this.fdClosed) return;
+    this.fdClosed = true;
+    closeSync(this.fd);
+  }
+
+  /** Resolves once everything queued is written, or after `timeoutMs` (a full or failing disk): a clean stop waits here. */
+  async drain(timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while ((this.writing || this.queue.length > 0) && !this.closed && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
   }
 
   stats(): LogFileStats {
@@ -140,11 +188,8 @@ export class LogFile {
   }
 
   close(): void {
-    if (this.closed) return;
     this.flushSync();
-    this.closed = true;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
     // A write in flight still holds the fd: it is closed once that returns.
-    if (!this.writing) closeSync(this.fd);
+    if (!this.writing) this.closeFd();
   }
 }

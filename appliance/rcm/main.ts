@@ -18,7 +18,8 @@ export async function rcmMain(configFile: string, logFile?: string): Promise<voi
   await rcm.start();
   process.stdout.write(JSON.stringify({ ready: true, rcm: true, pid: process.pid, port: topo.config.rcm!.port }) + "\n");
   const onSignal = () => {
-    void rcm.stop().then(() => {
+    void rcm.stop().then(async () => {
+      await logSink?.drain(1000);
       dest.flushSync?.();
       process.exit(0);
     });

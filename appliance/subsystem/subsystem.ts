@@ -256,7 +256,9 @@ export async function subsystemMain(configFile: string, id: number, logFile?: st
   );
   const onSignal = () => {
     void handle.stop().then(
-      () => {
+      async () => {
+        // The last lines ("stopped cleanly") reach the file unless it cannot take them within a second.
+        await logSink?.drain(1000);
         dest.flushSync?.();
         process.exit(0);
       },
