@@ -245,6 +245,11 @@ export class Journal {
     return out;
   }
 
+  /** The highest seq ever committed on a link (0: none). */
+  highestOn(link: number): number {
+    return this.linkHigh.get(link) ?? 0;
+  }
+
   /** Drops entries that are acknowledged and durable on the volume, per link, in one transaction. */
   trim(upTo: ReadonlyMap<number, number>): void {
     this.db.transaction(() => {

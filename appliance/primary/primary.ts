@@ -175,6 +175,13 @@ export class PrimaryEngine {
    * suspends the group on it). In memory: a restart tries the volume again.
    */
   private readonly failedVolumes = new Map<string, string>();
+  /**
+   * Journal entries whose volume write failed for a full disk and whose
+   * bitmap mark could not be recorded either: their seqs stay in `writing`,
+   * so no trim drops them (a restart's replay writes them onto the volume),
+   * and the suspension that follows a full disk marks their blocks.
+   */
+  private readonly unwritten = new Map<number, { group: string; volume: string; offset: number; length: number }>();
 
   private readonly db: Db;
   private readonly tuning: PrimaryTuning;
@@ -452,11 +459,13 @@ export class PrimaryEngine {
           else if (data) await b.volume.write(offset, data);
           else await b.volume.writeZeroes(offset, length);
         } catch (err) {
-          throw await this.volumeWriteFailed(b, err, offset, length);
+          const failed = await this.volumeWriteFailed(b, err, seq, offset, length, data);
+          if (failed) throw failed;
         }
         b.dirty = true;
       } finally {
-        this.writing.delete(seq);
+        // An entry whose volume write is owed stays in `writing`: no trim drops it (see unwritten).
+        if (!this.unwritten.has(seq)) this.writing.delete(seq);
       }
     } finally {
       release();
@@ -484,6 +493,10 @@ export class PrimaryEngine {
     if (copy) entry.copy = true;
     const journaled = this.journal.append(entry).catch((err: unknown) => {
       this.pending.cancel(b.group, b.link, seq);
+      // A seq that never reached the journal is never acknowledged: a copier
+      // waiting for the link's last issued seq (Copier, "acknowledging") would
+      // wait for it forever after a commit failed on a full disk.
+      if (this.issuedOn.get(b.link) === seq) this.issuedOn.set(b.link, this.journal.highestOn(b.link));
       throw err;
     });
     return { ts, seq, journaled };
@@ -564,7 +577,7 @@ export class PrimaryEngine {
         else await b.volume.writeZeroes(offset, length);
       } catch (err) {
         // The blocks are marked already: a resync copies whatever the volume holds.
-        throw diskFullCause(err) ? err : this.volumeFailed(b, err, "write");
+        throw diskFullCause(err) ? (this.o.disk?.failed(err, b.volume.path) ?? err) : this.volumeFailed(b, err, "write");
       }
       b.dirty = true;
     } finally {
@@ -613,7 +626,8 @@ export class PrimaryEngine {
     try {
       this.db.transaction(() => {
         for (const r of rows) {
-          if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
+          // Unacknowledged, or acknowledged but never written to the volume (unwritten): the two sides differ there.
+          if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0) || this.unwritten.has(r.seq)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
         }
         this.db.prepare("DELETE FROM journal WHERE grp = ?").run(group);
         this.db
@@ -625,6 +639,11 @@ export class PrimaryEngine {
     } catch (err) {
       this.bitmap.reset();
       throw err;
+    }
+    for (const [seq, u] of this.unwritten) {
+      if (u.group !== group) continue;
+      this.unwritten.delete(seq);
+      this.writing.delete(seq);
     }
     this.pending.dropGroup(group);
     this.journal.recount();
@@ -884,20 +903,34 @@ export class PrimaryEngine {
   }
 
   /**
-   * A replicated write reached the journal but not the volume: its blocks go
-   * to the bitmap, so a resync makes the pair equal again (the host was told
-   * the write failed: either content is right). A full volume disk is a full
-   * disk (disk-guard.ts); anything else fails the volume.
+   * A replicated write reached the journal but not the volume (its entry may
+   * reach the secondary all the same). Null when it was written after all.
+   * A full disk (a sparse volume file on it) puts the subsystem in
+   * state-disk-full, whose reserve often makes room for the write itself;
+   * else its blocks go to the bitmap so a resync makes the pair equal again
+   * (the host was told the write failed: either content is right), or, if
+   * even the mark finds no room, the entry stays owed (unwritten). Any other
+   * error fails the volume.
    */
-  private async volumeWriteFailed(b: BindingState, err: unknown, offset: number, length: number): Promise<Error> {
+  private async volumeWriteFailed(b: BindingState, err: unknown, seq: number, offset: number, length: number, data: Buffer | null): Promise<Error | null> {
+    if (!diskFullCause(err)) {
+      await this.bitmap.mark(b.volume.name, offset, length).catch(() => {});
+      return this.volumeFailed(b, err, "write");
+    }
+    const full = this.o.disk?.failed(err, b.volume.path) ?? (err as Error);
+    try {
+      if (data) await b.volume.write(offset, data);
+      else await b.volume.writeZeroes(offset, length);
+      return null;
+    } catch {
+      // Still no room on the volume's file system.
+    }
     try {
       await this.bitmap.mark(b.volume.name, offset, length);
-    } catch (markErr) {
-      // Unmarked, the pair may differ where no bitmap says so: the volume cannot be trusted.
-      return this.volumeFailed(b, markErr, "the bitmap mark after a failed write");
+    } catch {
+      this.unwritten.set(seq, { group: b.group, volume: b.volume.name, offset, length });
     }
-    if (diskFullCause(err)) return this.o.disk?.failed(err, b.volume.path) ?? (err as Error);
-    return this.volumeFailed(b, err, "write");
+    return full;
   }
 
   /** fdatasync of a primary volume; a failure marks it failed and, if `rethrow`, fails the caller. */
