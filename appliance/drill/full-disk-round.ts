@@ -35,6 +35,13 @@ const WRITES_MAX = 4000;
 /** How long the subsystems have to suspend the group, and later to leave state-disk-full. */
 const STATE_TIMEOUT_MS = 15_000;
 const PROBE_INTERVAL_MS = 250;
+/**
+ * A suspension reason that names what filled: a state file and its file
+ * system (state-disk-full), or a secondary volume file on the same full file
+ * system (its applier's ENOSPC, which suspends the group as any failing
+ * secondary volume does).
+ */
+const FULL_REASON = /state disk full: E\w+ writing \S+.* on \S+ \(\w+\)|cannot write its volumes: .*"\S+" \(\S+\): .*(ENOSPC|EDQUOT|EFBIG)/;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -185,7 +192,7 @@ export async function runFullDiskRound(env: DrillEnv, round: number, seed: numbe
     const until = Date.now() + STATE_TIMEOUT_MS;
     let seen: Map<number, SubsystemStatus> = new Map();
     const suspendedNaming = (s: Map<number, SubsystemStatus>) =>
-      [...s.values()].flatMap((x) => x.secondary ?? []).find((sg) => sg.name === g.name && sg.state === "suspended" && /state disk full: E\w+ writing \S+.* on \S+ \(\w+\)/.test(sg.reason ?? ""));
+      [...s.values()].flatMap((x) => x.secondary ?? []).find((sg) => sg.name === g.name && sg.state === "suspended" && FULL_REASON.test(sg.reason ?? ""));
     while (Date.now() < until && !env.stopping()) {
       seen = await statuses();
       if (suspendedNaming(seen)) break;
@@ -195,7 +202,7 @@ export async function runFullDiskRound(env: DrillEnv, round: number, seed: numbe
     const sg = suspendedNaming(seen);
     if (full.length === 0) violation("no subsystem showed state-disk-full");
     else event(`state-disk-full on ${full.map((id) => `#${id}`).join(", ")}: ${seen.get(full[0])!.disk!.reason}`);
-    if (!sg) violation(`group ${g.name} was not suspended with a reason naming the full file within ${STATE_TIMEOUT_MS} ms`);
+    if (!sg) violation(`group ${g.name} was not suspended with a reason naming the full file within ${STATE_TIMEOUT_MS} ms (${seen.size} subsystems answered)`);
     else event(`group ${g.name} suspended: ${sg.reason}`);
 
     step("free");
