@@ -115,8 +115,19 @@ export const configSchema = z
     nbdMaxPayloadBytes: z.number().int().min(4096).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
     /** Cap on a primary's journal; past it the group is suspended and its payloads go to the bitmap. */
     journalBytesMax: z.number().int().min(1024 * 1024).default(4 * 1024 * 1024 * 1024),
+    /**
+     * A file of this size beside each state file, deleted the moment the state
+     * disk fills so the procedures that record a suspension find room, and
+     * written again once there is space (appliance/state/disk-guard.ts). 0: none.
+     */
+    stateReserveMiB: z.number().int().min(0).max(4096).default(16),
     rcm: rcmSchema.optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
+    /**
+     * Log lines held in memory while the log file is slow or cannot be
+     * written; past it lines are dropped and counted (appliance/logging/log-file.ts).
+     */
+    logBufferKiB: z.number().int().min(4).max(1024 * 1024).default(4096),
     subsystems: z.array(subsystemSchema).min(1),
     groups: z.array(groupSchema).default([]),
   })

@@ -27,6 +27,7 @@ interface Flags {
   keepGoing?: boolean;
   dir?: string;
   json?: boolean;
+  fullDisk?: boolean;
 }
 
 export function drillCommand(): Command {
@@ -42,6 +43,7 @@ export function drillCommand(): Command {
     .option("--keep-going", "after a failed round, build a fresh topology and run the remaining rounds")
     .option("--dir <path>", "make the temporary folder here instead of the system's temp folder")
     .option("--json", "print the reports and the summary as one JSON document on stdout (progress goes to stderr)")
+    .option("--full-disk", "make the last round a full-disk round: the data folder on a tmpfs of its own, filled while hosts write (needs root)")
     .action(async (f: Flags) => {
       const code = await drillMain(f);
       // Exit now rather than when the event loop drains: a request to a process the drill killed
@@ -68,6 +70,7 @@ async function drillMain(f: Flags): Promise<number> {
     keep: !!f.keep,
     keepGoing: !!f.keepGoing,
     baseDir: f.dir,
+    fullDisk: !!f.fullDisk,
     say: (t) => out.write(t + "\n"),
   };
   out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}${o.shapeName ? `, shape ${o.shapeName}` : ""}\n`);
@@ -89,14 +92,14 @@ async function drillMain(f: Flags): Promise<number> {
     // After Ctrl-C the signal handler tears down and exits 130; a half-run summary would mislead.
     if (interrupted) await new Promise(() => undefined);
     out.write(renderDrillSummary(o, r.summary) + "\n");
-    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, shape: o.shapeName ?? null, volumeMiB: o.volumeMiB }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
+    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, shape: o.shapeName ?? null, volumeMiB: o.volumeMiB, fullDisk: !!o.fullDisk }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
     return r.summary.passed === r.summary.rounds && r.summary.rounds === o.rounds ? 0 : 1;
   } catch (err) {
     const e = err as Error;
     if (interrupted) await new Promise(() => undefined);
     await drill.interrupt();
     process.stderr.write(`tidemark drill: ${e.message}\n`);
-    return hasCode(e, "TM_DRILL_LOOP", "TM_DRILL_CONFIG", "TM_CONFIG") ? 2 : 1;
+    return hasCode(e, "TM_DRILL_LOOP", "TM_DRILL_MOUNT", "TM_DRILL_CONFIG", "TM_CONFIG") ? 2 : 1;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);

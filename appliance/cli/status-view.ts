@@ -23,6 +23,10 @@ export interface SubsystemStatus {
   turnedAtTs?: Record<string, string>;
   /** Live procedure leases by group (absent from subsystems older than migration 8). */
   leases?: Record<string, { holder: string; procedure: string; acquiredMs: number; expiresInMs: number }>;
+  /** The state disk (appliance/state/disk-guard.ts): `state-disk-full` while it takes no writes. */
+  disk?: { state: "ok" | "state-disk-full"; reason: string | null; file: string | null; fileSystem: string | null; episodes: number; refusedWrites: number } | null;
+  /** The log file (appliance/logging/log-file.ts): lines dropped because it could not be written. */
+  log?: { droppedLines: number; droppedBytes: number; lastError: string | null } | null;
   volumes: { name: string; role: string; path: string; kind: string; sizeBytes: number; nbdUrl: string | null; readOnly: boolean; bitmapBlocks: number }[];
   primary: {
     lastStamp: string;
@@ -46,7 +50,7 @@ export interface SubsystemStatus {
     links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
     /** Primary volumes whose initial copy has not run yet. */
     pendingCopies?: string[];
-    volumes: { name: string; group: string; secondary: number; target: string }[];
+    volumes: { name: string; group: string; secondary: number; target: string; failed?: string | null }[];
   } | null;
   secondary:
     | {
@@ -100,7 +104,19 @@ export interface VolumeRef {
 
 export interface StatusDoc {
   nowNs: string;
-  subsystems: { id: number; reachable: boolean; error?: string; pid?: number; replication: string; nbd: string }[];
+  subsystems: {
+    id: number;
+    reachable: boolean;
+    error?: string;
+    pid?: number;
+    /** Only when reachable: `ok`, or `state-disk-full` with the reason naming the file and file system. */
+    disk?: string;
+    diskReason?: string | null;
+    /** Only when reachable: log lines dropped since start because the log file could not be written. */
+    logDroppedLines?: number;
+    replication: string;
+    nbd: string;
+  }[];
   groups: {
     name: string;
     generation: number | null;
@@ -179,7 +195,9 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       id: s.id,
       reachable: a?.ok === true,
       ...(a && !a.ok ? { error: a.error } : {}),
-      ...(a?.ok ? { pid: a.value.pid } : {}),
+      ...(a?.ok
+        ? { pid: a.value.pid, disk: a.value.disk?.state ?? "ok", diskReason: a.value.disk?.reason ?? null, logDroppedLines: a.value.log?.droppedLines ?? 0 }
+        : {}),
       replication: `${s.host}:${s.replicationPort}`,
       nbd: `${s.host}:${s.nbdPort}`,
     };
@@ -338,11 +356,13 @@ export function renderStatus(doc: StatusDoc): string {
   out.push(
     table([
       ["id", "state", "pid", "replication", "nbd"],
-      ...doc.subsystems.map((s) => [`#${s.id}`, s.reachable ? "up" : "DOWN", s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
+      ...doc.subsystems.map((s) => [`#${s.id}`, !s.reachable ? "DOWN" : s.disk === "state-disk-full" ? "state-disk-full" : "up", s.pid ? String(s.pid) : "-", s.replication, s.nbd]),
     ]),
   );
   // Why each one is down, under the table: a reason in a cell would widen its column for every row.
   for (const s of doc.subsystems) if (!s.reachable) out.push(`  #${s.id} DOWN: ${s.error ?? "no answer"}`);
+  for (const s of doc.subsystems) if (s.disk === "state-disk-full") out.push(`  #${s.id} state-disk-full: ${s.diskReason}; host writes get ENOSPC, reads go on`);
+  for (const s of doc.subsystems) if (s.logDroppedLines) out.push(`  #${s.id} log: ${s.logDroppedLines} lines dropped (the log file could not be written)`);
   for (const g of doc.groups) {
     out.push("");
     const lag = g.lagMs === null ? "unknown" : `${g.lagMs.toFixed(1)} ms`;

@@ -4,6 +4,7 @@
 // whatever happens: a failed round, an error, or Ctrl-C (the caller runs cleanup() on a signal).
 // A failed round keeps the folder (logs, images, state files) for a post-mortem and says where.
 import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -15,6 +16,7 @@ import { DrillProcesses } from "./processes.ts";
 import { summarize, renderRound, renderSummary, type DrillSummary, type RoundReport } from "./report.ts";
 import { killRunningCommands } from "./commands.ts";
 import { runRound, type DrillEnv } from "./round.ts";
+import { runFullDiskRound } from "./full-disk-round.ts";
 import { RCM_ID } from "./schedule.ts";
 import { VOLUME_MIB_DEFAULT } from "./defaults.ts";
 import { checkShape, DrillConfigError, SHAPES, drillConfig, portsNeeded, shapeOf, type DrillShape } from "./topology.ts";
@@ -37,6 +39,8 @@ export interface DrillOptions {
   keepGoing: boolean;
   /** Where the temporary folder goes (default: the OS temp dir). */
   baseDir?: string;
+  /** The last round is a full-disk round: the data folder on a tmpfs of its own, filled while hosts write (needs root). */
+  fullDisk?: boolean;
   /** Progress lines and round reports. */
   say: (text: string) => void;
 }
@@ -48,6 +52,19 @@ export interface DrillResult {
   keptDir: string | null;
 }
 
+export class DrillMountError extends Error {
+  readonly code = "TM_DRILL_MOUNT" satisfies ErrorCode;
+  constructor(message: string) {
+    super(message);
+    this.name = "DrillMountError";
+  }
+}
+
+/** The reserve each subsystem keeps in a full-disk drill: small, the tmpfs is memory. */
+const FULL_DISK_RESERVE_MIB = 4;
+/** Room on the full-disk round's tmpfs beyond the volumes and reserves (segments, WALs, logs). */
+const FULL_DISK_HEADROOM_MIB = 64;
+
 export class DrillLoopError extends Error {
   readonly code = "TM_DRILL_LOOP" satisfies ErrorCode;
   constructor(message: string) {
@@ -56,12 +73,14 @@ export class DrillLoopError extends Error {
   }
 }
 
-/** The command line that replays one round alone. */
-export function replayCommand(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB">, seed: number): string {
+/** The command line that replays one round alone (the full-disk round is the last of a --full-disk drill). */
+export function replayCommand(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB"> & Partial<Pick<DrillOptions, "fullDisk" | "seed" | "rounds">>, seed: number): string {
+  const fullDisk = !!o.fullDisk && o.seed !== undefined && o.rounds !== undefined && seed === (o.seed + o.rounds - 1) >>> 0;
   return [
     "tidemark drill --rounds 1",
     `--seed ${seed}`,
     ...(o.loop ? ["--loop"] : []),
+    ...(fullDisk ? ["--full-disk"] : []),
     ...(o.configFile ? [`--config ${o.configFile}`] : []),
     ...(o.shapeName && o.shapeName !== "default" ? [`--shape ${o.shapeName}`] : []),
     ...(o.volumeMiB !== VOLUME_MIB_DEFAULT ? [`--volume-mib ${o.volumeMiB}`] : []),
@@ -74,13 +93,25 @@ class Environment {
   readonly proxies = new Map<number, LinkProxy>();
   procs: DrillProcesses | null = null;
   topo: LoadedTopology | null = null;
+  /** The tmpfs of a full-disk drill (the data folder), unmounted at teardown. */
+  mounted: string | null = null;
   private torn = false;
 
   constructor(readonly dir: string) {}
 
-  async build(shape: DrillShape, volumeMiB: number, loop: boolean): Promise<void> {
+  async build(shape: DrillShape, volumeMiB: number, loop: boolean, fullDisk = false): Promise<void> {
     const dataDir = path.join(this.dir, "data");
     mkdirSync(dataDir, { recursive: true });
+    if (fullDisk) {
+      const volumes = shape.subsystems.reduce((n, s) => n + s.volumes.length, 0);
+      const mib = (loop ? 0 : volumes * volumeMiB) + shape.subsystems.length * FULL_DISK_RESERVE_MIB + FULL_DISK_HEADROOM_MIB;
+      try {
+        execFileSync("mount", ["-t", "tmpfs", "-o", `size=${mib}m`, "tidemark-drill-full-disk", dataDir], { stdio: "pipe" });
+      } catch (err) {
+        throw new DrillMountError(`--full-disk: cannot mount a ${mib} MiB tmpfs on ${dataDir}: ${String((err as { stderr?: unknown }).stderr ?? err).trim()}`);
+      }
+      this.mounted = dataDir;
+    }
     const devices = new Map<string, string>();
     if (loop) {
       const backing = path.join(this.dir, "loop");
@@ -98,6 +129,7 @@ class Environment {
     }
     const ports = await freePorts(DRILL_HOST, portsNeeded(shape));
     const { config, proxies } = drillConfig({ shape, host: DRILL_HOST, ports, clusterKey: randomBytes(24).toString("hex"), dataDir, volumeMiB, devices });
+    if (fullDisk) (config as Record<string, unknown>).stateReserveMiB = FULL_DISK_RESERVE_MIB;
     const file = path.join(this.dir, "drill.json");
     writeFileSync(file, JSON.stringify(config, null, 2) + "\n");
     this.topo = loadConfig(file);
@@ -120,6 +152,14 @@ class Environment {
     for (const p of this.proxies.values()) await p.close();
     for (const dev of this.loops.splice(0)) {
       await detachLoop(dev).catch((e: Error) => problems.push(`could not detach ${dev}: ${e.message}`));
+    }
+    if (this.mounted) {
+      try {
+        execFileSync("umount", ["-l", this.mounted], { stdio: "pipe" });
+      } catch (err) {
+        problems.push(`could not unmount the tmpfs on ${this.mounted}: ${String(err)}`);
+      }
+      this.mounted = null;
     }
     return problems;
   }
@@ -147,6 +187,7 @@ export class Drill {
       const s = loopSupported();
       if (!s.ok) throw new DrillLoopError(`--loop: ${s.why}; run without --loop to drill on volume files`);
     }
+    if (this.o.fullDisk && process.getuid?.() !== 0) throw new DrillMountError("--full-disk: mounting the tmpfs the round fills needs root; run the drill as root or without --full-disk");
     return shape;
   }
 
@@ -157,7 +198,7 @@ export class Drill {
     this.env = env;
     const begun = Date.now();
     try {
-      await env.build(shape, this.o.volumeMiB, this.o.loop);
+      await env.build(shape, this.o.volumeMiB, this.o.loop, this.o.fullDisk);
     } catch (err) {
       await env.teardown(true);
       throw err;
@@ -178,7 +219,8 @@ export class Drill {
     for (let i = 0; i < this.o.rounds && !this.stopping; i++) {
       const seed = (this.o.seed + i) >>> 0;
       const denv: DrillEnv = { topo: env.topo!, procs: env.procs!, proxies: env.proxies, volumeBytes: this.o.volumeMiB << 20, turn: shape.turn ?? null, stopping: () => this.stopping };
-      const r = await runRound(denv, i + 1, seed);
+      const fullDiskRound = this.o.fullDisk && i === this.o.rounds - 1;
+      const r = fullDiskRound ? await runFullDiskRound(denv, i + 1, seed, env.mounted!) : await runRound(denv, i + 1, seed);
       reports.push(r);
       if (!this.stopping) this.o.say(renderRound(r, replayCommand(this.o, seed)));
       if (!r.ok && !this.stopping) {
@@ -215,6 +257,6 @@ export class Drill {
   }
 }
 
-export function renderDrillSummary(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB">, s: DrillSummary): string {
+export function renderDrillSummary(o: Pick<DrillOptions, "loop" | "configFile" | "shapeName" | "volumeMiB"> & Partial<Pick<DrillOptions, "fullDisk" | "seed" | "rounds">>, s: DrillSummary): string {
   return renderSummary(s, (seed) => replayCommand(o, seed));
 }

@@ -852,7 +852,7 @@ function chainsReport(g: GroupPlan, records: ChainRecord[], prefixLengths: numbe
 }
 
 /** Waits until every pair of every group is paired (links up, group active on both sides). */
-async function waitPaired(env: DrillEnv, timeoutMs: number): Promise<void> {
+export async function waitPaired(env: DrillEnv, timeoutMs: number): Promise<void> {
   const { topo } = env;
   const deadline = Date.now() + timeoutMs;
   let last = "";

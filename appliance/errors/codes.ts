@@ -19,6 +19,10 @@ export const ERROR_CODES = {
     "the SQLite state file cannot be opened (permissions, a folder in the way, not a database); the subsystem does not start (exit 1): fix the path or its permissions",
   TM_STATE_VERSION:
     "the state file's `user_version` is newer than this tidemark's schema: it is refused untouched (docs/state.md, Migrations) and the subsystem does not start: run the newer tidemark",
+  TM_STATE_DISK_FULL:
+    "a file of the subsystem's state could not be written because its file system is full or over quota (`ENOSPC`, `EDQUOT`, `EFBIG`): `state.db` or its WAL, a journal or queue segment, a bitmap mark; or a subsystem started on a full file system with no reserve file left to release. The message names the file and the file system. The subsystem keeps running and serving reads, refuses host writes with NBD `ENOSPC`, takes no RCRs, and shows `state-disk-full` in `status` and metrics; the RCM suspends its groups. Free space: host writes are taken again by themselves within seconds, the groups need `tidemark resync` (README, When a disk fills)",
+  TM_STATE_IO:
+    "a file of the subsystem's state (`state.db` or its WAL, a journal or queue segment) failed with an I/O error (`EIO`, `EROFS`, SQLite's `SQLITE_IOERR`): after a failed write or fdatasync Linux may have dropped the data, so the state can no longer be trusted. The subsystem logs at `fatal`, writes one stderr line naming the file and its file system and exits 70; it serves nothing, stale or otherwise, and the RCM suspends its groups. Check the disk (`dmesg`), repair or replace it, and start the subsystem again: it replays its journal and queue, or refuses to open a damaged state file (`TM_STATE_OPEN`)",
   TM_SUBSYSTEM_RUNNING:
     "another process already runs this subsystem id on this data folder (its `subsystem.lock` flock is held); this one does not start: stop the other or use another folder",
   TM_LISTEN:
@@ -138,6 +142,8 @@ export const ERROR_CODES = {
     "a consistency drill's chain plan is invalid or over its bounds (`PLAN_CHAINS_MAX`, `PLAN_LENGTH_MAX`, `PLAN_BLOCKS_MAX`); the drill exits 1: ask for fewer or shorter chains",
   TM_DRILL_CONFIG:
     "`tidemark drill --config FILE`: the topology has no consistency group, or a group whose primary volumes are all on one primary (causal chains must cross primaries); or `--dir` is not a folder; the drill exits 2 with nothing created",
+  TM_DRILL_MOUNT:
+    "`tidemark drill --full-disk` where the tmpfs its full-disk round fills cannot be mounted (not root, no `mount`); the message says which and the drill exits 2 with nothing created (or the mount's error, once the folder exists)",
   TM_DRILL_LOOP:
     "`tidemark drill --loop` where loop devices cannot work: not root, no `/dev/loop-control`, no `losetup`; the message says which and the drill exits 2 with nothing created",
   TM_DRILL_PORTS:
@@ -165,7 +171,7 @@ export const ERROR_CODES = {
   TM_VOLUME_READONLY: "a write to a volume opened read-only; the host gets NBD `EPERM`",
   TM_VOLUME_CLOSED: "a call after the volume was closed (at stop); the host gets NBD `EIO`",
   TM_VOLUME_IO:
-    "the operating system failed the I/O (EIO, ENOSPC, ...); the host gets the NBD errno of the cause (`nbdErrno` reads `sysCode`: `ENOSPC` for a full disk, else `EIO`), and on a secondary the applier logs and retries every second: check the disk",
+    "the operating system failed the I/O (EIO, ENOSPC, ...); the host gets the NBD errno of the cause (`nbdErrno` reads `sysCode`: `ENOSPC` for a full disk, else `EIO`). On a secondary the applier logs and retries every second and the RCM suspends the group. On a primary, a write or fdatasync that fails with anything but a full disk marks the volume failed: hosts get EIO for every read and write of it until the subsystem restarts, status names it (`primary.volumes[].failed`) and the RCM suspends the group with the volume named; take the group over (its secondaries hold what was acknowledged), replace the disk, then `resync --reverse` (README, When a disk fails)",
   TM_LOOP_ATTACH: "`losetup --find --show` failed; tests and drills skip or fail with the message",
   TM_LOOP_DETACH: "`losetup --detach` failed; tests and drills fail with the message",
 } as const satisfies Record<`TM_${string}`, string>;

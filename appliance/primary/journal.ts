@@ -15,6 +15,7 @@ import { PayloadSegments } from "../state/payload-segments.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import { failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;
@@ -100,6 +101,8 @@ export class Journal {
     private readonly runtime: Runtime,
     /** DESIGN.md's activity-log region; only a simulation scales it down. */
     private readonly regionBytes = ACTIVITY_REGION_BYTES,
+    /** Told of every failed commit: a full disk fails the batch with ENOSPC for hosts (disk-guard.ts). */
+    private readonly disk?: DiskGuard,
   ) {
     this.db = store.db;
     const db = this.db;
@@ -191,7 +194,7 @@ export class Journal {
       if (lease !== null) this.seqLease = lease;
     } catch (err) {
       for (const [v, r] of newRegions) this.hot.delete(`${v}\u0000${r}`);
-      const e = err instanceof Error ? err : new Error(String(err));
+      const e = this.disk?.failed(err, failedFile(err, stateFileName(this.db.name))) ?? (err instanceof Error ? err : new Error(String(err)));
       for (const w of batch) w.reject(e);
       return;
     } finally {
@@ -242,6 +245,11 @@ export class Journal {
       if (bytes >= bytesMax) break;
     }
     return out;
+  }
+
+  /** The highest seq ever committed on a link (0: none). */
+  highestOn(link: number): number {
+    return this.linkHigh.get(link) ?? 0;
   }
 
   /** Drops entries that are acknowledged and durable on the volume, per link, in one transaction. */

@@ -4,7 +4,7 @@
 // the periodic SYNC of DESIGN.md step 3, and the journal trim that runs once
 // entries are acknowledged and their volume writes are durable.
 import type { Logger } from "pino";
-import type { Volume } from "../../disks/volume.ts";
+import { VolumeError, type Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
@@ -19,6 +19,7 @@ import { StampClock } from "./stamp-clock.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { COPY_JOURNAL_BYTES, COPY_RUN_BYTES, COPY_STARVED_MS, COPY_ZERO_RUN_BYTES, Copier, type CopierHost, type CopyProgress } from "../resync/copier.ts";
 import type { StateStore } from "../state/store.ts";
+import { DISK_RECHECK_MS, diskFullCause, failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -124,6 +125,8 @@ export interface PrimaryOptions {
   linkTimeoutMs: number;
   inflightBytesMax: number;
   journalBytesMax: number;
+  /** The state disk (disk-guard.ts): while it is full, host writes are refused with ENOSPC. The simulation has none. */
+  disk?: DiskGuard;
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
   groupSecondaries: Map<string, number[]>;
@@ -165,6 +168,20 @@ export class PrimaryEngine {
   private readonly copier: Copier;
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
+  /**
+   * Primary volumes whose write or fdatasync failed (EIO): what the volume
+   * holds can no longer be trusted, so hosts get EIO for every read and
+   * write of it until the subsystem restarts, and status names it (the RCM
+   * suspends the group on it). In memory: a restart tries the volume again.
+   */
+  private readonly failedVolumes = new Map<string, string>();
+  /**
+   * Journal entries whose volume write failed for a full disk and whose
+   * bitmap mark could not be recorded either: their seqs stay in `writing`,
+   * so no trim drops them (a restart's replay writes them onto the volume),
+   * and the suspension that follows a full disk marks their blocks.
+   */
+  private readonly unwritten = new Map<number, { group: string; volume: string; offset: number; length: number }>();
 
   private readonly db: Db;
   private readonly tuning: PrimaryTuning;
@@ -175,7 +192,7 @@ export class PrimaryEngine {
     this.db = o.store.db;
     this.tuning = { ...DEFAULT_TUNING, ...o.tuning };
     assert(this.tuning.copyRunBytes <= COPY_RUN_BYTES && this.tuning.copyRunBytes % BLOCK_BYTES === 0, "copy runs are whole blocks, at most COPY_RUN_BYTES");
-    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes);
+    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes, o.disk);
     const { tsFloor, seqFloor } = this.journal.floorsNow();
     this.clock = new StampClock(o.clockNs, tsFloor);
     this.persistedFloor = tsFloor;
@@ -186,10 +203,13 @@ export class PrimaryEngine {
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
-    this.bitmap = new BitmapWriter(this.db, o.runtime);
+    this.bitmap = new BitmapWriter(this.db, o.runtime, o.disk);
     this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes });
     this.recordPairs([...this.groupSecondaries.keys()], o.bindings);
     this.copier = new Copier(this.copierHost());
+    o.disk?.onFull((full) => {
+      if (!this.stopped) this.diskFull(full.reason);
+    });
     for (const g of this.groupSecondaries.keys()) this.loadGroup(g);
   }
 
@@ -428,6 +448,10 @@ export class PrimaryEngine {
       return Object.assign(new Error(`volume ${volume}: group ${b.group} ${why}; this primary is read-only`), { code: "EPERM" });
     };
     if (!hostsMayWrite(gs.state)) throw refuse();
+    if (this.failedVolumes.has(volume)) throw this.failedVolumeError(b);
+    // Nothing is stamped, journaled or marked that the state disk may not take:
+    // the host hears ENOSPC now rather than an acknowledgement not backed by a record.
+    if (this.o.disk?.full) throw this.o.disk.refusal(volume);
     if (!replicating(gs.state)) return this.writeUnreplicated(b, offset, length, data, fua);
     await this.admit(b.group);
     const release = await b.lock.acquire(offset, length);
@@ -454,12 +478,18 @@ export class PrimaryEngine {
         if (this.journal.bytes > this.o.journalBytesMax) this.journalFull(b.group);
         // Small writes go to the page cache on this thread (a few us) rather
         // than through the thread pool (tens of us each); large ones stay async.
-        if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
-        else if (data) await b.volume.write(offset, data);
-        else await b.volume.writeZeroes(offset, length);
+        try {
+          if (data && data.length <= SYNC_WRITE_BYTES_MAX) b.volume.writeSync(offset, data);
+          else if (data) await b.volume.write(offset, data);
+          else await b.volume.writeZeroes(offset, length);
+        } catch (err) {
+          const failed = await this.volumeWriteFailed(b, err, seq, offset, length, data);
+          if (failed) throw failed;
+        }
         b.dirty = true;
       } finally {
-        this.writing.delete(seq);
+        // An entry whose volume write is owed stays in `writing`: no trim drops it (see unwritten).
+        if (!this.unwritten.has(seq)) this.writing.delete(seq);
       }
     } finally {
       release();
@@ -487,6 +517,10 @@ export class PrimaryEngine {
     if (copy) entry.copy = true;
     const journaled = this.journal.append(entry).catch((err: unknown) => {
       this.pending.cancel(b.group, b.link, seq);
+      // A seq that never reached the journal is never acknowledged: a copier
+      // waiting for the link's last issued seq (Copier, "acknowledging") would
+      // wait for it forever after a commit failed on a full disk.
+      if (this.issuedOn.get(b.link) === seq) this.issuedOn.set(b.link, this.journal.highestOn(b.link));
       throw err;
     });
     return { ts, seq, journaled };
@@ -562,8 +596,13 @@ export class PrimaryEngine {
     const release = await b.lock.acquire(offset, length);
     try {
       await this.bitmap.mark(b.volume.name, offset, length);
-      if (data) await b.volume.write(offset, data);
-      else await b.volume.writeZeroes(offset, length);
+      try {
+        if (data) await b.volume.write(offset, data);
+        else await b.volume.writeZeroes(offset, length);
+      } catch (err) {
+        // The blocks are marked already: a resync copies whatever the volume holds.
+        throw diskFullCause(err) ? (this.o.disk?.failed(err, b.volume.path) ?? err) : this.volumeFailed(b, err, "write");
+      }
       b.dirty = true;
     } finally {
       release();
@@ -598,7 +637,8 @@ export class PrimaryEngine {
     }
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
-    await Promise.all(vols.map((b) => b.volume.sync()));
+    // A volume that fails its sync is marked failed; the suspension still goes on.
+    await Promise.all(vols.map((b) => this.syncVolume(b, false)));
     const rows = this.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
       seq: number;
       link: number;
@@ -610,7 +650,8 @@ export class PrimaryEngine {
     try {
       this.db.transaction(() => {
         for (const r of rows) {
-          if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
+          // Unacknowledged, or acknowledged but never written to the volume (unwritten): the two sides differ there.
+          if (r.seq > (this.senders.get(r.link)?.ackedSeq ?? 0) || this.unwritten.has(r.seq)) blocks += this.bitmap.markNow(r.volume, r.off, r.len);
         }
         this.db.prepare("DELETE FROM journal WHERE grp = ?").run(group);
         this.db
@@ -623,6 +664,11 @@ export class PrimaryEngine {
       this.bitmap.reset();
       throw err;
     }
+    for (const [seq, u] of this.unwritten) {
+      if (u.group !== group) continue;
+      this.unwritten.delete(seq);
+      this.writing.delete(seq);
+    }
     this.pending.dropGroup(group);
     this.journal.recount();
     this.journal.collectSegments();
@@ -633,6 +679,36 @@ export class PrimaryEngine {
     if (was !== gs.state) {
       this.o.logger.warn({ group, from: was, to: gs.state, reason: gs.reason, by: gs.by, generation: gs.generation, bitmapBlocks: blocks }, "group no longer replicated");
     }
+  }
+
+  /**
+   * The journal's disk is full: every group that replicates stops, as at the
+   * journal cap, so its entries become bitmap blocks and their segments are
+   * freed (a journal grown by a slow secondary is the usual hog). The
+   * suspension's own writes use the room the guard's reserve left; if even
+   * they fail, the group stays suspended in memory (host writes are refused
+   * meanwhile) and its record is tried again each DISK_RECHECK_MS.
+   */
+  private diskFull(reason: string): void {
+    for (const [group, gs] of this.groups) {
+      if (primaryGroupIgnores(gs.state, "journal-full")) continue;
+      this.o.logger.error({ group, reason }, "state disk full: suspending the group");
+      this.suspendUntilRecorded(group, reason);
+    }
+  }
+
+  private suspendUntilRecorded(group: string, reason: string, event: SuspendEvent = "journal-full"): void {
+    const gs = this.groups.get(group);
+    // Gone (a turn), or replicating again (a resync came meanwhile): nothing left to record.
+    if (!gs || (event === "primary-suspend" && replicating(gs.state))) return;
+    this.suspend(group, event, reason, `primary #${this.o.id}`).catch((err) => {
+      if (this.stopped) return;
+      // An I/O error on the state file stops the process (disk-guard.ts); a full disk is retried.
+      this.o.disk?.failed(err, stateFileName(this.db.name));
+      this.o.logger.error({ group, err: (err as Error).message }, "the group's suspension could not be recorded; trying again");
+      // Once suspended in memory the table ignores journal-full: the retry records it as the primary's own suspension.
+      this.o.runtime.setTimeout(() => this.suspendUntilRecorded(group, reason, "primary-suspend"), DISK_RECHECK_MS);
+    });
   }
 
   /**
@@ -814,12 +890,101 @@ export class PrimaryEngine {
     }
   }
 
+  /** A host read: the volume's bytes, unless the volume failed (EIO), whose bytes may not be what the disk holds. */
+  read(volume: string, offset: number, length: number): Promise<Buffer> {
+    const b = this.bindings.get(volume);
+    assert(b, `volume ${volume} is a primary here`);
+    if (this.failedVolumes.has(volume)) return Promise.reject(this.failedVolumeError(b));
+    return b.volume.read(offset, length);
+  }
+
+  private failedVolumeError(b: BindingState): VolumeError {
+    return new VolumeError("TM_VOLUME_IO", `${this.failedVolumes.get(b.volume.name)}; hosts get EIO for it until subsystem #${this.o.id} restarts`, {
+      volume: b.volume.name,
+      path: b.volume.path,
+      sysCode: "EIO",
+    });
+  }
+
+  /**
+   * A primary volume's write or fdatasync failed (not for a full disk): the
+   * volume is marked failed, once, with why. After a failed fdatasync Linux
+   * may have dropped the pages and the next one succeeds, so nothing written
+   * since the last good sync can be trusted on it; the writes it
+   * acknowledged are on the secondary, which a takeover uses.
+   */
+  private volumeFailed(b: BindingState, err: unknown, op: string): VolumeError {
+    const name = b.volume.name;
+    if (!this.failedVolumes.has(name)) {
+      const sys = (err as { sysCode?: string }).sysCode ?? (err as { code?: string }).code ?? "EIO";
+      const reason = `volume ${name} failed: ${sys} on ${op} of ${b.volume.path}`;
+      this.failedVolumes.set(name, reason);
+      this.o.logger.error(
+        { volume: name, path: b.volume.path, group: b.group, err: (err as Error).message },
+        "primary volume failed: hosts get EIO for it; the group is suspended with the volume named. Take the group over (its secondary holds what was acknowledged), replace the disk, then resync --reverse",
+      );
+    }
+    return this.failedVolumeError(b);
+  }
+
+  /**
+   * A replicated write reached the journal but not the volume (its entry may
+   * reach the secondary all the same). Null when it was written after all.
+   * A full disk (a sparse volume file on it) puts the subsystem in
+   * state-disk-full, whose reserve often makes room for the write itself;
+   * else its blocks go to the bitmap so a resync makes the pair equal again
+   * (the host was told the write failed: either content is right), or, if
+   * even the mark finds no room, the entry stays owed (unwritten). Any other
+   * error fails the volume.
+   */
+  private async volumeWriteFailed(b: BindingState, err: unknown, seq: number, offset: number, length: number, data: Buffer | null): Promise<Error | null> {
+    if (!diskFullCause(err)) {
+      await this.bitmap.mark(b.volume.name, offset, length).catch(() => {});
+      return this.volumeFailed(b, err, "write");
+    }
+    const full = this.o.disk?.failed(err, b.volume.path) ?? (err as Error);
+    try {
+      if (data) await b.volume.write(offset, data);
+      else await b.volume.writeZeroes(offset, length);
+      return null;
+    } catch {
+      // Still no room on the volume's file system.
+    }
+    try {
+      await this.bitmap.mark(b.volume.name, offset, length);
+    } catch {
+      this.unwritten.set(seq, { group: b.group, volume: b.volume.name, offset, length });
+    }
+    return full;
+  }
+
+  /** fdatasync of a primary volume; a failure marks it failed and, if `rethrow`, fails the caller. */
+  private async syncVolume(b: BindingState, rethrow: boolean): Promise<void> {
+    try {
+      await b.volume.sync();
+    } catch (err) {
+      const e = this.volumeFailed(b, err, "fdatasync");
+      if (rethrow) throw e;
+    }
+  }
+
   /** FLUSH: the volume's completed writes and every journal commit are durable. */
   async flush(volume: string): Promise<void> {
     const b = this.bindings.get(volume);
     assert(b, `volume ${volume} is a primary here`);
-    this.journal.barrier();
-    await b.volume.sync();
+    try {
+      if (this.o.disk?.full) {
+        // No room for the barrier's commit: fdatasync of the segments and the
+        // WAL makes every commit so far durable just the same, and a host's
+        // FLUSH of what it was acknowledged still succeeds on a full disk.
+        this.journal.segments.sync();
+        await this.o.store.syncWal();
+      } else this.journal.barrier();
+    } catch (err) {
+      throw this.o.disk?.failed(err, failedFile(err, stateFileName(this.db.name))) ?? err;
+    }
+    if (this.failedVolumes.has(volume)) throw this.failedVolumeError(b);
+    await this.syncVolume(b, true);
   }
 
   /**
@@ -837,6 +1002,7 @@ export class PrimaryEngine {
   }
 
   private announce(): void {
+    const syncs: [group: string, secs: number[], t: bigint][] = [];
     for (const [group, secs] of this.groupSecondaries) {
       const gs = this.groups.get(group)!;
       if (!replicating(gs.state)) continue;
@@ -846,16 +1012,27 @@ export class PrimaryEngine {
       const t = this.o.controls?.bareClockSync ? this.clock.stamp() : syncTime(this.pending.oldest(group), () => this.clock.stamp());
       const prev = this.lastSync.get(group);
       if (prev !== undefined && t < prev) continue;
-      this.lastSync.set(group, t);
-      for (const s of secs) this.senders.get(s)?.sendSync(group, t);
+      syncs.push([group, secs, t]);
     }
     // Stamps must stay above every T announced, across restarts too. The floor
     // is exact: one running ahead of the clock would stamp a restarted primary's
     // writes above dependent writes that other primaries accept later (the
     // simulation found that). One small write per sync interval, not per write.
+    // It is written before the SYNCs go: a floor the state disk cannot take
+    // (full) announces nothing above the floor already recorded.
     if (this.clock.lastStamp > this.persistedFloor) {
+      try {
+        this.journal.raiseTsFloor(this.clock.lastStamp);
+      } catch (err) {
+        // The guard suspends the groups (diskFull); anything else stops the process as before.
+        if (!this.o.disk?.failed(err, stateFileName(this.db.name))) throw err;
+        return;
+      }
       this.persistedFloor = this.clock.lastStamp;
-      this.journal.raiseTsFloor(this.persistedFloor);
+    }
+    for (const [group, secs, t] of syncs) {
+      this.lastSync.set(group, t);
+      for (const s of secs) this.senders.get(s)?.sendSync(group, t);
     }
   }
 
@@ -868,25 +1045,28 @@ export class PrimaryEngine {
     if (this.trimming) return;
     let work = false;
     for (const [id, s] of this.senders) if (s.ackedSeq > (this.trimmedSeq.get(id) ?? 0)) work = true;
-    if (!work) {
-      this.activity.coolIdle(this.trimmedSeq);
-      return;
-    }
     this.trimming = true;
     try {
+      if (!work) {
+        this.activity.coolIdle(this.trimmedSeq);
+        return;
+      }
       let frontier = this.seq + 1;
       for (const s of this.writing) if (s < frontier) frontier = s;
       const upTo = new Map<number, number>();
       for (const [id, s] of this.senders) upTo.set(id, Math.min(s.ackedSeq, frontier - 1));
       const dirty = [...this.bindings.values()].filter((b) => b.dirty);
       for (const b of dirty) b.dirty = false;
-      await Promise.all(dirty.map((b) => b.volume.sync()));
+      // A volume whose sync fails is marked failed (hosts get EIO for it) and the
+      // trim goes on: what it acknowledged is on its secondary, which a takeover uses.
+      await Promise.all(dirty.map((b) => this.syncVolume(b, false)));
       this.journal.trim(upTo);
       for (const w of this.trimWaiters.splice(0)) w();
       for (const [id, seq] of upTo) this.trimmedSeq.set(id, Math.max(seq, this.trimmedSeq.get(id) ?? 0));
       this.activity.coolIdle(this.trimmedSeq);
     } catch (err) {
-      this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
+      // A full state disk is reported once, by the guard; the trim is retried each interval.
+      if (!this.o.disk?.failed(err, failedFile(err, stateFileName(this.db.name)))) this.o.logger.error({ err: (err as Error).message }, "journal trim failed; will retry");
       for (const b of this.bindings.values()) b.dirty = true;
     } finally {
       this.trimming = false;
@@ -930,7 +1110,13 @@ export class PrimaryEngine {
         bytesInFlight: s.bytesInFlight,
         lastError: s.lastError,
       })),
-      volumes: [...this.bindings.values()].map((b) => ({ name: b.volume.name, group: b.group, secondary: b.link, target: b.target })),
+      volumes: [...this.bindings.values()].map((b) => ({
+        name: b.volume.name,
+        group: b.group,
+        secondary: b.link,
+        target: b.target,
+        failed: this.failedVolumes.get(b.volume.name) ?? null,
+      })),
       pendingCopies: this.copier.cursorVolumes().filter((v) => {
         const b = this.bindings.get(v);
         return !!b && this.groupState(b.group) !== "copying";

@@ -192,6 +192,9 @@ export class RemoteCopyManager {
             continue;
           }
           const s = a.value;
+          // A full state disk takes no writes and no RCRs: no timeout (issue 18).
+          if (s.disk?.state === "state-disk-full") conditions.set(`subsystem #${id} ${s.disk.reason}`, true);
+          for (const v of s.primary?.volumes ?? []) if (v.group === g.name && v.failed) conditions.set(`primary #${id} ${v.failed}`, true);
           for (const pg of s.primary?.groups ?? []) {
             if (pg.name !== g.name) continue;
             const state = (pg as { state?: string }).state ?? "active";

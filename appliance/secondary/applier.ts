@@ -10,6 +10,7 @@ import type { Db } from "../state/database.ts";
 import type { PayloadCache } from "../state/payload-cache.ts";
 import type { PayloadSegments } from "../state/payload-segments.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import { stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import { assert, InvariantError } from "../invariant.ts";
 import type { GroupState, SecondaryBinding } from "./engine-state.ts";
 import { OP_WRITE, type QueueStatements } from "./rcr-queue.ts";
@@ -39,6 +40,8 @@ export interface ApplierContext {
   groups: ReadonlyMap<string, GroupState>;
   volumes: ReadonlyMap<string, SecondaryBinding>;
   stopped(): boolean;
+  /** The state disk: a queue delete it cannot take puts the subsystem in state-disk-full (disk-guard.ts). */
+  disk?: DiskGuard;
 }
 
 export class Applier {
@@ -98,7 +101,10 @@ export class Applier {
     } catch (err) {
       // A broken invariant is a bug, not an I/O error to retry: stop loudly.
       if (err instanceof InvariantError) return this.c.runtime.fatal(err);
-      this.applyError = (err as Error).message;
+      // A volume's own ENOSPC or EIO is the pair's (applyError); the state file's is the subsystem's.
+      const volumeError = String((err as { code?: unknown }).code ?? "").startsWith("TM_VOLUME_");
+      const full = volumeError ? null : this.c.disk?.failed(err, stateFileName(this.c.db.name));
+      this.applyError = (full ?? (err as Error)).message;
       this.c.logger.error({ err: (err as Error).message }, "applying the disk request queue failed; retrying");
       this.c.runtime.setTimeout(() => this.kick(), 1000);
     } finally {

@@ -14,6 +14,7 @@ import type { PayloadSegments } from "../state/payload-segments.ts";
 import { describeWireError, WIRE_ERROR, type Frame, type RcrRecord, type WireErrorName } from "../replication/frames.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import { failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { assert } from "../invariant.ts";
 import { onCopied, onSync, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
@@ -41,6 +42,8 @@ export interface ReceiverContext {
   endResync(group: string): void;
   /** 112 rose: the applier has rows due. */
   kickApplier(): void;
+  /** The state disk: while it is full, frames of groups are not taken (disk-guard.ts). */
+  disk?: DiskGuard;
 }
 
 type Work =
@@ -83,6 +86,8 @@ export class Receiver {
   private committing: Promise<void> | null = null;
   received = 0;
   duplicates = 0;
+  /** Links dropped because a frame came while the state disk was full. */
+  refusedWhileFull = 0;
 
   constructor(private readonly c: ReceiverContext) {}
 
@@ -165,6 +170,14 @@ export class Receiver {
 
   private onFrame(link: FrameLink, primaryId: number, f: Frame): void {
     if (this.c.stopped()) return;
+    if (this.c.disk?.full && (f.type === "rcr" || f.type === "sync" || f.type === "copied")) {
+      // The queue cannot take it, and a frame skipped would leave a gap in the
+      // stream: the link goes, and the primary resends from its last ack once
+      // this disk has room. The guard reported the state once; status shows it.
+      this.refusedWhileFull++;
+      link.close();
+      return;
+    }
     if (f.type === "rcr" || f.type === "sync" || f.type === "copied") {
       const g = this.c.groups.get(f.group);
       if (!g) return this.refuse(link, primaryId, "noGroup", f.group, `group '${f.group}' has no secondary volume on subsystem #${this.c.id}`);
@@ -295,7 +308,9 @@ export class Receiver {
     } catch (err) {
       // The queue could not be written (disk full, I/O error): nothing was
       // acknowledged, so the primaries resend after the links are dropped.
-      this.c.logger.error({ err: (err as Error).message }, "RCR queue commit failed; dropping links so primaries resend");
+      // A full disk is reported by the guard, which then keeps frames out.
+      const full = this.c.disk?.failed(err, failedFile(err, stateFileName(this.c.db.name)));
+      this.c.logger.error({ err: (full ?? (err as Error)).message }, "RCR queue commit failed; dropping links so primaries resend");
       this.reloadSeqs();
       this.c.bitmap.reset();
       this.c.recent.clear();

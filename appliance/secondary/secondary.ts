@@ -11,6 +11,7 @@ import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
+import type { DiskGuard } from "../state/disk-guard.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -47,6 +48,8 @@ export interface SecondaryOptions {
   bindings: SecondaryBinding[];
   /** Every group this subsystem is a secondary of, with the group's primaries. */
   groups: Map<string, number[]>;
+  /** The state disk (disk-guard.ts): while it is full no RCR is taken. The simulation has none. */
+  disk?: DiskGuard;
 }
 
 export class SecondaryEngine {
@@ -71,7 +74,7 @@ export class SecondaryEngine {
     this.db = o.store.db;
     const db = this.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
-    this.bitmap = new BitmapWriter(db, o.runtime);
+    this.bitmap = new BitmapWriter(db, o.runtime, o.disk);
     this.segments = new PayloadSegments(o.store.segments("queue"));
     this.stmts = prepareQueue(db);
     const shared = {
@@ -85,6 +88,7 @@ export class SecondaryEngine {
       recent: this.recent,
       groups: this.groups,
       volumes: this.volumes,
+      disk: o.disk,
     };
     const stopped = () => this.stopped;
     this.stepContext = {
@@ -298,6 +302,8 @@ export class SecondaryEngine {
         code: "EPERM",
       });
     }
+    // The mark must be durable before the block changes: on a full state disk it cannot be.
+    if (this.o.disk?.full) throw this.o.disk.refusal(volume);
     this.hostWrites++;
     try {
       await this.bitmap.mark(volume, offset, length);
@@ -344,6 +350,8 @@ export class SecondaryEngine {
         uncopiedVolumes: steps.uncopiedVolumes(this.stepContext, g.name),
         received: this.receiver.received,
         duplicates: this.receiver.duplicates,
+        /** Links dropped because frames came while the state disk was full (disk-guard.ts). */
+        linksDroppedDiskFull: this.receiver.refusedWhileFull,
         links: this.receiver.linkIds(),
       };
     });

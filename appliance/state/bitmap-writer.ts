@@ -5,6 +5,7 @@
 import type { Db } from "./database.ts";
 import { blockSpan } from "../resync/blocks.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import { stateFileName, type DiskGuard } from "./disk-guard.ts";
 
 interface Waiting {
   resolve: () => void;
@@ -23,6 +24,8 @@ export class BitmapWriter {
   constructor(
     private readonly db: Db,
     private readonly runtime: Runtime,
+    /** Told of a failed commit: on a full disk the writes waiting for it get ENOSPC (disk-guard.ts). */
+    private readonly disk?: DiskGuard,
   ) {
     this.insert = db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
     this.countStmt = db.prepare("SELECT count(*) AS n FROM bitmap WHERE volume = ?");
@@ -119,7 +122,8 @@ export class BitmapWriter {
       })();
     } catch (err) {
       this.known.clear();
-      for (const w of waiting) w.reject(err as Error);
+      const e = this.disk?.failed(err, stateFileName(this.db.name)) ?? (err as Error);
+      for (const w of waiting) w.reject(e);
       return;
     } finally {
       if (this.db.open) this.db.pragma("synchronous = NORMAL");

@@ -11,6 +11,13 @@ import { tmError } from "../errors/codes.ts";
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
+/**
+ * When no row names any payload and the current segment holds at least this
+ * much, appends move to a new segment and the old one is deleted: a drained
+ * journal or queue gives its space back (a suspension on a full disk relies
+ * on it) instead of keeping up to SEGMENT_BYTES until the segment fills.
+ */
+export const SEGMENT_RESET_BYTES = 4 * 1024 * 1024;
 
 export interface PayloadRef {
   seg: number;
@@ -57,6 +64,19 @@ export class PayloadSegments {
    */
   append(payloads: readonly Buffer[]): PayloadRef[] {
     if (payloads.length === 0) return [];
+    try {
+      return this.appendUnnamed(payloads);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code === "TM_SEGMENT_IO" || typeof code !== "string") throw err;
+      // The operating system's error (ENOSPC, EDQUOT, EIO) with the file it was
+      // about: the disk guard names it, and the NBD edge maps sysCode.
+      const file = this.dir.nameOf(this.current);
+      throw Object.assign(tmError("TM_SEGMENT_IO", `${file}: ${(err as Error).message}`, { file, sysCode: code }, { cause: err }), { sysCode: code });
+    }
+  }
+
+  private appendUnnamed(payloads: readonly Buffer[]): PayloadRef[] {
     let s = this.open(this.current);
     if (s.size >= this.segmentBytes) {
       this.current++;
@@ -116,6 +136,7 @@ export class PayloadSegments {
 
   /** Deletes every segment below `oldestInUse` (the segment of the oldest row still in the table), never the current one. */
   collect(oldestInUse: number | null): number {
+    if (oldestInUse === null && (this.segments.get(this.current)?.size ?? 0) >= Math.min(SEGMENT_RESET_BYTES, this.segmentBytes)) this.current++;
     const keep = Math.min(oldestInUse ?? this.current, this.current);
     let removed = 0;
     for (let seg = this.lowest; seg < keep; seg++) {

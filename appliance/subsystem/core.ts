@@ -10,6 +10,7 @@ import type { LoadedTopology } from "../../config/load.ts";
 import { directed, isDirection, type Direction } from "../../config/direction.ts";
 import { durableBarrier } from "../state/database.ts";
 import type { StateStore } from "../state/store.ts";
+import type { DiskGuard } from "../state/disk-guard.ts";
 import { PrimaryEngine, type PrimaryBinding, type PrimaryProbe, type PrimaryTuning } from "../primary/primary.ts";
 import { SecondaryEngine, type SecondaryBinding, type SecondaryProbe } from "../secondary/secondary.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
@@ -43,6 +44,8 @@ export interface SubsystemCoreOptions {
   /** What status shows of the process (pid, ports, NBD URLs); the simulation has none. */
   processStatus?: () => Record<string, unknown>;
   nbdUrlOf?: (volume: string) => string | null;
+  /** The state disk's guard (disk-guard.ts); the simulation has none. */
+  disk?: DiskGuard;
 }
 
 /** A generation from a control request: a positive integer, or a clear refusal. */
@@ -150,12 +153,13 @@ export class SubsystemCore {
       groupSecondaries,
       generationOf: this.generationOf,
       powerLossSuspected,
+      disk: o.disk,
     });
   }
 
   private secondaryEngine(bindings: SecondaryBinding[], groups: Map<string, number[]>): SecondaryEngine {
     const { o } = this;
-    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups });
+    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk });
   }
 
   /** The journal is replayed before the volumes are served again. */
@@ -296,6 +300,8 @@ export class SubsystemCore {
       subsystem: o.id,
       ...o.processStatus?.(),
       clock: o.topo.config.clock,
+      // `state-disk-full` while the state disk is full (disk-guard.ts); the RCM suspends the groups on it.
+      disk: o.disk?.status() ?? null,
       nowNs: (roles.primary?.nowNs() ?? o.clockNs()).toString(),
       volumes: [...o.volumes.values()].map((v) => ({
         name: v.name,

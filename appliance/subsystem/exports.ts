@@ -14,7 +14,8 @@ export function primaryExport(v: Volume, engine: PrimaryEngine): NbdExport {
     description: `tidemark primary volume ${v.name}`,
     // After a takeover the old primary is read-only for hosts that reconnect.
     isReadOnly: () => !engine.isWritable(v.name),
-    read: (offset, length) => v.read(offset, length),
+    // A failed primary volume answers EIO (primary.ts, failedVolumes).
+    read: (offset, length) => engine.read(v.name, offset, length),
     write: (offset, data, fua) => engine.write(v.name, offset, data.length, data, fua),
     // A trim is replicated as zeroes, so primary and secondary read the same.
     writeZeroes: (offset, length, fua) => engine.write(v.name, offset, length, null, fua),
@@ -123,7 +124,7 @@ export function volumeExport(v: Volume, roles: () => Roles): NbdExport {
       return route().description;
     },
     isReadOnly: () => route().isReadOnly(),
-    read: (offset, length) => v.read(offset, length),
+    read: (offset, length) => route().read(offset, length),
     write: (offset, data, fua) => route().write(offset, data, fua),
     writeZeroes: (offset, length, fua) => route().writeZeroes(offset, length, fua),
     trim: (offset, length, fua) => route().trim(offset, length, fua),

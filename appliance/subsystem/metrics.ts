@@ -50,6 +50,11 @@ export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigi
   gauge("tidemark_bitmap_blocks", "4 KiB blocks marked for resync", ["volume"], (g, s) => {
     for (const v of s.volumes) g.set({ volume: v.name }, v.bitmapBlocks);
   });
+  gauge("tidemark_state_disk_full", "1 while the state disk is full (state-disk-full: host writes get ENOSPC, no RCRs are taken)", [], (g, s) =>
+    g.set(s.disk?.state === "state-disk-full" ? 1 : 0),
+  );
+  gauge("tidemark_host_writes_refused_disk_full", "host writes refused with ENOSPC because the state disk was full, since start", [], (g, s) => g.set(s.disk?.refusedWrites ?? 0));
+  gauge("tidemark_log_dropped_lines", "log lines dropped since start because the log file could not be written", [], (g, s) => g.set(s.log?.droppedLines ?? 0));
   return registry;
 }
 

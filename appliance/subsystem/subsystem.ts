@@ -13,6 +13,7 @@ import pino, { type Logger } from "pino";
 import { openVolume, type Volume } from "../../disks/volume.ts";
 import { loadConfig, subsystemConfig, subsystemDir, volumePath, type LoadedTopology } from "../../config/load.ts";
 import { openState, type Db } from "../state/database.ts";
+import { DiskGuard, diskFullCause, fileSystemOf } from "../state/disk-guard.ts";
 import { connectLink, createLinkServer, type Link } from "../replication/link.ts";
 import { NbdServer } from "../nbd/server.ts";
 import { fileStateStore } from "../state/store.ts";
@@ -22,6 +23,7 @@ import { installInvariantExit } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { metricsRegistry, serveMetrics } from "./metrics.ts";
+import { LogFile, type LogFileStats } from "../logging/log-file.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 
 export interface SubsystemHandle {
@@ -52,6 +54,8 @@ function setMeta(db: Db, key: string, value: string): void {
 /** Where NBD is served: the config's nbdPort, or a listening socket inherited under socket activation. */
 export interface SubsystemOptions {
   nbdFd?: number;
+  /** The log file's dropped-line count, for status and metrics (none when logging to stdout). */
+  logStats?: () => LogFileStats;
 }
 
 // systemd's convention (sd_listen_fds(3)), which libnbd's `[ CMD ]` follows:
@@ -85,13 +89,36 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     throw tmError("TM_SUBSYSTEM_RUNNING", `subsystem #${id} is already running (lock ${lock} is held)`, { subsystem: id, file: lock });
   }
 
-  const db = openState(path.join(dir, "state.db"));
-  const boot = bootId();
-  const wasClean = meta(db, "clean") !== "0";
-  const lastBoot = meta(db, "boot_id");
-  const powerLossSuspected = !wasClean && lastBoot !== undefined && lastBoot !== boot;
-  setMeta(db, "clean", "0");
-  setMeta(db, "boot_id", boot);
+  // Before the state file opens: on a full disk the last run's reserve is
+  // released, so WAL recovery, migrations and the writes below fit.
+  const disk = new DiskGuard({ dir, reserveBytes: cfg.stateReserveMiB * 1024 * 1024, runtime: realRuntime, logger });
+  disk.start();
+  let db: Db;
+  let powerLossSuspected: boolean;
+  let wasClean: boolean;
+  let opened: Db | null = null;
+  try {
+    db = opened = openState(path.join(dir, "state.db"));
+    const boot = bootId();
+    wasClean = meta(db, "clean") !== "0";
+    const lastBoot = meta(db, "boot_id");
+    powerLossSuspected = !wasClean && lastBoot !== undefined && lastBoot !== boot;
+    setMeta(db, "clean", "0");
+    setMeta(db, "boot_id", boot);
+  } catch (err) {
+    opened?.close();
+    disk.stop();
+    closeSync(lockFd);
+    const cause = diskFullCause(err);
+    if (!cause) throw err;
+    const fs = fileSystemOf(dir);
+    throw tmError(
+      "TM_STATE_DISK_FULL",
+      `subsystem #${id} cannot start: ${cause} writing its state file ${path.join(dir, "state.db")} on ${fs}, and no reserve file was left to release; free space on ${fs} and start it again`,
+      { subsystem: id, file: path.join(dir, "state.db"), fileSystem: fs, sysCode: cause },
+      { cause: err },
+    );
+  }
   if (!wasClean) logger.warn({ sameBoot: !powerLossSuspected }, "previous run did not stop cleanly; recovering");
 
   const volumes = new Map<string, Volume>();
@@ -109,6 +136,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     }
   } catch (err) {
     for (const v of volumes.values()) await v.close();
+    disk.stop();
     db.close();
     closeSync(lockFd);
     throw err;
@@ -143,9 +171,11 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       replicationPort: me.replicationPort,
       nbdPort: me.nbdPort,
       uptimeMs: Math.round(process.uptime() * 1000),
+      log: opts.logStats?.() ?? null,
     }),
     // Socket-activated, the NBD listener belongs to whoever started us: no URL of ours.
     nbdUrlOf: (volume) => (opts.nbdFd === undefined ? nbdUrl(me.host, me.nbdPort, volume) : null),
+    disk,
   });
   await core.start();
   const status = () => core.status();
@@ -174,7 +204,13 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       linkServer.close();
       await core.stop();
       for (const v of volumes.values()) await v.close();
-      setMeta(db, "clean", "1");
+      disk.stop();
+      try {
+        setMeta(db, "clean", "1");
+      } catch (err) {
+        // Safe to leave: the next start recovers as after a crash (journal replay, redo).
+        logger.warn({ err: (err as Error).message }, "the clean stop could not be recorded (state disk full?); the next start recovers as after a crash");
+      }
       db.close();
       store.close();
       closeSync(lockFd);
@@ -200,21 +236,29 @@ export async function subsystemMain(configFile: string, id: number, logFile?: st
   // logs and the ready line go to stderr.
   const nbdFd = takeActivationFd();
   const out = nbdFd !== undefined ? process.stderr : process.stdout;
-  const dest = logFile ? pino.destination({ dest: logFile, mkdir: true, sync: false }) : pino.destination(nbdFd !== undefined ? 2 : 1);
+  // A log file never holds up the write path: full or slow, it costs log lines (log-file.ts, README).
+  const logSink = logFile ? new LogFile(logFile, topo.config.logBufferKiB * 1024) : null;
+  const dest = logSink ?? pino.destination(nbdFd !== undefined ? 2 : 1);
   const logger = pino({ level: topo.config.logLevel, base: { ss: id } }, dest);
+  if (logSink) {
+    logSink.onRecovered = (dropped, sinceMs, cause) =>
+      logger.warn({ droppedLines: dropped, since: new Date(sinceMs).toISOString(), cause, file: logFile, droppedSinceStart: logSink.droppedLines }, "log lines were dropped: the log file could not be written");
+  }
   installInvariantExit((err) => {
     logger.fatal({ err: err.message, stack: err.stack }, "stopping: %s", err.message);
     dest.flushSync?.();
     process.stderr.write(`tidemark subsystem #${id}: ${err.message}\n`);
   });
-  const handle = await runSubsystem(topo, id, logger, { nbdFd });
+  const handle = await runSubsystem(topo, id, logger, { nbdFd, logStats: logSink ? () => logSink.stats() : undefined });
   const me = subsystemConfig(topo, id);
   out.write(
     JSON.stringify({ ready: true, subsystem: id, pid: process.pid, replication: `${me.host}:${me.replicationPort}`, nbd: nbdFd !== undefined ? `fd ${nbdFd}` : `${me.host}:${me.nbdPort}` }) + "\n",
   );
   const onSignal = () => {
     void handle.stop().then(
-      () => {
+      async () => {
+        // The last lines ("stopped cleanly") reach the file unless it cannot take them within a second.
+        await logSink?.drain(1000);
         dest.flushSync?.();
         process.exit(0);
       },

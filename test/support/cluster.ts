@@ -68,8 +68,11 @@ export class TestCluster {
     return this.topo.config.subsystems.map((s) => s.id);
   }
 
+  /** Where the processes' logs go; a test may point it at its own file system before starting them. */
+  logDir = "";
+
   logOf(id: number): string {
-    return path.join(this.dir, id === 0 ? "rcm.log" : `ss${id}.log`);
+    return path.join(this.logDir || this.dir, id === 0 ? "rcm.log" : `ss${id}.log`);
   }
 
   async start(id: number): Promise<void> {
