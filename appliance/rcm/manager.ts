@@ -243,8 +243,8 @@ export class RemoteCopyManager {
         }
         if (pendingCopy.length > 0 && conditions.size === 0 && !suspendedSomewhere) {
           this.logger.warn({ group: g.name, primaries: pendingCopy }, "a new pair waits for its initial copy: resyncing the group");
-          void this.serialized(g.name, "resync", "rcm (automatic)", "initial copy of a new pair", async () =>
-            startResync(await liveTopology(this.topo), g.name, { logger: this.logger, by: "rcm (automatic)" }),
+          void this.serialized(g.name, "resync", "rcm (automatic)", "initial copy of a new pair", async (t) =>
+            startResync(await liveTopology(t), g.name, { logger: this.logger, by: "rcm (automatic)" }),
           ).catch(() => {});
           continue;
         }
