@@ -212,7 +212,10 @@ export class SimNetwork {
             this.sched.at(this.delay(), () => finish(() => resolve(JSON.parse(answer) as T)), caller);
           },
           (err: Error) => {
-            if (err.name === "InvariantError") throw err;
+            // A broken invariant stops a real subsystem (core.ts rethrows it); here watchInvariants
+            // has failed the seed already, and the caller hears nothing, as from a process that died.
+            // Rethrown, it would escape as an unhandled rejection (the noFence control, seed 24).
+            if (err.name === "InvariantError") return;
             // What the subsystem's control answer and the CLI's client make of it (core.ts, control-client.ts).
             const e = ControlError.fromAnswer({ code: codeOf(err, "TM_CONTROL"), message: err.message }, "TM_CONTROL", `subsystem #${to}: `, "request failed");
             this.sched.at(this.delay(), () => finish(() => reject(e)), caller);
