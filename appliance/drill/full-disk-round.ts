@@ -20,7 +20,7 @@ import { tidemarkCli } from "./commands.ts";
 import { cmpImages, readRange } from "./images.ts";
 import { processName } from "./processes.ts";
 import type { RoundReport } from "./report.ts";
-import { PAIRED_TIMEOUT_MS, QUIESCE_TIMEOUT_MS, RESYNC_TIMEOUT_MS, waitPaired, type DrillEnv } from "./round.ts";
+import { PAIRED_TIMEOUT_MS, QUIESCE_TIMEOUT_MS, RESYNC_TIMEOUT_MS, emptyRoundReport, waitPaired, type DrillEnv } from "./round.ts";
 
 /** Every status, NBD handshake and host write must be answered within this (the bar). */
 export const FULL_DISK_ANSWER_MS = 2000;
@@ -77,25 +77,7 @@ export async function runFullDiskRound(env: DrillEnv, round: number, seed: numbe
   const { topo, procs } = env;
   const started = Date.now();
   let t0 = started;
-  const report: RoundReport = {
-    round,
-    seed,
-    ok: false,
-    elapsedMs: 0,
-    events: [],
-    kills: { primary: 0, secondary: 0, rcm: 0 },
-    linkFaults: { cut: 0, hang: 0 },
-    takeovers: [],
-    chains: [],
-    secondaryWrites: 0,
-    load: { writes: 0, bytes: 0 },
-    resyncs: [],
-    wayBack: "forward",
-    cmp: { pairs: 0, identical: 0 },
-    completeOnPrimaries: { acked: 0, ok: false },
-    violations: [],
-    stepsMs: {},
-  };
+  const report = emptyRoundReport(round, seed);
   const event = (what: string) => report.events.push({ atMs: Date.now() - t0, what });
   const violation = (v: string) => report.violations.push(v);
   const ids = topo.config.subsystems.map((s) => s.id);

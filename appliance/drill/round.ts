@@ -132,6 +132,29 @@ function parseJson(stdout: string): unknown {
   }
 }
 
+/** A round's report before anything happened; the full-disk round fills the same shape. */
+export function emptyRoundReport(round: number, seed: number): RoundReport {
+  return {
+    round,
+    seed,
+    ok: false,
+    elapsedMs: 0,
+    events: [],
+    kills: { primary: 0, secondary: 0, rcm: 0 },
+    linkFaults: { cut: 0, hang: 0 },
+    takeovers: [],
+    chains: [],
+    secondaryWrites: 0,
+    load: { writes: 0, bytes: 0 },
+    resyncs: [],
+    wayBack: "forward",
+    cmp: { pairs: 0, identical: 0 },
+    completeOnPrimaries: { acked: 0, ok: false },
+    violations: [],
+    stepsMs: {},
+  };
+}
+
 /** What `tidemark resync --json` said, in one line: blocks to copy and the generation it paired at. */
 function resyncGist(v: unknown): string {
   type Returned = { returning?: { primaries?: { subsystem: number }[] } };
@@ -179,25 +202,7 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   const { topo, procs } = env;
   const started = Date.now();
   let t0 = started;
-  const report: RoundReport = {
-    round,
-    seed,
-    ok: false,
-    elapsedMs: 0,
-    events: [],
-    kills: { primary: 0, secondary: 0, rcm: 0 },
-    linkFaults: { cut: 0, hang: 0 },
-    takeovers: [],
-    chains: [],
-    secondaryWrites: 0,
-    load: { writes: 0, bytes: 0 },
-    resyncs: [],
-    wayBack: "forward",
-    cmp: { pairs: 0, identical: 0 },
-    completeOnPrimaries: { acked: 0, ok: false },
-    violations: [],
-    stepsMs: {},
-  };
+  const report = emptyRoundReport(round, seed);
   const event = (what: string) => report.events.push({ atMs: Date.now() - t0, what });
   const violation = (v: string) => report.violations.push(v);
   const pathOf = (volume: string) => volumePath(topo, topo.volumes.get(volume)!);
