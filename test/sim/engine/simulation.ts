@@ -589,6 +589,8 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       if (killed) sched.at(sched.int(0, 60), () => proc.kill());
       log(`second rcm: ${kind} ${group}${killed ? " (killed in the middle)" : ""}`);
       const holder = { holder: `second sim rcm #${attempt}`, holderAddress: "sim-rcm-b", incarnation: attempt, ttlMs: LEASE_MS };
+      /** This attempt answered (done, or failed and maybe retried): its kill then ends nothing. */
+      let answered = false;
       withGroupLease(t, group, kind, holder, async (lt) => {
         if (kind === "resync") {
           await startResync(await liveTopology(lt), group, { logger: silent, by: "second rcm" });
@@ -599,6 +601,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       }).then(
         (r) => {
           if (!proc.alive) return;
+          answered = true;
           overlaps.push(`${kind}: done`);
           log(`second rcm: ${kind} ${group} done${r.ts ? ` at Ts ${r.ts}` : ""}`);
           if (r.ts !== undefined && (group !== "C1" || (!turned && !hostsOnSecondaries))) checkCut(BigInt(r.ts), group);
@@ -606,6 +609,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         },
         (err: Error & { code?: string }) => {
           if (!proc.alive) return;
+          answered = true;
           overlaps.push(`${kind}: ${err.code ?? "failed"}`);
           log(`second rcm: ${kind} failed: ${err.message}`);
           if (attempt < 4) sched.at(sched.int(50, 500), () => overlap(attempt + 1));
@@ -614,7 +618,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       );
       // A killed second RCM is done: its lease lapses by itself.
       if (killed) sched.at(60, () => {
-        if (!proc.alive && !overlapDone) {
+        if (!proc.alive && !answered && !overlapDone) {
           overlaps.push(`${kind}: killed`);
           overlapDone = true;
         }
