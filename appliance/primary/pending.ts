@@ -73,6 +73,16 @@ export class PendingRcrs {
     }
   }
 
+  /** The lowest seq still awaited on a link, over every group, or null when none is. */
+  lowestOn(link: number): number | null {
+    let min: number | null = null;
+    for (const links of this.byGroup.values()) {
+      const e = links.get(link)?.first();
+      if (e && (min === null || e.seq < min)) min = e.seq;
+    }
+    return min;
+  }
+
   /** A suspended group: its RCRs are no longer awaited (they went to the bitmap). */
   dropGroup(group: string): void {
     this.count -= this.sizeOf(group);

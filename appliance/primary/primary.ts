@@ -380,6 +380,10 @@ export class PrimaryEngine {
     assert(!this.groups.has(group), `primary #${this.o.id}: group ${group} is here already`);
     assert(bindings.every((b) => b.group === group && !this.bindings.has(b.volume.name)), `primary #${this.o.id}: group ${group}'s volumes are new here`);
     this.recordPairs([group], bindings);
+    // The secondary engine marked these volumes' bitmap (host writes after a
+    // takeover) while they were its own: a set this engine cached before, when
+    // they were last primary here, would hide those blocks from the copier.
+    this.bitmap.reset();
     for (const b of bindings) this.bindings.set(b.volume.name, { ...b, lock: new RangeLock(), dirty: false });
     this.groupSecondaries.set(group, [...secondaries]);
     this.loadGroup(group);
@@ -551,6 +555,10 @@ export class PrimaryEngine {
       journalCopy: (b, offset, length, data) => this.issue(this.bindings.get(b.volume.name)!, offset, length, data, true).journaled,
       issuedOn: (link) => this.issuedOn.get(link) ?? 0,
       ackedOn: (link) => this.senders.get(link)?.ackedSeq ?? 0,
+      awaitedUpTo: (link, upTo) => {
+        const low = this.pending.lowestOn(link);
+        return low !== null && low <= upTo;
+      },
       lastSeq: () => this.seq,
       copied: (group) => this.copied(group),
     };

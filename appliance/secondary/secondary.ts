@@ -196,6 +196,9 @@ export class SecondaryEngine {
     assert(!this.groups.has(group), `secondary #${this.o.id}: group ${group} is here already`);
     assert(bindings.every((b) => b.group === group && !this.volumes.has(b.volume.name)), `secondary #${this.o.id}: group ${group}'s volumes are new here`);
     for (const b of bindings) this.volumes.set(b.volume.name, b);
+    // The primary engine marked these volumes' bitmap while they were its own:
+    // a set this engine cached before then would hide those blocks.
+    this.bitmap.reset();
     this.db.transaction(() => {
       this.loadGroup(group, primaries);
       // A turn brings volumes that were primaries: complete images.
