@@ -7,8 +7,8 @@
 import type { Logger } from "pino";
 import type { Db } from "../state/database.ts";
 import type { Runtime } from "../runtime/runtime.ts";
+import type { BitmapWriter } from "../state/bitmap-writer.ts";
 import type { Journal } from "./journal.ts";
-import { BITMAP_BLOCK_BYTES } from "../resync/blocks.ts";
 
 /**
  * A region stays hot this long after its last write even once its entries
@@ -23,7 +23,7 @@ export class ActivityLog {
   private readonly regionSeq = new Map<string, { volume: string; region: number; link: number; seq: number; at: number }>();
 
   constructor(
-    private readonly o: { db: Db; journal: Journal; runtime: Runtime; logger: Logger; regionBytes: number },
+    private readonly o: { db: Db; journal: Journal; runtime: Runtime; logger: Logger; regionBytes: number; bitmap: BitmapWriter },
   ) {}
 
   /** A write (or a replayed journal entry) of `seq` on `link` touches these bytes. */
@@ -61,11 +61,15 @@ export class ActivityLog {
   markHotRegionsDirty(): void {
     const { db } = this.o;
     const rows = db.prepare("SELECT volume, region FROM activity").all() as { volume: string; region: number }[];
-    const ins = db.prepare("INSERT OR IGNORE INTO bitmap (volume, block) VALUES (?, ?)");
-    const perRegion = this.o.regionBytes / BITMAP_BLOCK_BYTES;
-    db.transaction(() => {
-      for (const r of rows) for (let i = 0; i < perRegion; i++) ins.run(r.volume, r.region * perRegion + i);
-    })();
+    // Through the bitmap writer, so the sets it caches for the copier include these blocks.
+    try {
+      db.transaction(() => {
+        for (const r of rows) this.o.bitmap.markNow(r.volume, r.region * this.o.regionBytes, this.o.regionBytes);
+      })();
+    } catch (err) {
+      this.o.bitmap.reset();
+      throw err;
+    }
     if (rows.length > 0) {
       this.o.logger.warn({ regions: rows.length }, "unclean restart after a reboot: hot activity-log regions marked in the bitmap for resync");
     }

@@ -127,6 +127,12 @@ export interface PrimaryOptions {
   journalBytesMax: number;
   /** The state disk (disk-guard.ts): while it is full, host writes are refused with ENOSPC. The simulation has none. */
   disk?: DiskGuard;
+  /**
+   * The subsystem's one bitmap writer, shared with its secondary engine: a
+   * group a turn moves between the engines keeps one cache of its marks, so
+   * the copier never misses a block the other role marked (finding 11).
+   */
+  bitmap?: BitmapWriter;
   bindings: PrimaryBinding[];
   /** Per group: every secondary subsystem of the group (SYNC goes to each). */
   groupSecondaries: Map<string, number[]>;
@@ -203,8 +209,8 @@ export class PrimaryEngine {
     this.journal.onCommit = () => {
       for (const s of this.senders.values()) s.wake();
     };
-    this.bitmap = new BitmapWriter(this.db, o.runtime, o.disk);
-    this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes });
+    this.bitmap = o.bitmap ?? new BitmapWriter(this.db, o.runtime, o.disk);
+    this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes, bitmap: this.bitmap });
     this.recordPairs([...this.groupSecondaries.keys()], o.bindings);
     this.copier = new Copier(this.copierHost());
     o.disk?.onFull((full) => {
@@ -324,11 +330,7 @@ export class PrimaryEngine {
     }
     for (const b of this.bindings.values()) if (b.dirty) await b.volume.sync();
     if (replayed > 0) o.logger.info({ entries: replayed }, "journal replayed onto primary volumes");
-    if (o.powerLossSuspected && !o.controls?.noActivityLog) {
-      this.activity.markHotRegionsDirty();
-      // Those rows went into the table directly: a bitmap cache read before them would hide them from the copier.
-      this.bitmap.reset();
-    }
+    if (o.powerLossSuspected && !o.controls?.noActivityLog) this.activity.markHotRegionsDirty();
     // A torn entry (a power cut) is not replayed or resent: its blocks differ from the secondary's until a resync copies them.
     let tornBlocks = 0;
     const torn = this.journal.dropTornRows((volume, offset, length) => {
@@ -380,10 +382,6 @@ export class PrimaryEngine {
     assert(!this.groups.has(group), `primary #${this.o.id}: group ${group} is here already`);
     assert(bindings.every((b) => b.group === group && !this.bindings.has(b.volume.name)), `primary #${this.o.id}: group ${group}'s volumes are new here`);
     this.recordPairs([group], bindings);
-    // The secondary engine marked these volumes' bitmap (host writes after a
-    // takeover) while they were its own: a set this engine cached before, when
-    // they were last primary here, would hide those blocks from the copier.
-    this.bitmap.reset();
     for (const b of bindings) this.bindings.set(b.volume.name, { ...b, lock: new RangeLock(), dirty: false });
     this.groupSecondaries.set(group, [...secondaries]);
     this.loadGroup(group);

@@ -50,6 +50,8 @@ export interface SecondaryOptions {
   groups: Map<string, number[]>;
   /** The state disk (disk-guard.ts): while it is full no RCR is taken. The simulation has none. */
   disk?: DiskGuard;
+  /** The subsystem's one bitmap writer, shared with its primary engine (PrimaryOptions.bitmap). */
+  bitmap?: BitmapWriter;
 }
 
 export class SecondaryEngine {
@@ -74,7 +76,7 @@ export class SecondaryEngine {
     this.db = o.store.db;
     const db = this.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
-    this.bitmap = new BitmapWriter(db, o.runtime, o.disk);
+    this.bitmap = o.bitmap ?? new BitmapWriter(db, o.runtime, o.disk);
     this.segments = new PayloadSegments(o.store.segments("queue"));
     this.stmts = prepareQueue(db);
     const shared = {
@@ -196,9 +198,6 @@ export class SecondaryEngine {
     assert(!this.groups.has(group), `secondary #${this.o.id}: group ${group} is here already`);
     assert(bindings.every((b) => b.group === group && !this.volumes.has(b.volume.name)), `secondary #${this.o.id}: group ${group}'s volumes are new here`);
     for (const b of bindings) this.volumes.set(b.volume.name, b);
-    // The primary engine marked these volumes' bitmap while they were its own:
-    // a set this engine cached before then would hide those blocks.
-    this.bitmap.reset();
     this.db.transaction(() => {
       this.loadGroup(group, primaries);
       // A turn brings volumes that were primaries: complete images.

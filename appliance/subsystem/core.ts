@@ -20,6 +20,7 @@ import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
 import { ProcedureLeases, leaseRequestOf } from "./procedure-lease.ts";
+import { BitmapWriter } from "../state/bitmap-writer.ts";
 
 /** The procedure steps a group's lease guards: each changes the group's state (docs/takeover.md, "One procedure at a time"). */
 const LEASED_STEPS = new Set(["fence", "apply-ts", "takeover", "primary-suspend", "primary-takeover", "resync-begin", "primary-resync", "turn", "primary-freeze"]);
@@ -63,6 +64,8 @@ export class SubsystemCore {
   /** Turns are one at a time: each moves one group between the engines. */
   private turning: Promise<unknown> = Promise.resolve();
   private readonly leases: ProcedureLeases;
+  /** One bitmap writer for both engines: a turned group keeps one cache of its marks. */
+  private readonly bitmap: BitmapWriter;
 
   constructor(private readonly o: SubsystemCoreOptions) {
     const db = o.store.db;
@@ -72,6 +75,7 @@ export class SubsystemCore {
     this.bitmapCounts = db.prepare("SELECT volume, count(*) AS n FROM bitmap GROUP BY volume");
     this.turnedAt = db.prepare("SELECT name, synchronized_ts AS ts FROM grp WHERE synchronized_ts IS NOT NULL").safeIntegers(true);
     this.leases = new ProcedureLeases(db, o.id, () => o.runtime.nowMs());
+    this.bitmap = new BitmapWriter(db, o.runtime, o.disk);
     this.roles = this.buildRoles(o.powerLossSuspected);
     this.exports = new ExportTable(o.defaultExport);
     // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
@@ -154,12 +158,13 @@ export class SubsystemCore {
       generationOf: this.generationOf,
       powerLossSuspected,
       disk: o.disk,
+      bitmap: this.bitmap,
     });
   }
 
   private secondaryEngine(bindings: SecondaryBinding[], groups: Map<string, number[]>): SecondaryEngine {
     const { o } = this;
-    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk });
+    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk, bitmap: this.bitmap });
   }
 
   /** The journal is replayed before the volumes are served again. */
