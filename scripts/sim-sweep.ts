@@ -2,7 +2,7 @@
 //   node --import tsx scripts/sim-sweep.ts --seeds 10000 [--from N] [--power-cuts] [--clock realtime]
 //   node --import tsx scripts/sim-sweep.ts --seed 1234 --verbose
 // --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed among
-// these); --story outage runs issue 16's site outage (never drawn: asked for only);
+// these); --story outage runs issue 16's site outage, --story storm issue 17's race 3 (never drawn: asked for only);
 // --copy-journal-kib N fixes where the copier starts to wait for the journal to drain.
 // --wide adds issue 17's scope: a second RCM overlapping the story's procedures,
 // and the RCM killed at a drawn control step; the sweep then sums up where.

@@ -10,6 +10,7 @@ import { TIMEOUT_MS, sweep } from "./engine/ci-seeds.ts";
 
 const SEEDS = Number(process.env.TIDEMARK_SIM_SEEDS ?? 16);
 const OUTAGE_SEEDS = Number(process.env.TIDEMARK_SIM_OUTAGE_SEEDS ?? 12);
+const STORM_SEEDS = Number(process.env.TIDEMARK_SIM_STORM_SEEDS ?? 6);
 const WIDE_SEEDS = Number(process.env.TIDEMARK_SIM_WIDE_SEEDS ?? 12);
 
 describe("sim: the product's engines under simulated time, network and storage", () => {
@@ -29,6 +30,14 @@ describe("sim: the product's engines under simulated time, network and storage",
     const started = Date.now();
     const r = await sweep({ story: "outage" }, OUTAGE_SEEDS);
     console.log(`sim outage: ${OUTAGE_SEEDS} seeds, ${r.writes} host writes, ${r.kills} kill -9, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    expect(r.failed, r.failed.join("\n")).toEqual([]);
+    expect(r.stuck, r.stuck.join("\n")).toEqual([]);
+  });
+
+  it(`sim: storm story (issue 17, race 3), ${STORM_SEEDS} seeds: suspensions and resyncs within one sync interval of each other`, { timeout: TIMEOUT_MS }, async () => {
+    const started = Date.now();
+    const r = await sweep({ story: "storm" }, STORM_SEEDS);
+    console.log(`sim storm: ${STORM_SEEDS} seeds, ${r.writes} host writes, ${r.kills} kill -9, ${((Date.now() - started) / 1000).toFixed(1)} s`);
     expect(r.failed, r.failed.join("\n")).toEqual([]);
     expect(r.stuck, r.stuck.join("\n")).toEqual([]);
   });

@@ -58,9 +58,13 @@ export const STORIES = ["takeover", "resync", "reverse", "swap"] as const;
  * seeds), hosts move to the secondaries, the primary comes back, and the
  * way home takes it over first: resync --reverse (half of the seeds), swap
  * or a forward resync; the RCM and, in some seeds, the returning primary
- * are killed in the middle of it.
+ * are killed in the middle of it. `storm` (issue 17, race 3): suspensions
+ * and resyncs in quick succession, each resync abandoned within one sync
+ * interval (drawn long, 100-500 ms) and the next suspension and resync
+ * begun at once, while links are cut or held: a copier asleep in its
+ * acknowledgement wait sees its generation end and a new one begin.
  */
-export const EXTRA_STORIES = ["outage"] as const;
+export const EXTRA_STORIES = ["outage", "storm"] as const;
 export type Story = (typeof STORIES)[number] | (typeof EXTRA_STORIES)[number];
 
 interface Step {
@@ -73,6 +77,8 @@ interface Step {
   resume?: boolean;
   /** The primary that came back is killed -9 in the middle of it (and restarted). */
   killsReturning?: boolean;
+  /** Storm story: an interrupted resync is abandoned within one sync interval, and the next step follows at once. */
+  quick?: boolean;
 }
 
 function storySteps(story: Story, sched: Scheduler): Step[] {
@@ -102,6 +108,12 @@ function storySteps(story: Story, sched: Scheduler): Step[] {
         // The way home: resync --reverse mostly; swap (on a taken-over group, the same) or a forward resync (discarding the hosts' writes on the secondaries).
         { kind: sched.pick(["reverse", "reverse", "swap", "resync"] as const), kills: true, killsReturning: sched.chance(0.5) },
       ];
+    case "storm": {
+      const steps: Step[] = [{ kind: "suspend", kills: true }];
+      for (let i = sched.int(2, 4); i > 0; i--) steps.push({ kind: "interrupted-resync", kills: false, quick: true }, { kind: "suspend", kills: false, quick: true });
+      steps.push({ kind: "resync", kills: true });
+      return steps;
+    }
   }
 }
 
@@ -188,7 +200,8 @@ function shapeOf(sched: Scheduler, o: EngineSimOptions): SimShape {
     clock,
     maxClockOffsetMs: clock === "realtime" ? sched.int(1, 5) : 0,
     // Up to past the product's default (50 ms): a long sleep is where a copier outlived its resync (issue 17, race 3).
-    syncIntervalMs: sched.int(3, 60),
+    // (The storm story wants that sleep long enough to hold a suspension and a new resync. Drawn here, in order, so other seeds keep their histories.)
+    syncIntervalMs: o.story === "storm" ? sched.int(100, 500) : sched.int(3, 60),
     linkTimeoutMs: sched.int(100, 300),
     reconnectMs: sched.int(10, 50),
   };
@@ -481,7 +494,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         // Sometimes the next procedure follows at once, as the RCM's own
         // suspend-then-resync does: a copier asleep in its acknowledgement
         // wait then sees its generation end (issue 17, race 3).
-        sched.at(sched.chance(0.3) ? sched.int(0, 15) : sched.int(0, 300), runStep);
+        sched.at(step.quick === true || sched.chance(0.3) ? sched.int(0, 15) : sched.int(0, 300), runStep);
       },
       (err: Error & { code?: string }) => {
         if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
@@ -534,7 +547,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         const r = await startResync(live, group, { logger: silent, by: "sim" });
         if (step.kind === "interrupted-resync") {
           // The RCM is abandoned in the middle of the resync; control messages already sent still land.
-          await rtopoSleep(rtopo, sched.int(0, 400));
+          await rtopoSleep(rtopo, step.quick === true ? sched.int(0, shape.syncIntervalMs) : sched.int(0, 400));
           return { complete: true };
         }
         if (!r.nothingToDo) await watchResync(live, group, r.generation, () => {}, 20);
