@@ -44,6 +44,8 @@ export interface SubsystemStatus {
       lastSyncT: string;
       generation: number;
       copiedTs?: string | null;
+      /** The stamp a swap froze the group at, while frozen or taken over after it (migration 9). */
+      frozenTs?: string | null;
       remainingBlocks?: number;
       copy?: CopyStatus | null;
     }[];

@@ -78,7 +78,7 @@ export const ERROR_CODES = {
   TM_NOT_PAIRED:
     "`tidemark swap` on a group that is not paired (a primary copying, suspended or taken over); it exits 1 with nothing changed: resync the group first",
   TM_SWAP:
-    "`tidemark swap`: the takeover came to a Ts below the frozen primaries' last stamp (it cannot while the primaries stay frozen; a check, not an expected path); it exits 1, the group is taken over and its direction unchanged",
+    "`tidemark swap`: the takeover came to a Ts below the stamp the primaries were frozen at (`grp.frozen_ts`): a suspension came in between a swap's freeze and its takeover (another RCM's, or an automatic one while a primary or a link was down), so writes the primaries acknowledged are in no secondary's image. A rerun of the swap refuses to turn such a group rather than discard them. It exits 1; the group is taken over and its direction unchanged. The message gives both ways on: `tidemark resync --group G` (the primaries' image wins), then swap again; or `tidemark resync --group G --reverse` to discard those writes",
   TM_DIRECTION_MIXED:
     "the subsystems of a group disagree on its direction (a `resync --reverse` or `swap` was cut short between subsystems); quiesce, suspend, takeover and resync refuse: run `resync --reverse` or `swap` again, which finishes the turn",
   TM_NOT_TAKEN_OVER:

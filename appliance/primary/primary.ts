@@ -51,7 +51,14 @@ interface GroupState {
   unreplicatedIdle: (() => void)[];
   /** C_k of the last completed copy: sent as COPIED while the group replicates. */
   copiedTs: bigint | null;
+  /** The stamp the group was frozen at for a swap (persisted; cleared by the next resync). */
+  frozenTs: bigint | null;
   copy: CopyProgress | null;
+}
+
+/** A swap's freeze stamp is news only while the group rests in the freeze or in the takeover after it. */
+function frozenTsShown(gs: GroupState): string | null {
+  return gs.frozenTs !== null && (gs.state === "frozen" || gs.state === "taken-over") ? gs.frozenTs.toString() : null;
 }
 
 
@@ -220,12 +227,13 @@ export class PrimaryEngine {
   }
 
   private loadGroup(g: string): void {
-    const r = this.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts FROM grp WHERE name = ?").safeIntegers(true).get(g) as {
+    const r = this.db.prepare("SELECT state, generation, reason, suspended_by, copied_ts, frozen_ts FROM grp WHERE name = ?").safeIntegers(true).get(g) as {
       state: string;
       generation: bigint;
       reason: string | null;
       suspended_by: string | null;
       copied_ts: bigint | null;
+      frozen_ts: bigint | null;
     };
     this.groups.set(g, {
       state: r.state as PrimaryGroupState,
@@ -237,6 +245,7 @@ export class PrimaryEngine {
       unreplicated: 0,
       unreplicatedIdle: [],
       copiedTs: r.copied_ts,
+      frozenTs: r.frozen_ts,
       copy: null,
     });
   }
@@ -755,6 +764,7 @@ export class PrimaryEngine {
     if (!begun) {
       gs.generation = generation;
       gs.copiedTs = null;
+      gs.frozenTs = null;
       if (gs.unreplicated > 0) await new Promise<void>((r) => gs.unreplicatedIdle.push(r));
     }
     const volumes = new Map([...this.bindings.values()].filter((b) => b.group === group).map((b) => [b.volume.name, b]));
@@ -772,7 +782,7 @@ export class PrimaryEngine {
           }
         }
         this.db
-          .prepare("UPDATE grp SET state = ?, generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?")
+          .prepare("UPDATE grp SET state = ?, generation = ?, reason = NULL, suspended_by = NULL, copied_ts = NULL, frozen_ts = NULL, changed_at_ms = ? WHERE name = ?")
           .run(next, generation, this.o.runtime.nowMs(), group);
       })();
       this.journal.barrier();
@@ -802,7 +812,10 @@ export class PrimaryEngine {
     const next = this.transition(gs, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
     assert(next !== null, `primary #${this.o.id}: a freeze is never ignored`);
     if (next !== was) {
-      this.db.prepare("UPDATE grp SET state = ?, changed_at_ms = ? WHERE name = ?").run(next, this.o.runtime.nowMs(), group);
+      // Every write acknowledged from now on was stamped already (a write is
+      // stamped when it is admitted): none is above this stamp.
+      gs.frozenTs = this.clock.lastStamp;
+      this.db.prepare("UPDATE grp SET state = ?, frozen_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, gs.frozenTs, this.o.runtime.nowMs(), group);
       this.journal.barrier();
       this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
     }
@@ -1106,6 +1119,8 @@ export class PrimaryEngine {
         pending: this.pending.sizeOf(g),
         lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
         generation: this.groups.get(g)!.generation,
+        // The stamp of a swap's freeze, while the group is frozen or taken over after it.
+        frozenTs: frozenTsShown(this.groups.get(g)!),
         ...(({ copiedTs, remainingBlocks, copy }) => ({ copiedTs, remainingBlocks, copy }))(this.copyStatus(g)),
       })),
       links: [...this.senders.entries()].map(([id, s]) => ({

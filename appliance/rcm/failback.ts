@@ -17,7 +17,10 @@ const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "fo
 
 export interface GroupView {
   /** Per subsystem of the group: the direction it holds, and its group state in its role. */
-  subsystems: Map<number, { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary"; reason: string | null }>;
+  subsystems: Map<
+    number,
+    { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary"; reason: string | null; frozenTs?: string | null }
+  >;
 }
 
 async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
@@ -36,7 +39,7 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
     if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary", reason: sec.reason });
     else if (prim) {
       // A primary that a turn made: the Ts of that turn (a cut-short turn is finished from it).
-      subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: s.turnedAtTs?.[group] ?? null, role: "primary", reason: prim.reason });
+      subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: s.turnedAtTs?.[group] ?? null, role: "primary", reason: prim.reason, frozenTs: prim.frozenTs ?? null });
     }
   }
   return { subsystems };
@@ -143,8 +146,19 @@ export async function reverseResync(topo: LoadedTopology, group: string, o: Resy
 /** A swap's takeover must rest at or above every stamp the frozen primaries handed out, or acknowledged writes would be dropped. */
 function swapCutCovers(group: string, ts: string, frozenAt: string): void {
   if (BigInt(ts) < BigInt(frozenAt)) {
-    throw new ProcedureError("TM_SWAP", `swap ${group}: the takeover came to Ts ${ts}, below the primaries' last stamp ${frozenAt}; the group is taken over, nothing was turned`);
+    throw new ProcedureError(
+      "TM_SWAP",
+      `swap ${group}: the takeover came to Ts ${ts}, below the stamp ${frozenAt} the primaries were frozen at (a suspension came in between); ` +
+        `writes acknowledged to hosts between the two are on the primaries only, and a turn would discard them. The group is taken over, nothing was turned. ` +
+        `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`,
+    );
   }
+}
+
+/** The highest stamp a swap froze the group's primaries at (persisted by each primary), or null when none was frozen by a swap. */
+function frozenStampOf(states: { role: string; frozenTs?: string | null }[]): string | null {
+  const stamps = states.filter((s) => s.role === "primary" && s.frozenTs != null).map((s) => BigInt(s.frozenTs!));
+  return stamps.length === 0 ? null : stamps.reduce((m, t) => (t > m ? t : m)).toString();
 }
 
 /** `tidemark swap`: a paired group changes direction with no acknowledged write lost. */
@@ -179,10 +193,24 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
   // and the swap does what `resync --reverse` does.
   const back = new Set(returningInView(v, opposite(cur)).primaries.map((p) => p.subsystem));
   const takenOver = everyTakenOver || (!pastWait && back.size > 0 && states.every((s) => (s.role === "secondary" ? s.state === "takeover" : s.state === "taken-over" || back.has(s.id))));
+  if (takenOver) {
+    // Taken over after a swap froze the primaries (the swap's own takeover, cut
+    // short before its turn, or one that came in between): the turn is safe
+    // only if that takeover's Ts covers the freeze; otherwise writes the
+    // primaries acknowledged are in no secondary's image, and turning would
+    // discard them silently. The swap stops and says what to do.
+    const frozen = frozenStampOf(states);
+    const ts = states.find((s) => s.role === "secondary" && s.synchronizedTs !== null)?.synchronizedTs ?? null;
+    if (frozen !== null && ts !== null) swapCutCovers(group, ts, frozen);
+  }
   if (pastWait) {
-    // Frozen primaries stamp nothing new: their last stamps are where the freeze left them.
-    const stamps = await Promise.all(g.primaries.map((id) => call<{ lastStamp: string }>(topo, id, { op: "stamp" })));
-    frozenAt = stamps.reduce((m, f) => (BigInt(f.lastStamp) > m ? BigInt(f.lastStamp) : m), 0n).toString();
+    // The stamp each primary persisted when it froze (a primary's clock goes
+    // on stamping other groups' writes and SYNCs; its last stamp now is no
+    // bound); a primary of a state file before migration 9 answers its last stamp.
+    const stamps = await Promise.all(
+      g.primaries.map(async (id) => v.subsystems.get(id)?.frozenTs ?? (await call<{ lastStamp: string }>(topo, id, { op: "stamp" })).lastStamp),
+    );
+    frozenAt = stamps.reduce((m, t) => (BigInt(t) > m ? BigInt(t) : m), 0n).toString();
     o.logger.warn({ group, frozenAt }, "swap: finishing a swap cut short inside its takeover");
     const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
     swapCutCovers(group, r.ts, frozenAt);

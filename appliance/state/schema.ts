@@ -181,6 +181,12 @@ export const MIGRATIONS: readonly string[] = [
     expires_ms     INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 9: the stamp a primary's group was frozen at for a swap: every write
+  // acknowledged before the freeze is stamped at or below it. A rerun of a
+  // swap cut short checks the takeover's Ts against it before it turns.
+  `
+  ALTER TABLE grp ADD COLUMN frozen_ts INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -212,7 +212,7 @@ export class SubsystemCore {
     db.transaction(() => {
       db.prepare(
         `UPDATE grp SET direction = ?, generation = ?, state = 'suspended', reason = ?, suspended_by = 'failback',
-           synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, changed_at_ms = ? WHERE name = ?`,
+           synchronized_ts = ?, second_time = ?, resync_floor = NULL, copied_ts = NULL, frozen_ts = NULL, changed_at_ms = ? WHERE name = ?`,
       ).run(direction, generation, `direction turned to ${direction}`, floor, willBeSecondary ? floor : 0n, o.runtime.nowMs(), group);
       db.prepare("DELETE FROM first_time WHERE grp = ?").run(group);
       db.prepare("DELETE FROM copied WHERE grp = ?").run(group);

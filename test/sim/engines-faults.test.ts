@@ -2,7 +2,7 @@
 // negative controls: each breaks one rule in the engines themselves
 // (appliance/runtime/controls.ts), and some seed must then fail.
 import { describe, expect, it } from "vitest";
-import type { EngineSimOptions } from "./engine/simulation.ts";
+import { replayCommand, simulateEngines, type EngineSimOptions } from "./engine/simulation.ts";
 import { TIMEOUT_MS, firstFailure, sweep } from "./engine/ci-seeds.ts";
 
 const POWER_CUT_SEEDS = Number(process.env.TIDEMARK_SIM_POWER_CUT_SEEDS ?? 10);
@@ -19,6 +19,20 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     // A history that does not finish is printed above; more than a quarter of them would be a collapse, not a corner.
     expect(r.stuck.length, r.stuck.join("\n")).toBeLessThanOrEqual(Math.ceil(r.stories.size > 0 ? [...r.stories.values()].reduce((a, b) => a + b, 0) / 4 : 0));
   });
+
+  // Seeds the long sweeps failed on, each fixed in the product (docs/simulation.md, findings): replayed as regression tests.
+  const found: [number, Omit<EngineSimOptions, "seed">, string][] = [
+    [40108, { wide: true, powerCuts: true }, "a copier waiting for a dropped seq of another group (finding 10)"],
+    [50054, { wide: true, powerCuts: true }, "the same, after a takeover (finding 10)"],
+    [50138, { wide: true, powerCuts: true }, "an engine's stale bitmap sets after the other role marked blocks (finding 11)"],
+    [100439, { wide: true, powerCuts: true }, "a swap rerun turned a group taken over below its freeze (finding 12)"],
+  ];
+  for (const [seed, o, what] of found) {
+    it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
+      const r = await simulateEngines({ ...o, seed });
+      expect(r.failure ?? null, replayCommand({ ...o, seed })).toBeNull();
+    });
+  }
 
   // Each control breaks one rule in the engines themselves; some seed must fail.
   // [name, options, seeds to search (CONTROL_SEEDS when absent)]

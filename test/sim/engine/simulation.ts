@@ -499,7 +499,8 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       (err: Error & { code?: string }) => {
         if (cluster.rcmIncarnations !== incarnation || !cluster.rcmAlive) return;
         log(`rcm #${incarnation}: ${step.kind} failed: ${err.message}`);
-        if (step.kind === "swap" && err.code === "TM_NOT_PAIRED" && runsOfStep > 1) steps[stepIndex] = { ...step, resume: true };
+        // A swap that cannot go on (not paired; or taken over below its freeze, TM_SWAP): what its message tells the admin, a resync as the group stands.
+        if (step.kind === "swap" && (err.code === "TM_NOT_PAIRED" || err.code === "TM_SWAP") && runsOfStep > 1) steps[stepIndex] = { ...step, resume: true };
         sched.at(sched.int(20, 200), runStep);
       },
     );
