@@ -59,10 +59,7 @@ export class Draw {
    */
   fill(n: number): Buffer {
     if (n <= 64) return this.bytes(n);
-    const pattern = this.bytes(1 + this.int(15));
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i += pattern.length) pattern.copy(b, i);
-    return b;
+    return Buffer.alloc(n, this.bytes(1 + this.int(15)));
   }
 }
 

@@ -21,8 +21,14 @@ export const RSS_GROWTH_MAX_MIB = 192;
  * are what can fill that budget.
  */
 export const RSS_PEAK_MAX_MIB = 1024;
-/** Open fds a process may keep after a batch over its count at start (log files, WAL, links reconnecting). */
-export const FD_SLACK = 16;
+/**
+ * Open fds a process may keep over its count at start once a batch's
+ * connections are gone (a payload segment file, a link reconnecting). A
+ * connection the server refused lingers up to LINK_CLOSE_GRACE_MS (2 s) when
+ * the peer does not close its side, so the check waits up to FD_SETTLE_MS.
+ */
+export const FD_SLACK = 6;
+const FD_SETTLE_MS = 10_000;
 /** A check (an NBD read, a status) must answer within this, even on a loaded machine. */
 const CHECK_DEADLINE_MS = 20_000;
 
@@ -169,7 +175,7 @@ async function checkBatch(fc: FuzzCluster, figures: ProcessFigures[]): Promise<s
     }
   }
   // Connections the server closes (a reset, a grace period) take a moment to leave the fd table.
-  const until = Date.now() + 5000;
+  const until = Date.now() + FD_SETTLE_MS;
   for (const f of figures) {
     let fds = fdCount(f.pid);
     while (fds > f.fdsStart + FD_SLACK && Date.now() < until) {

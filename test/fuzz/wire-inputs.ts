@@ -81,7 +81,9 @@ function invalidUtf8(d: Draw): Buffer {
   return Buffer.concat([d.bytes(d.int(4)), Buffer.from([0xc3, 0x28, 0xff])]);
 }
 
-function rcrPayload(d: Draw, t: WireTarget, nodeId: number, budget: { left: number }): Buffer {
+/** An RCR payload within `budget.left` bytes (the caller charges it). */
+function rcrPayload(d: Draw, t: WireTarget, nodeId: number, outer: { left: number }): Buffer {
+  const budget = { left: outer.left };
   const group = d.chance(0.05) ? Buffer.concat([Buffer.of(4), invalidUtf8(d).subarray(0, 4)]) : string8(d, groupName(d, t));
   const records: Buffer[] = [];
   const n = d.weighted<number>([
@@ -222,6 +224,8 @@ function drawFrame(d: Draw, t: WireTarget, nodeId: number, budget: { left: numbe
     default:
       payload = d.bytes(d.int(64));
   }
+  // The input's byte budget holds: a payload past it is cut, which the receiver must refuse as malformed.
+  if (payload.length > budget.left) payload = payload.subarray(0, Math.max(0, budget.left));
   budget.left -= payload.length + 20;
   return frame(d, type, payload, generation);
 }
