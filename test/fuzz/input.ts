@@ -25,8 +25,19 @@ export interface FuzzInput {
   steps: Step[];
   /** Stop after this many bytes of `send` steps (a disconnect at that byte); null sends everything. */
   cutAt: number | null;
-  /** After the last byte: half-close and wait for the server to close ("end"), or drop at once ("reset"). */
-  ending: "end" | "reset";
+  /**
+   * After the last byte: half-close and wait for the server to close ("end"),
+   * drop at once ("reset"), or wait for the server to close with no FIN
+   * ("wait": the input ended with NBD_CMD_DISC).
+   */
+  ending: "end" | "reset" | "wait";
+  /**
+   * Set when the NBD stream is whole (every length, magic and payload right,
+   * entered transmission by GO, ends with DISC): the requests the server must
+   * answer exactly once before it closes. `readLength` is the data a
+   * successful simple READ reply carries; null for other commands.
+   */
+  nbdReplies?: { cookie: bigint; readLength: number | null }[];
 }
 
 export function sendBytes(input: FuzzInput): number {

@@ -9,6 +9,12 @@
 import { Draw, u16be, u32be, u64be } from "./draw.ts";
 import type { FuzzInput } from "./input.ts";
 
+interface ExpectedRequest {
+  cookie: bigint;
+  type: number;
+  length: number;
+}
+
 export interface NbdTarget {
   subsystem: number;
   exports: { name: string; sizeBytes: number }[];
@@ -24,7 +30,14 @@ const CMD_FLAGS = [1, 2, 4, 8, 16, 32];
 /** What the fuzzer sends at most per input: the server's bounds are tested by declared lengths, not by pushing GiBs. */
 const SEND_BYTES_MAX = 2 * 1024 * 1024;
 
-function option(d: Draw, opt: number, data: Buffer): Buffer {
+/** Whether the server can still parse the stream as the client meant it (no length, magic or payload broken so far). */
+interface Sync {
+  inSync: boolean;
+  /** A well-formed input: no fault drawn in lengths, magics, payloads or flags, so its replies are checked one by one. */
+  clean: boolean;
+}
+
+function option(d: Draw, opt: number, data: Buffer, sync: Sync): Buffer {
   // The declared length is usually right; sometimes short, long, or far past the 64 KiB bound.
   const length = d.weighted<number>([
     [20, data.length],
@@ -33,7 +46,9 @@ function option(d: Draw, opt: number, data: Buffer): Buffer {
     [1, 65536 + d.int(1)],
     [1, d.u32()],
   ]);
-  const magic = d.chance(0.02) ? d.bytes(8) : IHAVEOPT;
+  const magic = d.chance(0.02) && !sync.clean ? d.bytes(8) : IHAVEOPT;
+  if (sync.clean) return Buffer.concat([magic, u32be(opt), u32be(data.length), data]);
+  if (length !== data.length || magic !== IHAVEOPT) sync.inSync = false;
   return Buffer.concat([magic, u32be(opt), u32be(length), data]);
 }
 
@@ -61,8 +76,8 @@ function infoData(d: Draw, t: NbdTarget): Buffer {
 }
 
 /** One option; `enters` says whether a server that accepts it moves to transmission. */
-function drawOption(d: Draw, t: NbdTarget): { bytes: Buffer; name: string; enters: boolean } {
-  const kind = d.weighted<string>([
+function drawOption(d: Draw, t: NbdTarget, sync: Sync): { bytes: Buffer; name: string; enters: boolean } {
+  const drawn = d.weighted<string>([
     [3, "LIST"],
     [3, "STRUCTURED_REPLY"],
     [5, "INFO"],
@@ -73,24 +88,26 @@ function drawOption(d: Draw, t: NbdTarget): { bytes: Buffer; name: string; enter
     [1, "PEEK_EXPORT"],
     [2, "unknown"],
   ]);
+  const kind = sync.clean && drawn === "ABORT" ? "LIST" : drawn;
   switch (kind) {
     case "LIST":
     case "STRUCTURED_REPLY":
-      return { bytes: option(d, OPT[kind], d.chance(0.8) ? Buffer.alloc(0) : d.bytes(1 + d.int(16))), name: kind, enters: false };
+      return { bytes: option(d, OPT[kind], d.chance(0.8) ? Buffer.alloc(0) : d.bytes(1 + d.int(16)), sync), name: kind, enters: false };
     case "INFO":
-      return { bytes: option(d, OPT.INFO, infoData(d, t)), name: kind, enters: false };
+      return { bytes: option(d, OPT.INFO, infoData(d, t), sync), name: kind, enters: false };
     case "ABORT":
-      return { bytes: option(d, OPT.ABORT, d.chance(0.8) ? Buffer.alloc(0) : d.bytes(d.int(8))), name: kind, enters: false };
+      sync.inSync = false; // the server closes after ABORT's ACK
+      return { bytes: option(d, OPT.ABORT, d.chance(0.8) ? Buffer.alloc(0) : d.bytes(d.int(8)), sync), name: kind, enters: false };
     case "META": {
       const query = Buffer.from(d.pick(["base:allocation", "qemu:dirty-bitmap:x", "", "x".repeat(300)]), "utf8");
       const name = exportName(d, t);
       const data = Buffer.concat([u32be(name.length), name, u32be(1), u32be(query.length), query]);
-      return { bytes: option(d, d.pick([OPT.LIST_META, OPT.SET_META]), data), name: kind, enters: false };
+      return { bytes: option(d, d.pick([OPT.LIST_META, OPT.SET_META]), data, sync), name: kind, enters: false };
     }
     case "unknown":
-      return { bytes: option(d, d.chance(0.5) ? 12 + d.int(20) : d.u32(), d.bytes(d.int(32))), name: kind, enters: false };
+      return { bytes: option(d, d.chance(0.5) ? 12 + d.int(20) : d.u32(), d.bytes(d.int(32)), sync), name: kind, enters: false };
     default:
-      return { bytes: option(d, OPT[kind as "STARTTLS"], d.chance(0.7) ? Buffer.alloc(0) : d.bytes(d.int(16))), name: kind, enters: false };
+      return { bytes: option(d, OPT[kind as "STARTTLS"], d.chance(0.7) ? Buffer.alloc(0) : d.bytes(d.int(16)), sync), name: kind, enters: false };
   }
 }
 
@@ -125,7 +142,7 @@ function drawLength(d: Draw, t: NbdTarget): number {
 }
 
 /** One request header and, for WRITE, a payload that may be exact, truncated or oversized. */
-function drawRequest(d: Draw, t: NbdTarget, size: number, budget: { left: number }): { bytes: Buffer; name: string } {
+function drawRequest(d: Draw, t: NbdTarget, size: number, budget: { left: number }, sync: Sync, index: number): { bytes: Buffer; name: string; request: ExpectedRequest } {
   const type = d.weighted<number>([
     [6, CMD.READ],
     [6, CMD.WRITE],
@@ -141,10 +158,16 @@ function drawRequest(d: Draw, t: NbdTarget, size: number, budget: { left: number
   let flags = 0;
   if (d.chance(0.3)) flags |= d.pick(CMD_FLAGS);
   if (d.chance(0.05)) flags = d.u16();
+  if (sync.clean) flags &= ~32;
   const offset = type === CMD.FLUSH && d.chance(0.8) ? 0n : drawOffset(d, size);
-  const length = type === CMD.FLUSH && d.chance(0.8) ? 0 : drawLength(d, t);
-  const magic = d.chance(0.01) ? d.u32() : REQUEST_MAGIC;
-  const header = Buffer.concat([u32be(magic), u16be(flags), u16be(type), u64be(d.u64()), u64be(offset), u32be(length)]);
+  let length = type === CMD.FLUSH && d.chance(0.8) ? 0 : drawLength(d, t);
+  // A clean WRITE's payload is sent whole, so it must fit the input's byte budget.
+  if (sync.clean && type === CMD.WRITE && length > budget.left - 28) length = Math.max(0, Math.floor((budget.left - 28) / 512) * 512);
+  const magic = d.chance(0.01) && !sync.clean ? d.u32() : REQUEST_MAGIC;
+  // Unique per input (the low bits are the request's index), so replies can be matched to requests.
+  const cookie = (d.u64() & ~0xffffn) | BigInt(index);
+  const header = Buffer.concat([u32be(magic), u16be(flags), u16be(type), u64be(cookie), u64be(offset), u32be(length)]);
+  if (magic !== REQUEST_MAGIC || (flags & 32) !== 0) sync.inSync = false;
   let payload: Buffer = Buffer.alloc(0);
   if (type === CMD.WRITE || (flags & 32) !== 0) {
     // Exact most of the time; otherwise cut short or followed by extra bytes the server must take as the next header.
@@ -153,49 +176,57 @@ function drawRequest(d: Draw, t: NbdTarget, size: number, budget: { left: number
       [1, d.int(length)],
       [1, length + 1 + d.int(64)],
     ]);
+    if (sync.clean) n = length;
     n = Math.max(0, Math.min(n, budget.left));
     payload = d.fill(n);
+    if (n !== length) sync.inSync = false;
   }
   budget.left -= header.length + payload.length;
   const name = `${Object.keys(CMD).find((k) => CMD[k as keyof typeof CMD] === type) ?? `cmd${type}`}${flags ? `/f${flags.toString(16)}` : ""}`;
-  return { bytes: Buffer.concat([header, payload]), name };
+  return { bytes: Buffer.concat([header, payload]), name, request: { cookie, type, length } };
 }
 
 export function nbdInput(seed: number, d: Draw, t: NbdTarget): FuzzInput {
   const parts: Buffer[] = [];
   const names: string[] = [];
-  const flags = d.weighted<number>([
+  const clean = d.chance(0.3);
+  const drawnFlags = d.weighted<number>([
     [10, 3],
     [6, 1],
     [1, 0],
     [1, 2],
     [1, d.u32()],
   ]);
+  const flags = clean ? drawnFlags & 3 | 1 : drawnFlags;
   parts.push(u32be(flags));
+  const sync: Sync = { inSync: (flags & 1) === 1 && (flags & ~3) === 0, clean };
   let transmission: { size: number } | null = null;
   const optionCount = d.int(6);
   for (let i = 0; i < optionCount; i++) {
-    const o = drawOption(d, t);
+    const o = drawOption(d, t, sync);
     parts.push(o.bytes);
     names.push(o.name);
   }
   // Usually end the option phase by entering transmission on a known export.
-  if (d.chance(0.75)) {
+  if (clean || d.chance(0.75)) {
     const ex = d.pick(t.exports);
     const name = Buffer.from(ex.name, "utf8");
-    if (d.chance(0.8)) {
+    if (clean || d.chance(0.8)) {
       const infos = Array.from({ length: d.int(4) }, () => d.int(3));
-      parts.push(option(d, OPT.GO, Buffer.concat([u32be(name.length), name, u16be(infos.length), ...infos.map(u16be)])));
+      parts.push(option(d, OPT.GO, Buffer.concat([u32be(name.length), name, u16be(infos.length), ...infos.map(u16be)]), sync));
       names.push(`GO(${ex.name})`);
     } else {
-      parts.push(option(d, OPT.EXPORT_NAME, name));
+      parts.push(option(d, OPT.EXPORT_NAME, name, sync));
+      sync.inSync = false; // its reply has no header to find in the stream; only GO inputs are checked reply by reply
       names.push(`EXPORT_NAME(${ex.name})`);
     }
     transmission = { size: ex.sizeBytes };
   } else if (d.chance(0.3)) {
-    parts.push(option(d, OPT.EXPORT_NAME, exportName(d, t)));
+    parts.push(option(d, OPT.EXPORT_NAME, exportName(d, t), sync));
     names.push("EXPORT_NAME(drawn)");
   }
+  const requests: ExpectedRequest[] = [];
+  const firstRequestPart = parts.length;
   if (transmission) {
     const budget = { left: SEND_BYTES_MAX };
     const count = d.weighted<number>([
@@ -205,11 +236,33 @@ export function nbdInput(seed: number, d: Draw, t: NbdTarget): FuzzInput {
     ]);
     const cmds: string[] = [];
     for (let i = 0; i < count && budget.left > 28; i++) {
-      const r = drawRequest(d, t, transmission.size, budget);
+      const r = drawRequest(d, t, transmission.size, budget, sync, i);
       parts.push(r.bytes);
+      requests.push(r.request);
       if (cmds.length < 6) cmds.push(r.name);
     }
     names.push(`${count} requests (${cmds.join(",")}${count > cmds.length ? ",…" : ""})`);
+  }
+  if (transmission && sync.inSync && (clean || d.chance(0.6))) {
+    // The stream is whole: end it with DISC and no FIN. The server must answer
+    // every request before the first DISC exactly once, then close.
+    // Nothing follows the DISC (proto.md: a client sends no request after it):
+    // bytes left unread when the server closes make the kernel reset the
+    // connection and drop replies not yet sent (seed 2698 before this rule).
+    const first = requests.findIndex((r) => r.type === CMD.DISC);
+    if (first < 0) parts.push(Buffer.concat([u32be(REQUEST_MAGIC), u16be(0), u16be(CMD.DISC), u64be(0xd15c0000n), u64be(0), u32be(0)]));
+    else parts.splice(firstRequestPart + first + 1);
+    const answered = first < 0 ? requests : requests.slice(0, first);
+    return {
+      seed,
+      subsystem: t.subsystem,
+      port: "nbd",
+      label: `nbd flags=0x${flags.toString(16)} ${names.join(" → ")} → DISC, every reply checked`,
+      steps: [{ kind: "send", bytes: Buffer.concat(parts) }],
+      cutAt: null,
+      ending: "wait",
+      nbdReplies: answered.map((r) => ({ cookie: r.cookie, readLength: r.type === CMD.READ ? r.length : null })),
+    };
   }
   const bytes = Buffer.concat(parts);
   // A disconnect at a drawn byte, every byte position being as likely as any other.

@@ -7,6 +7,7 @@ import net from "node:net";
 import { clientMac } from "../../appliance/replication/link.ts";
 import { FrameDecoder, encodeFrame, type Frame } from "../../appliance/replication/frames.ts";
 import type { FuzzInput, Step } from "./input.ts";
+import { NbdReplyCheck } from "./nbd-replies.ts";
 
 export interface Endpoint {
   host: string;
@@ -18,6 +19,8 @@ export interface Outcome {
   closedBy: "server" | "client" | "hang";
   /** Failing to connect at all: the server no longer accepts. */
   connectError?: string;
+  /** For an NBD input checked reply by reply: what the server answered wrong (a lost, unknown or repeated reply). */
+  replyProblem?: string;
   received: number;
   ms: number;
 }
@@ -29,6 +32,7 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
   return new Promise((resolve) => {
     const socket = net.connect({ host: at.host, port: at.port });
     let received = 0;
+    const replies = input.nbdReplies ? new NbdReplyCheck(input.nbdReplies) : null;
     let serverClosed = false;
     let settled = false;
     // Frames of the replication handshake, for the auth step; later bytes are only counted.
@@ -47,6 +51,7 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
     const timer = setTimeout(() => finish({ closedBy: "hang" }), deadlineMs);
     socket.on("data", (b: Buffer) => {
       received += b.length;
+      replies?.push(b);
       if (!decoding) return;
       try {
         frames.push(...decoder.push(b));
@@ -59,7 +64,7 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
     socket.on("close", () => {
       serverClosed = true;
       frameWaiter?.();
-      if (!settled) finish({ closedBy: "server" });
+      if (!settled) finish({ closedBy: "server", replyProblem: replies?.verdict() ?? undefined });
     });
     socket.on("connect", () => {
       void play(input.steps).then(
@@ -68,7 +73,8 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
           if (input.ending === "reset") {
             socket.resetAndDestroy();
             finish({ closedBy: "client" });
-          } else socket.end();
+          } else if (input.ending === "end") socket.end();
+          // "wait": the input ended with DISC; the server must close by itself.
         },
         (err: Error) => finish({ closedBy: "hang", connectError: err.message }),
       );

@@ -44,7 +44,7 @@ export interface SweepOptions {
 }
 
 export interface Failure {
-  kind: "hang" | "crash" | "check";
+  kind: "hang" | "crash" | "check" | "reply";
   seeds: number[];
   detail: string;
 }
@@ -233,9 +233,14 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
           report.outcomes[out.closedBy]++;
           report.byPort[input.port] = (report.byPort[input.port] ?? 0) + 1;
           report.bytesSent += input.steps.reduce((n, s) => n + (s.kind === "send" ? s.bytes.length : 0), 0);
+          if (out.replyProblem) report.failures.push({ kind: "reply", seeds: [seed], detail: `${out.replyProblem}\n${describeInput(input)}` });
           if (out.connectError && !crashed) report.failures.push({ kind: "check", seeds: [seed], detail: `cannot connect: ${out.connectError}\n${describeInput(input)}` });
           else if (out.closedBy === "hang")
-            report.failures.push({ kind: "hang", seeds: [seed], detail: `the server did not close the connection within ${o.deadlineMs} ms of the client's last byte (received ${out.received} bytes)\n${describeInput(input)}` });
+            report.failures.push({
+              kind: "hang",
+              seeds: [seed],
+              detail: `the server did not close the connection within ${o.deadlineMs} ms of the client's last byte (${input.ending === "wait" ? "DISC" : "FIN"}; received ${out.received} bytes)\n${describeInput(input)}`,
+            });
         }
       };
       await Promise.all(Array.from({ length: o.concurrency }, worker));

@@ -39,9 +39,10 @@ describe("fuzz: hostile inputs on every port of a real 1x1 cluster", () => {
 
 describe("fuzz: the runner's own verdicts (negative controls)", () => {
   const input = (ending: FuzzInput["ending"]): FuzzInput => ({ seed: 0, subsystem: 1, port: "nbd", label: "control", steps: [{ kind: "send", bytes: Buffer.from("hello") }], cutAt: null, ending });
+  // allowHalfOpen: else node ends the server's side by itself on the client's FIN, whatever the server's code does.
   const serve = async (onSocket: (s: net.Socket) => void): Promise<{ port: number; close: () => void }> => {
     const sockets: net.Socket[] = [];
-    const server = net.createServer((s) => {
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
       sockets.push(s);
       s.on("error", () => {});
       onSocket(s);
