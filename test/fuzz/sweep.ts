@@ -23,11 +23,12 @@ export const RSS_GROWTH_MAX_MIB = 192;
 export const RSS_PEAK_MAX_MIB = 1024;
 /**
  * Open fds a process may keep over its count at start once a batch's
- * connections are gone (a payload segment file, a link reconnecting). A
+ * connections are gone: the primary holds 4 to 6 more after its first
+ * batches (payload segment files, its link to the secondary), flat after. A
  * connection the server refused lingers up to LINK_CLOSE_GRACE_MS (2 s) when
  * the peer does not close its side, so the check waits up to FD_SETTLE_MS.
  */
-export const FD_SLACK = 6;
+export const FD_SLACK = 10;
 const FD_SETTLE_MS = 10_000;
 /** A check (an NBD read, a status) must answer within this, even on a loaded machine. */
 const CHECK_DEADLINE_MS = 20_000;

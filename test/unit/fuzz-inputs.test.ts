@@ -42,7 +42,7 @@ describe("fuzz inputs", () => {
       }
     }
     const expected = [
-      "nbd#1", "nbd#2", "replication#1", "replication#2", "ending:end", "ending:reset", "cut",
+      "nbd#1", "nbd#2", "replication#1", "replication#2", "ending:end", "ending:reset", "ending:wait", "cut",
       "LIST", "STRUCTURED_REPLY", "INFO", "GO", "EXPORT_NAME", "ABORT", "STARTTLS", "META", "EXTENDED_HEADERS", "unknown",
       "READ", "WRITE", "DISC", "FLUSH", "TRIM", "WRITE_ZEROES", "CACHE", "BLOCK_STATUS",
       "stranger", "pre-handshake", "wrong-key", "control", "link",
