@@ -45,7 +45,7 @@ async function main(): Promise<number> {
     const final = report.failures.some((f) => f.kind === "crash") ? ["skipped: a process died"] : await finalCheck(fc, o.from);
     console.log(
       `fuzz: ${report.inputs} inputs in ${report.seconds.toFixed(1)} s (${report.perSecond.toFixed(1)}/s), ${(report.bytesSent / 1048576).toFixed(1)} MiB sent; ` +
-        `closed by server ${report.outcomes.server}, dropped by client ${report.outcomes.client}, hangs ${report.outcomes.hang}; ` +
+        `closed by server ${report.outcomes.server} (${report.stalls} of them stalled in the handshake until its deadline), dropped by client ${report.outcomes.client}, hangs ${report.outcomes.hang}; ` +
         `nbd ${report.byPort.nbd ?? 0}, replication ${report.byPort.replication ?? 0}`,
     );
     for (const p of report.processes) {

@@ -30,7 +30,9 @@ export interface FuzzInput {
    * drop at once ("reset"), or wait for the server to close with no FIN
    * ("wait": the input ended with NBD_CMD_DISC).
    */
-  ending: "end" | "reset" | "wait";
+  ending: "end" | "reset" | "wait" | "stall";
+  /** For "stall": the client sends nothing more and keeps the connection; the server must close it within this (its handshake deadline and a margin). */
+  stallMs?: number;
   /**
    * Set when the NBD stream is whole (every length, magic and payload right,
    * entered transmission by GO, ends with DISC): the requests the server must
@@ -48,7 +50,7 @@ export function sendBytes(input: FuzzInput): number {
 export function describeInput(input: FuzzInput, maxBytes = 4096): string {
   const lines = [
     `seed ${input.seed}: subsystem #${input.subsystem} ${input.port} port; ${input.label}; ` +
-      `${input.cutAt === null ? "all bytes" : `cut after byte ${input.cutAt}`}, then ${input.ending}`,
+      `${input.cutAt === null ? "all bytes" : `cut after byte ${input.cutAt}`}, then ${input.ending}${input.stallMs ? ` (the server must close within ${input.stallMs} ms)` : ""}`,
   ];
   input.steps.forEach((s, i) => {
     if (s.kind === "auth") lines.push(`  step ${i}: auth (${s.proof} proof as ${s.role} #${s.nodeId}; computed from the server's challenge)`);

@@ -48,7 +48,7 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
       socket.destroy();
       resolve({ ...o, received, ms: Date.now() - started });
     };
-    const timer = setTimeout(() => finish({ closedBy: "hang" }), deadlineMs);
+    const timer = setTimeout(() => finish({ closedBy: "hang" }), input.ending === "stall" ? (input.stallMs ?? deadlineMs) : deadlineMs);
     socket.on("data", (b: Buffer) => {
       received += b.length;
       replies?.push(b);
@@ -74,7 +74,7 @@ export function runInput(input: FuzzInput, at: Endpoint, clusterKey: string, dea
             socket.resetAndDestroy();
             finish({ closedBy: "client" });
           } else if (input.ending === "end") socket.end();
-          // "wait": the input ended with DISC; the server must close by itself.
+          // "wait": the input ended with DISC; "stall": it stopped mid-handshake. The server must close by itself.
         },
         (err: Error) => finish({ closedBy: "hang", connectError: err.message }),
       );

@@ -8,7 +8,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { TestCluster, cmp, freePort } from "../support/cluster.ts";
 import { describeInput, type FuzzInput } from "./input.ts";
-import { generateInput, type FuzzTopology } from "./generate.ts";
+import { STALL_EVERY, generateInput, type FuzzTopology } from "./generate.ts";
 import { runInput, type Outcome } from "./send.ts";
 
 const VOLUME_MIB = 8;
@@ -68,6 +68,8 @@ export interface SweepReport {
   outcomes: Record<Outcome["closedBy"], number>;
   byPort: Record<string, number>;
   bytesSent: number;
+  /** Inputs stalled mid-handshake (closed by the server's deadline, or a hang). */
+  stalls: number;
   failures: Failure[];
   processes: ProcessFigures[];
 }
@@ -149,7 +151,7 @@ function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
 }
 
 /** The checks after a batch; returns what is wrong (empty when all hold). */
-async function checkBatch(fc: FuzzCluster, figures: ProcessFigures[]): Promise<string[]> {
+async function checkBatch(fc: FuzzCluster, figures: ProcessFigures[], openStalls: Map<number, number>): Promise<string[]> {
   const problems: string[] = [];
   const c = fc.cluster;
   for (const f of figures) {
@@ -178,13 +180,15 @@ async function checkBatch(fc: FuzzCluster, figures: ProcessFigures[]): Promise<s
   // Connections the server closes (a reset, a grace period) take a moment to leave the fd table.
   const until = Date.now() + FD_SETTLE_MS;
   for (const f of figures) {
+    // A stalled input's connection is still open by design: one fd each.
+    const allowed = () => f.fdsStart + FD_SLACK + (openStalls.get(f.id) ?? 0);
     let fds = fdCount(f.pid);
-    while (fds > f.fdsStart + FD_SLACK && Date.now() < until) {
+    while (fds > allowed() && Date.now() < until) {
       await new Promise((r) => setTimeout(r, 100));
       fds = fdCount(f.pid);
     }
     f.fdsMaxAfterBatch = Math.max(f.fdsMaxAfterBatch, fds);
-    if (fds > f.fdsStart + FD_SLACK) problems.push(`subsystem #${f.id} holds ${fds} fds after the batch, more than ${f.fdsStart} at start + ${FD_SLACK}`);
+    if (fds > allowed()) problems.push(`subsystem #${f.id} holds ${fds} fds after the batch, more than ${f.fdsStart} at start + ${FD_SLACK} + ${openStalls.get(f.id) ?? 0} stalled`);
     const rss = procStatusMiB(f.pid, "VmRSS");
     f.rssEndMiB = rss;
     f.rssMaxAfterBatchMiB = Math.max(f.rssMaxAfterBatchMiB, rss);
@@ -207,9 +211,12 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
       `peak RSS ${RSS_PEAK_MAX_MIB} MiB, fds +${FD_SLACK}, close within ${o.deadlineMs} ms after the client's FIN; ` +
       figures.map((f) => `#${f.id} pid ${f.pid} RSS ${f.rssStartMiB} MiB fds ${f.fdsStart}`).join(", "),
   );
-  const report: SweepReport = { inputs: 0, seconds: 0, perSecond: 0, outcomes: { server: 0, client: 0, hang: 0 }, byPort: {}, bytesSent: 0, failures: [], processes: figures };
+  const report: SweepReport = { inputs: 0, seconds: 0, perSecond: 0, outcomes: { server: 0, client: 0, hang: 0 }, byPort: {}, bytesSent: 0, stalls: 0, failures: [], processes: figures };
   const started = Date.now();
   const inFlight = new Set<number>();
+  // Stalled inputs wait for the server's handshake deadline (up to 40 s) without holding a worker.
+  const stalls: Promise<void>[] = [];
+  const openStalls = new Map<number, number>();
   let crashed: Failure | null = null;
   const onExit = (id: number) => () => {
     crashed ??= { kind: "crash", seeds: [...inFlight].sort((a, b) => a - b), detail: `subsystem #${id} died while these inputs were in flight: ${c.unexpectedDeaths().join("; ") || "(no stderr)"}` };
@@ -219,6 +226,43 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
     c.procs.get(id)!.once("exit", l);
     return [id, l] as const;
   });
+  const record = (seed: number, input: FuzzInput, out: Outcome): void => {
+    report.inputs++;
+    report.outcomes[out.closedBy]++;
+    if (input.ending === "stall") report.stalls++;
+    report.byPort[input.port] = (report.byPort[input.port] ?? 0) + 1;
+    report.bytesSent += input.steps.reduce((n, s) => n + (s.kind === "send" ? s.bytes.length : 0), 0);
+    if (out.replyProblem) report.failures.push({ kind: "reply", seeds: [seed], detail: `${out.replyProblem}\n${describeInput(input)}` });
+    if (out.connectError && !crashed) report.failures.push({ kind: "check", seeds: [seed], detail: `cannot connect: ${out.connectError}\n${describeInput(input)}` });
+    else if (out.closedBy === "hang")
+      report.failures.push({
+        kind: "hang",
+        seeds: [seed],
+        detail:
+          input.ending === "stall"
+            ? `the server kept a connection stalled in its handshake open for ${input.stallMs} ms (received ${out.received} bytes)\n${describeInput(input)}`
+            : `the server did not close the connection within ${o.deadlineMs} ms of the client's last byte (${input.ending === "wait" ? "DISC" : "FIN"}; received ${out.received} bytes)\n${describeInput(input)}`,
+      });
+  };
+  const launch = (seed: number): { input: FuzzInput; run: Promise<void> } => {
+    const input = generateInput(seed, fc.topology);
+    inFlight.add(seed);
+    const run = runInput(input, fc.endpoint(input), c.topo.config.clusterKey, o.deadlineMs).then((out) => {
+      inFlight.delete(seed);
+      record(seed, input, out);
+    });
+    return { input, run };
+  };
+  // Stalled inputs wait for the server's handshake deadline (up to 40 s): all
+  // of the sweep's start at once, in the background, so none holds a worker
+  // or makes the end of the sweep wait.
+  const isStall = (seed: number) => seed % STALL_EVERY === STALL_EVERY - 1;
+  for (let seed = o.from; seed < o.from + o.inputs; seed++) {
+    if (!isStall(seed)) continue;
+    const { input, run } = launch(seed);
+    openStalls.set(input.subsystem, (openStalls.get(input.subsystem) ?? 0) + 1);
+    stalls.push(run.finally(() => openStalls.set(input.subsystem, openStalls.get(input.subsystem)! - 1)));
+  }
   try {
     for (let first = o.from; first < o.from + o.inputs && !crashed && report.failures.length < o.maxFailures; first += o.batch) {
       const last = Math.min(first + o.batch, o.from + o.inputs);
@@ -226,27 +270,12 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
       const worker = async () => {
         while (next < last && !crashed) {
           const seed = next++;
-          const input = generateInput(seed, fc.topology);
-          inFlight.add(seed);
-          const out = await runInput(input, fc.endpoint(input), c.topo.config.clusterKey, o.deadlineMs);
-          inFlight.delete(seed);
-          report.inputs++;
-          report.outcomes[out.closedBy]++;
-          report.byPort[input.port] = (report.byPort[input.port] ?? 0) + 1;
-          report.bytesSent += input.steps.reduce((n, s) => n + (s.kind === "send" ? s.bytes.length : 0), 0);
-          if (out.replyProblem) report.failures.push({ kind: "reply", seeds: [seed], detail: `${out.replyProblem}\n${describeInput(input)}` });
-          if (out.connectError && !crashed) report.failures.push({ kind: "check", seeds: [seed], detail: `cannot connect: ${out.connectError}\n${describeInput(input)}` });
-          else if (out.closedBy === "hang")
-            report.failures.push({
-              kind: "hang",
-              seeds: [seed],
-              detail: `the server did not close the connection within ${o.deadlineMs} ms of the client's last byte (${input.ending === "wait" ? "DISC" : "FIN"}; received ${out.received} bytes)\n${describeInput(input)}`,
-            });
+          if (!isStall(seed)) await launch(seed).run;
         }
       };
       await Promise.all(Array.from({ length: o.concurrency }, worker));
       if (crashed) break;
-      const problems = await checkBatch(fc, figures);
+      const problems = await checkBatch(fc, figures, openStalls);
       if (problems.length) report.failures.push({ kind: "check", seeds: range(first, last), detail: problems.join("\n") });
       const secs = (Date.now() - started) / 1000;
       o.log(
@@ -256,6 +285,8 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
       );
       if (problems.some((p) => p.includes("is gone"))) break;
     }
+    if (openStalls.size && [...openStalls.values()].some((n) => n > 0)) o.log("fuzz: waiting for the servers to close the stalled handshakes still open");
+    await Promise.all(stalls);
   } finally {
     for (const [id, l] of listeners) c.procs.get(id)?.off("exit", l);
   }
