@@ -328,6 +328,6 @@ export async function finalCheck(fc: FuzzCluster, seed: number): Promise<string[
 /** A failure with its replay commands; a crash also prints the bytes of each input that was in flight. */
 export function formatFailure(f: Failure, topology: FuzzTopology): string {
   const bytes = f.kind === "crash" ? "\n" + f.seeds.slice(0, 16).map((s) => describeInput(generateInput(s, topology))).join("\n") : "";
-  const replay = f.seeds.length <= 16 ? f.seeds.map((s) => `  ${replayCommand(s)}`).join("\n") : `  seeds ${f.seeds[0]}..${f.seeds[f.seeds.length - 1]}: npm run fuzz -- --from ${f.seeds[0]} --inputs ${f.seeds.length}`;
+  const replay = f.seeds.length === 0 ? "  npm run fuzz -- --inputs 1 --slow-drip" : f.seeds.length <= 16 ? f.seeds.map((s) => `  ${replayCommand(s)}`).join("\n") : `  seeds ${f.seeds[0]}..${f.seeds[f.seeds.length - 1]}: npm run fuzz -- --from ${f.seeds[0]} --inputs ${f.seeds.length}`;
   return `FUZZ ${f.kind.toUpperCase()}: ${f.detail}${bytes}\nreplay:\n${replay}`;
 }
