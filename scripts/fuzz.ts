@@ -45,6 +45,13 @@ async function main(): Promise<number> {
     o.batch = 1;
   }
   const fc = await FuzzCluster.start();
+  // Ctrl-C or a kill must not leave the cluster's subsystem processes behind.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => {
+      console.log(`fuzz: ${sig}: stopping the cluster; its folder is kept: ${fc.cluster.dir}`);
+      void fc.cluster.destroy(true).then(() => process.exit(130));
+    });
+  }
   let failed = true;
   try {
     if (o.replay !== null) console.log(describeInput(generateInput(o.replay, fc.topology), 1 << 20));

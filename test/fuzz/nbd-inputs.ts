@@ -28,7 +28,7 @@ const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZER
 /** FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO, PAYLOAD_LEN. */
 const CMD_FLAGS = [1, 2, 4, 8, 16, 32];
 /** What the fuzzer sends at most per input: the server's bounds are tested by declared lengths, not by pushing GiBs. */
-const SEND_BYTES_MAX = 2 * 1024 * 1024;
+const SEND_BYTES_MAX = 1024 * 1024;
 
 /** Whether the server can still parse the stream as the client meant it (no length, magic or payload broken so far). */
 interface Sync {

@@ -7,6 +7,8 @@ import net from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { FuzzCluster, finalCheck, formatFailure, runSweep } from "../fuzz/sweep.ts";
 import { runInput } from "../fuzz/send.ts";
+import { STALL_EVERY } from "../fuzz/generate.ts";
+import { slowDrip } from "../fuzz/slow-drip.ts";
 import type { FuzzInput } from "../fuzz/input.ts";
 
 const INPUTS = Number(process.env.TIDEMARK_FUZZ_INPUTS ?? 10_000);
@@ -24,7 +26,7 @@ describe("fuzz: hostile inputs on every port of a real 1x1 cluster", () => {
     const failures = report.failures.map((f) => formatFailure(f, fc!.topology));
     for (const f of failures) console.log(f);
     console.log(
-      `fuzz: ${report.inputs} inputs in ${report.seconds.toFixed(1)} s (${report.perSecond.toFixed(0)}/s); closed by server ${report.outcomes.server}, dropped by client ${report.outcomes.client}; ` +
+      `fuzz: ${report.inputs} inputs in ${report.seconds.toFixed(1)} s (${report.perSecond.toFixed(0)}/s); closed by server ${report.outcomes.server} (${report.stalls} stalled in the handshake), dropped by client ${report.outcomes.client}; ` +
         report.processes.map((p) => `#${p.id} RSS ${p.rssStartMiB} → ${p.rssEndMiB} MiB, peak ${p.hwmMiB} MiB`).join("; "),
     );
     expect(failures).toEqual([]);
@@ -33,7 +35,24 @@ describe("fuzz: hostile inputs on every port of a real 1x1 cluster", () => {
     expect(report.byPort.nbd).toBeGreaterThan(INPUTS / 4);
     expect(report.byPort.replication).toBeGreaterThan(INPUTS / 4);
     expect(report.outcomes.server).toBeGreaterThan(INPUTS / 4);
+    // Every stalled handshake was closed by the server's own deadline (a hang would be a failure above).
+    let stalled = 0;
+    for (let seed = FROM; seed < FROM + INPUTS; seed++) if (seed % STALL_EVERY === STALL_EVERY - 1) stalled++;
+    expect(report.stalls).toBe(stalled);
     expect(await finalCheck(fc, FROM)).toEqual([]);
+  });
+});
+
+describe("fuzz: a slow-drip client", () => {
+  it("fuzz: a handshake fed a byte every second on the replication port is closed by its 5 s deadline", { timeout: 120_000 }, async () => {
+    fc ??= await FuzzCluster.start();
+    const ss = fc.cluster.topo.config.subsystems[1];
+    const r = await slowDrip("replication", { host: ss.host, port: ss.replicationPort }, 1000, 30_000);
+    console.log(`fuzz: slow drip on the replication port: ${r.bytesSent} bytes sent, closed after ${r.closedAfterMs} ms`);
+    expect(r.closedAfterMs).not.toBeNull();
+    // 5 s is the link server's handshake bound (appliance/subsystem/subsystem.ts); the margin is for a loaded machine.
+    expect(r.closedAfterMs!).toBeGreaterThanOrEqual(4900);
+    expect(r.closedAfterMs!).toBeLessThan(15_000);
   });
 });
 

@@ -50,6 +50,6 @@ describe("fuzz inputs", () => {
     ];
     expect(expected.filter((e) => !seen.has(e))).toEqual([]);
     // Bounded inputs: the server's limits are probed by declared lengths, not by sending GiBs.
-    expect(maxBytes).toBeLessThanOrEqual(2 * 1024 * 1024 + 64 * 1024);
+    expect(maxBytes).toBeLessThanOrEqual(1024 * 1024 + 64 * 1024);
   });
 });
