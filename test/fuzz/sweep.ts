@@ -300,7 +300,7 @@ function range(from: number, to: number): number[] {
   return Array.from({ length: to - from }, (_, i) => from + i);
 }
 
-/** After the sweep: a write through p1 reaches s1 (quiesce through the CLI), and every pair is cmp-identical. */
+/** After the sweep: a write through p1 reaches s1 (quiesce through the CLI), every pair is cmp-identical, and no log has an error or fatal line. */
 export async function finalCheck(fc: FuzzCluster, seed: number): Promise<string[]> {
   const c = fc.cluster;
   const problems: string[] = [];
@@ -321,6 +321,14 @@ export async function finalCheck(fc: FuzzCluster, seed: number): Promise<string[
   for (const pair of c.pairFiles()) {
     const diff = await cmp(pair.primary, pair.secondary);
     if (diff !== null) problems.push(`${pair.name} differs: ${diff}`);
+  }
+  // A refused input is a warning with its peer; an error or fatal line means an input reached a path nobody expected.
+  for (const id of c.ids) {
+    const bad = c
+      .readLog(id)
+      .split("\n")
+      .filter((l) => /^\{"level":(5|6)\d,/.test(l));
+    if (bad.length) problems.push(`subsystem #${id} logged ${bad.length} error or fatal lines, the first: ${bad[0].slice(0, 500)}`);
   }
   return problems;
 }
