@@ -32,8 +32,11 @@ export function generateInput(seed: number, topo: FuzzTopology): FuzzInput {
 function stalled(input: FuzzInput, d: Draw): FuzzInput {
   const first = input.steps[0];
   const bytes = first.kind === "send" ? first.bytes : Buffer.alloc(0);
-  // NBD: within client flags and the first option header; replication: within the hello frame.
-  const handshakeBytes = Math.min(bytes.length, input.port === "nbd" ? 4 + 16 + 8 : 55);
+  // NBD: before the last byte of the first option header (a whole EXPORT_NAME
+  // enters transmission, where an idle connection is legitimate: seed 17199
+  // before this rule); replication: within the hello frame, after which the
+  // server still waits for the auth frame.
+  const handshakeBytes = Math.min(bytes.length, input.port === "nbd" ? 4 + 16 - 1 : 20 + 35);
   return {
     ...input,
     label: `${input.label}; stalled in the handshake`,
