@@ -24,6 +24,8 @@ export interface EventSink {
   bufferedBytes(): number;
   /** Closes the connection (the subscriber reconnects if it still wants events). */
   close(): void;
+  /** Sends a heartbeat frame (publisher.ts): says the source is alive while nothing changes. */
+  heartbeat?(): void;
 }
 
 export interface EventHubOptions {
@@ -86,17 +88,23 @@ export class EventHub {
     return event;
   }
 
+  /** A heartbeat to every subscriber that still reads. */
+  pulse(): void {
+    for (const sink of this.sinks) if (this.keeps(sink, this.seq)) sink.heartbeat?.();
+  }
+
   private push(sink: EventSink, event: TidemarkEvent): void {
-    if (sink.bufferedBytes() > this.bufferMax) {
-      this.sinks.delete(sink);
-      this.o.logger.warn(
-        { peer: sink.peer, bufferedBytes: sink.bufferedBytes(), bufferBytesMax: this.bufferMax, seq: event.seq },
-        "event subscriber dropped: it does not read its events",
-      );
-      sink.close();
-      return;
-    }
-    sink.send(event);
+    if (this.keeps(sink, event.seq)) sink.send(event);
+  }
+
+  /** False (and the subscriber dropped, one log line) once it holds more unsent bytes than its bound. */
+  private keeps(sink: EventSink, seq: number): boolean {
+    const held = sink.bufferedBytes();
+    if (held <= this.bufferMax) return true;
+    this.sinks.delete(sink);
+    this.o.logger.warn({ peer: sink.peer, bufferedBytes: held, bufferBytesMax: this.bufferMax, seq }, "event subscriber dropped: it does not read its events");
+    sink.close();
+    return false;
   }
 
   /** Drops every subscriber (the process stops). */

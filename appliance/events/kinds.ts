@@ -25,6 +25,7 @@ export interface EventKind {
 }
 
 export const EVENT_KINDS = {
+  connection: { shape: "object", key: ["to"], doc: "the CLI's own connection to a source `to` (`ss<id>`, `rcm`): `state` connected or lost, `error`, `peerIncarnation`, `restarted` (true when the source came back as a new process); its `source` is `cli`" },
   subsystem: { shape: "object", key: ["subsystem"], doc: "a subsystem process: `state` up or unreachable (the CLI's own line when a connection is lost or comes back), `pid`, `incarnation`, `disk`" },
   group: { shape: "object", key: ["group", "role", "subsystem"], doc: "a consistency group on one subsystem in one role: `state`, `generation`, `reason`, `by` (who suspended it), `ts` (the synchronized time a secondary rests at), `direction`" },
   pair: { shape: "object", key: ["volume", "subsystem"], doc: "a primary volume and its secondary as the primary sees it: `group`, `target`, `secondary`, `state` (paired, link-down, copying, copy-pending, failed, or the group's resting state)" },
