@@ -10,7 +10,7 @@ import type { Frame } from "../replication/frames.ts";
 import { EVENT_HEARTBEAT_MS } from "../events/publisher.ts";
 import { eventJson, eventText, existsEndLine } from "../events/format.ts";
 import { processIncarnation } from "../events/hub.ts";
-import type { EventBody, TidemarkEvent } from "../events/kinds.ts";
+import type { TidemarkEvent } from "../events/kinds.ts";
 
 /** Between two attempts to reach a source that is gone. */
 export const EVENTS_RECONNECT_MS = 1000;
