@@ -7,9 +7,9 @@ import { EVENT_KINDS, isEventKind, type TidemarkEvent } from "./kinds.ts";
 const FRAME_FIELDS = new Set(["source", "incarnation", "seq", "timeMs", "kind", "action"]);
 
 function textValue(v: unknown): string {
-  const s = typeof v === "string" ? v : JSON.stringify(v);
+  if (typeof v !== "string") return typeof v === "number" || typeof v === "boolean" ? String(v) : JSON.stringify(JSON.stringify(v));
   // Bare when it cannot be misread, else quoted as JSON.
-  return typeof v === "string" && /^[^\s"':]+$/.test(s) ? s : JSON.stringify(s);
+  return /^[^\s"':]+$/.test(v) ? v : JSON.stringify(v);
 }
 
 /** `2026-12-03T23:40:00.123Z change group group:C1 role:secondary ... source:ss3 seq:17`; null fields are left out. */

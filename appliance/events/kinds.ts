@@ -26,13 +26,13 @@ export interface EventKind {
 
 export const EVENT_KINDS = {
   connection: { shape: "object", key: ["to"], doc: "the CLI's own connection to a source `to` (`ss<id>`, `rcm`): `state` connected or lost, `error`, `peerIncarnation`, `restarted` (true when the source came back as a new process); its `source` is `cli`" },
-  subsystem: { shape: "object", key: ["subsystem"], doc: "a subsystem process: `state` up or unreachable (the CLI's own line when a connection is lost or comes back), `pid`, `incarnation`, `disk`" },
+  subsystem: { shape: "object", key: ["subsystem"], doc: "a subsystem process as it reports itself: `state` up, `pid`, `disk` (ok or state-disk-full); whether the CLI reaches it is the `connection` kind" },
   group: { shape: "object", key: ["group", "role", "subsystem"], doc: "a consistency group on one subsystem in one role: `state`, `generation`, `reason`, `by` (who suspended it), `ts` (the synchronized time a secondary rests at), `direction`" },
   pair: { shape: "object", key: ["volume", "subsystem"], doc: "a primary volume and its secondary as the primary sees it: `group`, `target`, `secondary`, `state` (paired, link-down, copying, copy-pending, failed, or the group's resting state)" },
   link: { shape: "object", key: ["primary", "secondary"], doc: "a replication link from a primary: `state` up or down, `error` (the last error while down)" },
   suspension: { shape: "occurrence", key: ["group", "subsystem"], doc: "a group was suspended on a subsystem (`occur`): `generation`, `reason`, `by`, `role`" },
   takeover: { shape: "occurrence", key: ["group", "subsystem"], doc: "a secondary took the group over (`occur`): `generation`, `ts` (the synchronized time Ts its volumes hold)" },
-  resync: { shape: "occurrence", key: ["group", "subsystem"], doc: "a resync or initial copy: `start` and `end` from each secondary (`generation`, `floor`: T_old, the image kept until the barrier); `progress` from each copying primary at most once a second (`doneBlocks`, `totalBlocks`, `phase`) and its last `progress` when its copy is done" },
+  resync: { shape: "occurrence", key: ["group", "subsystem"], doc: "a resync or initial copy: `start` from each secondary (`generation`, `floor`: T_old, the image kept until the barrier) and `end` (`state`: active once past the barrier, else where a suspension or takeover left it); `progress` from each copying primary at most once a second (`doneBlocks`, `totalBlocks`, `phase`) and its last `progress` when its copy is done" },
   procedure: { shape: "occurrence", key: ["group"], doc: "a procedure of the RCM (`start`, `end`): `mode` (suspend, takeover, dry-run, resync, swap), `by`, `reason`; at `end` `ok`, `ts` or `error`" },
 } as const satisfies Record<string, EventKind>;
 

@@ -74,7 +74,8 @@ describe("events: tidemark events --json on real processes", () => {
     expect(suspended).toBeLessThan(tookOver);
     expect(tookOver).toBeLessThan(resyncStart);
     expect(resyncStart).toBeLessThan(resyncEnd);
-    expect(ev.lines[suspended]).toMatchObject({ group: "C1", reason: "events test", by: "admin" });
+    expect(ev.lines[suspended]).toMatchObject({ group: "C1", reason: "events test" });
+    expect(String(ev.lines[suspended].by)).toMatch(/^admin/);
     expect(ev.lines[tookOver]).toMatchObject({ group: "C1", ts: takeover.ts, generation: takeover.generation });
     // The RCM's procedures, start and end, in the same order.
     const proc = (mode: string) => ev.lines.findIndex((l) => l.kind === "procedure" && l.action === "end" && l.mode === mode && l.ok === true);
