@@ -43,6 +43,7 @@ export class EventHub {
   private readonly sinks = new Set<EventSink>();
   private readonly subscribersMax: number;
   private readonly bufferMax: number;
+  private refusalLogged = false;
 
   constructor(private readonly o: EventHubOptions) {
     this.subscribersMax = o.subscribersMax ?? EVENT_SUBSCRIBERS_MAX;
@@ -69,14 +70,18 @@ export class EventHub {
    */
   subscribe(sink: EventSink): () => void {
     if (this.sinks.size >= this.subscribersMax) {
-      this.o.logger.warn({ peer: sink.peer, subscribers: this.sinks.size, subscribersMax: this.subscribersMax }, "event subscriber refused: too many subscribers");
+      // Logged once while the limit holds: a refused CLI tries again every second.
+      if (!this.refusalLogged) this.o.logger.warn({ peer: sink.peer, subscribers: this.sinks.size, subscribersMax: this.subscribersMax }, "event subscriber refused: too many subscribers (logged once until one leaves)");
+      this.refusalLogged = true;
       throw tmError("TM_EVENTS_SUBSCRIBERS", `${this.o.source} has ${this.sinks.size} event subscribers already, its limit; close one first`, {
         source: this.o.source,
         subscribersMax: this.subscribersMax,
       });
     }
     this.sinks.add(sink);
-    return () => this.sinks.delete(sink);
+    return () => {
+      if (this.sinks.delete(sink)) this.refusalLogged = false;
+    };
   }
 
   /** Numbers one change of this source and pushes it to every subscriber. */
@@ -102,6 +107,7 @@ export class EventHub {
     const held = sink.bufferedBytes();
     if (held <= this.bufferMax) return true;
     this.sinks.delete(sink);
+    this.refusalLogged = false;
     this.o.logger.warn({ peer: sink.peer, bufferedBytes: held, bufferBytesMax: this.bufferMax, seq }, "event subscriber dropped: it does not read its events");
     sink.close();
     return false;
