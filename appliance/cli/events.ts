@@ -19,6 +19,13 @@ export const EVENTS_SILENCE_MS = 3 * EVENT_HEARTBEAT_MS;
 /** Connect plus handshake, and then the subscribe answer, each within this. */
 export const EVENTS_CONNECT_TIMEOUT_MS = 3000;
 export const EVENTS_SUBSCRIBE_TIMEOUT_MS = 10_000;
+/**
+ * Bytes written to stdout and not yet taken by it (a pager, a slow pipe).
+ * Past it the CLI stops following: every connection is closed and lines are
+ * dropped until stdout is down to half, then the sources are reconnected and
+ * their state comes again as `exists` lines; one `#` line says how many were dropped.
+ */
+export const EVENTS_OUTPUT_BACKLOG_BYTES_MAX = 4 * 1024 * 1024;
 /** Change lines held while the first `exists` lines of every source come in; past it they are dropped and counted. */
 export const EVENTS_HELD_LINES_MAX = 10_000;
 
@@ -35,6 +42,8 @@ export interface EventsOptions {
   json: boolean;
   /** One line, without its newline. */
   write: (line: string) => void;
+  /** Bytes written and not yet taken by the output (process.stdout.writableLength); none: never behind. */
+  backlogBytes?: () => number;
 }
 
 /** A source's answer to `subscribe` as it must look; anything else from a peer is refused, not trusted. */
@@ -65,6 +74,8 @@ export class EventsFollower {
   private heldDropped = 0;
   private readonly endpoints: Endpoint[];
   private readonly sleeps = new Set<() => void>();
+  /** Lines dropped since the output fell behind; null while it keeps up. */
+  private overflow: number | null = null;
 
   constructor(
     topo: LoadedTopology,
@@ -91,10 +102,36 @@ export class EventsFollower {
   }
 
   private print(e: TidemarkEvent, held: boolean): void {
+    if (this.behind()) return;
     const line = this.o.json ? eventJson(e) : eventText(e);
     if (!held || this.initial.size === 0) return this.o.write(line);
     if (this.held.length < EVENTS_HELD_LINES_MAX) this.held.push(line);
     else this.heldDropped++;
+  }
+
+  /** True while the output is behind (and the line is dropped); the first time, every connection is closed. */
+  private behind(): boolean {
+    const backlog = this.o.backlogBytes?.() ?? 0;
+    if (this.overflow === null) {
+      if (backlog <= EVENTS_OUTPUT_BACKLOG_BYTES_MAX) return false;
+      this.overflow = 0;
+      for (const l of this.links) l.close();
+    }
+    this.overflow++;
+    return true;
+  }
+
+  /** Before a reconnection: waits while the output is behind, then says what was dropped. */
+  private async caughtUp(): Promise<void> {
+    while (this.overflow !== null && !this.stopped) {
+      if ((this.o.backlogBytes?.() ?? 0) <= EVENTS_OUTPUT_BACKLOG_BYTES_MAX / 2) {
+        this.o.write(`# ${this.overflow} lines dropped: the output did not keep up (more than ${EVENTS_OUTPUT_BACKLOG_BYTES_MAX} bytes unwritten); every source is followed again from its state now`);
+        this.overflow = null;
+        return;
+      }
+      await this.sleep(EVENTS_RECONNECT_MS);
+      await this.caughtUp();
+    }
   }
 
   private firstDone(source: string): void {

@@ -78,7 +78,11 @@ program
   .option("--json", "one JSON object per line (docs/events.md)")
   .action(async (o: { config: string; json?: boolean }) => {
     const { EventsFollower } = await import("./events.ts");
-    const follower = new EventsFollower(loadConfig(o.config), { json: o.json === true, write: (line) => void process.stdout.write(line + "\n") });
+    const follower = new EventsFollower(loadConfig(o.config), {
+      json: o.json === true,
+      write: (line) => void process.stdout.write(line + "\n"),
+      backlogBytes: () => process.stdout.writableLength,
+    });
     process.once("SIGINT", () => follower.stop());
     process.once("SIGTERM", () => follower.stop());
     await follower.run();
