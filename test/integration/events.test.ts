@@ -6,7 +6,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { afterEach, describe, expect, it } from "vitest";
+import pino from "pino";
 import { BIN, TestCluster, fig1Config, freePort } from "../support/cluster.ts";
+import { connectLink, type Link } from "../../appliance/replication/link.ts";
+import type { Frame } from "../../appliance/replication/frames.ts";
+import { EVENT_SUBSCRIBERS_MAX } from "../../appliance/events/hub.ts";
 
 const cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -83,6 +87,26 @@ describe("events: tidemark events --json on real processes", () => {
     expect(proc("suspend")).toBeLessThan(proc("takeover"));
     expect(proc("takeover")).toBeLessThan(proc("resync"));
     const tSequence = Date.now() - t0;
+
+    // The subscriber bound of one process: the CLI holds one of #1's places; the others fill it and one more is refused.
+    const subscribe = async (): Promise<{ link: Link; answer: Frame }> => {
+      const me = c.topo.config.subsystems.find((x) => x.id === 1)!;
+      const link = await connectLink({ host: me.host, port: me.replicationPort, key: c.topo.config.clusterKey, role: "control", nodeId: 0, timeoutMs: 5000, logger: pino({ level: "silent" }) });
+      const answer = new Promise<Frame>((r) => link.on("frame", (f: Frame) => f.type === "response" && r(f)));
+      link.send({ type: "request", id: 1, body: { op: "subscribe" } });
+      return { link, answer: await answer };
+    };
+    const extra: Link[] = [];
+    cleanup.push(() => extra.forEach((l) => l.close()));
+    for (let i = 1; i < EVENT_SUBSCRIBERS_MAX; i++) {
+      const s = await subscribe();
+      extra.push(s.link);
+      expect(s.answer).toMatchObject({ type: "response", ok: true });
+    }
+    const refused = await subscribe();
+    extra.push(refused.link);
+    expect(refused.answer).toMatchObject({ type: "response", ok: false, body: { code: "TM_EVENTS_SUBSCRIBERS" } });
+    for (const l of extra.splice(0)) l.close();
 
     // kill -9 secondary #3, then start it again.
     const t1 = Date.now();
