@@ -72,6 +72,23 @@ program
   });
 
 program
+  .command("events")
+  .description("follow every state change of every subsystem and the RCM, one line each, until Ctrl-C (docs/events.md)")
+  .requiredOption("-c, --config <file>", "topology file")
+  .option("--json", "one JSON object per line (docs/events.md)")
+  .action(async (o: { config: string; json?: boolean }) => {
+    const { EventsFollower } = await import("./events.ts");
+    const follower = new EventsFollower(loadConfig(o.config), {
+      json: o.json === true,
+      write: (line) => void process.stdout.write(line + "\n"),
+      backlogBytes: () => process.stdout.writableLength,
+    });
+    process.once("SIGINT", () => follower.stop());
+    process.once("SIGTERM", () => follower.stop());
+    await follower.run();
+  });
+
+program
   .command("quiesce")
   .description("wait until every write acknowledged before the call is applied on every secondary of the group")
   .requiredOption("-c, --config <file>", "topology file")

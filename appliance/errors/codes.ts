@@ -71,6 +71,8 @@ export const ERROR_CODES = {
     "a resync named a volume that is not a primary volume of the group on that subsystem (the config changed under a running resync); nothing merged: make the configs agree and run it again",
   TM_BAD_REQUEST:
     "a control request with a malformed field (bitmap runs outside the volume, a direction that is neither `forward` nor `reverse`, a bad generation or timestamp); nothing changed: a CLI or RCM bug, or mixed versions",
+  TM_EVENTS_SUBSCRIBERS:
+    "a subscribe control request (`tidemark events`) to a subsystem or the RCM that already has its limit of event subscribers (16, docs/events.md, Bounds); `tidemark events` says so for that source and tries again every few seconds: close another `tidemark events`",
   TM_RESYNC:
     "the resync procedure cannot go on: the group does not rest at one synchronized time even after a suspension, or a secondary volume is in no pair of the group; `tidemark resync` exits 1: see `tidemark status`",
   TM_RESYNC_INTERRUPTED:

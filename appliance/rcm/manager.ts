@@ -14,6 +14,9 @@ import { startResync } from "./resync.ts";
 import { reverseResync, swap } from "./failback.ts";
 import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
 import { withGroupLease, type LeaseHolder } from "./lease.ts";
+import { EventPublisher } from "../events/publisher.ts";
+import { processIncarnation } from "../events/hub.ts";
+import { realRuntime } from "../runtime/runtime.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -34,6 +37,8 @@ export class RemoteCopyManager {
   private readonly leaseHolder: LeaseHolder;
   /** Groups whose lease another holder was last seen with: logged once per holder. */
   private readonly heldElsewhere = new Map<string, string>();
+  /** `tidemark events`: each procedure's start and end (docs/events.md, kind procedure). */
+  private readonly events: EventPublisher;
 
   constructor(
     private readonly topo: LoadedTopology,
@@ -42,6 +47,8 @@ export class RemoteCopyManager {
     const rcm = topo.config.rcm;
     const address = rcm ? `${rcm.host}:${rcm.port}` : "rcm";
     this.leaseHolder = { holder: `rcm ${address} pid ${process.pid}`, holderAddress: address, incarnation: Date.now(), ttlMs: rcm?.leaseMs ?? 30_000 };
+    // A procedure is an occurrence: nothing of the RCM "exists" for a new subscriber.
+    this.events = new EventPublisher({ source: "rcm", incarnation: processIncarnation(Math.round(performance.timeOrigin), process.pid), runtime: realRuntime, logger, exists: () => [] });
   }
 
   async start(): Promise<void> {
@@ -60,6 +67,7 @@ export class RemoteCopyManager {
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.events.stop();
     this.server?.close();
     await Promise.allSettled([...this.busy.values()]);
   }
@@ -71,6 +79,7 @@ export class RemoteCopyManager {
     }
     link.on("frame", (f) => {
       if (f.type !== "request") return;
+      if ((f.body as { op?: unknown } | null)?.op === "subscribe") return this.events.subscribe(link, f.id);
       this.handle(f.body).then(
         (body) => link.send({ type: "response", id: f.id, ok: true, body }),
         (err: Error) => link.send({ type: "response", id: f.id, ok: false, body: { code: codeOf(err, "TM_RCM"), message: err.message } }),
@@ -116,18 +125,24 @@ export class RemoteCopyManager {
     const prev = this.busy.get(group) ?? Promise.resolve();
     const bump = () => this.epochs.set(group, (this.epochs.get(group) ?? 0) + 1);
     bump();
-    const leased = () => (mode === "dry-run" ? f(this.topo) : withGroupLease(this.topo, group, `${mode} (${reason}) by ${by}`, this.leaseHolder, f, this.logger));
+    const leased = () => {
+      this.events.emit({ kind: "procedure", action: "start", group, mode, by, reason });
+      return mode === "dry-run" ? f(this.topo) : withGroupLease(this.topo, group, `${mode} (${reason}) by ${by}`, this.leaseHolder, f, this.logger);
+    };
     const run = prev
       .catch(() => {})
       .then(leased)
       .finally(bump)
       .then(
         (r) => {
-          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts: (r as { ts?: string }).ts });
+          const ts = (r as { ts?: string }).ts;
+          this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: true, ts });
+          this.events.emit({ kind: "procedure", action: "end", group, mode, by, reason, ok: true, ts: ts ?? null });
           return r;
         },
         (err: Error) => {
           this.history.push({ at: new Date().toISOString(), group, mode, by, reason, ok: false, error: err.message });
+          this.events.emit({ kind: "procedure", action: "end", group, mode, by, reason, ok: false, error: err.message });
           this.logger.error({ group, mode, err: err.message }, "after-failure procedure failed");
           throw err;
         },

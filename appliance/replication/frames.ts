@@ -45,6 +45,8 @@ export const FRAME_TYPES = {
   response: 10,
   heartbeat: 11,
   copied: 12,
+  /** tidemark events (docs/events.md): one state change, pushed to a subscribed control connection. */
+  event: 13,
 } as const;
 
 export type FrameType = keyof typeof FRAME_TYPES;
@@ -151,6 +153,13 @@ export interface ResponseFrame {
 export interface HeartbeatFrame {
   type: "heartbeat";
 }
+/** One event of the sender (docs/events.md): its per-source seq, its wall-clock ms, and the event's other fields as JSON. */
+export interface EventFrame {
+  type: "event";
+  seq: number;
+  timeMs: number;
+  body: unknown;
+}
 
 export type Frame =
   | HelloFrame
@@ -163,7 +172,8 @@ export type Frame =
   | AckFrame
   | RequestFrame
   | ResponseFrame
-  | HeartbeatFrame;
+  | HeartbeatFrame
+  | EventFrame;
 
 /**
  * The one numbering of refusals: every `error` frame carries one of these
@@ -363,6 +373,12 @@ function measure(frame: Frame): { payloadBytes: number; json?: string } {
       const json = jsonText(frame.body);
       return { payloadBytes: 4 + 1 + 4 + Buffer.byteLength(json, "utf8"), json };
     }
+    case "event": {
+      checkU64Number("seq", frame.seq);
+      checkU64Number("timeMs", frame.timeMs);
+      const json = jsonText(frame.body);
+      return { payloadBytes: 8 + 8 + 4 + Buffer.byteLength(json, "utf8"), json };
+    }
     default: {
       const never: never = frame;
       throw encodeFault(`unknown frame type ${String((never as { type: unknown }).type)}`);
@@ -458,6 +474,14 @@ export function encodeFrame(frame: Frame): Buffer {
     case "response": {
       at = buf.writeUInt32BE(frame.id, at);
       if (frame.type === "response") at = buf.writeUInt8(frame.ok ? 1 : 0, at);
+      const n = buf.write(json as string, at + 4, "utf8");
+      at = buf.writeUInt32BE(n, at);
+      at += n;
+      break;
+    }
+    case "event": {
+      at = writeU64Number(buf, frame.seq, at);
+      at = writeU64Number(buf, frame.timeMs, at);
       const n = buf.write(json as string, at + 4, "utf8");
       at = buf.writeUInt32BE(n, at);
       at += n;
@@ -669,6 +693,11 @@ function decodePayload(type: FrameType, generation: number, r: PayloadReader): F
       const okByte = r.u8("ok");
       if (okByte > 1) throw r.fail(`ok ${okByte} is neither 0 nor 1`, okAt);
       frame = { type, id, ok: okByte === 1, body: r.json("body") };
+      break;
+    }
+    case "event": {
+      const seq = r.u64Number("seq");
+      frame = { type, seq, timeMs: r.u64Number("timeMs"), body: r.json("body") };
       break;
     }
   }

@@ -156,6 +156,16 @@ export class Link extends EventEmitter<LinkEvents> {
     if (socket.destroyed) queueMicrotask(() => this.#onClose());
   }
 
+  /** Bytes written and not yet taken by the socket: an event subscriber's unread events (events/hub.ts). */
+  get bufferedSendBytes(): number {
+    return this.#socket.writableLength;
+  }
+
+  /** host:port of the peer, for log lines about it. */
+  get peerAddress(): string {
+    return this.peer.address;
+  }
+
   /** True once the socket has closed ('close' has been or is being emitted). */
   get closed(): boolean {
     return this.#closed;

@@ -21,6 +21,8 @@ import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
 import { ProcedureLeases, leaseRequestOf } from "./procedure-lease.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
+import { SubsystemEvents } from "../events/subsystem-events.ts";
+import type { EventView } from "../events/state-events.ts";
 
 /** The procedure steps a group's lease guards: each changes the group's state (docs/takeover.md, "One procedure at a time"). */
 const LEASED_STEPS = new Set(["fence", "apply-ts", "takeover", "primary-suspend", "primary-takeover", "resync-begin", "primary-resync", "turn", "primary-freeze"]);
@@ -47,6 +49,8 @@ export interface SubsystemCoreOptions {
   nbdUrlOf?: (volume: string) => string | null;
   /** The state disk's guard (disk-guard.ts); the simulation has none. */
   disk?: DiskGuard;
+  /** This process's start and pid (events/hub.ts, processIncarnation): a restart gives another. */
+  incarnation?: string;
 }
 
 /** A generation from a control request: a positive integer, or a clear refusal. */
@@ -66,6 +70,8 @@ export class SubsystemCore {
   private readonly leases: ProcedureLeases;
   /** One bitmap writer for both engines: a turned group keeps one cache of its marks. */
   private readonly bitmap: BitmapWriter;
+  /** `tidemark events` (docs/events.md): state changes pushed to subscribed control connections. */
+  readonly events: SubsystemEvents;
 
   constructor(private readonly o: SubsystemCoreOptions) {
     const db = o.store.db;
@@ -80,6 +86,20 @@ export class SubsystemCore {
     this.exports = new ExportTable(o.defaultExport);
     // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
     for (const v of o.volumes.values()) this.exports.add(volumeExport(v, () => this.roles));
+    this.events = new SubsystemEvents({ id: o.id, incarnation: o.incarnation ?? `${o.runtime.nowMs()}-0`, view: () => this.eventView(), runtime: o.runtime, logger: o.logger });
+  }
+
+  /** What events are made of: the engines' own status, without the bitmap walk of status(). */
+  private eventView(): EventView {
+    const roles = this.roles;
+    return {
+      subsystem: this.o.id,
+      pid: (this.o.processStatus?.() as { pid?: number } | undefined)?.pid,
+      disk: this.o.disk?.status().state ?? "ok",
+      directions: Object.fromEntries([...this.directions()].filter(([g]) => this.ownGroup(g))),
+      primary: (roles.primary?.status() ?? null) as EventView["primary"],
+      secondary: (roles.secondary?.status() ?? null) as EventView["secondary"],
+    };
   }
 
   get id(): number {
@@ -174,6 +194,7 @@ export class SubsystemCore {
   }
 
   async stop(): Promise<void> {
+    this.events.stop();
     await this.roles.primary?.stop();
     this.roles.secondary?.stop();
   }
@@ -424,8 +445,15 @@ export class SubsystemCore {
   attachControl(link: FrameLink): void {
     link.on("frame", (f: Frame) => {
       if (f.type !== "request") return;
+      const op = (f.body as { op?: unknown } | null)?.op;
+      // The answer and the event frames after it are the publisher's to send, in order.
+      if (op === "subscribe") return this.events.subscribe(link, f.id);
       this.handleRequest(f.body).then(
-        (body) => link.send({ type: "response", id: f.id, ok: true, body }),
+        (body) => {
+          link.send({ type: "response", id: f.id, ok: true, body });
+          // A step that changed a group: subscribers hear it now, not at the next walk.
+          if (typeof op === "string" && LEASED_STEPS.has(op)) this.events.check();
+        },
         (err: Error) => {
           if (err.name === "InvariantError") throw err;
           link.send({ type: "response", id: f.id, ok: false, body: { code: codeOf(err, "TM_CONTROL"), message: err.message } });

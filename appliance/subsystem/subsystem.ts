@@ -25,6 +25,7 @@ import { clockReader } from "../primary/clock-source.ts";
 import { metricsRegistry, serveMetrics } from "./metrics.ts";
 import { LogFile, type LogFileStats } from "../logging/log-file.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
+import { processIncarnation } from "../events/hub.ts";
 
 export interface SubsystemHandle {
   stop(): Promise<void>;
@@ -176,6 +177,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     // Socket-activated, the NBD listener belongs to whoever started us: no URL of ours.
     nbdUrlOf: (volume) => (opts.nbdFd === undefined ? nbdUrl(me.host, me.nbdPort, volume) : null),
     disk,
+    incarnation: processIncarnation(Math.round(performance.timeOrigin), process.pid),
   });
   await core.start();
   const status = () => core.status();

@@ -332,7 +332,7 @@ describe("disk-full", () => {
     const dropped = (await c.rawStatus(1)).log?.droppedLines ?? 0;
     expect(dropped).toBeGreaterThan(0);
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    expect(Number(/^tidemark_log_dropped_lines (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(Number(/^tidemark_log_dropped_lines_total (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
     // 80 connections of 256 KiB are seconds of work at most even on a loaded machine: nothing waited on the log.
     expect(writeMs).toBeLessThan(20_000);
     unlinkSync(filler);

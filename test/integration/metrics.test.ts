@@ -30,17 +30,17 @@ describe("metrics: /metrics on a subsystem's metricsPort", () => {
     cluster = TestCluster.create(cfg);
     await cluster.startAll();
     // The initial copy of the group's volumes is applied before the host writes.
-    const before = value(await scrape(m3), 'tidemark_applied{group="C1"}');
+    const before = value(await scrape(m3), 'tidemark_applied_total{group="C1"}');
     const w = await cluster.nbd("p1a");
     for (let i = 0; i < 10; i++) await w.write(i * 4096, Buffer.alloc(4096, i + 1));
     await w.close();
     await cluster.quiesce();
     const p = await scrape(m1);
-    expect(value(p, "tidemark_host_writes")).toBe(10);
+    expect(value(p, "tidemark_host_writes_total")).toBe(10);
     expect(value(p, 'tidemark_link_up{secondary="3"}')).toBe(1);
     expect(value(p, 'tidemark_group_replicating{group="C1",role="primary"}')).toBe(1);
     const s = await scrape(m3);
-    expect(value(s, 'tidemark_applied{group="C1"}') - before).toBe(10);
+    expect(value(s, 'tidemark_applied_total{group="C1"}') - before).toBe(10);
     expect(value(s, 'tidemark_disk_queue{group="C1"}')).toBe(0);
     expect(value(s, 'tidemark_generation{group="C1"}')).toBe(1);
     const lag = value(s, 'tidemark_lag_seconds{group="C1"}');

@@ -87,6 +87,8 @@ function randFrame(rand: () => number): Frame {
       return { type, id: randInt(rand, 0xffffffff), body: { op: randName(rand, 10), n: randInt(rand, 1000), list: [randName(rand, 5), null, true] } };
     case "response":
       return { type, id: randInt(rand, 0xffffffff), ok: rand() < 0.5, body: rand() < 0.5 ? null : { message: randName(rand, 30) } };
+    case "event":
+      return { type, seq: randInt(rand, Number.MAX_SAFE_INTEGER), timeMs: randInt(rand, Number.MAX_SAFE_INTEGER), body: { source: "ss3", kind: randName(rand, 10), action: "change", state: randName(rand, 12), n: null } };
   }
 }
 
@@ -272,7 +274,7 @@ describe("frames: corruption", () => {
       [4, 1, "TM_FRAME_VERSION"],
       [4, 3, "TM_FRAME_VERSION"],
       [5, 0, "TM_FRAME_TYPE"],
-      [5, 13, "TM_FRAME_TYPE"],
+      [5, 14, "TM_FRAME_TYPE"],
       [7, 1, "TM_FRAME_FLAGS"],
       [11, 1, "TM_FRAME_GENERATION"],
     ];
