@@ -150,8 +150,9 @@ export class NbdOptionSession {
   }
 
   /** NBD_OPT_INFO (or GO): rejects with NbdOptionError when the server refuses. */
-  async info(name: string, option: typeof NBD_OPT_INFO | typeof NBD_OPT_GO = NBD_OPT_INFO): Promise<ExportInfo> {
-    const replies = await this.option(option, encodeInfoRequest(name, [NBD_INFO_NAME, NBD_INFO_DESCRIPTION, NBD_INFO_BLOCK_SIZE]));
+  async info(name: string, option: typeof NBD_OPT_INFO | typeof NBD_OPT_GO = NBD_OPT_INFO, askBlockSize = true): Promise<ExportInfo> {
+    const asked = askBlockSize ? [NBD_INFO_NAME, NBD_INFO_DESCRIPTION, NBD_INFO_BLOCK_SIZE] : [NBD_INFO_NAME];
+    const replies = await this.option(option, encodeInfoRequest(name, asked));
     const last = replies[replies.length - 1];
     if (last.replyType !== NBD_REP_ACK) throw new NbdOptionError(option, last.replyType, last.data.toString("utf8"));
     const infos: InfoReply[] = replies
@@ -172,8 +173,9 @@ export class NbdOptionSession {
     return out;
   }
 
-  async go(name: string, structuredReplies: boolean): Promise<NbdClient> {
-    const info = await this.info(name, NBD_OPT_GO);
+  /** askBlockSize false: a client that did not negotiate block sizes (it may send 32 MiB payloads). */
+  async go(name: string, structuredReplies: boolean, askBlockSize = true): Promise<NbdClient> {
+    const info = await this.info(name, NBD_OPT_GO, askBlockSize);
     return new NbdClient(this.socket, this.reader, info, structuredReplies);
   }
 
