@@ -38,6 +38,8 @@ export const nbdLimitsSchema = z
   .object({
     /** Bytes held for clients across all connections; at least two 32 MiB requests. */
     bufferBytesMax: z.number().int().min(64 * MiB + 56).default(256 * MiB),
+    /** What one peer address's connections may hold of it together (capped at bufferBytesMax); at least one 32 MiB request. */
+    bufferBytesPerPeerMax: z.number().int().min(32 * MiB + 28).default(128 * MiB),
     connectionsMax: z.number().int().min(1).max(65536).default(512),
     connectionsPerPeerMax: z.number().int().min(1).max(65536).default(64),
     connectionsPerExportMax: z.number().int().min(1).max(65536).default(64),

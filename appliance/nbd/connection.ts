@@ -99,6 +99,9 @@ export class NbdConnection {
   private receivingPayload = false;
   private lastProgressMs: number;
   private tls = false;
+  private budgetBiteLogged = false;
+  /** The budget's owner: one share per peer address, whatever its connection count. */
+  private readonly peerAddress: string;
 
   constructor(
     socket: Socket,
@@ -107,6 +110,7 @@ export class NbdConnection {
   ) {
     this.log = config.logger.child({ nbdConn: id, peer: `${socket.remoteAddress ?? "local"}:${socket.remotePort ?? ""}` });
     this.lastProgressMs = config.now();
+    this.peerAddress = socket.remoteAddress ?? "local";
     this.socket = socket;
     this.reader = this.attach(socket);
   }
@@ -366,7 +370,12 @@ export class NbdConnection {
    * the budget is short this waits, and the socket is not read meanwhile.
    */
   private async charge(bytes: number): Promise<{ bytes: number }> {
-    await this.config.budget.take(bytes, this.ended.signal);
+    await this.config.budget.take(bytes, this.peerAddress, this.ended.signal, (why) => {
+      // Once per connection: the bite recurs with every request while it holds.
+      if (this.budgetBiteLogged) return;
+      this.budgetBiteLogged = true;
+      this.log.warn({ reason: why }, "nbd: buffer budget full; not reading this connection until bytes come back");
+    });
     const c = { bytes };
     this.charges.add(c);
     this.inFlightBytes += bytes;
@@ -378,7 +387,7 @@ export class NbdConnection {
     if (!this.charges.delete(c)) return;
     this.inFlightBytes -= c.bytes;
     assert(this.inFlightBytes >= 0, "nbd: in-flight byte count went negative");
-    this.config.budget.release(c.bytes);
+    this.config.budget.release(c.bytes, this.peerAddress);
     this.wake();
   }
 

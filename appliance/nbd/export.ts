@@ -47,6 +47,8 @@ export interface NbdServerOptions {
 export interface NbdLimits {
   /** Bytes held for clients across all connections (payloads, read replies); at least 64 MiB. */
   bufferBytesMax: number;
+  /** Of bufferBytesMax, what the connections of one peer address may hold together; at least one 32 MiB request. */
+  bufferBytesPerPeerMax: number;
   connectionsMax: number;
   connectionsPerPeerMax: number;
   connectionsPerExportMax: number;
@@ -57,6 +59,7 @@ export interface NbdLimits {
 
 export const NBD_LIMITS_DEFAULT: NbdLimits = {
   bufferBytesMax: 256 * 1024 * 1024,
+  bufferBytesPerPeerMax: 128 * 1024 * 1024,
   connectionsMax: 512,
   connectionsPerPeerMax: 64,
   connectionsPerExportMax: 64,

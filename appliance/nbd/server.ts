@@ -41,7 +41,9 @@ export class NbdServer {
     this.limits = { ...NBD_LIMITS_DEFAULT, ...options.limits };
     assert(this.limits.bufferBytesMax >= BUFFER_BYTES_MIN, `nbd: bufferBytesMax ${this.limits.bufferBytesMax} below ${BUFFER_BYTES_MIN}`);
     assert((options.tlsMode ?? "off") === "off" || options.tls !== undefined, "nbd: tlsMode on/require without a TLS setup");
-    this.budget = new BufferBudget(this.limits.bufferBytesMax);
+    const perPeer = Math.min(this.limits.bufferBytesPerPeerMax, this.limits.bufferBytesMax);
+    assert(perPeer >= PAYLOAD_HARD_CAP_BYTES + REQUEST_HEADER_BYTES, `nbd: bufferBytesPerPeerMax ${perPeer} below one 32 MiB request`);
+    this.budget = new BufferBudget(this.limits.bufferBytesMax, perPeer);
     this.counts = new ConnectionLimits(this.limits);
     this.now = options.now ?? (() => performance.now());
     this.log = options.logger;

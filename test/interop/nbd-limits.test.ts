@@ -34,6 +34,11 @@ function closedWithin(socket: net.Socket, ms: number): Promise<number> {
   });
 }
 
+/** An option session whose TCP connection comes from `localAddress` (another loopback address: another peer). */
+function openFrom(fx: NbdFixture, localAddress: string): Promise<NbdOptionSession> {
+  return NbdOptionSession.open(fx.host, fx.port, localAddress);
+}
+
 function rawConnect(fx: NbdFixture): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ host: fx.host, port: fx.port }, () => resolve(s));
@@ -110,7 +115,7 @@ describe("nbd limits: deadlines and stalls", () => {
 describe("nbd limits: memory", () => {
   it("budget: 4 connections pipelining 16 x 4 MiB READs without reading hold at most bufferBytesMax, then all replies arrive", async () => {
     const bufferBytesMax = BUFFER_BYTES_MIN;
-    const fx = await fixture({ maxPayloadBytes: 4 * MiB, server: { limits: { bufferBytesMax } } });
+    const fx = await fixture({ maxPayloadBytes: 4 * MiB, server: { limits: { bufferBytesMax, bufferBytesPerPeerMax: bufferBytesMax } } });
     const image = randomBytes(4 * MiB);
     const w = await NbdClient.connect({ host: fx.host, port: fx.port, exportName: "disk" });
     await w.write(0, image);
@@ -142,6 +147,32 @@ describe("nbd limits: memory", () => {
     );
     await sleep(50);
     expect(fx.server.budget.usedBytes()).toBe(0);
+  });
+
+  it("budget: one peer's stuck connections hold at most bufferBytesPerPeerMax; another peer (127.0.0.2) is served at once", async () => {
+    const fx = await fixture({ maxPayloadBytes: 4 * MiB, server: { limits: { bufferBytesMax: 128 * MiB, bufferBytesPerPeerMax: 48 * MiB } } });
+    const hostile = await Promise.all(Array.from({ length: 4 }, () => NbdOptionSession.open(fx.host, fx.port)));
+    for (const s of hostile) {
+      await s.info("disk", p.NBD_OPT_GO);
+      s.socket.write(Buffer.concat(Array.from({ length: 16 }, (_, i) => p.encodeRequestHeader({ flags: 0, type: p.NBD_CMD_READ, cookie: BigInt(i), offset: 0, length: 4 * MiB }))));
+    }
+    await sleep(300);
+    // Without a per-peer share these 256 MiB of READs would take all 128 MiB.
+    expect(fx.server.budget.usedBytes("127.0.0.1")).toBeLessThanOrEqual(48 * MiB);
+    expect(fx.server.budget.usedBytes("127.0.0.1")).toBeGreaterThan(32 * MiB);
+    const bites = fx.logs.filter((l) => l.msg === "nbd: buffer budget full; not reading this connection until bytes come back");
+    expect(bites.length).toBeGreaterThan(0);
+    expect(bites.length).toBeLessThanOrEqual(4); // once per connection at most
+    expect(String(bites[0].reason)).toMatch(/peer 127\.0\.0\.1 holds \d+ bytes \(nbdLimits.bufferBytesPerPeerMax 50331648\)/);
+    expect(String(bites[0].peer)).toMatch(/^127\.0\.0\.1:\d+$/);
+    const t0 = performance.now();
+    const session = await openFrom(fx, "127.0.0.2");
+    const c = await session.go("disk", false);
+    const data = await c.read(0, 4 * MiB);
+    expect(data.length).toBe(4 * MiB);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    await c.disconnect();
+    for (const s of hostile) s.socket.destroy();
   });
 
   it("payload: a client that did not negotiate block sizes writes and reads 32 MiB (advertised maximum 4 MiB); one that did gets EINVAL", async () => {

@@ -92,9 +92,9 @@ export interface ExportInfo {
   description?: string;
 }
 
-function connectSocket(host: string, port: number): Promise<net.Socket> {
+function connectSocket(host: string, port: number, localAddress?: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host, port });
+    const s = net.connect({ host, port, localAddress });
     s.once("error", reject);
     s.once("connect", () => {
       s.off("error", reject);
@@ -110,8 +110,9 @@ export class NbdOptionSession {
     readonly reader: ByteReader,
   ) {}
 
-  static async open(host: string, port: number): Promise<NbdOptionSession> {
-    const socket = await connectSocket(host, port);
+  /** localAddress: connect from another loopback address, a second peer for the per-peer limits. */
+  static async open(host: string, port: number, localAddress?: string): Promise<NbdOptionSession> {
+    const socket = await connectSocket(host, port, localAddress);
     socket.on("error", () => {}); // Surfaced through the reader as an ended stream.
     const reader = new ByteReader(socket, READ_AHEAD_BYTES);
     const g = decodeServerGreeting(await reader.read(SERVER_GREETING_BYTES));

@@ -10,15 +10,15 @@ describe("nbd: buffer budget", () => {
   it("budget: grants up to the bound, then first come first served as bytes come back", async () => {
     const b = new BufferBudget(100);
     const live = new AbortController().signal;
-    await b.take(60, live);
+    await b.take(60, "x", live);
     const order: string[] = [];
-    const big = b.take(80, live).then(() => order.push("big"));
-    const small = b.take(10, live).then(() => order.push("small"));
+    const big = b.take(80, "a", live).then(() => order.push("big"));
+    const small = b.take(10, "b", live).then(() => order.push("small"));
     await Promise.resolve();
     // The small one fits but waits behind the big one: no starvation.
     expect(order).toEqual([]);
     expect(b.usedBytes()).toBe(60);
-    b.release(60);
+    b.release(60, "x");
     await Promise.all([big, small]);
     expect(order).toEqual(["big", "small"]);
     expect(b.usedBytes()).toBe(90);
@@ -27,15 +27,34 @@ describe("nbd: buffer budget", () => {
   it("budget: a waiter whose connection closed gives up and lets those behind it in", async () => {
     const b = new BufferBudget(100);
     const live = new AbortController().signal;
-    await b.take(50, live);
+    await b.take(50, "a", live);
     const gone = new AbortController();
-    const waiting = b.take(90, gone.signal);
-    const behind = b.take(40, live);
+    const waiting = b.take(90, "a", gone.signal);
+    const behind = b.take(40, "a", live);
     gone.abort(new Error("closed"));
     await expect(waiting).rejects.toThrow("closed");
     await behind;
     expect(b.usedBytes()).toBe(90);
     expect(b.waiting()).toBe(0);
+  });
+});
+
+describe("nbd: buffer budget per peer", () => {
+  it("budget: a peer at its share waits without holding up another peer queued behind it", async () => {
+    const b = new BufferBudget(100, 50);
+    const live = new AbortController().signal;
+    await b.take(40, "hostile", live);
+    const order: string[] = [];
+    const more = b.take(20, "hostile", live).then(() => order.push("hostile"));
+    const other = b.take(30, "host", live).then(() => order.push("host"));
+    await other;
+    expect(order).toEqual(["host"]);
+    expect(b.usedBytes("hostile")).toBe(40);
+    expect(b.usedBytes("host")).toBe(30);
+    b.release(40, "hostile");
+    await more;
+    expect(b.usedBytes()).toBe(50);
+    expect(() => b.take(51, "x", live)).toThrow(/charge 51 outside 1\.\.50/);
   });
 });
 
