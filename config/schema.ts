@@ -4,6 +4,7 @@
 // Pure: no I/O here (config/load.ts reads the file).
 import { z } from "zod";
 import type { ErrorCode } from "../appliance/errors/codes.ts";
+import { nbdLimitsSchema, nbdTlsSchema } from "./nbd-schema.ts";
 
 export const BLOCK_SIZE = 4096;
 
@@ -40,6 +41,10 @@ export const subsystemSchema = z
     /** The export a client gets when it asks for the empty name. */
     defaultExport: volumeName.optional(),
     volumes: z.array(volumeSchema).default([]),
+    /** NBD over TLS for hosts (config/nbd-schema.ts, docs/hosts.md). */
+    nbdTls: nbdTlsSchema.optional(),
+    /** The NBD server's bounds and timeouts (config/nbd-schema.ts, docs/nbd.md Limits). */
+    nbdLimits: nbdLimitsSchema.optional(),
   })
   .strict();
 

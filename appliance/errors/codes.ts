@@ -136,6 +136,8 @@ export const ERROR_CODES = {
     "tidemark's NBD client: TCP connect failed, the handshake broke or timed out, the connection was lost, or a request got no reply within its timeout (the connection is then dropped); the request fails and the drill's workload reconnects",
   TM_NBD_REFUSED:
     "tidemark's NBD client: the server refused `NBD_OPT_GO` (unknown export, policy); connect fails with the server's text",
+  TM_NBD_TLS_CONFIG:
+    "the subsystem's `nbdTls` files cannot be used: a certificate, key, CA or PSK file is missing or unreadable, a key or PSK file is readable by group or others (mode & 0o077; `chmod 600` it), a PSK file line is not `username:hexkey`, or the certificate and key do not load; the message names the file and the subsystem does not start",
   TM_NBD_REQUEST:
     "tidemark's NBD client: the server answered a request with an NBD error number (`nbdErrno`), e.g. `EPERM` writing a read-only or taken-over export; that request fails, the connection stays usable",
 

@@ -28,18 +28,46 @@ export class ByteReader {
   private buffered = 0;
   private want: Want | null = null;
   private ended: Error | null = null;
+  private readonly onData = (chunk: Buffer) => {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.onProgress?.();
+    this.serve();
+  };
+  private readonly onEnd = () => this.end(new StreamEndedError("peer closed the connection"));
+  private readonly onClose = () => this.end(new StreamEndedError("connection closed"));
 
+  /** onProgress runs on every chunk received: the owner's stall clock. */
   constructor(
     private readonly socket: Socket,
     private readonly readAheadBytesMax: number,
+    private readonly onProgress?: () => void,
   ) {
-    socket.on("data", (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      this.serve();
-    });
-    socket.on("end", () => this.end(new StreamEndedError("peer closed the connection")));
-    socket.on("close", () => this.end(new StreamEndedError("connection closed")));
+    socket.on("data", this.onData);
+    socket.on("end", this.onEnd);
+    socket.on("close", this.onClose);
+  }
+
+  /** Bytes received and not yet handed out. */
+  bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  /** True while a read or skip waits for bytes. */
+  waiting(): boolean {
+    return this.want !== null;
+  }
+
+  /**
+   * Stops reading the socket (STARTTLS hands it to a TLS layer); the socket is
+   * left paused. Only between messages: nothing buffered, nothing asked.
+   */
+  detach(): void {
+    assert(this.want === null && this.buffered === 0, "byte reader: detach with bytes buffered or a read pending");
+    this.socket.off("data", this.onData);
+    this.socket.off("end", this.onEnd);
+    this.socket.off("close", this.onClose);
+    this.socket.pause();
   }
 
   /** Resolves with exactly n bytes; rejects with StreamEndedError if the stream ends first. */

@@ -1,11 +1,18 @@
-// One NBD client connection over a socket: drives the handshake machine, then
-// reads pipelined requests and replies to each as its export call completes.
+// One NBD client connection over a socket: drives the handshake machine (and
+// the TLS upgrade on STARTTLS), then reads pipelined requests and replies to
+// each as its export call completes.
 // Invariants: a reply is written to the socket in one synchronous burst, so
-// replies never interleave; reading stops while in-flight bytes or requests
-// are at their bound; a protocol violation closes only this connection.
+// replies never interleave; a request's bytes are charged to this connection
+// and to the server-wide BufferBudget before its payload is read or its export
+// called, and given back once its reply has drained, and reading the socket
+// stops while either is full (backpressure, not refusal); the handshake has a
+// deadline from accept, transmission a stall timeout; a protocol violation
+// closes only this connection.
 import type { Socket } from "node:net";
+import tls from "node:tls";
 import type { Logger } from "pino";
 import { InvariantError, assert } from "../invariant.ts";
+import type { BufferBudget } from "./buffer-budget.ts";
 import { ByteReader, StreamEndedError } from "./byte-reader.ts";
 import type { NbdExport, NbdExportProvider } from "./export.ts";
 import { Handshake, type HandshakeStep, type Negotiated } from "./handshake.ts";
@@ -30,9 +37,14 @@ import {
   nbdErrnoName,
   type RequestHeader,
 } from "./protocol.ts";
-import { checkRequest, commandName, writePayloadFate, type TransmissionLimits } from "./transmission.ts";
+import type { NbdTls, NbdTlsMode } from "./tls-setup.ts";
+import { checkRequest, commandName, payloadLimitFor, writePayloadFate, type TransmissionLimits } from "./transmission.ts";
 
-/** Bytes of request payloads plus read replies held per connection before reading pauses. */
+/**
+ * Bytes of request payloads plus read replies held per connection before
+ * reading pauses; one more request (at most PAYLOAD_HARD_CAP_BYTES) may be
+ * admitted past it, so a connection holds at most this plus 32 MiB.
+ */
 export const IN_FLIGHT_BYTES_MAX = 64 * 1024 * 1024;
 /** Requests being served per connection before reading pauses. */
 export const IN_FLIGHT_REQUESTS_MAX = 256;
@@ -44,14 +56,30 @@ export interface ConnectionConfig {
   exports: NbdExportProvider;
   logger: Logger;
   maxPayloadBytes: number;
+  /** A deadline from accept to transmission (TLS handshake included), not an idle timer. */
   handshakeTimeoutMs: number;
+  /** In transmission: a request half received, or replies the client does not take, for this long closes the connection. */
+  stallTimeoutMs: number;
+  /** In transmission: nothing in flight and nothing received for this long closes the connection; 0 never. */
+  idleTimeoutMs: number;
+  /** The server-wide bound on bytes held for clients. */
+  budget: BufferBudget;
+  tlsMode: NbdTlsMode;
+  /** Set when tlsMode is not "off". */
+  tls?: NbdTls;
+  /** The per-export connection limit (ConnectionLimits via the server): a reason refuses. */
+  reserveExport(name: string, log: Logger): string | undefined;
+  releaseExport(name: string): void;
+  /** Milliseconds on a monotonic clock; the stall and idle checks read it. */
+  now(): number;
 }
 
 /** Thrown inside the loops to end the connection with a logged reason. */
 class HardDisconnect extends Error {}
 
 export class NbdConnection {
-  private readonly reader: ByteReader;
+  private socket: Socket;
+  private reader: ByteReader;
   private readonly log: Logger;
   private stopping = false;
   private inFlightBytes = 0;
@@ -59,28 +87,46 @@ export class NbdConnection {
   private admissionWaiter: (() => void) | null = null;
   private drainedWaiter: (() => void) | null = null;
   private exportName: string | undefined;
+  private reservedExport: string | undefined;
   private requests = 0;
   private readonly errorCounts = new Map<string, number>();
   private exportErrorLogged = false;
+  /** Aborted when the connection ends: a wait for the server-wide budget gives up. */
+  private readonly ended = new AbortController();
+  /** Charges not yet given back; whatever is left when the socket closes is released then. */
+  private readonly charges = new Set<{ bytes: number }>();
+  private phase: "handshake" | "transmission" | "closing" = "handshake";
+  private receivingPayload = false;
+  private lastProgressMs: number;
+  private tls = false;
+  private budgetBiteLogged = false;
+  /** The budget's owner: one share per peer address, whatever its connection count. */
+  private readonly peerAddress: string;
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly config: ConnectionConfig,
     id: number,
   ) {
     this.log = config.logger.child({ nbdConn: id, peer: `${socket.remoteAddress ?? "local"}:${socket.remotePort ?? ""}` });
-    this.reader = new ByteReader(socket, READ_AHEAD_BYTES_MAX);
+    this.lastProgressMs = config.now();
+    this.peerAddress = socket.remoteAddress ?? "local";
+    this.socket = socket;
+    this.reader = this.attach(socket);
+  }
+
+  private attach(socket: Socket): ByteReader {
     // A socket error ends this connection only; 'close' follows and the reader ends.
     socket.on("error", (err) => this.log.warn({ err: err.message }, "nbd: socket error"));
     socket.setNoDelay(true);
     // Write callbacks may never run on a dead socket: wake the request loop so
     // it finds the reader ended instead of waiting for bytes to drain.
     socket.on("close", () => this.wake());
+    return new ByteReader(socket, READ_AHEAD_BYTES_MAX, () => (this.lastProgressMs = this.config.now()));
   }
 
   /** Serves the connection; resolves once the socket is closed. Never rejects. */
   async run(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.socket.once("close", () => resolve()));
     let reason = "client disconnected";
     try {
       const negotiated = await this.handshake();
@@ -89,10 +135,16 @@ export class NbdConnection {
     } catch (err) {
       reason = this.describeEnd(err);
     }
-    this.socket.destroy();
-    await closed;
+    this.phase = "closing";
+    this.ended.abort(new StreamEndedError("connection closed"));
+    const s = this.socket;
+    s.destroy();
+    if (!s.closed) await new Promise<void>((resolve) => s.once("close", () => resolve()));
+    // Replies that never drained (the socket died under them) give their bytes back now.
+    for (const c of [...this.charges]) this.release(c);
+    if (this.reservedExport !== undefined) this.config.releaseExport(this.reservedExport);
     this.log.info(
-      { export: this.exportName, requests: this.requests, errors: Object.fromEntries(this.errorCounts), reason },
+      { export: this.exportName, tls: this.tls, requests: this.requests, errors: Object.fromEntries(this.errorCounts), reason },
       "nbd: connection closed",
     );
   }
@@ -101,7 +153,35 @@ export class NbdConnection {
   shutdown(): void {
     this.stopping = true;
     this.reader.end(new StreamEndedError("server shutting down"));
+    this.ended.abort(new StreamEndedError("server shutting down"));
     this.wake();
+  }
+
+  /**
+   * The server's periodic check: a transmission that stalled (a request half
+   * received, or replies not taken) or idled past its limit is closed.
+   */
+  checkTimers(nowMs: number): void {
+    if (this.phase !== "transmission") return;
+    const quietMs = nowMs - this.lastProgressMs;
+    const halfReceived = this.receivingPayload || (this.reader.waiting() && this.reader.bufferedBytes() > 0);
+    const unsent = this.socket.writableLength > 0;
+    if ((halfReceived || unsent) && quietMs > this.config.stallTimeoutMs) {
+      const what = halfReceived ? "a request half received" : `${this.socket.writableLength} reply bytes not taken`;
+      this.close(`stalled: ${what} for ${quietMs} ms (nbdLimits.stallTimeoutMs ${this.config.stallTimeoutMs})`);
+    } else if (this.config.idleTimeoutMs > 0 && !halfReceived && !unsent && this.inFlightRequests === 0 && quietMs > this.config.idleTimeoutMs) {
+      this.close(`idle for ${quietMs} ms (nbdLimits.idleTimeoutMs ${this.config.idleTimeoutMs})`);
+    }
+  }
+
+  private close(reason: string): void {
+    if (this.phase === "closing") return;
+    this.phase = "closing";
+    this.log.warn({ reason }, "nbd: closing connection");
+    const err = new StreamEndedError(reason);
+    this.reader.end(err);
+    this.ended.abort(err);
+    this.socket.destroy();
   }
 
   private describeEnd(err: unknown): string {
@@ -119,11 +199,20 @@ export class NbdConnection {
 
   // ---- handshake --------------------------------------------------------------
   private async handshake(): Promise<Negotiated | undefined> {
-    const hs = new Handshake(this.config.exports, this.config.maxPayloadBytes);
-    this.socket.setTimeout(this.config.handshakeTimeoutMs, () => {
-      this.log.warn({ timeoutMs: this.config.handshakeTimeoutMs }, "nbd: handshake timed out");
-      this.reader.end(new StreamEndedError("handshake timed out"));
+    const hs = new Handshake({
+      exports: this.config.exports,
+      maxPayloadBytes: this.config.maxPayloadBytes,
+      tls: this.config.tlsMode,
+      reserveExport: (name) => this.config.reserveExport(name, this.log),
     });
+    // A deadline from accept, not socket.setTimeout (an idle timer that any
+    // byte resets: a client trickling a byte every 10 s stayed forever).
+    const deadline = setTimeout(() => {
+      this.log.warn({ timeoutMs: this.config.handshakeTimeoutMs }, "nbd: handshake deadline passed; closing");
+      const err = new StreamEndedError(`handshake not finished within ${this.config.handshakeTimeoutMs} ms`);
+      this.reader.end(err);
+      this.socket.destroy();
+    }, this.config.handshakeTimeoutMs);
     try {
       this.socket.write(hs.greeting());
       const flags = await this.reader.read(CLIENT_FLAGS_BYTES);
@@ -136,7 +225,14 @@ export class NbdConnection {
         }
         const data = await this.reader.read(framed.header.length);
         const step = this.act(hs.option(framed.header, data));
-        if (step.negotiated) return step.negotiated;
+        if (step.negotiated) {
+          this.reservedExport = step.negotiated.export.name;
+          return step.negotiated;
+        }
+        if (step.event === "starttls") {
+          await this.startTls();
+          hs.tlsEstablished();
+        }
         if (step.state === "closed") {
           // ABORT: the ACK goes out, then a clean close.
           await new Promise<void>((resolve) => this.socket.end(resolve));
@@ -145,14 +241,54 @@ export class NbdConnection {
       }
       return undefined;
     } finally {
-      this.socket.setTimeout(0);
+      clearTimeout(deadline);
     }
+  }
+
+  /** STARTTLS was acknowledged: the same TCP stream continues as TLS. */
+  private async startTls(): Promise<void> {
+    const setup = this.config.tls;
+    assert(setup !== undefined, "nbd: STARTTLS acknowledged without a TLS setup");
+    // proto.md: the client starts the TLS handshake only after the ACK; bytes
+    // already here would be cleartext smuggled into the TLS session.
+    if (this.reader.bufferedBytes() !== 0) throw new HardDisconnect("STARTTLS: client sent bytes before the ACK");
+    const raw = this.socket;
+    // The ACK must leave in the clear before the socket changes hands.
+    await new Promise<void>((resolve) => raw.write(Buffer.alloc(0), () => resolve()));
+    this.reader.detach();
+    const secure = new tls.TLSSocket(raw, setup.socketOptions);
+    this.socket = secure;
+    this.reader = this.attach(secure);
+    await new Promise<void>((resolve, reject) => {
+      secure.once("secure", () => resolve());
+      secure.once("error", (err) => reject(err));
+      secure.once("close", () => reject(new StreamEndedError("connection closed during the TLS handshake")));
+    }).catch((err: unknown) => {
+      if (err instanceof StreamEndedError) throw err;
+      // A wrong PSK, an untrusted client certificate, a client that does not
+      // trust ours: the admin needs the peer and the TLS library's words.
+      this.log.warn({ err: (err as Error).message, kind: setup.kind }, "nbd: TLS handshake failed; closing");
+      throw new StreamEndedError(`TLS handshake failed: ${(err as Error).message}`);
+    });
+    // A server socket made by hand (not by tls.Server) does not act on an
+    // untrusted client certificate: OpenSSL only records the verify error
+    // (a missing certificate already failed the handshake above).
+    if (setup.kind === "x509" && setup.socketOptions.requestCert) {
+      const handle = (secure as unknown as { ssl?: { verifyError(): Error | null } }).ssl;
+      const verifyError = handle ? handle.verifyError() : new Error("TLS state lost");
+      if (verifyError !== null) {
+        this.log.warn({ err: verifyError.message, kind: setup.kind }, "nbd: TLS client certificate refused; closing");
+        throw new StreamEndedError(`TLS client certificate refused: ${verifyError.message}`);
+      }
+    }
+    this.tls = true;
+    this.log.info({ kind: setup.kind, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, "nbd: TLS established");
   }
 
   private act(step: HandshakeStep): HandshakeStep {
     for (const b of step.send) this.socket.write(b);
     if (step.state === "closed" && step.event !== "abort") throw new HardDisconnect(`handshake: ${step.reason ?? step.event}`);
-    if (step.event === "optionInvalid" || step.event === "infoOrGoUnknown") {
+    if (step.event === "optionInvalid" || step.event === "infoOrGoUnknown" || step.event === "tlsRequired" || step.event === "starttlsRefused" || step.event === "goRefused") {
       this.log.info({ reason: step.reason }, "nbd: option refused");
     }
     if (step.negotiated) {
@@ -160,6 +296,7 @@ export class NbdConnection {
       this.log.info(
         {
           export: this.exportName,
+          tls: this.tls,
           flags: step.negotiated.transmissionFlags,
           structuredReplies: step.negotiated.structuredReplies,
         },
@@ -174,8 +311,10 @@ export class NbdConnection {
     const limits: TransmissionLimits = {
       sizeBytes: n.export.sizeBytes,
       readOnly: (n.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0,
-      maxPayloadBytes: this.config.maxPayloadBytes,
+      maxPayloadBytes: payloadLimitFor(this.config.maxPayloadBytes, n.clientAskedBlockSize),
     };
+    this.phase = "transmission";
+    this.lastProgressMs = this.config.now();
     let reason = "client disconnected";
     try {
       while (!this.stopping) {
@@ -190,15 +329,26 @@ export class NbdConnection {
         }
         this.requests++;
         const verdict = checkRequest(h, limits);
+        const fate = h.type === NBD_CMD_WRITE ? writePayloadFate(h, verdict) : undefined;
+        if (fate === "disconnect") throw new HardDisconnect(`WRITE length ${h.length} is past the hard cap`);
+        // Bytes this request holds until its reply drains: a WRITE payload
+        // read into memory, or a READ's data. A refused WRITE's payload is
+        // skipped in read-ahead sized pieces and holds nothing.
+        const held = fate === "read" || (h.type === NBD_CMD_READ && verdict.ok) ? h.length : 0;
+        const charge = await this.charge(REQUEST_HEADER_BYTES + held);
         let payload: Buffer | undefined;
-        if (h.type === NBD_CMD_WRITE) {
-          const fate = writePayloadFate(h, verdict);
-          if (fate === "disconnect") throw new HardDisconnect(`WRITE length ${h.length} is past the hard cap`);
-          if (fate === "read") payload = await this.reader.read(h.length);
-          else await this.reader.skip(h.length);
+        if (fate !== undefined) {
+          this.receivingPayload = true;
+          try {
+            if (fate === "read") payload = await this.reader.read(h.length);
+            else await this.reader.skip(h.length);
+          } catch (err) {
+            this.release(charge);
+            throw err;
+          } finally {
+            this.receivingPayload = false;
+          }
         }
-        const charge = REQUEST_HEADER_BYTES + h.length * Number(h.type === NBD_CMD_WRITE || (h.type === NBD_CMD_READ && verdict.ok));
-        this.inFlightBytes += charge;
         this.inFlightRequests++;
         if (!verdict.ok) this.reply(n, h, charge, { errno: verdict.errno, message: verdict.message });
         else void this.serve(n.export, n, h, payload, charge);
@@ -215,22 +365,50 @@ export class NbdConnection {
     return reason;
   }
 
-  private async serve(e: NbdExport, n: Negotiated, h: RequestHeader, payload: Buffer | undefined, charge: number): Promise<void> {
+  /**
+   * Takes `bytes` from the server-wide budget, then counts them here. While
+   * the budget is short this waits, and the socket is not read meanwhile.
+   */
+  private async charge(bytes: number): Promise<{ bytes: number }> {
+    await this.config.budget.take(bytes, this.peerAddress, this.ended.signal, (why) => {
+      // Once per connection: the bite recurs with every request while it holds.
+      if (this.budgetBiteLogged) return;
+      this.budgetBiteLogged = true;
+      this.log.warn({ reason: why }, "nbd: buffer budget full; not reading this connection until bytes come back");
+    });
+    const c = { bytes };
+    this.charges.add(c);
+    this.inFlightBytes += bytes;
+    return c;
+  }
+
+  /** Gives a charge back, once (a drained write and the close may both try). */
+  private release(c: { bytes: number }): void {
+    if (!this.charges.delete(c)) return;
+    this.inFlightBytes -= c.bytes;
+    assert(this.inFlightBytes >= 0, "nbd: in-flight byte count went negative");
+    this.config.budget.release(c.bytes, this.peerAddress);
+    this.wake();
+  }
+
+  private async serve(e: NbdExport, n: Negotiated, h: RequestHeader, payload: Buffer | undefined, charge: { bytes: number }): Promise<void> {
     const fua = (h.flags & NBD_CMD_FLAG_FUA) !== 0;
+    // checkRequest passed: offset + length is within the export, below 2^53.
+    const offset = Number(h.offset);
     let data: Buffer | undefined;
     try {
       switch (h.type) {
         case NBD_CMD_READ:
-          data = h.length === 0 ? Buffer.alloc(0) : await e.read(h.offset, h.length);
+          data = h.length === 0 ? Buffer.alloc(0) : await e.read(offset, h.length);
           break;
         case NBD_CMD_WRITE:
-          if (h.length > 0) await e.write(h.offset, payload as Buffer, fua);
+          if (h.length > 0) await e.write(offset, payload as Buffer, fua);
           break;
         case NBD_CMD_WRITE_ZEROES:
-          if (h.length > 0) await e.writeZeroes(h.offset, h.length, fua);
+          if (h.length > 0) await e.writeZeroes(offset, h.length, fua);
           break;
         case NBD_CMD_TRIM:
-          if (h.length > 0) await e.trim(h.offset, h.length, fua);
+          if (h.length > 0) await e.trim(offset, h.length, fua);
           break;
         case NBD_CMD_FLUSH:
           await e.flush();
@@ -255,7 +433,7 @@ export class NbdConnection {
   /** Writes one reply in a single synchronous burst and releases its charge once flushed. */
   private corked = false;
 
-  private reply(n: Negotiated, h: RequestHeader, charge: number, r: { errno: number; message: string } | { data?: Buffer }): void {
+  private reply(n: Negotiated, h: RequestHeader, charge: { bytes: number }, r: { errno: number; message: string } | { data?: Buffer }): void {
     const parts: Buffer[] = [];
     if ("errno" in r) {
       const name = nbdErrnoName(r.errno);
@@ -268,7 +446,7 @@ export class NbdConnection {
       const data = r.data as Buffer;
       // An OFFSET_DATA chunk must describe at least one byte.
       if (n.structuredReplies && data.length === 0) parts.push(encodeNoneChunk(h.cookie));
-      else if (n.structuredReplies) parts.push(encodeOffsetDataHead(h.cookie, h.offset, data.length, true), data);
+      else if (n.structuredReplies) parts.push(encodeOffsetDataHead(h.cookie, Number(h.offset), data.length, true), data);
       else parts.push(encodeSimpleReply(0, h.cookie), data);
     } else {
       parts.push(encodeSimpleReply(0, h.cookie));
@@ -277,7 +455,10 @@ export class NbdConnection {
     // bytes stay charged until the kernel has taken them, so a client that
     // does not read its replies stops being read from.
     this.inFlightRequests--;
-    const release = () => this.releaseBytes(charge);
+    const release = () => {
+      this.lastProgressMs = this.config.now();
+      this.release(charge);
+    };
     if (this.socket.destroyed || !this.socket.writable) release();
     else {
       // Replies finished in one turn of the event loop (a group commit
@@ -299,12 +480,6 @@ export class NbdConnection {
       this.drainedWaiter = null;
       d?.();
     }
-  }
-
-  private releaseBytes(charge: number): void {
-    this.inFlightBytes -= charge;
-    assert(this.inFlightBytes >= 0, "nbd: in-flight byte count went negative");
-    this.wake();
   }
 
   private wake(): void {

@@ -2,6 +2,7 @@
 // zero, trim and flush. The server validates every request (range, alignment,
 // read-only) before it calls an export, so an export sees only valid requests.
 import type { Logger } from "pino";
+import type { NbdTls, NbdTlsMode } from "./tls-setup.ts";
 
 export interface NbdExport {
   readonly name: string;
@@ -31,6 +32,37 @@ export interface NbdServerOptions {
   logger: Logger;
   /** Largest READ/WRITE payload accepted and advertised (NBD_INFO_BLOCK_SIZE maximum); 4096 ..= 32 MiB. */
   maxPayloadBytes: number;
-  /** A client that has not finished the handshake by then is disconnected. Default 30 s. */
+  /** A client that has not finished the handshake by then (a deadline from accept) is disconnected. Default 30 s. */
   handshakeTimeoutMs?: number;
+  /** Bounds and timeouts; each field defaults to NBD_LIMITS_DEFAULT's. */
+  limits?: Partial<NbdLimits>;
+  /** STARTTLS: "off" (default) refuses it; "on" or "require" need `tls`. */
+  tlsMode?: NbdTlsMode;
+  tls?: NbdTls;
+  /** Monotonic milliseconds; default performance.now. */
+  now?: () => number;
 }
+
+/** The server-wide and per-connection bounds; docs/nbd.md, Limits, has each with its config name. */
+export interface NbdLimits {
+  /** Bytes held for clients across all connections (payloads, read replies); at least 64 MiB. */
+  bufferBytesMax: number;
+  /** Of bufferBytesMax, what the connections of one peer address may hold together; at least one 32 MiB request. */
+  bufferBytesPerPeerMax: number;
+  connectionsMax: number;
+  connectionsPerPeerMax: number;
+  connectionsPerExportMax: number;
+  stallTimeoutMs: number;
+  /** 0: an idle connection stays (a host's mounted disk may be idle for hours). */
+  idleTimeoutMs: number;
+}
+
+export const NBD_LIMITS_DEFAULT: NbdLimits = {
+  bufferBytesMax: 256 * 1024 * 1024,
+  bufferBytesPerPeerMax: 128 * 1024 * 1024,
+  connectionsMax: 512,
+  connectionsPerPeerMax: 64,
+  connectionsPerExportMax: 64,
+  stallTimeoutMs: 30_000,
+  idleTimeoutMs: 0,
+};

@@ -7,6 +7,7 @@ import type { NbdExport, NbdExportProvider } from "./export.ts";
 import {
   NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_NO_ZEROES,
+  NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
   NBD_OPT_ABORT,
@@ -14,9 +15,12 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -36,6 +40,7 @@ import {
   type BlockSize,
   type OptionHeader,
 } from "./protocol.ts";
+import type { NbdTlsMode } from "./tls-setup.ts";
 import { blockSizeFor, transmissionFlags } from "./transmission.ts";
 
 /** Option data longer than this closes the connection: INFO/GO need at most 4 + 4096 + 2 + 2n. */
@@ -59,7 +64,13 @@ export type HandshakeEvent =
   | "exportNameKnown"
   | "exportNameUnknown"
   | "optionInvalid"
-  | "optionUnsupported";
+  | "optionUnsupported"
+  | "starttls"
+  | "starttlsRefused"
+  | "tlsRequired"
+  | "exportNameTlsRequired"
+  | "goRefused"
+  | "exportNameRefused";
 
 export interface Transition {
   from: HandshakeState;
@@ -84,6 +95,12 @@ export const HANDSHAKE_TRANSITIONS: readonly Transition[] = [
   { from: "options", event: "exportNameUnknown", to: "closed", send: "nothing (hard disconnect)" },
   { from: "options", event: "optionInvalid", to: "options", send: "ERR_INVALID with message" },
   { from: "options", event: "optionUnsupported", to: "options", send: "ERR_UNSUP with message" },
+  { from: "options", event: "starttls", to: "options", send: "ACK, then the TLS handshake" },
+  { from: "options", event: "starttlsRefused", to: "options", send: "ERR_POLICY (tls off) or ERR_INVALID (already TLS) with message" },
+  { from: "options", event: "tlsRequired", to: "options", send: "ERR_TLS_REQD with message" },
+  { from: "options", event: "exportNameTlsRequired", to: "closed", send: "nothing (hard disconnect)" },
+  { from: "options", event: "goRefused", to: "options", send: "ERR_POLICY with message (connection limit)" },
+  { from: "options", event: "exportNameRefused", to: "closed", send: "nothing (hard disconnect)" },
 ];
 
 export function nextState(from: HandshakeState, event: HandshakeEvent): HandshakeState {
@@ -97,6 +114,20 @@ export interface Negotiated {
   transmissionFlags: number;
   structuredReplies: boolean;
   blockSize: BlockSize;
+  /** The client asked for NBD_INFO_BLOCK_SIZE in GO: it promised to keep to blockSize. */
+  clientAskedBlockSize: boolean;
+}
+
+export interface HandshakeOptions {
+  exports: NbdExportProvider;
+  maxPayloadBytes: number;
+  /** nbdkit's --tls; "on" and "require" need the connection to run the TLS handshake on "starttls". */
+  tls: NbdTlsMode;
+  /**
+   * Counts a connection into an export before GO or EXPORT_NAME succeeds;
+   * a reason refuses it (the per-export connection limit). Default: always ok.
+   */
+  reserveExport?: (name: string) => string | undefined;
 }
 
 export interface HandshakeStep {
@@ -115,11 +146,22 @@ export class Handshake {
   private noZeroes = false;
   private structuredReplies = false;
   private optionCount = 0;
+  private tlsUp = false;
+  private readonly exports: NbdExportProvider;
 
-  constructor(
-    private readonly exports: NbdExportProvider,
-    private readonly maxPayloadBytes: number,
-  ) {}
+  constructor(private readonly o: HandshakeOptions) {
+    this.exports = o.exports;
+  }
+
+  /**
+   * The connection finished the TLS handshake after a "starttls" step.
+   * proto.md: what was negotiated in the clear is forgotten.
+   */
+  tlsEstablished(): void {
+    assert(this.o.tls !== "off" && !this.tlsUp, "handshake: TLS established twice or while off");
+    this.tlsUp = true;
+    this.structuredReplies = false;
+  }
 
   greeting(): Buffer {
     return encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
@@ -149,7 +191,17 @@ export class Handshake {
   option(h: OptionHeader, data: Buffer): HandshakeStep {
     assert(this.state === "options", `handshake: option in state ${this.state}`);
     assert(data.length === h.length, "handshake: option data length differs from its header");
+    // With tls "require" nothing of the exports (names, sizes, the list) is
+    // said before TLS is up: every option but STARTTLS and ABORT is refused.
+    if (this.o.tls === "require" && !this.tlsUp && h.option !== NBD_OPT_STARTTLS && h.option !== NBD_OPT_ABORT) {
+      const reason = "TLS is required: send NBD_OPT_STARTTLS first";
+      // EXPORT_NAME cannot be answered with an error: the session ends.
+      if (h.option === NBD_OPT_EXPORT_NAME) return this.step("exportNameTlsRequired", [], reason);
+      return this.step("tlsRequired", [encodeOptionError(h.option, NBD_REP_ERR_TLS_REQD, reason)], reason);
+    }
     switch (h.option) {
+      case NBD_OPT_STARTTLS:
+        return this.startTls(data);
       case NBD_OPT_ABORT:
         // proto.md: ignore any data sent with ABORT rather than reject it.
         return this.step("abort", [encodeOptionReply(h.option, NBD_REP_ACK)], "client sent ABORT");
@@ -175,6 +227,19 @@ export class Handshake {
     }
   }
 
+  private startTls(data: Buffer): HandshakeStep {
+    if (data.length !== 0) return this.invalid(NBD_OPT_STARTTLS, "STARTTLS takes no data");
+    if (this.o.tls === "off") {
+      const reason = "TLS is not configured on this server (nbdTls.mode off)";
+      return this.step("starttlsRefused", [encodeOptionError(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, reason)], reason);
+    }
+    if (this.tlsUp) {
+      const reason = "TLS is already established";
+      return this.step("starttlsRefused", [encodeOptionError(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, reason)], reason);
+    }
+    return this.step("starttls", [encodeOptionReply(NBD_OPT_STARTTLS, NBD_REP_ACK)]);
+  }
+
   private infoOrGo(option: number, data: Buffer): HandshakeStep {
     const req = decodeInfoRequest(data);
     if (!req.ok) return this.invalid(option, req.reason);
@@ -182,7 +247,11 @@ export class Handshake {
     if (!found.ok) {
       return this.step("infoOrGoUnknown", [encodeOptionError(option, NBD_REP_ERR_UNKNOWN, found.reason)], found.reason);
     }
-    const n = this.negotiate(found.export);
+    if (option === NBD_OPT_GO) {
+      const refused = this.o.reserveExport?.(found.export.name);
+      if (refused !== undefined) return this.step("goRefused", [encodeOptionError(option, NBD_REP_ERR_POLICY, refused)], refused);
+    }
+    const n = this.negotiate(found.export, req.value.infos.includes(NBD_INFO_BLOCK_SIZE));
     // Each information item is its own NBD_REP_INFO; BLOCK_SIZE is sent even
     // unasked, because the server enforces 512-byte alignment.
     const info = (payload: Buffer) => encodeOptionReply(option, NBD_REP_INFO, payload);
@@ -202,7 +271,9 @@ export class Handshake {
     if (!name.ok) return this.step("exportNameUnknown", [], name.reason);
     const found = this.resolve(name.value);
     if (!found.ok) return this.step("exportNameUnknown", [], found.reason);
-    const n = this.negotiate(found.export);
+    const refused = this.o.reserveExport?.(found.export.name);
+    if (refused !== undefined) return this.step("exportNameRefused", [], refused);
+    const n = this.negotiate(found.export, false);
     const send = [encodeExportNameReply(n.export.sizeBytes, n.transmissionFlags, this.noZeroes)];
     return { ...this.step("exportNameKnown", send), negotiated: n };
   }
@@ -219,12 +290,13 @@ export class Handshake {
     return e ? { ok: true, export: e } : { ok: false, reason: `no export named ${JSON.stringify(wanted)}` };
   }
 
-  private negotiate(e: NbdExport): Negotiated {
+  private negotiate(e: NbdExport, clientAskedBlockSize: boolean): Negotiated {
     return {
       export: e,
       transmissionFlags: transmissionFlags(e.isReadOnly()),
       structuredReplies: this.structuredReplies,
-      blockSize: blockSizeFor(this.maxPayloadBytes),
+      blockSize: blockSizeFor(this.o.maxPayloadBytes),
+      clientAskedBlockSize,
     };
   }
 

@@ -189,7 +189,9 @@ export const NBD_STRING_BYTES_MAX = 4096;
 
 function decodeString(buf: Buffer, what: string): Decoded<string> {
   if (buf.length > NBD_STRING_BYTES_MAX) return bad(`${what} longer than ${NBD_STRING_BYTES_MAX} bytes`);
-  const text = new TextDecoder("utf-8", { fatal: true });
+  // ignoreBOM: a leading U+FEFF is part of the name, not a byte-order mark to
+  // drop; "\uFEFFdisk" and "disk" are different exports.
+  const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   let s: string;
   try {
     s = text.decode(buf);
@@ -424,11 +426,18 @@ export interface RequestHeader {
   type: number;
   /** Opaque to the server; echoed in every reply. */
   cookie: bigint;
-  offset: number;
+  /**
+   * The full 64 bits: range checks run on bigint (offset + length), and only
+   * a request that passed them has its offset made a number (below 2^53).
+   */
+  offset: bigint;
   length: number;
 }
 
-export function encodeRequestHeader(r: RequestHeader, magic: number = NBD_REQUEST_MAGIC): Buffer {
+/** A request to encode; a number offset is taken as is (the test client's and tidemark's client's). */
+export type RequestHeaderInput = Omit<RequestHeader, "offset"> & { offset: number | bigint };
+
+export function encodeRequestHeader(r: RequestHeaderInput, magic: number = NBD_REQUEST_MAGIC): Buffer {
   const b = Buffer.alloc(REQUEST_HEADER_BYTES);
   b.writeUInt32BE(magic >>> 0, 0);
   b.writeUInt16BE(r.flags, 4);
@@ -447,7 +456,7 @@ export function decodeRequestHeader(b: Buffer): Decoded<RequestHeader> {
     flags: b.readUInt16BE(4),
     type: b.readUInt16BE(6),
     cookie: b.readBigUInt64BE(8),
-    offset: readU64(b, 16),
+    offset: b.readBigUInt64BE(16),
     length: b.readUInt32BE(24),
   });
 }

@@ -55,7 +55,18 @@ export function transmissionFlags(readOnly: boolean): number {
 export interface TransmissionLimits {
   sizeBytes: number;
   readOnly: boolean;
+  /**
+   * Largest READ/WRITE payload taken on this connection: the advertised
+   * maximum when the client asked for NBD_INFO_BLOCK_SIZE, else
+   * PAYLOAD_HARD_CAP_BYTES (proto.md: without negotiated block sizes a server
+   * SHOULD take payloads up to 32 MiB; nbd-tester-client's integrityhuge does).
+   */
   maxPayloadBytes: number;
+}
+
+/** The payload limit of a connection: see TransmissionLimits.maxPayloadBytes. */
+export function payloadLimitFor(advertisedMaxBytes: number, clientAskedBlockSize: boolean): number {
+  return clientAskedBlockSize ? advertisedMaxBytes : PAYLOAD_HARD_CAP_BYTES;
 }
 
 export type Verdict = { ok: true } | { ok: false; errno: number; message: string };
@@ -104,19 +115,23 @@ export function checkRequest(h: RequestHeader, l: TransmissionLimits): Verdict {
   if ((h.flags & ~allowed) !== 0) return refuse(NBD_EINVAL, `${name}: flags 0x${h.flags.toString(16)} not valid`);
   if (l.readOnly && isWriteSide(h.type)) return refuse(NBD_EPERM, `${name}: export is read-only`);
   if (h.type === NBD_CMD_FLUSH) {
-    return h.offset === 0 && h.length === 0 ? OK : refuse(NBD_EINVAL, "FLUSH: offset and length must be 0");
+    return h.offset === 0n && h.length === 0 ? OK : refuse(NBD_EINVAL, "FLUSH: offset and length must be 0");
   }
   // READ and WRITE carry their payload; TRIM and WRITE_ZEROES may be longer
   // (proto.md lets a client ask for more effect than the payload maximum).
   if ((h.type === NBD_CMD_READ || h.type === NBD_CMD_WRITE) && h.length > l.maxPayloadBytes) {
     return refuse(NBD_EINVAL, `${name}: length ${h.length} exceeds the maximum payload ${l.maxPayloadBytes}`);
   }
-  const end = h.offset + h.length;
+  // 64-bit arithmetic: as numbers, offsets past 2^53 round (2^53 + 1 became
+  // 2^53, aligned, and a WRITE there earned ENOSPC instead of EINVAL).
+  const size = BigInt(l.sizeBytes);
+  const end = h.offset + BigInt(h.length);
+  const min = BigInt(MIN_BLOCK_BYTES);
   // The last block of an export whose size is not a multiple of the minimum
   // block is reachable only with a short length ending exactly at the end.
-  const aligned = h.offset % MIN_BLOCK_BYTES === 0 && (h.length % MIN_BLOCK_BYTES === 0 || end === l.sizeBytes);
+  const aligned = h.offset % min === 0n && (BigInt(h.length) % min === 0n || end === size);
   if (!aligned) return refuse(NBD_EINVAL, `${name}: offset ${h.offset} length ${h.length} not aligned to ${MIN_BLOCK_BYTES}`);
-  if (h.offset > l.sizeBytes || end > l.sizeBytes) {
+  if (h.offset > size || end > size) {
     // proto.md: ENOSPC for a write past the end, EINVAL for reads and trims.
     const errno = h.type === NBD_CMD_WRITE || h.type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
     return refuse(errno, `${name}: offset ${h.offset} length ${h.length} past the end (${l.sizeBytes})`);

@@ -16,6 +16,7 @@ import { openState, type Db } from "../state/database.ts";
 import { DiskGuard, diskFullCause, fileSystemOf } from "../state/disk-guard.ts";
 import { connectLink, createLinkServer, type Link } from "../replication/link.ts";
 import { NbdServer } from "../nbd/server.ts";
+import { loadSubsystemNbdTls, nbdServerSettings } from "./nbd-settings.ts";
 import { fileStateStore } from "../state/store.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { SubsystemCore } from "./core.ts";
@@ -77,6 +78,8 @@ export function takeActivationFd(env: NodeJS.ProcessEnv = process.env, pid = pro
 export async function runSubsystem(topo: LoadedTopology, id: number, logger: Logger, opts: SubsystemOptions = {}): Promise<SubsystemHandle> {
   const cfg = topo.config;
   const me = subsystemConfig(topo, id);
+  // Before any state is touched: a key file others can read stops the start here.
+  const nbdTls = loadSubsystemNbdTls(topo.file, me.nbdTls);
   const dir = subsystemDir(topo, id);
   mkdirSync(dir, { recursive: true });
 
@@ -189,7 +192,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
 
   const linkServer = createLinkServer({ key: cfg.clusterKey, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
   await listen(linkServer, me.host, me.replicationPort, `subsystem #${id} replication port`);
-  const nbd = new NbdServer({ exports: core.exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes });
+  const nbd = new NbdServer({ exports: core.exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes, ...nbdServerSettings(me.nbdLimits, nbdTls) });
   if (opts.nbdFd !== undefined) await nbd.listenFd(opts.nbdFd);
   else await nbd.listen(me.host, me.nbdPort);
   const nbdWhere = opts.nbdFd !== undefined ? `fd ${opts.nbdFd}` : `${me.host}:${me.nbdPort}`;

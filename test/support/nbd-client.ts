@@ -92,9 +92,9 @@ export interface ExportInfo {
   description?: string;
 }
 
-function connectSocket(host: string, port: number): Promise<net.Socket> {
+function connectSocket(host: string, port: number, localAddress?: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host, port });
+    const s = net.connect({ host, port, localAddress });
     s.once("error", reject);
     s.once("connect", () => {
       s.off("error", reject);
@@ -110,8 +110,9 @@ export class NbdOptionSession {
     readonly reader: ByteReader,
   ) {}
 
-  static async open(host: string, port: number): Promise<NbdOptionSession> {
-    const socket = await connectSocket(host, port);
+  /** localAddress: connect from another loopback address, a second peer for the per-peer limits. */
+  static async open(host: string, port: number, localAddress?: string): Promise<NbdOptionSession> {
+    const socket = await connectSocket(host, port, localAddress);
     socket.on("error", () => {}); // Surfaced through the reader as an ended stream.
     const reader = new ByteReader(socket, READ_AHEAD_BYTES);
     const g = decodeServerGreeting(await reader.read(SERVER_GREETING_BYTES));
@@ -150,8 +151,9 @@ export class NbdOptionSession {
   }
 
   /** NBD_OPT_INFO (or GO): rejects with NbdOptionError when the server refuses. */
-  async info(name: string, option: typeof NBD_OPT_INFO | typeof NBD_OPT_GO = NBD_OPT_INFO): Promise<ExportInfo> {
-    const replies = await this.option(option, encodeInfoRequest(name, [NBD_INFO_NAME, NBD_INFO_DESCRIPTION, NBD_INFO_BLOCK_SIZE]));
+  async info(name: string, option: typeof NBD_OPT_INFO | typeof NBD_OPT_GO = NBD_OPT_INFO, askBlockSize = true): Promise<ExportInfo> {
+    const asked = askBlockSize ? [NBD_INFO_NAME, NBD_INFO_DESCRIPTION, NBD_INFO_BLOCK_SIZE] : [NBD_INFO_NAME];
+    const replies = await this.option(option, encodeInfoRequest(name, asked));
     const last = replies[replies.length - 1];
     if (last.replyType !== NBD_REP_ACK) throw new NbdOptionError(option, last.replyType, last.data.toString("utf8"));
     const infos: InfoReply[] = replies
@@ -172,8 +174,9 @@ export class NbdOptionSession {
     return out;
   }
 
-  async go(name: string, structuredReplies: boolean): Promise<NbdClient> {
-    const info = await this.info(name, NBD_OPT_GO);
+  /** askBlockSize false: a client that did not negotiate block sizes (it may send 32 MiB payloads). */
+  async go(name: string, structuredReplies: boolean, askBlockSize = true): Promise<NbdClient> {
+    const info = await this.info(name, NBD_OPT_GO, askBlockSize);
     return new NbdClient(this.socket, this.reader, info, structuredReplies);
   }
 

@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pino from "pino";
-import { NbdServer } from "../../appliance/nbd/server.ts";
+import { NbdServer, type NbdServerOptions } from "../../appliance/nbd/server.ts";
 import { FileExport, fileExportProvider } from "./file-export.ts";
 
 export interface NbdFixture {
@@ -27,7 +27,14 @@ export interface FixtureExport {
   content?: Buffer;
 }
 
-export async function startNbdFixture(exports: FixtureExport[], o: { defaultExport?: string; maxPayloadBytes?: number } = {}): Promise<NbdFixture> {
+export interface FixtureOptions {
+  defaultExport?: string;
+  maxPayloadBytes?: number;
+  /** Passed to the server as is: limits, TLS, handshake deadline. */
+  server?: Pick<NbdServerOptions, "limits" | "tlsMode" | "tls" | "handshakeTimeoutMs">;
+}
+
+export async function startNbdFixture(exports: FixtureExport[], o: FixtureOptions = {}): Promise<NbdFixture> {
   const dir = await mkdtemp(path.join(tmpdir(), "tm-nbd-"));
   const logs: NbdFixture["logs"] = [];
   const logger = pino({ level: "debug" }, { write: (line: string) => void logs.push(JSON.parse(line)) });
@@ -41,6 +48,7 @@ export async function startNbdFixture(exports: FixtureExport[], o: { defaultExpo
     exports: fileExportProvider([...opened.values()], o.defaultExport),
     logger,
     maxPayloadBytes: o.maxPayloadBytes ?? 32 * 1024 * 1024,
+    ...o.server,
   });
   const { host, port } = await server.listen("127.0.0.1", 0);
   return {

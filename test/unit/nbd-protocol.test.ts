@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { HANDSHAKE_TRANSITIONS, Handshake, OPTION_DATA_BYTES_MAX } from "../../appliance/nbd/handshake.ts";
 import * as p from "../../appliance/nbd/protocol.ts";
-import { checkRequest, transmissionFlags, writePayloadFate, PAYLOAD_HARD_CAP_BYTES } from "../../appliance/nbd/transmission.ts";
+import { checkRequest, payloadLimitFor, transmissionFlags, writePayloadFate, PAYLOAD_HARD_CAP_BYTES } from "../../appliance/nbd/transmission.ts";
 import type { NbdExport } from "../../appliance/nbd/server.ts";
 
 
@@ -29,7 +29,7 @@ function replies(bufs: Buffer[]) {
 }
 
 function optionsPhase(defaultExport?: string): Handshake {
-  const hs = new Handshake(provider(defaultExport), 1 << 20);
+  const hs = new Handshake({ exports: provider(defaultExport), maxPayloadBytes: 1 << 20, tls: "off" });
   expect(hs.clientFlags(p.encodeClientFlags(p.NBD_FLAG_C_FIXED_NEWSTYLE)).state).toBe("options");
   return hs;
 }
@@ -93,7 +93,7 @@ describe("nbd: protocol codec", () => {
   });
 
   it("codec: request header round trip (28 bytes, 64-bit cookie) and bad magic", () => {
-    const h = { flags: 1, type: p.NBD_CMD_WRITE, cookie: 0xfedcba9876543210n, offset: 2 ** 41, length: 65536 };
+    const h = { flags: 1, type: p.NBD_CMD_WRITE, cookie: 0xfedcba9876543210n, offset: 2n ** 41n, length: 65536 };
     const b = p.encodeRequestHeader(h);
     expect(b.length).toBe(28);
     expect(p.decodeRequestHeader(b)).toEqual({ ok: true, value: h });
@@ -134,7 +134,7 @@ describe("nbd: protocol codec", () => {
 
 describe("nbd: request validation", () => {
   const limits = { sizeBytes: 1 << 20, readOnly: false, maxPayloadBytes: 65536 };
-  const req = (type: number, offset: number, length: number, flags = 0) => ({ type, offset, length, flags, cookie: 1n });
+  const req = (type: number, offset: number | bigint, length: number, flags = 0) => ({ type, offset: BigInt(offset), length, flags, cookie: 1n });
   const errno = (v: ReturnType<typeof checkRequest>) => (v.ok ? 0 : v.errno);
 
   it("validation: ranges (read past end EINVAL, write past end ENOSPC, trim past end EINVAL)", () => {
@@ -163,6 +163,26 @@ describe("nbd: request validation", () => {
     expect(errno(checkRequest(req(p.NBD_CMD_READ, 0, 512), ro))).toBe(0);
   });
 
+  it("validation: offsets at and past 2^53 are checked as 64-bit integers (2^53+1 is unaligned, not past the end)", () => {
+    // As a JS number 2^53 + 1 rounds to 2^53: aligned, and a WRITE got ENOSPC.
+    expect(errno(checkRequest(req(p.NBD_CMD_WRITE, 2n ** 53n + 1n, 512), limits))).toBe(p.NBD_EINVAL);
+    expect(errno(checkRequest(req(p.NBD_CMD_WRITE, 2n ** 53n, 512), limits))).toBe(p.NBD_ENOSPC);
+    expect(errno(checkRequest(req(p.NBD_CMD_READ, 2n ** 64n - 512n, 512), limits))).toBe(p.NBD_EINVAL);
+    // offset + length wraps past 2^64 in 64-bit unsigned arithmetic; bigint does not.
+    expect(errno(checkRequest(req(p.NBD_CMD_WRITE, 2n ** 64n - 512n, 1024), limits))).toBe(p.NBD_ENOSPC);
+    const h = p.decodeRequestHeader(p.encodeRequestHeader({ flags: 0, type: p.NBD_CMD_WRITE, cookie: 1n, offset: 2n ** 53n + 1n, length: 512 }));
+    expect(h.ok && h.value.offset).toBe(2n ** 53n + 1n);
+  });
+
+  it("validation: without negotiated block sizes READ and WRITE may carry up to 32 MiB", () => {
+    expect(payloadLimitFor(65536, true)).toBe(65536);
+    expect(payloadLimitFor(65536, false)).toBe(32 * 1024 * 1024);
+    const big = { sizeBytes: 64 << 20, readOnly: false, maxPayloadBytes: payloadLimitFor(65536, false) };
+    expect(errno(checkRequest(req(p.NBD_CMD_WRITE, 0, 32 << 20), big))).toBe(0);
+    expect(errno(checkRequest(req(p.NBD_CMD_READ, 0, 17 << 20), big))).toBe(0);
+    expect(errno(checkRequest(req(p.NBD_CMD_READ, 0, (32 << 20) + 512), big))).toBe(p.NBD_EINVAL);
+  });
+
   it("validation: an unaligned tail is reachable only when it ends at the export's end (size 1000)", () => {
     const odd = { ...limits, sizeBytes: 1000 };
     expect(errno(checkRequest(req(p.NBD_CMD_READ, 512, 488), odd))).toBe(0);
@@ -185,7 +205,7 @@ describe("nbd: request validation", () => {
 
 describe("nbd: handshake state machine", () => {
   it("handshake: client without fixed newstyle is closed", () => {
-    const hs = new Handshake(provider(), 1 << 20);
+    const hs = new Handshake({ exports: provider(), maxPayloadBytes: 1 << 20, tls: "off" });
     const s = hs.clientFlags(p.encodeClientFlags(0));
     expect(s.state).toBe("closed");
     expect(s.send).toEqual([]);
@@ -234,7 +254,7 @@ describe("nbd: handshake state machine", () => {
     expect(list.map((r) => r.replyType)).toEqual([p.NBD_REP_SERVER, p.NBD_REP_SERVER, p.NBD_REP_ACK]);
     expect(replies(hs.option({ option: p.NBD_OPT_LIST, length: 1 }, Buffer.alloc(1)).send)[0].replyType).toBe(p.NBD_REP_ERR_INVALID);
     expect(replies(hs.option({ option: p.NBD_OPT_STRUCTURED_REPLY, length: 0 }, Buffer.alloc(0)).send)[0].replyType).toBe(p.NBD_REP_ACK);
-    expect(replies(hs.option({ option: p.NBD_OPT_STARTTLS, length: 0 }, Buffer.alloc(0)).send)[0].replyType).toBe(p.NBD_REP_ERR_UNSUP);
+    expect(replies(hs.option({ option: p.NBD_OPT_STARTTLS, length: 0 }, Buffer.alloc(0)).send)[0].replyType).toBe(p.NBD_REP_ERR_POLICY);
     expect(replies(hs.option({ option: 0xdead, length: 0 }, Buffer.alloc(0)).send)[0].replyType).toBe(p.NBD_REP_ERR_UNSUP);
     expect(replies(hs.option({ option: p.NBD_OPT_GO, length: 2 }, Buffer.alloc(2)).send)[0].replyType).toBe(p.NBD_REP_ERR_INVALID);
     const a = hs.option({ option: p.NBD_OPT_ABORT, length: 0 }, Buffer.alloc(0));
@@ -243,7 +263,7 @@ describe("nbd: handshake state machine", () => {
   });
 
   it("handshake: EXPORT_NAME known (no zeroes) enters transmission, unknown closes", () => {
-    const hs = new Handshake(provider(), 1 << 20);
+    const hs = new Handshake({ exports: provider(), maxPayloadBytes: 1 << 20, tls: "off" });
     hs.clientFlags(p.encodeClientFlags(p.NBD_FLAG_C_FIXED_NEWSTYLE | p.NBD_FLAG_C_NO_ZEROES));
     const s = hs.option({ option: p.NBD_OPT_EXPORT_NAME, length: 4 }, Buffer.from("disk"));
     expect(s.state).toBe("transmission");
@@ -261,6 +281,93 @@ describe("nbd: handshake state machine", () => {
     expect(!r.ok && r.step.state).toBe("closed");
     const hs2 = optionsPhase();
     expect(hs2.optionHeader(Buffer.alloc(16)).ok).toBe(false);
+  });
+
+  const none = Buffer.alloc(0);
+  function tlsPhase(tls: "on" | "require", reserveExport?: (name: string) => string | undefined): Handshake {
+    const hs = new Handshake({ exports: provider("disk"), maxPayloadBytes: 1 << 20, tls, reserveExport });
+    hs.clientFlags(p.encodeClientFlags(p.NBD_FLAG_C_FIXED_NEWSTYLE));
+    return hs;
+  }
+
+  it("handshake: tls require reveals nothing before STARTTLS (LIST, INFO, GO, STRUCTURED_REPLY, unknown: ERR_TLS_REQD; EXPORT_NAME closes)", () => {
+    const hs = tlsPhase("require");
+    const go = p.encodeInfoRequest("disk", [p.NBD_INFO_NAME, p.NBD_INFO_DESCRIPTION]);
+    const cases: [number, Buffer][] = [
+      [p.NBD_OPT_LIST, none],
+      [p.NBD_OPT_INFO, go],
+      [p.NBD_OPT_GO, go],
+      [p.NBD_OPT_STRUCTURED_REPLY, none],
+      [0xdead, none],
+    ];
+    for (const [option, data] of cases) {
+      const s = hs.option({ option, length: data.length }, data);
+      expect(s.state).toBe("options");
+      expect(s.send).toHaveLength(1);
+      const [r] = replies(s.send);
+      expect(r.replyType).toBe(p.NBD_REP_ERR_TLS_REQD);
+      // Nothing of the exports in the message: no name, no size, no description.
+      expect(r.data.toString()).not.toMatch(/disk|a disk|1048576/);
+    }
+    const en = hs.option({ option: p.NBD_OPT_EXPORT_NAME, length: 4 }, Buffer.from("disk"));
+    expect(en.state).toBe("closed");
+    expect(en.send).toEqual([]);
+    // ABORT is still answered.
+    const hs2 = tlsPhase("require");
+    expect(hs2.option({ option: p.NBD_OPT_ABORT, length: 0 }, none).state).toBe("closed");
+  });
+
+  it("handshake: STARTTLS is acked once; after TLS, options work and structured replies must be asked again", () => {
+    const hs = tlsPhase("require");
+    expect(replies(hs.option({ option: p.NBD_OPT_STARTTLS, length: 1 }, Buffer.alloc(1)).send)[0].replyType).toBe(p.NBD_REP_ERR_INVALID);
+    hs.option({ option: p.NBD_OPT_STRUCTURED_REPLY, length: 0 }, none);
+    const st = hs.option({ option: p.NBD_OPT_STARTTLS, length: 0 }, none);
+    expect(st.event).toBe("starttls");
+    expect(replies(st.send)[0].replyType).toBe(p.NBD_REP_ACK);
+    hs.tlsEstablished();
+    expect(replies(hs.option({ option: p.NBD_OPT_STARTTLS, length: 0 }, none).send)[0].replyType).toBe(p.NBD_REP_ERR_INVALID);
+    const list = replies(hs.option({ option: p.NBD_OPT_LIST, length: 0 }, none).send);
+    expect(list.map((r) => r.replyType)).toEqual([p.NBD_REP_SERVER, p.NBD_REP_SERVER, p.NBD_REP_ACK]);
+    const go = p.encodeInfoRequest("disk", []);
+    const s = hs.option({ option: p.NBD_OPT_GO, length: go.length }, go);
+    expect(s.negotiated?.structuredReplies).toBe(false);
+    expect(s.negotiated?.clientAskedBlockSize).toBe(false);
+  });
+
+  it("handshake: tls on serves cleartext clients too", () => {
+    const hs = tlsPhase("on");
+    const go = p.encodeInfoRequest("disk", [p.NBD_INFO_BLOCK_SIZE]);
+    const s = hs.option({ option: p.NBD_OPT_GO, length: go.length }, go);
+    expect(s.state).toBe("transmission");
+    expect(s.negotiated?.clientAskedBlockSize).toBe(true);
+  });
+
+  it("handshake: the export connection limit refuses GO with ERR_POLICY and closes EXPORT_NAME", () => {
+    const asked: string[] = [];
+    const hs = tlsPhase("on", (name) => (asked.push(name), "export full"));
+    const go = p.encodeInfoRequest("disk", []);
+    const s = hs.option({ option: p.NBD_OPT_GO, length: go.length }, go);
+    expect(s.state).toBe("options");
+    expect(replies(s.send)[0]).toMatchObject({ replyType: p.NBD_REP_ERR_POLICY });
+    expect(replies(s.send)[0].data.toString()).toBe("export full");
+    // INFO does not count a connection.
+    hs.option({ option: p.NBD_OPT_INFO, length: go.length }, go);
+    expect(hs.option({ option: p.NBD_OPT_EXPORT_NAME, length: 4 }, Buffer.from("disk")).state).toBe("closed");
+    expect(asked).toEqual(["disk", "disk"]);
+  });
+
+  it("handshake: export names are decoded exactly: a leading BOM is kept, invalid UTF-8 refused", () => {
+    const bom = p.decodeExportName(Buffer.from([0xef, 0xbb, 0xbf, ...Buffer.from("disk")]));
+    expect(bom).toEqual({ ok: true, value: "\ufeffdisk" });
+    const hs = optionsPhase();
+    const data = Buffer.concat([Buffer.alloc(4), Buffer.alloc(2)]);
+    const withBom = p.encodeInfoRequest("\ufeffdisk", []);
+    expect(replies(hs.option({ option: p.NBD_OPT_GO, length: withBom.length }, withBom).send)[0].replyType).toBe(p.NBD_REP_ERR_UNKNOWN);
+    expect(data.length).toBe(6);
+    const bad = Buffer.from([0, 0, 0, 2, 0xc3, 0x28, 0, 0]);
+    const r = replies(hs.option({ option: p.NBD_OPT_GO, length: bad.length }, bad).send)[0];
+    expect(r.replyType).toBe(p.NBD_REP_ERR_INVALID);
+    expect(r.data.toString()).toMatch(/not valid UTF-8/);
   });
 
   it("handshake: docs/nbd.md prints exactly the code's transition table", () => {
