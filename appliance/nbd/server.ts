@@ -93,7 +93,10 @@ export class NbdServer {
 
   private createServer(): net.Server {
     assert(this.server === undefined, "nbd: server already listening");
-    const server = net.createServer((socket) => this.accept(socket));
+    // allowHalfOpen: a client's FIN ends only what it sends. Requests it sent
+    // before it are still answered, then the connection's own end() closes
+    // (Node's default would end the socket at the FIN and lose those replies).
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
     server.on("error", (err) => this.log.error({ err }, "nbd: listener error"));
     this.server = server;
     // Stalls are found by a sweep, not a timer per connection: a second's

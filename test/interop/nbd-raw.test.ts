@@ -116,6 +116,20 @@ describe.each([false, true])("nbd: raw requests (structured replies %s)", (sr) =
   });
 });
 
+describe("nbd: a client's half-close", () => {
+  // The fuzzer's find: the server closed on the client's FIN (Node's default,
+  // allowHalfOpen false) and the replies to requests sent before it were lost.
+  it("half-close: requests sent before the client's FIN are all answered, then the server closes", async () => {
+    const c = await connect("disk");
+    const offsets = Array.from({ length: 10 }, (_, i) => i * 4096);
+    const reads = offsets.map((off) => c.read(off, 4096));
+    c.socket.end();
+    const back = await Promise.all(reads);
+    back.forEach((d, i) => expect(d.equals(seed.subarray(offsets[i], offsets[i] + 4096)), `read at ${offsets[i]}`).toBe(true));
+    expect(await closedBy(c.socket)).toBe(true);
+  });
+});
+
 describe("nbd: backpressure", () => {
   it("backpressure: a client that does not read its replies stops being read from (2000 x 64 KiB reads)", async () => {
     const e = fx.exports.get("disk");
