@@ -10,7 +10,7 @@ import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
 import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
-import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
+import { ACTIVITY_REGION_BYTES, Journal, OP_VERIFY, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { ActivityLog } from "./activity-log.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
@@ -317,7 +317,7 @@ export class PrimaryEngine {
       }
       // A copy was read from this volume: written back, it would undo a host
       // write that landed after it (only its resend to the secondary is owed).
-      if (!e.copy || o.controls?.copyHoleOutsideLock) {
+      if (e.op !== OP_VERIFY && (!e.copy || o.controls?.copyHoleOutsideLock)) {
         if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
         else await b.volume.writeZeroes(e.offset, e.length);
         b.dirty = true;
@@ -645,7 +645,8 @@ export class PrimaryEngine {
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
     // A volume that fails its sync is marked failed; the suspension still goes on.
     await Promise.all(vols.map((b) => this.syncVolume(b, false)));
-    const rows = this.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
+    // A verify record wrote nothing: it leaves no block that differs.
+    const rows = this.db.prepare(`SELECT seq, link, volume, off, len FROM journal WHERE grp = ? AND op != ${OP_VERIFY}`).all(group) as {
       seq: number;
       link: number;
       volume: string;
@@ -820,7 +821,7 @@ export class PrimaryEngine {
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
   preview(group: string) {
     const rows = this.db
-      .prepare("SELECT volume, link, seq, len FROM journal WHERE grp = ?")
+      .prepare(`SELECT volume, link, seq, len FROM journal WHERE grp = ? AND op != ${OP_VERIFY}`)
       .all(group) as { volume: string; link: number; seq: number; len: number }[];
     const out = new Map<string, { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }>();
     for (const b of this.bindings.values()) if (b.group === group) out.set(b.volume.name, { volume: b.volume.name, unacknowledgedWrites: 0, unacknowledgedBytes: 0 });
