@@ -205,8 +205,9 @@ export class Journal {
       if (full && this.db.open) this.db.pragma("synchronous = NORMAL");
     }
     for (const { entry: e } of batch) {
-      if (e.op !== OP_WRITE || !e.data) continue;
-      this.bytes += e.length;
+      if (!e.data) continue;
+      // A verify record's hashes travel too, but only writes count against the journal's cap.
+      if (e.op === OP_WRITE) this.bytes += e.length;
       // Seqs are committed in order, so the oldest the cache drops are the lowest seqs.
       this.recent.add(e.seq, e.data);
     }
