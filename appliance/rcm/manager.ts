@@ -14,6 +14,7 @@ import { startResync } from "./resync.ts";
 import { reverseResync, swap } from "./failback.ts";
 import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
 import { withGroupLease, type LeaseHolder } from "./lease.ts";
+import { VerifySchedules } from "./verify-schedule.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -34,6 +35,8 @@ export class RemoteCopyManager {
   private readonly leaseHolder: LeaseHolder;
   /** Groups whose lease another holder was last seen with: logged once per holder. */
   private readonly heldElsewhere = new Map<string, string>();
+  /** The groups' verify schedules (config `verify.cron`), run here. */
+  readonly schedules: VerifySchedules;
 
   constructor(
     private readonly topo: LoadedTopology,
@@ -42,6 +45,7 @@ export class RemoteCopyManager {
     const rcm = topo.config.rcm;
     const address = rcm ? `${rcm.host}:${rcm.port}` : "rcm";
     this.leaseHolder = { holder: `rcm ${address} pid ${process.pid}`, holderAddress: address, incarnation: Date.now(), ttlMs: rcm?.leaseMs ?? 30_000 };
+    this.schedules = new VerifySchedules(topo, logger);
   }
 
   async start(): Promise<void> {
@@ -55,11 +59,13 @@ export class RemoteCopyManager {
       this.server!.listen(rcm.port, rcm.host, () => resolve());
     });
     if (rcm.autoSuspend) this.timer = setInterval(() => void this.check(), rcm.checkIntervalMs);
+    this.schedules.start();
     this.logger.info({ port: rcm.port, failureTimeoutMs: rcm.failureTimeoutMs, autoSuspend: rcm.autoSuspend }, "rcm serving");
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    await this.schedules.stop();
     this.server?.close();
     await Promise.allSettled([...this.busy.values()]);
   }
@@ -95,7 +101,7 @@ export class RemoteCopyManager {
         return this.serialized(String(b.group), "swap", o.by, "swap", (t) => swap(t, String(b.group), o));
       }
       case "status":
-        return { pid: process.pid, history: this.history.slice(-50) };
+        return { pid: process.pid, history: this.history.slice(-50), schedules: this.schedules.status() };
       default:
         throw tmError("TM_CONTROL_OP", `rcm: unknown operation ${JSON.stringify(b.op)}`, { op: String(b.op) });
     }
