@@ -69,6 +69,24 @@ interface RunRow {
   finished_ms: number | null;
 }
 
+type RawRow = { [K in keyof RunRow]: RunRow[K] extends string ? string : bigint | (null extends RunRow[K] ? null : never) } & { rate_mibps: number | bigint };
+
+/** A row read with safeIntegers: stamps stay bigints, offsets and times become numbers (all below 2^53). */
+function runRow(r: RawRow): RunRow {
+  return {
+    volume: r.volume,
+    grp: r.grp,
+    run_ts: r.run_ts,
+    start_off: Number(r.start_off),
+    next_off: Number(r.next_off),
+    end_off: Number(r.end_off),
+    rate_mibps: Number(r.rate_mibps),
+    started_ms: Number(r.started_ms),
+    last_ts: r.last_ts,
+    finished_ms: r.finished_ms === null ? null : Number(r.finished_ms),
+  };
+}
+
 /** What status shows of one volume's verify run. */
 export interface VerifyRunStatus {
   volume: string;
@@ -98,9 +116,10 @@ export class Verifier {
   constructor(private readonly h: VerifierHost) {
     const db = h.db;
     this.stmt = {
-      ofGroup: db.prepare("SELECT * FROM verify_run WHERE grp = ? ORDER BY volume").safeIntegers(false),
+      // Stamps are u64 nanoseconds, beyond 2^53: read as bigints, never as numbers.
+      ofGroup: db.prepare("SELECT * FROM verify_run WHERE grp = ? ORDER BY volume").safeIntegers(true),
       open: db.prepare("SELECT DISTINCT grp FROM verify_run WHERE finished_ms IS NULL").pluck(true),
-      one: db.prepare("SELECT * FROM verify_run WHERE volume = ?"),
+      one: db.prepare("SELECT * FROM verify_run WHERE volume = ?").safeIntegers(true),
       put: db.prepare(
         "INSERT OR REPLACE INTO verify_run (volume, grp, run_ts, start_off, next_off, end_off, rate_mibps, started_ms, last_ts, finished_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
       ),
@@ -158,7 +177,7 @@ export class Verifier {
 
   status(group: string): VerifyRunStatus[] {
     const targets = new Map(this.h.bindingsOf(group).map((b) => [b.volume.name, b.target]));
-    return (this.stmt.ofGroup.all(group) as RunRow[]).map((r) => {
+    return (this.stmt.ofGroup.all(group) as RawRow[]).map(runRow).map((r) => {
       const p = this.pace.get(r.volume);
       const elapsed = p ? Math.max(1, this.h.runtime.nowMs() - p.sinceMs) : 0;
       return {
@@ -183,7 +202,7 @@ export class Verifier {
     const { h } = this;
     for (;;) {
       if (h.stopped()) return;
-      const rows = (this.stmt.ofGroup.all(group) as RunRow[]).filter((r) => r.finished_ms === null);
+      const rows = (this.stmt.ofGroup.all(group) as RawRow[]).map(runRow).filter((r) => r.finished_ms === null);
       if (rows.length === 0) return;
       const b = h.bindingsOf(group).find((x) => x.volume.name === rows[0].volume);
       if (!b) {
@@ -192,28 +211,31 @@ export class Verifier {
         this.stmt.finish.run(h.runtime.nowMs(), rows[0].volume, rows[0].run_ts);
         continue;
       }
-      await this.verifyVolume(group, b, rows[0]);
+      const progressed = await this.verifyVolume(group, b, rows[0]);
+      // Replaced by a new run: the next pass takes it up at once. Otherwise stopped.
+      if (!progressed) return;
     }
   }
 
-  private async verifyVolume(group: string, b: CopiedBinding, row: RunRow): Promise<void> {
+  /** Verifies one volume's run to its end; false when the engine stopped (true: done, or replaced by a newer run). */
+  private async verifyVolume(group: string, b: CopiedBinding, row: RunRow): Promise<boolean> {
     const { h } = this;
     const name = b.volume.name;
-    const runTs = BigInt(row.run_ts);
+    const runTs = row.run_ts;
     let pace = this.pace.get(name);
     if (!pace) this.pace.set(name, (pace = { sinceMs: h.runtime.nowMs(), bytes: 0, paused: false }));
     h.events?.emit({ kind: "start", subsystem: h.id, group, volume: name, runTs: runTs.toString(), startOffset: row.start_off, endOffset: row.end_off, resumed: row.next_off > row.start_off });
     const startedMs = h.runtime.nowMs();
     let next = row.next_off;
-    let lastTs = row.last_ts === null ? null : BigInt(row.last_ts);
+    let lastTs = row.last_ts;
     let progressAt = 0;
     const rateBps = row.rate_mibps * 1024 * 1024;
     let generation = h.group(group)?.generation ?? -1;
     while (next < row.end_off) {
-      if (h.stopped()) return;
+      if (h.stopped()) return false;
       // A new start replaced this run: the loop picks the new one up.
-      const cur = this.stmt.one.get(name) as RunRow | undefined;
-      if (!cur || BigInt(cur.run_ts) !== runTs) return;
+      const cur = this.stmt.one.get(name) as RawRow | undefined;
+      if (!cur || cur.run_ts !== runTs) return true;
       const gs = h.group(group);
       if (!gs || gs.state !== "active" || gs.generation !== generation) {
         // Not paired (suspended, copying, taken over): nothing settled to
@@ -229,7 +251,7 @@ export class Verifier {
           h.events?.emit({ kind: "end", subsystem: h.id, group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs ?? 0n), blocks: (next - row.next_off) / VERIFY_BLOCK_BYTES, ms: h.runtime.nowMs() - startedMs, outcome: "paused" });
         }
         await h.runtime.sleep(VERIFY_PAUSE_POLL_MS);
-        if (!gs) return;
+        if (!gs) return false;
         continue;
       }
       if (pace.paused) {
@@ -270,6 +292,7 @@ export class Verifier {
     const ms = h.runtime.nowMs() - startedMs;
     h.logger.info({ group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs), ms }, "verify of the volume hashed and journaled; the secondary compares it when it applies its last stamp");
     h.events?.emit({ kind: "end", subsystem: h.id, group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs ?? 0n), blocks: (row.end_off - row.next_off) / VERIFY_BLOCK_BYTES, ms, outcome: "done" });
+    return true;
   }
 
   /**
