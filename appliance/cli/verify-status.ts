@@ -68,7 +68,8 @@ export function renderSchedules(schedules: ScheduleStatus[] | null): string[] {
       const last = s.lastRun
         ? `last ${s.lastRun.startedAt} ${s.lastRun.result}${s.lastRun.result === "mismatch" ? ` (${s.lastRun.mismatchedBlocks} blocks)` : ""}${s.lastRun.error ? `: ${s.lastRun.error}` : ""}`
         : "never run";
-      return `  ${s.kind} ${s.group} '${s.cron}' at ${s.rateMiBps} MiB/s: ${last}; next ${s.nextRun ?? "-"}`;
+      const now = s.running ? `; running since ${s.running.startedAt}` : "";
+      return `  ${s.kind} ${s.group} '${s.cron}' at ${s.rateMiBps} MiB/s: ${last}${now}; next ${s.nextRun ?? "-"}`;
     }),
   ];
 }

@@ -28,7 +28,10 @@ export interface ScheduleStatus {
   cron: string;
   rateMiBps: number;
   runs: number;
+  /** The last run that finished, with its result. */
   lastRun: ScheduleRun | null;
+  /** The run under way, if any. */
+  running: ScheduleRun | null;
   nextRun: string | null;
 }
 
@@ -39,7 +42,7 @@ interface Schedule {
   task: ScheduledTask;
   runs: number;
   last: ScheduleRun | null;
-  running: boolean;
+  current: ScheduleRun | null;
 }
 
 export class VerifySchedules {
@@ -57,7 +60,7 @@ export class VerifySchedules {
     for (const g of this.topo.config.groups) {
       const v = g.verify;
       if (!v?.cron) continue;
-      const s: Schedule = { group: g.name, cron: v.cron, rateMiBps: v.rateMiBps, runs: 0, last: null, running: false, task: null as unknown as ScheduledTask };
+      const s: Schedule = { group: g.name, cron: v.cron, rateMiBps: v.rateMiBps, runs: 0, last: null, current: null, task: null as unknown as ScheduledTask };
       s.task = cron.schedule(v.cron, () => this.run(s), { name: `verify ${g.name}`, noOverlap: true });
       this.schedules.push(s);
       this.logger.info({ group: g.name, cron: v.cron, rateMiBps: v.rateMiBps, nextRun: s.task.getNextRun()?.toISOString() ?? null }, "verify schedule set");
@@ -70,11 +73,10 @@ export class VerifySchedules {
 
   /** One scheduled verify of the whole group, to its end. */
   private async run(s: Schedule): Promise<void> {
-    if (s.running) return;
-    s.running = true;
+    if (s.current) return;
     s.runs++;
     const last: ScheduleRun = { startedAt: new Date().toISOString(), finishedAt: null, result: "running", blocks: 0, mismatchedBlocks: 0, error: null };
-    s.last = last;
+    s.current = last;
     this.onRun?.(this.statusOf(s));
     try {
       const topo = await liveTopology(this.topo);
@@ -93,13 +95,14 @@ export class VerifySchedules {
       this.logger.error({ group: s.group, err: last.error }, "scheduled verify failed");
     } finally {
       last.finishedAt = new Date().toISOString();
-      s.running = false;
+      s.current = null;
+      s.last = last;
       this.onRun?.(this.statusOf(s));
     }
   }
 
   private statusOf(s: Schedule): ScheduleStatus {
-    return { group: s.group, kind: "verify", cron: s.cron, rateMiBps: s.rateMiBps, runs: s.runs, lastRun: s.last ? { ...s.last } : null, nextRun: s.task.getNextRun()?.toISOString() ?? null };
+    return { group: s.group, kind: "verify", cron: s.cron, rateMiBps: s.rateMiBps, runs: s.runs, lastRun: s.last ? { ...s.last } : null, running: s.current ? { ...s.current } : null, nextRun: s.task.getNextRun()?.toISOString() ?? null };
   }
 
   status(): ScheduleStatus[] {

@@ -5,6 +5,7 @@ import http from "node:http";
 import { Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { tmError } from "../errors/codes.ts";
+import { registerVerifyMetrics } from "./verify-metrics.ts";
 
 export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigint): Registry {
   const registry = new Registry();
@@ -55,6 +56,7 @@ export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigi
   );
   gauge("tidemark_host_writes_refused_disk_full", "host writes refused with ENOSPC because the state disk was full, since start", [], (g, s) => g.set(s.disk?.refusedWrites ?? 0));
   gauge("tidemark_log_dropped_lines", "log lines dropped since start because the log file could not be written", [], (g, s) => g.set(s.log?.droppedLines ?? 0));
+  registerVerifyMetrics(registry, status);
   return registry;
 }
 
