@@ -14,11 +14,11 @@ import type { VerifyRunStatus } from "../../appliance/resync/verifier.ts";
 
 const TOOLS = nbdTools("verify");
 const MIB = 1024 * 1024;
-const VOLUME_MIB = 16;
+const VOLUME_MIB = 8;
 const PRIMARY_VOLUMES = ["p1a", "p1b", "p2a", "p2b"];
 /** fio writes the first half of each primary volume; the corrupted block lies in the second half. */
-const LOAD_BYTES = 8 * MIB;
-const CORRUPT_OFFSET = 12 * MIB + 5 * 4096;
+const LOAD_BYTES = 4 * MIB;
+const CORRUPT_OFFSET = 6 * MIB + 5 * 4096;
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -138,8 +138,8 @@ describe("verify: online, at a common stamp, under load", () => {
   it("verify: kill -9 of a primary, then of a secondary, in the middle of a verify: both resume and it finishes with 0 mismatches", async () => {
     const c = await cluster("tidemark-verify-kill-");
     const topo = c.topo;
-    // Slow enough to be in the middle: primary #1 has two 16 MiB volumes at 4 MiB/s each, in turn.
-    const start = await startVerify(topo, "C1", { rateMiBps: 4 });
+    // Slow enough to be in the middle: primary #1 has two 8 MiB volumes at 2 MiB/s each, in turn.
+    const start = await startVerify(topo, "C1", { rateMiBps: 2 });
     expect(start.runs).toHaveLength(4);
     await pause(2500);
     const before = runOf(await c.rawStatus(1), "p1a")!;
