@@ -238,18 +238,7 @@ export class Verifier {
       if (!cur || cur.run_ts !== runTs) return true;
       const gs = h.group(group);
       if (!gs || gs.state !== "active" || gs.generation !== generation) {
-        // Not paired (suspended, copying, taken over): nothing settled to
-        // compare. A suspension drops the records its cut leaves above Ts,
-        // here and on the secondaries, so which ranges were compared is not
-        // known: the run starts again from its first block once the group is
-        // paired (the secondary counts no block twice).
-        if (!pace.paused) {
-          pace.paused = true;
-          next = row.start_off;
-          this.stmt.move.run(next, lastTs, name, runTs);
-          h.logger.warn({ group, volume: name, state: gs?.state ?? "gone" }, "verify paused: the group is not paired; the run starts again from its first block once it is");
-          h.events?.emit({ kind: "end", subsystem: h.id, group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs ?? 0n), blocks: (next - row.next_off) / VERIFY_BLOCK_BYTES, ms: h.runtime.nowMs() - startedMs, outcome: "paused" });
-        }
+        if (!pace.paused) next = this.pauseRun(group, row, pace, gs?.state ?? "gone", lastTs, startedMs);
         await h.runtime.sleep(VERIFY_PAUSE_POLL_MS);
         if (!gs) return false;
         continue;
@@ -261,16 +250,7 @@ export class Verifier {
         pace.bytes = 0;
         h.logger.info({ group, volume: name, nextOffset: next }, "verify resumes");
       }
-      // The rate limit: no faster than rateMiBps on average since the run was taken up.
-      const dueMs = pace.sinceMs + (pace.bytes / rateBps) * 1000;
-      const waitMs = dueMs - h.runtime.nowMs();
-      if (waitMs > 0) {
-        await h.runtime.sleep(Math.min(waitMs, 1000));
-        continue;
-      }
-      // Host writes first: a journal past the mark waits for trims, a bounded while.
-      const yieldUntil = h.runtime.nowMs() + VERIFY_YIELD_MS;
-      while (h.journal.bytes > VERIFY_JOURNAL_BYTES && h.runtime.nowMs() < yieldUntil && !h.stopped()) await h.trimmed();
+      if (await this.paced(pace, rateBps)) continue;
       const length = Math.min(VERIFY_RUN_BYTES, row.end_off - next);
       const ts = await this.verifyRun(b, gs, runTs, next, length);
       if (ts === null) continue;
@@ -293,6 +273,40 @@ export class Verifier {
     h.logger.info({ group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs), ms }, "verify of the volume hashed and journaled; the secondary compares it when it applies its last stamp");
     h.events?.emit({ kind: "end", subsystem: h.id, group, volume: name, runTs: runTs.toString(), lastTs: String(lastTs ?? 0n), blocks: (row.end_off - row.next_off) / VERIFY_BLOCK_BYTES, ms, outcome: "done" });
     return true;
+  }
+
+  /**
+   * The group is not paired (suspended, copying, taken over): nothing
+   * settled to compare. A suspension drops the records its cut leaves above
+   * Ts, here and on the secondaries, so which ranges were compared is not
+   * known: the run starts again from its first block once the group is
+   * paired (the secondary counts no block twice). Returns the new cursor.
+   */
+  private pauseRun(group: string, row: RunRow, pace: { paused: boolean }, state: string, lastTs: bigint | null, startedMs: number): number {
+    const { h } = this;
+    pace.paused = true;
+    this.stmt.move.run(row.start_off, lastTs, row.volume, row.run_ts);
+    h.logger.warn({ group, volume: row.volume, state }, "verify paused: the group is not paired; the run starts again from its first block once it is");
+    h.events?.emit({ kind: "end", subsystem: h.id, group, volume: row.volume, runTs: row.run_ts.toString(), lastTs: String(lastTs ?? 0n), blocks: 0, ms: h.runtime.nowMs() - startedMs, outcome: "paused" });
+    return row.start_off;
+  }
+
+  /**
+   * The rate limit (no faster than rateMiBps on average since the run was
+   * taken up) and host writes first (a journal past the mark waits for
+   * trims, a bounded while). True when the rate limit made it wait: the
+   * caller looks at the group again before the next run.
+   */
+  private async paced(pace: { sinceMs: number; bytes: number }, rateBps: number): Promise<boolean> {
+    const { h } = this;
+    const waitMs = pace.sinceMs + (pace.bytes / rateBps) * 1000 - h.runtime.nowMs();
+    if (waitMs > 0) {
+      await h.runtime.sleep(Math.min(waitMs, 1000));
+      return true;
+    }
+    const yieldUntil = h.runtime.nowMs() + VERIFY_YIELD_MS;
+    while (h.journal.bytes > VERIFY_JOURNAL_BYTES && h.runtime.nowMs() < yieldUntil && !h.stopped()) await h.trimmed();
+    return false;
   }
 
   /**
