@@ -237,7 +237,8 @@ export class Verifier {
       const cur = this.stmt.one.get(name) as RawRow | undefined;
       if (!cur || cur.run_ts !== runTs) return true;
       const gs = h.group(group);
-      if (!gs || gs.state !== "active" || gs.generation !== generation) {
+      // A generation that moved on while running is a suspension and resync between two looks.
+      if (!gs || gs.state !== "active" || (!pace.paused && gs.generation !== generation)) {
         if (!pace.paused) next = this.pauseRun(group, row, pace, gs?.state ?? "gone", lastTs, startedMs);
         await h.runtime.sleep(VERIFY_PAUSE_POLL_MS);
         if (!gs) return false;

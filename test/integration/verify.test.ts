@@ -11,6 +11,7 @@ import { nbdTools } from "../support/tools.ts";
 import { startVerify, watchVerify, type VerifyProgress, type VerifyStart } from "../../appliance/rcm/verify.ts";
 import type { StatusDoc, SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import type { VerifyRunStatus } from "../../appliance/resync/verifier.ts";
+import { askRcm } from "../../appliance/cli/rcm-client.ts";
 
 const TOOLS = nbdTools("verify");
 const MIB = 1024 * 1024;
@@ -158,6 +159,26 @@ describe("verify: online, at a common stamp, under load", () => {
     expect(final.doneBlocks).toBe(final.totalBlocks);
     expect(final.pairs.every((p) => p.done)).toBe(true);
     expect(c.unexpectedDeaths()).toEqual([]);
+  }, 120_000);
+
+  it("verify: a suspension in the middle pauses the run; after the resync it starts again from its first block and finishes with 0 mismatches", async () => {
+    const c = await cluster("tidemark-verify-suspend-");
+    // 8 s at 1 MiB/s: the suspension comes in the middle.
+    const start = await startVerify(c.topo, "C1", { rateMiBps: 1, volume: "p1a" });
+    await pause(1500);
+    const before = runOf(await c.rawStatus(1), "p1a")!;
+    expect(before.nextOffset, "the run is under way").toBeGreaterThan(0);
+    await askRcm(c.topo, { op: "suspend", group: "C1", reason: "test", by: "verify test" }, 60_000);
+    await pause(800);
+    const paused = runOf(await c.rawStatus(1), "p1a")!;
+    expect(paused.state).toBe("paused");
+    expect(paused.nextOffset, "a suspension may have dropped records: the run goes back to its first block").toBe(0);
+    const rs = await c.cli(["resync", "--config", c.configFile, "--group", "C1", "--json"]);
+    expect(rs.code, rs.stderr).toBe(0);
+    const final = await watchVerify(c.topo, start, () => {}, 250);
+    expect(final.mismatchedBlocks).toBe(0);
+    expect(final.pairs.map((p) => [p.volume, p.verifiedBlocks])).toEqual([["p1a", (VOLUME_MIB * MIB) / 4096]]);
+    expect(c.readLog(1)).toMatch(/verify paused: the group is not paired/);
   }, 120_000);
 
   it("verify: a schedule every 5 s runs in the RCM and status --json shows its last result and next run", async () => {
