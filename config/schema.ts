@@ -3,6 +3,7 @@
 // checks what a shape cannot (names resolve, nothing is used twice).
 // Pure: no I/O here (config/load.ts reads the file).
 import { z } from "zod";
+import cron from "node-cron";
 import type { ErrorCode } from "../appliance/errors/codes.ts";
 import { nbdLimitsSchema, nbdTlsSchema } from "./nbd-schema.ts";
 
@@ -55,10 +56,29 @@ export const pairSchema = z
   })
   .strict();
 
+/** Default online-verify rate (MiB/s) when neither the group's config nor the command line sets one. */
+export const VERIFY_RATE_MIBPS_DEFAULT = 64;
+
+/**
+ * A group's online verify (docs/verify.md): its rate limit, and optionally a
+ * schedule on which the RCM runs it (node-cron syntax; a sixth, leading
+ * field is seconds).
+ */
+export const verifyScheduleSchema = z
+  .object({
+    cron: z
+      .string()
+      .refine((c) => cron.validate(c), "not a cron expression (minute hour day month weekday, optionally a leading seconds field)")
+      .optional(),
+    rateMiBps: z.number().positive().max(100_000).default(VERIFY_RATE_MIBPS_DEFAULT),
+  })
+  .strict();
+
 export const groupSchema = z
   .object({
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a group name is 1-64 letters, digits, '.', '_' or '-'"),
     pairs: z.array(pairSchema),
+    verify: verifyScheduleSchema.optional(),
   })
   .strict();
 

@@ -19,6 +19,11 @@ import { liveTopology, liveTopologyFrom } from "./live-topology.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { progressView } from "./progress-view.ts";
 import { renderResyncStart } from "./procedure-view.ts";
+import { startVerify, watchVerify } from "../rcm/verify.ts";
+import { renderVerifyResult, verifyView } from "./verify-view.ts";
+import { VERIFY_RATE_MIBPS_DEFAULT } from "../../config/schema.ts";
+import { tmError } from "../errors/codes.ts";
+import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
 
 function positiveInt(what: string) {
   return (v: string) => {
@@ -67,6 +72,13 @@ program
       { op: "status" },
     );
     const doc = buildStatus(liveTopologyFrom(topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true), answers, clockReader(topo.config.clock)());
+    // The RCM's verify schedules, when the config has any: a quick question, null when it does not answer.
+    if (topo.config.rcm && topo.config.groups.some((g) => g.verify?.cron)) {
+      doc.schedules = await askRcm<{ schedules?: ScheduleStatus[] }>(topo, { op: "status" }, 3000).then(
+        (r) => r.schedules ?? [],
+        () => null,
+      );
+    }
     process.stdout.write(o.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc) + "\n");
     if (doc.subsystems.some((s) => !s.reachable)) process.exitCode = 3;
   });
@@ -134,7 +146,12 @@ program
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
 
-async function followResync(topo: LoadedTopology, group: string, r: ResyncStart, o: { wait: boolean; json?: boolean }, extra: Record<string, unknown>, started: number): Promise<void> {
+async function followResync(topo: LoadedTopology, group: string, r: ResyncStart, o: { wait: boolean; json?: boolean }, extra: Record<string, unknown>, started: number, print = true): Promise<void> {
+  if (!print) {
+    // Only followed (verify --repair --json): its own document is the caller's.
+    if (!r.nothingToDo) await watchResync(await liveTopology(topo), group, r.generation, () => {});
+    return;
+  }
   if (r.nothingToDo) {
     process.stdout.write(o.json ? JSON.stringify({ ...extra, start: r }) + "\n" : `group ${group} replicates with nothing to copy; nothing was changed\n`);
     return;
@@ -196,6 +213,66 @@ program
       );
     }
     return followResync(topo, o.group, f.resync, o, { swap: { from: f.swappedFrom, direction: f.direction, turnedAtTs: f.turnedAtTs, frozenAt: f.frozenAt, ...(f.returning ? { returning: f.returning } : {}) } }, started);
+  });
+
+/** `--range OFF:LEN` in bytes (a K, M or G suffix multiplies by 1024s). */
+function parseRange(v: string): { offset: number; length: number } {
+  const m = /^(\d+)([kmg]?):(\d+)([kmg]?)$/i.exec(v.trim());
+  const scale = (n: string, u: string) => Number(n) * 1024 ** ["", "k", "m", "g"].indexOf(u.toLowerCase());
+  if (!m) throw new InvalidArgumentError(`TM_VERIFY_RANGE: --range must be OFF:LEN in bytes (K, M, G suffixes allowed), not '${v}'`);
+  const r = { offset: scale(m[1], m[2]), length: scale(m[3], m[4]) };
+  if (r.offset % 4096 !== 0 || r.length % 4096 !== 0 || r.length === 0) throw new InvalidArgumentError(`TM_VERIFY_RANGE: --range ${v} is not whole 4 KiB blocks`);
+  return r;
+}
+
+function positiveNumber(what: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${what} must be a positive number, not '${v}'`);
+    return n;
+  };
+}
+
+program
+  .command("verify")
+  .description("compare every primary and secondary volume of the group at one stamp while hosts keep writing (docs/verify.md)")
+  .requiredOption("-c, --config <file>", "topology file")
+  .requiredOption("-g, --group <name>", "consistency group")
+  .option("--volume <name>", "verify only this pair (its primary or secondary volume)")
+  .option("--range <off:len>", "verify only this byte range (whole 4 KiB blocks)", parseRange)
+  .option("--rate-mib-ps <n>", "hashing rate limit per primary volume (default: the group's verify.rateMiBps)", positiveNumber("--rate-mib-ps"))
+  .option("--repair", "when blocks differ, run 'tidemark resync' at the end")
+  .option("--no-wait", "start the verify and return; follow it with 'tidemark status'")
+  .option("--json", "print the result as JSON")
+  .action(async (o: { config: string; group: string; volume?: string; range?: { offset: number; length: number }; rateMiBps?: number; repair?: boolean; wait: boolean; json?: boolean }) => {
+    const topo = await liveTopology(loadConfig(o.config));
+    const started = Date.now();
+    const cfg = topo.config.groups.find((g) => g.name === o.group)?.verify;
+    const rateMiBps = o.rateMiBps ?? cfg?.rateMiBps ?? VERIFY_RATE_MIBPS_DEFAULT;
+    const start = await startVerify(topo, o.group, { volume: o.volume, offset: o.range?.offset, length: o.range?.length, rateMiBps });
+    if (!o.wait) {
+      process.stdout.write(o.json ? JSON.stringify({ start }) + "\n" : `verify of ${o.group} started on ${start.runs.length} pairs at ${rateMiBps} MiB/s per volume; follow it with 'tidemark status'\n`);
+      return;
+    }
+    const view = o.json ? null : verifyView(process.stdout);
+    let final;
+    try {
+      final = await watchVerify(topo, start, (x) => view?.update(x));
+    } finally {
+      view?.stop();
+    }
+    const elapsedMs = Date.now() - started;
+    if (!o.json) process.stdout.write(renderVerifyResult(final, elapsedMs) + "\n");
+    let repaired: ResyncStart | null = null;
+    if (final.mismatchedBlocks > 0 && o.repair) {
+      repaired = await askRcm<ResyncStart>(topo, { op: "resync", group: o.group, by: `tidemark verify --repair (pid ${process.pid})` }, 45 * 60_000);
+      if (!o.json) process.stdout.write(`repairing: ${final.mismatchedBlocks} mismatched blocks are in the secondaries' bitmaps; resync of ${o.group}\n`);
+      await followResync(topo, o.group, repaired, { wait: true, json: false }, {}, Date.now(), !o.json);
+    }
+    if (o.json) process.stdout.write(JSON.stringify({ start, final, elapsedMs, ...(repaired ? { repaired } : {}) }) + "\n");
+    if (final.mismatchedBlocks > 0 && !o.repair) {
+      throw tmError("TM_VERIFY_MISMATCH", `verify of ${o.group}: ${final.mismatchedBlocks} blocks differ from the primary's; they are in the secondaries' bitmaps: run 'tidemark resync --config ${o.config} --group ${o.group}' (or verify --repair)`, { group: o.group });
+    }
   });
 
 program.addCommand(drillCommand());

@@ -4,9 +4,13 @@
 import type { Topology } from "../../config/schema.ts";
 import { formatEta } from "./progress-view.ts";
 import { returningPrimaries } from "../rcm/returning.ts";
+import { pairVerify, pairVerifyLine, renderSchedules, type PairVerify, type SubsystemVerify } from "./verify-status.ts";
+import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
 
 /** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
 export interface SubsystemStatus {
+  /** Online verify (docs/verify.md); absent from older subsystems. */
+  verify?: SubsystemVerify;
   subsystem: number;
   pid: number;
   host: string;
@@ -176,7 +180,11 @@ export interface StatusDoc {
     link: string | null;
     primary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
     secondary: VolumeRef & { bitmapBlocks: number | null; readOnly: boolean | null };
+    /** The pair's last online verify (docs/verify.md); null when none ran. */
+    verify: PairVerify | null;
   }[];
+  /** The RCM's schedules (docs/verify.md, Schedules): absent when the config schedules nothing, null when the RCM did not answer. */
+  schedules?: ScheduleStatus[] | null;
 }
 
 /** A primary volume whose initial copy is still to run (a pair new to a group that replicates). */
@@ -334,6 +342,7 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       link,
       primary: volRef(answers, p.primary.subsystemId, p.primary.name),
       secondary: volRef(answers, p.secondary.subsystemId, p.secondary.name),
+      verify: pairVerify(pa?.ok ? pa.value.verify : undefined, sa?.ok ? sa.value.verify : undefined, p.group, p.primary.name, p.secondary.name),
     };
   });
   return { nowNs: nowNs.toString(), subsystems, groups, pairs };
@@ -427,5 +436,7 @@ export function renderStatus(doc: StatusDoc): string {
       ]),
     ]),
   );
+  for (const p of doc.pairs) if (p.verify) out.push(pairVerifyLine(p.group, `#${p.primary.subsystem}/${p.primary.volume}`, `#${p.secondary.subsystem}/${p.secondary.volume}`, p.verify));
+  if (doc.schedules !== undefined) out.push("", ...renderSchedules(doc.schedules));
   return out.join("\n");
 }

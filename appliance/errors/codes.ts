@@ -77,6 +77,12 @@ export const ERROR_CODES = {
     "the resync procedure cannot go on: the group does not rest at one synchronized time even after a suspension, or a secondary volume is in no pair of the group; `tidemark resync` exits 1: see `tidemark status`",
   TM_RESYNC_INTERRUPTED:
     "while `tidemark resync` followed a resync, the group was suspended or taken over (a secondary reports a newer generation); it exits 1 and the group rests where that left it: run the resync again",
+  TM_VERIFY_STATE:
+    "`tidemark verify` on a group that is not paired on some primary (copying, suspended, frozen or taken over): only a paired group has a settled replica to compare; it exits 1 with nothing started: resync the group first (docs/verify.md)",
+  TM_VERIFY_RANGE:
+    "`tidemark verify --range OFF:LEN` (or a control request) whose range is not whole 4 KiB blocks inside the volume, or does not parse; it exits 1 before anything is started (commander prints the usage), or the subsystem refuses it and nothing starts: give a 4096-aligned offset and length inside the volume",
+  TM_VERIFY_MISMATCH:
+    "`tidemark verify` finished and some secondary block differed from its primary's at the same stamp: it exits 1 after printing each pair's count and the first blocks (volume, offset, both hashes); the blocks are in the secondaries' bitmaps: `tidemark resync` (or `verify --repair`) copies them",
   TM_NOT_PAIRED:
     "`tidemark swap` on a group that is not paired (a primary copying, suspended or taken over); it exits 1 with nothing changed: resync the group first",
   TM_SWAP:

@@ -12,6 +12,7 @@ import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
+import { storedPayloadBytes } from "../replication/frames.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
 import type { Runtime } from "../runtime/runtime.ts";
@@ -19,6 +20,8 @@ import { failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.t
 
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;
+/** An online verify's record: the block hashes of a range at its stamp (docs/verify.md); never written to a volume. */
+export const OP_VERIFY = 3;
 /** Activity-log region: 4 MiB of a volume. */
 export const ACTIVITY_REGION_BYTES = 4 * 1024 * 1024;
 /**
@@ -46,7 +49,7 @@ export interface JournalEntry {
   link: number;
   volume: string;
   target: string;
-  op: typeof OP_WRITE | typeof OP_ZERO;
+  op: typeof OP_WRITE | typeof OP_ZERO | typeof OP_VERIFY;
   offset: number;
   length: number;
   data: Buffer | null;
@@ -202,8 +205,9 @@ export class Journal {
       if (full && this.db.open) this.db.pragma("synchronous = NORMAL");
     }
     for (const { entry: e } of batch) {
-      if (e.op !== OP_WRITE || !e.data) continue;
-      this.bytes += e.length;
+      if (!e.data) continue;
+      // A verify record's hashes travel too, but only writes count against the journal's cap.
+      if (e.op === OP_WRITE) this.bytes += e.length;
       // Seqs are committed in order, so the oldest the cache drops are the lowest seqs.
       this.recent.add(e.seq, e.data);
     }
@@ -227,7 +231,7 @@ export class Journal {
       // Taken whether or not it is used: each payload is read from the cache once.
       const kept = this.recent.take(seq);
       let data = rdata ?? kept ?? null;
-      if (data === null && seg !== null) data = this.segments.read({ seg: Number(seg), off: Number(segOff) }, Number(len));
+      if (data === null && seg !== null) data = this.segments.read({ seg: Number(seg), off: Number(segOff) }, storedPayloadBytes(Number(op), Number(len)));
       out.push({
         seq,
         ts,
@@ -301,7 +305,7 @@ export class Journal {
     for (const r of rows) {
       let data = r.data as Buffer | null;
       if (data === null && r.seg !== null) {
-        const len = Number(r.len);
+        const len = storedPayloadBytes(Number(r.op), Number(r.len));
         try {
           data = this.segments.read({ seg: Number(r.seg), off: Number(r.seg_off) }, len);
         } catch {

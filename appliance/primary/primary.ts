@@ -10,7 +10,7 @@ import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
 import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
-import { ACTIVITY_REGION_BYTES, Journal, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
+import { ACTIVITY_REGION_BYTES, Journal, OP_VERIFY, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { ActivityLog } from "./activity-log.ts";
 import { PendingRcrs, syncTime } from "./pending.ts";
@@ -18,6 +18,8 @@ import { RangeLock } from "./range-lock.ts";
 import { StampClock } from "./stamp-clock.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { COPY_JOURNAL_BYTES, COPY_RUN_BYTES, COPY_STARVED_MS, COPY_ZERO_RUN_BYTES, Copier, type CopierHost, type CopyProgress } from "../resync/copier.ts";
+import { Verifier, type VerifierHost, type VerifyRequest } from "../resync/verifier.ts";
+import type { VerifyEvents } from "../resync/verify-events.ts";
 import type { StateStore } from "../state/store.ts";
 import { DISK_RECHECK_MS, diskFullCause, failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import type { LinkConnector } from "../replication/frame-link.ts";
@@ -115,6 +117,8 @@ export interface PrimaryProbe {
 }
 
 export interface PrimaryOptions {
+  /** Where the verifier reports start, progress and end (docs/verify.md, Events). */
+  verifyEvents?: VerifyEvents;
   id: number;
   store: StateStore;
   logger: Logger;
@@ -179,6 +183,7 @@ export class PrimaryEngine {
   writeBytes = 0;
   private stopped = false;
   private readonly copier: Copier;
+  private readonly verifier: Verifier;
   /** The last seq issued per link (seqs are per primary, acks per link). */
   private readonly issuedOn = new Map<number, number>();
   /**
@@ -220,6 +225,7 @@ export class PrimaryEngine {
     this.activity = new ActivityLog({ db: this.db, journal: this.journal, runtime: o.runtime, logger: o.logger, regionBytes: this.tuning.activityRegionBytes, bitmap: this.bitmap });
     this.recordPairs([...this.groupSecondaries.keys()], o.bindings);
     this.copier = new Copier(this.copierHost());
+    this.verifier = new Verifier(this.verifierHost());
     o.disk?.onFull((full) => {
       if (!this.stopped) this.diskFull(full.reason);
     });
@@ -326,7 +332,7 @@ export class PrimaryEngine {
       }
       // A copy was read from this volume: written back, it would undo a host
       // write that landed after it (only its resend to the secondary is owed).
-      if (!e.copy || o.controls?.copyHoleOutsideLock) {
+      if (e.op !== OP_VERIFY && (!e.copy || o.controls?.copyHoleOutsideLock)) {
         if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
         else await b.volume.writeZeroes(e.offset, e.length);
         b.dirty = true;
@@ -354,6 +360,7 @@ export class PrimaryEngine {
     this.timers.push(o.runtime.setInterval(() => this.announce(), o.syncIntervalMs));
     this.timers.push(o.runtime.setInterval(() => void this.trim(), Math.max(20, o.syncIntervalMs)));
     for (const [g, gs] of this.groups) if (gs.state === "copying") this.copier.start(g);
+    this.verifier.resumeAll();
   }
 
   /** One LinkSender per secondary subsystem of any group here. */
@@ -518,14 +525,16 @@ export class PrimaryEngine {
    * above a stamp not yet pending, and entries reach the journal in seq
    * order (the sender's cumulative acks rely on it).
    */
-  private issue(b: BindingState, offset: number, length: number, data: Buffer | null, copy: boolean): { ts: bigint; seq: number; journaled: Promise<void> } {
+  private issue(b: BindingState, offset: number, length: number, data: Buffer | null, copy: boolean, verify = false): { ts: bigint; seq: number; journaled: Promise<void> } {
     const ts = this.clock.stamp();
     const seq = ++this.seq;
     this.pending.add(b.group, b.link, seq, ts);
     this.o.probe?.stamped?.({ primary: this.o.id, group: b.group, volume: b.volume.name, offset, length, ts, seq, copy, data });
     this.issuedOn.set(b.link, seq);
-    const entry: JournalEntry = { seq, ts, group: b.group, link: b.link, volume: b.volume.name, target: b.target, op: data ? OP_WRITE : OP_ZERO, offset, length, data };
-    if (copy) entry.copy = true;
+    const op = verify ? OP_VERIFY : data ? OP_WRITE : OP_ZERO;
+    const entry: JournalEntry = { seq, ts, group: b.group, link: b.link, volume: b.volume.name, target: b.target, op, offset, length, data };
+    // A verify record, like a copy, was read from the volume: no region turns hot, replay writes nothing back.
+    if (copy || verify) entry.copy = true;
     const journaled = this.journal.append(entry).catch((err: unknown) => {
       this.pending.cancel(b.group, b.link, seq);
       // A seq that never reached the journal is never acknowledged: a copier
@@ -535,6 +544,47 @@ export class PrimaryEngine {
       throw err;
     });
     return { ts, seq, journaled };
+  }
+
+  /** What the verifier (appliance/resync/verifier.ts) may use of this engine. */
+  private verifierHost(): VerifierHost {
+    const o = this.o;
+    return {
+      id: o.id,
+      db: this.db,
+      journal: this.journal,
+      runtime: o.runtime,
+      logger: o.logger,
+      events: o.verifyEvents,
+      group: (name) => this.groups.get(name),
+      bindingsOf: (group) => [...this.bindings.values()].filter((b) => b.group === group),
+      stopped: () => this.stopped,
+      stampNow: () => this.clock.stamp(),
+      journalVerify: (b, offset, length, data) => {
+        const issued = this.issue(this.bindings.get(b.volume.name)!, offset, length, data, false, true);
+        return { ts: issued.ts, journaled: issued.journaled };
+      },
+      trimmed: () =>
+        new Promise<void>((r) => {
+          this.trimWaiters.push(r);
+          o.runtime.setTimeout(r, 50);
+        }),
+    };
+  }
+
+  /** Starts an online verify of a group's volumes here (docs/verify.md). */
+  verifyStart(req: VerifyRequest) {
+    return this.verifier.start(req);
+  }
+
+  /** Per volume of the group: its verify run, if any. */
+  verifyStatus(group: string) {
+    return this.verifier.status(group);
+  }
+
+  /** Bytes hashed and VERIFY records journaled since start (metrics). */
+  verifyCounters(): { hashedBytes: number; records: number } {
+    return { hashedBytes: this.verifier.hashedBytes, records: this.verifier.records };
   }
 
   /** What the copier (appliance/resync/copier.ts) may use of this engine. */
@@ -654,7 +704,8 @@ export class PrimaryEngine {
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
     // A volume that fails its sync is marked failed; the suspension still goes on.
     await Promise.all(vols.map((b) => this.syncVolume(b, false)));
-    const rows = this.db.prepare("SELECT seq, link, volume, off, len FROM journal WHERE grp = ?").all(group) as {
+    // A verify record wrote nothing: it leaves no block that differs.
+    const rows = this.db.prepare(`SELECT seq, link, volume, off, len FROM journal WHERE grp = ? AND op != ${OP_VERIFY}`).all(group) as {
       seq: number;
       link: number;
       volume: string;
@@ -833,7 +884,7 @@ export class PrimaryEngine {
   /** Dry run: per volume, the journal entries not yet acknowledged by the secondary. */
   preview(group: string) {
     const rows = this.db
-      .prepare("SELECT volume, link, seq, len FROM journal WHERE grp = ?")
+      .prepare(`SELECT volume, link, seq, len FROM journal WHERE grp = ? AND op != ${OP_VERIFY}`)
       .all(group) as { volume: string; link: number; seq: number; len: number }[];
     const out = new Map<string, { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }>();
     for (const b of this.bindings.values()) if (b.group === group) out.set(b.volume.name, { volume: b.volume.name, unacknowledgedWrites: 0, unacknowledgedBytes: 0 });

@@ -5,7 +5,7 @@
 // secondary belongs to go down the same link.
 import type { Logger } from "pino";
 import type { Journal, JournalEntry } from "./journal.ts";
-import { OP_WRITE } from "./journal.ts";
+import { OP_VERIFY, OP_WRITE } from "./journal.ts";
 import { linkTransition, type LinkState } from "./link-state.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
 import { describeWireError, type Frame, type RcrRecord } from "../replication/frames.ts";
@@ -250,19 +250,21 @@ function* framesOf(
     return out;
   };
   for (const e of entries) {
-    if (records.length > 0 && (e.group !== group || bytes + e.length > FRAME_DATA_BYTES_MAX)) yield flush();
+    // A verify record carries hashes, not its range: its data counts.
+    const payload = e.op === OP_WRITE ? e.length : e.op === OP_VERIFY ? (e.data?.length ?? 0) : 0;
+    if (records.length > 0 && (e.group !== group || bytes + payload > FRAME_DATA_BYTES_MAX)) yield flush();
     group = e.group;
     records.push({
       primaryId,
       seq: e.seq,
       ts: e.ts,
       volume: e.target,
-      op: e.op === OP_WRITE ? "write" : "zero",
+      op: e.op === OP_WRITE ? "write" : e.op === OP_VERIFY ? "verify" : "zero",
       offset: e.offset,
       length: e.length,
-      data: e.op === OP_WRITE ? (e.data ?? undefined) : undefined,
+      data: e.op === OP_WRITE || e.op === OP_VERIFY ? (e.data ?? undefined) : undefined,
     });
-    bytes += e.op === OP_WRITE ? e.length : 0;
+    bytes += payload;
     bytes += 64;
     lastSeq = e.seq;
   }

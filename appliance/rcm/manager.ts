@@ -17,6 +17,7 @@ import { withGroupLease, type LeaseHolder } from "./lease.ts";
 import { EventPublisher } from "../events/publisher.ts";
 import { processIncarnation } from "../events/hub.ts";
 import { realRuntime } from "../runtime/runtime.ts";
+import { VerifySchedules } from "./verify-schedule.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -39,6 +40,8 @@ export class RemoteCopyManager {
   private readonly heldElsewhere = new Map<string, string>();
   /** `tidemark events`: each procedure's start and end (docs/events.md, kind procedure). */
   private readonly events: EventPublisher;
+  /** The groups' verify schedules (config `verify.cron`), run here. */
+  readonly schedules: VerifySchedules;
 
   constructor(
     private readonly topo: LoadedTopology,
@@ -49,6 +52,7 @@ export class RemoteCopyManager {
     this.leaseHolder = { holder: `rcm ${address} pid ${process.pid}`, holderAddress: address, incarnation: Date.now(), ttlMs: rcm?.leaseMs ?? 30_000 };
     // A procedure is an occurrence: nothing of the RCM "exists" for a new subscriber.
     this.events = new EventPublisher({ source: "rcm", incarnation: processIncarnation(Math.round(performance.timeOrigin), process.pid), runtime: realRuntime, logger, exists: () => [] });
+    this.schedules = new VerifySchedules(topo, logger);
   }
 
   async start(): Promise<void> {
@@ -62,12 +66,14 @@ export class RemoteCopyManager {
       this.server!.listen(rcm.port, rcm.host, () => resolve());
     });
     if (rcm.autoSuspend) this.timer = setInterval(() => void this.check(), rcm.checkIntervalMs);
+    this.schedules.start();
     this.logger.info({ port: rcm.port, failureTimeoutMs: rcm.failureTimeoutMs, autoSuspend: rcm.autoSuspend }, "rcm serving");
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.events.stop();
+    await this.schedules.stop();
     this.server?.close();
     await Promise.allSettled([...this.busy.values()]);
   }
@@ -104,7 +110,7 @@ export class RemoteCopyManager {
         return this.serialized(String(b.group), "swap", o.by, "swap", (t) => swap(t, String(b.group), o));
       }
       case "status":
-        return { pid: process.pid, history: this.history.slice(-50) };
+        return { pid: process.pid, history: this.history.slice(-50), schedules: this.schedules.status() };
       default:
         throw tmError("TM_CONTROL_OP", `rcm: unknown operation ${JSON.stringify(b.op)}`, { op: String(b.op) });
     }

@@ -115,7 +115,9 @@ export async function startResync(topo: LoadedTopology, group: string, o: Resync
     return { group, generation, alreadyRunning: true, nothingToDo: false, floor: secs()[0].resync?.floor ?? null, suspendedFirst: false, secondaryBlocks: 0, primaries: prims().map((p, i) => ({ subsystem: [...st.prim.keys()][i], remainingBlocks: p.remainingBlocks ?? 0 })) };
   }
   const allActive = secs().every((s) => s.state === "active") && prims().every((p) => p.state === "active");
-  const pending = prims().reduce((n, p) => n + (p.remainingBlocks ?? 0), 0);
+  // A paired group's secondary bitmap holds blocks too when an online verify
+  // found them different (docs/verify.md): they are to copy like the primaries'.
+  const pending = prims().reduce((n, p) => n + (p.remainingBlocks ?? 0), 0) + secs().reduce((n, s) => n + (s.bitmapBlocks ?? 0), 0);
   if (allActive && pending === 0) {
     return { group, generation: secs()[0].generation, alreadyRunning: false, nothingToDo: true, floor: null, suspendedFirst: false, secondaryBlocks: 0, primaries: [] };
   }

@@ -65,13 +65,34 @@ export function roleCode(role: LinkRole): number {
   return ROLE_CODES[role];
 }
 
-export type RcrOp = "write" | "zero";
+export type RcrOp = "write" | "zero" | "verify";
 const OP_WRITE = 1;
 const OP_ZERO = 2;
+/** A verify record (docs/verify.md): no write, the primary's block hashes at its stamp. */
+const OP_VERIFY = 3;
+/** A verify record covers whole 4 KiB blocks; its data is a u64 run stamp and 16 bytes of hash per block. */
+export const VERIFY_BLOCK_BYTES = 4096;
+export const VERIFY_HASH_BYTES = 16;
+export const VERIFY_HEADER_BYTES = 8;
+
+/**
+ * Bytes of payload a stored record of op code `op` (the journal's and the
+ * RCR queue's `op` column, the same codes as the wire) keeps for a range of
+ * `length` bytes: a write its data, a verify its hashes.
+ */
+export function storedPayloadBytes(op: number, length: number): number {
+  return op === OP_VERIFY ? verifyDataBytes(length) : length;
+}
+
+/** The data length a verify record of `length` bytes carries. */
+export function verifyDataBytes(length: number): number {
+  return VERIFY_HEADER_BYTES + (length / VERIFY_BLOCK_BYTES) * VERIFY_HASH_BYTES;
+}
 
 /**
  * One remote copy request. `data` is present exactly when op is "write", and
- * then `data.length === length`. A decoded record's data ALIASES the bytes
+ * then `data.length === length`, or "verify", and then `data.length ===
+ * verifyDataBytes(length)` (length a whole number of 4 KiB blocks). A decoded record's data ALIASES the bytes
  * given to FrameDecoder.push (no copy): copy it before keeping it past the
  * buffer's life, and never modify a chunk after pushing it.
  */
@@ -314,7 +335,14 @@ export function rcrRecordBytes(record: RcrRecord): number {
     if (record.data !== undefined) throw encodeFault("a zero record carries no data");
     return RCR_RECORD_FIXED_BYTES + volumeBytes;
   }
-  throw encodeFault(`record.op = ${String(record.op)} is neither "write" nor "zero"`);
+  if (record.op === "verify") {
+    if (record.length === 0 || record.length % VERIFY_BLOCK_BYTES !== 0) throw encodeFault(`a verify record's length ${record.length} is not a whole number of 4 KiB blocks`);
+    if (!Buffer.isBuffer(record.data) || record.data.length !== verifyDataBytes(record.length)) {
+      throw encodeFault(`a verify record's data must be a Buffer of length ${verifyDataBytes(record.length)}`);
+    }
+    return RCR_RECORD_FIXED_BYTES + volumeBytes + record.data.length;
+  }
+  throw encodeFault(`record.op = ${String(record.op)} is neither "write", "zero" nor "verify"`);
 }
 
 /**
@@ -455,10 +483,10 @@ export function encodeFrame(frame: Frame): Buffer {
         at = writeU64Number(buf, r.seq, at);
         at = buf.writeBigUInt64BE(r.ts, at);
         at = writeString8(buf, r.volume, at);
-        at = buf.writeUInt8(r.op === "write" ? OP_WRITE : OP_ZERO, at);
+        at = buf.writeUInt8(r.op === "write" ? OP_WRITE : r.op === "verify" ? OP_VERIFY : OP_ZERO, at);
         at = writeU64Number(buf, r.offset, at);
         at = buf.writeUInt32BE(r.length, at);
-        if (r.op === "write") at += (r.data as Buffer).copy(buf, at);
+        if (r.op === "write" || r.op === "verify") at += (r.data as Buffer).copy(buf, at);
       }
       break;
     case "sync":
@@ -633,8 +661,12 @@ function decodeRecords(r: PayloadReader): RcrRecord[] {
       records[i] = { primaryId, seq, ts, volume, op: "write", offset, length, data };
     } else if (opCode === OP_ZERO) {
       records[i] = { primaryId, seq, ts, volume, op: "zero", offset, length };
+    } else if (opCode === OP_VERIFY) {
+      if (length === 0 || length % VERIFY_BLOCK_BYTES !== 0) throw r.fail(`record ${i}: verify length ${length} is not a whole number of 4 KiB blocks`, opAt);
+      const data = r.bytes(verifyDataBytes(length), `record ${i} verify hashes`);
+      records[i] = { primaryId, seq, ts, volume, op: "verify", offset, length, data };
     } else {
-      throw r.fail(`record ${i} op ${opCode} is neither 1 (write) nor 2 (zero)`, opAt);
+      throw r.fail(`record ${i} op ${opCode} is neither 1 (write), 2 (zero) nor 3 (verify)`, opAt);
     }
   }
   return records;

@@ -12,8 +12,10 @@ import type { PayloadSegments } from "../state/payload-segments.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import { stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import { assert, InvariantError } from "../invariant.ts";
+import { storedPayloadBytes } from "../replication/frames.ts";
 import type { GroupState, SecondaryBinding } from "./engine-state.ts";
-import { OP_WRITE, type QueueStatements } from "./rcr-queue.ts";
+import { OP_VERIFY, OP_WRITE, type QueueStatements } from "./rcr-queue.ts";
+import type { VerifyCheck, VerifyOutcome } from "./verify-check.ts";
 
 /** Rows applied per transaction. */
 export const APPLY_BATCH_ROWS = 1024;
@@ -42,6 +44,8 @@ export interface ApplierContext {
   stopped(): boolean;
   /** The state disk: a queue delete it cannot take puts the subsystem in state-disk-full (disk-guard.ts). */
   disk?: DiskGuard;
+  /** Compares VERIFY records with the volume at their stamp (docs/verify.md). */
+  verify?: VerifyCheck;
 }
 
 export class Applier {
@@ -128,7 +132,9 @@ export class Applier {
     }[];
     if (rows.length === 0) return 0;
     const touched = new Set<Volume>();
+    const verified: VerifyOutcome[] = [];
     let bytes = 0;
+    let written = 0;
     let maxTs = 0n;
     let n = 0;
     // In order, on this thread: a batch of page-cache writes costs far less
@@ -141,11 +147,25 @@ export class Applier {
       const off = Number(r.off);
       const len = Number(r.len);
       this.c.probe?.applying?.({ secondary: this.c.id, group: g.name, volume: r.volume, offset: off, length: len, ts: r.ts, primaryId: Number(r.primary_id), seq: Number(r.seq), second });
-      if (Number(r.op) === OP_WRITE) b.volume.writeSync(off, this.payloadOf(r.id, g.name));
+      const op = Number(r.op);
+      if (op === OP_VERIFY) {
+        // At its place in apply order: the volume holds exactly the writes
+        // stamped before it (those of this batch are in the page cache).
+        const check = this.c.verify;
+        assert(check, `secondary #${this.c.id}: a VERIFY record needs the verify check`);
+        verified.push(check.compare(g.name, r.volume, off, len, r.ts, this.payloadOf(r.id, g.name), await b.volume.read(off, len)));
+        bytes += len;
+        if (r.ts > maxTs) maxTs = r.ts;
+        n++;
+        if (bytes >= APPLY_BATCH_BYTES) break;
+        continue;
+      }
+      if (op === OP_WRITE) b.volume.writeSync(off, this.payloadOf(r.id, g.name));
       // A zero run over a hole (an initial copy onto a new sparse file) has nothing to write.
       else if (b.volume.nextData(off) < off + len) await b.volume.writeZeroes(off, len);
       touched.add(b.volume);
       bytes += len;
+      written += len;
       if (r.ts > maxTs) maxTs = r.ts;
       n++;
       if (bytes >= APPLY_BATCH_BYTES) break;
@@ -153,11 +173,13 @@ export class Applier {
     await Promise.all([...touched].map((v) => v.sync()));
     this.c.db.transaction(() => {
       for (let i = 0; i < n; i++) this.c.stmts.del.run(rows[i].id);
-      this.c.stmts.applied.run(n, bytes, maxTs, g.name);
+      this.c.stmts.applied.run(n, written, maxTs, g.name);
+      if (verified.length > 0) this.c.verify!.record(verified);
     })();
+    if (verified.length > 0) this.c.verify!.report(verified);
     this.c.segments.collect((this.c.stmts.oldestSeg.get() as number | null | undefined) ?? null);
     g.applied += n;
-    g.appliedBytes += bytes;
+    g.appliedBytes += written;
     this.applyError = null;
     if (maxTs > g.lastAppliedTs) g.lastAppliedTs = maxTs;
     return n;
@@ -167,10 +189,10 @@ export class Applier {
   private payloadOf(id: bigint, group: string): Buffer {
     const kept = this.c.recent.take(id);
     if (kept) return kept;
-    const p = this.c.stmts.payload.get(id) as { data: Buffer | null; seg: number | null; seg_off: number | null; len: number; crc: number | null };
+    const p = this.c.stmts.payload.get(id) as { data: Buffer | null; seg: number | null; seg_off: number | null; op: number; len: number; crc: number | null };
     if (p.data) return p.data;
     assert(p.seg !== null && p.seg_off !== null, `secondary #${this.c.id} group ${group}: RCR row ${id} has no payload`);
-    const data = this.c.segments.read({ seg: p.seg, off: p.seg_off }, p.len);
+    const data = this.c.segments.read({ seg: p.seg, off: p.seg_off }, storedPayloadBytes(p.op, p.len));
     // The segment was synced before the row's commit: a mismatch is damage, not a crash.
     assert(crc32c(data) === p.crc, `secondary #${this.c.id} group ${group}: payload of RCR row ${id} fails its CRC32C (segment ${p.seg} at ${p.seg_off})`);
     return data;

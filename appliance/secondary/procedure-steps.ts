@@ -15,7 +15,7 @@ import { barrierOf, startHold } from "./time-parameters.ts";
 import { splitAtSynchronizedTime } from "./synchronized-apply.ts";
 import { fenceEvent, replicating, resyncBeginEvent, secondaryGroupOutcome, secondaryGroupTransition } from "./group-state.ts";
 import { transition, type GroupState, type SecondaryBinding } from "./engine-state.ts";
-import type { QueueStatements } from "./rcr-queue.ts";
+import { OP_VERIFY, type QueueStatements } from "./rcr-queue.ts";
 
 /** What the procedure steps use of the engine that owns them (secondary.ts), its receiver and its applier. */
 export interface StepContext {
@@ -191,17 +191,18 @@ function dropAboveTs(c: StepContext, g: GroupState, ts: bigint): void {
   assert(g.times.second <= ts, `secondary #${c.id} group ${name}: 112 ${g.times.second} above Ts ${ts}`);
   const queued = (
     c.db
-      .prepare("SELECT id, ts, primary_id, seq, volume, off, len FROM rcr WHERE grp = ?")
+      .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len FROM rcr WHERE grp = ?")
       .safeIntegers(true)
-      .all(name) as { id: bigint; ts: bigint; primary_id: bigint; seq: bigint; volume: string; off: bigint; len: bigint }[]
-  ).map((r) => ({ id: r.id, ts: r.ts, primaryId: Number(r.primary_id), seq: Number(r.seq), volume: r.volume, offset: Number(r.off), length: Number(r.len) }));
+      .all(name) as { id: bigint; ts: bigint; primary_id: bigint; seq: bigint; volume: string; op: bigint; off: bigint; len: bigint }[]
+  ).map((r) => ({ id: r.id, ts: r.ts, primaryId: Number(r.primary_id), seq: Number(r.seq), volume: r.volume, offset: Number(r.off), length: Number(r.len), verify: Number(r.op) === OP_VERIFY }));
   const { drop } = splitAtSynchronizedTime(queued, ts);
   let blocks = 0;
   let bytes = 0;
   try {
     c.db.transaction(() => {
       for (const r of drop) {
-        blocks += c.bitmap.markNow(r.volume, r.offset, r.length);
+        // A dropped VERIFY record wrote nothing: it leaves no block that differs.
+        if (!r.verify) blocks += c.bitmap.markNow(r.volume, r.offset, r.length);
         bytes += r.length;
         c.stmts.del.run(r.id);
       }

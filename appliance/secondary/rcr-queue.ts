@@ -6,10 +6,13 @@ import type { Logger } from "pino";
 import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import type { PayloadSegments } from "../state/payload-segments.ts";
+import { storedPayloadBytes } from "../replication/frames.ts";
 
 /** rcr.op of a write (with a payload) and of a zero run. */
 export const OP_WRITE = 1;
 export const OP_ZERO = 2;
+/** rcr.op of a verify record: its payload is the primary's block hashes (docs/verify.md). */
+export const OP_VERIFY = 3;
 
 export type QueueStatements = ReturnType<typeof prepareQueue>;
 
@@ -33,7 +36,7 @@ export function prepareQueue(db: Db) {
     due: db
       .prepare("SELECT id, ts, primary_id, seq, volume, op, off, len FROM rcr WHERE grp = ? AND ts <= ? ORDER BY ts, primary_id, seq LIMIT ?")
       .safeIntegers(true),
-    payload: db.prepare("SELECT data, seg, seg_off, len, crc FROM rcr WHERE id = ?"),
+    payload: db.prepare("SELECT data, seg, seg_off, op, len, crc FROM rcr WHERE id = ?"),
     oldestSeg: db.prepare("SELECT seg FROM rcr WHERE seg IS NOT NULL ORDER BY id LIMIT 1").pluck(true),
     del: db.prepare("DELETE FROM rcr WHERE id = ?"),
     applied: db.prepare(
@@ -55,7 +58,8 @@ export function prepareQueue(db: Db) {
 export function dropTornTail(q: { db: Db; segments: PayloadSegments; stmts: Pick<QueueStatements, "setSeq">; logger: Logger }): void {
   const db = q.db;
   const torn = new Map<number, number>();
-  const rows = db.prepare("SELECT id, primary_id, seq, seg, seg_off, len, crc FROM rcr WHERE seg IS NOT NULL ORDER BY id DESC").iterate() as IterableIterator<{
+  const rows = db.prepare("SELECT id, primary_id, seq, seg, seg_off, op, len, crc FROM rcr WHERE seg IS NOT NULL ORDER BY id DESC").iterate() as IterableIterator<{
+    op: number;
     id: number;
     primary_id: number;
     seq: number;
@@ -67,7 +71,7 @@ export function dropTornTail(q: { db: Db; segments: PayloadSegments; stmts: Pick
   for (const r of rows) {
     let whole = false;
     try {
-      whole = crc32c(q.segments.read({ seg: r.seg, off: r.seg_off }, r.len)) === r.crc;
+      whole = crc32c(q.segments.read({ seg: r.seg, off: r.seg_off }, storedPayloadBytes(r.op, r.len))) === r.crc;
     } catch {
       whole = false;
     }

@@ -11,7 +11,7 @@ import type { StateStore } from "../state/store.ts";
 import type { BitmapWriter } from "../state/bitmap-writer.ts";
 import type { PayloadCache } from "../state/payload-cache.ts";
 import type { PayloadSegments } from "../state/payload-segments.ts";
-import { describeWireError, WIRE_ERROR, type Frame, type RcrRecord, type WireErrorName } from "../replication/frames.ts";
+import { describeWireError, VERIFY_BLOCK_BYTES, WIRE_ERROR, type Frame, type RcrRecord, type WireErrorName } from "../replication/frames.ts";
 import type { FrameLink } from "../replication/frame-link.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import { failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
@@ -20,7 +20,7 @@ import { assert } from "../invariant.ts";
 import { onCopied, onSync, type GroupTimes, type SyncOutcome } from "./time-parameters.ts";
 import { replicating } from "./group-state.ts";
 import { transition, type GroupState, type SecondaryBinding } from "./engine-state.ts";
-import { OP_WRITE, OP_ZERO, type QueueStatements } from "./rcr-queue.ts";
+import { OP_VERIFY, OP_WRITE, OP_ZERO, type QueueStatements } from "./rcr-queue.ts";
 
 /** What the receiver uses of the engine that owns it (secondary.ts). */
 export interface ReceiverContext {
@@ -219,6 +219,7 @@ export class Receiver {
       return `RCR seq ${r.seq}: range ${r.offset}+${r.length} is not 512-aligned inside volume '${r.volume}' (${b.volume.sizeBytes} bytes)`;
     }
     if (r.op === "write" && (!r.data || r.data.length !== r.length)) return `RCR seq ${r.seq}: data length differs from length ${r.length}`;
+    if (r.op === "verify" && r.offset % VERIFY_BLOCK_BYTES !== 0) return `RCR seq ${r.seq}: verify range ${r.offset}+${r.length} is not 4 KiB-aligned`;
     return null;
   }
 
@@ -261,11 +262,12 @@ export class Receiver {
       }
       seen.set(w.primaryId, last);
     }
-    const payloads = [...fresh].filter((r) => r.op === "write").map((r) => r.data!);
+    // A verify record's hashes are a payload like a write's.
+    const payloads = [...fresh].filter((r) => r.op !== "zero").map((r) => r.data!);
     const refs = this.c.segments.append(payloads);
     const refOf = new Map<RcrRecord, { seg: number; off: number }>();
     let ri = 0;
-    for (const r of fresh) if (r.op === "write") refOf.set(r, refs[ri++]);
+    for (const r of fresh) if (r.op !== "zero") refOf.set(r, refs[ri++]);
     return refOf;
   }
 
@@ -358,14 +360,14 @@ export class Receiver {
         w.primaryId,
         r.seq,
         r.volume,
-        r.op === "write" ? OP_WRITE : OP_ZERO,
+        r.op === "write" ? OP_WRITE : r.op === "verify" ? OP_VERIFY : OP_ZERO,
         r.offset,
         r.length,
         ref?.seg ?? null,
         ref?.off ?? null,
-        r.op === "write" ? crc32c(r.data!) : null,
+        r.op !== "zero" ? crc32c(r.data!) : null,
       );
-      if (r.op === "write") this.c.recent.add(BigInt(row.lastInsertRowid), r.data!);
+      if (r.op !== "zero") this.c.recent.add(BigInt(row.lastInsertRowid), r.data!);
       last = r.seq;
       this.received++;
     }

@@ -8,6 +8,8 @@ import type { Logger } from "pino";
 import { assert } from "../invariant.ts";
 import type { Db } from "../state/database.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
+import { VerifyCheck } from "./verify-check.ts";
+import type { VerifyEvents } from "../resync/verify-events.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
@@ -50,6 +52,8 @@ export interface SecondaryOptions {
   groups: Map<string, number[]>;
   /** The state disk (disk-guard.ts): while it is full no RCR is taken. The simulation has none. */
   disk?: DiskGuard;
+  /** Where the verify check reports mismatches (docs/verify.md, Events). */
+  verifyEvents?: VerifyEvents;
   /** The subsystem's one bitmap writer, shared with its primary engine (PrimaryOptions.bitmap). */
   bitmap?: BitmapWriter;
 }
@@ -65,6 +69,7 @@ export class SecondaryEngine {
   private readonly recent = new PayloadCache<bigint>(RECENT_PAYLOAD_BYTES);
   private readonly receiver: Receiver;
   private readonly applier: Applier;
+  private readonly verify: VerifyCheck;
   private readonly stepContext: StepContext;
   /** Host writes between their check and their volume write (after a takeover). */
   private hostWrites = 0;
@@ -108,7 +113,8 @@ export class SecondaryEngine {
       endResync: (name) => steps.endResync(this.stepContext, name),
       kickApplier: () => this.applier.kick(),
     });
-    this.applier = new Applier({ ...shared, probe: o.probe, stopped });
+    this.verify = new VerifyCheck({ id: o.id, db, bitmap: this.bitmap, logger: o.logger, events: o.verifyEvents });
+    this.applier = new Applier({ ...shared, probe: o.probe, stopped, verify: this.verify });
     this.load();
   }
 
@@ -318,6 +324,11 @@ export class SecondaryEngine {
 
   hasVolume(name: string): boolean {
     return this.volumes.has(name);
+  }
+
+  /** Per secondary volume: the verify run it last compared (docs/verify.md). */
+  verifyStatus() {
+    return this.verify.status();
   }
 
   status() {

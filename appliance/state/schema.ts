@@ -187,6 +187,43 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE grp ADD COLUMN frozen_ts INTEGER;
   `,
+  // 10: online verify (docs/verify.md). On a primary, one run per volume: its
+  // cursor (the next offset to hash), its end and its stamp, so a verify
+  // resumes after kill -9. On a secondary, per volume the run it last
+  // compared (its stamp, how far it got, blocks compared and mismatched) and
+  // the mismatched blocks of that run, with both hashes.
+  `
+  CREATE TABLE verify_run (
+    volume      TEXT    PRIMARY KEY,
+    grp         TEXT    NOT NULL,
+    run_ts      INTEGER NOT NULL,
+    start_off   INTEGER NOT NULL,
+    next_off    INTEGER NOT NULL,
+    end_off     INTEGER NOT NULL,
+    rate_mibps  REAL    NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    last_ts     INTEGER,
+    finished_ms INTEGER
+  ) WITHOUT ROWID;
+  CREATE TABLE verify_seen (
+    volume      TEXT    PRIMARY KEY,
+    run_ts      INTEGER NOT NULL,
+    through_off INTEGER NOT NULL,
+    verified    INTEGER NOT NULL,
+    mismatched  INTEGER NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    verified_total   INTEGER NOT NULL DEFAULT 0,
+    mismatched_total INTEGER NOT NULL DEFAULT 0
+  ) WITHOUT ROWID;
+  CREATE TABLE verify_mismatch (
+    volume         TEXT    NOT NULL,
+    block          INTEGER NOT NULL,
+    run_ts         INTEGER NOT NULL,
+    primary_hash   TEXT    NOT NULL,
+    secondary_hash TEXT    NOT NULL,
+    PRIMARY KEY (volume, block)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

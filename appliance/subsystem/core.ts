@@ -23,6 +23,8 @@ import { ProcedureLeases, leaseRequestOf } from "./procedure-lease.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { SubsystemEvents } from "../events/subsystem-events.ts";
 import type { EventView } from "../events/state-events.ts";
+import { VerifyEvents } from "../resync/verify-events.ts";
+import { verifyRequestOf } from "../resync/verify-request.ts";
 
 /** The procedure steps a group's lease guards: each changes the group's state (docs/takeover.md, "One procedure at a time"). */
 const LEASED_STEPS = new Set(["fence", "apply-ts", "takeover", "primary-suspend", "primary-takeover", "resync-begin", "primary-resync", "turn", "primary-freeze"]);
@@ -72,6 +74,8 @@ export class SubsystemCore {
   private readonly bitmap: BitmapWriter;
   /** `tidemark events` (docs/events.md): state changes pushed to subscribed control connections. */
   readonly events: SubsystemEvents;
+  /** The online verify's start, progress, end and mismatch events of both roles here (docs/verify.md, Events). */
+  readonly verifyEvents = new VerifyEvents();
 
   constructor(private readonly o: SubsystemCoreOptions) {
     const db = o.store.db;
@@ -179,12 +183,13 @@ export class SubsystemCore {
       powerLossSuspected,
       disk: o.disk,
       bitmap: this.bitmap,
+      verifyEvents: this.verifyEvents,
     });
   }
 
   private secondaryEngine(bindings: SecondaryBinding[], groups: Map<string, number[]>): SecondaryEngine {
     const { o } = this;
-    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk, bitmap: this.bitmap });
+    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk, bitmap: this.bitmap, verifyEvents: this.verifyEvents });
   }
 
   /** The journal is replayed before the volumes are served again. */
@@ -344,6 +349,12 @@ export class SubsystemCore {
       directions: Object.fromEntries([...this.directions()].filter(([g]) => this.ownGroup(g))),
       primary: roles.primary?.status() ?? null,
       secondary: roles.secondary?.status() ?? null,
+      // Online verify (docs/verify.md): per primary group its runs, per secondary volume the run it last compared.
+      verify: {
+        primary: roles.primary ? Object.fromEntries(roles.primary.groupNames().map((g) => [g, roles.primary!.verifyStatus(g)])) : {},
+        secondary: roles.secondary?.verifyStatus() ?? [],
+        counters: roles.primary?.verifyCounters() ?? { hashedBytes: 0, records: 0 },
+      },
       // The Ts each group was last turned at, as a primary holds it too: a
       // turn cut short after this subsystem turned is finished from it.
       turnedAtTs: Object.fromEntries(
@@ -423,6 +434,8 @@ export class SubsystemCore {
       }
       case "copy-status":
         return primary().copyStatus(String(b.group));
+      case "verify-start":
+        return primary().verifyStart(verifyRequestOf(b));
       default:
         throw tmError("TM_CONTROL_OP", `unknown control operation ${JSON.stringify(b.op)}`, { subsystem: this.o.id, op: String(b.op) });
     }

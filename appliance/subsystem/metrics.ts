@@ -5,6 +5,7 @@ import http from "node:http";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { tmError } from "../errors/codes.ts";
+import { registerVerifyMetrics } from "./verify-metrics.ts";
 
 /**
  * Every series this module registers besides prom-client's default process
@@ -102,6 +103,7 @@ export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigi
   series("tidemark_state_disk_full", (set, s) => set({}, s.disk?.state === "state-disk-full" ? 1 : 0));
   series("tidemark_host_writes_refused_disk_full_total", (set, s) => set({}, s.disk?.refusedWrites ?? 0));
   series("tidemark_log_dropped_lines_total", (set, s) => set({}, s.log?.droppedLines ?? 0));
+  registerVerifyMetrics(registry, status);
   return registry;
 }
 
