@@ -33,6 +33,8 @@ export const EVENT_KINDS = {
   suspension: { shape: "occurrence", key: ["group", "subsystem"], doc: "a group was suspended on a subsystem (`occur`): `generation`, `reason`, `by`, `role`" },
   takeover: { shape: "occurrence", key: ["group", "subsystem"], doc: "a secondary took the group over (`occur`): `generation`, `ts` (the synchronized time Ts its volumes hold)" },
   resync: { shape: "occurrence", key: ["group", "subsystem"], doc: "a resync or initial copy: `start` from each secondary (`generation`, `floor`: T_old, the image kept until the barrier) and `end` (`state`: active once past the barrier, else where a suspension or takeover left it); `progress` from each copying primary at most once a second (`doneBlocks`, `totalBlocks`, `phase`) and its last `progress` when its copy is done" },
+  verify: { shape: "occurrence", key: ["group", "volume", "subsystem"], doc: "an online verify of one primary volume (docs/verify.md), from its primary: `start` (`runTs`, `startOffset`, `endOffset`, `resumed`), `progress` at most once a second (`nextOffset`, `endOffset`, `bytesPerSecond`), `end` (`outcome` done or paused, `blocks`, `ms`, `lastTs`)" },
+  mismatch: { shape: "occurrence", key: ["group", "volume", "subsystem"], doc: "a block a secondary found different from its primary's at the same stamp during a verify (`occur`): `offset`, `ts`, `runTs`, `primaryHash`, `secondaryHash`; the block is in the secondary's bitmap for the next resync" },
   procedure: { shape: "occurrence", key: ["group"], doc: "a procedure of the RCM (`start`, `end`): `mode` (suspend, takeover, dry-run, resync, swap), `by`, `reason`; at `end` `ok`, `ts` or `error`" },
 } as const satisfies Record<string, EventKind>;
 

@@ -91,6 +91,11 @@ export class SubsystemCore {
     // Exports ask for the roles at every request: a failback turns them while hosts stay connected.
     for (const v of o.volumes.values()) this.exports.add(volumeExport(v, () => this.roles));
     this.events = new SubsystemEvents({ id: o.id, incarnation: o.incarnation ?? `${o.runtime.nowMs()}-0`, view: () => this.eventView(), runtime: o.runtime, logger: o.logger });
+    // The online verify's occurrences go out as events as they happen (no walk finds them).
+    this.verifyEvents.on((e) => {
+      const { kind, ...fields } = e;
+      this.events.emit(kind === "mismatch" ? { kind: "mismatch", action: "occur", ...fields } : { kind: "verify", action: kind, ...fields });
+    });
   }
 
   /** What events are made of: the engines' own status, without the bitmap walk of status(). */

@@ -6,7 +6,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
 import { openSync, writeSync, closeSync } from "node:fs";
-import { TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
+import { createInterface } from "node:readline";
+import { BIN, TestCluster, cmp, fig1Config, freePort } from "../support/cluster.ts";
 import { nbdTools } from "../support/tools.ts";
 import { startVerify, watchVerify, type VerifyProgress, type VerifyStart } from "../../appliance/rcm/verify.ts";
 import type { StatusDoc, SubsystemStatus } from "../../appliance/cli/status-view.ts";
@@ -116,6 +117,12 @@ describe("verify: online, at a common stamp, under load", () => {
     const fd = openSync(c.volumeFile("s3a"), "r+");
     writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, CORRUPT_OFFSET);
     closeSync(fd);
+    // `tidemark events --json` follows the verify: its start and end on the primary, the mismatch on the secondary.
+    const events = spawn(process.execPath, [BIN, "events", "--config", c.configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+    cleanup.push(async () => void events.kill("SIGINT"));
+    const lines: Record<string, unknown>[] = [];
+    createInterface({ input: events.stdout! }).on("line", (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+    for (let i = 0; i < 300 && !lines.some((l) => l.kind === "connection" && l.to === "ss3"); i++) await pause(100);
     const r = await verifyCli(c, ["--rate-mib-ps", "512"]);
     expect(r.code, "verify exits 1 when blocks differ").toBe(1);
     expect(r.stderr).toMatch(/1 blocks differ/);
@@ -124,6 +131,12 @@ describe("verify: online, at a common stamp, under load", () => {
     expect(bad.map((p) => [p.volume, p.target, p.mismatchedBlocks])).toEqual([["p1a", "s3a", 1]]);
     expect(bad[0].mismatches.map((m) => m.offset)).toEqual([CORRUPT_OFFSET]);
     expect(bad[0].mismatches[0].primaryHash).not.toBe(bad[0].mismatches[0].secondaryHash);
+    for (let i = 0; i < 100 && !lines.some((l) => l.kind === "mismatch"); i++) await pause(100);
+    const mismatches = lines.filter((l) => l.kind === "mismatch");
+    expect(mismatches.map((l) => [l.source, l.volume, l.offset, l.primaryHash === bad[0].mismatches[0].primaryHash])).toEqual([["ss3", "s3a", CORRUPT_OFFSET, true]]);
+    const p1a = lines.filter((l) => l.kind === "verify" && l.volume === "p1a").map((l) => l.action);
+    expect(p1a[0], "the verify of p1a starts, then ends").toBe("start");
+    expect(p1a).toContain("end");
     // Named in the secondary's log with volume, offset and both hashes.
     expect(c.readLog(3)).toMatch(new RegExp(`"volume":"s3a","offset":${CORRUPT_OFFSET},.*"primaryHash":"[0-9a-f]{32}","secondaryHash":"[0-9a-f]{32}"`));
     // In the secondary's bitmap, so the next resync repairs it.
