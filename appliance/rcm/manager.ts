@@ -5,7 +5,8 @@
 import type { Logger } from "pino";
 import type net from "node:net";
 import type { LoadedTopology } from "../../config/load.ts";
-import { createLinkServer, type Link } from "../replication/link.ts";
+import { createLinkServer, RCM_NODE_ID, type Link } from "../replication/link.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 import { codeOf, tmError } from "../errors/codes.ts";
 import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
@@ -47,7 +48,8 @@ export class RemoteCopyManager {
   async start(): Promise<void> {
     const rcm = this.topo.config.rcm;
     if (!rcm) throw tmError("TM_NO_RCM", `${this.topo.file} has no "rcm" section (host, port)`, { file: this.topo.file });
-    this.server = createLinkServer({ key: this.topo.config.clusterKey, nodeId: 0xfffe, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
+    const secrets = linkSecretsOf(this.topo, "rcm");
+    this.server = createLinkServer({ key: secrets.key, tls: secrets.tls, nodeId: RCM_NODE_ID, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", (err: NodeJS.ErrnoException) =>
         reject(tmError("TM_LISTEN", `rcm: cannot listen on ${rcm.host}:${rcm.port}: ${err.code ?? err.message}`, { listener: "rcm", host: rcm.host, port: rcm.port, sysCode: err.code }, { cause: err })),
