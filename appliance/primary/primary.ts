@@ -1115,6 +1115,7 @@ export class PrimaryEngine {
         ackedSeq: s.ackedSeq,
         bytesInFlight: s.bytesInFlight,
         lastError: s.lastError,
+        security: s.security,
       })),
       volumes: [...this.bindings.values()].map((b) => ({
         name: b.volume.name,

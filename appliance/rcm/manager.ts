@@ -15,6 +15,8 @@ import { startResync } from "./resync.ts";
 import { reverseResync, swap } from "./failback.ts";
 import { liveTopology, liveTopologyFrom } from "../cli/live-topology.ts";
 import { withGroupLease, type LeaseHolder } from "./lease.ts";
+import { RCM_OPS, type RcmTarget } from "./control-ops.ts";
+import { parseRequest } from "../control/op-table.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -80,28 +82,23 @@ export class RemoteCopyManager {
     });
   }
 
+  /** One request of `tidemark suspend|takeover|resync|swap`, parsed against its row of control-ops.ts before anything runs. */
   private async handle(body: unknown): Promise<unknown> {
-    const b = (body ?? {}) as { op?: string; group?: string; dryRun?: boolean; reason?: string; by?: string; reverse?: boolean; timeoutMs?: number };
-    switch (b.op) {
-      case "suspend":
-        return this.procedure(String(b.group), "suspend", b.by ?? "admin", b.reason ?? "planned suspension");
-      case "takeover":
-        return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
-      case "resync": {
-        const o = { logger: this.logger, by: b.by ?? "admin" };
-        if (b.reverse) return this.serialized(String(b.group), "resync", o.by, "reverse resync (failback)", (t) => reverseResync(t, String(b.group), o));
-        return this.serialized(String(b.group), "resync", o.by, "resync", async (t) => startResync(await liveTopology(t), String(b.group), o));
-      }
-      case "swap": {
-        const o = { logger: this.logger, by: b.by ?? "admin", timeoutMs: b.timeoutMs ?? 120_000 };
-        return this.serialized(String(b.group), "swap", o.by, "swap", (t) => swap(t, String(b.group), o));
-      }
-      case "status":
-        return { pid: process.pid, history: this.history.slice(-50) };
-      default:
-        throw tmError("TM_CONTROL_OP", `rcm: unknown operation ${JSON.stringify(b.op)}`, { op: String(b.op) });
-    }
+    const { row, req } = parseRequest(RCM_OPS, body, "rcm");
+    return row.handle(this.target, req);
   }
+
+  private readonly target: RcmTarget = {
+    suspend: (group, by, reason) => this.procedure(group, "suspend", by, reason),
+    takeover: (group, dryRun, by, reason) => this.procedure(group, dryRun ? "dry-run" : "takeover", by, reason),
+    resync: (group, reverse, by) => {
+      const o = { logger: this.logger, by };
+      if (reverse) return this.serialized(group, "resync", by, "reverse resync (failback)", (t) => reverseResync(t, group, o));
+      return this.serialized(group, "resync", by, "resync", async (t) => startResync(await liveTopology(t), group, o));
+    },
+    swap: (group, by, timeoutMs) => this.serialized(group, "swap", by, "swap", (t) => swap(t, group, { logger: this.logger, by, timeoutMs })),
+    status: () => ({ pid: process.pid, history: this.history.slice(-50) }),
+  };
 
   /** Runs one procedure on a group, after any that is already running there. */
   procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {
