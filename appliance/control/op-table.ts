@@ -63,7 +63,9 @@ export function parseRequest<Ctx, Role extends string>(table: ReadonlyMap<string
   const parsed = row.schema.safeParse(rest);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const field = issue.path.length > 0 ? issue.path.map(String).join(".") : "(request)";
+    // A field the op does not have is named too (strict schemas: a typo is not silently ignored).
+    const unknown = issue.code === "unrecognized_keys" ? issue.keys.join(", ") : null;
+    const field = unknown ?? (issue.path.length > 0 ? issue.path.map(String).join(".") : "(request)");
     throw tmError("TM_BAD_REQUEST", `${who}: ${row.name}: ${field}: ${issue.message}`, { op: row.name, field });
   }
   return { row, req: parsed.data };

@@ -388,7 +388,10 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
     let secured = t.mode === "off";
     let serverNodeId = 0;
     let state: keyof typeof CLIENT_EXPECTS = "challenge";
-    const peerIdentity = (): string | null => (t.mode === "psk" ? pskHint : t.mode === "x509" ? certIdentity(socket as tls.TLSSocket) : null);
+    // TLS 1.3 sends no PSK identity hint: a PSK server is known by the node id of its
+    // HMAC-proven challenge (every holder of the PSK is equal; only x509 names each node).
+    const peerIdentity = (): string | null =>
+      t.mode === "psk" ? (pskHint ?? (serverNodeId === 0 ? null : identityFor("link", serverNodeId))) : t.mode === "x509" ? certIdentity(socket as tls.TLSSocket) : null;
 
     const onConnect = (): void => {
       connected = true;
@@ -410,9 +413,12 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
       );
     };
     const onClose = (): void => {
+      // Under TLS 1.3 our side of the TLS handshake ends before the server has checked
+      // our certificate: a server that closes before its challenge most likely refused it.
+      const tlsRefused = connected && (!secured || (t.mode !== "off" && state === "challenge"));
       fail(
-        connected && !secured
-          ? new LinkError("TM_LINK_TLS", `peer at ${where} closed the connection during the TLS (${t.mode}) handshake: it refused our key or certificate`)
+        tlsRefused
+          ? new LinkError("TM_LINK_TLS", `peer at ${where} closed the connection during the TLS (${t.mode}) handshake or before its challenge: it refused our key or certificate`)
           : new LinkError("TM_LINK_CLOSED", `peer at ${where} closed the connection during the handshake`),
       );
     };
@@ -481,7 +487,7 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
         }
         const wanted = identityFor("link", frame.nodeId);
         const identity = peerIdentity();
-        if (t.mode !== "off" && wanted !== null && identity !== wanted) {
+        if (t.mode === "x509" && wanted !== null && identity !== wanted) {
           throw new Refusal(
             "TM_LINK_TLS",
             WIRE_ERROR.auth,
@@ -545,9 +551,16 @@ export function createLinkServer(options: LinkServerOptions): net.Server {
     }),
     (socket) => acceptConnection(socket, key, options, t.mode === "psk" ? (claimed.get(socket) ?? null) : certIdentity(socket)),
   );
+  // Read each TCP socket's address at accept: a TLS socket that failed its handshake may
+  // already be closed, and a closed socket no longer knows its peer (Node caches the
+  // address once read, on the TCP socket the TLS socket keeps as _parent).
+  const addresses = new WeakMap<net.Socket, string>();
+  server.prependListener("connection", (raw: net.Socket) => void addresses.set(raw, remoteAddress(raw)));
   // A wrong PSK, an untrusted certificate, a plain-TCP client or a stalled TLS handshake: that connection only.
   server.on("tlsClientError", (err: Error, socket: tls.TLSSocket) => {
-    options.logger.warn({ peer: remoteAddress(socket), tls: t.mode, err: err.message }, "refusing connection: TLS handshake failed");
+    const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+    const peer = (raw && addresses.get(raw)) ?? remoteAddress(socket);
+    options.logger.warn({ peer, tls: t.mode, err: err.message }, "refusing connection: TLS handshake failed");
     socket.destroy();
   });
   return server;
