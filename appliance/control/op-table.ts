@@ -45,41 +45,51 @@ export function tableOf<Ctx, Role extends string>(rows: readonly ControlOp<Ctx, 
   return m;
 }
 
+const prefix = (who: string | undefined): string => (who ? `${who}: ` : "");
+
 /** Every request carries its op's name in `op`; the rest is the op's schema's. */
 const OP_FIELD = "op";
 
 /**
  * The row and the parsed request of `body`; throws TM_CONTROL_OP for an unknown
  * op and TM_BAD_REQUEST naming op and field for a request its schema refuses.
- * `who` names the answering process in the messages ("subsystem #3", "rcm").
+ * `who` names the answering process in the messages ("rcm"); a subsystem
+ * gives none (the control client prefixes "subsystem #N: " to its answers).
+ * Messages read `<op>: <field> <why>` (`turn: direction must be "forward" or "reverse"`).
  */
-export function parseRequest<Ctx, Role extends string>(table: ReadonlyMap<string, ControlOp<Ctx, Role>>, body: unknown, who: string): { row: ControlOp<Ctx, Role>; req: unknown } {
+export function parseRequest<Ctx, Role extends string>(table: ReadonlyMap<string, ControlOp<Ctx, Role>>, body: unknown, who?: string): { row: ControlOp<Ctx, Role>; req: unknown } {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw tmError("TM_BAD_REQUEST", `${who}: a control request is a JSON object with an "op", not ${JSON.stringify(body) ?? String(body)}`, { field: OP_FIELD });
+    throw tmError("TM_BAD_REQUEST", `${prefix(who)}a control request is a JSON object with an "op", not ${JSON.stringify(body) ?? String(body)}`, { field: OP_FIELD });
   }
   const { [OP_FIELD]: name, ...rest } = body as Record<string, unknown>;
   const row = typeof name === "string" ? table.get(name) : undefined;
-  if (!row) throw tmError("TM_CONTROL_OP", `${who}: unknown control operation ${JSON.stringify(name) ?? String(name)}`, { op: String(name) });
+  if (!row) throw tmError("TM_CONTROL_OP", `${prefix(who)}unknown control operation ${JSON.stringify(name) ?? String(name)}`, { op: String(name) });
   const parsed = row.schema.safeParse(rest);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     // A field the op does not have is named too (strict schemas: a typo is not silently ignored).
     const unknown = issue.code === "unrecognized_keys" ? issue.keys.join(", ") : null;
     const field = unknown ?? (issue.path.length > 0 ? issue.path.map(String).join(".") : "(request)");
-    throw tmError("TM_BAD_REQUEST", `${who}: ${row.name}: ${field}: ${issue.message}`, { op: row.name, field });
+    const why = unknown !== null ? "is not a field of this op" : issue.message;
+    throw tmError("TM_BAD_REQUEST", `${prefix(who)}${row.name}: ${field} ${why}`, { op: row.name, field });
   }
   return { row, req: parsed.data };
 }
 
 // ------------------------------------------------------------ field schemas shared by the tables
+// Each message is a predicate on the field: the refusal reads `<op>: <field> <message>`.
 
-export const groupField = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "must be a group name (1-64 letters, digits, '.', '_' or '-')");
-export const generationField = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const GROUP_MSG = "must be a group name (1-64 letters, digits, '.', '_' or '-')";
+export const groupField = z.string({ error: GROUP_MSG }).regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, GROUP_MSG);
+const POSITIVE_MSG = "must be a positive integer";
+export const generationField = z.number({ error: POSITIVE_MSG }).refine((n) => Number.isSafeInteger(n) && n >= 1, POSITIVE_MSG);
 /** A stamp: decimal digits of an unsigned 64-bit value, sent as a string (JSON numbers lose bits past 2^53). */
+const TS_MSG = "must be a decimal timestamp string (u64)";
 export const tsField = z
-  .string()
-  .regex(/^\d{1,20}$/, "must be a decimal timestamp string")
-  .transform((s) => BigInt(s))
-  .refine((t) => t < 1n << 64n, "must fit in 64 bits");
+  .string({ error: TS_MSG })
+  .regex(/^\d{1,20}$/, TS_MSG)
+  .refine((s) => BigInt(s) < 1n << 64n, TS_MSG)
+  .transform((s) => BigInt(s));
 /** Who asks and why: shown in status and logs; bounded like the wire's strings. */
-export const textField = z.string().max(1000);
+export const textField = z.string({ error: "must be a string" }).max(1000, "must be at most 1000 characters");
+export const flagField = z.boolean({ error: "must be true or false" });

@@ -30,7 +30,9 @@ const op = opsFor<ControlTarget, SubsystemRole>();
 /** A lease rides along on every request of a leased procedure (appliance/rcm/lease.ts); procedure-lease.ts checks its fields. */
 const leaseField = z.unknown().optional();
 const grouped = <T extends z.ZodRawShape>(shape: T) => z.strictObject({ group: groupField, lease: leaseField, ...shape });
-const blockRuns = z.record(z.string(), z.array(z.tuple([z.number().int().min(0), z.number().int().min(0)])));
+const RUNS_MSG = "must map volume names to [first, count] runs";
+const blockCount = z.number({ error: RUNS_MSG }).int(RUNS_MSG).min(0, RUNS_MSG);
+const blockRuns = z.record(z.string(), z.array(z.tuple([blockCount, blockCount], { error: RUNS_MSG }), { error: RUNS_MSG }), { error: RUNS_MSG });
 
 export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
   op({ name: "status", roles: ["any"], schema: z.strictObject({}), handle: (t) => t.status() }),
@@ -88,20 +90,20 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
     name: "turn",
     roles: ["any"],
     leased: true,
-    schema: grouped({ direction: z.enum(["forward", "reverse"]), generation: generationField, ts: tsField }),
+    schema: grouped({ direction: z.enum(["forward", "reverse"], { error: 'must be "forward" or "reverse"' }), generation: generationField, ts: tsField }),
     handle: (t, r) => t.turn(r.group, r.direction, r.generation, r.ts),
   }),
   op({ name: "primary-freeze", roles: ["primary"], leased: true, schema: grouped({}), handle: (t, r) => t.primary().freeze(r.group) }),
   op({
     name: "lease-acquire",
     roles: ["any"],
-    schema: z.strictObject({ group: groupField, lease: z.record(z.string(), z.unknown()) }),
+    schema: z.strictObject({ group: groupField, lease: z.record(z.string(), z.unknown(), { error: "must be the lease object (holder, holderAddress, incarnation, procedure, token, ttlMs)" }) }),
     handle: (t, r) => {
       const req = leaseRequestOf(r.lease, "lease-acquire");
       if (!req) throw tmError("TM_BAD_REQUEST", "lease-acquire: lease is missing", { op: "lease-acquire", field: "lease" });
       return t.leases.acquire(r.group, req);
     },
   }),
-  op({ name: "lease-release", roles: ["any"], schema: z.strictObject({ group: groupField, token: z.string().min(1).max(200), lease: leaseField }), handle: (t, r) => t.leases.release(r.group, r.token) }),
+  op({ name: "lease-release", roles: ["any"], schema: z.strictObject({ group: groupField, token: z.string({ error: "must be a string" }).min(1, "must not be empty").max(200, "must be at most 200 characters"), lease: leaseField }), handle: (t, r) => t.leases.release(r.group, r.token) }),
   op({ name: "copy-status", roles: ["primary"], schema: grouped({}), handle: (t, r) => t.primary().copyStatus(r.group) }),
 ]);

@@ -339,7 +339,8 @@ export class SubsystemCore {
    * role and the group's lease are checked, then the row's handler runs.
    */
   async handleRequest(body: unknown): Promise<unknown> {
-    const { row, req } = parseRequest(SUBSYSTEM_OPS, body, `subsystem #${this.o.id}`);
+    // No "subsystem #N" prefix: the control client puts it on every answer it reads.
+    const { row, req } = parseRequest(SUBSYSTEM_OPS, body);
     const roles = this.roles;
     for (const role of row.roles) {
       if (role === "primary") this.need(roles.primary, "primary");

@@ -34,7 +34,7 @@ function tidemark(args: string[]): { code: number; stdout: string; stderr: strin
 
 /** A malformed request per op, and the field its refusal must name. A new op needs a row here (checked below). */
 const MALFORMED_SUBSYSTEM: Record<string, { on: number; body: Record<string, unknown>; field: string }> = {
-  status: { on: 1, body: { verbose: true }, field: "verbose" },
+  status: { on: 1, body: { verbose: true }, field: "verbose is not a field of this op" },
   stamp: { on: 1, body: { group: "C1" }, field: "group" },
   fence: { on: 3, body: { group: "C1", generation: "2" }, field: "generation" },
   preview: { on: 3, body: { group: "C1", ts: 12345 }, field: "ts" },
@@ -44,8 +44,8 @@ const MALFORMED_SUBSYSTEM: Record<string, { on: number; body: Record<string, unk
   "primary-takeover": { on: 1, body: { group: "C1", generation: 0 }, field: "generation" },
   "primary-preview": { on: 1, body: {}, field: "group" },
   "resync-begin": { on: 3, body: { group: "C1", generation: 1.5 }, field: "generation" },
-  "primary-resync": { on: 1, body: { group: "C1", generation: 2, blocks: { p1a: [[0, "all"]] } }, field: "blocks.p1a.0.1" },
-  turn: { on: 1, body: { group: "C1", generation: 2, ts: "1", direction: "sideways" }, field: "direction" },
+  "primary-resync": { on: 1, body: { group: "C1", generation: 2, blocks: { p1a: [[0, "all"]] } }, field: "blocks.p1a.0.1 must map volume names to [first, count] runs" },
+  turn: { on: 1, body: { group: "C1", generation: 2, ts: "1", direction: "sideways" }, field: 'direction must be "forward" or "reverse"' },
   "primary-freeze": { on: 1, body: { group: "../C1" }, field: "group" },
   "lease-acquire": { on: 1, body: { group: "C1" }, field: "lease" },
   "lease-release": { on: 1, body: { group: "C1", token: 5 }, field: "token" },
@@ -143,7 +143,7 @@ describe("link security", () => {
         const err = await client.request({ op, ...m.body }).catch((e: unknown) => e);
         expect(err, op).toBeInstanceOf(ControlError);
         expect((err as ControlError).code, `${op}: ${(err as Error).message}`).toBe("TM_BAD_REQUEST");
-        expect((err as Error).message).toContain(`subsystem #${m.on}: ${op}: ${m.field}: `);
+        expect((err as Error).message).toContain(`subsystem #${m.on}: ${op}: ${m.field} `);
       } finally {
         client.close();
       }
@@ -151,7 +151,7 @@ describe("link security", () => {
     for (const [op, m] of Object.entries(MALFORMED_RCM)) {
       const err = await askRcm(c.topo, { op, ...m.body }, 10_000).catch((e: unknown) => e);
       expect((err as ControlError).code, `${op}: ${(err as Error).message}`).toBe("TM_BAD_REQUEST");
-      expect((err as Error).message).toContain(`rcm: ${op}: ${m.field}: `);
+      expect((err as Error).message).toContain(`rcm: ${op}: ${m.field} `);
     }
     // Not an object, no op, an unknown op: refused as well.
     const client = await ControlClient.connect(c.topo, 1);
