@@ -143,7 +143,7 @@ describe("link security", () => {
         const err = await client.request({ op, ...m.body }).catch((e: unknown) => e);
         expect(err, op).toBeInstanceOf(ControlError);
         expect((err as ControlError).code, `${op}: ${(err as Error).message}`).toBe("TM_BAD_REQUEST");
-        expect((err as Error).message).toContain(`subsystem #${m.on}: ${op}: ${m.field} `);
+        expect((err as Error).message).toContain(`subsystem #${m.on}: ${op}: ${m.field}`);
       } finally {
         client.close();
       }
