@@ -111,10 +111,39 @@ export const rcmSchema = z
   })
   .strict();
 
+/**
+ * TLS of every link and control connection (docs/security.md). psk: a key
+ * derived from the cluster key, no files to set up; x509: certificates of a
+ * cluster CA, CN `ss<id>` for a subsystem (`{node}` in certFile/keyFile is
+ * replaced by ss<id>, rcm or cli); off: plain TCP, refused unless every
+ * listener is on loopback. Paths are relative to the config file.
+ */
+export const linkTlsSchema = z
+  .object({
+    mode: z.enum(["psk", "x509", "off"]).default("psk"),
+    caFile: z.string().min(1).optional(),
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+  })
+  .strict()
+  .superRefine((t, ctx) => {
+    if (t.mode !== "x509") return;
+    for (const f of ["caFile", "certFile", "keyFile"] as const) {
+      if (t[f] === undefined) ctx.addIssue({ code: "custom", path: [f], message: `is required with mode "x509"` });
+    }
+  });
+
 export const configSchema = z
   .object({
-    /** Shared secret for the HMAC handshake of every link and control connection. */
-    clusterKey: z.string().min(16, "clusterKey must be at least 16 characters"),
+    /**
+     * The cluster key inline: kept for configs made before clusterKeyFile and
+     * for in-process simulations; refused when a listener is outside loopback
+     * (config/keys.ts). One of clusterKey and clusterKeyFile.
+     */
+    clusterKey: z.string().min(16, "clusterKey must be at least 16 characters").optional(),
+    /** File holding the shared secret of every link (HMAC handshake, TLS PSK); mode 0600; relative to the config file. */
+    clusterKeyFile: z.string().min(1).optional(),
+    linkTls: linkTlsSchema.default({ mode: "psk" }),
     /** Runtime folder for images, state files and logs; relative to the config file. */
     dataDir: z.string().min(1).default("../var/default"),
     /**
@@ -158,6 +187,13 @@ export const configSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if ((c.clusterKey === undefined) === (c.clusterKeyFile === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["clusterKeyFile"],
+        message: c.clusterKey === undefined ? "is missing: name the cluster key file (create one with `tidemark keygen FILE`)" : "and clusterKey are both set: keep only clusterKeyFile",
+      });
+    }
     if (c.clock === "realtime" && c.maxClockOffsetMs < REALTIME_MIN_OFFSET_MS) {
       ctx.addIssue({
         code: "custom",
@@ -175,6 +211,7 @@ export type PairConfig = z.infer<typeof pairSchema>;
 export type GroupConfig = z.infer<typeof groupSchema>;
 export type Config = z.infer<typeof configSchema>;
 export type RcmConfig = z.infer<typeof rcmSchema>;
+export type LinkTlsConfig = z.infer<typeof linkTlsSchema>;
 
 /** A volume with where it lives, after the topology is resolved. */
 export interface ResolvedVolume {

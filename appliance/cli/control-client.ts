@@ -5,12 +5,25 @@ import { connectLink, type Link } from "../replication/link.ts";
 import type { Frame } from "../replication/frames.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { subsystemConfig } from "../../config/load.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 import { attachedControlPlane, type ControlPlane } from "./control-plane.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { peerErrorCode, type ErrorCode, type PeerErrorCode } from "../errors/codes.ts";
 
 const silent = pino({ level: "silent" });
+
+const IDENTITY = Symbol("tidemark control identity");
+
+/** The TLS identity control connections made with this topology use: "cli" unless the RCM set "rcm" (withControlIdentity). */
+export function controlIdentity(topo: object): string {
+  return (topo as { [IDENTITY]?: string })[IDENTITY] ?? "cli";
+}
+
+/** The topology as a process other than the CLI sees it (the RCM): its control connections present `identity`. */
+export function withControlIdentity<T extends object>(topo: T, identity: string): T {
+  return { ...topo, [IDENTITY]: identity };
+}
 
 /**
  * A control request that failed: locally (unreachable, closed, timed out) with
@@ -62,11 +75,14 @@ export class ControlClient {
 
   static async connect(topo: LoadedTopology, id: number, timeoutMs = 3000): Promise<ControlClient> {
     const ss = subsystemConfig(topo, id);
+    // Outside the try: a bad key file is the caller's to fix, not an unreachable subsystem.
+    const secrets = linkSecretsOf(topo, controlIdentity(topo));
     try {
       const link = await connectLink({
         host: ss.host,
         port: ss.replicationPort,
-        key: topo.config.clusterKey,
+        key: secrets.key,
+        tls: secrets.tls,
         role: "control",
         nodeId: 0,
         timeoutMs,

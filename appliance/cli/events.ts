@@ -6,6 +6,8 @@
 import pino from "pino";
 import type { LoadedTopology } from "../../config/load.ts";
 import { connectLink, type Link } from "../replication/link.ts";
+import { linkSecretsOf, type LinkSecrets } from "../../config/keys.ts";
+import { controlIdentity } from "./control-client.ts";
 import type { Frame } from "../replication/frames.ts";
 import { EVENT_HEARTBEAT_MS } from "../events/publisher.ts";
 import { eventJson, eventText, existsEndLine } from "../events/format.ts";
@@ -85,10 +87,11 @@ export class EventsFollower {
     const rcm = topo.config.rcm;
     if (rcm) this.endpoints.push({ source: "rcm", host: rcm.host, port: rcm.port });
     this.initial = new Set(this.endpoints.map((e) => e.source));
-    this.key = topo.config.clusterKey;
+    // The CLI's key and TLS credentials (config/keys.ts): a bad key file stops `events` before it connects.
+    this.secrets = linkSecretsOf(topo, controlIdentity(topo));
   }
 
-  private readonly key: string;
+  private readonly secrets: LinkSecrets;
 
   /** Follows every source until stop(). */
   run(): Promise<void> {
@@ -196,7 +199,7 @@ export class EventsFollower {
    * lost. Resolves with why it ended; rejects if it never subscribed.
    */
   private async session(ep: Endpoint, onSubscribed: (incarnation: string, exists: TidemarkEvent[]) => void): Promise<string> {
-    const link = await connectLink({ host: ep.host, port: ep.port, key: this.key, role: "control", nodeId: 0, timeoutMs: EVENTS_CONNECT_TIMEOUT_MS, logger: silent, peerNodeId: ep.peerNodeId });
+    const link = await connectLink({ host: ep.host, port: ep.port, key: this.secrets.key, tls: this.secrets.tls, role: "control", nodeId: 0, timeoutMs: EVENTS_CONNECT_TIMEOUT_MS, logger: silent, peerNodeId: ep.peerNodeId });
     if (this.stopped) {
       link.close();
       return "stopped";

@@ -275,6 +275,17 @@ program
     }
   });
 
+program
+  .command("keygen")
+  .description("write a fresh cluster key file (mode 0600) for clusterKeyFile; copy it to every host of the cluster")
+  .argument("<file>", "the key file to write")
+  .option("--force", "replace the file if it exists")
+  .action(async (file: string, o: { force?: boolean }) => {
+    const { writeKeyFile } = await import("../../config/keys.ts");
+    if (!writeKeyFile(file, o.force === true)) throw new Error(`keygen: ${file} exists; it is not replaced without --force (every process of the cluster must then get the new key)`);
+    process.stdout.write(`wrote a fresh cluster key to ${file} (mode 0600): name it in the config's clusterKeyFile\n`);
+  });
+
 program.addCommand(drillCommand());
 
 try {

@@ -3,14 +3,16 @@ import pino from "pino";
 import { connectLink } from "../replication/link.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import type { Frame } from "../replication/frames.ts";
-import { ControlError } from "./control-client.ts";
+import { ControlError, controlIdentity } from "./control-client.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 
 export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: number): Promise<T> {
   const rcm = topo.config.rcm;
   if (!rcm) throw new ControlError("TM_NO_RCM", `${topo.file} has no "rcm" section: add {"rcm": {"port": N}} and start it with 'tidemark rcm'`);
+  const secrets = linkSecretsOf(topo, controlIdentity(topo));
   let link;
   try {
-    link = await connectLink({ host: rcm.host, port: rcm.port, key: topo.config.clusterKey, role: "control", nodeId: 0, timeoutMs: 3000, logger: pino({ level: "silent" }) });
+    link = await connectLink({ host: rcm.host, port: rcm.port, key: secrets.key, tls: secrets.tls, role: "control", nodeId: 0, timeoutMs: 3000, logger: pino({ level: "silent" }) });
   } catch (err) {
     throw new ControlError("TM_UNREACHABLE", `the RCM at ${rcm.host}:${rcm.port} is unreachable (${(err as Error).message}); start it with 'tidemark rcm --config ${topo.file}'`);
   }

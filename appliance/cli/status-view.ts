@@ -6,6 +6,7 @@ import { formatEta } from "./progress-view.ts";
 import { returningPrimaries } from "../rcm/returning.ts";
 import { pairVerify, pairVerifyLine, renderSchedules, type PairVerify, type SubsystemVerify } from "./verify-status.ts";
 import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
+import type { LinkSecurity } from "../replication/link-tls.ts";
 
 /** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
 export interface SubsystemStatus {
@@ -53,7 +54,7 @@ export interface SubsystemStatus {
       remainingBlocks?: number;
       copy?: CopyStatus | null;
     }[];
-    links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null }[];
+    links: { secondary: number; state: string; sentSeq: number; ackedSeq: number; bytesInFlight: number; lastError: string | null; security?: LinkSecurity | null }[];
     /** Primary volumes whose initial copy has not run yet. */
     pendingCopies?: string[];
     volumes: { name: string; group: string; secondary: number; target: string; failed?: string | null }[];
@@ -110,6 +111,16 @@ export interface VolumeRef {
 
 export interface StatusDoc {
   nowNs: string;
+  /** Every replication link, as its primary reports it: state, TLS and the secondary's identity (docs/security.md). */
+  links: {
+    primary: number;
+    secondary: number;
+    state: string;
+    /** "psk", "x509", "off", or null before the link was first up (or an older subsystem). */
+    tls: string | null;
+    protocol: string | null;
+    peerIdentity: string | null;
+  }[];
   subsystems: {
     id: number;
     reachable: boolean;
@@ -345,7 +356,18 @@ export function buildStatus(topo: Topology, answers: Map<number, Answer>, nowNs:
       verify: pairVerify(pa?.ok ? pa.value.verify : undefined, sa?.ok ? sa.value.verify : undefined, p.group, p.primary.name, p.secondary.name),
     };
   });
-  return { nowNs: nowNs.toString(), subsystems, groups, pairs };
+  const links = topo.config.subsystems.flatMap((s) => {
+    const a = answers.get(s.id);
+    return (a?.ok ? (a.value.primary?.links ?? []) : []).map((l) => ({
+      primary: s.id,
+      secondary: l.secondary,
+      state: l.state,
+      tls: l.security?.tls ?? null,
+      protocol: l.security?.protocol ?? null,
+      peerIdentity: l.security?.peerIdentity ?? null,
+    }));
+  });
+  return { nowNs: nowNs.toString(), links, subsystems, groups, pairs };
 }
 
 function table(rows: string[][]): string {
@@ -417,6 +439,16 @@ export function renderStatus(doc: StatusDoc): string {
               ]
             : [`#${s.subsystem}`, ...primaries.map(() => "-"), "UNREACHABLE", "-", "-", "-", "-"],
         ),
+      ]),
+    );
+  }
+  if (doc.links.length > 0) {
+    out.push("");
+    out.push("LINKS");
+    out.push(
+      table([
+        ["link", "state", "tls", "protocol", "peer identity"],
+        ...doc.links.map((l) => [`#${l.primary} -> #${l.secondary}`, l.state, l.tls ?? "-", l.protocol ?? "-", l.peerIdentity ?? "-"]),
       ]),
     );
   }

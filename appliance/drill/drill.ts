@@ -3,12 +3,12 @@
 // the rounds, and takes everything down again. Loop devices are detached and processes killed
 // whatever happens: a failed round, an error, or Ctrl-C (the caller runs cleanup() on a signal).
 // A failed round keeps the folder (logs, images, state files) for a post-mortem and says where.
-import { randomBytes } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { loadConfig, type LoadedTopology } from "../../config/load.ts";
+import { writeKeyFile } from "../../config/keys.ts";
 import { attachLoop, detachLoop, loopSupported } from "../../disks/loop-device.ts";
 import { LinkProxy } from "./link-proxy.ts";
 import { freePorts } from "./ports.ts";
@@ -128,7 +128,10 @@ class Environment {
       }
     }
     const ports = await freePorts(DRILL_HOST, portsNeeded(shape));
-    const { config, proxies } = drillConfig({ shape, host: DRILL_HOST, ports, clusterKey: randomBytes(24).toString("hex"), dataDir, volumeMiB, devices });
+    // A fresh key per drill, in a file of mode 0600 as production has it (config/keys.ts).
+    const keyFile = path.join(this.dir, "cluster.key");
+    writeKeyFile(keyFile, true);
+    const { config, proxies } = drillConfig({ shape, host: DRILL_HOST, ports, clusterKeyFile: keyFile, dataDir, volumeMiB, devices });
     if (fullDisk) (config as Record<string, unknown>).stateReserveMiB = FULL_DISK_RESERVE_MIB;
     const file = path.join(this.dir, "drill.json");
     writeFileSync(file, JSON.stringify(config, null, 2) + "\n");

@@ -137,7 +137,8 @@ export interface DrillConfigInput {
   host: string;
   /** At least portsNeeded(shape) distinct free ports. */
   ports: number[];
-  clusterKey: string;
+  /** The cluster key file (written mode 0600 by the caller, config/keys.ts writeKeyFile). */
+  clusterKeyFile: string;
   /** Absolute folder for images, state files and logs. */
   dataDir: string;
   volumeMiB: number;
@@ -188,7 +189,7 @@ export function drillConfig(o: DrillConfigInput): DrillConfig {
     return out;
   });
   const config: Record<string, unknown> = {
-    clusterKey: o.clusterKey,
+    clusterKeyFile: o.clusterKeyFile,
     dataDir: o.dataDir,
     clock: "monotonic",
     syncIntervalMs: DRILL_SYNC_INTERVAL_MS,

@@ -13,6 +13,8 @@ export const ERROR_CODES = {
   // Start, config and local state.
   TM_CONFIG:
     "the topology file cannot be read, is not JSON, or breaks the schema or a topology rule; the message names the file and each field (`C1.pairs[2].secondary: volume 'x' is not defined`). The CLI exits 2 and a subsystem does not start: fix the file",
+  TM_KEY:
+    "a key file (`clusterKeyFile`, the TLS `keyFile`) cannot be read or written, is readable by group or others (mode must be 0600 or stricter), is below the strength rule (docs/security.md: at least 32 characters, not the well-known default key, when any listener is outside loopback), or an inline `clusterKey` or `linkTls` mode `off` is used with a listener outside loopback; the message names the file or field and the process does not start: `tidemark keygen`, `chmod 600`, or fix the config",
   TM_CLOCK:
     "the host clock's epoch file (`<clock folder>/<boot_id>.epoch`, docs/clock.md) cannot be read or created, does not parse, or disagrees with this boot's high-water file; or the clock folder or the boot id cannot be read. The message names the file; the subsystem does not start (a CLI command that reads the clock exits 1): fix the file or its folder's permissions (docs/clock.md, Errors)",
   TM_STATE_OPEN:
@@ -132,6 +134,8 @@ export const ERROR_CODES = {
     "a frame not allowed in the current state (e.g. an RCR before the handshake), or a frame error during the handshake; logged, the connection dropped",
   TM_LINK_CLOSED:
     "the link closed while something waited on it (a send, a handshake); the waiter fails and a sender goes to `backoff` and reconnects",
+  TM_LINK_TLS:
+    "the TLS handshake of a link or control connection failed (wrong PSK, a certificate the cluster CA did not sign, a plain-TCP peer) or the peer's TLS identity does not name the node its hello claims; logged with the peer's address on the server, the connection dropped and retried: give every process the same cluster key file, or a certificate of the cluster CA with CN `ss<id>`",
 
   // NBD: tidemark's server and its client (the drill's hosts).
   TM_NBD_ERROR:

@@ -1181,6 +1181,7 @@ export class PrimaryEngine {
         ackedSeq: s.ackedSeq,
         bytesInFlight: s.bytesInFlight,
         lastError: s.lastError,
+        security: s.security,
       })),
       volumes: [...this.bindings.values()].map((b) => ({
         name: b.volume.name,

@@ -8,6 +8,7 @@ import type { Journal, JournalEntry } from "./journal.ts";
 import { OP_VERIFY, OP_WRITE } from "./journal.ts";
 import { linkTransition, type LinkState } from "./link-state.ts";
 import type { FrameLink, LinkConnector } from "../replication/frame-link.ts";
+import type { LinkSecurity } from "../replication/link-tls.ts";
 import { describeWireError, type Frame, type RcrRecord } from "../replication/frames.ts";
 import type { Refusal } from "./refusal.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
@@ -50,6 +51,8 @@ export class LinkSender {
   private timer: TimerHandle | null = null;
   lastError: string | null = null;
   connectedAt: number | null = null;
+  /** TLS state and peer identity of the current or last link (status); null before the first. */
+  security: LinkSecurity | null = null;
   private lastHeard = 0;
   private liveness: TimerHandle | null = null;
   sentFrames = 0;
@@ -126,6 +129,7 @@ export class LinkSender {
       return;
     }
     this.link = link;
+    this.security = link.security ?? null;
     this.lastError = null;
     this.connectedAt = this.o.runtime.nowMs();
     // Resend everything not acknowledged: the secondary drops duplicates by seq.

@@ -2,6 +2,7 @@
 import pino from "pino";
 import { loadConfig } from "../../config/load.ts";
 import { RemoteCopyManager } from "./manager.ts";
+import { withControlIdentity } from "../cli/control-client.ts";
 import { LogFile } from "../logging/log-file.ts";
 
 export async function rcmMain(configFile: string, logFile?: string): Promise<void> {
@@ -14,7 +15,8 @@ export async function rcmMain(configFile: string, logFile?: string): Promise<voi
     logSink.onRecovered = (dropped, sinceMs, cause) =>
       logger.warn({ droppedLines: dropped, since: new Date(sinceMs).toISOString(), cause, file: logFile, droppedSinceStart: logSink.droppedLines }, "log lines were dropped: the log file could not be written");
   }
-  const rcm = new RemoteCopyManager(topo, logger);
+  // Its control connections to the subsystems present the TLS identity "rcm".
+  const rcm = new RemoteCopyManager(withControlIdentity(topo, "rcm"), logger);
   await rcm.start();
   process.stdout.write(JSON.stringify({ ready: true, rcm: true, pid: process.pid, port: topo.config.rcm!.port }) + "\n");
   const onSignal = () => {

@@ -5,7 +5,8 @@
 import type { Logger } from "pino";
 import type net from "node:net";
 import type { LoadedTopology } from "../../config/load.ts";
-import { createLinkServer, type Link } from "../replication/link.ts";
+import { createLinkServer, RCM_NODE_ID, type Link } from "../replication/link.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 import { codeOf, tmError } from "../errors/codes.ts";
 import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
@@ -18,6 +19,8 @@ import { EventPublisher } from "../events/publisher.ts";
 import { processIncarnation } from "../events/hub.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { VerifySchedules } from "./verify-schedule.ts";
+import { RCM_OPS, type RcmTarget } from "./control-ops.ts";
+import { parseRequest } from "../control/op-table.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -58,7 +61,8 @@ export class RemoteCopyManager {
   async start(): Promise<void> {
     const rcm = this.topo.config.rcm;
     if (!rcm) throw tmError("TM_NO_RCM", `${this.topo.file} has no "rcm" section (host, port)`, { file: this.topo.file });
-    this.server = createLinkServer({ key: this.topo.config.clusterKey, nodeId: 0xfffe, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
+    const secrets = linkSecretsOf(this.topo, "rcm");
+    this.server = createLinkServer({ key: secrets.key, tls: secrets.tls, nodeId: RCM_NODE_ID, logger: this.logger, handshakeTimeoutMs: 5000, onLink: (l) => this.onLink(l) });
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", (err: NodeJS.ErrnoException) =>
         reject(tmError("TM_LISTEN", `rcm: cannot listen on ${rcm.host}:${rcm.port}: ${err.code ?? err.message}`, { listener: "rcm", host: rcm.host, port: rcm.port, sysCode: err.code }, { cause: err })),
@@ -93,28 +97,23 @@ export class RemoteCopyManager {
     });
   }
 
+  /** One request of `tidemark suspend|takeover|resync|swap`, parsed against its row of control-ops.ts before anything runs. */
   private async handle(body: unknown): Promise<unknown> {
-    const b = (body ?? {}) as { op?: string; group?: string; dryRun?: boolean; reason?: string; by?: string; reverse?: boolean; timeoutMs?: number };
-    switch (b.op) {
-      case "suspend":
-        return this.procedure(String(b.group), "suspend", b.by ?? "admin", b.reason ?? "planned suspension");
-      case "takeover":
-        return this.procedure(String(b.group), b.dryRun ? "dry-run" : "takeover", b.by ?? "admin", b.reason ?? "takeover");
-      case "resync": {
-        const o = { logger: this.logger, by: b.by ?? "admin" };
-        if (b.reverse) return this.serialized(String(b.group), "resync", o.by, "reverse resync (failback)", (t) => reverseResync(t, String(b.group), o));
-        return this.serialized(String(b.group), "resync", o.by, "resync", async (t) => startResync(await liveTopology(t), String(b.group), o));
-      }
-      case "swap": {
-        const o = { logger: this.logger, by: b.by ?? "admin", timeoutMs: b.timeoutMs ?? 120_000 };
-        return this.serialized(String(b.group), "swap", o.by, "swap", (t) => swap(t, String(b.group), o));
-      }
-      case "status":
-        return { pid: process.pid, history: this.history.slice(-50), schedules: this.schedules.status() };
-      default:
-        throw tmError("TM_CONTROL_OP", `rcm: unknown operation ${JSON.stringify(b.op)}`, { op: String(b.op) });
-    }
+    const { row, req } = parseRequest(RCM_OPS, body, "rcm");
+    return row.handle(this.target, req);
   }
+
+  private readonly target: RcmTarget = {
+    suspend: (group, by, reason) => this.procedure(group, "suspend", by, reason),
+    takeover: (group, dryRun, by, reason) => this.procedure(group, dryRun ? "dry-run" : "takeover", by, reason),
+    resync: (group, reverse, by) => {
+      const o = { logger: this.logger, by };
+      if (reverse) return this.serialized(group, "resync", by, "reverse resync (failback)", (t) => reverseResync(t, group, o));
+      return this.serialized(group, "resync", by, "resync", async (t) => startResync(await liveTopology(t), group, o));
+    },
+    swap: (group, by, timeoutMs) => this.serialized(group, "swap", by, "swap", (t) => swap(t, group, { logger: this.logger, by, timeoutMs })),
+    status: () => ({ pid: process.pid, history: this.history.slice(-50), schedules: this.schedules.status() }),
+  };
 
   /** Runs one procedure on a group, after any that is already running there. */
   procedure(group: string, mode: ProcedureMode, by: string, reason: string, partial = false): Promise<ProcedureReport> {

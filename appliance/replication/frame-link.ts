@@ -4,8 +4,11 @@
 // delivery, delays, hangs and cuts it chooses. Frames arrive in the order
 // they were sent or not at all: after a loss the link closes.
 import type { Frame } from "./frames.ts";
+import type { LinkSecurity } from "./link-tls.ts";
 
 export interface FrameLink {
+  /** TLS mode and peer identity (link.ts); the simulation's links have none. */
+  readonly security?: LinkSecurity;
   /** Queues a frame; false once the peer is behind (wait for whenDrained). */
   send(frame: Frame): boolean;
   whenDrained(): Promise<void>;

@@ -1,8 +1,11 @@
-// Authenticated TCP connections (subsystem links, CLI/RCM control): the HMAC handshake of docs/wire.md, then frames.
-// Invariants: nothing but handshake frames flows before both sides proved the cluster key; a bad byte
-// or a socket error ends that one connection (logged), never the server or the process.
+// Authenticated connections (subsystem links, CLI/RCM control): TLS with mutual authentication
+// (link-tls.ts, docs/security.md), then inside it the HMAC handshake of docs/wire.md, then frames.
+// Invariants: nothing but handshake frames flows before both sides proved the cluster key; under TLS
+// a replication link's TLS identity names the node its hello claims; a bad byte, a TLS failure or a
+// socket error ends that one connection (logged with the peer's address), never the server or the process.
 import { EventEmitter } from "node:events";
 import net from "node:net";
+import tls from "node:tls";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Logger } from "pino";
 import {
@@ -21,6 +24,7 @@ import {
   type WireErrorCode,
 } from "./frames.ts";
 import type { ErrorCodeOf } from "../errors/codes.ts";
+import { certIdentity, securityOf, subsystemIdentity, tlsClientOptions, tlsServerOptions, type LinkSecurity, type LinkTls } from "./link-tls.ts";
 
 export type { LinkRole } from "./frames.ts";
 
@@ -52,6 +56,16 @@ export interface LinkPeer {
   nodeId: number;
   /** "host:port" of the other side. */
   address: string;
+}
+
+/** The node id the RCM announces in its challenge (it is no subsystem). */
+export const RCM_NODE_ID = 0xfffe;
+
+/** The TLS identity node `nodeId` must present on a replication link, or as a server; null: any the CA or PSK admits. */
+function identityFor(role: LinkRole, nodeId: number): string | null {
+  if (nodeId === RCM_NODE_ID) return "rcm";
+  if (role === "control" && nodeId === 0) return null;
+  return subsystemIdentity(nodeId);
 }
 
 export interface LinkEvents {
@@ -123,6 +137,8 @@ function endSocket(socket: net.Socket, last?: Buffer): void {
  */
 export class Link extends EventEmitter<LinkEvents> {
   readonly peer: LinkPeer;
+  /** TLS mode, protocol, cipher and the peer's identity (status). */
+  readonly security: LinkSecurity;
   readonly #socket: net.Socket;
   readonly #decoder: FrameDecoder;
   readonly #logger: Logger;
@@ -133,9 +149,10 @@ export class Link extends EventEmitter<LinkEvents> {
   #closeError: Error | undefined;
 
   /** @internal Use connectLink() or createLinkServer(). */
-  constructor(socket: net.Socket, decoder: FrameDecoder, peer: LinkPeer, logger: Logger, pending: Frame[]) {
+  constructor(socket: net.Socket, decoder: FrameDecoder, peer: LinkPeer, logger: Logger, pending: Frame[], security: LinkSecurity) {
     super();
     this.peer = peer;
+    this.security = security;
     this.#socket = socket;
     this.#decoder = decoder;
     this.#logger = logger;
@@ -336,8 +353,10 @@ const SERVER_EXPECTS: Record<"hello" | "auth", FrameType> = { hello: "hello", au
 export interface ConnectLinkOptions {
   host: string;
   port: number;
-  /** The cluster key (config clusterKey); its UTF-8 bytes key the HMAC. */
+  /** The cluster key (config/keys.ts); its UTF-8 bytes key the HMAC. */
   key: string;
+  /** TLS around the connection (link-tls.ts); mode "off" is plain TCP. */
+  tls: LinkTls;
   role: LinkRole;
   /** This node's id; 0 for a control client. */
   nodeId: number;
@@ -370,33 +389,54 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
   const decoder = new FrameDecoder({ payloadMax: HANDSHAKE_PAYLOAD_MAX });
 
   return new Promise<Link>((resolve, reject) => {
-    const socket = net.connect({ host, port });
+    const t = options.tls;
+    let pskHint: string | null = null;
+    const socket = t.mode === "off" ? net.connect({ host, port }) : tls.connect({ host, port, ...tlsClientOptions(t, (hint) => (pskHint = hint)) });
     socket.setNoDelay(true);
     let settled = false;
     let connected = false;
+    let secured = t.mode === "off";
     let serverNodeId = 0;
     let state: keyof typeof CLIENT_EXPECTS = "challenge";
+    // TLS 1.3 sends no PSK identity hint: a PSK server is known by the node id of its
+    // HMAC-proven challenge (every holder of the PSK is equal; only x509 names each node).
+    const peerIdentity = (): string | null =>
+      t.mode === "psk" ? (pskHint ?? (serverNodeId === 0 ? null : identityFor("link", serverNodeId))) : t.mode === "x509" ? certIdentity(socket as tls.TLSSocket) : null;
 
     const onConnect = (): void => {
       connected = true;
+      if (t.mode === "off") socket.write(helloBytes);
+    };
+    const onSecure = (): void => {
+      secured = true;
       socket.write(helloBytes);
     };
     const onError = (err: Error): void => {
       fail(
-        new LinkError(
-          connected ? "TM_LINK_CLOSED" : "TM_LINK_CONNECT",
-          connected ? `connection to ${where} failed during the handshake: ${err.message}` : `cannot connect to ${where}: ${err.message}`,
-          { cause: err },
-        ),
+        connected && !secured
+          ? new LinkError("TM_LINK_TLS", `TLS (${t.mode}) with ${where} failed: ${err.message}`, { cause: err })
+          : new LinkError(
+              connected ? "TM_LINK_CLOSED" : "TM_LINK_CONNECT",
+              connected ? `connection to ${where} failed during the handshake: ${err.message}` : `cannot connect to ${where}: ${err.message}`,
+              { cause: err },
+            ),
       );
     };
     const onClose = (): void => {
-      fail(new LinkError("TM_LINK_CLOSED", `peer at ${where} closed the connection during the handshake`));
+      // Under TLS 1.3 our side of the TLS handshake ends before the server has checked
+      // our certificate: a server that closes before its challenge most likely refused it.
+      const tlsRefused = connected && (!secured || (t.mode !== "off" && state === "challenge"));
+      fail(
+        tlsRefused
+          ? new LinkError("TM_LINK_TLS", `peer at ${where} closed the connection during the TLS (${t.mode}) handshake or before its challenge: it refused our key or certificate`)
+          : new LinkError("TM_LINK_CLOSED", `peer at ${where} closed the connection during the handshake`),
+      );
     };
     const unlisten = (): void => {
       clearTimeout(timer);
       stopReading();
       socket.off("connect", onConnect);
+      socket.off("secureConnect", onSecure);
       socket.off("error", onError);
       socket.off("close", onClose);
     };
@@ -422,6 +462,7 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
       );
     }, timeoutMs);
     socket.on("connect", onConnect);
+    socket.on("secureConnect", onSecure);
     socket.on("error", onError);
     socket.on("close", onClose);
 
@@ -454,6 +495,16 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
             `expected node ${options.peerNodeId}, you are node ${frame.nodeId}`,
           );
         }
+        const wanted = identityFor("link", frame.nodeId);
+        const identity = peerIdentity();
+        if (t.mode === "x509" && wanted !== null && identity !== wanted) {
+          throw new Refusal(
+            "TM_LINK_TLS",
+            WIRE_ERROR.auth,
+            `peer at ${where} says it is node ${frame.nodeId} but its TLS identity is ${JSON.stringify(identity)}, not "${wanted}"`,
+            `node ${frame.nodeId} must have TLS identity "${wanted}"`,
+          );
+        }
         serverNodeId = frame.nodeId;
         socket.write(encodeFrame({ type: "auth", mac: clientMac(key, clientNonce, frame.nonce, role, nodeId) }));
         state = "ready";
@@ -470,7 +521,7 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
       if (settled) return;
       settled = true;
       unlisten();
-      const link = new Link(socket, decoder, { role, nodeId: serverNodeId, address: where }, logger, rest);
+      const link = new Link(socket, decoder, { role, nodeId: serverNodeId, address: where }, logger, rest, securityOf(t.mode, t.mode === "off" ? null : (socket as tls.TLSSocket), peerIdentity()));
       logger.debug({ peer: where, nodeId: serverNodeId, role }, "link established");
       resolve(link);
     };
@@ -479,8 +530,10 @@ export function connectLink(options: ConnectLinkOptions): Promise<Link> {
 }
 
 export interface LinkServerOptions {
-  /** The cluster key (config clusterKey); its UTF-8 bytes key the HMAC. */
+  /** The cluster key (config/keys.ts); its UTF-8 bytes key the HMAC. */
   key: string;
+  /** TLS around every connection (link-tls.ts); mode "off" is plain TCP. */
+  tls: LinkTls;
   /** This node's id, announced in the challenge. */
   nodeId: number;
   logger: Logger;
@@ -497,12 +550,35 @@ export interface LinkServerOptions {
  */
 export function createLinkServer(options: LinkServerOptions): net.Server {
   const key = keyBytes(options.key);
-  const server = net.createServer((socket) => acceptConnection(socket, key, options));
+  const t = options.tls;
+  if (t.mode === "off") return net.createServer((socket) => acceptConnection(socket, key, options, null));
+  // The PSK identity a client claimed, kept until its connection is handed over (no getter on the socket).
+  const claimed = new WeakMap<tls.TLSSocket, string>();
+  const server = tls.createServer(
+    tlsServerOptions(t, options.handshakeTimeoutMs, (socket, identity) => {
+      claimed.set(socket, identity);
+      return true;
+    }),
+    (socket) => acceptConnection(socket, key, options, t.mode === "psk" ? (claimed.get(socket) ?? null) : certIdentity(socket)),
+  );
+  // Read each TCP socket's address at accept: a TLS socket that failed its handshake may
+  // already be closed, and a closed socket no longer knows its peer (Node caches the
+  // address once read, on the TCP socket the TLS socket keeps as _parent).
+  const addresses = new WeakMap<net.Socket, string>();
+  server.prependListener("connection", (raw: net.Socket) => void addresses.set(raw, remoteAddress(raw)));
+  // A wrong PSK, an untrusted certificate, a plain-TCP client or a stalled TLS handshake: that connection only.
+  server.on("tlsClientError", (err: Error, socket: tls.TLSSocket) => {
+    const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+    const peer = (raw && addresses.get(raw)) ?? remoteAddress(socket);
+    options.logger.warn({ peer, tls: t.mode, err: err.message }, "refusing connection: TLS handshake failed");
+    socket.destroy();
+  });
   return server;
 }
 
-function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOptions): void {
+function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOptions, tlsIdentity: string | null): void {
   const { logger, nodeId, handshakeTimeoutMs } = options;
+  const mode = options.tls.mode;
   const address = remoteAddress(socket);
   const decoder = new FrameDecoder({ payloadMax: HANDSHAKE_PAYLOAD_MAX });
   const serverNonce = randomBytes(NONCE_BYTES);
@@ -568,6 +644,15 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
           `role ${frame.role} cannot have node id ${frame.nodeId}`,
         );
       }
+      const wanted = identityFor(frame.role, frame.nodeId);
+      if (mode !== "off" && wanted !== null && tlsIdentity !== wanted) {
+        throw new Refusal(
+          "TM_LINK_TLS",
+          WIRE_ERROR.auth,
+          `hello as node ${frame.nodeId} (${frame.role}) over a TLS identity ${JSON.stringify(tlsIdentity)}, not "${wanted}"`,
+          `node ${frame.nodeId} must have TLS identity "${wanted}"`,
+        );
+      }
       hello = { role: frame.role, nodeId: frame.nodeId, nonce: frame.nonce };
       socket.write(encodeFrame({ type: "challenge", nodeId, nonce: serverNonce, mac: serverMac(key, frame.nonce, serverNonce, nodeId) }));
       state = "auth";
@@ -596,10 +681,11 @@ function acceptConnection(socket: net.Socket, key: Buffer, options: LinkServerOp
     finish();
     socket.off("error", ignoreError);
     socket.write(encodeFrame({ type: "ready" }));
-    const link = new Link(socket, decoder, { role: hello.role, nodeId: hello.nodeId, address }, logger, rest);
+    const security = securityOf(mode, mode === "off" ? null : (socket as tls.TLSSocket), tlsIdentity);
+    const link = new Link(socket, decoder, { role: hello.role, nodeId: hello.nodeId, address }, logger, rest, security);
     // Control connections come and go with every CLI call: not worth a line each.
     const level = hello.role === "control" ? "debug" : "info";
-    logger[level]({ peer: address, nodeId: hello.nodeId, role: hello.role }, "link authenticated");
+    logger[level]({ peer: address, nodeId: hello.nodeId, role: hello.role, tls: security.tls, identity: security.peerIdentity }, "link authenticated");
     // Synchronous: an exception in onLink is a bug of the caller and surfaces as one.
     options.onLink(link);
   };

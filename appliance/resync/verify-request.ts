@@ -1,26 +1,15 @@
-// The `verify-start` control request (docs/verify.md): its zod schema and the
-// decoding a subsystem does before the verifier sees it. A malformed field is
-// TM_BAD_REQUEST naming the field; nothing is started.
+// The `verify-start` control request (docs/verify.md): its schema, the row
+// of the subsystem's control-op table (appliance/subsystem/control-ops.ts).
+// A malformed field is refused as TM_BAD_REQUEST naming it; nothing is started.
 import { z } from "zod";
-import { tmError } from "../errors/codes.ts";
-import { VERIFY_RATE_MIBPS_MAX, type VerifyRequest } from "./verifier.ts";
+import { groupField } from "../control/op-table.ts";
+import { VERIFY_RATE_MIBPS_MAX } from "./verifier.ts";
 
+const BYTES_MSG = "must be a whole number of bytes";
 export const VerifyStartSchema = z.strictObject({
-  op: z.literal("verify-start"),
-  group: z.string().min(1),
-  volume: z.string().min(1).optional(),
-  offset: z.number().int().nonnegative().optional(),
-  length: z.number().int().positive().optional(),
-  rateMiBps: z.number().positive().max(VERIFY_RATE_MIBPS_MAX),
+  group: groupField,
+  volume: z.string({ error: "must be a volume name" }).min(1, "must be a volume name").optional(),
+  offset: z.number({ error: BYTES_MSG }).int(BYTES_MSG).nonnegative(BYTES_MSG).optional(),
+  length: z.number({ error: BYTES_MSG }).int(BYTES_MSG).positive("must be above 0").optional(),
+  rateMiBps: z.number({ error: "must be a rate in MiB/s" }).positive("must be above 0").max(VERIFY_RATE_MIBPS_MAX, `must be at most ${VERIFY_RATE_MIBPS_MAX}`),
 });
-
-export function verifyRequestOf(body: unknown): VerifyRequest {
-  const r = VerifyStartSchema.safeParse(body);
-  if (!r.success) {
-    const i = r.error.issues[0];
-    const field = i.path.join(".") || "(body)";
-    throw tmError("TM_BAD_REQUEST", `verify-start: ${field}: ${i.message}`, { op: "verify-start", field });
-  }
-  const { op: _op, ...req } = r.data;
-  return req;
-}

@@ -7,7 +7,7 @@
 import type { Logger } from "pino";
 import type { Volume } from "../../disks/volume.ts";
 import type { LoadedTopology } from "../../config/load.ts";
-import { directed, isDirection, type Direction } from "../../config/direction.ts";
+import { directed, type Direction } from "../../config/direction.ts";
 import { durableBarrier } from "../state/database.ts";
 import type { StateStore } from "../state/store.ts";
 import type { DiskGuard } from "../state/disk-guard.ts";
@@ -20,14 +20,13 @@ import type { Runtime } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { ExportTable, volumeExport, type Roles } from "./exports.ts";
 import { ProcedureLeases, leaseRequestOf } from "./procedure-lease.ts";
+import { SUBSYSTEM_OPS, type ControlTarget } from "./control-ops.ts";
+import { parseRequest } from "../control/op-table.ts";
 import { BitmapWriter } from "../state/bitmap-writer.ts";
 import { SubsystemEvents } from "../events/subsystem-events.ts";
 import type { EventView } from "../events/state-events.ts";
 import { VerifyEvents } from "../resync/verify-events.ts";
-import { verifyRequestOf } from "../resync/verify-request.ts";
 
-/** The procedure steps a group's lease guards: each changes the group's state (docs/takeover.md, "One procedure at a time"). */
-const LEASED_STEPS = new Set(["fence", "apply-ts", "takeover", "primary-suspend", "primary-takeover", "resync-begin", "primary-resync", "turn", "primary-freeze"]);
 
 export interface SubsystemCoreOptions {
   id: number;
@@ -53,12 +52,6 @@ export interface SubsystemCoreOptions {
   disk?: DiskGuard;
   /** This process's start and pid (events/hub.ts, processIncarnation): a restart gives another. */
   incarnation?: string;
-}
-
-/** A generation from a control request: a positive integer, or a clear refusal. */
-function requestGeneration(v: unknown): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw tmError("TM_BAD_REQUEST", `generation must be a positive integer, not ${JSON.stringify(v)}`, { field: "generation" });
-  return v;
 }
 
 export class SubsystemCore {
@@ -375,75 +368,41 @@ export class SubsystemCore {
     return engine;
   }
 
-  /** One control operation (docs/wire.md, control requests), as the RCM and the CLI send them. */
+  /**
+   * One control operation (docs/wire.md, control requests), as the RCM and the
+   * CLI send them: parsed against its row of control-ops.ts first, so a
+   * malformed request is refused by op and field and changes nothing; then the
+   * role and the group's lease are checked, then the row's handler runs.
+   */
   async handleRequest(body: unknown): Promise<unknown> {
-    const b = (body ?? {}) as { op?: unknown; group?: string; generation?: number; ts?: string; reason?: string; by?: string; lease?: unknown };
+    // No "subsystem #N" prefix: the control client puts it on every answer it reads.
+    const { row, req } = parseRequest(SUBSYSTEM_OPS, body);
     const roles = this.roles;
-    if (typeof b.op === "string" && LEASED_STEPS.has(b.op)) this.leases.admit(String(b.group), leaseRequestOf(b.lease, b.op), b.op);
-    const primary = () => this.need(roles.primary, "primary");
-    const secondary = () => this.need(roles.secondary, "secondary");
-    switch (b.op) {
-      case "status":
-        return this.status();
-      case "stamp":
-        // Every write acknowledged to a host so far has ts <= lastStamp.
-        return { lastStamp: (roles.primary?.lastStamp ?? 0n).toString(), nowNs: (roles.primary?.nowNs() ?? this.o.clockNs()).toString() };
-      // The after-failure procedure's steps, driven by the RCM (docs/takeover.md).
-      case "fence":
-        return secondary().fence(String(b.group), Number(b.generation), String(b.by ?? "rcm"), String(b.reason ?? ""));
-      case "preview":
-        return secondary().preview(String(b.group), BigInt(String(b.ts)));
-      case "apply-ts":
-        return secondary().applySynchronizedTime(String(b.group), Number(b.generation), BigInt(String(b.ts)));
-      case "takeover":
-        return secondary().takeover(String(b.group), Number(b.generation));
-      case "primary-suspend":
-        await primary().suspend(String(b.group), "primary-suspend", String(b.reason ?? ""), String(b.by ?? "rcm"), Number(b.generation));
-        return primary().preview(String(b.group));
-      case "primary-takeover":
-        await primary().suspend(String(b.group), "primary-takeover", String(b.reason ?? "takeover"), String(b.by ?? "rcm"), Number(b.generation));
-        return primary().preview(String(b.group));
-      case "primary-preview":
-        return primary().preview(String(b.group));
-      // Resync (docs/resync.md), driven by the RCM.
-      case "resync-begin":
-        return secondary().resyncBegin(String(b.group), requestGeneration(b.generation));
-      case "primary-resync": {
-        const blocks = (b as { blocks?: unknown }).blocks ?? {};
-        if (typeof blocks !== "object" || blocks === null || Object.values(blocks).some((r) => !Array.isArray(r) || r.some((x) => !Array.isArray(x) || x.length !== 2))) {
-          throw tmError("TM_BAD_REQUEST", "primary-resync: blocks must map volume names to [first, count] runs", { op: "primary-resync", field: "blocks" });
-        }
-        return primary().resync(String(b.group), requestGeneration(b.generation), blocks as Record<string, [number, number][]>);
-      }
-      case "turn": {
-        const dir = (b as { direction?: unknown }).direction;
-        if (!isDirection(dir)) throw tmError("TM_BAD_REQUEST", `turn: direction must be "forward" or "reverse", not ${JSON.stringify(dir)}`, { op: "turn", field: "direction" });
-        const ts = String(b.ts);
-        if (!/^\d{1,20}$/.test(ts)) throw tmError("TM_BAD_REQUEST", `turn: ts must be a decimal timestamp, not ${JSON.stringify(b.ts)}`, { op: "turn", field: "ts" });
-        const generation = requestGeneration(b.generation);
-        const turn = this.turning.then(() => this.turnDirection(String(b.group), dir, generation, BigInt(ts)));
+    for (const role of row.roles) {
+      if (role === "primary") this.need(roles.primary, "primary");
+      if (role === "secondary") this.need(roles.secondary, "secondary");
+    }
+    if (row.leased) {
+      const r = req as { group: string; lease?: unknown };
+      this.leases.admit(r.group, leaseRequestOf(r.lease, row.name), row.name);
+    }
+    return row.handle(this.controlTarget(roles), req);
+  }
+
+  /** What the control handlers see: the roles of the moment the request arrived. */
+  private controlTarget(roles: Roles): ControlTarget {
+    return {
+      status: () => this.status(),
+      stamp: () => ({ lastStamp: (roles.primary?.lastStamp ?? 0n).toString(), nowNs: (roles.primary?.nowNs() ?? this.o.clockNs()).toString() }),
+      primary: () => this.need(roles.primary, "primary"),
+      secondary: () => this.need(roles.secondary, "secondary"),
+      leases: this.leases,
+      turn: (group, direction, generation, ts) => {
+        const turn = this.turning.then(() => this.turnDirection(group, direction, generation, ts));
         this.turning = turn.catch(() => {});
         return turn;
-      }
-      case "primary-freeze":
-        return primary().freeze(String(b.group));
-      case "lease-acquire": {
-        const req = leaseRequestOf(b.lease, "lease-acquire");
-        if (!req) throw tmError("TM_BAD_REQUEST", "lease-acquire: lease is missing", { op: "lease-acquire", field: "lease" });
-        return this.leases.acquire(String(b.group), req);
-      }
-      case "lease-release": {
-        const token = (b as { token?: unknown }).token;
-        if (typeof token !== "string") throw tmError("TM_BAD_REQUEST", "lease-release: token must be a string", { op: "lease-release", field: "token" });
-        return this.leases.release(String(b.group), token);
-      }
-      case "copy-status":
-        return primary().copyStatus(String(b.group));
-      case "verify-start":
-        return primary().verifyStart(verifyRequestOf(b));
-      default:
-        throw tmError("TM_CONTROL_OP", `unknown control operation ${JSON.stringify(b.op)}`, { subsystem: this.o.id, op: String(b.op) });
-    }
+      },
+    };
   }
 
   /** A replication link from a primary: its frames go to the secondary role. */
@@ -470,7 +429,7 @@ export class SubsystemCore {
         (body) => {
           link.send({ type: "response", id: f.id, ok: true, body });
           // A step that changed a group: subscribers hear it now, not at the next walk.
-          if (typeof op === "string" && LEASED_STEPS.has(op)) this.events.check();
+          if (typeof op === "string" && SUBSYSTEM_OPS.get(op)?.leased === true) this.events.check();
         },
         (err: Error) => {
           if (err.name === "InvariantError") throw err;

@@ -15,6 +15,8 @@ import { loadConfig, subsystemConfig, subsystemDir, volumePath, type LoadedTopol
 import { openState, type Db } from "../state/database.ts";
 import { DiskGuard, diskFullCause, fileSystemOf } from "../state/disk-guard.ts";
 import { connectLink, createLinkServer, type Link } from "../replication/link.ts";
+import { loadLinkSecrets } from "../../config/keys.ts";
+import { subsystemIdentity } from "../replication/link-tls.ts";
 import { NbdServer } from "../nbd/server.ts";
 import { loadSubsystemNbdTls, nbdServerSettings } from "./nbd-settings.ts";
 import { fileStateStore } from "../state/store.ts";
@@ -80,6 +82,8 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
   const me = subsystemConfig(topo, id);
   // Before any state is touched: a key file others can read stops the start here.
   const nbdTls = loadSubsystemNbdTls(topo.file, me.nbdTls);
+  // First: a key file open to others or a weak key on a public address stops the start here.
+  const secrets = loadLinkSecrets(topo, subsystemIdentity(id));
   const dir = subsystemDir(topo, id);
   mkdirSync(dir, { recursive: true });
 
@@ -160,9 +164,11 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
       return connectLink({
         host: peer.linkEndpoint?.host ?? peer.host,
         port: peer.linkEndpoint?.port ?? peer.replicationPort,
-        key: cfg.clusterKey,
+        key: secrets.key,
+        tls: secrets.tls,
         role: "link",
         nodeId: id,
+        peerNodeId: secondaryId,
         timeoutMs: Math.max(500, Math.min(cfg.linkTimeoutMs, cfg.reconnectMs * 5)),
         logger,
       });
@@ -190,7 +196,7 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
     else core.attachControl(link);
   };
 
-  const linkServer = createLinkServer({ key: cfg.clusterKey, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
+  const linkServer = createLinkServer({ key: secrets.key, tls: secrets.tls, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
   await listen(linkServer, me.host, me.replicationPort, `subsystem #${id} replication port`);
   const nbd = new NbdServer({ exports: core.exports, logger, maxPayloadBytes: cfg.nbdMaxPayloadBytes, ...nbdServerSettings(me.nbdLimits, nbdTls) });
   if (opts.nbdFd !== undefined) await nbd.listenFd(opts.nbdFd);

@@ -95,6 +95,10 @@ export class FuzzCluster {
     const cluster = TestCluster.create(
       {
         clusterKey: "fuzz-cluster-key-0123456789",
+        // The fuzzer speaks the frame layer itself, in the clear: link TLS off
+        // (allowed on loopback only) so its inputs reach the handshake and the
+        // frame decoder rather than stop at the TLS record layer.
+        linkTls: { mode: "off" },
         dataDir: "data",
         syncIntervalMs: 20,
         reconnectMs: 100,
@@ -247,7 +251,7 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
   const launch = (seed: number): { input: FuzzInput; run: Promise<void> } => {
     const input = generateInput(seed, fc.topology);
     inFlight.add(seed);
-    const run = runInput(input, fc.endpoint(input), c.topo.config.clusterKey, o.deadlineMs).then((out) => {
+    const run = runInput(input, fc.endpoint(input), c.topo.config.clusterKey!, o.deadlineMs).then((out) => {
       inFlight.delete(seed);
       record(seed, input, out);
     });

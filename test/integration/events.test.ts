@@ -8,6 +8,7 @@ import { createInterface } from "node:readline";
 import { afterEach, describe, expect, it } from "vitest";
 import pino from "pino";
 import { BIN, TestCluster, fig1Config, freePort } from "../support/cluster.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 import { connectLink, type Link } from "../../appliance/replication/link.ts";
 import type { Frame } from "../../appliance/replication/frames.ts";
 import { EVENT_SUBSCRIBERS_MAX } from "../../appliance/events/hub.ts";
@@ -91,7 +92,8 @@ describe("events: tidemark events --json on real processes", () => {
     // The subscriber bound of one process: the CLI holds one of #1's places; the others fill it and one more is refused.
     const subscribe = async (): Promise<{ link: Link; answer: Frame }> => {
       const me = c.topo.config.subsystems.find((x) => x.id === 1)!;
-      const link = await connectLink({ host: me.host, port: me.replicationPort, key: c.topo.config.clusterKey, role: "control", nodeId: 0, timeoutMs: 5000, logger: pino({ level: "silent" }) });
+      const secrets = linkSecretsOf(c.topo, "cli");
+      const link = await connectLink({ host: me.host, port: me.replicationPort, key: secrets.key, tls: secrets.tls, role: "control", nodeId: 0, timeoutMs: 5000, logger: pino({ level: "silent" }) });
       const answer = new Promise<Frame>((r) => link.on("frame", (f: Frame) => f.type === "response" && r(f)));
       link.send({ type: "request", id: 1, body: { op: "subscribe" } });
       return { link, answer: await answer };

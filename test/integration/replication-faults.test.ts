@@ -9,6 +9,7 @@ import { TestCluster, cmp, fig1Config, prng } from "../support/cluster.ts";
 import { connectLink } from "../../appliance/replication/link.ts";
 import { encodeFrame, FRAME_HEADER_BYTES } from "../../appliance/replication/frames.ts";
 import { subsystemDir } from "../../config/load.ts";
+import { linkSecretsOf } from "../../config/keys.ts";
 
 let cluster: TestCluster | null = null;
 afterEach(async () => {
@@ -65,8 +66,11 @@ describe("replication: faults", () => {
     // Authenticated peers (they hold the key) sending frames that are wrong: a node that is no
     // primary of the group, out-of-range RCRs, garbage after the handshake.
     const logger = pino({ level: "silent" });
+    const secrets = linkSecretsOf(c.topo, "cli");
     for (let i = 0; i < 400; i++) {
-      const link = await connectLink({ host: "127.0.0.1", port: ss3.replicationPort, key: c.topo.config.clusterKey, role: "link", nodeId: 90 + (i % 5), timeoutMs: 3000, logger });
+      // The TLS identity names the node the hello claims (docs/security.md).
+      const tls = { ...secrets.tls, identity: `ss${90 + (i % 5)}` };
+      const link = await connectLink({ host: "127.0.0.1", port: ss3.replicationPort, key: secrets.key, tls, role: "link", nodeId: 90 + (i % 5), timeoutMs: 3000, logger });
       link.on("frame", () => {});
       const closed = new Promise<void>((r) => link.once("close", () => r()));
       const k = i % 4;

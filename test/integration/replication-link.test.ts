@@ -16,6 +16,8 @@ import { encodeFrame, FrameDecoder, WIRE_ERROR, type Frame } from "../../applian
 import { prng } from "../../appliance/drill/prng.ts";
 
 const KEY = "correct horse battery staple";
+/** The HMAC handshake itself, in plain TCP: these tests speak it byte by byte (TLS around it: link-tls.test.ts). */
+const OFF = { mode: "off", identity: "test" } as const;
 const HOST = "127.0.0.1";
 
 const randInt = (rand: () => number, max: number): number => Math.floor(rand() * (max + 1));
@@ -53,6 +55,7 @@ async function startServer(over: Partial<LinkServerOptions> = {}): Promise<{
   const links: Link[] = [];
   const server = createLinkServer({
     key: KEY,
+    tls: OFF,
     nodeId: 2,
     logger,
     handshakeTimeoutMs: 1000,
@@ -164,7 +167,7 @@ describe("link: handshake", () => {
       },
     });
     const { logger } = capturingLogger();
-    const link = await connectLink({ host: HOST, port: srv.port, key: KEY, role: "link", nodeId: 1, timeoutMs: 2000, logger });
+    const link = await connectLink({ host: HOST, port: srv.port, key: KEY, tls: OFF, role: "link", nodeId: 1, timeoutMs: 2000, logger });
     cleanups.push(() => link.close());
     expect(link.peer).toEqual({ role: "link", nodeId: 2, address: `${HOST}:${srv.port}` });
     expect((await nextFrame(link)).type).toBe("heartbeat");
@@ -189,7 +192,7 @@ describe("link: handshake", () => {
   it("link: a control client has node id 0", async () => {
     const srv = await startServer();
     const { logger } = capturingLogger();
-    const link = await connectLink({ host: HOST, port: srv.port, key: KEY, role: "control", nodeId: 0, timeoutMs: 2000, logger });
+    const link = await connectLink({ host: HOST, port: srv.port, key: KEY, tls: OFF, role: "control", nodeId: 0, timeoutMs: 2000, logger });
     await until(() => srv.links.length === 1, 2000);
     expect(srv.links[0].peer).toMatchObject({ role: "control", nodeId: 0 });
     const closed = new Promise<Error | undefined>((resolve) => srv.links[0].once("close", resolve));
@@ -216,7 +219,7 @@ describe("link: handshake", () => {
   it("link: a server with the wrong key is refused by the client", async () => {
     const srv = await startServer({ key: "another key, not ours" });
     const { logger } = capturingLogger();
-    const err = await connectLink({ host: HOST, port: srv.port, key: KEY, role: "link", nodeId: 1, timeoutMs: 2000, logger }).catch((e: unknown) => e);
+    const err = await connectLink({ host: HOST, port: srv.port, key: KEY, tls: OFF, role: "link", nodeId: 1, timeoutMs: 2000, logger }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(LinkError);
     expect((err as LinkError).code).toBe("TM_LINK_AUTH");
     expect((err as Error).message).toBe(`peer at ${HOST}:${srv.port} does not hold the cluster key`);
@@ -251,7 +254,7 @@ describe("link: handshake", () => {
     const port = (mute.address() as net.AddressInfo).port;
     const { logger } = capturingLogger();
     const started = Date.now();
-    const err = await connectLink({ host: HOST, port, key: KEY, role: "link", nodeId: 1, timeoutMs: 300, logger }).catch((e: unknown) => e);
+    const err = await connectLink({ host: HOST, port, key: KEY, tls: OFF, role: "link", nodeId: 1, timeoutMs: 300, logger }).catch((e: unknown) => e);
     expect((err as LinkError).code).toBe("TM_LINK_TIMEOUT");
     expect((err as Error).message).toBe(`peer at ${HOST}:${port} did not complete the handshake within 300 ms`);
     expect(Date.now() - started).toBeLessThan(2000);
@@ -263,7 +266,7 @@ describe("link: handshake", () => {
     const port = (probe.address() as net.AddressInfo).port;
     await new Promise((resolve) => probe.close(resolve));
     const { logger } = capturingLogger();
-    const err = await connectLink({ host: HOST, port, key: KEY, role: "link", nodeId: 1, timeoutMs: 2000, logger }).catch((e: unknown) => e);
+    const err = await connectLink({ host: HOST, port, key: KEY, tls: OFF, role: "link", nodeId: 1, timeoutMs: 2000, logger }).catch((e: unknown) => e);
     expect((err as LinkError).code).toBe("TM_LINK_CONNECT");
     expect((err as Error).message).toContain(`cannot connect to ${HOST}:${port}`);
   });
@@ -301,7 +304,7 @@ describe("link: hostile bytes", () => {
 
     // The good link, established before the storm and used throughout it.
     const { logger } = capturingLogger();
-    const good = await connectLink({ host: HOST, port: srv.port, key: KEY, role: "control", nodeId: 0, timeoutMs: 2000, logger });
+    const good = await connectLink({ host: HOST, port: srv.port, key: KEY, tls: OFF, role: "control", nodeId: 0, timeoutMs: 2000, logger });
     cleanups.push(() => good.close());
     let goodClosed = false;
     good.on("close", () => (goodClosed = true));

@@ -8,6 +8,7 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { loadConfig, volumePath, type LoadedTopology } from "../../config/load.ts";
+import { writeKeyFile } from "../../config/keys.ts";
 import { askAll } from "../../appliance/cli/control-client.ts";
 import { liveTopologyFrom } from "../../appliance/cli/live-topology.ts";
 import { buildStatus, type StatusDoc, type SubsystemStatus } from "../../appliance/cli/status-view.ts";
@@ -33,7 +34,8 @@ export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number
     volumes: vols.map((name) => ({ name, sizeMiB: o.volumeMiB })),
   });
   return {
-    clusterKey: "test-cluster-key-0123456789",
+    // Written mode 0600 beside the config by TestCluster.create (config/keys.ts).
+    clusterKeyFile: "cluster.key",
     dataDir: "data",
     syncIntervalMs: o.syncIntervalMs ?? 20,
     reconnectMs: 100,
@@ -61,6 +63,8 @@ export class TestCluster {
     const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
     const file = path.join(dir, "config.json");
     writeFileSync(file, JSON.stringify(config, null, 2));
+    const keyFile = (config as { clusterKeyFile?: unknown }).clusterKeyFile;
+    if (typeof keyFile === "string") writeKeyFile(path.resolve(dir, keyFile), false);
     return new TestCluster(dir, file);
   }
 

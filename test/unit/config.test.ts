@@ -164,8 +164,19 @@ describe("config: topology refusals", () => {
     expect(p).toContain("subsystem#2: subsystem id 2 is used twice");
   });
 
+  it("config: clusterKey and clusterKeyFile both set", () => {
+    expect(refused((c) => (c.clusterKeyFile = "k.key"))).toEqual(["clusterKeyFile: and clusterKey are both set: keep only clusterKeyFile"]);
+  });
+
+  it("config: linkTls mode x509 without its files names each missing field", () => {
+    expect(refused((c) => (c.linkTls = { mode: "x509", caFile: "ca.pem" }))).toEqual([
+      'linkTls.certFile: is required with mode "x509"',
+      'linkTls.keyFile: is required with mode "x509"',
+    ]);
+  });
+
   it("config: clusterKey missing", () => {
-    expect(refused((c) => delete c.clusterKey)).toEqual(["clusterKey: Invalid input: expected string, received undefined"]);
+    expect(refused((c) => delete c.clusterKey)).toEqual(["clusterKeyFile: is missing: name the cluster key file (create one with `tidemark keygen FILE`)"]);
   });
 
   it("config: clusterKey too short (5 characters)", () => {

@@ -14,7 +14,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const ports = (n: number) => Array.from({ length: n }, (_, i) => 61000 + i);
 
 function build(shape: DrillShape, devices?: Map<string, string>) {
-  return drillConfig({ shape, host: "127.0.0.1", ports: ports(portsNeeded(shape)), clusterKey: "k".repeat(32), dataDir: "/tmp/drill-x/data", volumeMiB: 16, devices });
+  return drillConfig({ shape, host: "127.0.0.1", ports: ports(portsNeeded(shape)), clusterKeyFile: "/tmp/drill-x/cluster.key", dataDir: "/tmp/drill-x/data", volumeMiB: 16, devices });
 }
 
 describe("drill topology", () => {
@@ -76,7 +76,7 @@ describe("drill topology", () => {
   it("drill topology: refuses a config without groups, and too few ports", () => {
     expect(() => checkShape({ subsystems: [{ id: 1, volumes: ["a"] }], groups: [] }, "x.json")).toThrow(DrillConfigError);
     expect(() => checkShape({ subsystems: [{ id: 1, volumes: ["a"] }], groups: [] }, "x.json")).toThrow(/no consistency group/);
-    expect(() => drillConfig({ shape: DEFAULT_SHAPE, host: "h", ports: ports(5), clusterKey: "k".repeat(32), dataDir: "/d", volumeMiB: 16 })).toThrow(/needs 14 distinct ports, got 5/);
+    expect(() => drillConfig({ shape: DEFAULT_SHAPE, host: "h", ports: ports(5), clusterKeyFile: "/tmp/drill-x/cluster.key", dataDir: "/d", volumeMiB: 16 })).toThrow(/needs 14 distinct ports, got 5/);
   });
 
   it("drill ports: the range lies outside the kernel's ephemeral range", () => {

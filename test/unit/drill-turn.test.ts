@@ -39,7 +39,7 @@ describe("drill turn", () => {
   it("drill turn: the two-group shape has A and B on primaries #1 and #2, a secondary subsystem (#3) shared, and a valid config", () => {
     expect(SHAPES["two-groups"]).toBe(TWO_GROUPS_SHAPE);
     checkShape(TWO_GROUPS_SHAPE, "two-groups");
-    const topo = parseConfig(drillConfig({ shape: TWO_GROUPS_SHAPE, host: "127.0.0.1", ports: ports(portsNeeded(TWO_GROUPS_SHAPE)), clusterKey: "k".repeat(32), dataDir: "/tmp/d", volumeMiB: 8 }).config, "drill.json");
+    const topo = parseConfig(drillConfig({ shape: TWO_GROUPS_SHAPE, host: "127.0.0.1", ports: ports(portsNeeded(TWO_GROUPS_SHAPE)), clusterKeyFile: "/tmp/d/cluster.key", dataDir: "/tmp/d", volumeMiB: 8 }).config, "drill.json");
     const [a, b] = [topo.groups.get("A")!, topo.groups.get("B")!];
     expect(a.primaries).toEqual([1, 2]);
     expect(b.primaries).toEqual([1, 2]);

@@ -10,7 +10,8 @@ import pino from "pino";
 import { compareBlocks, verifyData, verifyRunTs } from "../../appliance/resync/verify-hashes.ts";
 import { encodeFrame, FrameDecoder, storedPayloadBytes, verifyDataBytes, type Frame } from "../../appliance/replication/frames.ts";
 import { rangeOf } from "../../appliance/resync/verifier.ts";
-import { verifyRequestOf } from "../../appliance/resync/verify-request.ts";
+import { parseRequest } from "../../appliance/control/op-table.ts";
+import { SUBSYSTEM_OPS } from "../../appliance/subsystem/control-ops.ts";
 import { verifyProgress, type VerifyStart } from "../../appliance/rcm/verify.ts";
 import { ConfigError, parseConfig } from "../../config/schema.ts";
 import { openState } from "../../appliance/state/database.ts";
@@ -75,6 +76,7 @@ describe("verify: requests and ranges", () => {
   });
 
   it("verify-start: a malformed field is TM_BAD_REQUEST naming it", () => {
+    const verifyRequestOf = (body: unknown) => parseRequest(SUBSYSTEM_OPS, body).req;
     expect(verifyRequestOf({ op: "verify-start", group: "C1", rateMiBps: 10 })).toEqual({ group: "C1", rateMiBps: 10 });
     expect(() => verifyRequestOf({ op: "verify-start", group: "C1", rateMiBps: -1 })).toThrow(expect.objectContaining({ code: "TM_BAD_REQUEST", message: expect.stringContaining("rateMiBps") }));
     expect(() => verifyRequestOf({ op: "verify-start", group: "C1", rateMiBps: 1, offset: "x" })).toThrow(expect.objectContaining({ message: expect.stringContaining("offset") }));
