@@ -26,37 +26,34 @@ export function progressLine(p: ResyncProgress): string {
   return `resync ${p.group} (generation ${p.generation}): ${p.doneBlocks}/${p.totalBlocks} blocks (${pct}%), ${(p.bytesPerSecond / MIB).toFixed(1)} MiB/s, ETA ${formatEta(p.etaMs)}${waiting.length > 0 ? `; ${waiting.join("; ")}` : ""}`;
 }
 
-export interface ProgressView {
-  update(p: ResyncProgress): void;
+/** What a bar or a plain line is drawn from: blocks done of a total, and whether the work is over. */
+interface BlockProgress {
+  doneBlocks: number;
+  totalBlocks: number;
+  done: boolean;
+}
+
+export interface ProgressView<P extends BlockProgress = ResyncProgress> {
+  update(p: P): void;
   stop(): void;
 }
 
-export function progressView(out: NodeJS.WriteStream): ProgressView {
+/**
+ * A bar (`format`, with `payload`'s fields) on a terminal, else `line(p)`
+ * every PLAIN_EVERY_MS and at the end: the resync's view and the verify's.
+ */
+export function blockProgressView<P extends BlockProgress>(out: NodeJS.WriteStream, format: string, payload: (p: P) => Record<string, unknown>, line: (p: P) => string): ProgressView<P> {
   if (out.isTTY) {
-    const bar = new cliProgress.SingleBar(
-      {
-        stream: out,
-        format: "resync {group} [{bar}] {percentage}% | {value}/{total} blocks | {mibs} MiB/s | ETA {eta_h} | {waiting}",
-        hideCursor: true,
-        clearOnComplete: false,
-      },
-      cliProgress.Presets.shades_classic,
-    );
+    const bar = new cliProgress.SingleBar({ stream: out, format, hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic);
     let started = false;
     return {
       update(p) {
-        const payload = {
-          group: p.group,
-          mibs: (p.bytesPerSecond / MIB).toFixed(1),
-          eta_h: formatEta(p.etaMs),
-          waiting: p.copying.length > 0 ? "copying" : p.holding.length > 0 ? "barrier" : p.done ? "paired" : "",
-        };
         if (!started) {
-          bar.start(Math.max(1, p.totalBlocks), p.doneBlocks, payload);
+          bar.start(Math.max(1, p.totalBlocks), p.doneBlocks, payload(p));
           started = true;
         }
         bar.setTotal(Math.max(1, p.totalBlocks));
-        bar.update(p.doneBlocks, payload);
+        bar.update(p.doneBlocks, payload(p));
       },
       stop() {
         if (started) bar.stop();
@@ -69,8 +66,22 @@ export function progressView(out: NodeJS.WriteStream): ProgressView {
       const now = Date.now();
       if (now - last < PLAIN_EVERY_MS && !p.done) return;
       last = now;
-      out.write(progressLine(p) + "\n");
+      out.write(line(p) + "\n");
     },
     stop() {},
   };
+}
+
+export function progressView(out: NodeJS.WriteStream): ProgressView {
+  return blockProgressView<ResyncProgress>(
+    out,
+    "resync {group} [{bar}] {percentage}% | {value}/{total} blocks | {mibs} MiB/s | ETA {eta_h} | {waiting}",
+    (p) => ({
+      group: p.group,
+      mibs: (p.bytesPerSecond / MIB).toFixed(1),
+      eta_h: formatEta(p.etaMs),
+      waiting: p.copying.length > 0 ? "copying" : p.holding.length > 0 ? "barrier" : p.done ? "paired" : "",
+    }),
+    progressLine,
+  );
 }

@@ -2,12 +2,10 @@
 // same bar and plain-line fallback as a resync's (progress-view.ts): blocks
 // compared, MiB/s and ETA on a terminal, one plain line every few seconds
 // otherwise; then one line per pair with its mismatches.
-import cliProgress from "cli-progress";
-import { formatEta } from "./progress-view.ts";
+import { blockProgressView, formatEta, type ProgressView } from "./progress-view.ts";
 import type { VerifyProgress } from "../rcm/verify.ts";
 
 const MIB = 1024 * 1024;
-const PLAIN_EVERY_MS = 2000;
 /** Mismatched blocks printed per pair; the rest are in status --json and the secondary's log. */
 const MISMATCHES_SHOWN = 8;
 
@@ -22,48 +20,15 @@ export function verifyLine(p: VerifyProgress): string {
   return `verify ${p.group}: ${p.doneBlocks}/${p.totalBlocks} blocks compared (${pct}%), ${(p.bytesPerSecond / MIB).toFixed(1)} MiB/s, ETA ${formatEta(p.etaMs)}, ${p.mismatchedBlocks} mismatched${notes.length > 0 ? `; ${notes.join("; ")}` : ""}`;
 }
 
-export interface VerifyView {
-  update(p: VerifyProgress): void;
-  stop(): void;
-}
+export type VerifyView = ProgressView<VerifyProgress>;
 
 export function verifyView(out: NodeJS.WriteStream): VerifyView {
-  if (out.isTTY) {
-    const bar = new cliProgress.SingleBar(
-      {
-        stream: out,
-        format: "verify {group} [{bar}] {percentage}% | {value}/{total} blocks | {mibs} MiB/s | ETA {eta_h} | {mismatched} mismatched",
-        hideCursor: true,
-        clearOnComplete: false,
-      },
-      cliProgress.Presets.shades_classic,
-    );
-    let started = false;
-    return {
-      update(p) {
-        const payload = { group: p.group, mibs: (p.bytesPerSecond / MIB).toFixed(1), eta_h: formatEta(p.etaMs), mismatched: p.mismatchedBlocks };
-        if (!started) {
-          bar.start(Math.max(1, p.totalBlocks), p.doneBlocks, payload);
-          started = true;
-        }
-        bar.setTotal(Math.max(1, p.totalBlocks));
-        bar.update(p.doneBlocks, payload);
-      },
-      stop() {
-        if (started) bar.stop();
-      },
-    };
-  }
-  let last = 0;
-  return {
-    update(p) {
-      const now = Date.now();
-      if (now - last < PLAIN_EVERY_MS && !p.done) return;
-      last = now;
-      out.write(verifyLine(p) + "\n");
-    },
-    stop() {},
-  };
+  return blockProgressView<VerifyProgress>(
+    out,
+    "verify {group} [{bar}] {percentage}% | {value}/{total} blocks | {mibs} MiB/s | ETA {eta_h} | {mismatched} mismatched",
+    (p) => ({ group: p.group, mibs: (p.bytesPerSecond / MIB).toFixed(1), eta_h: formatEta(p.etaMs), mismatched: p.mismatchedBlocks }),
+    verifyLine,
+  );
 }
 
 /** The result: one line per pair, and its first mismatched blocks. Pure. */

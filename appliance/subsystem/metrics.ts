@@ -5,7 +5,6 @@ import http from "node:http";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { tmError } from "../errors/codes.ts";
-import { registerVerifyMetrics } from "./verify-metrics.ts";
 
 /**
  * Every series this module registers besides prom-client's default process
@@ -28,6 +27,11 @@ export const SERIES = {
   tidemark_state_disk_full: { type: "gauge", labels: [], help: "1 while the state disk is full (state-disk-full: host writes get ENOSPC, no RCRs are taken)" },
   tidemark_host_writes_refused_disk_full_total: { type: "counter", labels: [], help: "host writes refused with ENOSPC because the state disk was full, since start" },
   tidemark_log_dropped_lines_total: { type: "counter", labels: [], help: "log lines dropped since start because the log file could not be written" },
+  // The online verify (docs/verify.md). The secondary's totals live in its state file (verify_seen), so they survive a restart.
+  tidemark_verify_hashed_bytes_total: { type: "counter", labels: [], help: "bytes this primary hashed for online verifies since it started" },
+  tidemark_verify_records_total: { type: "counter", labels: [], help: "VERIFY records this primary journaled since it started" },
+  tidemark_verify_compared_blocks_total: { type: "counter", labels: ["volume"], help: "4 KiB blocks this secondary compared with its primary's hashes, over all verifies" },
+  tidemark_verify_mismatched_blocks_total: { type: "counter", labels: ["volume"], help: "4 KiB blocks of this secondary found different from the primary's at the same stamp, over all verifies" },
 } as const satisfies Record<string, { type: "counter" | "gauge"; labels: readonly string[]; help: string }>;
 
 export type SeriesName = keyof typeof SERIES;
@@ -103,7 +107,14 @@ export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigi
   series("tidemark_state_disk_full", (set, s) => set({}, s.disk?.state === "state-disk-full" ? 1 : 0));
   series("tidemark_host_writes_refused_disk_full_total", (set, s) => set({}, s.disk?.refusedWrites ?? 0));
   series("tidemark_log_dropped_lines_total", (set, s) => set({}, s.log?.droppedLines ?? 0));
-  registerVerifyMetrics(registry, status);
+  series("tidemark_verify_hashed_bytes_total", (set, s) => set({}, s.verify?.counters.hashedBytes ?? 0));
+  series("tidemark_verify_records_total", (set, s) => set({}, s.verify?.counters.records ?? 0));
+  series("tidemark_verify_compared_blocks_total", (set, s) => {
+    for (const v of s.verify?.secondary ?? []) set({ volume: v.volume }, v.verifiedTotal);
+  });
+  series("tidemark_verify_mismatched_blocks_total", (set, s) => {
+    for (const v of s.verify?.secondary ?? []) set({ volume: v.volume }, v.mismatchedTotal);
+  });
   return registry;
 }
 
