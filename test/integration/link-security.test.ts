@@ -50,6 +50,7 @@ const MALFORMED_SUBSYSTEM: Record<string, { on: number; body: Record<string, unk
   "lease-acquire": { on: 1, body: { group: "C1" }, field: "lease" },
   "lease-release": { on: 1, body: { group: "C1", token: 5 }, field: "token" },
   "copy-status": { on: 1, body: { group: null }, field: "group" },
+  "verify-start": { on: 1, body: { group: "C1", rateMiBps: 0 }, field: "rateMiBps must be above 0" },
 };
 const MALFORMED_RCM: Record<string, { body: Record<string, unknown>; field: string }> = {
   suspend: { body: { group: "C1", reason: 42 }, field: "reason" },
