@@ -47,32 +47,14 @@ export function metricsRegistry(status: () => SubsystemStatus, nowNs: () => bigi
   collectDefaultMetrics({ register: registry, prefix: PROCESS_METRICS_PREFIX });
   const series = (name: SeriesName, fill: Fill) => {
     const { type, labels, help } = SERIES[name];
-    const labelNames = [...labels];
-    if (type === "gauge") {
-      new Gauge({
-        name,
-        help,
-        labelNames,
-        registers: [registry],
-        collect() {
-          this.reset();
-          fill((l, v) => this.set(l, v), status());
-        },
-      });
-      return;
-    }
+    const common = { name, help, labelNames: [...labels], registers: [registry] };
     // A counter read from status: the engines count since start, so a scrape
     // reports that figure; a restart starts it at 0, which Prometheus reads as a counter reset.
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [registry],
-      collect() {
-        this.reset();
-        fill((l, v) => this.inc(l, v), status());
-      },
-    });
+    if (type === "gauge") {
+      new Gauge({ ...common, collect() { this.reset(); fill((l, v) => this.set(l, v), status()); } });
+    } else {
+      new Counter({ ...common, collect() { this.reset(); fill((l, v) => this.inc(l, v), status()); } });
+    }
   };
   series("tidemark_host_writes_total", (set, s) => set({}, s.primary?.writes ?? 0));
   series("tidemark_host_write_bytes_total", (set, s) => set({}, s.primary?.writeBytes ?? 0));
