@@ -169,7 +169,8 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
         role: "link",
         nodeId: id,
         peerNodeId: secondaryId,
-        timeoutMs: Math.max(500, Math.min(cfg.linkTimeoutMs, cfg.reconnectMs * 5)),
+        // A handshake that stays silent this long is the same fault as a link that does.
+        timeoutMs: cfg.linkTimeoutMs,
         logger,
       });
     },

@@ -24,7 +24,8 @@ const HALF = (VOLUME_MIB << 20) / 2;
 const PRIMARY_VOLUMES = ["p1a", "p1b", "p2a", "p2b"];
 const SECONDARY_VOLUMES = ["s3a", "s3b", "s4a", "s5a"];
 /** The RCM suspends on a subsystem or link gone this long. */
-const FAILURE_TIMEOUT_MS = 1000;
+// Long enough that a restarted subsystem slow to answer a handshake on a loaded machine is not an outage.
+const FAILURE_TIMEOUT_MS = 3000;
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
@@ -35,7 +36,7 @@ const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function outageCluster(prefix: string) {
   const cfg = await fig1Config({
     volumeMiB: VOLUME_MIB,
-    extra: { linkTimeoutMs: 800, rcm: { port: await freePort(), autoSuspend: true, failureTimeoutMs: FAILURE_TIMEOUT_MS, checkIntervalMs: 100 } },
+    extra: { linkTimeoutMs: 1500, rcm: { port: await freePort(), autoSuspend: true, failureTimeoutMs: FAILURE_TIMEOUT_MS, checkIntervalMs: 100 } },
   });
   const ss1 = cfg.subsystems.find((s) => s.id === 1)!;
   const proxy = new LinkProxy("127.0.0.1", ss1.replicationPort);

@@ -89,7 +89,7 @@ describe("replication: faults", () => {
     await n.close();
     await c.quiesce("C1", 30_000);
     expect(await cmp(c.volumeFile("p1a"), c.volumeFile("s3a"))).toBeNull();
-    const log = c.readLog(3);
+    const log = await c.waitForLog(3, /frame refused/);
     expect(log).toMatch(/frame|handshake/i);
     expect(log).toContain("frame refused");
     console.log(`replication faults: ${sent} bad connections and frames sent to #3; still replicating`);

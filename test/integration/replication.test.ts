@@ -130,7 +130,7 @@ describe("replication: Fig. 1 topology on real processes", () => {
     await c.quiesce();
     await checkPairsIdentical(c);
     await checkModels(c, models);
-    expect(c.readLog(2)).toContain("previous run did not stop cleanly");
+    expect(await c.waitForLog(2, /previous run did not stop cleanly/)).toContain("previous run did not stop cleanly");
     expect(c.unexpectedDeaths()).toEqual([]);
   });
 });

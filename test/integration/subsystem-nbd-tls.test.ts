@@ -51,7 +51,7 @@ describe("subsystem nbd tls: nbdTls require with a PSK file", () => {
     expect((JSON.parse(stdout) as { exports: { "export-size": number }[] }).exports[0]["export-size"]).toBe(8 * 1024 * 1024);
     const plain = await run("nbdinfo", [`nbd://127.0.0.1:${nbdPort}/v1`]).catch((e: unknown) => e);
     expect(plain).toBeInstanceOf(Error);
-    expect(c.readLog(1)).toMatch(/TLS is required/);
+    expect(await c.waitForLog(1, /TLS is required/)).toMatch(/TLS is required/);
     await c.stopAll();
   });
 

@@ -180,7 +180,7 @@ describe("takeover: procedure", () => {
       if (state !== "fenced") await pause(50);
     }
     expect(state).toBe("fenced");
-    expect(c.readLog(1)).toContain("stale generation");
+    expect(await c.waitForLog(1, /stale generation/)).toContain("stale generation");
     // Its write never reached the secondary: the block there is still zero.
     const s = await c.nbd("s3a");
     expect((await s.read(4096, 4096)).every((b) => b === 0)).toBe(true);

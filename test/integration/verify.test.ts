@@ -138,7 +138,8 @@ describe("verify: online, at a common stamp, under load", () => {
     expect(p1a[0], "the verify of p1a starts, then ends").toBe("start");
     expect(p1a).toContain("end");
     // Named in the secondary's log with volume, offset and both hashes.
-    expect(c.readLog(3)).toMatch(new RegExp(`"volume":"s3a","offset":${CORRUPT_OFFSET},.*"primaryHash":"[0-9a-f]{32}","secondaryHash":"[0-9a-f]{32}"`));
+    const mismatchLine = new RegExp(`"volume":"s3a","offset":${CORRUPT_OFFSET},.*"primaryHash":"[0-9a-f]{32}","secondaryHash":"[0-9a-f]{32}"`);
+    expect(await c.waitForLog(3, mismatchLine)).toMatch(mismatchLine);
     // In the secondary's bitmap, so the next resync repairs it.
     const pair = (await c.status()).pairs.find((p) => p.secondary.volume === "s3a")!;
     expect(pair.secondary.bitmapBlocks).toBe(1);
@@ -191,7 +192,7 @@ describe("verify: online, at a common stamp, under load", () => {
     const final = await watchVerify(c.topo, start, () => {}, 250);
     expect(final.mismatchedBlocks).toBe(0);
     expect(final.pairs.map((p) => [p.volume, p.verifiedBlocks])).toEqual([["p1a", (VOLUME_MIB * MIB) / 4096]]);
-    expect(c.readLog(1)).toMatch(/verify paused: the group is not paired/);
+    expect(await c.waitForLog(1, /verify paused: the group is not paired/)).toMatch(/verify paused: the group is not paired/);
   }, 120_000);
 
   it("verify: a schedule every 5 s runs in the RCM and status --json shows its last result and next run", async () => {

@@ -242,6 +242,20 @@ export class TestCluster {
       return "";
     }
   }
+
+  /**
+   * The log of subsystem `id` once it matches `re`, or whatever it holds after
+   * `timeoutMs`: a process writes its log asynchronously, so a line about a
+   * connection a client saw closed may land a little after the client exits.
+   */
+  async waitForLog(id: number, re: RegExp, timeoutMs = 5_000): Promise<string> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const log = this.readLog(id);
+      if (re.test(log) || Date.now() >= until) return log;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 /** cmp(1) of two files: null when identical, else its message. */
