@@ -351,8 +351,11 @@ export class PrimaryEngine {
     const torn = this.journal.dropTornRows((volume, offset, length) => {
       if (this.bindings.has(volume)) tornBlocks += this.bitmap.markNow(volume, offset, length);
     });
+    // Entries replayed from a killed incarnation's last commit may be pages no
+    // fdatasync covered: they are about to be sent, and a power cut must not
+    // take back (and hand out again) seqs a secondary has acknowledged.
+    this.journal.barrier();
     if (torn > 0) {
-      this.journal.barrier();
       o.logger.warn({ entries: torn, bitmapBlocks: tornBlocks }, "journal entries torn by a power cut: their blocks are in the bitmap for resync");
     }
 

@@ -23,4 +23,6 @@ export interface NegativeControls {
   refusalFencesFrozen?: boolean;
   /** Issue 17, race 3: a copier outlives its resync's generation, and the next resync's copier is not started while it runs. */
   copierOutlivesGeneration?: boolean;
+  /** docs/simulation.md Finding 13: a restarted secondary acknowledges the queue it loaded once the WAL is synced, its queue segments not. */
+  restartAcksUnsyncedSegments?: boolean;
 }

@@ -114,12 +114,18 @@ export class Receiver {
     }
   }
 
-  /** What the queue held at start is acknowledged only once it is durable. */
-  start(): void {
+  /**
+   * What the queue held at start is acknowledged only once it is durable:
+   * after a kill -9, both its last rows (in the WAL) and their payloads (in
+   * the queue segments) may still be pages no fdatasync covered, and a power
+   * cut then would take back what this incarnation acknowledged.
+   */
+  start(): Promise<void> {
     this.loadedSeq = new Map(this.lastSeq);
-    this.c.store.syncWal().then(
+    const segments = this.c.controls?.restartAcksUnsyncedSegments ? Promise.resolve() : this.c.segments.syncAsync();
+    return Promise.all([segments, this.c.store.syncWal()]).then(
       () => this.markDurable(new Map()),
-      (err: Error) => assert(false, `secondary #${this.c.id}: fdatasync of the state file's WAL failed at start (${err.message}); stopping rather than acknowledge what may not be on disk`),
+      (err: Error) => assert(false, `secondary #${this.c.id}: fdatasync of the RCR queue failed at start (${err.message}); stopping rather than acknowledge what may not be on disk`),
     );
   }
 

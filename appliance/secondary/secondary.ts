@@ -238,9 +238,12 @@ export class SecondaryEngine {
   }
 
   start(): void {
-    // Redo: whatever was due before a crash is applied again, in order.
-    this.applier.kick();
-    this.receiver.start();
+    // Redo: whatever was due before a crash is applied again, in order, once
+    // the state it was loaded from is durable: a 112 raised by a commit a
+    // power cut can still take back must not move a volume.
+    void this.receiver.start().then(() => {
+      if (!this.stopped) this.applier.kick();
+    });
   }
 
   stop(): void {

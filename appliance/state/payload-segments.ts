@@ -45,6 +45,10 @@ export class PayloadSegments {
     const present = dir.list();
     this.current = present.length === 0 ? 1 : Math.max(...present);
     this.lowest = present.length === 0 ? 1 : Math.min(...present);
+    // A process killed between its append and its sync leaves pages no
+    // fdatasync covered: the rows that name them must not be taken for
+    // durable (and acknowledged) before the first sync of this incarnation.
+    for (const seg of present) this.dirty.add(seg);
   }
 
   private open(seg: number): Segment {
@@ -108,13 +112,13 @@ export class PayloadSegments {
 
   /** fdatasync of every segment appended to since the last sync: before a commit that must survive a power cut. */
   sync(): void {
-    for (const seg of this.dirty) this.segments.get(seg)?.file.syncNow();
+    for (const seg of this.dirty) this.open(seg).file.syncNow();
     this.dirty.clear();
   }
 
   /** sync(), in the thread pool. */
   async syncAsync(): Promise<void> {
-    const files = [...this.dirty].map((seg) => this.segments.get(seg)?.file).filter((f): f is SegmentFile => f !== undefined);
+    const files = [...this.dirty].map((seg) => this.open(seg).file);
     this.dirty.clear();
     await Promise.all(files.map((f) => f.sync()));
   }

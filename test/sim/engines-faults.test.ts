@@ -26,6 +26,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [50054, { wide: true, powerCuts: true }, "the same, after a takeover (finding 10)"],
     [50138, { wide: true, powerCuts: true }, "an engine's stale bitmap sets after the other role marked blocks (finding 11)"],
     [100439, { wide: true, powerCuts: true }, "a swap rerun turned a group taken over below its freeze (finding 12)"],
+    [200414, { wide: true, powerCuts: true }, "a restarted secondary acknowledged queue rows whose payloads no sync covered (finding 13)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -40,6 +41,8 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     // A copier that often waits for the journal to drain, between choosing a hole and locking it: the reviewer's window.
     // Its seeds are quick (takeover only); the first that fails is 67 (92 before the procedure lease changed the histories).
     ["issue 11 bug 1: holes of the initial copy decided outside the range lock", { controls: { copyHoleOutsideLock: true }, story: "takeover", copyJournalKiB: 8 }, 150],
+    // Caught by the check of each acknowledgement against what is durable (first at seed 29).
+    ["issue 11 bug 2: a secondary acknowledges at attach what is not yet durable", { controls: { ackBeforeDurable: true }, powerCuts: true }, 40],
     ["issue 11 bug 3: a per-process boot-time epoch on the monotonic clock", { perProcessEpoch: true }],
     ["a SYNC carrying the bare clock reading", { controls: { bareClockSync: true } }],
     ["a fenced secondary still taking frames of older generations", { controls: { noFence: true } }],
@@ -50,6 +53,8 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     ["issue 17 race 2: a refusal fences a frozen primary", { controls: { refusalFencesFrozen: true }, story: "swap", wide: true }, 100],
     // A copier asleep in its acknowledgement wait finishes the next resync's generation without copying its bitmap (first at seed 36 of the storm story).
     ["issue 17 race 3: a copier outlives its resync's generation", { controls: { copierOutlivesGeneration: true }, story: "storm" }, 60],
+    // The ack checker sees it at the acknowledgement itself (first at seed 2).
+    ["finding 13: a restarted secondary acknowledges queue rows before their segments are synced", { controls: { restartAcksUnsyncedSegments: true }, powerCuts: true }, 30],
   ];
   for (const [name, o, seeds = CONTROL_SEEDS] of controls) {
     it(`sim negative control: ${name} is caught`, { timeout: TIMEOUT_MS }, async () => {

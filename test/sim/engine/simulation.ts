@@ -224,8 +224,23 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
 
   const net = new SimNetwork(sched, { delayMinMs: 0, delayMaxMs: sched.int(1, 6), connectTimeoutMs: 200 });
   const oracle = new Oracle();
+  /** Per secondary and primary: the acknowledged seq up to which the payloads were found durable. */
+  const ackDurableTo = new Map<string, number>();
   net.observe = (from, to, f) => {
-    if (f.type === "ack") oracle.secondaryAck(to, from, f.seq);
+    if (f.type === "ack") {
+      oracle.secondaryAck(to, from, f.seq);
+      const key = `${from}>${to}`;
+      const after = ackDurableTo.get(key) ?? 0;
+      const node = cluster.node(from);
+      // A node that is no secondary (a primary acknowledging a resync turn's frames) has no queue rows of `to`.
+      if (f.seq > after) {
+        const undurable = node.disk.undurableQueuePayload(to, after, f.seq);
+        check(() => {
+          if (undurable) throw new SimFailure(`secondary #${from} acknowledged seq ${f.seq} to #${to} before it was durable: ${undurable}`);
+        });
+      }
+      ackDurableTo.set(key, f.seq);
+    }
     else if (f.type === "rcr") oracle.received(from, to, f.records.map((r) => r.seq));
   };
   let failure: string | null = null;

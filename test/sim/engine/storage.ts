@@ -11,6 +11,7 @@ import type { SegmentDir, SegmentFile } from "../../../appliance/state/segment-f
 import type { SegmentPrefix, StateStore } from "../../../appliance/state/store.ts";
 import { READ_BYTES_MAX, SECTOR_BYTES, VolumeError, type Volume, type VolumeErrorCode } from "../../../disks/volume.ts";
 import type { SimProcess } from "./scheduler.ts";
+import { storedPayloadBytes } from "../../../appliance/replication/frames.ts";
 
 type Random = () => number;
 type Statement = Database.Statement<unknown[], unknown>;
@@ -891,6 +892,27 @@ export class SimHostDisk {
   /** The blocks of `volume` in the bitmap table now. */
   bitmapBlocks(volume: string): number[] {
     return this.state.peek().prepare("SELECT block FROM bitmap WHERE volume = ? ORDER BY block").pluck(true).all(volume) as number[];
+  }
+
+  /**
+   * The first RCR queue row of `primary` with a seq in (after, upTo] whose
+   * payload is not yet all in the durable part of its segment, or null: a
+   * secondary acknowledges a seq only once a power cut can no longer take
+   * its payload back (rows already applied and deleted are not looked at).
+   */
+  undurableQueuePayload(primary: number, after: number, upTo: number): string | null {
+    const rows = this.state
+      .peek()
+      .prepare("SELECT seq, seg, seg_off, op, len FROM rcr WHERE primary_id = ? AND seq > ? AND seq <= ? AND seg IS NOT NULL ORDER BY seq")
+      .all(primary, after, upTo) as { seq: number; seg: number; seg_off: number; op: number; len: number }[];
+    for (const r of rows) {
+      const end = r.seg_off + storedPayloadBytes(r.op, r.len);
+      const st = this.segmentDirs.queue.stat(r.seg);
+      if (!st || !st.durableExists || st.durableLength < end) {
+        return `seq ${r.seq} of primary #${primary}: payload at ${this.segmentDirs.queue.nameOf(r.seg)} ${r.seg_off}..${end}, durable ${st?.durableExists ? `up to ${st.durableLength}` : "nowhere (the file may vanish)"}`;
+      }
+    }
+    return null;
   }
 
   /** The StateStore an incarnation opens (openState + fileStateStore). */
