@@ -90,8 +90,9 @@ export const PRIMARY_GROUP_TRANSITIONS: TransitionTable<PrimaryGroupTableState, 
     "primary-suspend": to("suspended"),
     "journal-full": to("suspended"),
     "ack-regressed": to("suspended"),
-    // Logged; the link retries. Only `active` is fenced.
-    "refused": ignored,
+    // Refused at its own generation: the secondary was suspended or taken over
+    // (a resync's own steps never refuse it: the group rests first, docs/resync.md).
+    "refused": to("fenced"),
     "primary-takeover": to("taken-over"),
     "primary-freeze": NOT_PAIRED,
   },

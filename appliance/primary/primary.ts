@@ -9,7 +9,7 @@ import type { Db } from "../state/database.ts";
 import { assert } from "../invariant.ts";
 import { tmError } from "../errors/codes.ts";
 import { describeWireError, WIRE_ERROR } from "../replication/frames.ts";
-import { refusalReason, refusedGroups, type Refusal } from "./refusal.ts";
+import { refusalReason, refusedGroups, staleRefusal, type Refusal } from "./refusal.ts";
 import { ACTIVITY_REGION_BYTES, Journal, OP_VERIFY, OP_WRITE, OP_ZERO, type JournalEntry } from "./journal.ts";
 import { LinkSender } from "./sender.ts";
 import { ActivityLog } from "./activity-log.ts";
@@ -918,7 +918,18 @@ export class PrimaryEngine {
     for (const g of groups) {
       const gs = this.groups.get(g);
       if (!gs) continue;
-      // Only `active` is fenced (group-state.ts). A frozen group is in a swap: its secondaries are being fenced by that
+      if (staleRefusal(refusal, gs.generation)) {
+        this.o.logger.info(
+          { group: g, generation: gs.generation, refused: refusal.sentGeneration, secondary: secondaryId, code: why },
+          "a secondary refused frames of an older generation of the group; nothing changes",
+        );
+        continue;
+      }
+      // `active` and `copying` are fenced (group-state.ts): a copying group
+      // refused at its own generation was suspended or taken over on that
+      // secondary, and its frames, which hold the link's later seqs back,
+      // must leave the stream or every other group on the link stalls.
+      // A frozen group is in a swap: its secondaries are being fenced by that
       // swap's takeover. Fencing it here would open its volumes to hosts again
       // (fenced takes host writes into the bitmap), and the swap would then
       // copy over what they wrote. It stays frozen, read-only, until the
@@ -927,7 +938,7 @@ export class PrimaryEngine {
         if (!replicating(gs.state)) continue;
         this.o.logger.warn(
           { group: g, state: gs.state, secondary: secondaryId, code: why, refusal: refusal.message },
-          "a secondary refuses this primary's frames; the group keeps its state (a swap's or a resync's procedure is under way)",
+          "a secondary refuses this primary's frames; the group keeps its state (a swap's procedure is under way)",
         );
         continue;
       }

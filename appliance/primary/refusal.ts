@@ -5,8 +5,22 @@
 // changes nothing it should not and never throws.
 import { describeWireError, type ErrorFrame } from "../replication/frames.ts";
 
-/** A refusal as the link sender hands it to the engine. */
-export type Refusal = Pick<ErrorFrame, "code" | "group" | "message">;
+/**
+ * A refusal as the link sender hands it to the engine, with the generation
+ * its frames of that group carried on the refused connection (none sent:
+ * undefined). The error frame does not say which frame it refuses; the
+ * connection does, since a secondary closes it at the first refusal.
+ */
+export type Refusal = Pick<ErrorFrame, "code" | "group" | "message"> & { sentGeneration?: number };
+
+/**
+ * A refusal of frames from before the group's generation changed here (a
+ * suspension or resync since): it says nothing about the group as it is
+ * now, and the link restarts with the new generation anyway.
+ */
+export function staleRefusal(refusal: Refusal, generationNow: number): boolean {
+  return refusal.sentGeneration !== undefined && refusal.sentGeneration < generationNow;
+}
 
 /**
  * The groups a refusal stops: the one it names, if it travels on this link;

@@ -56,6 +56,8 @@ export class LinkSender {
   private lastHeard = 0;
   private liveness: TimerHandle | null = null;
   sentFrames = 0;
+  /** Per group: the generation its frames carried on the current connection (a refusal is about that connection). */
+  private sentGeneration = new Map<string, number>();
 
   constructor(private readonly o: SenderOptions) {}
 
@@ -93,13 +95,17 @@ export class LinkSender {
 
   sendSync(group: string, t: bigint): void {
     if (this.state !== "up" || !this.link) return;
-    this.link.send({ type: "sync", generation: this.o.generationOf(group), group, primaryId: this.o.primaryId, t });
+    const generation = this.o.generationOf(group);
+    this.sentGeneration.set(group, generation);
+    this.link.send({ type: "sync", generation, group, primaryId: this.o.primaryId, t });
   }
 
   /** COPIED(C_k): this primary's copies for the group's resync are all acknowledged (docs/resync.md). */
   sendCopied(group: string, t: bigint): void {
     if (this.state !== "up" || !this.link) return;
-    this.link.send({ type: "copied", generation: this.o.generationOf(group), group, primaryId: this.o.primaryId, t });
+    const generation = this.o.generationOf(group);
+    this.sentGeneration.set(group, generation);
+    this.link.send({ type: "copied", generation, group, primaryId: this.o.primaryId, t });
   }
 
   private move(event: Parameters<typeof linkTransition>[1]): void {
@@ -134,6 +140,7 @@ export class LinkSender {
     this.connectedAt = this.o.runtime.nowMs();
     // Resend everything not acknowledged: the secondary drops duplicates by seq.
     this.sentSeq = this.ackedSeq;
+    this.sentGeneration = new Map();
     this.inflight = [];
     this.inflightBytes = 0;
     link.on("frame", (f: Frame) => {
@@ -205,7 +212,7 @@ export class LinkSender {
       void this.pump();
     } else if (f.type === "error") {
       this.o.logger.warn({ peer: this.o.secondaryId, code: describeWireError(f.code), group: f.group, message: f.message }, "secondary refused");
-      this.o.onRefused(this.o.secondaryId, { code: f.code, group: f.group, message: f.message });
+      this.o.onRefused(this.o.secondaryId, { code: f.code, group: f.group, message: f.message, sentGeneration: this.sentGeneration.get(f.group) });
     }
   }
 
@@ -220,6 +227,7 @@ export class LinkSender {
         const link = this.link;
         let ok = true;
         for (const frame of framesOf(entries, this.o.primaryId, this.o.generationOf)) {
+          if (frame.frame.type === "rcr") this.sentGeneration.set(frame.frame.group, frame.frame.generation);
           ok = link.send(frame.frame);
           this.sentFrames++;
           this.inflight.push({ seq: frame.lastSeq, bytes: frame.bytes });

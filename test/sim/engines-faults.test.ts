@@ -27,6 +27,8 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [50138, { wide: true, powerCuts: true }, "an engine's stale bitmap sets after the other role marked blocks (finding 11)"],
     [100439, { wide: true, powerCuts: true }, "a swap rerun turned a group taken over below its freeze (finding 12)"],
     [200414, { wide: true, powerCuts: true }, "a restarted secondary acknowledged queue rows whose payloads no sync covered (finding 13)"],
+    [200341, { wide: true, powerCuts: true }, "a takeover during the initial copy, the copy cursor showing what differs (finding 14)"],
+    [202184, { wide: true }, "a suspension cut short before a copying primary, the other group on its links (finding 15)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {

@@ -38,7 +38,7 @@ const PRIMARY: Record<PrimaryGroupTableState, Cell[]> = {
   //              first-start   resync                 resync-again           resync-stale           copy-ack   suspend       journal-full   ack-regressed   refused   takeover      freeze
   uninitialized: ["copying",    "x",                   "x",                   "x",                   "x",       "x",          "x",           "x",            "x",      "x",          "x"],
   active:        ["x",          "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "-",       "suspended",  "suspended",   "suspended",    "fenced", "taken-over", "frozen"],
-  copying:       ["x",          "TM_NOT_SYNCHRONIZED", "copying",             "TM_NOT_SYNCHRONIZED", "active",  "suspended",  "suspended",   "suspended",    "-",      "taken-over", "TM_NOT_PAIRED"],
+  copying:       ["x",          "TM_NOT_SYNCHRONIZED", "copying",             "TM_NOT_SYNCHRONIZED", "active",  "suspended",  "suspended",   "suspended",    "fenced", "taken-over", "TM_NOT_PAIRED"],
   frozen:        ["x",          "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "-",       "suspended",  "suspended",   "suspended",    "-",      "taken-over", "frozen"],
   suspended:     ["x",          "copying",             "TM_GENERATION",       "TM_GENERATION",       "-",       "suspended",  "-",           "-",            "-",      "taken-over", "TM_NOT_PAIRED"],
   fenced:        ["x",          "copying",             "TM_GENERATION",       "TM_GENERATION",       "-",       "suspended",  "-",           "-",            "-",      "taken-over", "TM_NOT_PAIRED"],

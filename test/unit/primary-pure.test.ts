@@ -8,7 +8,7 @@ import { StampClock } from "../../appliance/primary/stamp-clock.ts";
 import { LINK_TRANSITIONS, linkTransition, type LinkEvent, type LinkState } from "../../appliance/primary/link-state.ts";
 import { synchronizedTime } from "../../appliance/rcm/synchronized-time.ts";
 import { prng } from "../../appliance/drill/prng.ts";
-import { refusalReason, refusedGroups } from "../../appliance/primary/refusal.ts";
+import { refusalReason, refusedGroups, staleRefusal } from "../../appliance/primary/refusal.ts";
 import { WIRE_ERROR, type ReceivedWireErrorCode } from "../../appliance/replication/frames.ts";
 
 const int = (rnd: () => number, n: number) => Math.floor(rnd() * n);
@@ -479,6 +479,15 @@ describe("refusal scope", () => {
     expect(refusedGroups({ code: WIRE_ERROR.noGroup, group: "C9", message: "group 'C1'" }, onLink)).toEqual([]);
     expect(refusedGroups({ code: WIRE_ERROR.role, group: "", message: "group 'C1'" }, onLink)).toEqual(["C1", "C2"]);
     expect(refusedGroups({ code: WIRE_ERROR.role, group: "", message: "" }, [])).toEqual([]);
+  });
+
+  it("refusal: only frames sent at an older generation than the group's now make a refusal stale", () => {
+    const r = (sentGeneration?: number) => ({ code: WIRE_ERROR.generation, group: "C1", message: "", sentGeneration });
+    expect(staleRefusal(r(3), 4)).toBe(true);
+    expect(staleRefusal(r(4), 4)).toBe(false);
+    // Frames newer than the group (never sent here) or none at all: the refusal stands.
+    expect(staleRefusal(r(5), 4)).toBe(false);
+    expect(staleRefusal(r(undefined), 4)).toBe(false);
   });
 
   it("refusal: the reason names the code, known or not, and keeps the message", () => {

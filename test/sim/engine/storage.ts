@@ -889,6 +889,12 @@ export class SimHostDisk {
     return Number(this.state.peek().prepare("SELECT seq_floor FROM stamp WHERE id = 1").pluck(true).get() ?? 0);
   }
 
+  /** Where the copy of `volume` (an initial copy, or a whole copy owed) goes on, in bytes; null when none is owed. */
+  copyCursor(volume: string): number | null {
+    const off = this.state.peek().prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true).get(volume) as number | undefined;
+    return off ?? null;
+  }
+
   /** The blocks of `volume` in the bitmap table now. */
   bitmapBlocks(volume: string): number[] {
     return this.state.peek().prepare("SELECT block FROM bitmap WHERE volume = ? ORDER BY block").pluck(true).all(volume) as number[];
