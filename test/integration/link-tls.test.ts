@@ -114,6 +114,31 @@ describe("link TLS", () => {
     good.close();
   });
 
+  it("link TLS: a ClientHello trickled a byte every 300 ms is closed at the handshake deadline (2 s), which bytes do not extend", async () => {
+    const srv = await serve(psk("ss2"));
+    const sock = net.connect({ host: HOST, port: srv.port });
+    sock.on("error", () => {});
+    await new Promise<void>((r) => sock.once("connect", () => r()));
+    const localPort = sock.localPort;
+    const started = Date.now();
+    // A TLS handshake record header announcing 512 bytes: the server waits for the rest, which never all comes.
+    const bytes = Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]), Buffer.alloc(512, 0x01)]);
+    let sent = 0;
+    const drip = setInterval(() => {
+      if (sent < bytes.length && !sock.destroyed) sock.write(bytes.subarray(sent, ++sent));
+    }, 300);
+    const closedAfter = await Promise.race([
+      new Promise<number>((r) => sock.once("close", () => r(Date.now() - started))),
+      new Promise<number>((r) => setTimeout(() => r(-1), 8000)),
+    ]);
+    clearInterval(drip);
+    sock.destroy();
+    expect(closedAfter, `closed after ${closedAfter} ms (-1: still open at 8 s), ${sent} bytes sent`).toBeGreaterThanOrEqual(1900);
+    expect(closedAfter).toBeLessThan(4000);
+    await until(() => warnsFrom(srv.lines, localPort).length > 0);
+    expect(warnsFrom(srv.lines, localPort)[0].msg).toMatch(/deadline|TLS handshake failed/);
+  });
+
   describe("x509", () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "tidemark-x509-"));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
