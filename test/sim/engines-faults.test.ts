@@ -29,6 +29,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [200414, { wide: true, powerCuts: true }, "a restarted secondary acknowledged queue rows whose payloads no sync covered (finding 13)"],
     [200341, { wide: true, powerCuts: true }, "a takeover during the initial copy, the copy cursor showing what differs (finding 14)"],
     [202184, { wide: true }, "a suspension cut short before a copying primary, the other group on its links (finding 15)"],
+    [505062, { wide: true, powerCuts: true }, "a FUA write on a taken-over secondary's volume is no barrier of the primary journal on the same subsystem (finding 16)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {

@@ -192,9 +192,11 @@ export class Oracle {
     if (w.fua) {
       // FUA syncs the journal (every row and payload) and its volume: what was acknowledged before it was issued is durable.
       w.durable = true;
-      // The barrier covers every journal row; the volume sync only the FUA write's own volume (unreplicated writes live there alone).
+      // A journaled FUA write's barrier covers every journal row; the volume sync only the FUA write's own volume
+      // (unreplicated writes live there alone). A FUA write that was not journaled (its group suspended, or a
+      // taken-over secondary's volume on the same subsystem) syncs its volume only (seed 505062).
       for (const x of this.writes) {
-        if (x.primary === w.primary && x.host && x.hostAcked && x.ackIndex < w.issueIndex && (x.seq !== null || x.volume === w.volume)) x.durable = true;
+        if (x.primary === w.primary && x.host && x.hostAcked && x.ackIndex < w.issueIndex && ((w.seq !== null && x.seq !== null) || x.volume === w.volume)) x.durable = true;
       }
     }
     w.ackIndex = ++this.ackCounter;
