@@ -11,7 +11,7 @@
 // --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
 // --restart-lifts-112 (docs/simulation.md), --turn-rebuilds-subsystem, --refusal-fences-frozen,
 // --copier-outlives-generation (issue 17's races 1-3; with --wide), --restart-acks-unsynced-segments
-// (finding 13; with --power-cuts).
+// (finding 13; with --power-cuts), --unreplicated-during-suspension (finding 17; with --wide).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 import { EXTRA_STORIES, STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
@@ -58,6 +58,7 @@ function parse(argv: string[]) {
     else if (a === "--turn-rebuilds-subsystem") o.controls = { ...o.controls, turnRebuildsSubsystem: true };
     else if (a === "--refusal-fences-frozen") o.controls = { ...o.controls, refusalFencesFrozen: true };
     else if (a === "--restart-acks-unsynced-segments") o.controls = { ...o.controls, restartAcksUnsyncedSegments: true };
+    else if (a === "--unreplicated-during-suspension") o.controls = { ...o.controls, unreplicatedDuringSuspension: true };
     else throw new Error(`unknown option '${a}' (see the comment at the top of scripts/sim-sweep.ts)`);
   }
   return { o, seeds, from, single, verbose, maxFailures };

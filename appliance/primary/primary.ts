@@ -51,6 +51,13 @@ interface GroupState {
   /** Unreplicated host writes (suspended group) between their bitmap mark and volume write. */
   unreplicated: number;
   unreplicatedIdle: (() => void)[];
+  /**
+   * A suspension between its state change and the durable removal of the
+   * group's journal entries: an unreplicated write waits for it, or a
+   * kill -9 in that window would leave older entries the restart replays
+   * over the write it acknowledged (seed 505352).
+   */
+  leaving: Promise<void> | null;
   /** C_k of the last completed copy: sent as COPIED while the group replicates. */
   copiedTs: bigint | null;
   /** The stamp the group was frozen at for a swap (persisted; cleared by the next resync). */
@@ -250,6 +257,7 @@ export class PrimaryEngine {
       idle: [],
       unreplicated: 0,
       unreplicatedIdle: [],
+      leaving: null,
       copiedTs: r.copied_ts,
       frozenTs: r.frozen_ts,
       copy: null,
@@ -661,8 +669,10 @@ export class PrimaryEngine {
     const gs = this.groups.get(b.group)!;
     // Counted before the first await: a resync waits for these before it reads the bitmap.
     gs.unreplicated++;
-    const release = await b.lock.acquire(offset, length);
+    let release: (() => void) | null = null;
     try {
+      if (!this.o.controls?.unreplicatedDuringSuspension) while (gs.leaving) await gs.leaving;
+      release = await b.lock.acquire(offset, length);
       await this.bitmap.mark(b.volume.name, offset, length);
       try {
         if (data) await b.volume.write(offset, data);
@@ -673,7 +683,7 @@ export class PrimaryEngine {
       }
       b.dirty = true;
     } finally {
-      release();
+      release?.();
       this.unreplicatedDone(gs);
     }
     this.writes++;
@@ -703,6 +713,19 @@ export class PrimaryEngine {
       gs.reason = reason;
       gs.by = by;
     }
+    let left = (): void => {};
+    const leaving = new Promise<void>((r) => (left = r));
+    gs.leaving = leaving;
+    try {
+      await this.leave(gs, group, was);
+    } finally {
+      if (gs.leaving === leaving) gs.leaving = null;
+      left();
+    }
+  }
+
+  /** suspend(), once the group's state has changed: its journal entries become bitmap blocks, durably. */
+  private async leave(gs: GroupState, group: string, was: PrimaryGroupState): Promise<void> {
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
     const vols = [...this.bindings.values()].filter((b) => b.group === group);
     // A volume that fails its sync is marked failed; the suspension still goes on.

@@ -25,4 +25,6 @@ export interface NegativeControls {
   copierOutlivesGeneration?: boolean;
   /** docs/simulation.md Finding 13: a restarted secondary acknowledges the queue it loaded once the WAL is synced, its queue segments not. */
   restartAcksUnsyncedSegments?: boolean;
+  /** docs/simulation.md Finding 17: an unreplicated host write goes ahead while a suspension is still removing the group's journal entries. */
+  unreplicatedDuringSuspension?: boolean;
 }

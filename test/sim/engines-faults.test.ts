@@ -30,6 +30,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [200341, { wide: true, powerCuts: true }, "a takeover during the initial copy, the copy cursor showing what differs (finding 14)"],
     [202184, { wide: true }, "a suspension cut short before a copying primary, the other group on its links (finding 15)"],
     [505062, { wide: true, powerCuts: true }, "a FUA write on a taken-over secondary's volume is no barrier of the primary journal on the same subsystem (finding 16)"],
+    [505352, { wide: true }, "an unreplicated write during a suspension's journal removal, then kill -9 (finding 17)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -59,6 +60,12 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     // The ack checker sees it at the acknowledgement itself (first at seed 2).
     ["finding 13: a restarted secondary acknowledges queue rows before their segments are synced", { controls: { restartAcksUnsyncedSegments: true }, powerCuts: true }, 30],
   ];
+  // A control whose window is narrow: the seed the sweep found it at, with the fix undone, must fail.
+  it("sim negative control: finding 17: an unreplicated write during a suspension's journal removal is caught at seed 505352", { timeout: TIMEOUT_MS }, async () => {
+    const r = await simulateEngines({ seed: 505352, wide: true, controls: { unreplicatedDuringSuspension: true } });
+    expect(r.failure ?? null, replayCommand({ seed: 505352, wide: true, controls: { unreplicatedDuringSuspension: true } })).toMatch(/an acknowledged write was lost/);
+  });
+
   for (const [name, o, seeds = CONTROL_SEEDS] of controls) {
     it(`sim negative control: ${name} is caught`, { timeout: TIMEOUT_MS }, async () => {
       const r = await firstFailure(o, seeds);
