@@ -3,7 +3,8 @@
 //   node --import tsx scripts/sim-sweep.ts --seed 1234 --verbose
 // --story takeover|resync|reverse|swap fixes what the RCM does (default: drawn by the seed among
 // these); --story outage runs issue 16's site outage, --story storm issue 17's race 3 (never drawn: asked for only);
-// --copy-journal-kib N fixes where the copier starts to wait for the journal to drain.
+// --copy-journal-kib N fixes where the copier starts to wait for the journal to drain;
+// --segment-kib N the payload segments' size (drawn in histories with power cuts).
 // --wide adds issue 17's scope: a second RCM overlapping the story's procedures,
 // and the RCM killed at a drawn control step; the sweep then sums up where.
 // Negative controls (each must make some seed fail): --copy-hole-outside-lock,
@@ -11,7 +12,8 @@
 // --no-fence, --no-activity-log (with --power-cuts), --copied-waits-for-last-seq,
 // --restart-lifts-112 (docs/simulation.md), --turn-rebuilds-subsystem, --refusal-fences-frozen,
 // --copier-outlives-generation (issue 17's races 1-3; with --wide), --restart-acks-unsynced-segments
-// (finding 13; with --power-cuts), --unreplicated-during-suspension (finding 17; with --wide).
+// (finding 13; with --power-cuts), --unreplicated-during-suspension (finding 17; with --wide),
+// --segments-go-before-durable (finding 18; with --power-cuts).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 import { EXTRA_STORIES, STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
@@ -42,6 +44,7 @@ function parse(argv: string[]) {
       o.clock = c;
     } else if (a === "--per-process-epoch") o.perProcessEpoch = true;
     else if (a === "--copy-journal-kib") o.copyJournalKiB = num(++i);
+    else if (a === "--segment-kib") o.segmentKiB = num(++i);
     else if (a === "--story") {
       const st = argv[++i] as Story;
       const known: readonly Story[] = [...STORIES, ...EXTRA_STORIES];
@@ -49,6 +52,7 @@ function parse(argv: string[]) {
       o.story = st;
     } else if (a === "--copy-hole-outside-lock") o.controls = { ...o.controls, copyHoleOutsideLock: true };
     else if (a === "--ack-before-durable") o.controls = { ...o.controls, ackBeforeDurable: true };
+    else if (a === "--segments-go-before-durable") o.controls = { ...o.controls, segmentsGoBeforeDurable: true };
     else if (a === "--bare-clock-sync") o.controls = { ...o.controls, bareClockSync: true };
     else if (a === "--no-fence") o.controls = { ...o.controls, noFence: true };
     else if (a === "--no-activity-log") o.controls = { ...o.controls, noActivityLog: true };

@@ -12,6 +12,7 @@ import { crc32c } from "@node-rs/crc32";
 import type { Db } from "../state/database.ts";
 import { durableBarrier } from "../state/database.ts";
 import { PayloadSegments } from "../state/payload-segments.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 import { storedPayloadBytes } from "../replication/frames.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
 import type { StateStore } from "../state/store.ts";
@@ -98,6 +99,7 @@ export class Journal {
   private readonly linkHigh = new Map<number, number>();
 
   private readonly db: Db;
+  private readonly syncWal: () => Promise<void>;
 
   constructor(
     store: StateStore,
@@ -106,10 +108,13 @@ export class Journal {
     private readonly regionBytes = ACTIVITY_REGION_BYTES,
     /** Told of every failed commit: a full disk fails the batch with ENOSPC for hosts (disk-guard.ts). */
     private readonly disk?: DiskGuard,
+    private readonly controls?: NegativeControls,
+    segmentBytes?: number,
   ) {
     this.db = store.db;
     const db = this.db;
-    this.segments = new PayloadSegments(store.segments("journal"));
+    this.syncWal = () => store.syncWal();
+    this.segments = new PayloadSegments(store.segments("journal"), segmentBytes);
     this.insert = db.prepare(
       "INSERT INTO journal (seq, ts, grp, link, volume, target, op, off, len, seg, seg_off, crc, copy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
@@ -264,11 +269,15 @@ export class Journal {
         this.trimStmt.run(link, seq);
       }
     })();
-    this.collectSegments();
+    // The trim is a NORMAL commit: its segments go once a WAL sync covers it.
+    const seg = this.oldestSegStmt.get() as number | null | undefined;
+    if (this.controls?.segmentsGoBeforeDurable) this.segments.collect(seg ?? null);
+    else this.segments.collectWhenDurable(seg ?? null, () => this.syncWal());
   }
 
   /**
-   * Segments below the oldest entry's are free. Payloads are appended in seq
+   * Segments below the oldest entry's are free; only after a barrier (else
+   * collectWhenDurable, as trim does). Payloads are appended in seq
    * order, so segments only grow with seq and one lookup by the primary key
    * finds the oldest in use.
    */

@@ -25,6 +25,7 @@ import { DISK_RECHECK_MS, diskFullCause, failedFile, stateFileName, type DiskGua
 import type { LinkConnector } from "../replication/frame-link.ts";
 import type { Runtime, TimerHandle } from "../runtime/runtime.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
+import { SEGMENT_BYTES } from "../state/payload-segments.ts";
 import {
   hostsMayWrite,
   primaryGroupIgnores,
@@ -95,6 +96,8 @@ export interface PrimaryTuning {
   copyJournalBytes: number;
   /** How long one copy run waits for the journal to drain before it goes anyway. */
   copyStarvedMs: number;
+  /** Payload segments of the journal and of the RCR queue (both roles), so that they roll over and go within a short history. */
+  segmentBytes: number;
 }
 
 export const DEFAULT_TUNING: PrimaryTuning = {
@@ -103,6 +106,7 @@ export const DEFAULT_TUNING: PrimaryTuning = {
   copyZeroRunBytes: COPY_ZERO_RUN_BYTES,
   copyJournalBytes: COPY_JOURNAL_BYTES,
   copyStarvedMs: COPY_STARVED_MS,
+  segmentBytes: SEGMENT_BYTES,
 };
 
 export interface PrimaryBinding {
@@ -121,6 +125,8 @@ export interface PrimaryBinding {
 export interface PrimaryProbe {
   /** A host write or a copy got its stamp and seq (the same synchronous step registers it pending). */
   stamped?(e: { primary: number; group: string; volume: string; offset: number; length: number; ts: bigint; seq: number; copy: boolean; data: Buffer | null }): void;
+  /** A suspension changed the group's state and is removing its journal entries (the simulation may kill the process then). */
+  leaving?(e: { primary: number; group: string }): void;
 }
 
 export interface PrimaryOptions {
@@ -217,7 +223,7 @@ export class PrimaryEngine {
     this.db = o.store.db;
     this.tuning = { ...DEFAULT_TUNING, ...o.tuning };
     assert(this.tuning.copyRunBytes <= COPY_RUN_BYTES && this.tuning.copyRunBytes % BLOCK_BYTES === 0, "copy runs are whole blocks, at most COPY_RUN_BYTES");
-    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes, o.disk);
+    this.journal = new Journal(o.store, o.runtime, this.tuning.activityRegionBytes, o.disk, o.controls, this.tuning.segmentBytes);
     const { tsFloor, seqFloor } = this.journal.floorsNow();
     this.clock = new StampClock(o.clockNs, tsFloor);
     this.persistedFloor = tsFloor;
@@ -716,6 +722,7 @@ export class PrimaryEngine {
     let left = (): void => {};
     const leaving = new Promise<void>((r) => (left = r));
     gs.leaving = leaving;
+    this.o.probe?.leaving?.({ primary: this.o.id, group });
     try {
       await this.leave(gs, group, was);
     } finally {

@@ -27,4 +27,6 @@ export interface NegativeControls {
   restartAcksUnsyncedSegments?: boolean;
   /** docs/simulation.md Finding 17: an unreplicated host write goes ahead while a suspension is still removing the group's journal entries. */
   unreplicatedDuringSuspension?: boolean;
+  /** docs/simulation.md Finding 18: a journal trim or a queue apply deletes the segments it freed before its commit is durable. */
+  segmentsGoBeforeDurable?: boolean;
 }

@@ -9,6 +9,8 @@ import type { Volume } from "../../disks/volume.ts";
 import type { Db } from "../state/database.ts";
 import type { PayloadCache } from "../state/payload-cache.ts";
 import type { PayloadSegments } from "../state/payload-segments.ts";
+import type { StateStore } from "../state/store.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import { stateFileName, type DiskGuard } from "../state/disk-guard.ts";
 import { assert, InvariantError } from "../invariant.ts";
@@ -37,6 +39,8 @@ export interface ApplierContext {
   db: Db;
   stmts: Pick<QueueStatements, "due" | "payload" | "oldestSeg" | "del" | "applied" | "countDue">;
   segments: PayloadSegments;
+  /** Its WAL sync makes the deletes of applied rows durable before their segments go. */
+  store: Pick<StateStore, "syncWal">;
   /** Payloads of rows just queued, kept by the receiver. */
   recent: PayloadCache<bigint>;
   groups: ReadonlyMap<string, GroupState>;
@@ -46,6 +50,7 @@ export interface ApplierContext {
   disk?: DiskGuard;
   /** Compares VERIFY records with the volume at their stamp (docs/verify.md). */
   verify?: VerifyCheck;
+  controls?: NegativeControls;
 }
 
 export class Applier {
@@ -177,7 +182,9 @@ export class Applier {
       if (verified.length > 0) this.c.verify!.record(verified);
     })();
     if (verified.length > 0) this.c.verify!.report(verified);
-    this.c.segments.collect((this.c.stmts.oldestSeg.get() as number | null | undefined) ?? null);
+    const oldest = (this.c.stmts.oldestSeg.get() as number | null | undefined) ?? null;
+    if (this.c.controls?.segmentsGoBeforeDurable) this.c.segments.collect(oldest);
+    else this.c.segments.collectWhenDurable(oldest, () => this.c.store.syncWal());
     g.applied += n;
     g.appliedBytes += written;
     this.applyError = null;

@@ -56,6 +56,8 @@ export interface SecondaryOptions {
   verifyEvents?: VerifyEvents;
   /** The subsystem's one bitmap writer, shared with its primary engine (PrimaryOptions.bitmap). */
   bitmap?: BitmapWriter;
+  /** Payload segment size: only a simulation scales it down (PrimaryTuning.segmentBytes). */
+  segmentBytes?: number;
 }
 
 export class SecondaryEngine {
@@ -82,7 +84,7 @@ export class SecondaryEngine {
     const db = this.db;
     for (const b of o.bindings) this.volumes.set(b.volume.name, b);
     this.bitmap = o.bitmap ?? new BitmapWriter(db, o.runtime, o.disk);
-    this.segments = new PayloadSegments(o.store.segments("queue"));
+    this.segments = new PayloadSegments(o.store.segments("queue"), o.segmentBytes);
     this.stmts = prepareQueue(db);
     const shared = {
       id: o.id,
@@ -114,7 +116,7 @@ export class SecondaryEngine {
       kickApplier: () => this.applier.kick(),
     });
     this.verify = new VerifyCheck({ id: o.id, db, bitmap: this.bitmap, logger: o.logger, events: o.verifyEvents });
-    this.applier = new Applier({ ...shared, probe: o.probe, stopped, verify: this.verify });
+    this.applier = new Applier({ ...shared, store: o.store, probe: o.probe, stopped, verify: this.verify, controls: o.controls });
     this.load();
   }
 

@@ -8,6 +8,7 @@
 // deleted.
 import type { SegmentDir, SegmentFile } from "./segment-files.ts";
 import { tmError } from "../errors/codes.ts";
+import { assert } from "../invariant.ts";
 
 /** A segment is closed for appends once it holds this much. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -36,6 +37,9 @@ export class PayloadSegments {
   private lowest: number;
   /** Segments appended to since the last sync. */
   private readonly dirty = new Set<number>();
+  /** The highest keep a pending collectWhenDurable will remove below (0: none). */
+  private removing = 0;
+  private closed = false;
 
   /** `dir` holds this prefix's segments; the highest one is appended to. */
   constructor(
@@ -138,10 +142,52 @@ export class PayloadSegments {
     return buf;
   }
 
-  /** Deletes every segment below `oldestInUse` (the segment of the oldest row still in the table), never the current one. */
+  /**
+   * Deletes every segment below `oldestInUse` (the segment of the oldest row
+   * still in the table), never the current one. Only for a caller whose
+   * table is durable as it reads it (after a barrier); otherwise
+   * collectWhenDurable.
+   */
   collect(oldestInUse: number | null): number {
+    return this.removeBelow(this.retire(oldestInUse));
+  }
+
+  /**
+   * collect() once `durable` resolves. The rows that named the segments went
+   * in a NORMAL commit, which a power cut can take back while an unlink
+   * stays: the rows would come back without their payloads, and a queue or
+   * journal row whose payload is gone cannot be applied or replayed
+   * (docs/segments.md, finding 18 of docs/simulation.md). `durable` must
+   * sync every commit made before this call (the WAL's fdatasync does).
+   */
+  collectWhenDurable(oldestInUse: number | null, durable: () => Promise<void>): void {
+    const keep = this.retire(oldestInUse);
+    if (keep <= this.lowest || keep <= this.removing) return;
+    this.removing = keep;
+    durable().then(
+      () => {
+        if (!this.closed) this.removeBelow(keep);
+      },
+      // Left for the next collect, whose sync covers this one's commit too.
+      () => {
+        if (this.removing === keep) this.removing = 0;
+      },
+    );
+  }
+
+  /**
+   * Where removal may stop: segments below it hold no row's payload. A
+   * drained table with a current segment big enough moves appends to a new
+   * one, so that the old one can go too.
+   */
+  private retire(oldestInUse: number | null): number {
     if (oldestInUse === null && (this.segments.get(this.current)?.size ?? 0) >= Math.min(SEGMENT_RESET_BYTES, this.segmentBytes)) this.current++;
-    const keep = Math.min(oldestInUse ?? this.current, this.current);
+    return Math.min(oldestInUse ?? this.current, this.current);
+  }
+
+  private removeBelow(keep: number): number {
+    // Appends only move forward: a segment below a keep once computed never takes a payload again.
+    assert(keep <= this.current, `payload segments: removal up to ${keep} would take the current segment ${this.current}`);
     let removed = 0;
     for (let seg = this.lowest; seg < keep; seg++) {
       this.segments.get(seg)?.file.close();
@@ -155,6 +201,7 @@ export class PayloadSegments {
   }
 
   close(): void {
+    this.closed = true;
     for (const s of this.segments.values()) s.file.close();
     this.segments.clear();
   }

@@ -187,7 +187,7 @@ export class SubsystemCore {
 
   private secondaryEngine(bindings: SecondaryBinding[], groups: Map<string, number[]>): SecondaryEngine {
     const { o } = this;
-    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk, bitmap: this.bitmap, verifyEvents: this.verifyEvents });
+    return new SecondaryEngine({ id: o.id, store: o.store, logger: o.logger, runtime: o.runtime, probe: o.probe, controls: o.controls, bindings, groups, disk: o.disk, bitmap: this.bitmap, verifyEvents: this.verifyEvents, segmentBytes: o.tuning?.segmentBytes });
   }
 
   /** The journal is replayed before the volumes are served again. */

@@ -11,6 +11,7 @@ import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { prng } from "../../appliance/drill/prng.ts";
 import { Journal, OP_WRITE, type JournalEntry } from "../../appliance/primary/journal.ts";
+import type { NegativeControls } from "../../appliance/runtime/controls.ts";
 import { durableBarrier, openState, type Db } from "../../appliance/state/database.ts";
 import { Scheduler, type SimProcess } from "../sim/engine/scheduler.ts";
 import { SimHostDisk, SimSegmentDir, SimStateDb, SimVolume, SIM_BLOCK_BYTES } from "../sim/engine/storage.ts";
@@ -479,6 +480,60 @@ describe("sim storage: the real Journal over a SimHostDisk", () => {
       expect(replayed[0].data!.equals(Buffer.alloc(BLOCK, 1))).toBe(true);
       for (const e of replayed) expect(e.data!.equals(Buffer.alloc(BLOCK, e.seq))).toBe(true);
     }
+  });
+});
+
+describe("sim storage: segments freed by a trim (finding 18)", () => {
+  const MIB = 1024 * 1024;
+  const big = (seq: number): JournalEntry => ({
+    seq,
+    ts: 1000n + BigInt(seq),
+    group: "C1",
+    link: 2,
+    volume: "p1a",
+    target: "s2a",
+    op: OP_WRITE,
+    offset: (seq - 1) * MIB,
+    length: MIB,
+    data: Buffer.alloc(MIB, seq),
+  });
+
+  /** Five 1 MiB entries made durable, all trimmed in a NORMAL commit, then a power cut that loses that commit. */
+  async function trimThenCut(o: { waitForSync: boolean; controls?: NegativeControls }) {
+    const sched = new Scheduler(7);
+    const disk = new SimHostDisk({ random: sched.random, powerCuts: true });
+    const p1 = sched.process("primary#1");
+    const j1 = new Journal(disk.store(p1), p1.runtime, undefined, undefined, o.controls);
+    await settle(sched, Promise.all([1, 2, 3, 4, 5].map((s) => j1.append(big(s)))));
+    j1.barrier();
+    // Drained, with more than SEGMENT_RESET_BYTES in the segment: the trim frees it.
+    j1.trim(new Map([[2, 5]]));
+    const segmentsAfterTrim = disk.segmentDirs.journal.list().length;
+    if (o.waitForSync) await settle(sched, p1.runtime.sleep(50));
+    p1.kill();
+    disk.state.powerCut(KEEP_NONE);
+    disk.segmentDirs.journal.powerCut(KEEP_ALL);
+    const p2 = sched.process("primary#2");
+    const j2 = new Journal(disk.store(p2), p2.runtime);
+    const replayed = [...j2.replay()];
+    return { segmentsAfterTrim, replayed, torn: j2.torn };
+  }
+
+  it("sim storage: a trim's freed segment stays until the trim is durable; a power cut that takes the trim back finds every row whole", async () => {
+    const cut = await trimThenCut({ waitForSync: false });
+    expect(cut.segmentsAfterTrim).toBe(1);
+    expect(cut.torn).toBe(0);
+    expect(cut.replayed.map((e) => [e.seq, e.data!.equals(Buffer.alloc(MIB, e.seq))])).toEqual([1, 2, 3, 4, 5].map((s) => [s, true]));
+    // Once the WAL sync covers the trim, the segment goes and the rows stay gone.
+    const synced = await trimThenCut({ waitForSync: true });
+    expect(synced.replayed).toEqual([]);
+    expect(synced.torn).toBe(0);
+  });
+
+  it("sim storage: with the segment removed at the trim (--segments-go-before-durable) the same cut brings the rows back torn", async () => {
+    const cut = await trimThenCut({ waitForSync: false, controls: { segmentsGoBeforeDurable: true } });
+    expect(cut.torn).toBe(5);
+    expect(cut.replayed).toEqual([]);
   });
 });
 

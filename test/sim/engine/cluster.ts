@@ -98,6 +98,8 @@ export interface ClusterHooks {
   died?(id: number, how: "kill" | "power"): void;
   /** A primary's link reached subsystem `id`, with `pendingCommits` of its commits not yet durable. */
   linkAttached?(id: number, pendingCommits: number): void;
+  /** Subsystem `id` removed a payload segment, with `pendingCommits` of its commits not yet durable. */
+  segmentRemoved?(id: number, pendingCommits: number): void;
 }
 
 const silent = pino({ level: "silent" });
@@ -124,6 +126,7 @@ export class SimCluster {
         powerCuts,
         volumes: ss.volumes.map((v) => ({ name: v.name, sizeBytes: blocks * SIM_BLOCK_BYTES })),
       });
+      for (const dir of Object.values(disk.segmentDirs)) dir.onRemove = () => this.hooks.segmentRemoved?.(ss.id, disk.state.pendingCommits);
       this.nodes.set(ss.id, { id: ss.id, disk, proc: null, core: null, starting: false, powerLost: false, incarnations: 0, inflight: new Set() });
     }
   }

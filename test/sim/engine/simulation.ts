@@ -33,6 +33,8 @@ export interface EngineSimOptions {
   controls?: NegativeControls;
   /** The journal size past which the copier waits (default: drawn, 16, 64 or 1024 KiB); small ones widen the copier's windows. */
   copyJournalKiB?: number;
+  /** Fixes the payload segments' size (KiB); by default histories with power cuts draw 16, 64, 1024 or 65536 (finding 18), others keep 64 MiB. */
+  segmentKiB?: number;
   /** The steps the RCM takes (default: drawn by the seed). */
   story?: Story;
   /**
@@ -186,6 +188,7 @@ export function replayCommand(o: EngineSimOptions): string {
     o.story ? `--story ${o.story}` : "",
     o.wide ? "--wide" : "",
     o.copyJournalKiB !== undefined ? `--copy-journal-kib ${o.copyJournalKiB}` : "",
+    o.segmentKiB !== undefined ? `--segment-kib ${o.segmentKiB}` : "",
   ].filter(Boolean);
   return `node --import tsx scripts/sim-sweep.ts --seed ${o.seed}${flags.length ? " " + flags.join(" ") : ""} --verbose`;
 }
@@ -272,6 +275,18 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           check(() => oracle.stamped(e));
           if (o.log && !e.copy) log(`#${e.primary} stamp ${e.volume}@${e.offset / SIM_BLOCK_BYTES}+${e.length / SIM_BLOCK_BYTES} seq ${e.seq} ts ${e.ts} write #${e.data?.readUInt32BE(4)}`);
         },
+        // BUGGIFY-like: a kill -9 likes a suspension's window, between its
+        // state change and the durable removal of the group's journal
+        // entries, where host writes must wait (finding 17).
+        leaving: (e) => {
+          if (!faults || sched.nowMs > FAULTS_UNTIL_MS || !sched.chance(0.25)) return;
+          sched.at(sched.int(0, 6), () => {
+            if (!cluster.isUp(e.primary)) return;
+            cluster.kill(e.primary);
+            kills++;
+            sched.at(sched.int(0, 300), () => void start(e.primary));
+          });
+        },
         applying: (e) => {
           if (o.log) log(`#${e.secondary} apply ${e.volume}@${e.offset / SIM_BLOCK_BYTES}+${e.length / SIM_BLOCK_BYTES} from #${e.primaryId} seq ${e.seq} ts ${e.ts} (112 ${e.second})`);
         },
@@ -281,6 +296,17 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       linkAttached: (id, pending) => {
         if (o.powerCuts !== true || pending === 0 || !faults || sched.nowMs > FAULTS_UNTIL_MS || !sched.chance(0.2)) return;
         sched.at(sched.int(2, 30), () => {
+          if (!cluster.isUp(id)) return;
+          cluster.powerCut(id);
+          powerCuts++;
+          sched.at(sched.int(0, 300), () => void start(id));
+        });
+      },
+      // BUGGIFY-like too: a power cut likes the moment a segment goes while
+      // the commit that freed it may not be durable (finding 18).
+      segmentRemoved: (id, pending) => {
+        if (o.powerCuts !== true || pending === 0 || !faults || sched.nowMs > FAULTS_UNTIL_MS || !sched.chance(0.3)) return;
+        sched.at(sched.int(0, 10), () => {
           if (!cluster.isUp(id)) return;
           cluster.powerCut(id);
           powerCuts++;
@@ -301,6 +327,10 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       copyRunBytes: sched.int(1, 4) * SIM_BLOCK_BYTES,
       copyZeroRunBytes: sched.int(1, 8) * SIM_BLOCK_BYTES,
       copyJournalBytes: (o.copyJournalKiB ?? sched.pick([16, 64, 1024])) * 1024,
+      // Payload segments that roll over and go within a history, where their
+      // removal order matters: across power cuts (finding 18). Histories
+      // without power cuts keep the deployment's size (and their seeds).
+      ...(o.segmentKiB !== undefined ? { segmentBytes: o.segmentKiB * 1024 } : o.powerCuts === true ? { segmentBytes: sched.pick([16, 64, 1024, 65536]) * 1024 } : {}),
     },
   );
   // Hosts write the primaries; after a takeover of the reverse story, the secondaries; after a turn, the new primaries.

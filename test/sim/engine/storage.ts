@@ -464,8 +464,9 @@ class SimFile {
   }
 
   read(buf: Buffer, offset: number, length: number, position: number): number {
+    // As pread: at or past the end, 0 bytes (Buffer.copy would throw).
     const n = Math.max(0, Math.min(length, this.length - position));
-    this.buf.copy(buf, offset, position, position + n);
+    if (n > 0) this.buf.copy(buf, offset, position, position + n);
     return n;
   }
 
@@ -529,6 +530,8 @@ function segmentError(message: string, code: string): Error {
  */
 export class SimSegmentDir implements SegmentDir {
   private files = new Map<number, SimFile>();
+  /** An incarnation removed a segment (the simulation may cut the power then: finding 18). */
+  onRemove: (() => void) | null = null;
 
   constructor(
     readonly prefix: SegmentPrefix | string,
@@ -559,7 +562,10 @@ export class SimSegmentDir implements SegmentDir {
       nameOf: (seg) => this.nameOf(seg),
       list: () => this.list(),
       open: (seg) => this.handle(seg, proc),
-      remove: (seg) => this.remove(seg),
+      remove: (seg) => {
+        this.remove(seg);
+        this.onRemove?.();
+      },
     };
   }
 
