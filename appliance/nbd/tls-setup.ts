@@ -73,7 +73,9 @@ export function loadNbdTls(mode: NbdTlsMode, files: NbdTlsFiles): NbdTls | undef
     const parsed = parsePskFile(readChecked("pskFile", files.pskFile, true).toString("utf8"));
     if (!parsed.ok) throw tmError("TM_NBD_TLS_CONFIG", `nbdTls.pskFile ${files.pskFile}: ${parsed.reason}`, { file: files.pskFile });
     const keys = parsed.keys;
-    const secureContext = tls.createSecureContext({ ciphers: PSK_CIPHERS, minVersion: "TLSv1.2", maxVersion: "TLSv1.3" });
+    // DHE-PSK needs finite-field parameters: without them OpenSSL silently
+    // leaves those suites out ("auto": its built-in groups sized to the key).
+    const secureContext = tls.createSecureContext({ ciphers: PSK_CIPHERS, minVersion: "TLSv1.2", maxVersion: "TLSv1.3", dhparam: "auto" });
     return {
       mode,
       kind: "psk",

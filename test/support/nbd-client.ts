@@ -4,6 +4,7 @@
 // well-behaved client never would. Uses the server's codec, so a test of
 // the codec's layout belongs in test/unit/nbd-protocol.test.ts, not here.
 import net from "node:net";
+import tls from "node:tls";
 import { ByteReader } from "../../appliance/nbd/byte-reader.ts";
 import {
   NBD_CMD_DISC,
@@ -26,6 +27,7 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_INFO,
@@ -178,6 +180,32 @@ export class NbdOptionSession {
   async go(name: string, structuredReplies: boolean, askBlockSize = true): Promise<NbdClient> {
     const info = await this.info(name, NBD_OPT_GO, askBlockSize);
     return new NbdClient(this.socket, this.reader, info, structuredReplies);
+  }
+
+  /**
+   * NBD_OPT_STARTTLS, then a TLS client handshake on the same TCP stream with
+   * `options` (pskCallback, ciphers, maxVersion, ...). Resolves with a session
+   * inside TLS; rejects with NbdOptionError if STARTTLS is refused, or with the
+   * TLS error if the handshake fails. This session's socket is the TCP one;
+   * the new session's is the TLSSocket.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<NbdOptionSession> {
+    const [r] = await this.option(NBD_OPT_STARTTLS);
+    if (r.replyType !== NBD_REP_ACK) throw new NbdOptionError(NBD_OPT_STARTTLS, r.replyType, r.data.toString("utf8"));
+    this.reader.detach();
+    const secure = tls.connect({ checkServerIdentity: () => undefined, ...options, socket: this.socket });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        secure.once("secureConnect", () => resolve());
+        secure.once("error", reject);
+        secure.once("close", () => reject(new Error("nbd client: connection closed during the TLS handshake")));
+      });
+    } catch (err) {
+      secure.destroy();
+      throw err;
+    }
+    secure.on("error", () => {}); // Surfaced through the reader as an ended stream.
+    return new NbdOptionSession(secure, new ByteReader(secure, READ_AHEAD_BYTES));
   }
 
   /** Soft disconnect: ABORT, wait for the ACK (or the close), then close. */
