@@ -35,6 +35,8 @@ export class RemoteCopyManager {
   private readonly epochs = new Map<string, number>();
   /** Failure conditions by group, with when each was first seen. */
   private readonly since = new Map<string, Map<string, number>>();
+  /** The group's generation when its conditions were first seen: a procedure since (a resync) starts them afresh. */
+  private readonly sinceGeneration = new Map<string, number>();
   readonly history: { at: string; group: string; mode: ProcedureMode | "resync" | "swap"; by: string; reason: string; ok: boolean; ts?: string; error?: string }[] = [];
   private checking = false;
   /** Who this RCM is to the subsystems' leases: its control address, and this process's start. */
@@ -202,6 +204,7 @@ export class RemoteCopyManager {
         let activeSomewhere = false;
         let unsynchronized = false;
         let secondariesReachable = true;
+        let generation = 0;
         /** Primaries holding a new pair's initial copy that no resync has started. */
         const pendingCopy: number[] = [];
         for (const id of [...g.primaries, ...g.secondaries]) {
@@ -238,6 +241,7 @@ export class RemoteCopyManager {
           }
           for (const sg of s.secondary ?? []) {
             if (sg.name !== g.name) continue;
+            generation = Math.max(generation, sg.generation);
             if (sg.state === "active" || sg.state === "resyncing") activeSomewhere = true;
             else {
               suspendedSomewhere = true;
@@ -251,6 +255,8 @@ export class RemoteCopyManager {
         // A suspension cut short (a secondary was away, or the RCM died): finish it
         // once every secondary answers, so the group rests at one synchronized time.
         if (suspendedSomewhere && (activeSomewhere || unsynchronized)) {
+          // What was seen before the suspension says nothing of the group after it.
+          this.since.delete(g.name);
           if (secondariesReachable) {
             this.logger.warn({ group: g.name }, "finishing a suspension that was cut short");
             void this.procedure(g.name, "suspend", "rcm (automatic)", "finishing an interrupted suspension").catch(() => {});
@@ -268,6 +274,10 @@ export class RemoteCopyManager {
           ).catch(() => {});
           continue;
         }
+        // A resync right after an outage reconnects its links at the new
+        // generation: a link seen down before it is not down for as long.
+        if (this.sinceGeneration.get(g.name) !== generation) this.since.delete(g.name);
+        this.sinceGeneration.set(g.name, generation);
         const seen = this.since.get(g.name) ?? new Map<string, number>();
         for (const k of [...seen.keys()]) if (!conditions.has(k)) seen.delete(k);
         for (const k of conditions.keys()) if (!seen.has(k)) seen.set(k, now);

@@ -47,25 +47,46 @@ export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number
   };
 }
 
+/**
+ * How the cluster starts one of its processes (id 0: the RCM): it gets the
+ * argv that would run here (`node bin/tidemark subsystem ...`) and returns the
+ * argv to run instead, e.g. inside a network namespace
+ * (test/support/netns-hosts.ts, hostsLauncher). The process must keep the pid
+ * it is spawned with (exec in place), so kill() reaches it.
+ */
+export type Launcher = (id: number, argv: string[]) => string[];
+
+export interface TestClusterOptions {
+  launch?: Launcher;
+}
+
 export class TestCluster {
   readonly procs = new Map<number, ChildProcess>();
   topo: LoadedTopology;
   private readonly deaths: string[] = [];
+  private readonly launch: Launcher;
 
   private constructor(
     readonly dir: string,
     readonly configFile: string,
+    opts: TestClusterOptions = {},
   ) {
     this.topo = loadConfig(configFile);
+    this.launch = opts.launch ?? ((_id, argv) => argv);
   }
 
-  static create(config: unknown, prefix = "tidemark-it-"): TestCluster {
+  static create(config: unknown, prefix = "tidemark-it-", opts: TestClusterOptions = {}): TestCluster {
     const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
     const file = path.join(dir, "config.json");
     writeFileSync(file, JSON.stringify(config, null, 2));
     const keyFile = (config as { clusterKeyFile?: unknown }).clusterKeyFile;
     if (typeof keyFile === "string") writeKeyFile(path.resolve(dir, keyFile), false);
-    return new TestCluster(dir, file);
+    return new TestCluster(dir, file, opts);
+  }
+
+  private spawnProcess(id: number, args: string[]): ChildProcess {
+    const [command, ...rest] = this.launch(id, [process.execPath, BIN, ...args]);
+    return spawn(command, rest, { stdio: ["ignore", "pipe", "pipe"] });
   }
 
   get ids(): number[] {
@@ -80,9 +101,7 @@ export class TestCluster {
   }
 
   async start(id: number): Promise<void> {
-    const proc = spawn(process.execPath, [BIN, "subsystem", "--config", this.configFile, "--id", String(id), "--log", this.logOf(id)], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const proc = this.spawnProcess(id, ["subsystem", "--config", this.configFile, "--id", String(id), "--log", this.logOf(id)]);
     this.procs.set(id, proc);
     let stderr = "";
     proc.stderr!.on("data", (d) => (stderr += d));
@@ -99,7 +118,7 @@ export class TestCluster {
 
   /** The RCM (config rcm section), as process id 0 among the subsystems. */
   async startRcm(): Promise<void> {
-    const proc = spawn(process.execPath, [BIN, "rcm", "--config", this.configFile, "--log", this.logOf(0)], { stdio: ["ignore", "pipe", "pipe"] });
+    const proc = this.spawnProcess(0, ["rcm", "--config", this.configFile, "--log", this.logOf(0)]);
     this.procs.set(0, proc);
     let stderr = "";
     proc.stderr!.on("data", (d) => (stderr += d));
