@@ -36,10 +36,10 @@ const MiB = 1024 * 1024;
 
 export const nbdLimitsSchema = z
   .object({
-    /** Bytes held for clients across all connections; at least two 32 MiB requests. */
-    bufferBytesMax: z.number().int().min(64 * MiB + 56).default(256 * MiB),
+    /** Bytes held for clients across all connections; at least two 32 MiB requests (each charged 2 KiB more: REQUEST_COST_BYTES). */
+    bufferBytesMax: z.number().int().min(64 * MiB + 4096).default(256 * MiB),
     /** What one peer address's connections may hold of it together (capped at bufferBytesMax); at least one 32 MiB request. */
-    bufferBytesPerPeerMax: z.number().int().min(32 * MiB + 28).default(128 * MiB),
+    bufferBytesPerPeerMax: z.number().int().min(32 * MiB + 2048).default(128 * MiB),
     connectionsMax: z.number().int().min(1).max(65536).default(512),
     connectionsPerPeerMax: z.number().int().min(1).max(65536).default(64),
     connectionsPerExportMax: z.number().int().min(1).max(65536).default(64),

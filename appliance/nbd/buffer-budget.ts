@@ -15,6 +15,8 @@ interface Waiter {
   owner: string;
   resolve: () => void;
   reject: (err: Error) => void;
+  /** Removes the waiter's abort listener once granted (one per wait would pile up on a long connection). */
+  forget?: () => void;
 }
 
 export class BufferBudget {
@@ -57,17 +59,15 @@ export class BufferBudget {
           ? `peer ${owner} holds ${mine} bytes (nbdLimits.bufferBytesPerPeerMax ${this.ownerBytesMax})`
           : `the server holds ${this.used} bytes (nbdLimits.bufferBytesMax ${this.bytesMax})`,
       );
-      signal.addEventListener(
-        "abort",
-        () => {
-          const i = this.waiters.indexOf(w);
-          if (i < 0) return; // already granted: the owner releases it
-          this.waiters.splice(i, 1);
-          reject(signal.reason as Error);
-          this.grant(); // a large waiter leaving may unblock smaller ones behind it
-        },
-        { once: true },
-      );
+      const onAbort = () => {
+        const i = this.waiters.indexOf(w);
+        if (i < 0) return; // already granted: the owner releases it
+        this.waiters.splice(i, 1);
+        reject(signal.reason as Error);
+        this.grant(); // a large waiter leaving may unblock smaller ones behind it
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      w.forget = () => signal.removeEventListener("abort", onAbort);
     });
   }
 
@@ -92,6 +92,7 @@ export class BufferBudget {
       this.waiters.splice(i, 1);
       this.used += w.bytes;
       this.byOwner.set(w.owner, mine + w.bytes);
+      w.forget?.();
       w.resolve();
     }
   }

@@ -1,7 +1,7 @@
 // Pull-based reader over a socket: the owner asks for exactly n bytes when it
-// is ready for them. While nobody asks and readAheadBytesMax is buffered the
-// socket is paused, so TCP flow control pushes back on the peer. At most one
-// read or skip is outstanding at a time.
+// is ready for them. While nobody asks the socket is paused before the bytes
+// read ahead could pass readAheadBytesMax, so TCP flow control pushes back on
+// the peer. At most one read or skip is outstanding at a time.
 import type { Socket } from "node:net";
 import { assert } from "../invariant.ts";
 import type { ErrorCode } from "../errors/codes.ts";
@@ -23,11 +23,28 @@ interface Want {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * The largest piece a socket hands out at once: libuv reads a TCP socket into
+ * 64 KiB buffers (a TLS socket's pieces are at most 16 KiB).
+ */
+export const SOCKET_CHUNK_BYTES_MAX = 64 * 1024;
+
+/**
+ * What a paused socket may still take into its own buffer: Node reads pieces
+ * into it until it holds its readableHighWaterMark, so at most one byte short
+ * of that plus one whole piece.
+ */
+export function socketBufferBytesMax(socket: Socket): number {
+  return Math.max(socket.readableHighWaterMark, 1) - 1 + SOCKET_CHUNK_BYTES_MAX;
+}
+
 export class ByteReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private want: Want | null = null;
   private ended: Error | null = null;
+  /** Buffered bytes up to which the socket keeps flowing while nobody asks. */
+  private readonly flowWhileAtMost: number;
   private readonly onData = (chunk: Buffer) => {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
@@ -37,12 +54,19 @@ export class ByteReader {
   private readonly onEnd = () => this.end(new StreamEndedError("peer closed the connection"));
   private readonly onClose = () => this.end(new StreamEndedError("connection closed"));
 
-  /** onProgress runs on every chunk received: the owner's stall clock. */
+  /**
+   * readAheadBytesMax bounds what is read from the socket beyond what was
+   * asked: bytes here plus those in the paused socket's own buffer. onProgress
+   * runs on every chunk received: the owner's stall clock.
+   */
   constructor(
     private readonly socket: Socket,
-    private readonly readAheadBytesMax: number,
+    readAheadBytesMax: number,
     private readonly onProgress?: () => void,
   ) {
+    // A piece arriving while the socket flows, then what the socket takes
+    // after the pause, must still fit.
+    this.flowWhileAtMost = readAheadBytesMax - SOCKET_CHUNK_BYTES_MAX - socketBufferBytesMax(socket);
     socket.on("data", this.onData);
     socket.on("end", this.onEnd);
     socket.on("close", this.onClose);
@@ -113,9 +137,10 @@ export class ByteReader {
         w.resolve(this.take(w.bytes));
       }
     }
-    // Keep reading while someone waits or read-ahead has room; otherwise
-    // leave the bytes in the kernel.
-    if (this.want !== null || this.buffered < this.readAheadBytesMax) this.socket.resume();
+    // Keep reading while someone waits or read-ahead has room for the next
+    // piece and what the socket takes after a pause; otherwise leave the
+    // bytes in the kernel.
+    if (this.want !== null || this.buffered <= this.flowWhileAtMost) this.socket.resume();
     else this.socket.pause();
   }
 

@@ -46,10 +46,26 @@ import { checkRequest, commandName, payloadLimitFor, writePayloadFate, type Tran
  * admitted past it, so a connection holds at most this plus 32 MiB.
  */
 export const IN_FLIGHT_BYTES_MAX = 64 * 1024 * 1024;
-/** Requests being served per connection before reading pauses. */
+/**
+ * Requests per connection, from admission until the kernel took the reply,
+ * before reading pauses: a client that does not read its replies stops being
+ * read after this many, however small they are.
+ */
 export const IN_FLIGHT_REQUESTS_MAX = 256;
-/** Bytes the reader may buffer ahead of the request loop. */
+/**
+ * Bytes read from the socket ahead of the request loop, the socket's own
+ * buffer included (ByteReader).
+ */
 export const READ_AHEAD_BYTES_MAX = 256 * 1024;
+/**
+ * What each request is charged beside its data, to the connection and to the
+ * budget: its header, and its reply's buffers, write request and callback
+ * while the reply waits on a socket the client does not read (about 1.1 KiB of
+ * process memory each, measured with zero-length READs). Without it a client
+ * pipelining millions of zero-length READs and reading nothing held ~1.6 KiB
+ * per 28 bytes charged.
+ */
+export const REQUEST_COST_BYTES = 2 * 1024;
 export const HANDSHAKE_TIMEOUT_MS_DEFAULT = 30_000;
 
 export interface ConnectionConfig {
@@ -332,10 +348,11 @@ export class NbdConnection {
         const fate = h.type === NBD_CMD_WRITE ? writePayloadFate(h, verdict) : undefined;
         if (fate === "disconnect") throw new HardDisconnect(`WRITE length ${h.length} is past the hard cap`);
         // Bytes this request holds until its reply drains: a WRITE payload
-        // read into memory, or a READ's data. A refused WRITE's payload is
-        // skipped in read-ahead sized pieces and holds nothing.
+        // read into memory, or a READ's data, and the request's own cost. A
+        // refused WRITE's payload is skipped in read-ahead sized pieces and
+        // holds nothing.
         const held = fate === "read" || (h.type === NBD_CMD_READ && verdict.ok) ? h.length : 0;
-        const charge = await this.charge(REQUEST_HEADER_BYTES + held);
+        const charge = await this.charge(REQUEST_COST_BYTES + held);
         let payload: Buffer | undefined;
         if (fate !== undefined) {
           this.receivingPayload = true;
@@ -447,6 +464,7 @@ export class NbdConnection {
       // An OFFSET_DATA chunk must describe at least one byte.
       if (n.structuredReplies && data.length === 0) parts.push(encodeNoneChunk(h.cookie));
       else if (n.structuredReplies) parts.push(encodeOffsetDataHead(h.cookie, Number(h.offset), data.length, true), data);
+      else if (data.length === 0) parts.push(encodeSimpleReply(0, h.cookie));
       else parts.push(encodeSimpleReply(0, h.cookie), data);
     } else {
       parts.push(encodeSimpleReply(0, h.cookie));
@@ -489,9 +507,11 @@ export class NbdConnection {
   }
 
   private async admission(): Promise<void> {
-    // One request's charge (at most a header plus PAYLOAD_HARD_CAP_BYTES) is
-    // below the bound, so once earlier replies drain the next one is admitted.
-    const full = () => this.inFlightBytes >= IN_FLIGHT_BYTES_MAX || this.inFlightRequests >= IN_FLIGHT_REQUESTS_MAX;
+    // One request's charge (at most REQUEST_COST_BYTES plus
+    // PAYLOAD_HARD_CAP_BYTES) is below the bound, so once earlier replies
+    // drain the next one is admitted. Charges are given back once the reply
+    // drained: replies queued on a socket the client does not read count too.
+    const full = () => this.inFlightBytes >= IN_FLIGHT_BYTES_MAX || this.charges.size >= IN_FLIGHT_REQUESTS_MAX;
     while (!this.stopping && !this.socket.destroyed && full()) {
       await new Promise<void>((resolve) => (this.admissionWaiter = resolve));
     }

@@ -9,17 +9,16 @@ import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
 import { assert } from "../invariant.ts";
 import { BufferBudget } from "./buffer-budget.ts";
-import { HANDSHAKE_TIMEOUT_MS_DEFAULT, NbdConnection } from "./connection.ts";
+import { HANDSHAKE_TIMEOUT_MS_DEFAULT, NbdConnection, REQUEST_COST_BYTES } from "./connection.ts";
 import { ConnectionLimits } from "./connection-limits.ts";
 import { NBD_LIMITS_DEFAULT, type NbdLimits, type NbdServerOptions } from "./export.ts";
-import { REQUEST_HEADER_BYTES } from "./protocol.ts";
 import { PAYLOAD_HARD_CAP_BYTES, PREFERRED_BLOCK_BYTES } from "./transmission.ts";
 
 export type { NbdExport, NbdExportProvider, NbdServerOptions, NbdLimits } from "./export.ts";
 export { NBD_LIMITS_DEFAULT } from "./export.ts";
 
 /** Smallest server-wide budget: two of the largest requests, so one always fits while another drains. */
-export const BUFFER_BYTES_MIN = 2 * (PAYLOAD_HARD_CAP_BYTES + REQUEST_HEADER_BYTES);
+export const BUFFER_BYTES_MIN = 2 * (PAYLOAD_HARD_CAP_BYTES + REQUEST_COST_BYTES);
 
 export class NbdServer {
   private readonly log: Logger;
@@ -42,7 +41,7 @@ export class NbdServer {
     assert(this.limits.bufferBytesMax >= BUFFER_BYTES_MIN, `nbd: bufferBytesMax ${this.limits.bufferBytesMax} below ${BUFFER_BYTES_MIN}`);
     assert((options.tlsMode ?? "off") === "off" || options.tls !== undefined, "nbd: tlsMode on/require without a TLS setup");
     const perPeer = Math.min(this.limits.bufferBytesPerPeerMax, this.limits.bufferBytesMax);
-    assert(perPeer >= PAYLOAD_HARD_CAP_BYTES + REQUEST_HEADER_BYTES, `nbd: bufferBytesPerPeerMax ${perPeer} below one 32 MiB request`);
+    assert(perPeer >= PAYLOAD_HARD_CAP_BYTES + REQUEST_COST_BYTES, `nbd: bufferBytesPerPeerMax ${perPeer} below one 32 MiB request`);
     this.budget = new BufferBudget(this.limits.bufferBytesMax, perPeer);
     this.counts = new ConnectionLimits(this.limits);
     this.now = options.now ?? (() => performance.now());

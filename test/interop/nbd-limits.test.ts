@@ -8,6 +8,7 @@ import net from "node:net";
 import { randomBytes } from "node:crypto";
 import { describe, expect, it, onTestFinished } from "vitest";
 import * as p from "../../appliance/nbd/protocol.ts";
+import { REQUEST_COST_BYTES } from "../../appliance/nbd/connection.ts";
 import { BUFFER_BYTES_MIN } from "../../appliance/nbd/server.ts";
 import { NbdClient, NbdOptionError, NbdOptionSession } from "../support/nbd-client.ts";
 import { startNbdFixture, type FixtureOptions, type NbdFixture } from "../support/nbd-fixture.ts";
@@ -76,7 +77,7 @@ describe("nbd limits: deadlines and stalls", () => {
     s.socket.write(p.encodeRequestHeader({ flags: 0, type: p.NBD_CMD_WRITE, cookie: 1n, offset: 0, length: 4 * MiB }));
     s.socket.write(Buffer.alloc(4 * MiB - 1, 7));
     await sleep(150);
-    expect(fx.server.budget.usedBytes()).toBe(4 * MiB + p.REQUEST_HEADER_BYTES);
+    expect(fx.server.budget.usedBytes()).toBe(4 * MiB + REQUEST_COST_BYTES);
     const ms = await closedWithin(s.socket, 5000);
     expect(ms).toBeGreaterThan(0);
     expect(fx.logs.find((l) => l.msg === "nbd: closing connection")?.reason).toMatch(/stalled: a request half received/);
