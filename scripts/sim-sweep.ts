@@ -13,7 +13,8 @@
 // --restart-lifts-112 (docs/simulation.md), --turn-rebuilds-subsystem, --refusal-fences-frozen,
 // --copier-outlives-generation (issue 17's races 1-3; with --wide), --restart-acks-unsynced-segments
 // (finding 13; with --power-cuts), --unreplicated-during-suspension (finding 17; with --wide),
-// --segments-go-before-durable (finding 18; with --power-cuts).
+// --segments-go-before-durable (finding 18; with --power-cuts), --swap-turns-thawed-primaries
+// (finding 19; with --wide --story swap).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 import { EXTRA_STORIES, STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
@@ -53,6 +54,7 @@ function parse(argv: string[]) {
     } else if (a === "--copy-hole-outside-lock") o.controls = { ...o.controls, copyHoleOutsideLock: true };
     else if (a === "--ack-before-durable") o.controls = { ...o.controls, ackBeforeDurable: true };
     else if (a === "--segments-go-before-durable") o.controls = { ...o.controls, segmentsGoBeforeDurable: true };
+    else if (a === "--swap-turns-thawed-primaries") o.controls = { ...o.controls, swapTurnsThawedPrimaries: true };
     else if (a === "--bare-clock-sync") o.controls = { ...o.controls, bareClockSync: true };
     else if (a === "--no-fence") o.controls = { ...o.controls, noFence: true };
     else if (a === "--no-activity-log") o.controls = { ...o.controls, noActivityLog: true };

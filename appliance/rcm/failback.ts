@@ -12,6 +12,7 @@ import { quiesce } from "../cli/quiesce.ts";
 import { ProcedureError, call, runProcedure } from "./procedure.ts";
 import { startResync, takeOverReturning, type ResyncOptions, type ResyncStart } from "./resync.ts";
 import { returningPrimaries, type Returning } from "./returning.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 
 const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
 
@@ -155,6 +156,18 @@ function swapCutCovers(group: string, ts: string, frozenAt: string): void {
   }
 }
 
+/** After a swap froze the group, no primary may have become writable again before its turn. */
+function swapNoneThawed(group: string, states: { id: number; role: string; state: string }[]): void {
+  const thawed = states.filter((s) => s.role === "primary" && s.state !== "frozen" && s.state !== "taken-over");
+  if (thawed.length === 0) return;
+  throw new ProcedureError(
+    "TM_SWAP",
+    `swap ${group}: ${thawed.map((s) => `primary #${s.id} is ${s.state}`).join(", ")} after the swap froze the group (a suspension came in between): ` +
+      `hosts may have written it since, on that primary only, and a turn would discard those writes. Nothing was turned. ` +
+      `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`,
+  );
+}
+
 /** The highest stamp a swap froze the group's primaries at (persisted by each primary), or null when none was frozen by a swap. */
 function frozenStampOf(states: { role: string; frozenTs?: string | null }[]): string | null {
   const stamps = states.filter((s) => s.role === "primary" && s.frozenTs != null).map((s) => BigInt(s.frozenTs!));
@@ -162,7 +175,7 @@ function frozenStampOf(states: { role: string; frozenTs?: string | null }[]): st
 }
 
 /** `tidemark swap`: a paired group changes direction with no acknowledged write lost. */
-export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions & { timeoutMs: number }): Promise<FailbackReport> {
+export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions & { timeoutMs: number; controls?: NegativeControls }): Promise<FailbackReport> {
   const v = await view(topo, group);
   const cur = currentDirection(v);
   if (cur === "mixed") return reverseResync(topo, group, o);
@@ -202,6 +215,11 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     const frozen = frozenStampOf(states);
     const ts = states.find((s) => s.role === "secondary" && s.synchronizedTs !== null)?.synchronizedTs ?? null;
     if (frozen !== null && ts !== null) swapCutCovers(group, ts, frozen);
+    // A primary the swap froze that hosts may write again: a suspension
+    // lifted its freeze (a primary down through the swap's takeover comes
+    // back frozen). What hosts wrote since is in its bitmap only; the turn
+    // would take it over and the resync copy the new primaries over it.
+    if (frozen !== null && !o.controls?.swapTurnsThawedPrimaries) swapNoneThawed(group, states);
   }
   if (pastWait) {
     // The stamp each primary persisted when it froze (a primary's clock goes

@@ -29,4 +29,6 @@ export interface NegativeControls {
   unreplicatedDuringSuspension?: boolean;
   /** docs/simulation.md Finding 18: a journal trim or a queue apply deletes the segments it freed before its commit is durable. */
   segmentsGoBeforeDurable?: boolean;
+  /** docs/simulation.md Finding 19: a swap turns a group one of whose frozen primaries a suspension made writable again. */
+  swapTurnsThawedPrimaries?: boolean;
 }

@@ -32,6 +32,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [505062, { wide: true, powerCuts: true }, "a FUA write on a taken-over secondary's volume is no barrier of the primary journal on the same subsystem (finding 16)"],
     [505352, { wide: true }, "an unreplicated write during a suspension's journal removal, then kill -9 (finding 17)"],
     [600102, { wide: true, powerCuts: true }, "queue segments removed before the deletes of their rows were durable, then a power cut (finding 18)"],
+    [601432, { wide: true }, "a swap rerun turned a group whose returning primary a second RCM's suspension had made writable (finding 19)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -68,6 +69,12 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
   // (The sweep found it at 505352; a kill -9 inside a suspension's window, finding 18's change, now finds it at 101.)
   it("sim negative control: finding 17: an unreplicated write during a suspension's journal removal is caught at seed 101", { timeout: TIMEOUT_MS }, async () => {
     const o = { seed: 101, wide: true, controls: { unreplicatedDuringSuspension: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
+  });
+
+  it("sim negative control: finding 19: a swap that turns a group with a thawed primary is caught at seed 601432", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 601432, wide: true, controls: { swapTurnsThawedPrimaries: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });

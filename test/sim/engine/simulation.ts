@@ -612,7 +612,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           if (!r.nothingToDo) await watchResync(live, "C1", r.generation, () => {}, 20);
           return { complete: true, turned: live.groups.get("C1")!.primaries.some((id) => topo.groups.get("C1")!.secondaries.includes(id)) };
         }
-        const r = await swap(rtopo, "C1", { logger: silent, by: "sim", timeoutMs: 5_000 });
+        const r = await swap(rtopo, "C1", { logger: silent, by: "sim", timeoutMs: 5_000, controls: o.controls });
         await watchResync(directed(rtopo, new Map([["C1", r.direction]])), "C1", r.resync.generation, () => {}, 20);
         return { complete: true, turned: r.direction === "reverse" };
       }
