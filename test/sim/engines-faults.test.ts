@@ -33,6 +33,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [505352, { wide: true }, "an unreplicated write during a suspension's journal removal, then kill -9 (finding 17)"],
     [600102, { wide: true, powerCuts: true }, "queue segments removed before the deletes of their rows were durable, then a power cut (finding 18)"],
     [601432, { wide: true }, "a swap rerun turned a group whose returning primary a second RCM's suspension had made writable (finding 19)"],
+    [615017, { wide: true, powerCuts: true }, "a seq issued again after a kill -9 before its first write was journaled (finding 20, an oracle bug)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {

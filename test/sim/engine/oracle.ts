@@ -184,6 +184,17 @@ export class Oracle {
       };
       this.writes.push(w);
     }
+    // A seq issued again: the incarnation that issued it first died before
+    // its journal commit was durable (a seq lease, or the row, lost to a
+    // kill or a power cut), so nothing of that write left the primary under
+    // it. Acks of the seq are the new write's (seed 615017).
+    const prev = this.byTsKey.get(`${e.primary}:${e.seq}`);
+    if (prev && prev !== w) {
+      if (prev.host && prev.hostAcked && !prev.fragile) {
+        fail(`primary #${e.primary}: seq ${e.seq} issued again (to ${w.host ? `host write #${w.id}` : "a copy"}) after host write #${prev.id} was acknowledged with it`);
+      }
+      prev.seq = null;
+    }
     this.byTsKey.set(`${e.primary}:${e.seq}`, w);
   }
 
