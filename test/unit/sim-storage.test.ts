@@ -404,19 +404,22 @@ describe("sim storage: volumes", () => {
   });
 });
 
+/** A host write's journal entry of `length` bytes filled with its seq. */
+const journalEntry = (seq: number, offset: number, length = BLOCK): JournalEntry => ({
+  seq,
+  ts: 1000n + BigInt(seq),
+  group: "C1",
+  link: 2,
+  volume: "p1a",
+  target: "s2a",
+  op: OP_WRITE,
+  offset,
+  length,
+  data: Buffer.alloc(length, seq),
+});
+
 describe("sim storage: the real Journal over a SimHostDisk", () => {
-  const E = (seq: number, offset: number): JournalEntry => ({
-    seq,
-    ts: 1000n + BigInt(seq),
-    group: "C1",
-    link: 2,
-    volume: "p1a",
-    target: "s2a",
-    op: OP_WRITE,
-    offset,
-    length: BLOCK,
-    data: Buffer.alloc(BLOCK, seq),
-  });
+  const E = (seq: number, offset: number) => journalEntry(seq, offset);
 
   /** e1 committed FULL and behind a barrier, e2 committed NORMAL, then a power cut with these choices. */
   async function cutAfterTwo(stateCut: () => number, segmentCut: () => number) {
@@ -485,18 +488,7 @@ describe("sim storage: the real Journal over a SimHostDisk", () => {
 
 describe("sim storage: segments freed by a trim (finding 18)", () => {
   const MIB = 1024 * 1024;
-  const big = (seq: number): JournalEntry => ({
-    seq,
-    ts: 1000n + BigInt(seq),
-    group: "C1",
-    link: 2,
-    volume: "p1a",
-    target: "s2a",
-    op: OP_WRITE,
-    offset: (seq - 1) * MIB,
-    length: MIB,
-    data: Buffer.alloc(MIB, seq),
-  });
+  const big = (seq: number) => journalEntry(seq, (seq - 1) * MIB, MIB);
 
   /** Five 1 MiB entries made durable, all trimmed in a NORMAL commit, then a power cut that loses that commit. */
   async function trimThenCut(o: { waitForSync: boolean; controls?: NegativeControls }) {
