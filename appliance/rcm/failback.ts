@@ -13,6 +13,7 @@ import { ProcedureError, call, runProcedure } from "./procedure.ts";
 import { startResync, takeOverReturning, type ResyncOptions, type ResyncStart } from "./resync.ts";
 import { returningPrimaries, type Returning } from "./returning.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
+import { hostsMayWrite, type PrimaryGroupState } from "../primary/group-state.ts";
 
 const opposite = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
 
@@ -151,20 +152,25 @@ function swapCutCovers(group: string, ts: string, frozenAt: string): void {
       "TM_SWAP",
       `swap ${group}: the takeover came to Ts ${ts}, below the stamp ${frozenAt} the primaries were frozen at (a suspension came in between); ` +
         `writes acknowledged to hosts between the two are on the primaries only, and a turn would discard them. The group is taken over, nothing was turned. ` +
-        `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`,
+        swapWaysOn(group),
     );
   }
 }
 
+/** What TM_SWAP tells the admin to do next. */
+function swapWaysOn(group: string): string {
+  return `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`;
+}
+
 /** After a swap froze the group, no primary may have become writable again before its turn. */
 function swapNoneThawed(group: string, states: { id: number; role: string; state: string }[]): void {
-  const thawed = states.filter((s) => s.role === "primary" && s.state !== "frozen" && s.state !== "taken-over");
+  const thawed = states.filter((s) => s.role === "primary" && hostsMayWrite(s.state as PrimaryGroupState));
   if (thawed.length === 0) return;
   throw new ProcedureError(
     "TM_SWAP",
     `swap ${group}: ${thawed.map((s) => `primary #${s.id} is ${s.state}`).join(", ")} after the swap froze the group (a suspension came in between): ` +
       `hosts may have written it since, on that primary only, and a turn would discard those writes. Nothing was turned. ` +
-      `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`,
+      swapWaysOn(group),
   );
 }
 
