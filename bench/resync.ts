@@ -6,17 +6,14 @@
 // queued durably, applied, fdatasynced). Against it: `nbdcopy --flush` of the
 // same N MiB between two plain files on the same disk. Prints both rates and
 // the ratio; the images are compared with cmp at the end.
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
-import { createInterface } from "node:readline";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadConfig, volumePath } from "../config/load.ts";
 import { freePort } from "../test/support/ports.ts";
-
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), "../bin/tidemark");
+import { removeAtExit, runTimed as run, startReady as start, stopAll, tidemarkTimed as tidemark } from "./processes.ts";
 
 interface Options {
   mib: number;
@@ -53,41 +50,8 @@ function fail(msg: string): never {
   process.exit(2);
 }
 
-const children = new Set<ChildProcess>();
-let workDir: string | null = null;
-let keep = false;
-process.on("exit", () => {
-  for (const p of children) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
-  if (workDir && !keep) rmSync(workDir, { recursive: true, force: true });
-});
-for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => process.exit(130));
-
-function start(args: string[], log: string): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [BIN, ...args, "--log", log], { stdio: ["ignore", "pipe", "pipe"] });
-    children.add(p);
-    let err = "";
-    p.stderr!.on("data", (d) => (err += d));
-    createInterface({ input: p.stdout! }).on("line", (l) => l.includes('"ready":true') && resolve(p));
-    p.once("exit", (code, sig) => reject(new Error(`${args.join(" ")} exited (${sig ?? code}) before ready: ${err.trim()} (log ${log})`)));
-  });
-}
-
-function run(cmd: string, args: string[], what: string): { ms: number; stdout: string } {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { encoding: "utf8", maxBuffer: 64 << 20 });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0) throw new Error(`${what} failed (${r.status ?? r.signal}): ${r.stderr.trim()}`);
-  return { ms, stdout: r.stdout };
-}
-
-function tidemark(args: string[], what: string) {
-  return run(process.execPath, [BIN, ...args], what);
-}
-
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  keep = o.keep;
   for (const [tool, pkg] of [
     ["nbdcopy", "libnbd-bin"],
     ["cmp", "diffutils"],
@@ -98,8 +62,8 @@ async function main(): Promise<void> {
     }
   }
   mkdirSync(o.dir, { recursive: true });
-  workDir = mkdtempSync(path.join(o.dir, "tidemark-bench-resync-"));
-  const dir = workDir;
+  const dir = mkdtempSync(path.join(o.dir, "tidemark-bench-resync-"));
+  removeAtExit(dir, o.keep);
   const volumeMiB = o.mib;
   const cfg = {
     clusterKey: "tidemark-bench-cluster-key-0123456789",
@@ -167,7 +131,7 @@ async function main(): Promise<void> {
   if (o.json) {
     writeFileSync(o.json, JSON.stringify({ mib: o.mib, resyncMs, copyMs, resyncCommandMs: rs.ms, quiesceMs: q.ms, nbdcopyMs: nc.ms, copiedMiB, identical: same.status === 0 }, null, 2));
   }
-  for (const p of children) p.kill("SIGTERM");
+  stopAll();
   if (same.status !== 0) process.exit(1);
 }
 

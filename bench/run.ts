@@ -6,7 +6,7 @@
 // starts and every temp dir is removed on exit, failure or Ctrl-C.
 // Not part of `npm test`: it takes minutes and needs a quiet machine.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync, readFileSync, mkdirSync } from "node:fs";
+import { mkdtempSync, writeFileSync, rmSync, readFileSync, mkdirSync, copyFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -17,6 +17,8 @@ import { buildStatus, type Answer, type SubsystemStatus } from "../appliance/cli
 import { clockReader } from "../appliance/primary/clock-source.ts";
 import { freePort } from "../test/support/ports.ts";
 import { fig1Config } from "../test/support/cluster.ts";
+import { haveCerttool, makeTlsMaterial } from "../test/support/tls-material.ts";
+import { runFio as runFioIn, type FioResult } from "./fio.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = path.join(ROOT, "bin/tidemark");
@@ -52,6 +54,9 @@ function usage(): never {
       "  --json FILE     also write the raw results as JSON",
       "  --keep          keep the temp dirs (logs, state files) for inspection",
       "  --takeover-mib N  RCRs queued on a secondary before the takeover run (default 1024; --only takeover runs just that)",
+      "  TLS cost (targets run only when named): --only nbdkit,nbdkit-tls,1x1-tls-off,1x1-tls-on",
+      "    nbdkit-tls: nbdkit --tls=require with an X.509 certificate; 1x1-tls-off: links and NBD in plain TCP;",
+      "    1x1-tls-on: links over TLS (PSK, the default) and NBD with --tls=require (X.509). Needs certtool (gnutls-bin).",
       "",
     ].join("\n"),
   );
@@ -200,48 +205,8 @@ const JOBS: FioJob[] = [
   { name: "randread", rw: "randread", bs: "4k", iodepth: 32, write: false },
 ];
 
-interface FioResult {
-  iops: number;
-  mibps: number;
-  p50us: number;
-  p99us: number;
-  error: number;
-}
-
-function runFio(args: string[], seconds: number, cwd: string): Promise<FioResult> {
-  const full = [...args, `--runtime=${seconds}`, "--time_based", "--output-format=json", "--group_reporting"];
-  return new Promise((resolve, reject) => {
-    const p = track(spawn("fio", full, { cwd, stdio: ["ignore", "pipe", "pipe"] }));
-    let out = "";
-    let err = "";
-    p.stdout!.on("data", (d) => (out += d));
-    p.stderr!.on("data", (d) => (err += d));
-    p.once("exit", (code, sig) => {
-      const start = out.indexOf("{");
-      if (code !== 0 || start < 0) return reject(new Error(`fio ${full.join(" ")} failed (${sig ?? code}): ${err.trim() || out.trim()}`));
-      try {
-        const j = JSON.parse(out.slice(start)) as {
-          jobs: {
-            error: number;
-            read: { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } };
-            write: { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } };
-          }[];
-        };
-        const job = j.jobs[0];
-        const side = job.write.iops > 0 ? job.write : job.read;
-        const pct = side.clat_ns.percentile ?? {};
-        resolve({
-          iops: side.iops,
-          mibps: side.bw_bytes / MiB,
-          p50us: (pct["50.000000"] ?? NaN) / 1000,
-          p99us: (pct["99.000000"] ?? NaN) / 1000,
-          error: job.error,
-        });
-      } catch (e) {
-        reject(new Error(`fio output unreadable: ${(e as Error).message}`));
-      }
-    });
-  });
+function runFio(args: string[], seconds: number, cwd: string, env?: NodeJS.ProcessEnv): Promise<FioResult> {
+  return runFioIn(args, seconds, cwd, env ?? process.env, track);
 }
 
 function nbdFioArgs(uri: string, job: FioJob, sizeMiB: number): string[] {
@@ -270,6 +235,8 @@ interface Target {
   uri: string;
   procs: Proc[];
   cluster: Cluster | null;
+  /** fio's environment: over TLS, HOME holds .pki/libnbd, the only way fio's libnbd takes a CA (docs/benchmarks.md). */
+  fioEnv?: NodeJS.ProcessEnv;
 }
 
 interface Cluster {
@@ -277,35 +244,77 @@ interface Cluster {
   clients: Map<number, ControlClient>;
 }
 
-async function startNbdkit(o: Options): Promise<Target> {
+async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Target> {
   const dir = tempDir(o, "tidemark-bench-nbdkit-");
   const file = path.join(dir, "disk.img");
   // Same sparse start as a tidemark volume file.
   spawnSync("truncate", ["-s", `${o.volumeMiB}M`, file]);
   const port = await freePort();
-  const proc = track(spawn("nbdkit", ["-f", "-i", "127.0.0.1", "-p", String(port), "file", `file=${file}`], { stdio: ["ignore", "ignore", "pipe"] }));
+  const tlsArgs = tls ? ["--tls=require", `--tls-certificates=${tls.serverDir}`] : [];
+  const proc = track(spawn("nbdkit", ["-f", "-i", "127.0.0.1", "-p", String(port), ...tlsArgs, "file", `file=${file}`], { stdio: ["ignore", "ignore", "pipe"] }));
   let err = "";
   proc.stderr!.on("data", (d) => (err += d));
   // nbdkit listens before it forks nothing (-f): poll the port.
   for (let i = 0; i < 100; i++) {
     if (!alive(proc)) throw new Error(`nbdkit exited: ${err}`);
-    const r = spawnSync("nbdinfo", ["--size", `nbd://127.0.0.1:${port}/`], { encoding: "utf8" });
+    const r = spawnSync("nbdinfo", ["--size", `${tls ? "nbds" : "nbd"}://127.0.0.1:${port}/`], { encoding: "utf8", env: tls ? tls.fioEnv : process.env });
     if (r.status === 0) break;
     await sleep(100);
   }
+  if (tls) return { name: "nbdkit file tls", uri: `nbds://127.0.0.1:${port}/`, procs: [{ label: "nbdkit", proc }], cluster: null, fioEnv: tls.fioEnv };
   return { name: "nbdkit file", uri: `nbd://127.0.0.1:${port}/`, procs: [{ label: "nbdkit", proc }], cluster: null };
+}
+
+/** Certificates for the TLS targets, made once per run with certtool in a temp dir. */
+interface BenchTls {
+  /** ca-cert.pem, server-cert.pem, server-key.pem: what nbdkit --tls-certificates reads. */
+  serverDir: string;
+  serverCert: string;
+  serverKey: string;
+  /** HOME for fio and nbdinfo: $HOME/.pki/libnbd holds the CA that checks the server. */
+  fioEnv: NodeJS.ProcessEnv;
+}
+
+let benchTls: BenchTls | null = null;
+
+async function tlsMaterial(o: Options): Promise<BenchTls> {
+  if (benchTls) return benchTls;
+  if (!haveCerttool("bench")) throw new Error("the TLS targets need certtool (apt-get install gnutls-bin)");
+  const dir = tempDir(o, "tidemark-bench-tls-");
+  const m = await makeTlsMaterial(dir, true);
+  const serverDir = path.join(dir, "server");
+  mkdirSync(serverDir);
+  copyFileSync(m.caCert, path.join(serverDir, "ca-cert.pem"));
+  copyFileSync(m.serverCert, path.join(serverDir, "server-cert.pem"));
+  copyFileSync(m.serverKey, path.join(serverDir, "server-key.pem"));
+  const home = path.join(dir, "home");
+  mkdirSync(path.join(home, ".pki", "libnbd"), { recursive: true });
+  // Only the CA: a client certificate would be offered, and the servers ask for none.
+  copyFileSync(m.caCert, path.join(home, ".pki", "libnbd", "ca-cert.pem"));
+  benchTls = { serverDir, serverCert: m.serverCert, serverKey: m.serverKey, fioEnv: { ...process.env, HOME: home } };
+  return benchTls;
 }
 
 async function subsystemJson(id: number, vols: string[], volumeMiB: number) {
   return { id, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: vols.map((name) => ({ name, sizeMiB: volumeMiB })) };
 }
 
-async function configOf(shape: "1x1" | "2x3", o: Options) {
+/**
+ * default: links over TLS with PSK (the product's default), NBD in plain TCP;
+ * off: links and NBD in plain TCP (linkTls off, allowed on loopback only);
+ * on: links over TLS, NBD with tls require and an X.509 certificate.
+ */
+type TlsChoice = "default" | "off" | "on";
+
+async function configOf(shape: "1x1" | "2x3", o: Options, tls: TlsChoice = "default") {
   const base = { clusterKey: "tidemark-bench-cluster-key-0123456789", dataDir: "data", clock: "monotonic", syncIntervalMs: o.syncIntervalMs };
   if (shape === "1x1") {
+    const primary = await subsystemJson(1, ["p1a"], o.volumeMiB);
+    const m = tls === "on" ? await tlsMaterial(o) : null;
     return {
       ...base,
-      subsystems: [await subsystemJson(1, ["p1a"], o.volumeMiB), await subsystemJson(2, ["s2a"], o.volumeMiB)],
+      ...(tls === "off" ? { linkTls: { mode: "off" } } : {}),
+      subsystems: [m ? { ...primary, nbdTls: { mode: "require", certFile: m.serverCert, keyFile: m.serverKey } } : primary, await subsystemJson(2, ["s2a"], o.volumeMiB)],
       groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
     };
   }
@@ -313,15 +322,17 @@ async function configOf(shape: "1x1" | "2x3", o: Options) {
   return { ...(await fig1Config({ volumeMiB: o.volumeMiB, syncIntervalMs: o.syncIntervalMs })), ...base };
 }
 
-async function startTidemark(shape: "1x1" | "2x3", o: Options): Promise<Target> {
+async function startTidemark(shape: "1x1" | "2x3", o: Options, tls: TlsChoice = "default"): Promise<Target> {
   const dir = tempDir(o, `tidemark-bench-${shape}-`);
   const file = path.join(dir, "config.json");
-  writeFileSync(file, JSON.stringify(await configOf(shape, o), null, 2));
+  writeFileSync(file, JSON.stringify(await configOf(shape, o, tls), null, 2));
   const topo = loadConfig(file);
   const procs: Proc[] = [];
   const clients = new Map<number, ControlClient>();
   try {
-    return await startCluster(shape, dir, file, topo, procs, clients);
+    const t = await startCluster(tls === "default" ? shape : `${shape} tls ${tls}`, dir, file, topo, procs, clients);
+    if (tls !== "on") return t;
+    return { ...t, uri: t.uri.replace(/^nbd:/, "nbds:"), fioEnv: (await tlsMaterial(o)).fioEnv };
   } catch (err) {
     // Whatever did start is stopped before the next target runs.
     for (const c of clients.values()) c.close();
@@ -443,7 +454,7 @@ async function runJob(t: Target, job: FioJob, o: Options, cwd: string): Promise<
   process.stdout.write(`bench: ${t.name}: ${job.name} (${job.bs}, iodepth ${job.iodepth}, ${o.seconds} s) ... `);
   let fio: FioResult;
   try {
-    fio = await runFio(nbdFioArgs(t.uri, job, o.volumeMiB), o.seconds, cwd);
+    fio = await runFio(nbdFioArgs(t.uri, job, o.volumeMiB), o.seconds, cwd, t.fioEnv);
   } finally {
     sampling = false;
     await sampler;
@@ -564,13 +575,31 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
   if (raw) {
     const quarter = raw.mibps / 4;
     lines.push(`raw disk (fio libaio direct=1, 1 MiB seq write, iodepth 8): ${raw.mibps.toFixed(1)} MiB/s; raw/4 = ${quarter.toFixed(1)} MiB/s`);
-    for (const r of rows.filter((x) => x.job === "seqwrite" && x.target !== "nbdkit file")) {
+    for (const r of rows.filter((x) => x.job === "seqwrite" && !x.target.startsWith("nbdkit file"))) {
       lines.push(`  ${r.target} 1 MiB seq write: ${r.fio.mibps.toFixed(1)} MiB/s = ${(r.fio.mibps / quarter).toFixed(2)}x raw/4 (target >= 0.6x)`);
     }
   }
-  for (const r of rows.filter((x) => x.job === "randwrite" && x.target !== "nbdkit file")) {
+  for (const r of rows.filter((x) => x.job === "randwrite" && !x.target.startsWith("nbdkit file"))) {
     const b = base.get("randwrite");
     if (b) lines.push(`  ${r.target} 4 KiB randwrite: ${(r.fio.iops / b.iops).toFixed(2)}x nbdkit (target >= 0.6x)`);
+  }
+  // TLS cost: the same jobs with TLS on and off, and nbdkit's own cost as a reference.
+  const cpuPerOpUs = (r: Row) => (Object.values(r.cpu).reduce<number>((n, v) => n + (v ?? 0), 0) * 1e6) / r.fio.iops;
+  for (const [on, off] of [
+    ["tidemark 1x1 tls on", "tidemark 1x1 tls off"],
+    ["nbdkit file tls", "nbdkit file"],
+  ] as const) {
+    // randwrite-half is rate-limited: its IOPS say nothing of TLS.
+    for (const r of rows.filter((x) => x.target === on && x.job !== "randwrite-half")) {
+      const plain = rows.find((x) => x.target === off && x.job === r.job);
+      if (!plain) continue;
+      const perOp = r.job === "seqwrite" ? "MiB" : "op";
+      const scale = r.job === "seqwrite" ? r.fio.iops / r.fio.mibps : 1;
+      lines.push(
+        `  TLS cost, ${on.replace(/ tls on$| tls$/, "")} ${r.job}: ${fmt(r.fio.iops)} IOPS with TLS, ${fmt(plain.fio.iops)} without (${(r.fio.iops / plain.fio.iops).toFixed(2)}x); ` +
+          `CPU per ${perOp} ${fmt(cpuPerOpUs(r) * scale, 1)} µs with, ${fmt(cpuPerOpUs(plain) * scale, 1)} µs without`,
+      );
+    }
   }
   for (const r of rows.filter((x) => x.job === "randwrite-half")) {
     const p99 = r.lagP99Ms ?? NaN;
@@ -680,6 +709,13 @@ async function main(): Promise<void> {
     ["1x1", () => startTidemark("1x1", o)],
     ["2x3", () => startTidemark("2x3", o)],
   ];
+  // The TLS cost targets run only when --only names them (usage()).
+  const tlsShapes: [string, () => Promise<Target>][] = [
+    ["nbdkit-tls", async () => startNbdkit(o, await tlsMaterial(o))],
+    ["1x1-tls-off", () => startTidemark("1x1", o, "off")],
+    ["1x1-tls-on", () => startTidemark("1x1", o, "on")],
+  ];
+  for (const s of tlsShapes) if (o.only?.has(s[0])) shapes.push(s);
   // A target that fails (a subsystem that does not start, fio that errors)
   // is reported and the others still run: the table shows what was measured.
   const failures: string[] = [];
