@@ -6,19 +6,22 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { ROOT } from "../support/cluster.ts";
 import { nbdTools } from "../support/tools.ts";
+import { haveCerttool } from "../support/tls-material.ts";
 
 const TOOLS = nbdTools("bench smoke");
+const CERTTOOL = haveCerttool("bench smoke");
+
+function bench(script: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ["--import", "tsx", path.join(ROOT, script), ...args], { cwd: ROOT, timeout: 180_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
 
 describe("bench: smoke", () => {
   it.skipIf(!TOOLS.fioNbd)("bench: a 2 s 1x1 random-write job runs end to end and prints its row", async () => {
-    const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(
-        process.execPath,
-        ["--import", "tsx", path.join(ROOT, "bench/run.ts"), "--seconds", "2", "--only", "1x1", "--jobs", "randwrite", "--volume-mib", "64"],
-        { cwd: ROOT, timeout: 120_000, maxBuffer: 16 << 20 },
-        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-      );
-    });
+    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "1x1", "--jobs", "randwrite", "--volume-mib", "64"]);
     expect(out.code, out.stderr).toBe(0);
     const row = out.stdout.split("\n").find((l) => /^tidemark 1x1\s+randwrite/.test(l));
     expect(row, out.stdout).toBeDefined();
@@ -28,14 +31,30 @@ describe("bench: smoke", () => {
   });
 
   it.skipIf(!TOOLS.nbdcopy)("bench: bench:resync on 16 MiB runs end to end, prints both rates and finds the images identical", async () => {
-    const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(process.execPath, ["--import", "tsx", path.join(ROOT, "bench/resync.ts"), "--mib", "16"], { cwd: ROOT, timeout: 120_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-      );
-    });
+    const out = await bench("bench/resync.ts", ["--mib", "16"]);
     expect(out.code, out.stderr).toBe(0);
     expect(out.stdout).toMatch(/tidemark resync \(\+ quiesce\)\s+16\s+[\d.]+\s+[\d.]+/);
     expect(out.stdout).toMatch(/nbdcopy file -> file\s+16\s+[\d.]+\s+[\d.]+/);
     expect(out.stdout).toMatch(/ratio tidemark\/nbdcopy: [\d.]+.*identical \(cmp\)/);
+  });
+
+  it.skipIf(!TOOLS.fioNbd || !CERTTOOL)("bench: the TLS cost targets run (NBD over X.509 through fio, links with and without TLS) and print a TLS cost line", async () => {
+    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "1x1-tls-off,1x1-tls-on", "--jobs", "seqwrite", "--volume-mib", "64"]);
+    expect(out.code, out.stderr).toBe(0);
+    for (const target of ["tidemark 1x1 tls off", "tidemark 1x1 tls on"]) {
+      const row = out.stdout.split("\n").find((l) => l.startsWith(target) && /\sseqwrite\s/.test(l));
+      expect(row, out.stdout).toBeDefined();
+      expect(Number(row!.slice(target.length).trim().split(/\s+/)[1])).toBeGreaterThan(0);
+    }
+    expect(out.stdout).toMatch(/TLS cost, tidemark 1x1 seqwrite: \d+ IOPS with TLS, \d+ without/);
+  });
+
+  it.skipIf(!TOOLS.fioNbd || !TOOLS.nbdcopy)("bench: bench:verify on 16 MiB runs every row, finds no mismatch and the images identical", async () => {
+    const out = await bench("bench/verify.ts", ["--mib", "16", "--seconds", "2"]);
+    expect(out.code, out.stderr + out.stdout).toBe(0);
+    for (const row of ["idle, verify unlimited", "randwrite + verify unlimited", "randwrite-half + verify at 64 MiB/s"]) {
+      expect(out.stdout, row).toMatch(new RegExp(`^${row.replace(/[+]/g, "\\+")}\\s+.*\\s0$`, "m"));
+    }
+    expect(out.stdout).toMatch(/images after the last quiesce: identical \(cmp\); mismatched blocks over all passes: 0/);
   });
 });
