@@ -16,6 +16,8 @@
 // --segments-go-before-durable (finding 18; with --power-cuts), --swap-turns-thawed-primaries
 // (finding 19; with --wide --story swap).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
+// At the end, or when stopped with Ctrl-C or SIGTERM, it sums up the seeds done (the range, the
+// stories drawn, where the RCM was killed).
 import { EXTRA_STORIES, STORIES, replayCommand, simulateEngines, type EngineSimOptions, type Story } from "../test/sim/engine/simulation.ts";
 
 function parse(argv: string[]) {
@@ -86,8 +88,29 @@ async function main(): Promise<void> {
   /** Wide scope: control ops the RCM was killed at, by procedure; the second RCM's outcomes. */
   const killedAt = new Map<string, Set<string>>();
   const overlaps = new Map<string, number>();
+  const stories = new Map<string, number>();
+  let done = 0;
+  const summary = (end: string) => {
+    const secs = (Date.now() - started) / 1000;
+    console.log(`${done} seeds from ${from} (to ${from + done - 1}${end}): ${failed} failed; ${writes} host writes, ${events} events; ${secs.toFixed(0)} s (${(done / secs).toFixed(1)} seeds/s)`);
+    console.log(`stories: ${[...stories].sort().map(([k, n]) => `${k} ${n}`).join(", ")}`);
+    if (killedAt.size > 0) {
+      console.log("RCM killed at these control steps (procedure: ops):");
+      for (const [proc, ops] of [...killedAt].sort()) console.log(`  ${proc}: ${[...ops].sort().join(", ")}`);
+    }
+    if (overlaps.size > 0) console.log(`second RCM's procedures: ${[...overlaps].sort().map(([k, n]) => `${k} x${n}`).join("; ")}`);
+  };
+  // A sweep stopped by hand still says how far it got, and with what.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => {
+      summary(`, stopped by ${sig}`);
+      process.exit(failed > 0 ? 1 : 130);
+    });
+  }
   for (let seed = from; seed < from + seeds; seed++) {
     const r = await simulateEngines({ ...o, seed });
+    done++;
+    stories.set(r.story, (stories.get(r.story) ?? 0) + 1);
     writes += r.writes;
     events += r.events;
     for (const k of r.rcmKilledAt) {
@@ -106,13 +129,7 @@ async function main(): Promise<void> {
       console.log(`... ${seed - from + 1} seeds, ${failed} failed, ${((seed - from + 1) / ((last - started) / 1000)).toFixed(1)} seeds/s`);
     }
   }
-  const secs = (Date.now() - started) / 1000;
-  console.log(`${seeds} seeds from ${from}: ${failed} failed; ${writes} host writes, ${events} events; ${secs.toFixed(0)} s (${(seeds / secs).toFixed(1)} seeds/s)`);
-  if (killedAt.size > 0) {
-    console.log("RCM killed at these control steps (procedure: ops):");
-    for (const [proc, ops] of [...killedAt].sort()) console.log(`  ${proc}: ${[...ops].sort().join(", ")}`);
-  }
-  if (overlaps.size > 0) console.log(`second RCM's procedures: ${[...overlaps].sort().map(([k, n]) => `${k} x${n}`).join("; ")}`);
+  summary("");
   process.exit(failed > 0 ? 1 : 0);
 }
 
