@@ -7,13 +7,12 @@
 // same N MiB between two plain files on the same disk. Prints both rates and
 // the ratio; the images are compared with cmp at the end.
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from "node:fs";
-import { randomFillSync } from "node:crypto";
+import { readFileSync, writeFileSync, openSync, closeSync, ftruncateSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { loadConfig, volumePath } from "../config/load.ts";
-import { freePort } from "../test/support/ports.ts";
-import { removeAtExit, runTimed as run, startReady as start, stopAll, tidemarkTimed as tidemark } from "./processes.ts";
+import { volumePath } from "../config/load.ts";
+import { startPair } from "./pair.ts";
+import { runTimed as run, stopAll, tidemarkTimed as tidemark } from "./processes.ts";
 
 interface Options {
   mib: number;
@@ -61,40 +60,9 @@ async function main(): Promise<void> {
       process.exit(3);
     }
   }
-  mkdirSync(o.dir, { recursive: true });
-  const dir = mkdtempSync(path.join(o.dir, "tidemark-bench-resync-"));
-  removeAtExit(dir, o.keep);
-  const volumeMiB = o.mib;
-  const cfg = {
-    clusterKey: "tidemark-bench-cluster-key-0123456789",
-    dataDir: "data",
-    clock: "monotonic",
-    syncIntervalMs: 50,
-    rcm: { port: await freePort(), autoSuspend: false },
-    subsystems: [
-      { id: 1, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "p1a", sizeMiB: volumeMiB }] },
-      { id: 2, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "s2a", sizeMiB: volumeMiB }] },
-    ],
-    groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
-  };
-  const file = path.join(dir, "config.json");
-  writeFileSync(file, JSON.stringify(cfg, null, 2));
-  const topo = loadConfig(file);
-
-  // The data both copies move: N MiB of random bytes in a plain file.
-  const src = path.join(dir, "source.img");
-  const fd = openSync(src, "w");
-  const chunk = Buffer.alloc(1 << 20);
-  for (let i = 0; i < o.mib; i++) writeSync(fd, randomFillSync(chunk));
-  closeSync(fd);
-
-  await Promise.all([1, 2].map((id) => start(["subsystem", "--config", file, "--id", String(id)], path.join(dir, `ss${id}.log`))));
-  await start(["rcm", "--config", file], path.join(dir, "rcm.log"));
-  // The new group's initial copy (zeroes over holes) ends before anything is measured.
-  tidemark(["quiesce", "--config", file, "--group", "C1"], "quiesce after the initial copy");
+  const { dir, file, topo, source: src, uri } = await startPair(o, "resync");
   tidemark(["suspend", "--config", file, "--group", "C1", "--json"], "suspend");
-  const p1 = topo.config.subsystems[0];
-  run("nbdcopy", [src, `nbd://127.0.0.1:${p1.nbdPort}/p1a`], "nbdcopy into the suspended primary");
+  run("nbdcopy", [src, uri], "nbdcopy into the suspended primary");
 
   const rs = tidemark(["resync", "--config", file, "--group", "C1", "--json"], "tidemark resync");
   const q = tidemark(["quiesce", "--config", file, "--group", "C1", "--json"], "quiesce after the resync");

@@ -12,15 +12,13 @@
 // and the mismatches (there must be none: the bench exits 1 otherwise, and
 // when the images differ under cmp at the end).
 import { spawn, spawnSync } from "node:child_process";
-import { closeSync, mkdirSync, mkdtempSync, openSync, writeFileSync, writeSync } from "node:fs";
-import { randomFillSync } from "node:crypto";
+import { writeFileSync } from "node:fs";
 import os from "node:os";
-import path from "node:path";
-import { loadConfig, volumePath } from "../config/load.ts";
+import { volumePath } from "../config/load.ts";
 import { VERIFY_RATE_MIBPS_DEFAULT } from "../config/schema.ts";
-import { freePort } from "../test/support/ports.ts";
 import { runFio, type FioResult } from "./fio.ts";
-import { BIN, removeAtExit, runTimed, startReady, stopAll, tidemarkTimed, track } from "./processes.ts";
+import { startPair } from "./pair.ts";
+import { BIN, runTimed, stopAll, tidemarkTimed, track } from "./processes.ts";
 
 /** The verify's own ceiling (config/schema.ts): "unlimited" in the rows below. */
 const UNLIMITED_MIBPS = 100_000;
@@ -57,8 +55,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--quick") {
       o.mib = 256;
       o.seconds = 20;
-    }
-    else if (a === "--dir") o.dir = next();
+    } else if (a === "--dir") o.dir = next();
     else if (a === "--keep") o.keep = true;
     else if (a === "--json") o.json = next();
     else {
@@ -127,35 +124,8 @@ async function main(): Promise<void> {
       process.exit(3);
     }
   }
-  mkdirSync(o.dir, { recursive: true });
-  const dir = mkdtempSync(path.join(o.dir, "tidemark-bench-verify-"));
-  removeAtExit(dir, o.keep);
-  const cfg = {
-    clusterKey: "tidemark-bench-cluster-key-0123456789",
-    dataDir: "data",
-    clock: "monotonic",
-    syncIntervalMs: 50,
-    rcm: { port: await freePort(), autoSuspend: false },
-    subsystems: [
-      { id: 1, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "p1a", sizeMiB: o.mib }] },
-      { id: 2, host: "127.0.0.1", replicationPort: await freePort(), nbdPort: await freePort(), volumes: [{ name: "s2a", sizeMiB: o.mib }] },
-    ],
-    groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
-  };
-  const file = path.join(dir, "config.json");
-  writeFileSync(file, JSON.stringify(cfg, null, 2));
-  const topo = loadConfig(file);
-  const uri = `nbd://127.0.0.1:${topo.config.subsystems[0].nbdPort}/p1a`;
-
   // Every block holds data, so every hash covers real bytes on both sides.
-  const src = path.join(dir, "source.img");
-  const fd = openSync(src, "w");
-  const chunk = Buffer.alloc(1 << 20);
-  for (let i = 0; i < o.mib; i++) writeSync(fd, randomFillSync(chunk));
-  closeSync(fd);
-  await Promise.all([1, 2].map((id) => startReady(["subsystem", "--config", file, "--id", String(id)], path.join(dir, `ss${id}.log`))));
-  await startReady(["rcm", "--config", file], path.join(dir, "rcm.log"));
-  tidemarkTimed(["quiesce", "--config", file, "--group", "C1"], "quiesce after the initial copy");
+  const { dir, file, topo, source: src, uri } = await startPair(o, "verify");
   runTimed("nbdcopy", [src, uri], "nbdcopy into the primary");
   tidemarkTimed(["quiesce", "--config", file, "--group", "C1"], "quiesce after the fill");
 
