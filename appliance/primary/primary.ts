@@ -66,9 +66,15 @@ interface GroupState {
   copy: CopyProgress | null;
 }
 
-/** A swap's freeze stamp is news only while the group rests in the freeze or in the takeover after it. */
-function frozenTsShown(gs: GroupState): string | null {
-  return gs.frozenTs !== null && (gs.state === "frozen" || gs.state === "taken-over") ? gs.frozenTs.toString() : null;
+/**
+ * A swap's freeze stamp, from the freeze until the next resync or turn clears
+ * it. A primary a suspension thawed shows it too: a swap's rerun must know that
+ * the freeze was its own to refuse turning a group hosts may have written since
+ * (finding 21).
+ */
+function frozenTsShown(gs: GroupState, hideThawed: boolean): string | null {
+  if (gs.frozenTs === null) return null;
+  return !hideThawed || gs.state === "frozen" || gs.state === "taken-over" ? gs.frozenTs.toString() : null;
 }
 
 
@@ -344,9 +350,13 @@ export class PrimaryEngine {
         o.logger.error({ volume: e.volume, seq: e.seq }, "journal entry for a volume that is no longer a primary here; kept");
         continue;
       }
-      // A copy was read from this volume: written back, it would undo a host
-      // write that landed after it (only its resend to the secondary is owed).
-      if (e.op !== OP_VERIFY && (!e.copy || o.controls?.copyHoleOutsideLock)) {
+      // A copy too (finding 22): it holds what the copier read, under the range
+      // lock, and that may have been a host write not yet durable, which a power
+      // cut took back while the copy's row survived and streams on. Written back,
+      // it undoes nothing: every later write to its blocks has a later seq and
+      // replays after it, and a suspension removes the group's rows before it
+      // lets an unjournaled write in (finding 17).
+      if (e.op !== OP_VERIFY && (!e.copy || !o.controls?.copiesNotReplayed)) {
         if (e.op === OP_WRITE) await b.volume.write(e.offset, e.data!);
         else await b.volume.writeZeroes(e.offset, e.length);
         b.dirty = true;
@@ -1215,7 +1225,7 @@ export class PrimaryEngine {
         lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
         generation: this.groups.get(g)!.generation,
         // The stamp of a swap's freeze, while the group is frozen or taken over after it.
-        frozenTs: frozenTsShown(this.groups.get(g)!),
+        frozenTs: frozenTsShown(this.groups.get(g)!, this.o.controls?.thawedFreezeHidden === true),
         ...(({ copiedTs, remainingBlocks, copy }) => ({ copiedTs, remainingBlocks, copy }))(this.copyStatus(g)),
       })),
       links: [...this.senders.entries()].map(([id, s]) => ({

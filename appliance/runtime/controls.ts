@@ -3,7 +3,7 @@
 // (docs/simulation.md, Negative controls), to show that it would catch the
 // bug again; the subsystem process never does, and no config reaches them.
 export interface NegativeControls {
-  /** Issue 11, bug 1: the copier decides a run is a hole before it holds the range lock, and replays copies onto the primary volume. */
+  /** Issue 11, bug 1: the copier decides a run is a hole before it holds the range lock. */
   copyHoleOutsideLock?: boolean;
   /** Issue 11, bug 2: a secondary's attach acknowledges what it has committed but not yet made durable, and a primary ignores an ack lower than one it had. */
   ackBeforeDurable?: boolean;
@@ -31,4 +31,8 @@ export interface NegativeControls {
   segmentsGoBeforeDurable?: boolean;
   /** docs/simulation.md Finding 19: a swap turns a group one of whose frozen primaries a suspension made writable again. */
   swapTurnsThawedPrimaries?: boolean;
+  /** docs/simulation.md Finding 21: a primary a suspension thawed hides the stamp of the swap's freeze, so a swap's rerun takes the takeover for someone else's. */
+  thawedFreezeHidden?: boolean;
+  /** docs/simulation.md Finding 22: a restart's replay resends copies but does not write them back, so a copy of a host write a power cut took back reaches only the secondary. */
+  copiesNotReplayed?: boolean;
 }

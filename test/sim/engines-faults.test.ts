@@ -34,6 +34,8 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [600102, { wide: true, powerCuts: true }, "queue segments removed before the deletes of their rows were durable, then a power cut (finding 18)"],
     [601432, { wide: true }, "a swap rerun turned a group whose returning primary a second RCM's suspension had made writable (finding 19)"],
     [615017, { wide: true, powerCuts: true }, "a seq issued again after a kill -9 before its first write was journaled (finding 20, an oracle bug)"],
+    [640794, { wide: true, powerCuts: true }, "a swap rerun turned a group whose only primary a suspension had thawed, its freeze stamp no longer shown (finding 21)"],
+    [645683, { wide: true, powerCuts: true }, "a copy of a host write a power cut took back reached only the secondary: copies were not replayed (finding 22)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -78,6 +80,18 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     const o = { seed: 601432, wide: true, controls: { swapTurnsThawedPrimaries: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
+  });
+
+  it("sim negative control: finding 21: a thawed primary that hides its freeze stamp is caught at seed 640794", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 640794, wide: true, powerCuts: true, controls: { thawedFreezeHidden: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
+  });
+
+  it("sim negative control: finding 22: copies left out of the replay are caught at seed 645683", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 645683, wide: true, powerCuts: true, controls: { copiesNotReplayed: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/differs at block \d+ though the group is paired and settled/);
   });
 
   for (const [name, o, seeds = CONTROL_SEEDS] of controls) {

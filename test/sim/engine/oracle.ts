@@ -59,7 +59,7 @@ export function hostBlock(id: number, block: number): Buffer {
   return b;
 }
 
-function describeBlock(b: Buffer): string {
+export function describeBlock(b: Buffer): string {
   if (b.every((x) => x === 0)) return "zeroes";
   if (b.readUInt32BE(0) === 0x7464_6d6b) return `host write #${b.readUInt32BE(4)}`;
   return "other bytes";

@@ -17,7 +17,7 @@ import type { LoadedTopology } from "../../../config/load.ts";
 import { Scheduler } from "./scheduler.ts";
 import { SimNetwork } from "./network.ts";
 import { SIM_BLOCK_BYTES, SimCluster, simTopology, type SimShape } from "./cluster.ts";
-import { Oracle, SimFailure } from "./oracle.ts";
+import { Oracle, SimFailure, describeBlock } from "./oracle.ts";
 import { SimHosts } from "./hosts.ts";
 import { simClock } from "./clocks.ts";
 import { watchInvariants } from "../../../appliance/invariant.ts";
@@ -732,8 +732,11 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
         const back = turned && p.group === "C1";
         const [src, dst] = back ? [cluster.node(p.secondary).disk.volume(p.sv), cluster.node(p.primary).disk.volume(p.pv)] : [cluster.node(p.primary).disk.volume(p.pv), cluster.node(p.secondary).disk.volume(p.sv)];
         for (let b = 0; b < shape.blocks; b++) {
-          if (!src.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES).equals(dst.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES))) {
-            throw new SimFailure(`after the story (${story}) the pair ${src.name} -> ${dst.name} of ${p.group} differs at block ${b} though the group is paired and settled`);
+          const [had, got] = [src.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES), dst.readNow(b * SIM_BLOCK_BYTES, SIM_BLOCK_BYTES)];
+          if (!had.equals(got)) {
+            throw new SimFailure(
+              `after the story (${story}) the pair ${src.name} -> ${dst.name} of ${p.group} differs at block ${b} though the group is paired and settled: ${src.name} holds ${describeBlock(had)}, ${dst.name} ${describeBlock(got)}`,
+            );
           }
         }
       }
