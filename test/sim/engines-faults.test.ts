@@ -59,7 +59,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     // Issue 17's races, in its wide scope (a second group on the same subsystems, a second RCM).
     // A turn that rebuilds the subsystem wedges the other group's replication (stuck; first at seed 3).
     ["issue 17 race 1: a turn rebuilds both engines of the subsystem", { controls: { turnRebuildsSubsystem: true }, story: "reverse", wide: true }, 20],
-    // A refused frozen primary takes host writes the swap then overwrites (first at seed 7: swap seeds are quick, about 0.4 s each).
+    // A refused frozen primary takes host writes the swap then overwrites (first at seed 11: swap seeds are quick, about 0.4 s each).
     ["issue 17 race 2: a refusal fences a frozen primary", { controls: { refusalFencesFrozen: true }, story: "swap", wide: true }, 100],
     // A copier asleep in its acknowledgement wait finishes the next resync's generation without copying its bitmap (first at seed 36 of the storm story).
     ["issue 17 race 3: a copier outlives its resync's generation", { controls: { copierOutlivesGeneration: true }, story: "storm" }, 60],
