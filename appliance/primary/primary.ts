@@ -1224,7 +1224,7 @@ export class PrimaryEngine {
         pending: this.pending.sizeOf(g),
         lastSyncT: (this.lastSync.get(g) ?? 0n).toString(),
         generation: this.groups.get(g)!.generation,
-        // The stamp of a swap's freeze, while the group is frozen or taken over after it.
+        // The stamp of a swap's freeze, until a resync or a turn clears it (frozenTsShown).
         frozenTs: frozenTsShown(this.groups.get(g)!, this.o.controls?.thawedFreezeHidden === true),
         ...(({ copiedTs, remainingBlocks, copy }) => ({ copiedTs, remainingBlocks, copy }))(this.copyStatus(g)),
       })),
