@@ -36,6 +36,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [615017, { wide: true, powerCuts: true }, "a seq issued again after a kill -9 before its first write was journaled (finding 20, an oracle bug)"],
     [640794, { wide: true, powerCuts: true }, "a swap rerun turned a group whose only primary a suspension had thawed, its freeze stamp no longer shown (finding 21)"],
     [645683, { wide: true, powerCuts: true }, "a copy of a host write a power cut took back reached only the secondary: copies were not replayed (finding 22)"],
+    [671492, { wide: true, powerCuts: true }, "an RCR a secondary received just before its kill -9, never committed, counted as acknowledged by a later ack (finding 23, an oracle bug)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {

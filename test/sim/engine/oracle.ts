@@ -258,6 +258,25 @@ export class Oracle {
     for (const k of this.receivedSeqs.keys()) if (k.endsWith(`:${id}`)) this.receivedSeqs.set(k, []);
   }
 
+  /**
+   * A kill -9 of subsystem `id`. As a secondary: RCRs it received and had not
+   * yet committed to its queue are gone with its memory, while what it
+   * committed stays (its link_seq; `committedSeq`) and is acknowledged after
+   * the restart. A later cumulative ack does not cover the lost ones: their
+   * primary resends them, or lost them in a power cut of its own and goes on
+   * with seqs above them (seed 671492 of the power-cut sweep: seq 68 reached
+   * #3 just before its kill, a power cut of #1 then took it from #1's journal,
+   * and #3's ack of seq 65541 was taken to cover it).
+   */
+  killed(id: number, committedSeq: (primary: number) => number): void {
+    for (const [k, seqs] of this.receivedSeqs) {
+      const [primary, secondary] = k.split(":").map(Number);
+      if (secondary !== id) continue;
+      const upTo = committedSeq(primary);
+      this.receivedSeqs.set(k, seqs.filter((s) => s <= upTo));
+    }
+  }
+
   /** Must this write be on its primary (after a restart)? Acknowledged and not exposed to a power cut. */
   private mustBeOnPrimary(w: WriteRec): boolean {
     return w.host && w.hostAcked && !w.fragile;

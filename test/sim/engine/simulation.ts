@@ -316,6 +316,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       died: (id, how) => {
         log(`#${id} ${how === "kill" ? "kill -9" : "power cut"}`);
         if (how === "power") oracle.powerCut(id);
+        else oracle.killed(id, (primary) => cluster.node(id).disk.committedSeqOf(primary));
       },
     },
     o.powerCuts === true,

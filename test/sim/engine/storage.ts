@@ -895,6 +895,11 @@ export class SimHostDisk {
     return Number(this.state.peek().prepare("SELECT seq_floor FROM stamp WHERE id = 1").pluck(true).get() ?? 0);
   }
 
+  /** link_seq.last_seq of `primary` now: the highest of its seqs this secondary has committed to its queue. */
+  committedSeqOf(primary: number): number {
+    return Number(this.state.peek().prepare("SELECT last_seq FROM link_seq WHERE primary_id = ?").pluck(true).get(primary) ?? 0);
+  }
+
   /** Where the copy of `volume` (an initial copy, or a whole copy owed) goes on, in bytes; null when none is owed. */
   copyCursor(volume: string): number | null {
     const off = this.state.peek().prepare("SELECT next_off FROM copy_cursor WHERE volume = ?").pluck(true).get(volume) as number | undefined;
