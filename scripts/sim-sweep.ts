@@ -15,7 +15,8 @@
 // (finding 13; with --power-cuts), --unreplicated-during-suspension (finding 17; with --wide),
 // --segments-go-before-durable (finding 18; with --power-cuts), --swap-turns-thawed-primaries
 // (finding 19; with --wide --story swap), --thawed-freeze-hidden (finding 21; with --wide),
-// --copies-not-replayed (finding 22; with --power-cuts).
+// --copies-not-replayed (finding 22; with --power-cuts), --suspension-thaws-taken-over-group
+// (finding 24; with --wide --story swap).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 // At the end, or when stopped with Ctrl-C or SIGTERM, it sums up the seeds done (the range, the
 // stories drawn, where the RCM was killed).
@@ -58,6 +59,7 @@ function parse(argv: string[]) {
     else if (a === "--ack-before-durable") o.controls = { ...o.controls, ackBeforeDurable: true };
     else if (a === "--segments-go-before-durable") o.controls = { ...o.controls, segmentsGoBeforeDurable: true };
     else if (a === "--swap-turns-thawed-primaries") o.controls = { ...o.controls, swapTurnsThawedPrimaries: true };
+    else if (a === "--suspension-thaws-taken-over-group") o.controls = { ...o.controls, suspensionThawsTakenOverGroup: true };
     else if (a === "--thawed-freeze-hidden") o.controls = { ...o.controls, thawedFreezeHidden: true };
     else if (a === "--copies-not-replayed") o.controls = { ...o.controls, copiesNotReplayed: true };
     else if (a === "--bare-clock-sync") o.controls = { ...o.controls, bareClockSync: true };

@@ -13,6 +13,7 @@ import { TidemarkError, type ErrorCode, type ErrorContext } from "../errors/code
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { CutConflict, procedureCut, synchronizedTime, type ResyncReport } from "./synchronized-time.ts";
 import { returningPrimaries } from "./returning.ts";
+import type { NegativeControls } from "../runtime/controls.ts";
 
 export type ProcedureMode = "suspend" | "takeover" | "dry-run";
 
@@ -128,6 +129,8 @@ export interface ProcedureOptions {
   logger: Logger;
   /** Automatic suspension: fence what answers and come back for the rest. */
   partial?: boolean;
+  /** Negative controls restored in the procedure (the simulation only; appliance/runtime/controls.ts). */
+  controls?: NegativeControls;
 }
 
 export async function runProcedure(topo: LoadedTopology, group: string, o: ProcedureOptions): Promise<ProcedureReport> {
@@ -206,7 +209,14 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
   );
   const failedFence = [...fenced].filter(([, a]) => !a.ok) as [number, { ok: false; error: string }][];
   // Primaries stop streaming and record unacknowledged writes in their bitmaps.
-  const primaryOp = o.mode === "takeover" ? "primary-takeover" : "primary-suspend";
+  // A group some secondary of which is taken over is one hosts may write on
+  // that side: a suspension must not make a primary writable again (a frozen
+  // one whose swap was cut short after its takeover, or one the takeover could
+  // not reach), or both sides take writes and one side's are lost to the next
+  // resync (finding 24). Its primaries go where a takeover puts them:
+  // taken over, read-only for hosts.
+  const takenOverSomewhere = reachable.some(([, sg]) => sg.state === "takeover") && !o.controls?.suspensionThawsTakenOverGroup;
+  const primaryOp = o.mode === "takeover" || takenOverSomewhere ? "primary-takeover" : "primary-suspend";
   const prim = await settle(g.primaries, (id) =>
     call<{ state: string; volumes: { volume: string; unacknowledgedWrites: number; unacknowledgedBytes: number }[] }>(topo, id, {
       op: primaryOp,

@@ -35,4 +35,6 @@ export interface NegativeControls {
   thawedFreezeHidden?: boolean;
   /** docs/simulation.md Finding 22: a restart's replay resends copies but does not write them back, so a copy of a host write a power cut took back reaches only the secondary. */
   copiesNotReplayed?: boolean;
+  /** docs/simulation.md Finding 24: a suspension of a group some secondary of which is taken over suspends its primaries, and so makes a frozen one writable again beside the taken-over side. */
+  suspensionThawsTakenOverGroup?: boolean;
 }

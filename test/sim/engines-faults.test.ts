@@ -37,6 +37,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [640794, { wide: true, powerCuts: true }, "a swap rerun turned a group whose only primary a suspension had thawed, its freeze stamp no longer shown (finding 21)"],
     [645683, { wide: true, powerCuts: true }, "a copy of a host write a power cut took back reached only the secondary: copies were not replayed (finding 22)"],
     [671492, { wide: true, powerCuts: true }, "an RCR a secondary received just before its kill -9, never committed, counted as acknowledged by a later ack (finding 23, an oracle bug)"],
+    [661773, { wide: true, powerCuts: true }, "a suspension made a frozen primary writable beside the taken-over side of a swap cut short (finding 24)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -77,14 +78,17 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });
 
+  // Findings 19 and 21: since finding 24's fix a suspension no longer thaws a frozen primary beside a
+  // taken-over side, which is how their seeds thawed one; the swap's checks stay for a primary thawed
+  // before the takeover. Their seeds show each check with that thaw restored too.
   it("sim negative control: finding 19: a swap that turns a group with a thawed primary is caught at seed 601432", { timeout: TIMEOUT_MS }, async () => {
-    const o = { seed: 601432, wide: true, controls: { swapTurnsThawedPrimaries: true } };
+    const o = { seed: 601432, wide: true, controls: { swapTurnsThawedPrimaries: true, suspensionThawsTakenOverGroup: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });
 
   it("sim negative control: finding 21: a thawed primary that hides its freeze stamp is caught at seed 640794", { timeout: TIMEOUT_MS }, async () => {
-    const o = { seed: 640794, wide: true, powerCuts: true, controls: { thawedFreezeHidden: true } };
+    const o = { seed: 640794, wide: true, powerCuts: true, controls: { thawedFreezeHidden: true, suspensionThawsTakenOverGroup: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });
@@ -93,6 +97,12 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     const o = { seed: 645683, wide: true, powerCuts: true, controls: { copiesNotReplayed: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/differs at block \d+ though the group is paired and settled/);
+  });
+
+  it("sim negative control: finding 24: a suspension that thaws a frozen primary beside a taken-over side is caught at seed 661773", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 661773, wide: true, powerCuts: true, controls: { suspensionThawsTakenOverGroup: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });
 
   for (const [name, o, seeds = CONTROL_SEEDS] of controls) {

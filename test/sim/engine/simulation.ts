@@ -585,7 +585,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
       }
       case "suspend":
       case "takeover": {
-        const rep = await runProcedure(rtopo, group, { mode: step.kind, reason: "simulation", by: "sim", logger: silent });
+        const rep = await runProcedure(rtopo, group, { mode: step.kind, reason: "simulation", by: "sim", logger: silent, controls: o.controls });
         return { complete: rep.complete, ts: rep.ts };
       }
       case "resync":
@@ -656,7 +656,7 @@ export async function simulateEngines(o: EngineSimOptions): Promise<EngineSimRes
           await startResync(await liveTopology(lt), group, { logger: silent, by: "second rcm" });
           return { ts: undefined };
         }
-        const rep = await runProcedure(await liveTopology(lt), group, { mode: kind, reason: "second rcm", by: "second rcm", logger: silent });
+        const rep = await runProcedure(await liveTopology(lt), group, { mode: kind, reason: "second rcm", by: "second rcm", logger: silent, controls: o.controls });
         return { ts: rep.complete ? rep.ts : undefined };
       }).then(
         (r) => {
