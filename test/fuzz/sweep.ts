@@ -257,19 +257,24 @@ export async function runSweep(fc: FuzzCluster, o: SweepOptions): Promise<SweepR
     });
     return { input, run };
   };
-  // Stalled inputs wait for the server's handshake deadline (up to 40 s): all
-  // of the sweep's start at once, in the background, so none holds a worker
-  // or makes the end of the sweep wait.
+  // Stalled inputs wait for the server's handshake deadline (up to 40 s): a
+  // batch's stalls start with the batch, in the background, so none holds a
+  // worker. Not all of the sweep's at its start: a long sweep's (2,500 in a
+  // million) would fill the servers' per-peer connection limit (every input
+  // comes from 127.0.0.1) and every other input would be refused at accept.
   const isStall = (seed: number) => seed % STALL_EVERY === STALL_EVERY - 1;
-  for (let seed = o.from; seed < o.from + o.inputs; seed++) {
-    if (!isStall(seed)) continue;
-    const { input, run } = launch(seed);
-    openStalls.set(input.subsystem, (openStalls.get(input.subsystem) ?? 0) + 1);
-    stalls.push(run.finally(() => openStalls.set(input.subsystem, openStalls.get(input.subsystem)! - 1)));
-  }
+  const startStalls = (first: number, last: number) => {
+    for (let seed = first; seed < last; seed++) {
+      if (!isStall(seed)) continue;
+      const { input, run } = launch(seed);
+      openStalls.set(input.subsystem, (openStalls.get(input.subsystem) ?? 0) + 1);
+      stalls.push(run.finally(() => openStalls.set(input.subsystem, openStalls.get(input.subsystem)! - 1)));
+    }
+  };
   try {
     for (let first = o.from; first < o.from + o.inputs && !crashed && report.failures.length < o.maxFailures; first += o.batch) {
       const last = Math.min(first + o.batch, o.from + o.inputs);
+      startStalls(first, last);
       let next = first;
       const worker = async () => {
         while (next < last && !crashed) {
