@@ -9,7 +9,7 @@ import { directed, type Direction } from "../../config/direction.ts";
 import { askAll } from "../cli/control-client.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { quiesce } from "../cli/quiesce.ts";
-import { ProcedureError, call, runProcedure } from "./procedure.ts";
+import { ProcedureError, call, runProcedure, type ProcedureOptions } from "./procedure.ts";
 import { startResync, takeOverReturning, type ResyncOptions, type ResyncStart } from "./resync.ts";
 import { returningPrimaries, type Returning } from "./returning.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
@@ -145,16 +145,30 @@ export async function reverseResync(topo: LoadedTopology, group: string, o: Resy
   return { group, direction: to, turnedAtTs: t.ts, resync, ...returned(t.returning) };
 }
 
-/** A swap's takeover must rest at or above every stamp the frozen primaries handed out, or acknowledged writes would be dropped. */
-function swapCutCovers(group: string, ts: string, frozenAt: string): void {
+/**
+ * A swap's takeover must rest at or above every stamp the frozen primaries
+ * handed out, or acknowledged writes would be dropped. Checked before the
+ * takeover opens the secondaries to hosts (`open`: false), so a refused swap
+ * leaves no side writable and no host write that a resync would overwrite
+ * (finding 25); a group found taken over already is checked as it is.
+ */
+function swapCutCovers(group: string, ts: string, frozenAt: string, open: boolean): void {
   if (BigInt(ts) < BigInt(frozenAt)) {
     throw new ProcedureError(
       "TM_SWAP",
       `swap ${group}: the takeover came to Ts ${ts}, below the stamp ${frozenAt} the primaries were frozen at (a suspension came in between); ` +
-        `writes acknowledged to hosts between the two are on the primaries only, and a turn would discard them. The group is taken over, nothing was turned. ` +
-        swapWaysOn(group),
+        `writes acknowledged to hosts between the two are on the primaries only, and a turn would discard them. ` +
+        (open
+          ? `The group is taken over, nothing was turned. ${swapWaysOn(group)}`
+          : `Nothing was turned and no side takes host writes: the secondaries rest suspended at Ts, the primaries are taken over. ` +
+            `To keep those writes: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark takeover --group ${group}', then 'tidemark resync --group ${group} --reverse'`),
     );
   }
+}
+
+/** The check of swapCutCovers as the takeover's last word before it opens the secondaries (or after it, with the control of finding 25). */
+function cutCheck(group: string, frozenAt: string, controls: NegativeControls | undefined): Pick<ProcedureOptions, "beforeTakeover"> {
+  return controls?.swapOpensBeforeCutCheck ? {} : { beforeTakeover: (ts) => swapCutCovers(group, ts.toString(), frozenAt, false) };
 }
 
 /** What TM_SWAP tells the admin to do next. */
@@ -220,7 +234,7 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     // discard them silently. The swap stops and says what to do.
     const frozen = frozenStampOf(states);
     const ts = states.find((s) => s.role === "secondary" && s.synchronizedTs !== null)?.synchronizedTs ?? null;
-    if (frozen !== null && ts !== null) swapCutCovers(group, ts, frozen);
+    if (frozen !== null && ts !== null) swapCutCovers(group, ts, frozen, true);
     // A primary the swap froze that hosts may write again: a suspension
     // lifted its freeze (a primary down through the swap's takeover comes
     // back frozen). What hosts wrote since is in its bitmap only; the turn
@@ -236,8 +250,8 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     );
     frozenAt = stamps.reduce((m, t) => (BigInt(t) > m ? BigInt(t) : m), 0n).toString();
     o.logger.warn({ group, frozenAt }, "swap: finishing a swap cut short inside its takeover");
-    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
-    swapCutCovers(group, r.ts, frozenAt);
+    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger, controls: o.controls, ...cutCheck(group, frozenAt, o.controls) });
+    swapCutCovers(group, r.ts, frozenAt, true);
   } else if (!takenOver) {
     const notPaired = states.filter((s) => !(s.role === "secondary" ? s.state === "active" : s.state === "active" || s.state === "frozen"));
     if (notPaired.length > 0) {
@@ -250,8 +264,8 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     // 2. Every secondary has applied everything acknowledged.
     await quiesce(now, group, o.timeoutMs);
     // 3. Take over: the secondaries rest at Ts >= every stamp, nothing is dropped.
-    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger });
-    swapCutCovers(group, r.ts, frozenAt);
+    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger, controls: o.controls, ...cutCheck(group, frozenAt!, o.controls) });
+    swapCutCovers(group, r.ts, frozenAt, true);
   }
   const to = opposite(cur);
   const t = await turn(topo, group, to, o);

@@ -131,6 +131,12 @@ export interface ProcedureOptions {
   partial?: boolean;
   /** Negative controls restored in the procedure (the simulation only; appliance/runtime/controls.ts). */
   controls?: NegativeControls;
+  /**
+   * A takeover's last word before it opens the secondaries to hosts (607):
+   * throwing leaves them suspended at Ts and the primaries taken over, so no
+   * side is writable (a swap whose Ts does not cover its freeze, finding 25).
+   */
+  beforeTakeover?: (ts: bigint) => void;
 }
 
 export async function runProcedure(topo: LoadedTopology, group: string, o: ProcedureOptions): Promise<ProcedureReport> {
@@ -260,6 +266,7 @@ export async function runProcedure(topo: LoadedTopology, group: string, o: Proce
   }
   // 607-608
   if (o.mode === "takeover") {
+    o.beforeTakeover?.(ts);
     const taken = await settle(g.secondaries, (id) => call(topo, id, { op: "takeover", group, generation }));
     const failed = [...taken].filter(([, a]) => !a.ok) as [number, { ok: false; error: string }][];
     if (failed.length > 0) throw new ProcedureError("TM_TAKEOVER", `takeover ${group}: ${failed.map(([id, a]) => `#${id} (${a.error})`).join(", ")}; run it again`);

@@ -37,4 +37,6 @@ export interface NegativeControls {
   copiesNotReplayed?: boolean;
   /** docs/simulation.md Finding 24: a suspension of a group some secondary of which is taken over suspends its primaries, and so makes a frozen one writable again beside the taken-over side. */
   suspensionThawsTakenOverGroup?: boolean;
+  /** docs/simulation.md Finding 25: a swap checks that its takeover's Ts covers the freeze only after the takeover has opened the secondaries to hosts. */
+  swapOpensBeforeCutCheck?: boolean;
 }

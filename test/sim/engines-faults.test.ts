@@ -38,6 +38,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [645683, { wide: true, powerCuts: true }, "a copy of a host write a power cut took back reached only the secondary: copies were not replayed (finding 22)"],
     [671492, { wide: true, powerCuts: true }, "an RCR a secondary received just before its kill -9, never committed, counted as acknowledged by a later ack (finding 23, an oracle bug)"],
     [661773, { wide: true, powerCuts: true }, "a suspension made a frozen primary writable beside the taken-over side of a swap cut short (finding 24)"],
+    [680285, { wide: true }, "a swap's takeover opened the secondaries to hosts before it found its Ts below the freeze (finding 25)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -101,6 +102,12 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
 
   it("sim negative control: finding 24: a suspension that thaws a frozen primary beside a taken-over side is caught at seed 661773", { timeout: TIMEOUT_MS }, async () => {
     const o = { seed: 661773, wide: true, powerCuts: true, controls: { suspensionThawsTakenOverGroup: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
+  });
+
+  it("sim negative control: finding 25: a swap that opens the secondaries before its cut check is caught at seed 680285", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 680285, wide: true, controls: { swapOpensBeforeCutCheck: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
   });
