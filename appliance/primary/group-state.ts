@@ -103,8 +103,18 @@ export const PRIMARY_GROUP_TRANSITIONS: TransitionTable<PrimaryGroupTableState, 
     "primary-resync-stale": NOT_SYNCHRONIZED,
     "copy-acknowledged": ignored,
     "primary-suspend": to("suspended"),
-    // A host write in flight when the group froze may still find the journal past its cap.
-    "journal-full": to("suspended"),
+    // Only the RCM thaws a frozen group (primary-suspend, or primary-takeover
+    // once a secondary is open to hosts): a swap may have opened the
+    // secondaries already, so a primary that made itself writable would be a
+    // second writable side. A full journal or state disk (a host write in
+    // flight at the freeze, another group's journal, a restart on a full
+    // disk) therefore leaves it frozen: hosts are refused anyway, and the
+    // journal drains as the secondaries acknowledge (finding 26).
+    "journal-full": ignored,
+    // Only a secondary that still takes the link can acknowledge less than it
+    // had, and a swap takes over no secondary while a primary is thawed
+    // (failback.ts swapNoneThawed), so this exit cannot meet an open side
+    // unless a takeover reached some secondaries and another lost durable RCRs.
     "ack-regressed": to("suspended"),
     // A swap is fencing the secondaries: the group stays frozen, read-only (issue 17).
     "refused": ignored,

@@ -21,7 +21,17 @@ export interface GroupView {
   /** Per subsystem of the group: the direction it holds, and its group state in its role. */
   subsystems: Map<
     number,
-    { direction: Direction; generation: number; state: string; synchronizedTs: string | null; role: "primary" | "secondary"; reason: string | null; frozenTs?: string | null }
+    {
+      direction: Direction;
+      generation: number;
+      state: string;
+      synchronizedTs: string | null;
+      role: "primary" | "secondary";
+      reason: string | null;
+      frozenTs?: string | null;
+      /** What this side knows to differ from the other (blocks to copy, marked by a verify, never copied), or null. */
+      differs: string | null;
+    }
   >;
 }
 
@@ -33,15 +43,42 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
   const down = [...answers].filter(([, a]) => !a.ok).map(([id, a]) => `#${id} (${(a as { error: string }).error})`);
   if (down.length > 0) throw new ProcedureError("TM_UNREACHABLE", `${group}: ${down.join(", ")} cannot be reached; a failback needs every subsystem of the group; nothing was changed`);
   const subsystems: GroupView["subsystems"] = new Map();
+  const names = new Set(topo.pairs.filter((p) => p.group === group).flatMap((p) => [p.primary.name, p.secondary.name]));
+  const listed = (what: string, n: number) => (n > 0 ? [`${n} ${what}`] : []);
+  const differs = (parts: string[]) => (parts.length > 0 ? parts.join(", ") : null);
   for (const [id, a] of answers) {
     const s = (a as { value: SubsystemStatus }).value;
     const direction = (s.directions?.[group] as Direction | undefined) ?? "forward";
     const sec = s.secondary?.find((x) => x.name === group);
     const prim = s.primary?.groups.find((x) => x.name === group);
-    if (sec) subsystems.set(id, { direction, generation: sec.generation, state: sec.state, synchronizedTs: sec.synchronizedTs, role: "secondary", reason: sec.reason });
-    else if (prim) {
+    if (sec) {
+      const uncopied = (sec.uncopiedVolumes ?? []).filter((v) => names.has(v));
+      subsystems.set(id, {
+        direction,
+        generation: sec.generation,
+        state: sec.state,
+        synchronizedTs: sec.synchronizedTs,
+        role: "secondary",
+        reason: sec.reason,
+        differs: differs([...listed("blocks marked different (an online verify)", sec.bitmapBlocks), ...(uncopied.length > 0 ? [`${uncopied.join(" ")} never copied`] : [])]),
+      });
+    } else if (prim) {
+      const pendingCopies = (s.primary?.pendingCopies ?? []).filter((v) => names.has(v));
       // A primary that a turn made: the Ts of that turn (a cut-short turn is finished from it).
-      subsystems.set(id, { direction, generation: prim.generation, state: prim.state, synchronizedTs: s.turnedAtTs?.[group] ?? null, role: "primary", reason: prim.reason, frozenTs: prim.frozenTs ?? null });
+      subsystems.set(id, {
+        direction,
+        generation: prim.generation,
+        state: prim.state,
+        synchronizedTs: s.turnedAtTs?.[group] ?? null,
+        role: "primary",
+        reason: prim.reason,
+        frozenTs: prim.frozenTs ?? null,
+        differs: differs([
+          ...listed("blocks in its bitmap", prim.bitmapBlocks),
+          ...listed("blocks still to copy", prim.remainingBlocks ?? 0),
+          ...(pendingCopies.length > 0 ? [`the initial copy of ${pendingCopies.join(" ")} not run`] : []),
+        ]),
+      });
     }
   }
   return { subsystems };
@@ -256,6 +293,16 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     const notPaired = states.filter((s) => !(s.role === "secondary" ? s.state === "active" : s.state === "active" || s.state === "frozen"));
     if (notPaired.length > 0) {
       throw new ProcedureError("TM_NOT_PAIRED", `swap ${group}: ${notPaired.map((s) => `#${s.id} is ${s.state}`).join(", ")}; only a paired group is swapped (resync it first)`);
+    }
+    // Paired, yet the sides differ where the primaries are right: after the
+    // turn the old secondaries' copies of those blocks would be copied over
+    // the primaries' (finding 27). A forward resync repairs them first.
+    const differing = o.controls?.swapIgnoresDiffering ? [] : states.filter((s) => s.differs !== null);
+    if (differing.length > 0) {
+      throw new ProcedureError(
+        "TM_NOT_PAIRED",
+        `swap ${group}: the sides differ: ${differing.map((s) => `#${s.id} has ${s.differs}`).join("; ")}; the primaries hold the right blocks, so a swap would copy the wrong way: run 'tidemark resync --group ${group}' first, then swap`,
+      );
     }
     // 1. Hosts stop writing the primaries; what they were told is written still streams.
     const frozen = await Promise.all(g.primaries.map((id) => call<{ lastStamp: string }>(topo, id, { op: "primary-freeze", group })));

@@ -39,4 +39,6 @@ export interface NegativeControls {
   suspensionThawsTakenOverGroup?: boolean;
   /** docs/simulation.md Finding 25: a swap checks that its takeover's Ts covers the freeze only after the takeover has opened the secondaries to hosts. */
   swapOpensBeforeCutCheck?: boolean;
+  /** docs/simulation.md Finding 27: a swap of a paired group goes ahead although its sides differ (blocks in a bitmap, still to copy, never copied). */
+  swapIgnoresDiffering?: boolean;
 }

@@ -144,6 +144,12 @@ describe("verify: online, at a common stamp, under load", () => {
     const pair = (await c.status()).pairs.find((p) => p.secondary.volume === "s3a")!;
     expect(pair.secondary.bitmapBlocks).toBe(1);
     await fio.stop();
+    // A swap now would turn the group and copy the secondary's wrong block over the primary's
+    // right one: it is refused before it freezes anything (finding 27), and says what to run.
+    const sw = await c.cli(["swap", "--config", c.configFile, "--group", "C1"]);
+    expect(sw.code, sw.stdout).not.toBe(0);
+    expect(sw.stderr).toMatch(/swap C1: the sides differ: #3 has 1 blocks marked different \(an online verify\).*run 'tidemark resync --group C1' first/);
+    expect((await c.status()).groups[0].state).toBe("active");
     const rs = await c.cli(["resync", "--config", c.configFile, "--group", "C1", "--json"]);
     expect(rs.code, rs.stderr).toBe(0);
     await c.quiesce();

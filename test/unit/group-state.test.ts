@@ -39,7 +39,7 @@ const PRIMARY: Record<PrimaryGroupTableState, Cell[]> = {
   uninitialized: ["copying",    "x",                   "x",                   "x",                   "x",       "x",          "x",           "x",            "x",      "x",          "x"],
   active:        ["x",          "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "-",       "suspended",  "suspended",   "suspended",    "fenced", "taken-over", "frozen"],
   copying:       ["x",          "TM_NOT_SYNCHRONIZED", "copying",             "TM_NOT_SYNCHRONIZED", "active",  "suspended",  "suspended",   "suspended",    "fenced", "taken-over", "TM_NOT_PAIRED"],
-  frozen:        ["x",          "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "-",       "suspended",  "suspended",   "suspended",    "-",      "taken-over", "frozen"],
+  frozen:        ["x",          "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "TM_NOT_SYNCHRONIZED", "-",       "suspended",  "-",           "suspended",    "-",      "taken-over", "frozen"],
   suspended:     ["x",          "copying",             "TM_GENERATION",       "TM_GENERATION",       "-",       "suspended",  "-",           "-",            "-",      "taken-over", "TM_NOT_PAIRED"],
   fenced:        ["x",          "copying",             "TM_GENERATION",       "TM_GENERATION",       "-",       "suspended",  "-",           "-",            "-",      "taken-over", "TM_NOT_PAIRED"],
   "taken-over":  ["x",          "copying",             "TM_GENERATION",       "TM_GENERATION",       "-",       "taken-over", "-",           "-",            "-",      "taken-over", "TM_NOT_PAIRED"],
@@ -106,6 +106,19 @@ describe("group state machine of a primary", () => {
     expect(primaryResyncEvent(5, 4)).toBe("primary-resync");
     expect(primaryResyncEvent(4, 4)).toBe("primary-resync-again");
     expect(primaryResyncEvent(3, 4)).toBe("primary-resync-stale");
+  });
+
+  // Finding 26 (a directed review of swaps cut short): a swap may have opened the
+  // secondaries to hosts while a primary stays frozen; a primary that made itself
+  // writable on a full state disk would be a second writable side.
+  it("primary group: a frozen group is thawed only by the RCM: a full journal or state disk, a refusal, a late copy acknowledgement leave it frozen and read-only", () => {
+    for (const e of ["journal-full", "refused", "copy-acknowledged", "primary-freeze"] as const) {
+      const next = primaryGroupIgnores("frozen", e) ? "frozen" : primaryGroupTransition("frozen", e)!;
+      expect(next, e).toBe("frozen");
+      expect(hostsMayWrite(next), e).toBe(false);
+    }
+    expect(primaryGroupTransition("frozen", "primary-suspend")).toBe("suspended");
+    expect(primaryGroupTransition("frozen", "primary-takeover")).toBe("taken-over");
   });
 
   it("primary group: hosts write in every state but frozen and taken-over; the group streams in active, copying and frozen", () => {
