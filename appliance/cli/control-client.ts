@@ -10,6 +10,7 @@ import { attachedControlPlane, type ControlPlane } from "./control-plane.ts";
 import { realRuntime } from "../runtime/runtime.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { peerErrorCode, type ErrorCode, type PeerErrorCode } from "../errors/codes.ts";
+import { watchSilence } from "../control/heartbeat.ts";
 
 const silent = pino({ level: "silent" });
 
@@ -50,10 +51,14 @@ export class ControlError extends Error {
 export class ControlClient {
   private nextId = 1;
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  /** Ends the silence watch, which runs while a request waits (control/heartbeat.ts). */
+  private unwatch: (() => void) | null = null;
 
   private constructor(
     private readonly link: Link,
     readonly subsystemId: number,
+    /** The topology's linkTimeoutMs: a peer heard from neither by answer nor by heartbeat for this long is given up. */
+    private readonly silenceMs: number,
   ) {
     link.on("frame", (f: Frame) => {
       if (f.type !== "response") return;
@@ -66,11 +71,22 @@ export class ControlClient {
       }
     });
     link.on("close", (err?: Error) => {
-      for (const w of this.waiting.values()) {
-        w.reject(new ControlError("TM_CONTROL_CLOSED", `subsystem #${subsystemId}: connection closed${err ? `: ${err.message}` : ""}`));
-      }
-      this.waiting.clear();
+      this.failAll(new ControlError("TM_CONTROL_CLOSED", `subsystem #${subsystemId}: connection closed${err ? `: ${err.message}` : ""}`));
     });
+  }
+
+  private failAll(err: ControlError): void {
+    const waiting = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of waiting) w.reject(err);
+  }
+
+  /** A request settled: with none left waiting, silence means nothing. */
+  private settled(id: number): void {
+    this.waiting.delete(id);
+    if (this.waiting.size > 0) return;
+    this.unwatch?.();
+    this.unwatch = null;
   }
 
   static async connect(topo: LoadedTopology, id: number, timeoutMs = 3000): Promise<ControlClient> {
@@ -89,26 +105,43 @@ export class ControlClient {
         logger: silent,
         peerNodeId: id,
       });
-      return new ControlClient(link, id);
+      return new ControlClient(link, id, topo.config.linkTimeoutMs);
     } catch (err) {
       throw new ControlError("TM_UNREACHABLE", `subsystem #${id} at ${ss.host}:${ss.replicationPort} is unreachable: ${(err as Error).message}`);
     }
   }
 
+  /**
+   * One request. It fails after `timeoutMs` without an answer, or sooner once
+   * the subsystem has sent nothing, not even a heartbeat, for the topology's
+   * linkTimeoutMs: a host that went silent is told from a slow step.
+   */
   request<T = unknown>(body: unknown, timeoutMs = 10_000): Promise<T> {
     const id = this.nextId++;
+    this.unwatch ??= watchSilence(this.link, this.silenceMs, () => {
+      this.unwatch = null;
+      this.failAll(
+        new ControlError(
+          "TM_CONTROL_SILENT",
+          `subsystem #${this.subsystemId}: silent for ${this.silenceMs} ms (no answer and no heartbeat): its host, its process or the network to it is down or hung`,
+        ),
+      );
+      this.link.close();
+    });
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.waiting.delete(id);
+        this.settled(id);
         reject(new ControlError("TM_CONTROL_TIMEOUT", `subsystem #${this.subsystemId}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
       this.waiting.set(id, {
         resolve: (v) => {
           clearTimeout(timer);
+          this.settled(id);
           resolve(v as T);
         },
         reject: (e) => {
           clearTimeout(timer);
+          this.settled(id);
           reject(e);
         },
       });

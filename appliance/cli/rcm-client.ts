@@ -5,6 +5,7 @@ import type { LoadedTopology } from "../../config/load.ts";
 import type { Frame } from "../replication/frames.ts";
 import { ControlError, controlIdentity } from "./control-client.ts";
 import { linkSecretsOf } from "../../config/keys.ts";
+import { watchSilence } from "../control/heartbeat.ts";
 
 export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: number): Promise<T> {
   const rcm = topo.config.rcm;
@@ -16,8 +17,13 @@ export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: 
   } catch (err) {
     throw new ControlError("TM_UNREACHABLE", `the RCM at ${rcm.host}:${rcm.port} is unreachable (${(err as Error).message}); start it with 'tidemark rcm --config ${topo.file}'`);
   }
+  let unwatch = (): void => {};
   try {
     return await new Promise<T>((resolve, reject) => {
+      // The RCM heartbeats while it works on the request (control/heartbeat.ts).
+      unwatch = watchSilence(link, topo.config.linkTimeoutMs, () =>
+        reject(new ControlError("TM_CONTROL_SILENT", `the RCM at ${rcm.host}:${rcm.port} was silent for ${topo.config.linkTimeoutMs} ms (no answer and no heartbeat): its host, its process or the network to it is down or hung`)),
+      );
       const timer = setTimeout(() => reject(new ControlError("TM_CONTROL_TIMEOUT", `the RCM gave no answer within ${timeoutMs} ms`)), timeoutMs);
       link.on("frame", (f: Frame) => {
         if (f.type !== "response") return;
@@ -33,6 +39,7 @@ export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: 
       link.send({ type: "request", id: 1, body });
     });
   } finally {
+    unwatch();
     link.close();
   }
 }

@@ -41,6 +41,8 @@ export const ERROR_CODES = {
     "the control connection closed before the answer came; the CLI exits 1, and `status` shows the subsystem DOWN and exits 3",
   TM_CONTROL_TIMEOUT:
     "no answer to a control request within its timeout (10 s); as `TM_CONTROL_CLOSED`",
+  TM_CONTROL_SILENT:
+    "a subsystem or the RCM sent nothing, neither an answer nor a heartbeat, for `linkTimeoutMs` while a control request waited (docs/wire.md, Heartbeats on control connections): its host, its process or the network to it is down or hung (a slow step still heartbeats); as `TM_CONTROL_CLOSED`",
   TM_UNREACHABLE:
     "a subsystem's replication port (or the RCM's) did not accept a control connection: down, wrong key, wrong address; also a primary or secondary that `quiesce` or the RCM procedure could not reach. `status` shows a DOWN row and exits 3; other commands exit 1 with nothing changed: start it or fix the address, then run the command again",
   TM_NO_GROUP:

@@ -26,7 +26,7 @@ let tokens = 0;
 /** A subsystem refuses lease fields longer than this (procedure-lease.ts). */
 const FIELD_MAX = 200;
 /** Answers that mean "not here now": the lease is taken where the steps get through (lease-rule.ts, admitStep). */
-const AWAY = new Set(["TM_UNREACHABLE", "TM_CONTROL_TIMEOUT", "TM_CONTROL_CLOSED"]);
+const AWAY = new Set(["TM_UNREACHABLE", "TM_CONTROL_TIMEOUT", "TM_CONTROL_SILENT", "TM_CONTROL_CLOSED"]);
 
 /** A description cut to what a subsystem takes: an automatic suspension's reason lists every failed link. */
 function clip(text: string): string {

@@ -21,6 +21,7 @@ import { realRuntime } from "../runtime/runtime.ts";
 import { VerifySchedules } from "./verify-schedule.ts";
 import { RCM_OPS, type RcmTarget } from "./control-ops.ts";
 import { parseRequest } from "../control/op-table.ts";
+import { sendHeartbeats } from "../control/heartbeat.ts";
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -89,6 +90,7 @@ export class RemoteCopyManager {
       link.close();
       return;
     }
+    sendHeartbeats(link, this.topo.config.linkTimeoutMs);
     link.on("frame", (f) => {
       if (f.type !== "request") return;
       if ((f.body as { op?: unknown } | null)?.op === "subscribe") return this.events.subscribe(link, f.id);

@@ -29,6 +29,7 @@ import { metricsRegistry, serveMetrics } from "./metrics.ts";
 import { LogFile, type LogFileStats } from "../logging/log-file.ts";
 import type { SubsystemStatus } from "../cli/status-view.ts";
 import { processIncarnation } from "../events/hub.ts";
+import { sendHeartbeats } from "../control/heartbeat.ts";
 
 export interface SubsystemHandle {
   stop(): Promise<void>;
@@ -194,7 +195,10 @@ export async function runSubsystem(topo: LoadedTopology, id: number, logger: Log
 
   const onLink = (link: Link) => {
     if (link.peer.role === "link") core.attachReplication(link, link.peer.nodeId);
-    else core.attachControl(link);
+    else {
+      core.attachControl(link);
+      sendHeartbeats(link, cfg.linkTimeoutMs);
+    }
   };
 
   const linkServer = createLinkServer({ key: secrets.key, tls: secrets.tls, nodeId: id, logger, handshakeTimeoutMs: 5000, onLink });
