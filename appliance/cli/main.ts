@@ -9,6 +9,7 @@ import { buildStatus, renderStatus, type SubsystemStatus } from "./status-view.t
 import { quiesce } from "./quiesce.ts";
 import { clockReader } from "../primary/clock-source.ts";
 import { askRcm } from "./rcm-client.ts";
+import type { ClockOffsetReport } from "../rcm/clock-offsets.ts";
 import { renderProcedure } from "./procedure-view.ts";
 import type { ProcedureReport } from "../rcm/procedure.ts";
 import { drillCommand } from "./drill.ts";
@@ -73,11 +74,13 @@ program
     );
     const doc = buildStatus(liveTopologyFrom(topo, answers.values() as Iterable<{ ok: boolean; value?: SubsystemStatus }>, true), answers, clockReader(topo.config.clock)());
     // The RCM's verify schedules, when the config has any: a quick question, null when it does not answer.
-    if (topo.config.rcm && topo.config.groups.some((g) => g.verify?.cron)) {
-      doc.schedules = await askRcm<{ schedules?: ScheduleStatus[] }>(topo, { op: "status" }, 3000).then(
-        (r) => r.schedules ?? [],
-        () => null,
-      );
+    // And, with clock "realtime", the clocks as the RCM measures them. One question, null parts when it does not answer.
+    const wantSchedules = topo.config.groups.some((g) => g.verify?.cron);
+    const wantClocks = topo.config.clock === "realtime";
+    if (topo.config.rcm && (wantSchedules || wantClocks)) {
+      const rcm = await askRcm<{ schedules?: ScheduleStatus[]; clockOffsets?: ClockOffsetReport | null }>(topo, { op: "status" }, 3000).catch(() => null);
+      if (wantSchedules) doc.schedules = rcm === null ? null : (rcm.schedules ?? []);
+      if (wantClocks) doc.clockOffsets = rcm?.clockOffsets ?? null;
     }
     process.stdout.write(o.json ? JSON.stringify(doc, null, 2) + "\n" : renderStatus(doc) + "\n");
     if (doc.subsystems.some((s) => !s.reachable)) process.exitCode = 3;

@@ -6,6 +6,7 @@ import { formatEta } from "./progress-view.ts";
 import { returningPrimaries } from "../rcm/returning.ts";
 import { pairVerify, pairVerifyLine, renderSchedules, type PairVerify, type SubsystemVerify } from "./verify-status.ts";
 import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
+import type { ClockOffsetReport } from "../rcm/clock-offsets.ts";
 import type { LinkSecurity } from "../replication/link-tls.ts";
 
 /** What a subsystem answers to {op: "status"} (see appliance/subsystem). */
@@ -196,6 +197,8 @@ export interface StatusDoc {
   }[];
   /** The RCM's schedules (docs/verify.md, Schedules): absent when the config schedules nothing, null when the RCM did not answer. */
   schedules?: ScheduleStatus[] | null;
+  /** The clocks as the RCM measures them (clock "realtime" with an RCM; docs/clock.md, Measured offsets): null when the RCM did not answer. */
+  clockOffsets?: ClockOffsetReport | null;
 }
 
 /** A primary volume whose initial copy is still to run (a pair new to a group that replicates). */
@@ -470,5 +473,26 @@ export function renderStatus(doc: StatusDoc): string {
   );
   for (const p of doc.pairs) if (p.verify) out.push(pairVerifyLine(p.group, `#${p.primary.subsystem}/${p.primary.volume}`, `#${p.secondary.subsystem}/${p.secondary.volume}`, p.verify));
   if (doc.schedules !== undefined) out.push("", ...renderSchedules(doc.schedules));
+  if (doc.clockOffsets !== undefined) out.push("", ...renderClockOffsets(doc.clockOffsets));
   return out.join("\n");
+}
+
+/** CLOCKS: each subsystem's clock against the RCM's, and the pair furthest apart against the bound. */
+function renderClockOffsets(r: ClockOffsetReport | null): string[] {
+  if (r === null) return ["CLOCKS  the RCM did not answer"];
+  const ms = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(1)} ms`;
+  const out = [`CLOCKS  measured by the RCM; maxClockOffsetMs ${r.boundMs}`];
+  if (r.subsystems.length === 0) return [...out, "  no measurement yet"];
+  out.push(
+    table([
+      ["subsystem", "offset (vs the RCM)", "uncertainty", "round trip", "age"],
+      ...r.subsystems.map((s) => [`#${s.subsystem}`, ms(s.offsetMs), `±${s.uncertaintyMs.toFixed(1)} ms`, `${s.roundTripMs.toFixed(1)} ms`, `${(s.ageMs / 1000).toFixed(1)} s`]),
+    ]),
+  );
+  const w = r.widest;
+  if (w !== null) {
+    const verdict = w.offsetMs - w.uncertaintyMs > r.boundMs ? "BEYOND the bound" : w.offsetMs + w.uncertaintyMs > r.boundMs ? "possibly beyond the bound" : "within the bound";
+    out.push(`widest: #${w.ahead} is ${w.offsetMs.toFixed(1)} ms (±${w.uncertaintyMs.toFixed(1)}) ahead of #${w.behind}: ${verdict}`);
+  }
+  return out;
 }

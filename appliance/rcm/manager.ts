@@ -22,6 +22,12 @@ import { VerifySchedules } from "./verify-schedule.ts";
 import { RCM_OPS, type RcmTarget } from "./control-ops.ts";
 import { parseRequest } from "../control/op-table.ts";
 import { sendHeartbeats } from "../control/heartbeat.ts";
+import { ClockOffsets, offsetCondition, type ClockOffsetReport } from "./clock-offsets.ts";
+import { probeOffset } from "./offset-probe.ts";
+import { clockReader } from "../primary/clock-source.ts";
+
+/** How often the monitor probes the subsystems' clocks (clock "realtime"). */
+const OFFSET_PROBE_MS = 1000;
 
 export class RemoteCopyManager {
   private server: net.Server | null = null;
@@ -48,6 +54,11 @@ export class RemoteCopyManager {
   private readonly events: EventPublisher;
   /** The groups' verify schedules (config `verify.cron`), run here. */
   readonly schedules: VerifySchedules;
+  /** Measured clock offsets of the subsystems (clock "realtime" only; clock-offsets.ts). */
+  private readonly offsets = new ClockOffsets();
+  /** The pid each subsystem answered with last: a new one may be another clock. */
+  private readonly pids = new Map<number, number>();
+  private lastProbeMs = 0;
 
   constructor(
     private readonly topo: LoadedTopology,
@@ -116,7 +127,12 @@ export class RemoteCopyManager {
       return this.serialized(group, "resync", by, "resync", async (t) => startResync(await liveTopology(t), group, o));
     },
     swap: (group, by, timeoutMs) => this.serialized(group, "swap", by, "swap", (t) => swap(t, group, { logger: this.logger, by, timeoutMs })),
-    status: () => ({ pid: process.pid, history: this.history.slice(-50), schedules: this.schedules.status() }),
+    status: () => ({
+      pid: process.pid,
+      history: this.history.slice(-50),
+      schedules: this.schedules.status(),
+      clockOffsets: this.topo.config.clock === "realtime" ? this.offsetReport() : null,
+    }),
   };
 
   /** Runs one procedure on a group, after any that is already running there. */
@@ -163,6 +179,45 @@ export class RemoteCopyManager {
     return run;
   }
 
+  /**
+   * A probe of every subsystem's clock, at most once per OFFSET_PROBE_MS: its
+   * samples join the offsets. A subsystem that does not answer, or answers with
+   * a new pid, loses its old samples (it may run on another clock now).
+   */
+  private async measureOffsets(ids: number[], answers: Map<number, { ok: true; value: SubsystemStatus } | { ok: false; error: string }>): Promise<void> {
+    for (const id of ids) {
+      const a = answers.get(id);
+      const pid = a?.ok ? a.value.pid : undefined;
+      if (pid === undefined || this.pids.get(id) !== pid) this.offsets.forget(id);
+      if (pid !== undefined) this.pids.set(id, pid);
+      else this.pids.delete(id);
+    }
+    if (Date.now() - this.lastProbeMs < OFFSET_PROBE_MS) return;
+    this.lastProbeMs = Date.now();
+    const clockNs = clockReader(this.topo.config.clock);
+    await Promise.all(
+      ids
+        .filter((id) => this.pids.has(id))
+        .map(async (id) => {
+          for (const s of await probeOffset(this.topo, id, clockNs)) this.offsets.add(id, s);
+        }),
+    );
+  }
+
+  /** Per subsystem, its clock's measured offset from the RCM's (status). */
+  offsetReport(): ClockOffsetReport {
+    const now = Date.now();
+    const subsystems = this.topo.config.subsystems.map((s) => s.id);
+    return {
+      subsystems: subsystems.flatMap((id) => {
+        const e = this.offsets.estimate(id, now);
+        return e === null ? [] : [{ subsystem: id, offsetMs: e.offsetMs, uncertaintyMs: e.uncertaintyMs, roundTripMs: e.roundTripMs, ageMs: now - e.atMs }];
+      }),
+      widest: this.offsets.pairs(subsystems, now)[0] ?? null,
+      boundMs: this.topo.config.maxClockOffsetMs,
+    };
+  }
+
   /** The holder of a live lease on the group that is not this RCM, as the subsystems report it. */
   private leasedElsewhere(group: string, ids: number[], answers: Map<number, { ok: true; value: SubsystemStatus } | { ok: false; error: string }>): string | null {
     for (const id of ids) {
@@ -181,6 +236,7 @@ export class RemoteCopyManager {
       const ids = this.topo.config.subsystems.map((s) => s.id);
       const epochs = new Map(this.epochs);
       const answers = await askAll<SubsystemStatus>(this.topo, ids, { op: "status" });
+      if (this.topo.config.clock === "realtime") await this.measureOffsets(ids, answers);
       const now = Date.now();
       const timeout = this.topo.config.rcm!.failureTimeoutMs;
       // Roles as the subsystems run them. A group whose subsystems disagree on its
@@ -209,6 +265,12 @@ export class RemoteCopyManager {
         let generation = 0;
         /** Primaries holding a new pair's initial copy that no resync has started. */
         const pendingCopy: number[] = [];
+        // Commit wait orders dependent writes only while the clocks agree within the bound.
+        if (this.topo.config.clock === "realtime") {
+          const bound = this.topo.config.maxClockOffsetMs;
+          const apart = this.offsets.beyond([...g.primaries, ...g.secondaries], bound, Date.now());
+          if (apart !== null) conditions.set(offsetCondition(apart, bound), true);
+        }
         for (const id of [...g.primaries, ...g.secondaries]) {
           const a = answers.get(id)!;
           if (!a.ok) {
