@@ -108,6 +108,8 @@ export const rcmSchema = z
      * an RCM that died on another address keeps the group from a second RCM.
      */
     leaseMs: z.number().int().min(1000).max(600_000).default(30_000),
+    /** Serve Prometheus metrics (the measured clocks, docs/metrics.md) on this port of `host`. */
+    metricsPort: port.optional(),
   })
   .strict();
 

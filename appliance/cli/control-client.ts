@@ -89,7 +89,13 @@ export class ControlClient {
     this.unwatch = null;
   }
 
-  static async connect(topo: LoadedTopology, id: number, timeoutMs = 3000): Promise<ControlClient> {
+  /**
+   * `timeoutMs` defaults to the topology's linkTimeoutMs, the silence after
+   * which a peer is given up (3 s by default): a host whose cable is pulled
+   * answers no SYN, and every RCM step that needs it waits this long, so a
+   * fixed 3 s made a 1 s topology take 15 s to suspend a group around it.
+   */
+  static async connect(topo: LoadedTopology, id: number, timeoutMs = topo.config.linkTimeoutMs): Promise<ControlClient> {
     const ss = subsystemConfig(topo, id);
     // Outside the try: a bad key file is the caller's to fix, not an unreachable subsystem.
     const secrets = linkSecretsOf(topo, controlIdentity(topo));

@@ -1,6 +1,7 @@
 // `tidemark drill`: the crash-recovery drill as a command (appliance/drill/drill.ts does the work).
 // Exit 0 when every round passed, 1 on any violation (the report names the seed and the command
-// that replays it), 2 when the drill cannot run here (bad config, --loop without loop devices),
+// that replays it), 2 when the drill cannot run here (bad config, --loop without loop devices,
+// --hosts without network namespaces),
 // 130 after Ctrl-C, once every process is killed and every loop device detached.
 import { randomInt } from "node:crypto";
 import { Command, InvalidArgumentError } from "commander";
@@ -28,6 +29,7 @@ interface Flags {
   dir?: string;
   json?: boolean;
   fullDisk?: boolean;
+  hosts?: boolean;
 }
 
 export function drillCommand(): Command {
@@ -44,6 +46,7 @@ export function drillCommand(): Command {
     .option("--dir <path>", "make the temporary folder here instead of the system's temp folder")
     .option("--json", "print the reports and the summary as one JSON document on stdout (progress goes to stderr)")
     .option("--full-disk", "make the last round a full-disk round: the data folder on a tmpfs of its own, filled while hosts write (needs root)")
+    .option("--hosts", "every subsystem and the RCM on a host of its own: a network namespace in 198.18.0.0/24 with its own address and clock offset; links fail by the network (needs root, ip netns, faketime)")
     .action(async (f: Flags) => {
       const code = await drillMain(f);
       // Exit now rather than when the event loop drains: a request to a process the drill killed
@@ -71,9 +74,10 @@ async function drillMain(f: Flags): Promise<number> {
     keepGoing: !!f.keepGoing,
     baseDir: f.dir,
     fullDisk: !!f.fullDisk,
+    hosts: !!f.hosts,
     say: (t) => out.write(t + "\n"),
   };
-  out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}${o.shapeName ? `, shape ${o.shapeName}` : ""}\n`);
+  out.write(`drill: ${o.rounds} round${o.rounds === 1 ? "" : "s"} from seed ${seed}${o.loop ? " on loop devices" : ""}${o.hosts ? " on namespaced hosts" : ""}${o.configFile ? `, shape of ${o.configFile}` : ""}${o.shapeName ? `, shape ${o.shapeName}` : ""}\n`);
   const drill = new Drill(o);
   let interrupted = false;
   const onSignal = (sig: NodeJS.Signals) => {
@@ -92,14 +96,14 @@ async function drillMain(f: Flags): Promise<number> {
     // After Ctrl-C the signal handler tears down and exits 130; a half-run summary would mislead.
     if (interrupted) await new Promise(() => undefined);
     out.write(renderDrillSummary(o, r.summary) + "\n");
-    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, shape: o.shapeName ?? null, volumeMiB: o.volumeMiB, fullDisk: !!o.fullDisk }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
+    if (f.json) process.stdout.write(JSON.stringify({ seed, options: { rounds: o.rounds, loop: o.loop, config: o.configFile ?? null, shape: o.shapeName ?? null, volumeMiB: o.volumeMiB, fullDisk: !!o.fullDisk, hosts: !!o.hosts }, summary: r.summary, rounds: r.reports, keptDir: r.keptDir }, null, 2) + "\n");
     return r.summary.passed === r.summary.rounds && r.summary.rounds === o.rounds ? 0 : 1;
   } catch (err) {
     const e = err as Error;
     if (interrupted) await new Promise(() => undefined);
     await drill.interrupt();
     process.stderr.write(`tidemark drill: ${e.message}\n`);
-    return hasCode(e, "TM_DRILL_LOOP", "TM_DRILL_MOUNT", "TM_DRILL_CONFIG", "TM_CONFIG") ? 2 : 1;
+    return hasCode(e, "TM_DRILL_LOOP", "TM_DRILL_HOSTS", "TM_DRILL_MOUNT", "TM_DRILL_CONFIG", "TM_CONFIG") ? 2 : 1;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);

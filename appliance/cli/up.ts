@@ -18,9 +18,10 @@ interface Child {
   exited: boolean;
 }
 
-export function spawnSubsystem(configFile: string, id: number, log: string): ChildProcess {
+export function spawnSubsystem(configFile: string, id: number, log: string, wrap: (argv: string[]) => string[] = (a) => a): ChildProcess {
   const args = id === RCM_ID ? ["rcm", "--config", configFile, "--log", log] : ["subsystem", "--config", configFile, "--id", String(id), "--log", log];
-  return spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const [cmd, ...rest] = wrap([process.execPath, BIN, ...args]);
+  return spawn(cmd, rest, { stdio: ["ignore", "pipe", "pipe"] });
 }
 
 /** The RCM runs as a child like the subsystems; this id names it among them. */

@@ -59,6 +59,8 @@ export class DrillProcesses {
     private readonly logDir: string,
     /** Subsystem ids, and RCM_ID when the config has an RCM. */
     readonly ids: number[],
+    /** The command that runs `argv` as process `id` (--hosts: inside its host's namespace, under its clock); it must exec in place, so the pid is the process's own. */
+    private readonly launch: (id: number, argv: string[]) => string[] = (_id, argv) => argv,
   ) {}
 
   logOf(id: number): string {
@@ -78,7 +80,7 @@ export class DrillProcesses {
   async start(id: number): Promise<void> {
     if (this.alive(id)) throw new DrillProcessError(`${processName(id)} is already running (pid ${this.pid(id)})`);
     const log = this.logOf(id);
-    const child = spawnSubsystem(this.configFile, id, log);
+    const child = spawnSubsystem(this.configFile, id, log, (argv) => this.launch(id, argv));
     const p: Proc = { child, expected: false, stderr: "", exited: new Promise((r) => child.once("exit", () => r())) };
     this.procs.set(id, p);
     child.stderr!.on("data", (d: Buffer) => (p.stderr = tail(p.stderr + d.toString())));

@@ -22,7 +22,7 @@ import { nonZeroRuns, regions } from "./regions.ts";
 import { checkChains, openFileBlockReader, type CheckMode } from "./chain-checker.ts";
 import { planChains, type ChainPlan } from "./chain-plan.ts";
 import { runChainWorkload, type ChainRecord } from "./chain-workload.ts";
-import type { LinkProxy } from "./link-proxy.ts";
+import type { LinkFault } from "./link-fault.ts";
 import { LoadModel, runLoad, type LoadResult } from "./load.ts";
 import { processName, type DrillProcesses } from "./processes.ts";
 import { prng } from "./prng.ts";
@@ -93,8 +93,8 @@ interface WayBackOut {
 export interface DrillEnv {
   topo: LoadedTopology;
   procs: DrillProcesses;
-  /** Link proxy of each secondary subsystem. */
-  proxies: ReadonlyMap<number, LinkProxy>;
+  /** How to fail the links to each secondary subsystem (link-fault.ts). */
+  links: ReadonlyMap<number, LinkFault>;
   volumeBytes: number;
   /** The shape's turn of one group while another is written (topology.ts DrillShape.turn), or null. */
   turn: { group: string; whileWriting: string } | null;
@@ -393,11 +393,9 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
   /** Links restored and every process started: the way home needs them all (a primary down through the takeover returns here). */
   async function restoreAll(why: string) {
     step("restore", "restoring processes and links");
-    for (const [id, proxy] of env.proxies) {
-      if (proxy.state !== "up") {
-        proxy.restore();
-        event(`links -> #${id} restored`);
-      }
+    for (const link of env.links.values()) {
+      const said = link.restore();
+      if (said) event(said);
     }
     for (const id of procs.ids) if (!procs.alive(id)) await restart(id, why);
   }
@@ -722,17 +720,15 @@ export async function runRound(env: DrillEnv, round: number, seed: number): Prom
         at(`p${f.target}`, f.atMs, () => kill(f.target));
         if (f.restartAtMs !== null) at(`p${f.target}`, f.restartAtMs, () => restart(f.target));
       } else {
-        const proxy = env.proxies.get(f.secondary)!;
+        const link = env.links.get(f.secondary)!;
         at(`l${f.secondary}`, f.atMs, () => {
-          if (f.kind === "cut") proxy.cut();
-          else proxy.hang();
+          event(link.fail(f.kind, f.restoreAtMs === null));
           report.linkFaults[f.kind]++;
-          event(`${f.kind === "cut" ? "cut" : "hang"} every link -> #${f.secondary}`);
         });
         if (f.restoreAtMs !== null) {
           at(`l${f.secondary}`, f.restoreAtMs, () => {
-            proxy.restore();
-            event(`links -> #${f.secondary} restored`);
+            const said = link.restore();
+            if (said) event(said);
           });
         }
       }

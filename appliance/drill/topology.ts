@@ -135,6 +135,12 @@ export function portsNeeded(shape: DrillShape): number {
 export interface DrillConfigInput {
   shape: DrillShape;
   host: string;
+  /**
+   * --hosts: each subsystem's own address (the RCM's is `host`), no proxies (the
+   * network's own faults fail the links), and the real-time clock with commit wait
+   * under this bound, as hosts with clocks of their own need.
+   */
+  hosts?: { addressOf: (id: number) => string; maxClockOffsetMs: number };
   /** At least portsNeeded(shape) distinct free ports. */
   ports: number[];
   /** The cluster key file (written mode 0600 by the caller, config/keys.ts writeKeyFile). */
@@ -166,14 +172,14 @@ export function drillConfig(o: DrillConfigInput): DrillConfig {
   }
   let next = 0;
   const port = () => o.ports[next++];
-  const proxied = new Set(secondaryIds(o.shape));
+  const proxied = new Set(o.hosts ? [] : secondaryIds(o.shape));
   const proxies: LinkProxySpec[] = [];
   const subsystems = o.shape.subsystems.map((s) => {
     const replicationPort = port();
     const nbdPort = port();
     const out: Record<string, unknown> = {
       id: s.id,
-      host: o.host,
+      host: o.hosts ? o.hosts.addressOf(s.id) : o.host,
       replicationPort,
       nbdPort,
       volumes: s.volumes.map((name) => {
@@ -191,7 +197,7 @@ export function drillConfig(o: DrillConfigInput): DrillConfig {
   const config: Record<string, unknown> = {
     clusterKeyFile: o.clusterKeyFile,
     dataDir: o.dataDir,
-    clock: "monotonic",
+    ...(o.hosts ? { clock: "realtime", maxClockOffsetMs: o.hosts.maxClockOffsetMs } : { clock: "monotonic" }),
     syncIntervalMs: DRILL_SYNC_INTERVAL_MS,
     reconnectMs: DRILL_RECONNECT_MS,
     linkTimeoutMs: DRILL_LINK_TIMEOUT_MS,

@@ -162,6 +162,8 @@ export const ERROR_CODES = {
     "`tidemark drill --full-disk` where the tmpfs its full-disk round fills cannot be mounted (not root, no `mount`); the message says which and the drill exits 2 with nothing created (or the mount's error, once the folder exists)",
   TM_DRILL_LOOP:
     "`tidemark drill --loop` where loop devices cannot work: not root, no `/dev/loop-control`, no `losetup`; the message says which and the drill exits 2 with nothing created",
+  TM_DRILL_HOSTS:
+    "`tidemark drill --hosts` where namespaced hosts cannot work: not root, no `ip netns`, veth or bridge links, no libfaketime, 198.18.0.0/24 already routed, or more subsystems than hosts fit; the message says which and the drill exits 2 with nothing created",
   TM_DRILL_PORTS:
     "the drill found too few free TCP ports above the kernel's ephemeral range for its temporary topology; the drill exits 1",
   TM_DRILL_PROCESS:

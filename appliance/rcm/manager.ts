@@ -4,6 +4,7 @@
 // restart is not a failure). Procedures on one group run one at a time.
 import type { Logger } from "pino";
 import type net from "node:net";
+import type http from "node:http";
 import type { LoadedTopology } from "../../config/load.ts";
 import { createLinkServer, RCM_NODE_ID, type Link } from "../replication/link.ts";
 import { linkSecretsOf } from "../../config/keys.ts";
@@ -24,6 +25,8 @@ import { parseRequest } from "../control/op-table.ts";
 import { sendHeartbeats } from "../control/heartbeat.ts";
 import { ClockOffsets, offsetCondition, type ClockOffsetReport } from "./clock-offsets.ts";
 import { probeOffset } from "./offset-probe.ts";
+import { rcmMetricsRegistry } from "./metrics.ts";
+import { serveMetrics } from "../subsystem/metrics.ts";
 import { clockReader } from "../primary/clock-source.ts";
 
 /** How often the monitor probes the subsystems' clocks (clock "realtime"). */
@@ -59,6 +62,7 @@ export class RemoteCopyManager {
   /** The pid each subsystem answered with last: a new one may be another clock. */
   private readonly pids = new Map<number, number>();
   private lastProbeMs = 0;
+  private metrics: http.Server | null = null;
 
   constructor(
     private readonly topo: LoadedTopology,
@@ -83,6 +87,16 @@ export class RemoteCopyManager {
       );
       this.server!.listen(rcm.port, rcm.host, () => resolve());
     });
+    if (rcm.metricsPort !== undefined) {
+      this.metrics = await serveMetrics(
+        rcmMetricsRegistry(() => (this.topo.config.clock === "realtime" ? this.offsetReport() : null)),
+        rcm.host,
+        rcm.metricsPort,
+      ).catch((err: Error) => {
+        this.server?.close();
+        throw err;
+      });
+    }
     if (rcm.autoSuspend) this.timer = setInterval(() => void this.check(), rcm.checkIntervalMs);
     this.schedules.start();
     this.logger.info({ port: rcm.port, failureTimeoutMs: rcm.failureTimeoutMs, autoSuspend: rcm.autoSuspend }, "rcm serving");
@@ -93,6 +107,7 @@ export class RemoteCopyManager {
     this.events.stop();
     await this.schedules.stop();
     this.server?.close();
+    this.metrics?.close();
     await Promise.allSettled([...this.busy.values()]);
   }
 

@@ -1,6 +1,6 @@
 // Measured clock offsets (issue 15; appliance/rcm/clock-offsets.ts), on real
 // processes of one host, each subsystem with its own real-time clock offset
-// (libfaketime, as test/support/netns-hosts.ts sets it; CLOCK_MONOTONIC is left
+// (libfaketime, as appliance/drill/netns-hosts.ts sets it; CLOCK_MONOTONIC is left
 // alone), clock "realtime" with commit wait. The RCM measures every
 // subsystem's offset; within maxClockOffsetMs it reports it and the group
 // keeps replicating; beyond it the group is suspended with a reason naming
@@ -8,7 +8,10 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { askRcm } from "../../appliance/cli/rcm-client.ts";
 import { TestCluster, fig1Config, freePort } from "../support/cluster.ts";
-import { faketimeEnv, libfaketimePath } from "../support/netns-hosts.ts";
+import { faketimeEnv, libfaketimePath } from "../../appliance/drill/netns-hosts.ts";
+import { planChains } from "../../appliance/drill/chain-plan.ts";
+import { runChainWorkload } from "../../appliance/drill/chain-workload.ts";
+import { checkChains, fileBlockReader } from "../../appliance/drill/chain-checker.ts";
 
 const UNAVAILABLE = libfaketimePath() === null ? "libfaketime is not installed (apt-get install faketime)" : null;
 if (UNAVAILABLE) console.warn(`clock-offsets tests skipped: ${UNAVAILABLE}`);
@@ -32,7 +35,7 @@ afterEach(async () => {
 async function skewedCluster(skewMs: number): Promise<TestCluster> {
   const cfg = await fig1Config({
     volumeMiB: 4,
-    extra: { clock: "realtime", maxClockOffsetMs: BOUND_MS, rcm: { port: await freePort(), failureTimeoutMs: 2000, checkIntervalMs: 200 } },
+    extra: { clock: "realtime", maxClockOffsetMs: BOUND_MS, rcm: { port: await freePort(), metricsPort: await freePort(), failureTimeoutMs: 2000, checkIntervalMs: 200 } },
   });
   const env = Object.entries(faketimeEnv(skewMs)).map(([k, v]) => `${k}=${v}`);
   // `env` execs the command in place, so the pid the cluster holds is the subsystem's.
@@ -81,10 +84,56 @@ describe("measured clock offsets", () => {
     const r = await offsets(c);
     expect(r.widest?.ahead).toBe(2);
     expect(r.widest!.offsetMs).toBeGreaterThan(30);
+    // In the RCM's metrics too (docs/metrics.md, "The RCM's series").
+    const rcm = c.topo.config.rcm!;
+    const text = await (await fetch(`http://${rcm.host}:${rcm.metricsPort}/metrics`)).text();
+    const of2 = Number(/^tidemark_rcm_clock_offset_seconds\{subsystem="2"\} (\S+)$/m.exec(text)?.[1]);
+    const of1 = Number(/^tidemark_rcm_clock_offset_seconds\{subsystem="1"\} (\S+)$/m.exec(text)?.[1]);
+    console.log(`clock offsets, #2 at +40 ms: metrics #2 ${of2} s, #1 ${of1} s`);
+    expect(of2 - of1).toBeGreaterThan(0.03);
+    expect(of2 - of1).toBeLessThan(0.05);
+    expect(text).toMatch(/^tidemark_rcm_clock_widest_offset_seconds\{ahead="2",behind="[1345]"\} 0\.0[34]\d*$/m);
+    expect(text).toMatch(/^tidemark_rcm_clock_offset_bound_seconds 0\.01$/m);
     // What the admin reads.
     const shown = await c.cli(["status", "--config", c.configFile]);
     console.log(shown.stdout.slice(shown.stdout.indexOf("CLOCKS")));
     expect(shown.stdout).toMatch(/CLOCKS {2}measured by the RCM; maxClockOffsetMs 10/);
     expect(shown.stdout).toMatch(/widest: #2 is (3\d|4\d)\.\d ms \(±\d+\.\d\) ahead of #[1345]: BEYOND the bound/);
+  });
+
+  it("a subsystem 40 ms ahead while hosts write causal chains across #1 and #2 from the start: suspended, taken over, every chain on the secondaries a prefix", async (ctx) => {
+    if (UNAVAILABLE) ctx.skip(UNAVAILABLE);
+    // Beyond the bound the commit wait no longer orders a write on #1 after one on #2 it
+    // depends on (#2 stamps 40 ms ahead); what keeps the secondaries consistent is the
+    // suspension, whose Ts the takeover keeps. The chains start with the processes, before
+    // the RCM's first measurement, so they also cover the moments before it suspends.
+    const c = await skewedCluster(40);
+    const primaries = ["p1a", "p1b", "p2a", "p2b"];
+    const volumes = primaries.map((name) => ({ name, primaryId: c.topo.volumes.get(name)!.subsystemId, sizeBytes: 4 << 20 }));
+    const plan = planChains({ volumes, chains: 16, length: 60, seed: 40 });
+    let writing = true;
+    const run = runChainWorkload({ plan, connect: (v) => c.nbd(v), until: () => !writing });
+    let suspendedAt = 0;
+    const t0 = Date.now();
+    for (let i = 0; i < 150 && suspendedAt === 0; i++) {
+      if ((await c.status()).groups[0].state === "suspended") suspendedAt = Date.now();
+      else await pause(100);
+    }
+    expect(suspendedAt, "the group was never suspended").toBeGreaterThan(0);
+    await pause(1000);
+    writing = false;
+    const records = await run;
+    expect(records.map((r) => r.error).filter(Boolean)).toEqual([]);
+    const acked = records.reduce((n, r) => n + r.acked, 0);
+    const t = await c.cli(["takeover", "--config", c.configFile, "--group", "C1", "--json"]);
+    expect(t.code, t.stderr).toBe(0);
+    const secondaryOf = new Map(c.topo.pairs.map((p) => [p.primary.name, p.secondary.name]));
+    const onSecondaries = await checkChains({ plan, records, mode: "prefix", readBlock: fileBlockReader((v) => c.volumeFile(secondaryOf.get(v)!)) });
+    console.log(
+      `clock offsets, #2 at +40 ms with chains: suspended ${suspendedAt - t0} ms after the first status; ${acked} chain writes acknowledged; ` +
+        `on the secondaries after the takeover prefix lengths ${Math.min(...onSecondaries.prefixLengths)}..${Math.max(...onSecondaries.prefixLengths)}, violations ${onSecondaries.violations.length}`,
+    );
+    expect(onSecondaries.violations).toEqual([]);
+    expect(acked).toBeGreaterThan(0);
   });
 });

@@ -1,5 +1,5 @@
 // Subsystems on separate hosts (issue 15), first step: each subsystem and the
-// RCM in a network namespace of its own (test/support/netns-hosts.ts), with
+// RCM in a network namespace of its own (appliance/drill/netns-hosts.ts), with
 // its own address in 198.18.0.0/24 and its own real-time clock offset
 // (libfaketime), clock "realtime" with commit wait. The test and its NBD
 // clients stay in the root namespace. Needs root and `ip netns`; skips and
@@ -11,7 +11,7 @@ import { TestCluster, cmp, fig1Config, freePort, prng } from "../support/cluster
 import { askAll } from "../../appliance/cli/control-client.ts";
 import type { SubsystemStatus } from "../../appliance/cli/status-view.ts";
 import type { NbdClient } from "../support/nbd-client.ts";
-import { NetnsHosts, hostsLauncher, netnsUnavailable, placeOnHosts } from "../support/netns-hosts.ts";
+import { NetnsHosts, hostsLauncher, netnsUnavailable, placeOnHosts } from "../../appliance/drill/netns-hosts.ts";
 
 const UNAVAILABLE = netnsUnavailable({ clocks: true });
 if (UNAVAILABLE) console.warn(`hosts tests skipped: ${UNAVAILABLE}`);
@@ -64,6 +64,17 @@ describe("hosts: network namespaces", () => {
     expect(await probe(hosts, "a", hosts.address("b"), 7000)).toBe("timeout");
     expect(await probe(hosts, "c", hosts.address("b"), 7000)).toBe("connected");
     hosts.heal();
+    expect(await probe(hosts, "a", hosts.address("b"), 7000)).toBe("connected");
+    // Overlapping partitions (the drill's data-centre partition beside one host's): a pair
+    // stays cut until every partition that cuts it is healed.
+    const healOne = hosts.partition(["a"], ["b"]);
+    const healBoth = hosts.partition(["a", "c"], ["b"]);
+    healOne();
+    healOne();
+    expect(await probe(hosts, "a", hosts.address("b"), 7000)).toBe("timeout");
+    expect(await probe(hosts, "c", hosts.address("b"), 7000)).toBe("timeout");
+    healBoth();
+    expect(hosts.faults().partitioned).toEqual([]);
     expect(await probe(hosts, "a", hosts.address("b"), 7000)).toBe("connected");
     hosts.linkDown("b");
     expect(await probe(hosts, "c", hosts.address("b"), 7000)).toBe("timeout");
@@ -148,6 +159,8 @@ describe("hosts: the 2x3 topology on five namespaced hosts", () => {
 
     // Secondary #5's cable pulled: its links (from #1 and #2) fall silent, the RCM suspends the group.
     hosts.linkDown("ss5");
+    const pulled = Date.now();
+    let linkDownSeen = 0;
     const reachable = [1, 2, 3, 4];
     const primaryGroups = async () => {
       const a = await askAll<SubsystemStatus>(c.topo, reachable, { op: "status" });
@@ -161,7 +174,11 @@ describe("hosts: the 2x3 topology on five namespaced hosts", () => {
     for (let i = 0; i < 300 && !seen.every((p) => p.group.state === "suspended"); i++) {
       await pause(100);
       seen = await primaryGroups();
+      if (linkDownSeen === 0 && seen.some((p) => p.links.some((l) => l.secondary === 5 && l.state !== "up"))) linkDownSeen = Date.now();
     }
+    const suspendedSeen = Date.now();
+    // The figures of docs/deploy.md, "A pulled cable": the links' linkTimeoutMs (1 s here), the RCM's failureTimeoutMs (2 s), then the suspension.
+    console.log(`hosts: ss5's cable pulled: a primary's link to #5 seen down after ${linkDownSeen ? linkDownSeen - pulled : "?"} ms, both primaries suspended after ${suspendedSeen - pulled} ms`);
     expect(seen.map((p) => p.group.state)).toEqual(["suspended", "suspended"]);
     expect(seen[0].group.suspendedBy).toMatch(/rcm/);
     expect(seen[0].group.reason).toMatch(/#5/);
@@ -225,3 +242,4 @@ describe("hosts: the 2x3 topology on five namespaced hosts", () => {
     );
   });
 });
+

@@ -51,7 +51,7 @@ export async function fig1Config(o: { volumeMiB: number; syncIntervalMs?: number
  * How the cluster starts one of its processes (id 0: the RCM): it gets the
  * argv that would run here (`node bin/tidemark subsystem ...`) and returns the
  * argv to run instead, e.g. inside a network namespace
- * (test/support/netns-hosts.ts, hostsLauncher). The process must keep the pid
+ * (appliance/drill/netns-hosts.ts, hostsLauncher). The process must keep the pid
  * it is spawned with (exec in place), so kill() reaches it.
  */
 export type Launcher = (id: number, argv: string[]) => string[];

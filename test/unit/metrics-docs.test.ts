@@ -6,6 +6,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { metricsRegistry, SERIES } from "../../appliance/subsystem/metrics.ts";
+import { RCM_SERIES, rcmMetricsRegistry } from "../../appliance/rcm/metrics.ts";
+import type { ClockOffsetReport } from "../../appliance/rcm/clock-offsets.ts";
 import type { SubsystemStatus } from "../../appliance/cli/status-view.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -34,12 +36,20 @@ const status = {
   log: { droppedLines: 0, droppedBytes: 0, lastError: null },
 } as unknown as SubsystemStatus;
 
+const clocks: ClockOffsetReport = {
+  subsystems: [
+    { subsystem: 1, offsetMs: 2.5, uncertaintyMs: 1.25, roundTripMs: 0.5, ageMs: 10 },
+    { subsystem: 2, offsetMs: -1, uncertaintyMs: 1.5, roundTripMs: 1, ageMs: 10 },
+  ],
+  widest: { ahead: 1, behind: 2, offsetMs: 3.5, uncertaintyMs: 2.75 },
+  boundMs: 10,
+};
+
 describe("metrics docs", () => {
-  it("metrics docs: every registered series is listed in docs/metrics.md with its type", async () => {
-    const registry = metricsRegistry(() => status, () => 0n);
-    const registered = await registry.getMetricsAsJSON();
+  it("metrics docs: every registered series of a subsystem and of the RCM is listed in docs/metrics.md with its type", async () => {
+    const registered = [...(await metricsRegistry(() => status, () => 0n).getMetricsAsJSON()), ...(await rcmMetricsRegistry(() => clocks).getMetricsAsJSON())];
     const docs = documented();
-    expect(registered.length).toBeGreaterThan(Object.keys(SERIES).length);
+    expect(registered.length).toBeGreaterThan(Object.keys(SERIES).length + Object.keys(RCM_SERIES).length);
     for (const m of registered) expect(docs.get(m.name), `${m.name} (${m.type}) in docs/metrics.md`).toBe(String(m.type));
     // And nothing listed that is not registered (a renamed series leaves no stale row).
     const names = new Set(registered.map((m) => m.name));
@@ -58,5 +68,17 @@ describe("metrics docs", () => {
     expect(text).toMatch(/^tidemark_host_writes_total 7$/m);
     expect(text).toMatch(/^tidemark_host_write_bytes_total 28672$/m);
     expect(text).toMatch(/^tidemark_link_up\{secondary="3"\} 1$/m);
+  });
+
+  it("metrics docs: the RCM reports the clocks it measured, in seconds, and nothing of them with clock monotonic", async () => {
+    const text = await rcmMetricsRegistry(() => clocks).metrics();
+    expect(text).toMatch(/^tidemark_rcm_clock_offset_seconds\{subsystem="1"\} 0\.0025$/m);
+    expect(text).toMatch(/^tidemark_rcm_clock_offset_seconds\{subsystem="2"\} -0\.001$/m);
+    expect(text).toMatch(/^tidemark_rcm_clock_offset_uncertainty_seconds\{subsystem="2"\} 0\.0015$/m);
+    expect(text).toMatch(/^tidemark_rcm_clock_widest_offset_seconds\{ahead="1",behind="2"\} 0\.0035$/m);
+    expect(text).toMatch(/^tidemark_rcm_clock_offset_bound_seconds 0\.01$/m);
+    const none = await rcmMetricsRegistry(() => null).metrics();
+    expect(none).not.toMatch(/^tidemark_rcm_clock_\w+\{.*\} /m);
+    expect(none).toMatch(/^tidemark_rcm_clock_offset_bound_seconds 0$/m);
   });
 });

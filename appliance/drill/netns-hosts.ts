@@ -1,7 +1,8 @@
-// Test hosts on one machine (issue 15): one network namespace per "host", each
-// with its own address on a veth pair to a bridge that lives in a namespace of
-// the test's own, and a veth from the root namespace (where the test, its CLI
-// calls and its NBD clients run) into the same bridge. Processes run inside a
+// Hosts on one machine, for `tidemark drill --hosts` and the tests: one network
+// namespace per "host", each with its own address on a veth pair to a bridge
+// that lives in a namespace of the run's own, and a veth from the root
+// namespace (where the drill or the test, its CLI calls and its NBD clients
+// run) into the same bridge. Processes run inside a
 // host with `ip netns exec`, optionally with a real-time clock offset of that
 // host's own (libfaketime). Link faults: a host's interface down/up, and a
 // partition of one set of hosts from another.
@@ -43,8 +44,8 @@
 //   versa. Frames between the two sides go to that MAC: the bridge floods
 //   them, no interface accepts them, so TCP between the sides sees silence
 //   (a hung network), existing connections included, while each side still
-//   reaches its own members, the root namespace and other hosts. heal()
-//   deletes the entries; ARP resolves again. `ip neigh` is in every iproute2.
+//   reaches its own members, the root namespace and other hosts. Healing
+//   deletes the entries a partition alone wanted; ARP resolves again. `ip neigh` is in every iproute2.
 //
 // Clocks (verified on this machine, Node 20.20, libfaketime 0.9.10; the
 // numbers are from measureClock(), which ping-pongs Date.now() and
@@ -261,7 +262,8 @@ export class NetnsHosts {
   readonly bridgeNs: string;
   private readonly procs = new Set<ChildProcess>();
   private readonly cut = new Set<string>();
-  private readonly poisoned: { host: string; address: string }[] = [];
+  /** "<host> <address>" neighbour entries in force, with how many partitions want each. */
+  private readonly poisoned = new Map<string, number>();
   private destroyed = false;
 
   private constructor(
@@ -465,9 +467,12 @@ export class NetnsHosts {
    * Every packet between a host of `a` and a host of `b` is dropped, both
    * ways, silently (see the header: neighbour entries to an unowned MAC).
    * Each side still reaches its own members, the root namespace and any host
-   * in neither set. Cumulative; heal() undoes every partition.
+   * in neither set. Partitions may overlap: a pair stays cut while any
+   * partition that cuts it is in force. The returned function heals this
+   * partition alone; heal() heals every one.
    */
-  partition(a: string[], b: string[]): void {
+  partition(a: string[], b: string[]): () => void {
+    const entries: string[] = [];
     for (const [from, to] of [
       [a, b],
       [b, a],
@@ -475,21 +480,51 @@ export class NetnsHosts {
       for (const x of from) {
         for (const y of to) {
           if (x === y) throw new Error(`host ${x} is on both sides of the partition`);
-          const address = this.address(y);
-          ip(["-n", this.host(x).netns, "neigh", "replace", address, "lladdr", UNOWNED_MAC, "dev", "eth0", "nud", "permanent"]);
-          this.poisoned.push({ host: x, address });
+          entries.push(`${x} ${this.address(y)}`);
         }
       }
     }
+    for (const e of entries) {
+      const n = this.poisoned.get(e) ?? 0;
+      this.poisoned.set(e, n + 1);
+      if (n === 0) {
+        const [host, address] = e.split(" ");
+        ip(["-n", this.host(host).netns, "neigh", "replace", address, "lladdr", UNOWNED_MAC, "dev", "eth0", "nud", "permanent"]);
+      }
+    }
+    let healed = false;
+    return () => {
+      if (healed) return;
+      healed = true;
+      for (const e of entries) {
+        const n = this.poisoned.get(e);
+        if (n === undefined) continue; // heal() came first
+        if (n > 1) this.poisoned.set(e, n - 1);
+        else this.unpoison(e);
+      }
+    };
+  }
+
+  private unpoison(entry: string): void {
+    this.poisoned.delete(entry);
+    const [host, address] = entry.split(" ");
+    // ARP resolves the address again at the next packet.
+    quiet(() => ip(["-n", this.host(host).netns, "neigh", "del", address, "dev", "eth0"]));
   }
 
   heal(): void {
-    for (const { host, address } of this.poisoned.splice(0)) quiet(() => ip(["-n", this.host(host).netns, "neigh", "del", address, "dev", "eth0"]));
+    for (const e of [...this.poisoned.keys()]) this.unpoison(e);
   }
 
-  /** What is cut now: hosts whose interface is down, and the partition's neighbour entries. */
+  /** What is cut now: hosts whose interface is down, and the partitions' neighbour entries. */
   faults(): { down: string[]; partitioned: { host: string; address: string }[] } {
-    return { down: [...this.cut], partitioned: [...this.poisoned] };
+    return {
+      down: [...this.cut],
+      partitioned: [...this.poisoned.keys()].map((e) => {
+        const [host, address] = e.split(" ");
+        return { host, address };
+      }),
+    };
   }
 
   /** Every namespace of this run, the bridge's last. */
