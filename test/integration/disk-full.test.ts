@@ -211,6 +211,9 @@ describe("disk-full", () => {
     c.prefill(() => {}, [...c.topo.volumes.keys()]);
     await c.startAll();
     await c.startRcm();
+    // The initial copy done first: the host writes below, not the copy, must meet the full
+    // disk (a run with seven simulations beside it once saw 400 writes and no ENOSPC).
+    await c.quiesce("C1", 60_000);
     const filler = fill(mnt, 3 << 20);
     const p = probe(c);
     const writers = { p1a: await c.nbd("p1a"), p2a: await c.nbd("p2a") };
