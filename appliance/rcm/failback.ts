@@ -204,13 +204,16 @@ function swapCutCovers(group: string, ts: string, frozenAt: string, open: boolea
 }
 
 /** The check of swapCutCovers as the takeover's last word before it opens the secondaries (or after it, with the control of finding 25). */
-function cutCheck(group: string, frozenAt: string, controls: NegativeControls | undefined): Pick<ProcedureOptions, "beforeTakeover"> {
-  return controls?.swapOpensBeforeCutCheck ? {} : { beforeTakeover: (ts) => swapCutCovers(group, ts.toString(), frozenAt, false) };
+function cutCheck(group: string, frozenAt: string, controls: NegativeControls | undefined, opened = false): Pick<ProcedureOptions, "beforeTakeover"> {
+  return controls?.swapOpensBeforeCutCheck ? {} : { beforeTakeover: (ts) => swapCutCovers(group, ts.toString(), frozenAt, opened) };
 }
 
-/** What TM_SWAP tells the admin to do next. */
+/** What TM_SWAP tells the admin to do next, once the secondaries are open to hosts: either way loses one side's writes, and the admin must know which. */
 function swapWaysOn(group: string): string {
-  return `To keep them: 'tidemark resync --group ${group}' (the primaries' image wins), then swap again; to discard them: 'tidemark resync --group ${group} --reverse'`;
+  return (
+    `Hosts may have written the secondaries since a takeover opened them. To keep the primaries' writes: 'tidemark resync --group ${group}' (the primaries' image wins; ` +
+    `what hosts wrote on the secondaries is discarded), then swap again; to keep the secondaries': 'tidemark resync --group ${group} --reverse' (the primaries' writes after Ts are discarded)`
+  );
 }
 
 /** After a swap froze the group, no primary may have become writable again before its turn. */
@@ -287,7 +290,10 @@ export async function swap(topo: LoadedTopology, group: string, o: ResyncOptions
     );
     frozenAt = stamps.reduce((m, t) => (BigInt(t) > m ? BigInt(t) : m), 0n).toString();
     o.logger.warn({ group, frozenAt }, "swap: finishing a swap cut short inside its takeover");
-    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger, controls: o.controls, ...cutCheck(group, frozenAt, o.controls) });
+    // A secondary in `takeover` was opened to hosts already, by another takeover (the
+    // swap's own never opens below the freeze): the refusal must not say no side is writable.
+    const opened = states.some((s) => s.role === "secondary" && s.state === "takeover");
+    const r = await runProcedure(now, group, { mode: "takeover", reason: "swap", by: o.by, logger: o.logger, controls: o.controls, ...cutCheck(group, frozenAt, o.controls, opened) });
     swapCutCovers(group, r.ts, frozenAt, true);
   } else if (!takenOver) {
     const notPaired = states.filter((s) => !(s.role === "secondary" ? s.state === "active" : s.state === "active" || s.state === "frozen"));
