@@ -13,6 +13,8 @@ import { peerErrorCode, type ErrorCode, type PeerErrorCode } from "../errors/cod
 import { watchSilence } from "../control/heartbeat.ts";
 
 const silent = pino({ level: "silent" });
+/** Linux retransmits a lost SYN after 1 s: a connect given less than 2 s fails on one lost packet. */
+const CONNECT_TIMEOUT_MIN_MS = 2000;
 
 const IDENTITY = Symbol("tidemark control identity");
 
@@ -91,11 +93,13 @@ export class ControlClient {
 
   /**
    * `timeoutMs` defaults to the topology's linkTimeoutMs, the silence after
-   * which a peer is given up (3 s by default): a host whose cable is pulled
-   * answers no SYN, and every RCM step that needs it waits this long, so a
-   * fixed 3 s made a 1 s topology take 15 s to suspend a group around it.
+   * which a peer is given up (3 s by default), but never under 2 s, so that
+   * one lost SYN (retransmitted after 1 s) is not taken for a dead host. A
+   * host whose cable is pulled answers no SYN, and every RCM step that needs
+   * it waits this long: a fixed 3 s made a 1 s topology take 15 s to suspend
+   * a group around it.
    */
-  static async connect(topo: LoadedTopology, id: number, timeoutMs = topo.config.linkTimeoutMs): Promise<ControlClient> {
+  static async connect(topo: LoadedTopology, id: number, timeoutMs = Math.max(CONNECT_TIMEOUT_MIN_MS, topo.config.linkTimeoutMs)): Promise<ControlClient> {
     const ss = subsystemConfig(topo, id);
     // Outside the try: a bad key file is the caller's to fix, not an unreachable subsystem.
     const secrets = linkSecretsOf(topo, controlIdentity(topo));
