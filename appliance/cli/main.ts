@@ -2,29 +2,14 @@
 // unreachable subsystem, a wrong argument) ends with one clear line and a
 // non-zero exit code, never a stack trace.
 import { Command, InvalidArgumentError } from "commander";
-import { loadConfig } from "../../config/load.ts";
-import { ConfigError } from "../../config/schema.ts";
-import { askAll } from "./control-client.ts";
-import { buildStatus, renderStatus, type SubsystemStatus } from "./status-view.ts";
-import { quiesce } from "./quiesce.ts";
-import { clockReader } from "../primary/clock-source.ts";
-import { askRcm } from "./rcm-client.ts";
-import type { ClockOffsetReport } from "../rcm/clock-offsets.ts";
-import { renderProcedure } from "./procedure-view.ts";
-import type { ProcedureReport } from "../rcm/procedure.ts";
-import { drillCommand } from "./drill.ts";
-import { watchResync, type ResyncStart } from "../rcm/resync.ts";
-import type { FailbackReport } from "../rcm/failback.ts";
-import { describeReturning } from "../rcm/returning.ts";
-import { liveTopology, liveTopologyFrom } from "./live-topology.ts";
 import type { LoadedTopology } from "../../config/load.ts";
-import { progressView } from "./progress-view.ts";
-import { renderResyncStart } from "./procedure-view.ts";
-import { startVerify, watchVerify } from "../rcm/verify.ts";
-import { renderVerifyResult, verifyView } from "./verify-view.ts";
-import { VERIFY_RATE_MIBPS_DEFAULT } from "../../config/schema.ts";
-import { tmError } from "../errors/codes.ts";
+import type { SubsystemStatus } from "./status-view.ts";
+import type { ClockOffsetReport } from "../rcm/clock-offsets.ts";
+import type { ProcedureReport } from "../rcm/procedure.ts";
+import type { ResyncStart } from "../rcm/resync.ts";
+import type { FailbackReport } from "../rcm/failback.ts";
 import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
+import { drillCommand } from "./drill.ts";
 
 function positiveInt(what: string) {
   return (v: string) => {
@@ -34,9 +19,9 @@ function positiveInt(what: string) {
   };
 }
 
-// The long-running processes' modules (`up`, `subsystem`, `rcm`; the drill's too, in drill.ts) are
-// imported in their actions, not at the top: the short commands (`status`, `--help`) need none of
-// them, and loading them cost about 0.11 s of CPU at every start (docs/benchmarks.md, CLI start).
+// Every command imports what it uses in its action, not at the top: `--help` and a wrong argument
+// then load commander alone, and `status` neither the long-running processes' modules nor the
+// procedures'. A start is mostly module loading (docs/benchmarks.md, CLI start).
 const program = new Command();
 program.name("tidemark").description("N:M asynchronous block replication with consistency groups, served over NBD").showHelpAfterError();
 
@@ -46,6 +31,7 @@ program
   .requiredOption("-c, --config <file>", "topology file")
   .action(async (o: { config: string }) => {
     const { up } = await import("./up.ts");
+    const { loadConfig } = await import("../../config/load.ts");
     process.exitCode = await up(loadConfig(o.config), process.stdout, process.stderr);
   });
 
@@ -66,6 +52,14 @@ program
   .requiredOption("-c, --config <file>", "topology file")
   .option("--json", "print the status document (docs/status.md) as JSON")
   .action(async (o: { config: string; json?: boolean }) => {
+    const [{ loadConfig }, { askAll }, { buildStatus, renderStatus }, { liveTopologyFrom }, { clockReader }, { askRcm }] = await Promise.all([
+      import("../../config/load.ts"),
+      import("./control-client.ts"),
+      import("./status-view.ts"),
+      import("./live-topology.ts"),
+      import("../primary/clock-source.ts"),
+      import("./rcm-client.ts"),
+    ]);
     const topo = loadConfig(o.config);
     const answers = await askAll<SubsystemStatus>(
       topo,
@@ -93,6 +87,7 @@ program
   .option("--json", "one JSON object per line (docs/events.md)")
   .action(async (o: { config: string; json?: boolean }) => {
     const { EventsFollower } = await import("./events.ts");
+    const { loadConfig } = await import("../../config/load.ts");
     const follower = new EventsFollower(loadConfig(o.config), {
       json: o.json === true,
       write: (line) => void process.stdout.write(line + "\n"),
@@ -111,6 +106,7 @@ program
   .option("--timeout-ms <ms>", "give up after this long", positiveInt("--timeout-ms"), 120_000)
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; timeoutMs: number; json?: boolean }) => {
+    const [{ loadConfig }, { liveTopology }, { quiesce }] = await Promise.all([import("../../config/load.ts"), import("./live-topology.ts"), import("./quiesce.ts")]);
     const r = await quiesce(await liveTopology(loadConfig(o.config)), o.group, o.timeoutMs);
     process.stdout.write(o.json ? JSON.stringify(r) + "\n" : `group ${r.group} quiesced in ${r.elapsedMs} ms: every write acknowledged before the call is applied on every secondary\n`);
   });
@@ -133,6 +129,7 @@ program
   .option("--reason <text>", "recorded with the suspension", "planned suspension")
   .option("--json", "print the report as JSON")
   .action(async (o: { config: string; group: string; reason: string; json?: boolean }) => {
+    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("./procedure-view.ts")]);
     const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "suspend", group: o.group, reason: o.reason, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
@@ -145,11 +142,18 @@ program
   .option("--dry-run", "show the plan (Ts, what would be lost) without changing anything")
   .option("--json", "print the report as JSON")
   .action(async (o: { config: string; group: string; dryRun?: boolean; json?: boolean }) => {
+    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("./procedure-view.ts")]);
     const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "takeover", group: o.group, dryRun: !!o.dryRun, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
 
 async function followResync(topo: LoadedTopology, group: string, r: ResyncStart, o: { wait: boolean; json?: boolean }, extra: Record<string, unknown>, started: number, print = true): Promise<void> {
+  const [{ watchResync }, { liveTopology }, { progressView }, { renderResyncStart }] = await Promise.all([
+    import("../rcm/resync.ts"),
+    import("./live-topology.ts"),
+    import("./progress-view.ts"),
+    import("./procedure-view.ts"),
+  ]);
   if (!print) {
     // Only followed (verify --repair --json): its own document is the caller's.
     if (!r.nothingToDo) await watchResync(await liveTopology(topo), group, r.generation, () => {});
@@ -184,6 +188,7 @@ program
   .option("--no-wait", "start the resync and return; follow it with 'tidemark status'")
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; reverse?: boolean; wait: boolean; json?: boolean }) => {
+    const [{ loadConfig }, { askRcm }, { describeReturning }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("../rcm/returning.ts")]);
     const topo = loadConfig(o.config);
     const started = Date.now();
     const by = `admin (pid ${process.pid})`;
@@ -206,6 +211,7 @@ program
   .option("--no-wait", "return once the direction turned; follow the resync with 'tidemark status'")
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; timeoutMs: number; wait: boolean; json?: boolean }) => {
+    const [{ loadConfig }, { askRcm }, { describeReturning }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("../rcm/returning.ts")]);
     const topo = loadConfig(o.config);
     const started = Date.now();
     const f = await askRcm<FailbackReport>(topo, { op: "swap", group: o.group, timeoutMs: o.timeoutMs, by: `admin (pid ${process.pid})` }, 45 * 60_000);
@@ -248,6 +254,15 @@ program
   .option("--no-wait", "start the verify and return; follow it with 'tidemark status'")
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; volume?: string; range?: { offset: number; length: number }; rateMiBps?: number; repair?: boolean; wait: boolean; json?: boolean }) => {
+    const [{ loadConfig }, { liveTopology }, { askRcm }, { startVerify, watchVerify }, { renderVerifyResult, verifyView }, { VERIFY_RATE_MIBPS_DEFAULT }, { tmError }] = await Promise.all([
+      import("../../config/load.ts"),
+      import("./live-topology.ts"),
+      import("./rcm-client.ts"),
+      import("../rcm/verify.ts"),
+      import("./verify-view.ts"),
+      import("../../config/schema.ts"),
+      import("../errors/codes.ts"),
+    ]);
     const topo = await liveTopology(loadConfig(o.config));
     const started = Date.now();
     const cfg = topo.config.groups.find((g) => g.name === o.group)?.verify;
@@ -295,7 +310,8 @@ try {
   await program.parseAsync(process.argv);
 } catch (err) {
   const e = err as Error & { code?: string };
-  if (err instanceof ConfigError) {
+  // By name, not instanceof: the catch must not load the config schema (zod) for every error.
+  if (e.name === "ConfigError") {
     process.stderr.write(`tidemark: config error in ${e.message}\n`);
     process.exit(2);
   }
