@@ -1,6 +1,6 @@
 // The CLI's side of the control RPC: an authenticated "control" link to a
 // subsystem's replication port, one request/response at a time per call.
-import pino from "pino";
+import { silentLogger as silent } from "./silent-logger.ts";
 import { connectLink, type Link } from "../replication/link.ts";
 import type { Frame } from "../replication/frames.ts";
 import type { LoadedTopology } from "../../config/load.ts";
@@ -12,7 +12,6 @@ import { clockReader } from "../primary/clock-source.ts";
 import { peerErrorCode, type ErrorCode, type PeerErrorCode } from "../errors/codes.ts";
 import { watchSilence } from "../control/heartbeat.ts";
 
-const silent = pino({ level: "silent" });
 /** Linux retransmits a lost SYN after 1 s: a connect given less than 2 s fails on one lost packet. */
 const CONNECT_TIMEOUT_MIN_MS = 2000;
 

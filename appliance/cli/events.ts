@@ -3,7 +3,7 @@
 // control connection (docs/events.md): first its state as `exists` lines,
 // then its changes; a source that goes away is reconnected every second,
 // and the stream says so (`source` lines: lost, connected, restarted).
-import pino from "pino";
+import { silentLogger } from "./silent-logger.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { connectLink, type Link } from "../replication/link.ts";
 import { linkSecretsOf, type LinkSecrets } from "../../config/keys.ts";
@@ -31,7 +31,7 @@ export const EVENTS_OUTPUT_BACKLOG_BYTES_MAX = 4 * 1024 * 1024;
 /** Change lines held while the first `exists` lines of every source come in; past it they are dropped and counted. */
 export const EVENTS_HELD_LINES_MAX = 10_000;
 
-const silent = pino({ level: "silent" });
+const silent = silentLogger;
 
 interface Endpoint {
   source: string;

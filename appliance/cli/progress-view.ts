@@ -3,17 +3,10 @@
 // seconds otherwise (logs, CI, pipes), so neither gets the other's noise.
 import cliProgress from "cli-progress";
 import type { ResyncProgress } from "../rcm/resync.ts";
+import { formatEta } from "./eta.ts";
 
 const MIB = 1024 * 1024;
 const PLAIN_EVERY_MS = 2000;
-
-export function formatEta(ms: number | null): string {
-  if (ms === null) return "--";
-  const s = Math.round(ms / 1000);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-}
 
 /** One line: what a log or a pipe gets. Pure. */
 export function progressLine(p: ResyncProgress): string {

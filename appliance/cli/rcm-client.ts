@@ -1,5 +1,5 @@
 // The CLI's side of the RCM's control port: suspend and takeover requests.
-import pino from "pino";
+import { silentLogger } from "./silent-logger.ts";
 import { connectLink } from "../replication/link.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import type { Frame } from "../replication/frames.ts";
@@ -13,7 +13,7 @@ export async function askRcm<T>(topo: LoadedTopology, body: unknown, timeoutMs: 
   const secrets = linkSecretsOf(topo, controlIdentity(topo));
   let link;
   try {
-    link = await connectLink({ host: rcm.host, port: rcm.port, key: secrets.key, tls: secrets.tls, role: "control", nodeId: 0, timeoutMs: 3000, logger: pino({ level: "silent" }) });
+    link = await connectLink({ host: rcm.host, port: rcm.port, key: secrets.key, tls: secrets.tls, role: "control", nodeId: 0, timeoutMs: 3000, logger: silentLogger });
   } catch (err) {
     throw new ControlError("TM_UNREACHABLE", `the RCM at ${rcm.host}:${rcm.port} is unreachable (${(err as Error).message}); start it with 'tidemark rcm --config ${topo.file}'`);
   }

@@ -2,7 +2,7 @@
 // subsystem's own status, and renders it as the table an admin reads. Pure:
 // the subsystems' answers and the clock reading come in as values.
 import type { Topology } from "../../config/schema.ts";
-import { formatEta } from "./progress-view.ts";
+import { formatEta } from "./eta.ts";
 import { returningPrimaries } from "../rcm/returning.ts";
 import { pairVerify, pairVerifyLine, renderSchedules, type PairVerify, type SubsystemVerify } from "./verify-status.ts";
 import type { ScheduleStatus } from "../rcm/verify-schedule.ts";

@@ -4,7 +4,7 @@
 import type { VerifyRunStatus } from "../resync/verifier.ts";
 import type { VerifiedVolume } from "../secondary/verify-check.ts";
 import type { ScheduleStatus } from "../rcm/verify-schedule.ts";
-import { formatEta } from "./progress-view.ts";
+import { formatEta } from "./eta.ts";
 
 /** The `verify` part of a subsystem's status (absent from older subsystems). */
 export interface SubsystemVerify {

@@ -2,7 +2,8 @@
 // same bar and plain-line fallback as a resync's (progress-view.ts): blocks
 // compared, MiB/s and ETA on a terminal, one plain line every few seconds
 // otherwise; then one line per pair with its mismatches.
-import { blockProgressView, formatEta, type ProgressView } from "./progress-view.ts";
+import { blockProgressView, type ProgressView } from "./progress-view.ts";
+import { formatEta } from "./eta.ts";
 import type { VerifyProgress } from "../rcm/verify.ts";
 
 const MIB = 1024 * 1024;
