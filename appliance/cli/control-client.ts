@@ -186,15 +186,16 @@ export async function askAll<T>(
   topo: LoadedTopology,
   ids: number[],
   body: unknown,
-): Promise<Map<number, { ok: true; value: T } | { ok: false; error: string }>> {
-  const out = new Map<number, { ok: true; value: T } | { ok: false; error: string }>();
+): Promise<Map<number, { ok: true; value: T } | { ok: false; error: string; code?: string }>> {
+  const out = new Map<number, { ok: true; value: T } | { ok: false; error: string; code?: string }>();
   const plane = controlPlaneOf(topo);
   await Promise.all(
     ids.map(async (id) => {
       try {
         out.set(id, { ok: true, value: await plane.call<T>(id, body, 10_000) });
       } catch (err) {
-        out.set(id, { ok: false, error: (err as Error).message });
+        const code = (err as { code?: unknown }).code;
+        out.set(id, { ok: false, error: (err as Error).message, ...(typeof code === "string" ? { code } : {}) });
       }
     }),
   );

@@ -38,6 +38,9 @@ async function groupStatus(topo: LoadedTopology, group: string) {
   const ids = [...new Set([...g.primaries, ...g.secondaries])];
   const answers = await askAll<SubsystemStatus>(topo, ids, { op: "status" });
   const down = [...answers].filter(([, a]) => !a.ok).map(([id, a]) => `#${id} (${(a as { error: string }).error})`);
+  // A call refused because the caller's procedure lease went to another holder: unlike a
+  // subsystem that is down, that never comes back for this caller.
+  const leaseLost = [...answers.values()].find((a) => !a.ok && a.code === "TM_LEASE_LOST") as { error: string } | undefined;
   const sec = new Map<number, GroupOnSecondary>();
   const prim = new Map<number, GroupOnPrimary>();
   for (const [id, a] of answers) {
@@ -47,7 +50,7 @@ async function groupStatus(topo: LoadedTopology, group: string) {
     const p = a.value.primary?.groups.find((x) => x.name === group);
     if (p && g.primaries.includes(id)) prim.set(id, p);
   }
-  return { down, sec, prim };
+  return { down, sec, prim, leaseLost: leaseLost?.error ?? null };
 }
 
 export interface ResyncOptions {
@@ -228,6 +231,9 @@ export async function watchResync(topo: LoadedTopology, group: string, generatio
   const last = new Map<number, CopyStatus>();
   for (;;) {
     const st = await groupStatus(topo, group);
+    // Watched under a procedure lease that another holder took (finding 28): every call is refused
+    // from now on, and polling on would wait for ever for subsystems that are not down.
+    if (st.leaseLost !== null) throw new ProcedureError("TM_LEASE_LOST", st.leaseLost, { group });
     for (const [id, p] of st.prim) {
       if (p.copy) last.set(id, p.copy);
       else if (p.state === "active" && last.has(id)) {

@@ -39,6 +39,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [671492, { wide: true, powerCuts: true }, "an RCR a secondary received just before its kill -9, never committed, counted as acknowledged by a later ack (finding 23, an oracle bug)"],
     [661773, { wide: true, powerCuts: true }, "a suspension made a frozen primary writable beside the taken-over side of a swap cut short (finding 24)"],
     [680285, { wide: true }, "a swap's takeover opened the secondaries to hosts before it found its Ts below the freeze (finding 25)"],
+    [731571, { wide: true, powerCuts: true }, "a resync watched under a procedure lease that a second RCM took: the watch took the refusals for subsystems down and polled for ever (finding 28)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
