@@ -17,7 +17,8 @@
 // (finding 19; with --wide --story swap), --thawed-freeze-hidden (finding 21; with --wide),
 // --copies-not-replayed (finding 22; with --power-cuts), --suspension-thaws-taken-over-group
 // (finding 24; with --wide --story swap), --swap-opens-before-cut-check (finding 25; with --wide),
-// --swap-ignores-differing (finding 27, and a second line against finding 21's thawed primary).
+// --swap-ignores-differing (finding 27, and a second line against finding 21's thawed primary),
+// --commit-acks-before-loaded-durable (finding 29).
 // Prints progress, each failing seed with its replay command, and exits 1 if any seed failed.
 // At the end, or when stopped with Ctrl-C or SIGTERM, it sums up the seeds done (the range, the
 // stories drawn, where the RCM was killed).
@@ -63,6 +64,7 @@ function parse(argv: string[]) {
     else if (a === "--suspension-thaws-taken-over-group") o.controls = { ...o.controls, suspensionThawsTakenOverGroup: true };
     else if (a === "--swap-opens-before-cut-check") o.controls = { ...o.controls, swapOpensBeforeCutCheck: true };
     else if (a === "--swap-ignores-differing") o.controls = { ...o.controls, swapIgnoresDiffering: true };
+    else if (a === "--commit-acks-before-loaded-durable") o.controls = { ...o.controls, commitAcksBeforeLoadedDurable: true };
     else if (a === "--thawed-freeze-hidden") o.controls = { ...o.controls, thawedFreezeHidden: true };
     else if (a === "--copies-not-replayed") o.controls = { ...o.controls, copiesNotReplayed: true };
     else if (a === "--bare-clock-sync") o.controls = { ...o.controls, bareClockSync: true };

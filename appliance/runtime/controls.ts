@@ -41,4 +41,6 @@ export interface NegativeControls {
   swapOpensBeforeCutCheck?: boolean;
   /** docs/simulation.md Finding 27: a swap of a paired group goes ahead although its sides differ (blocks in a bitmap, still to copy, never copied). */
   swapIgnoresDiffering?: boolean;
+  /** docs/simulation.md Finding 29: a restarted secondary's first commits acknowledge before start()'s sync of the queue it loaded is done, though an ack covers those rows too. */
+  commitAcksBeforeLoadedDurable?: boolean;
 }

@@ -76,6 +76,8 @@ export class Receiver {
    */
   private readonly durableSeq = new Map<number, number>();
   private durableKnown = false;
+  /** start()'s syncs of what the queue held at load; settled once durableKnown is set. */
+  private loadedDurable: Promise<void> = Promise.resolve();
   /** What the queue held when this incarnation loaded it: durable with the first WAL sync. */
   private loadedSeq = new Map<number, number>();
   /** Links attached before durableSeq was known: they get their first ack then. */
@@ -123,10 +125,11 @@ export class Receiver {
   start(): Promise<void> {
     this.loadedSeq = new Map(this.lastSeq);
     const segments = this.c.controls?.restartAcksUnsyncedSegments ? Promise.resolve() : this.c.segments.syncAsync();
-    return Promise.all([segments, this.c.store.syncWal()]).then(
+    this.loadedDurable = Promise.all([segments, this.c.store.syncWal()]).then(
       () => this.markDurable(new Map()),
       (err: Error) => assert(false, `secondary #${this.c.id}: fdatasync of the RCR queue failed at start (${err.message}); stopping rather than acknowledge what may not be on disk`),
     );
+    return this.loadedDurable;
   }
 
   /** A primary's authenticated link (role "link", nodeId = primary id). */
@@ -328,7 +331,11 @@ export class Receiver {
     // Nothing takes effect before it is durable: an RCR applied, or a 112
     // raised, on the strength of a commit a power cut could take back would
     // leave a volume ahead of the 112 it restarts with.
-    this.committing = Promise.all([this.c.segments.syncAsync(), this.c.store.syncWal()])
+    // An ack is cumulative: it also covers the rows loaded at start, whose payloads may sit in a
+    // segment that start()'s sync has not finished with yet; this commit's sync covers only the
+    // segments it appended to (finding 29). Until that sync is done, acks wait for it.
+    const loaded = this.durableKnown || this.c.controls?.commitAcksBeforeLoadedDurable ? [] : [this.loadedDurable];
+    this.committing = Promise.all([this.c.segments.syncAsync(), this.c.store.syncWal(), ...loaded])
       .then(
         () => {
           for (const [g, t] of d.next) this.c.groups.get(g)!.times = t;

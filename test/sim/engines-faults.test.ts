@@ -40,6 +40,7 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     [661773, { wide: true, powerCuts: true }, "a suspension made a frozen primary writable beside the taken-over side of a swap cut short (finding 24)"],
     [680285, { wide: true }, "a swap's takeover opened the secondaries to hosts before it found its Ts below the freeze (finding 25)"],
     [731571, { wide: true, powerCuts: true }, "a resync watched under a procedure lease that a second RCM took: the watch took the refusals for subsystems down and polled for ever (finding 28)"],
+    [737357, { wide: true, powerCuts: true }, "a restarted secondary's first commit acknowledged rows loaded at start before start()'s sync of their segment was done (finding 29)"],
   ];
   for (const [seed, o, what] of found) {
     it(`sim: seed ${seed} (${what}) keeps every check`, { timeout: TIMEOUT_MS }, async () => {
@@ -113,6 +114,12 @@ describe("sim: the engines under power cuts, and the negative controls", () => {
     const o = { seed: 680285, wide: true, controls: { swapOpensBeforeCutCheck: true } };
     const r = await simulateEngines(o);
     expect(r.failure ?? null, replayCommand(o)).toMatch(/an acknowledged write was lost/);
+  });
+
+  it("sim negative control: finding 29: a restarted secondary whose first commit acknowledges before its loaded queue is durable is caught at seed 737357", { timeout: TIMEOUT_MS }, async () => {
+    const o = { seed: 737357, wide: true, powerCuts: true, controls: { commitAcksBeforeLoadedDurable: true } };
+    const r = await simulateEngines(o);
+    expect(r.failure ?? null, replayCommand(o)).toMatch(/acknowledged seq \d+ to #\d+ before it was durable/);
   });
 
   for (const [name, o, seeds = CONTROL_SEEDS] of controls) {
