@@ -22,6 +22,11 @@ function positiveInt(what: string) {
 // Every command imports what it uses in its action, not at the top: `--help` and a wrong argument
 // then load commander alone, and `status` neither the long-running processes' modules nor the
 // procedures'. A start is mostly module loading (docs/benchmarks.md, CLI start).
+/** What `suspend` and `takeover` use. */
+const procedureModules = () => Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("./procedure-view.ts")]);
+/** What `resync` and `swap` use before they follow the resync. */
+const failbackModules = () => Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("../rcm/returning.ts")]);
+
 const program = new Command();
 program.name("tidemark").description("N:M asynchronous block replication with consistency groups, served over NBD").showHelpAfterError();
 
@@ -129,7 +134,7 @@ program
   .option("--reason <text>", "recorded with the suspension", "planned suspension")
   .option("--json", "print the report as JSON")
   .action(async (o: { config: string; group: string; reason: string; json?: boolean }) => {
-    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("./procedure-view.ts")]);
+    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await procedureModules();
     const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "suspend", group: o.group, reason: o.reason, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
@@ -142,7 +147,7 @@ program
   .option("--dry-run", "show the plan (Ts, what would be lost) without changing anything")
   .option("--json", "print the report as JSON")
   .action(async (o: { config: string; group: string; dryRun?: boolean; json?: boolean }) => {
-    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("./procedure-view.ts")]);
+    const [{ loadConfig }, { askRcm }, { renderProcedure }] = await procedureModules();
     const r = await askRcm<ProcedureReport>(loadConfig(o.config), { op: "takeover", group: o.group, dryRun: !!o.dryRun, by: `admin (pid ${process.pid})` }, 45 * 60_000);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + "\n" : renderProcedure(r) + "\n");
   });
@@ -188,7 +193,7 @@ program
   .option("--no-wait", "start the resync and return; follow it with 'tidemark status'")
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; reverse?: boolean; wait: boolean; json?: boolean }) => {
-    const [{ loadConfig }, { askRcm }, { describeReturning }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("../rcm/returning.ts")]);
+    const [{ loadConfig }, { askRcm }, { describeReturning }] = await failbackModules();
     const topo = loadConfig(o.config);
     const started = Date.now();
     const by = `admin (pid ${process.pid})`;
@@ -211,7 +216,7 @@ program
   .option("--no-wait", "return once the direction turned; follow the resync with 'tidemark status'")
   .option("--json", "print the result as JSON")
   .action(async (o: { config: string; group: string; timeoutMs: number; wait: boolean; json?: boolean }) => {
-    const [{ loadConfig }, { askRcm }, { describeReturning }] = await Promise.all([import("../../config/load.ts"), import("./rcm-client.ts"), import("../rcm/returning.ts")]);
+    const [{ loadConfig }, { askRcm }, { describeReturning }] = await failbackModules();
     const topo = loadConfig(o.config);
     const started = Date.now();
     const f = await askRcm<FailbackReport>(topo, { op: "swap", group: o.group, timeoutMs: o.timeoutMs, by: `admin (pid ${process.pid})` }, 45 * 60_000);
