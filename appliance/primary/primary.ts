@@ -916,14 +916,19 @@ export class PrimaryEngine {
     const gs = this.groups.get(group);
     if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const was = gs.state;
-    const next = this.transition(gs, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
+    // Decided before the row is written, changed in memory once it is durable,
+    // all in this one step: a record that fails (a full state disk) leaves the
+    // group as hosts and the state file both have it, and the swap fails here.
+    const next = primaryGroupTransition(gs.state, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
     assert(next !== null, `primary #${this.o.id}: a freeze is never ignored`);
     if (next !== was) {
       // Every write acknowledged from now on was stamped already (a write is
       // stamped when it is admitted): none is above this stamp.
-      gs.frozenTs = this.clock.lastStamp;
-      this.db.prepare("UPDATE grp SET state = ?, frozen_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, gs.frozenTs, this.o.runtime.nowMs(), group);
+      const frozenTs = this.clock.lastStamp;
+      this.db.prepare("UPDATE grp SET state = ?, frozen_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, frozenTs, this.o.runtime.nowMs(), group);
       this.journal.barrier();
+      this.transition(gs, "primary-freeze");
+      gs.frozenTs = frozenTs;
       this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
     }
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));

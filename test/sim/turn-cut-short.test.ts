@@ -46,6 +46,8 @@ interface Run {
   /** Runs the swap on the RCM (its error's code, or "done"). */
   swapOnce: () => Promise<string>;
   refusedCommits: () => number;
+  /** The next commit of #1 whose SQL matches fails on a full state disk (instead of the next suspension's record). */
+  failNext: (match: string) => void;
   /** Blocks that differ from what hosts wrote, on either side. */
   wrongBlocks: () => string[];
 }
@@ -103,6 +105,15 @@ async function paired(seed: number, controls: NegativeControls = {}): Promise<Ru
       }
     },
     refusedCommits: () => refused,
+    failNext: (match: string) => {
+      armed = false;
+      const state = cluster.node(1).disk.state;
+      state.diskFull = (sql) => sql?.includes(match) === true;
+      state.onRefusedCommit = () => {
+        refused++;
+        state.diskFull = false;
+      };
+    },
     wrongBlocks: () =>
       (
         [
@@ -152,6 +163,20 @@ describe("sim: a swap whose takeover record failed on a primary (finding 30)", (
     void r.cluster.start(1);
     expect(await r.sched.runUntil(() => r.cluster.isUp(1), r.sched.nowMs + 10_000)).toBe(true);
     expect(r.sides()).toEqual(["#1 forward primary frozen", "#2 reverse primary suspended"]);
+    expect(await r.swapOnce()).toBe("done");
+    expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
+    expect(r.wrongBlocks()).toEqual([]);
+  });
+
+  it("a freeze whose record fails leaves the primary as its state file has it (active, writable), and the swap's rerun completes", async () => {
+    const r = await paired(8);
+    r.failNext("frozen_ts");
+    expect(await r.swapOnce()).not.toBe("done");
+    expect(r.refusedCommits()).toBe(1);
+    expect(r.sides()).toEqual(["#1 forward primary active", "#2 forward secondary active"]);
+    // Hosts may write: the state file says active, and so does the engine.
+    const data = Buffer.alloc(SIM_BLOCK_BYTES, 1);
+    await r.sched.settle(r.cluster.hostCall(1, (core) => core.exports.get("p1a")!.write(0, data, false)), 5_000);
     expect(await r.swapOnce()).toBe("done");
     expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
     expect(r.wrongBlocks()).toEqual([]);
