@@ -128,13 +128,19 @@ async function paired(seed: number, controls: NegativeControls = {}): Promise<Ru
   };
 }
 
+/** The swap finished: #2 is the primary, #1 its secondary, both active and holding what hosts wrote. */
+async function expectSwapped(r: Run): Promise<void> {
+  const swapped = "#1 reverse secondary active,#2 reverse primary active";
+  expect(await r.sched.runUntil(() => r.sides().join() === swapped, r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
+  expect(r.wrongBlocks()).toEqual([]);
+}
+
 describe("sim: a swap whose takeover record failed on a primary (finding 30)", () => {
   it("the turn takes the primary over again first, and the swap completes", async () => {
     const r = await paired(5);
     expect(await r.swapOnce()).toBe("done");
     expect(r.refusedCommits(), "the full disk refused the record of #1's takeover").toBe(1);
-    expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
-    expect(r.wrongBlocks()).toEqual([]);
+    await expectSwapped(r);
   });
 
   it("a group the old rule left mixed is finished by a rerun", async () => {
@@ -149,8 +155,7 @@ describe("sim: a swap whose takeover record failed on a primary (finding 30)", (
     // The fixed rule: #1 is taken over again (its own generation), then turned.
     delete controls.unrecordedShownRecorded;
     expect(await r.swapOnce()).toBe("done");
-    expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
-    expect(r.wrongBlocks()).toEqual([]);
+    await expectSwapped(r);
   });
 
   it("a group left mixed whose primary restarted from its state file (frozen) is finished by a rerun", async () => {
@@ -164,8 +169,7 @@ describe("sim: a swap whose takeover record failed on a primary (finding 30)", (
     expect(await r.sched.runUntil(() => r.cluster.isUp(1), r.sched.nowMs + 10_000)).toBe(true);
     expect(r.sides()).toEqual(["#1 forward primary frozen", "#2 reverse primary suspended"]);
     expect(await r.swapOnce()).toBe("done");
-    expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
-    expect(r.wrongBlocks()).toEqual([]);
+    await expectSwapped(r);
   });
 
   it("a freeze whose record fails leaves the primary as its state file has it (active, writable), and the swap's rerun completes", async () => {
@@ -178,7 +182,6 @@ describe("sim: a swap whose takeover record failed on a primary (finding 30)", (
     const data = Buffer.alloc(SIM_BLOCK_BYTES, 1);
     await r.sched.settle(r.cluster.hostCall(1, (core) => core.exports.get("p1a")!.write(0, data, false)), 5_000);
     expect(await r.swapOnce()).toBe("done");
-    expect(await r.sched.runUntil(() => r.sides().join() === "#1 reverse secondary active,#2 reverse primary active", r.sched.nowMs + 20_000), r.sides().join("; ")).toBe(true);
-    expect(r.wrongBlocks()).toEqual([]);
+    await expectSwapped(r);
   });
 });
