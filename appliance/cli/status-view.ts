@@ -52,6 +52,8 @@ export interface SubsystemStatus {
       copiedTs?: string | null;
       /** The stamp a swap froze the group at, while frozen or taken over after it (migration 9). */
       frozenTs?: string | null;
+      /** The state is the one hosts see, but its record is not yet durable (a suspension being written, or one a full disk failed). */
+      unrecorded?: boolean;
       remainingBlocks?: number;
       copy?: CopyStatus | null;
     }[];
@@ -152,7 +154,7 @@ export interface StatusDoc {
      * they came back in (appliance/rcm/returning.ts); `resync --reverse`,
      * `resync` and `swap` take them over first. Empty otherwise.
      */
-    returning: { subsystem: number; state: string; generation: number }[];
+    returning: { subsystem: number; state: string; generation: number; unrecorded?: true }[];
     /**
      * Secondary volumes whose pair's initial copy has never finished: no image
      * of the primary at any Ts, so a takeover now would present them incomplete.
@@ -421,7 +423,10 @@ export function renderStatus(doc: StatusDoc): string {
     if (g.procedure) out.push(`  procedure running: ${g.procedure.procedure}, held by ${g.procedure.holder} (lease renewed while it runs; expires in ${Math.ceil(g.procedure.expiresInMs / 1000)} s if it stops)`);
     for (const p of g.returning) {
       out.push(
-        `  primary #${p.subsystem} is back (${p.state}, generation ${p.generation}) after the takeover at generation ${g.generation ?? "?"}, which could not reach it;` +
+        p.unrecorded
+          ? `  primary #${p.subsystem} shows ${p.state}, but its state file does not say so yet (the record is being written, or failed);` +
+            ` next: tidemark resync --group ${g.name} --reverse (records its takeover and fails back)`
+          : `  primary #${p.subsystem} is back (${p.state}, generation ${p.generation}) after the takeover at generation ${g.generation ?? "?"}, which could not reach it;` +
           ` next: tidemark resync --group ${g.name} --reverse (takes it over and fails back)`,
       );
     }

@@ -59,6 +59,14 @@ interface GroupState {
    * over the write it acknowledged (seed 505352).
    */
   leaving: Promise<void> | null;
+  /**
+   * A suspension that hosts see already but whose record is not durable: its
+   * leave() is running, or it failed (a full state disk, a kill). The state
+   * file still holds the state before it, which is what a restart or a turn
+   * reads, so status says so and every procedure treats the group as not
+   * there yet; a rerun of the step (primary-takeover) records it.
+   */
+  unrecorded: boolean;
   /** C_k of the last completed copy: sent as COPIED while the group replicates. */
   copiedTs: bigint | null;
   /** The stamp the group was frozen at for a swap (persisted; cleared by the next resync). */
@@ -270,6 +278,7 @@ export class PrimaryEngine {
       unreplicated: 0,
       unreplicatedIdle: [],
       leaving: null,
+      unrecorded: false,
       copiedTs: r.copied_ts,
       frozenTs: r.frozen_ts,
       copy: null,
@@ -724,6 +733,7 @@ export class PrimaryEngine {
     // Taken over stays so until a resync (group-state.ts). The callers of the
     // internal events check the table first, in this same step.
     if (this.transition(gs, event) === null) return;
+    gs.unrecorded = true;
     if (generation !== undefined && generation > gs.generation) gs.generation = generation;
     if (replicating(was) || gs.reason === null) {
       gs.reason = reason;
@@ -769,6 +779,8 @@ export class PrimaryEngine {
       })();
       // The bitmap now stands for the journal entries it replaced: durable before they are gone for good.
       this.journal.barrier();
+      // The row holds the state as it is now (read in the transaction, in this same step).
+      gs.unrecorded = false;
     } catch (err) {
       this.bitmap.reset();
       throw err;
@@ -880,6 +892,7 @@ export class PrimaryEngine {
           .run(next, generation, this.o.runtime.nowMs(), group);
       })();
       this.journal.barrier();
+      gs.unrecorded = false;
     } catch (err) {
       this.bitmap.reset();
       throw err;
@@ -903,14 +916,19 @@ export class PrimaryEngine {
     const gs = this.groups.get(group);
     if (!gs) throw tmError("TM_NO_GROUP", `subsystem #${this.o.id} is no primary of group '${group}'`, { group, subsystem: this.o.id });
     const was = gs.state;
-    const next = this.transition(gs, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
+    // Decided before the row is written, changed in memory once it is durable,
+    // all in this one step: a record that fails (a full state disk) leaves the
+    // group as hosts and the state file both have it, and the swap fails here.
+    const next = primaryGroupTransition(gs.state, "primary-freeze", () => `group '${group}' on primary #${this.o.id} is ${gs.state}; only a paired group is swapped`);
     assert(next !== null, `primary #${this.o.id}: a freeze is never ignored`);
     if (next !== was) {
       // Every write acknowledged from now on was stamped already (a write is
       // stamped when it is admitted): none is above this stamp.
-      gs.frozenTs = this.clock.lastStamp;
-      this.db.prepare("UPDATE grp SET state = ?, frozen_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, gs.frozenTs, this.o.runtime.nowMs(), group);
+      const frozenTs = this.clock.lastStamp;
+      this.db.prepare("UPDATE grp SET state = ?, frozen_ts = ?, changed_at_ms = ? WHERE name = ?").run(next, frozenTs, this.o.runtime.nowMs(), group);
       this.journal.barrier();
+      this.transition(gs, "primary-freeze");
+      gs.frozenTs = frozenTs;
       this.o.logger.warn({ group }, "group frozen for a swap: hosts may no longer write its primary volumes here");
     }
     if (gs.inflight > 0) await new Promise<void>((r) => gs.idle.push(r));
@@ -1226,6 +1244,8 @@ export class PrimaryEngine {
         generation: this.groups.get(g)!.generation,
         // The stamp of a swap's freeze, until a resync or a turn clears it (frozenTsShown).
         frozenTs: frozenTsShown(this.groups.get(g)!, this.o.controls?.thawedFreezeHidden === true),
+        // The negative control restores the review's candidate 3: a suspension shown before it is recorded.
+        ...(this.groups.get(g)!.unrecorded && !this.o.controls?.unrecordedShownRecorded ? { unrecorded: true } : {}),
         ...(({ copiedTs, remainingBlocks, copy }) => ({ copiedTs, remainingBlocks, copy }))(this.copyStatus(g)),
       })),
       links: [...this.senders.entries()].map(([id, s]) => ({

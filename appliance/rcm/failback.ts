@@ -29,6 +29,8 @@ export interface GroupView {
       role: "primary" | "secondary";
       reason: string | null;
       frozenTs?: string | null;
+      /** A primary whose state is not yet in its state file (returning.ts). */
+      unrecorded?: boolean;
       /** What this side knows to differ from the other (blocks to copy, marked by a verify, never copied), or null. */
       differs: string | null;
     }
@@ -73,6 +75,7 @@ async function view(topo: LoadedTopology, group: string): Promise<GroupView> {
         role: "primary",
         reason: prim.reason,
         frozenTs: prim.frozenTs ?? null,
+        unrecorded: prim.unrecorded === true,
         differs: differs([
           ...listed("blocks in its bitmap", prim.bitmapBlocks),
           ...listed("blocks still to copy", prim.remainingBlocks ?? 0),
@@ -106,7 +109,7 @@ async function turn(topo: LoadedTopology, group: string, to: Direction, o: Resyn
   // Ts: the takeover's synchronized time, on the old secondaries not yet turned, or on the new secondaries already turned.
   const tsSeen = new Set(all.filter((s) => s.synchronizedTs !== null && (s.state === "takeover" || s.direction === to)).map((s) => s.synchronizedTs!));
   for (const [id, s] of unturned) {
-    const ok = (s.role === "secondary" && s.state === "takeover") || (s.role === "primary" && s.state === "taken-over");
+    const ok = (s.role === "secondary" && s.state === "takeover") || (s.role === "primary" && s.state === "taken-over" && s.unrecorded !== true);
     if (!ok) {
       throw new ProcedureError(
         "TM_NOT_TAKEN_OVER",
@@ -121,13 +124,25 @@ async function turn(topo: LoadedTopology, group: string, to: Direction, o: Resyn
   return { generation, ts, returning };
 }
 
-/** Returning primaries (returning.ts) among the subsystems not yet turned to `to`. */
+/**
+ * Returning primaries (returning.ts) among the subsystems not yet turned to
+ * `to`. A turn cut short after every old secondary turned leaves only old
+ * primaries unturned: the takeover the turn finished meant them all, so each
+ * one not durably taken over (back from a kill, or its record failed) is
+ * taken over now, at its own generation, which the turn's is above.
+ */
 export function returningInView(v: GroupView, to: Direction): Returning {
   const unturned = [...v.subsystems].filter(([, s]) => s.direction !== to);
-  return returningPrimaries(
-    unturned.filter(([, s]) => s.role === "secondary").map(([, s]) => s),
-    new Map(unturned.filter(([, s]) => s.role === "primary")),
-  );
+  const secondaries = unturned.filter(([, s]) => s.role === "secondary").map(([, s]) => s);
+  const primaries = unturned.filter(([, s]) => s.role === "primary");
+  if (secondaries.length === 0 && primaries.length > 0 && primaries.length < v.subsystems.size) {
+    const back = primaries
+      .filter(([, s]) => s.state !== "taken-over" || s.unrecorded === true)
+      .map(([subsystem, s]) => ({ subsystem, state: s.state, generation: s.generation, ...(s.unrecorded === true ? { unrecorded: true as const } : {}) }))
+      .sort((a, b) => a.subsystem - b.subsystem);
+    return back.length === 0 ? { primaries: [], generation: 0 } : { primaries: back, generation: Math.max(...back.map((p) => p.generation)) };
+  }
+  return returningPrimaries(secondaries, new Map(primaries));
 }
 
 function currentDirection(v: GroupView): Direction | "mixed" {

@@ -13,11 +13,13 @@
 export interface GroupSide {
   state: string;
   generation: number;
+  /** A primary's state is not yet in its state file (PrimaryEngine: a suspension being recorded, or one that failed). */
+  unrecorded?: boolean;
 }
 
 export interface Returning {
   /** The primaries the takeover did not reach, by id, with the state they came back in. */
-  primaries: { subsystem: number; state: string; generation: number }[];
+  primaries: { subsystem: number; state: string; generation: number; unrecorded?: true }[];
   /** The takeover's generation: every secondary is taken over at it. */
   generation: number;
 }
@@ -28,7 +30,9 @@ const NONE: Returning = { primaries: [], generation: 0 };
  * Pure. Returning primaries: every secondary is `takeover` at one generation G,
  * and these primaries are in any state but `taken-over` at G or below. A
  * primary at G in another state is one the group's suspension reached and its
- * takeover did not (the takeover reuses the suspension's generation).
+ * takeover did not (the takeover reuses the suspension's generation). One
+ * `taken-over` whose record is not durable counts as not reached: its state
+ * file, which a restart and a turn read, still says what it was before.
  */
 export function returningPrimaries(secondaries: readonly GroupSide[], primaries: ReadonlyMap<number, GroupSide>): Returning {
   if (secondaries.length === 0 || !secondaries.every((s) => s.state === "takeover")) return NONE;
@@ -36,17 +40,18 @@ export function returningPrimaries(secondaries: readonly GroupSide[], primaries:
   if (gens.size !== 1) return NONE;
   const generation = secondaries[0].generation;
   const back = [...primaries]
-    .filter(([, p]) => p.state !== "taken-over" && p.generation <= generation)
-    .map(([subsystem, p]) => ({ subsystem, state: p.state, generation: p.generation }))
+    .filter(([, p]) => (p.state !== "taken-over" || p.unrecorded === true) && p.generation <= generation)
+    .map(([subsystem, p]) => ({ subsystem, state: p.state, generation: p.generation, ...(p.unrecorded === true ? { unrecorded: true as const } : {}) }))
     .sort((a, b) => a.subsystem - b.subsystem);
   return back.length === 0 ? NONE : { primaries: back, generation };
 }
 
 /** One line for an admin: what happened to the returning primaries. */
 export function describeReturning(group: string, r: Returning): string[] {
-  return r.primaries.map(
-    (p) =>
-      `primary #${p.subsystem} was unreachable when ${group} was taken over at generation ${r.generation} and came back ${p.state} at generation ${p.generation}: ` +
-      `taken over now (read-only for hosts; its unacknowledged writes are in its bitmap)`,
+  return r.primaries.map((p) =>
+    p.unrecorded
+      ? `primary #${p.subsystem}: its takeover of ${group} at generation ${r.generation} was not recorded (its state file was not written): taken over again now`
+      : `primary #${p.subsystem} was unreachable when ${group} was taken over at generation ${r.generation} and came back ${p.state} at generation ${p.generation}: ` +
+        `taken over now (read-only for hosts; its unacknowledged writes are in its bitmap)`,
   );
 }

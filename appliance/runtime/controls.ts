@@ -43,4 +43,6 @@ export interface NegativeControls {
   swapIgnoresDiffering?: boolean;
   /** docs/simulation.md Finding 29: a restarted secondary's first commits acknowledge before start()'s sync of the queue it loaded is done, though an ack covers those rows too. */
   commitAcksBeforeLoadedDurable?: boolean;
+  /** docs/simulation.md Finding 30: a primary's status shows a suspension (a takeover) whose record failed as done, so a swap's turn, refused by its state file, leaves the group mixed for good. */
+  unrecordedShownRecorded?: boolean;
 }

@@ -30,4 +30,12 @@ describe("returning primaries", () => {
     // A primary at a newer generation than the takeover's is not the takeover's to fence.
     expect(returningPrimaries([taken(3)], prims([[1, "copying", 4]])).primaries).toEqual([]);
   });
+
+  it("returning primaries: one that shows taken-over but whose record is not durable (finding 30) is taken over again; a recorded one is not", () => {
+    const p = new Map([
+      [1, { state: "taken-over", generation: 3, unrecorded: true }],
+      [2, { state: "taken-over", generation: 3, unrecorded: false }],
+    ]);
+    expect(returningPrimaries([taken(3)], p)).toEqual({ primaries: [{ subsystem: 1, state: "taken-over", generation: 3, unrecorded: true }], generation: 3 });
+  });
 });

@@ -44,6 +44,23 @@ function keys(db: Db, prefix: string): string[] {
 const K = (i: number) => `k${String(i).padStart(5, "0")}`;
 
 describe("sim storage: SQLite", () => {
+  it("sim storage: a full state disk fails every commit with SQLITE_FULL, writes nothing, and lets reads go on", () => {
+    const s = new SimStateDb({ powerCuts: true });
+    const v = s.view();
+    put(v, K(0));
+    let refused = 0;
+    s.onRefusedCommit = () => refused++;
+    s.diskFull = true;
+    expect(() => put(v, K(1))).toThrow(expect.objectContaining({ code: "SQLITE_FULL" }));
+    expect(() => v.transaction(() => put(v, K(2)))()).toThrow(expect.objectContaining({ code: "SQLITE_FULL" }));
+    expect(v.inTransaction).toBe(false);
+    expect(keys(v, "k")).toEqual([K(0)]);
+    expect([s.commits, refused]).toEqual([1, 2]);
+    s.diskFull = false;
+    v.transaction(() => put(v, K(3)))();
+    expect(keys(v, "k")).toEqual([K(0), K(3)]);
+  });
+
   it("sim storage: a NORMAL commit is lost or kept as a prefix at a power cut", () => {
     const kept = new Set<number>();
     for (let seed = 1; seed <= 80; seed++) {

@@ -134,11 +134,28 @@ export class SimStateDb {
    * transactions and exec through it are watched for commits. Its close()
    * closes this connection only: the data stays for the next incarnation.
    */
+  /**
+   * The state disk is full: while set, every commit through a view fails
+   * with SQLITE_FULL before it writes anything, as a full disk fails SQLite's
+   * WAL append and the transaction rolls back. Reads go on. A function
+   * chooses the commits to fail by their SQL (null: a transaction's, which
+   * is not known before it runs).
+   */
+  diskFull: boolean | ((sql: string | null) => boolean) = false;
+  /** Called after each commit the full disk refused (a test frees the space there). */
+  onRefusedCommit: (() => void) | null = null;
+
   view(): Db {
     return viewOf(
       this.raw,
       (raw) => this.onCommit(raw),
       (level) => (this.synchronous = level),
+      (sql) => {
+        if (this.diskFull === false || (typeof this.diskFull === "function" && !this.diskFull(sql))) return false;
+        // This commit fails whatever the callback does: a test may free the space for the next one.
+        this.onRefusedCommit?.();
+        return true;
+      },
     );
   }
 
@@ -269,10 +286,14 @@ function changedPages(prev: Buffer, next: Buffer, pageSize: number): Map<number,
 }
 
 /** A Proxy over `raw` that reports every commit made through it. */
-function viewOf(raw: Db, onCommit: (raw: Db) => void, onSynchronous: (level: number) => void): Db {
+function viewOf(raw: Db, onCommit: (raw: Db) => void, onSynchronous: (level: number) => void, full: (sql: string | null) => boolean): Db {
   let closed = false;
   const notOpen = () => {
     throw new TypeError("The database connection is not open");
+  };
+  // What better-sqlite3 throws when the disk under the WAL is full.
+  const failIfFull = (sql: string | null) => {
+    if (full(sql)) throw new Database.SqliteError("database or disk is full", "SQLITE_FULL");
   };
 
   const wrapStatement = (stmt: Statement): Statement => {
@@ -286,6 +307,7 @@ function viewOf(raw: Db, onCommit: (raw: Db) => void, onSynchronous: (level: num
             return (...args: unknown[]) => {
               if (closed) notOpen();
               const before = raw.inTransaction;
+              if (writer && !before) failIfFull(stmt.source);
               const r = stmt.run(...args);
               // Autocommit of a writer, or a COMMIT/END/RELEASE run as a statement.
               if (!raw.inTransaction && (writer || (before && !ROLLBACK_RE.test(stmt.source)))) onCommit(raw);
@@ -350,6 +372,7 @@ function viewOf(raw: Db, onCommit: (raw: Db) => void, onSynchronous: (level: num
     const wrap = (variant: (...args: unknown[]) => unknown) =>
       function (this: unknown, ...args: unknown[]) {
         if (closed) notOpen();
+        if (!raw.inTransaction) failIfFull(null);
         const r = variant.apply(this, args);
         // A nested transaction (a savepoint) commits nothing: the outer one does.
         if (!raw.inTransaction) onCommit(raw);
