@@ -1,5 +1,7 @@
-// `npm run bench`: the replicated write path against a plain NBD server on the
-// same disk. Starts `nbdkit file`, a 1-primary/1-secondary tidemark and the
+// `npm run bench`: the replicated write path against plain NBD servers on the
+// same disk. Starts `nbdkit file`, `nbd-server` and `qemu-nbd` serving a plain
+// file (each skipped, with its reason, when its tool is missing), a
+// 1-primary/1-secondary tidemark and the
 // default 2x3 shape (each in its own temp dir, on free loopback ports), runs
 // the same fio jobs (nbd engine) against each, samples `status` every
 // SAMPLE_MS for the replication lag, and prints one table. Every process it
@@ -46,7 +48,7 @@ interface Options {
 function usage(): never {
   process.stdout.write(
     [
-      "usage: npm run bench -- [--quick] [--seconds N] [--volume-mib N] [--dir D] [--json FILE] [--only nbdkit,1x1,2x3] [--jobs randwrite,seqwrite,randread] [--keep]",
+      "usage: npm run bench -- [--quick] [--seconds N] [--volume-mib N] [--dir D] [--json FILE] [--only nbdkit,nbd-server,qemu-nbd,1x1,2x3] [--jobs randwrite,seqwrite,randread] [--keep]",
       "  --seconds N     length of every fio job (default 60; the issue asks for sustained rates)",
       "  --quick         10 s jobs",
       "  --volume-mib N  size of every volume file (default 1024)",
@@ -94,6 +96,8 @@ function parseArgs(argv: string[]): Options {
 
 // ---------------------------------------------------------------- cleanup
 const children = new Set<ChildProcess>();
+/** Daemons that are not our children (nbd-server), killed at exit like them. */
+const daemonStops = new Set<number>();
 const tempDirs = new Set<string>();
 let keepDirs = false;
 
@@ -119,6 +123,13 @@ async function stopProc(p: ChildProcess, graceMs = STOP_GRACE_MS): Promise<void>
 /** Last resort, synchronous: runs from process 'exit' whatever happened before. */
 function cleanupSync(): void {
   for (const p of children) if (alive(p)) p.kill("SIGKILL");
+  for (const pid of daemonStops) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      /* already gone */
+    }
+  }
   if (!keepDirs) for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 }
 
@@ -146,16 +157,30 @@ function have(cmd: string, args: string[]): string | null {
   return r.status === 0 || (r.stdout ?? "").length > 0 ? `${r.stdout}${r.stderr}` : null;
 }
 
+/** fio and nbdinfo drive every target: without them nothing runs. */
 function checkTools(): void {
   const missing: string[] = [];
   const fio = have("fio", ["--enghelp"]);
   if (fio === null) missing.push("fio (apt-get install fio)");
   else if (!/\bnbd\b/.test(fio)) missing.push("fio with the nbd ioengine (Debian's fio >= 3.20 has it; it links libnbd)");
-  if (have("nbdkit", ["--version"]) === null) missing.push("nbdkit (apt-get install nbdkit)");
+  if (have("nbdinfo", ["--version"]) === null) missing.push("nbdinfo (apt-get install libnbd-bin)");
   if (missing.length > 0) {
     process.stderr.write(`bench: missing tools:\n  ${missing.join("\n  ")}\n`);
     process.exit(3);
   }
+}
+
+/** Why an unreplicated peer cannot run here, or null when its tool is installed. */
+function peerMissing(key: string): string | null {
+  const tool: Record<string, [string, string[], string]> = {
+    nbdkit: ["nbdkit", ["--version"], "apt-get install nbdkit"],
+    "nbdkit-tls": ["nbdkit", ["--version"], "apt-get install nbdkit"],
+    "nbd-server": ["nbd-server", ["-V"], "apt-get install nbd-server"],
+    "qemu-nbd": ["qemu-nbd", ["--version"], "apt-get install qemu-utils"],
+  };
+  const t = tool[key];
+  if (!t) return null;
+  return have(t[0], t[1]) === null ? `${t[0]} is not installed (${t[2]})` : null;
 }
 
 /** Peak RSS (VmHWM) in MiB, and its reset (clear_refs 5) so each job gets its own peak. */
@@ -168,17 +193,33 @@ function vmHwmMiB(pid: number): number | null {
   }
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number | null {
+/**
+ * CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat;
+ * with `reaped`, also those of its children that have exited and been waited
+ * for (nbd-server serves each connection in a forked child).
+ */
+function cpuSeconds(pid: number, reaped = false): number | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+    return (Number(f[11]) + Number(f[12]) + (reaped ? Number(f[13]) + Number(f[14]) : 0)) / CLOCK_TICKS;
   } catch {
     return null;
   }
 }
 const CLOCK_TICKS = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+/** Waits (up to 2 s) until a process has no live children: their CPU is then in its cutime. */
+async function childrenReaped(pid: number): Promise<void> {
+  for (let i = 0; i < 40; i++) {
+    try {
+      if (readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim() === "") return;
+    } catch {
+      return;
+    }
+    await sleep(50);
+  }
+}
 
 function resetHwm(pid: number): void {
   try {
@@ -230,10 +271,22 @@ interface Proc {
   proc: ChildProcess;
 }
 
+/** A process whose CPU and memory a job reads: a child of ours, or a daemon that forked away from us (nbd-server). */
+interface Measured {
+  label: string;
+  pid: number;
+  /** Count the CPU of its exited children too: they did the target's work. */
+  reaped: boolean;
+}
+
 interface Target {
   name: string;
   uri: string;
   procs: Proc[];
+  /** What a job measures; procs unless the server is a daemon we did not spawn ourselves. */
+  measured: Measured[];
+  /** Stops a server that is not one of procs (nbd-server's daemon). */
+  stop?: () => Promise<void>;
   cluster: Cluster | null;
   /** fio's environment: over TLS, HOME holds .pki/libnbd, the only way fio's libnbd takes a CA (docs/benchmarks.md). */
   fioEnv?: NodeJS.ProcessEnv;
@@ -244,25 +297,104 @@ interface Cluster {
   clients: Map<number, ControlClient>;
 }
 
-async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Target> {
-  const dir = tempDir(o, "tidemark-bench-nbdkit-");
-  const file = path.join(dir, "disk.img");
-  // Same sparse start as a tidemark volume file.
-  spawnSync("truncate", ["-s", `${o.volumeMiB}M`, file]);
-  const port = await freePort();
-  const tlsArgs = tls ? ["--tls=require", `--tls-certificates=${tls.serverDir}`] : [];
-  const proc = track(spawn("nbdkit", ["-f", "-i", "127.0.0.1", "-p", String(port), ...tlsArgs, "file", `file=${file}`], { stdio: ["ignore", "ignore", "pipe"] }));
-  let err = "";
-  proc.stderr!.on("data", (d) => (err += d));
-  // nbdkit listens before it forks nothing (-f): poll the port.
+const measuredOf = (procs: Proc[]): Measured[] => procs.map((p) => ({ label: p.label, pid: p.proc.pid!, reaped: false }));
+
+/** Polls with nbdinfo until the server answers the handshake (every server here listens before it is ready to say so). */
+async function waitNbd(name: string, uri: string, up: () => string | null, env: NodeJS.ProcessEnv = process.env): Promise<void> {
   for (let i = 0; i < 100; i++) {
-    if (!alive(proc)) throw new Error(`nbdkit exited: ${err}`);
-    const r = spawnSync("nbdinfo", ["--size", `${tls ? "nbds" : "nbd"}://127.0.0.1:${port}/`], { encoding: "utf8", env: tls ? tls.fioEnv : process.env });
-    if (r.status === 0) break;
+    const down = up();
+    if (down !== null) throw new Error(`${name} exited: ${down}`);
+    if (spawnSync("nbdinfo", ["--size", uri], { encoding: "utf8", env }).status === 0) return;
     await sleep(100);
   }
-  if (tls) return { name: "nbdkit file tls", uri: `nbds://127.0.0.1:${port}/`, procs: [{ label: "nbdkit", proc }], cluster: null, fioEnv: tls.fioEnv };
-  return { name: "nbdkit file", uri: `nbd://127.0.0.1:${port}/`, procs: [{ label: "nbdkit", proc }], cluster: null };
+  throw new Error(`${name} did not answer on ${uri} within 10 s`);
+}
+
+/** A sparse file of the volumes' size, as a tidemark volume file starts. */
+function plainFile(o: Options, prefix: string): { dir: string; file: string } {
+  const dir = tempDir(o, prefix);
+  const file = path.join(dir, "disk.img");
+  spawnSync("truncate", ["-s", `${o.volumeMiB}M`, file]);
+  return { dir, file };
+}
+
+function spawnServer(cmd: string, args: string[]): { proc: ChildProcess; exited: () => string | null } {
+  const proc = track(spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] }));
+  let err = "";
+  proc.stderr!.on("data", (d) => (err += d));
+  return { proc, exited: () => (alive(proc) ? null : `${proc.signalCode ?? proc.exitCode}: ${err.trim()}`) };
+}
+
+async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Target> {
+  const { file } = plainFile(o, "tidemark-bench-nbdkit-");
+  const port = await freePort();
+  const tlsArgs = tls ? ["--tls=require", `--tls-certificates=${tls.serverDir}`] : [];
+  const { proc, exited } = spawnServer("nbdkit", ["-f", "-i", "127.0.0.1", "-p", String(port), ...tlsArgs, "file", `file=${file}`]);
+  const uri = `${tls ? "nbds" : "nbd"}://127.0.0.1:${port}/`;
+  await waitNbd("nbdkit", uri, exited, tls ? tls.fioEnv : process.env);
+  const procs = [{ label: "nbdkit", proc }];
+  if (tls) return { name: "nbdkit file tls", uri, procs, measured: measuredOf(procs), cluster: null, fioEnv: tls.fioEnv };
+  return { name: "nbdkit file", uri, procs, measured: measuredOf(procs), cluster: null };
+}
+
+/** qemu-nbd serving the file raw, with its defaults (writeback cache, thread-pool AIO); -t keeps it up across fio's connections. */
+async function startQemuNbd(o: Options): Promise<Target> {
+  const { file } = plainFile(o, "tidemark-bench-qemu-nbd-");
+  const port = await freePort();
+  const { proc, exited } = spawnServer("qemu-nbd", ["-f", "raw", "-b", "127.0.0.1", "-p", String(port), "-t", "-e", "8", file]);
+  const uri = `nbd://127.0.0.1:${port}/`;
+  await waitNbd("qemu-nbd", uri, exited);
+  const procs = [{ label: "qemu-nbd", proc }];
+  return { name: "qemu-nbd file", uri, procs, measured: measuredOf(procs), cluster: null };
+}
+
+/**
+ * nbd-server serves each connection in a child it forks, and serves only one
+ * client when kept in the foreground (-d); so it runs as the daemon it is, its
+ * pid read from its pid file, and a job counts the CPU of its reaped children.
+ */
+async function startNbdServer(o: Options): Promise<Target> {
+  const { dir, file } = plainFile(o, "tidemark-bench-nbd-server-");
+  const port = await freePort();
+  const conf = path.join(dir, "nbd-server.conf");
+  const pidFile = path.join(dir, "nbd-server.pid");
+  // The default /etc/nbd-server/config is never read: every setting is here.
+  writeFileSync(conf, `[generic]\n    listenaddr = 127.0.0.1\n    port = ${port}\n[disk]\n    exportname = ${file}\n`);
+  const r = spawnSync("nbd-server", ["-C", conf, "-p", pidFile], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`nbd-server exited ${r.status}: ${(r.stderr ?? "").trim()}`);
+  let pid = 0;
+  for (let i = 0; i < 50 && pid === 0; i++) {
+    try {
+      pid = Number(readFileSync(pidFile, "utf8").trim()) || 0;
+    } catch {
+      await sleep(100);
+    }
+  }
+  if (pid === 0) throw new Error(`nbd-server wrote no pid file (${pidFile})`);
+  const daemon = (): string | null => {
+    try {
+      const st = readFileSync(`/proc/${pid}/stat`, "utf8");
+      return / [ZX] /.test(st.slice(st.lastIndexOf(")"))) ? "the daemon is a zombie" : null;
+    } catch {
+      return `pid ${pid} is gone`;
+    }
+  };
+  const stop = async () => {
+    try {
+      process.kill(pid, "SIGTERM");
+    } catch {
+      return;
+    }
+    for (let i = 0; i < 50 && daemon() === null; i++) await sleep(100);
+    if (daemon() === null) process.kill(pid, "SIGKILL");
+  };
+  daemonStops.add(pid);
+  const uri = `nbd://127.0.0.1:${port}/disk`;
+  await waitNbd("nbd-server", uri, daemon).catch(async (e) => {
+    await stop();
+    throw e;
+  });
+  return { name: "nbd-server file", uri, procs: [], measured: [{ label: "nbd-server", pid, reaped: true }], stop, cluster: null };
 }
 
 /** Certificates for the TLS targets, made once per run with certtool in a temp dir. */
@@ -363,7 +495,7 @@ async function startCluster(shape: string, dir: string, file: string, topo: Load
   procs.sort((a, b) => a.label.localeCompare(b.label));
   for (const s of topo.config.subsystems) clients.set(s.id, await ControlClient.connect(topo, s.id));
   const p = topo.config.subsystems[0];
-  const t: Target = { name: `tidemark ${shape}`, uri: `nbd://127.0.0.1:${p.nbdPort}/p1a`, procs, cluster: { topo, clients } };
+  const t: Target = { name: `tidemark ${shape}`, uri: `nbd://127.0.0.1:${p.nbdPort}/p1a`, procs, measured: measuredOf(procs), cluster: { topo, clients } };
   // Wait for the links and the first SYNC: lag must be known before a job starts.
   const t0 = Date.now();
   for (;;) {
@@ -378,6 +510,7 @@ async function startCluster(shape: string, dir: string, file: string, topo: Load
 async function stopTarget(t: Target): Promise<void> {
   for (const c of t.cluster?.clients.values() ?? []) c.close();
   await Promise.all(t.procs.map((p) => stopProc(p.proc)));
+  await t.stop?.();
 }
 
 // ---------------------------------------------------------------- status sampling
@@ -439,8 +572,8 @@ interface Row {
 }
 
 async function runJob(t: Target, job: FioJob, o: Options, cwd: string): Promise<Row> {
-  for (const p of t.procs) resetHwm(p.proc.pid!);
-  const cpu0 = new Map(t.procs.map((p) => [p.label, cpuSeconds(p.proc.pid!)]));
+  for (const p of t.measured) resetHwm(p.pid);
+  const cpu0 = new Map(t.measured.map((p) => [p.label, cpuSeconds(p.pid, p.reaped)]));
   const wall0 = performance.now();
   const samples: Sample[] = [];
   let sampling = t.cluster !== null;
@@ -461,9 +594,11 @@ async function runJob(t: Target, job: FioJob, o: Options, cwd: string): Promise<
   }
   const wall = (performance.now() - wall0) / 1000;
   const row: Row = { target: t.name, job: job.name, fio, rss: {}, cpu: {} };
-  for (const p of t.procs) {
+  // A forked server's child is counted once its parent has reaped it.
+  for (const p of t.measured) if (p.reaped) await childrenReaped(p.pid);
+  for (const p of t.measured) {
     const a = cpu0.get(p.label);
-    const b = cpuSeconds(p.proc.pid!);
+    const b = cpuSeconds(p.pid, p.reaped);
     row.cpu[p.label] = a === null || a === undefined || b === null ? null : (b - a) / wall;
   }
   if (t.cluster) {
@@ -492,7 +627,7 @@ async function runJob(t: Target, job: FioJob, o: Options, cwd: string): Promise<
       }
     }
   }
-  for (const p of t.procs) row.rss[p.label] = vmHwmMiB(p.proc.pid!);
+  for (const p of t.measured) row.rss[p.label] = vmHwmMiB(p.pid);
   process.stdout.write(`${fio.iops.toFixed(0)} IOPS, ${fio.mibps.toFixed(1)} MiB/s\n`);
   return row;
 }
@@ -536,9 +671,16 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === 0 || i === 1 ? c.padEnd(w[i]) : c.padStart(w[i]))).join("  ")).join("\n");
 }
 
+/** CPU of all the target's processes per fio operation, in µs (for 1 MiB jobs, per MiB). */
+function cpuPerOpUs(r: Row): number {
+  return (Object.values(r.cpu).reduce<number>((n, v) => n + (v ?? 0), 0) * 1e6) / r.fio.iops;
+}
+
+const UNREPLICATED = new Set(["nbdkit file", "nbd-server file", "qemu-nbd file", "nbdkit file tls"]);
+
 function report(rows: Row[], raw: FioResult | null, o: Options): string {
   const base = new Map(rows.filter((r) => r.target === "nbdkit file").map((r) => [r.job, r.fio]));
-  const head = ["target", "job", "IOPS", "MiB/s", "p50", "p99", "x nbdkit", "lag end", "lag p99", "lag back", "queued end", "apply/s", "apply MiB/s", "drain", "peak RSS MiB", "CPU (cores)"];
+  const head = ["target", "job", "IOPS", "MiB/s", "p50", "p99", "x nbdkit", "CPU us/op", "lag end", "lag p99", "lag back", "queued end", "apply/s", "apply MiB/s", "drain", "peak RSS MiB", "CPU (cores)"];
   const body = rows.map((r) => {
     const b = base.get(r.job);
     const ratio = b && r.target !== "nbdkit file" ? (r.job === "randread" ? r.fio.iops / b.iops : r.fio.mibps / b.mibps) : NaN;
@@ -553,6 +695,7 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
       lat(r.fio.p50us),
       lat(r.fio.p99us),
       Number.isNaN(ratio) ? "-" : `${ratio.toFixed(2)}x`,
+      fmt(cpuPerOpUs(r), cpuPerOpUs(r) < 100 ? 1 : 0),
       r.lagEndMs === undefined ? "-" : `${fmt(r.lagEndMs, 0)}ms`,
       r.lagP99Ms === undefined ? "-" : `${fmt(r.lagP99Ms, 0)}ms`,
       r.lagRecoveryMs === undefined || r.lagRecoveryMs === null ? "-" : `${(r.lagRecoveryMs / 1000).toFixed(2)}s`,
@@ -575,16 +718,26 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
   if (raw) {
     const quarter = raw.mibps / 4;
     lines.push(`raw disk (fio libaio direct=1, 1 MiB seq write, iodepth 8): ${raw.mibps.toFixed(1)} MiB/s; raw/4 = ${quarter.toFixed(1)} MiB/s`);
-    for (const r of rows.filter((x) => x.job === "seqwrite" && !x.target.startsWith("nbdkit file"))) {
+    for (const r of rows.filter((x) => x.job === "seqwrite" && !UNREPLICATED.has(x.target))) {
       lines.push(`  ${r.target} 1 MiB seq write: ${r.fio.mibps.toFixed(1)} MiB/s = ${(r.fio.mibps / quarter).toFixed(2)}x raw/4 (target >= 0.6x)`);
     }
   }
-  for (const r of rows.filter((x) => x.job === "randwrite" && !x.target.startsWith("nbdkit file"))) {
-    const b = base.get("randwrite");
-    if (b) lines.push(`  ${r.target} 4 KiB randwrite: ${(r.fio.iops / b.iops).toFixed(2)}x nbdkit (target >= 0.6x)`);
+  // Issue 12's targets, for every replicated target in the run.
+  const qemu = new Map(rows.filter((r) => r.target === "qemu-nbd file").map((r) => [r.job, r.fio]));
+  for (const r of rows.filter((x) => !UNREPLICATED.has(x.target) && x.job !== "randwrite-half")) {
+    const b = base.get(r.job);
+    const cpu = cpuPerOpUs(r);
+    if (r.job === "randwrite") {
+      const q = qemu.get("randwrite");
+      lines.push(
+        `  ${r.target} 4 KiB randwrite: ${b ? `${(r.fio.iops / b.iops).toFixed(2)}x nbdkit` : "no nbdkit in this run"} (target >= 0.35x)` +
+          `, ${q ? `${(r.fio.iops / q.iops).toFixed(2)}x qemu-nbd` : "no qemu-nbd in this run"} (target > 1x)` +
+          `; CPU ${cpu.toFixed(1)} us per write (target <= 50 us)`,
+      );
+    } else if (r.job === "seqwrite") lines.push(`  ${r.target} 1 MiB seq write: CPU ${(cpu / 1000).toFixed(2)} ms per MiB (target <= 2 ms)`);
+    else if (r.job === "randread") lines.push(`  ${r.target} 4 KiB randread: CPU ${cpu.toFixed(1)} us per read (target <= 15 us)`);
   }
   // TLS cost: the same jobs with TLS on and off, and nbdkit's own cost as a reference.
-  const cpuPerOpUs = (r: Row) => (Object.values(r.cpu).reduce<number>((n, v) => n + (v ?? 0), 0) * 1e6) / r.fio.iops;
   for (const [on, off] of [
     ["tidemark 1x1 tls on", "tidemark 1x1 tls off"],
     ["nbdkit file tls", "nbdkit file"],
@@ -614,6 +767,7 @@ function report(rows: Row[], raw: FioResult | null, o: Options): string {
     "lag back = time after fio stops until the lag is under one sync interval; randwrite-half = randwrite with fio --rate_iops at half what randwrite reached;",
     "apply/s = rows applied per second on all secondaries during the job; drain = time after fio stops until every secondary queue is empty; peak RSS = VmHWM per process during the job (p primary, s secondary);",
     "CPU = CPU seconds of each process during the job (fio run, before drain) / wall seconds; 1.00 = one of the machine's cores.",
+    "CPU us/op = the CPU of all the target's processes (not fio's) per fio operation, in microseconds; a 1 MiB job's operation is one MiB. nbd-server's includes its per-connection children.",
     "",
   );
   return lines.join("\n");
@@ -706,6 +860,8 @@ async function main(): Promise<void> {
   if (!o.only || o.only.has("raw")) raw = await rawDisk(o);
   const shapes: [string, () => Promise<Target>][] = [
     ["nbdkit", () => startNbdkit(o)],
+    ["nbd-server", () => startNbdServer(o)],
+    ["qemu-nbd", () => startQemuNbd(o)],
     ["1x1", () => startTidemark("1x1", o)],
     ["2x3", () => startTidemark("2x3", o)],
   ];
@@ -719,9 +875,16 @@ async function main(): Promise<void> {
   // A target that fails (a subsystem that does not start, fio that errors)
   // is reported and the others still run: the table shows what was measured.
   const failures: string[] = [];
+  const skipped: string[] = [];
   for (const [key, start] of shapes) {
     if (o.only && !o.only.has(key)) continue;
     if (interrupted) break;
+    const missing = peerMissing(key);
+    if (missing !== null) {
+      skipped.push(`${key}: ${missing}`);
+      process.stdout.write(`bench: ${key} skipped: ${missing}\n`);
+      continue;
+    }
     let t: Target | null = null;
     try {
       t = await start();
@@ -751,6 +914,7 @@ async function main(): Promise<void> {
     }
   }
   let text = report(rows, raw, o);
+  if (skipped.length > 0) text += `skipped targets:\n  ${skipped.join("\n  ")}\n`;
   if (failures.length > 0) text += `FAILED targets (not in the table):\n  ${failures.join("\n  ")}\n`;
   process.stdout.write(text);
   if (o.json) writeFileSync(o.json, JSON.stringify({ options: { ...o, only: o.only && [...o.only], jobs: o.jobs && [...o.jobs] }, raw, rows, failures, text }, null, 2));
