@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-io:qemu-utils fio:fio nbdkit:nbdkit sqlite3:sqlite3 losetup:mount strace:strace certtool:gnutls-bin faketime:faketime; do
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-io:qemu-utils fio:fio nbdkit:nbdkit sqlite3:sqlite3 losetup:mount strace:strace certtool:gnutls-bin faketime:faketime nbd-server:nbd-server qemu-nbd:qemu-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -5,11 +5,12 @@ import { describe, expect, it } from "vitest";
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { ROOT } from "../support/cluster.ts";
-import { nbdTools } from "../support/tools.ts";
+import { benchPeers, nbdTools } from "../support/tools.ts";
 import { haveCerttool } from "../support/tls-material.ts";
 
 const TOOLS = nbdTools("bench smoke");
 const CERTTOOL = haveCerttool("bench smoke");
+const PEERS = benchPeers("bench smoke");
 
 function bench(script: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -28,6 +29,22 @@ describe("bench: smoke", () => {
     const iops = Number(row!.trim().split(/\s+/)[3]);
     expect(iops).toBeGreaterThan(0);
     expect(out.stdout, "the half-rate job reports its lag").toMatch(/tidemark 1x1 at half rate \(\d+ IOPS\): lag p99 \d+ ms/);
+  });
+
+  it.skipIf(!TOOLS.fioNbd || !PEERS.nbdServer || !PEERS.qemuNbd)("bench: the unreplicated peers nbd-server and qemu-nbd run a 2 s job each and report their CPU per operation", async () => {
+    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "nbd-server,qemu-nbd", "--jobs", "randwrite", "--volume-mib", "64"]);
+    expect(out.code, out.stderr + out.stdout).toBe(0);
+    const head = out.stdout.split("\n").find((l) => l.startsWith("target "));
+    const cpuColumn = head!.split(/\s{2,}/).indexOf("CPU us/op");
+    expect(cpuColumn, head).toBeGreaterThan(0);
+    for (const target of ["nbd-server file", "qemu-nbd file"]) {
+      const row = out.stdout.split("\n").find((l) => l.startsWith(target) && /\srandwrite\s/.test(l));
+      expect(row, out.stdout).toBeDefined();
+      const cells = row!.split(/\s{2,}/);
+      expect(Number(cells[2]), `${target} IOPS`).toBeGreaterThan(0);
+      // The daemon's forked children did the work: counted, the CPU is not zero.
+      expect(Number(cells[cpuColumn]), `${target} CPU us/op`).toBeGreaterThan(0);
+    }
   });
 
   it.skipIf(!TOOLS.nbdcopy)("bench: bench:resync on 16 MiB runs end to end, prints both rates and finds the images identical", async () => {

@@ -14,3 +14,8 @@ export function nbdTools(area: string) {
   if (fio && !fioNbd) console.warn(`${area}: fio has no nbd ioengine; the fio tests are skipped`);
   return { nbdinfo: have(area, "nbdinfo"), nbdcopy: have(area, "nbdcopy"), qemuIo: have(area, "qemu-io"), fio, fioNbd };
 }
+
+/** The bench's unreplicated peers beside nbdkit (bench/run.ts). */
+export function benchPeers(area: string) {
+  return { nbdServer: have(area, "nbd-server", ["-V"]), qemuNbd: have(area, "qemu-nbd") };
+}
