@@ -71,6 +71,21 @@ export class BufferBudget {
     });
   }
 
+  /**
+   * Grants `bytes` at once if nobody waits and both caps have room (no
+   * promise, no abort listener: the common case of every request); false
+   * leaves everything as it was, and the caller waits with `take`.
+   */
+  tryTake(bytes: number, owner: string): boolean {
+    assert(bytes > 0 && bytes <= this.ownerBytesMax, `nbd buffer budget: charge ${bytes} outside 1..${this.ownerBytesMax}`);
+    if (this.waiters.length > 0 || this.used + bytes > this.bytesMax) return false;
+    const mine = this.byOwner.get(owner) ?? 0;
+    if (mine + bytes > this.ownerBytesMax) return false;
+    this.used += bytes;
+    this.byOwner.set(owner, mine + bytes);
+    return true;
+  }
+
   release(bytes: number, owner: string): void {
     this.used -= bytes;
     const left = (this.byOwner.get(owner) ?? 0) - bytes;

@@ -99,6 +99,17 @@ export class ByteReader {
     return this.ask(n, false);
   }
 
+  /**
+   * Exactly n bytes if they are already here, else null (then `read`): the
+   * request loop parses pipelined requests without a promise per header.
+   */
+  tryRead(n: number): Buffer | null {
+    if (this.want !== null || n === 0 || this.buffered < n) return null;
+    const b = this.take(n);
+    this.flow();
+    return b;
+  }
+
   /** Consumes n bytes without holding them in memory at once. */
   async skip(n: number): Promise<void> {
     await this.ask(n, true);
@@ -137,6 +148,10 @@ export class ByteReader {
         w.resolve(this.take(w.bytes));
       }
     }
+    this.flow();
+  }
+
+  private flow(): void {
     // Keep reading while someone waits or read-ahead has room for the next
     // piece and what the socket takes after a pause; otherwise leave the
     // bytes in the kernel.

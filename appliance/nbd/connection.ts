@@ -67,6 +67,11 @@ export const READ_AHEAD_BYTES_MAX = 256 * 1024;
  */
 export const REQUEST_COST_BYTES = 2 * 1024;
 export const HANDSHAKE_TIMEOUT_MS_DEFAULT = 30_000;
+/**
+ * Reply parts below this are copied into one buffer per turn of the loop
+ * (a write per part cost more than the copy); larger read data goes as it is.
+ */
+const REPLY_COPY_BYTES_MAX = 64 * 1024;
 
 export interface ConnectionConfig {
   exports: NbdExportProvider;
@@ -333,10 +338,13 @@ export class NbdConnection {
     this.lastProgressMs = this.config.now();
     let reason = "client disconnected";
     try {
+      // Pipelined requests already read ahead are parsed, charged and handed
+      // to the export in one synchronous pass: a promise is awaited only when
+      // bytes, the budget or admission make this connection wait.
       while (!this.stopping) {
-        await this.admission();
+        if (this.full()) await this.admission();
         if (this.stopping) break;
-        const d = decodeRequestHeader(await this.reader.read(REQUEST_HEADER_BYTES));
+        const d = decodeRequestHeader(this.reader.tryRead(REQUEST_HEADER_BYTES) ?? (await this.reader.read(REQUEST_HEADER_BYTES)));
         if (!d.ok) throw new HardDisconnect(d.reason);
         const h = d.value;
         if (h.type === NBD_CMD_DISC) {
@@ -352,12 +360,12 @@ export class NbdConnection {
         // refused WRITE's payload is skipped in read-ahead sized pieces and
         // holds nothing.
         const held = fate === "read" || (h.type === NBD_CMD_READ && verdict.ok) ? h.length : 0;
-        const charge = await this.charge(REQUEST_COST_BYTES + held);
+        const charge = this.chargeNow(REQUEST_COST_BYTES + held) ?? (await this.charge(REQUEST_COST_BYTES + held));
         let payload: Buffer | undefined;
         if (fate !== undefined) {
           this.receivingPayload = true;
           try {
-            if (fate === "read") payload = await this.reader.read(h.length);
+            if (fate === "read") payload = this.reader.tryRead(h.length) ?? (await this.reader.read(h.length));
             else await this.reader.skip(h.length);
           } catch (err) {
             this.release(charge);
@@ -393,6 +401,15 @@ export class NbdConnection {
       this.budgetBiteLogged = true;
       this.log.warn({ reason: why }, "nbd: buffer budget full; not reading this connection until bytes come back");
     });
+    const c = { bytes };
+    this.charges.add(c);
+    this.inFlightBytes += bytes;
+    return c;
+  }
+
+  /** The charge at once when the budget has room and nobody waits, else null (then `charge`). */
+  private chargeNow(bytes: number): { bytes: number } | null {
+    if (this.ended.signal.aborted || !this.config.budget.tryTake(bytes, this.peerAddress)) return null;
     const c = { bytes };
     this.charges.add(c);
     this.inFlightBytes += bytes;
@@ -447,11 +464,13 @@ export class NbdConnection {
     this.reply(n, h, charge, { data });
   }
 
-  /** Writes one reply in a single synchronous burst and releases its charge once flushed. */
-  private corked = false;
+  /** Replies finished in this turn of the event loop, written together by flushReplies(). */
+  private outParts: Buffer[] = [];
+  private outReleases: (() => void)[] = [];
 
+  /** Queues one reply for this turn's write, and releases its charge once that write has drained. */
   private reply(n: Negotiated, h: RequestHeader, charge: { bytes: number }, r: { errno: number; message: string } | { data?: Buffer }): void {
-    const parts: Buffer[] = [];
+    const parts = this.outParts;
     if ("errno" in r) {
       const name = nbdErrnoName(r.errno);
       this.errorCounts.set(name, (this.errorCounts.get(name) ?? 0) + 1);
@@ -473,24 +492,10 @@ export class NbdConnection {
     // bytes stay charged until the kernel has taken them, so a client that
     // does not read its replies stops being read from.
     this.inFlightRequests--;
-    const release = () => {
-      this.lastProgressMs = this.config.now();
-      this.release(charge);
-    };
-    if (this.socket.destroyed || !this.socket.writable) release();
-    else {
-      // Replies finished in one turn of the event loop (a group commit
-      // resolves dozens of writes at once) leave in one socket write.
-      if (!this.corked) {
-        this.corked = true;
-        this.socket.cork();
-        setImmediate(() => {
-          this.corked = false;
-          this.socket.uncork();
-        });
-      }
-      parts.forEach((p, i) => this.socket.write(p, i === parts.length - 1 ? release : undefined));
-    }
+    this.outReleases.push(() => this.release(charge));
+    // Replies finished in one turn of the event loop (a group commit
+    // resolves dozens of writes at once) leave in one socket write.
+    if (this.outReleases.length === 1) setImmediate(() => this.flushReplies());
     assert(this.inFlightRequests >= 0, "nbd: in-flight request count went negative");
     this.wake();
     if (this.inFlightRequests === 0) {
@@ -500,10 +505,55 @@ export class NbdConnection {
     }
   }
 
+  /**
+   * One write for this turn's replies: small parts (headers, 4 KiB reads)
+   * copied into one buffer, large read data passed as it is; one callback
+   * gives back every charge once the kernel has taken the last byte.
+   */
+  private flushReplies(): void {
+    const parts = this.outParts;
+    const releases = this.outReleases;
+    if (releases.length === 0) return; // written already, before a close
+    this.outParts = [];
+    this.outReleases = [];
+    const done = () => {
+      this.lastProgressMs = this.config.now();
+      for (const r of releases) r();
+    };
+    if (this.socket.destroyed || !this.socket.writable) return done();
+    const small: Buffer[] = [];
+    let smallBytes = 0;
+    const out: Buffer[] = [];
+    const cut = () => {
+      if (small.length === 0) return;
+      out.push(small.length === 1 ? small[0] : Buffer.concat(small, smallBytes));
+      small.length = 0;
+      smallBytes = 0;
+    };
+    for (const p of parts) {
+      if (p.length >= REPLY_COPY_BYTES_MAX) {
+        cut();
+        out.push(p);
+      } else {
+        small.push(p);
+        smallBytes += p.length;
+        if (smallBytes >= REPLY_COPY_BYTES_MAX) cut();
+      }
+    }
+    cut();
+    if (out.length > 1) this.socket.cork();
+    out.forEach((b, i) => this.socket.write(b, i === out.length - 1 ? done : undefined));
+    if (out.length > 1) this.socket.uncork();
+  }
+
   private wake(): void {
     const w = this.admissionWaiter;
     this.admissionWaiter = null;
     w?.();
+  }
+
+  private full(): boolean {
+    return this.inFlightBytes >= IN_FLIGHT_BYTES_MAX || this.charges.size >= IN_FLIGHT_REQUESTS_MAX;
   }
 
   private async admission(): Promise<void> {
@@ -511,13 +561,14 @@ export class NbdConnection {
     // PAYLOAD_HARD_CAP_BYTES) is below the bound, so once earlier replies
     // drain the next one is admitted. Charges are given back once the reply
     // drained: replies queued on a socket the client does not read count too.
-    const full = () => this.inFlightBytes >= IN_FLIGHT_BYTES_MAX || this.charges.size >= IN_FLIGHT_REQUESTS_MAX;
-    while (!this.stopping && !this.socket.destroyed && full()) {
+    while (!this.stopping && !this.socket.destroyed && this.full()) {
       await new Promise<void>((resolve) => (this.admissionWaiter = resolve));
     }
   }
 
   private async drained(): Promise<void> {
     while (this.inFlightRequests > 0) await new Promise<void>((resolve) => (this.drainedWaiter = resolve));
+    // The last replies go out before the caller ends the socket.
+    this.flushReplies();
   }
 }

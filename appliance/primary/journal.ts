@@ -15,6 +15,7 @@ import { PayloadSegments } from "../state/payload-segments.ts";
 import type { NegativeControls } from "../runtime/controls.ts";
 import { storedPayloadBytes } from "../replication/frames.ts";
 import { PayloadCache } from "../state/payload-cache.ts";
+import { FreshEntries } from "./fresh-entries.ts";
 import type { StateStore } from "../state/store.ts";
 import type { Runtime } from "../runtime/runtime.ts";
 import { failedFile, stateFileName, type DiskGuard } from "../state/disk-guard.ts";
@@ -33,6 +34,14 @@ export const ACTIVITY_REGION_BYTES = 4 * 1024 * 1024;
  * Beyond it, and for resends, the segment is read.
  */
 const RECENT_PAYLOAD_BYTES = 16 * 1024 * 1024;
+/**
+ * Per link, committed entries not yet handed to the sender stay in memory up
+ * to these bounds, so the sender need not read its rows back from SQLite
+ * (6% of the primary's CPU on 4 KiB writes). Their payloads are the ones the
+ * payload cache holds too; beyond the bounds, and for resends, SQLite is read.
+ */
+const FRESH_BYTES_MAX = RECENT_PAYLOAD_BYTES / 2;
+const FRESH_ENTRIES_MAX = 65_536;
 /** Upper bound on entries per transaction, so one commit never stalls the loop long. */
 export const COMMIT_ENTRIES_MAX = 4096;
 /**
@@ -97,6 +106,8 @@ export class Journal {
    * far skips the query (it asks after every commit and every ack).
    */
   private readonly linkHigh = new Map<number, number>();
+  /** Per link, the committed entries its sender has not taken yet (fresh-entries.ts). */
+  private readonly fresh = new Map<number, FreshEntries<JournalEntry>>();
 
   private readonly db: Db;
   private readonly syncWal: () => Promise<void>;
@@ -216,7 +227,10 @@ export class Journal {
       // Seqs are committed in order, so the oldest the cache drops are the lowest seqs.
       this.recent.add(e.seq, e.data);
     }
-    for (const { entry: e } of batch) if (e.seq > (this.linkHigh.get(e.link) ?? 0)) this.linkHigh.set(e.link, e.seq);
+    for (const { entry: e } of batch) {
+      this.freshOf(e.link).push(e);
+      if (e.seq > (this.linkHigh.get(e.link) ?? 0)) this.linkHigh.set(e.link, e.seq);
+    }
     for (const w of batch) w.resolve();
     this.onCommit(maxSeq);
   }
@@ -230,6 +244,12 @@ export class Journal {
     const out: JournalEntry[] = [];
     let bytes = 0;
     if (afterSeq >= (this.linkHigh.get(link) ?? 0)) return out;
+    const fresh = this.fresh.get(link)?.take(afterSeq, limit, bytesMax);
+    if (fresh) {
+      // Each payload is taken from the cache once, whichever way it is read.
+      for (const e of fresh) this.recent.take(e.seq);
+      return fresh;
+    }
     type Row = [seq: bigint, ts: bigint, grp: string, target: string, op: bigint, off: bigint, len: bigint, data: Buffer | null, seg: bigint | null, segOff: bigint | null];
     for (const [rseq, ts, grp, target, op, off, len, rdata, seg, segOff] of this.readLinkStmt.iterate(link, afterSeq, limit) as IterableIterator<Row>) {
       const seq = Number(rseq);
@@ -256,6 +276,24 @@ export class Journal {
     return out;
   }
 
+  private freshOf(link: number): FreshEntries<JournalEntry> {
+    let f = this.fresh.get(link);
+    if (!f) {
+      // Whatever the link committed before this moment is read from SQLite.
+      f = new FreshEntries<JournalEntry>(this.linkHigh.get(link) ?? 0, FRESH_BYTES_MAX, FRESH_ENTRIES_MAX);
+      this.fresh.set(link, f);
+    }
+    return f;
+  }
+
+  /**
+   * Rows left SQLite other than by a trim (a suspension drops its group's
+   * entries): every sender reads SQLite again for what is committed so far.
+   */
+  forgetFresh(): void {
+    for (const [link, f] of this.fresh) f.reset(this.linkHigh.get(link) ?? 0);
+  }
+
   /** The highest seq ever committed on a link (0: none). */
   highestOn(link: number): number {
     return this.linkHigh.get(link) ?? 0;
@@ -269,6 +307,7 @@ export class Journal {
         this.trimStmt.run(link, seq);
       }
     })();
+    for (const [link, seq] of upTo) this.fresh.get(link)?.trimmed(seq);
     // The trim is a NORMAL commit: its segments go once a WAL sync covers it.
     const seg = this.oldestSegStmt.get() as number | null | undefined;
     if (this.controls?.segmentsGoBeforeDurable) this.segments.collect(seg ?? null);
@@ -357,12 +396,16 @@ export class Journal {
     this.tornRows = [];
     if (rows.length === 0) return 0;
     const del = this.db.prepare("DELETE FROM journal WHERE seq = ?");
-    this.db.transaction(() => {
-      for (const r of rows) {
-        mark(r.volume, r.offset, r.length);
-        del.run(r.seq);
-      }
-    })();
+    try {
+      this.db.transaction(() => {
+        for (const r of rows) {
+          mark(r.volume, r.offset, r.length);
+          del.run(r.seq);
+        }
+      })();
+    } finally {
+      this.forgetFresh();
+    }
     return rows.length;
   }
 

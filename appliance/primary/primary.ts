@@ -777,6 +777,8 @@ export class PrimaryEngine {
           .prepare("UPDATE grp SET state = ?, generation = ?, reason = ?, suspended_by = ?, changed_at_ms = ? WHERE name = ?")
           .run(gs.state, gs.generation, gs.reason, gs.by, this.o.runtime.nowMs(), group);
       })();
+      // The group's entries are gone: its links must not send them from memory.
+      this.journal.forgetFresh();
       // The bitmap now stands for the journal entries it replaced: durable before they are gone for good.
       this.journal.barrier();
       // The row holds the state as it is now (read in the transaction, in this same step).
