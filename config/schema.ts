@@ -2,59 +2,63 @@
 // consistency groups made of pairs. zod checks the shape; checkTopology()
 // checks what a shape cannot (names resolve, nothing is used twice).
 // Pure: no I/O here (config/load.ts reads the file).
-import { z } from "zod";
-import cron from "node-cron";
+import * as z from "zod/mini";
+import "./zod-messages.ts";
+import { createRequire } from "node:module";
+import type * as NodeCron from "node-cron";
 import type { ErrorCode } from "../appliance/errors/codes.ts";
 import { nbdLimitsSchema, nbdTlsSchema } from "./nbd-schema.ts";
+
+// node-cron is loaded only by a config that has a verify schedule to check.
+const requireCjs = createRequire(import.meta.url);
+const validCron = (c: string): boolean => (requireCjs("node-cron") as typeof NodeCron).validate(c);
 
 export const BLOCK_SIZE = 4096;
 
 const volumeName = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a volume name is 1-64 characters of letters, digits, '.', '_' or '-'");
+  .check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a volume name is 1-64 characters of letters, digits, '.', '_' or '-'"));
 
-const port = z.number().int().min(1).max(65535);
+const nonEmpty = () => z.string().check(z.minLength(1));
+/** classic zod's z.number().int().min(min).max(max), its checks in the same order. */
+const intIn = (min: number, max?: number) => z.number().check(z.int(), z.minimum(min), ...(max === undefined ? [] : [z.maximum(max)]));
 
-export const volumeSchema = z
-  .object({
-    name: volumeName,
-    /** Size of a volume file created on first start. Block devices have their own size. */
-    sizeMiB: z.number().int().positive().max(16 * 1024 * 1024).optional(),
-    /** A file or block device; relative paths are resolved against dataDir/ss<id>/. */
-    path: z.string().min(1).optional(),
-  })
-  .strict();
+const port = intIn(1, 65535);
 
-export const subsystemSchema = z
-  .object({
-    id: z.number().int().min(1).max(65535),
-    host: z.string().min(1).default("127.0.0.1"),
-    replicationPort: port,
-    nbdPort: port,
-    /**
-     * Where primaries open their replication links to this subsystem, when it
-     * differs from host:replicationPort (a separate replication network, a
-     * tunnel or a test proxy). Control connections always use host:replicationPort.
-     */
-    linkEndpoint: z.object({ host: z.string().min(1), port }).strict().optional(),
-    /** Prometheus metrics over HTTP at /metrics, when set. */
-    metricsPort: port.optional(),
-    /** The export a client gets when it asks for the empty name. */
-    defaultExport: volumeName.optional(),
-    volumes: z.array(volumeSchema).default([]),
-    /** NBD over TLS for hosts (config/nbd-schema.ts, docs/hosts.md). */
-    nbdTls: nbdTlsSchema.optional(),
-    /** The NBD server's bounds and timeouts (config/nbd-schema.ts, docs/nbd.md Limits). */
-    nbdLimits: nbdLimitsSchema.optional(),
-  })
-  .strict();
+export const volumeSchema = z.strictObject({
+  name: volumeName,
+  /** Size of a volume file created on first start. Block devices have their own size. */
+  sizeMiB: z.optional(z.number().check(z.int(), z.positive(), z.maximum(16 * 1024 * 1024))),
+  /** A file or block device; relative paths are resolved against dataDir/ss<id>/. */
+  path: z.optional(nonEmpty()),
+});
 
-export const pairSchema = z
-  .object({
-    primary: volumeName,
-    secondary: volumeName,
-  })
-  .strict();
+export const subsystemSchema = z.strictObject({
+  id: intIn(1, 65535),
+  host: z._default(nonEmpty(), "127.0.0.1"),
+  replicationPort: port,
+  nbdPort: port,
+  /**
+   * Where primaries open their replication links to this subsystem, when it
+   * differs from host:replicationPort (a separate replication network, a
+   * tunnel or a test proxy). Control connections always use host:replicationPort.
+   */
+  linkEndpoint: z.optional(z.strictObject({ host: nonEmpty(), port })),
+  /** Prometheus metrics over HTTP at /metrics, when set. */
+  metricsPort: z.optional(port),
+  /** The export a client gets when it asks for the empty name. */
+  defaultExport: z.optional(volumeName),
+  volumes: z._default(z.array(volumeSchema), []),
+  /** NBD over TLS for hosts (config/nbd-schema.ts, docs/hosts.md). */
+  nbdTls: z.optional(nbdTlsSchema),
+  /** The NBD server's bounds and timeouts (config/nbd-schema.ts, docs/nbd.md Limits). */
+  nbdLimits: z.optional(nbdLimitsSchema),
+});
+
+export const pairSchema = z.strictObject({
+  primary: volumeName,
+  secondary: volumeName,
+});
 
 /** Default online-verify rate (MiB/s) when neither the group's config nor the command line sets one. */
 export const VERIFY_RATE_MIBPS_DEFAULT = 64;
@@ -64,23 +68,16 @@ export const VERIFY_RATE_MIBPS_DEFAULT = 64;
  * schedule on which the RCM runs it (node-cron syntax; a sixth, leading
  * field is seconds).
  */
-export const verifyScheduleSchema = z
-  .object({
-    cron: z
-      .string()
-      .refine((c) => cron.validate(c), "not a cron expression (minute hour day month weekday, optionally a leading seconds field)")
-      .optional(),
-    rateMiBps: z.number().positive().max(100_000).default(VERIFY_RATE_MIBPS_DEFAULT),
-  })
-  .strict();
+export const verifyScheduleSchema = z.strictObject({
+  cron: z.optional(z.string().check(z.refine(validCron, "not a cron expression (minute hour day month weekday, optionally a leading seconds field)"))),
+  rateMiBps: z._default(z.number().check(z.positive(), z.maximum(100_000)), VERIFY_RATE_MIBPS_DEFAULT),
+});
 
-export const groupSchema = z
-  .object({
-    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a group name is 1-64 letters, digits, '.', '_' or '-'"),
-    pairs: z.array(pairSchema),
-    verify: verifyScheduleSchema.optional(),
-  })
-  .strict();
+export const groupSchema = z.strictObject({
+  name: z.string().check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a group name is 1-64 letters, digits, '.', '_' or '-'")),
+  pairs: z.array(pairSchema),
+  verify: z.optional(verifyScheduleSchema),
+});
 
 /**
  * The least maxClockOffsetMs the realtime clock can honour. Its readings are
@@ -92,26 +89,24 @@ export const groupSchema = z
  */
 export const REALTIME_MIN_OFFSET_MS = 1;
 
-export const rcmSchema = z
-  .object({
-    host: z.string().min(1).default("127.0.0.1"),
-    /** Control port of the remote copy manager (suspend, takeover, status). */
-    port,
-    /** A failure (link down, process gone) lasting longer than this suspends the group. */
-    failureTimeoutMs: z.number().int().min(100).max(3_600_000).default(3000),
-    checkIntervalMs: z.number().int().min(50).max(60_000).default(500),
-    /** Suspend automatically on failure; off leaves it to an admin's `tidemark suspend`. */
-    autoSuspend: z.boolean().default(true),
-    /**
-     * Life of a procedure's lease on a group (docs/takeover.md, "One procedure
-     * at a time"), renewed at a third of it while the procedure runs: how long
-     * an RCM that died on another address keeps the group from a second RCM.
-     */
-    leaseMs: z.number().int().min(1000).max(600_000).default(30_000),
-    /** Serve Prometheus metrics (the measured clocks, docs/metrics.md) on this port of `host`. */
-    metricsPort: port.optional(),
-  })
-  .strict();
+export const rcmSchema = z.strictObject({
+  host: z._default(nonEmpty(), "127.0.0.1"),
+  /** Control port of the remote copy manager (suspend, takeover, status). */
+  port,
+  /** A failure (link down, process gone) lasting longer than this suspends the group. */
+  failureTimeoutMs: z._default(intIn(100, 3_600_000), 3000),
+  checkIntervalMs: z._default(intIn(50, 60_000), 500),
+  /** Suspend automatically on failure; off leaves it to an admin's `tidemark suspend`. */
+  autoSuspend: z._default(z.boolean(), true),
+  /**
+   * Life of a procedure's lease on a group (docs/takeover.md, "One procedure
+   * at a time"), renewed at a third of it while the procedure runs: how long
+   * an RCM that died on another address keeps the group from a second RCM.
+   */
+  leaseMs: z._default(intIn(1000, 600_000), 30_000),
+  /** Serve Prometheus metrics (the measured clocks, docs/metrics.md) on this port of `host`. */
+  metricsPort: z.optional(port),
+});
 
 /**
  * TLS of every link and control connection (docs/security.md). psk: a key
@@ -121,91 +116,93 @@ export const rcmSchema = z
  * listener is on loopback. Paths are relative to the config file.
  */
 export const linkTlsSchema = z
-  .object({
-    mode: z.enum(["psk", "x509", "off"]).default("psk"),
-    caFile: z.string().min(1).optional(),
-    certFile: z.string().min(1).optional(),
-    keyFile: z.string().min(1).optional(),
+  .strictObject({
+    mode: z._default(z.enum(["psk", "x509", "off"]), "psk"),
+    caFile: z.optional(nonEmpty()),
+    certFile: z.optional(nonEmpty()),
+    keyFile: z.optional(nonEmpty()),
   })
-  .strict()
-  .superRefine((t, ctx) => {
-    if (t.mode !== "x509") return;
-    for (const f of ["caFile", "certFile", "keyFile"] as const) {
-      if (t[f] === undefined) ctx.addIssue({ code: "custom", path: [f], message: `is required with mode "x509"` });
-    }
-  });
+  .check(
+    z.superRefine((t, ctx) => {
+      if (t.mode !== "x509") return;
+      for (const f of ["caFile", "certFile", "keyFile"] as const) {
+        if (t[f] === undefined) ctx.addIssue({ code: "custom", path: [f], message: `is required with mode "x509"` });
+      }
+    }),
+  );
 
 export const configSchema = z
-  .object({
+  .strictObject({
     /**
      * The cluster key inline: kept for configs made before clusterKeyFile and
      * for in-process simulations; refused when a listener is outside loopback
      * (config/keys.ts). One of clusterKey and clusterKeyFile.
      */
-    clusterKey: z.string().min(16, "clusterKey must be at least 16 characters").optional(),
+    clusterKey: z.optional(z.string().check(z.minLength(16, "clusterKey must be at least 16 characters"))),
     /** File holding the shared secret of every link (HMAC handshake, TLS PSK); mode 0600; relative to the config file. */
-    clusterKeyFile: z.string().min(1).optional(),
-    linkTls: linkTlsSchema.default({ mode: "psk" }),
+    clusterKeyFile: z.optional(nonEmpty()),
+    linkTls: z._default(linkTlsSchema, { mode: "psk" }),
     /** Runtime folder for images, state files and logs; relative to the config file. */
-    dataDir: z.string().min(1).default("../var/default"),
+    dataDir: z._default(nonEmpty(), "../var/default"),
     /**
      * monotonic: every subsystem on one host reads CLOCK_MONOTONIC, which is one
      * clock for all processes. realtime: subsystems on several hosts; each
      * acknowledgement waits out maxClockOffsetMs (commit wait), at least
      * REALTIME_MIN_OFFSET_MS. docs/clock.md.
      */
-    clock: z.enum(["monotonic", "realtime"]).default("monotonic"),
-    maxClockOffsetMs: z.number().min(0).max(10_000).default(0),
-    syncIntervalMs: z.number().int().min(1).max(60_000).default(50),
+    clock: z._default(z.enum(["monotonic", "realtime"]), "monotonic"),
+    maxClockOffsetMs: z._default(z.number().check(z.minimum(0), z.maximum(10_000)), 0),
+    syncIntervalMs: z._default(intIn(1, 60_000), 50),
     /** Link reconnect back-off; a link retries at this period while its peer is away. */
-    reconnectMs: z.number().int().min(10).max(60_000).default(200),
+    reconnectMs: z._default(intIn(10, 60_000), 200),
     /**
      * A link that delivers nothing for this long is dropped and reconnected: a
      * hung network keeps sockets open, so silence is the only sign. Each side
      * sends a heartbeat at a quarter of it.
      */
-    linkTimeoutMs: z.number().int().min(100).max(600_000).default(3000),
+    linkTimeoutMs: z._default(intIn(100, 600_000), 3000),
     /** Bound on RCR bytes a primary has sent on one link and not yet had acknowledged. */
-    inflightBytesMax: z.number().int().min(64 * 1024).default(16 * 1024 * 1024),
+    inflightBytesMax: z._default(intIn(64 * 1024), 16 * 1024 * 1024),
     /** Largest NBD request payload advertised to clients. */
-    nbdMaxPayloadBytes: z.number().int().min(4096).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
+    nbdMaxPayloadBytes: z._default(intIn(4096, 32 * 1024 * 1024), 4 * 1024 * 1024),
     /** Cap on a primary's journal; past it the group is suspended and its payloads go to the bitmap. */
-    journalBytesMax: z.number().int().min(1024 * 1024).default(4 * 1024 * 1024 * 1024),
+    journalBytesMax: z._default(intIn(1024 * 1024), 4 * 1024 * 1024 * 1024),
     /**
      * A file of this size beside each state file, deleted the moment the state
      * disk fills so the procedures that record a suspension find room, and
      * written again once there is space (appliance/state/disk-guard.ts). 0: none.
      */
-    stateReserveMiB: z.number().int().min(0).max(4096).default(16),
-    rcm: rcmSchema.optional(),
-    logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
+    stateReserveMiB: z._default(intIn(0, 4096), 16),
+    rcm: z.optional(rcmSchema),
+    logLevel: z._default(z.enum(["fatal", "error", "warn", "info", "debug", "trace"]), "info"),
     /**
      * Log lines held in memory while the log file is slow or cannot be
      * written; past it lines are dropped and counted (appliance/logging/log-file.ts).
      */
-    logBufferKiB: z.number().int().min(4).max(1024 * 1024).default(4096),
-    subsystems: z.array(subsystemSchema).min(1),
-    groups: z.array(groupSchema).default([]),
+    logBufferKiB: z._default(intIn(4, 1024 * 1024), 4096),
+    subsystems: z.array(subsystemSchema).check(z.minLength(1)),
+    groups: z._default(z.array(groupSchema), []),
   })
-  .strict()
-  .superRefine((c, ctx) => {
-    if ((c.clusterKey === undefined) === (c.clusterKeyFile === undefined)) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["clusterKeyFile"],
-        message: c.clusterKey === undefined ? "is missing: name the cluster key file (create one with `tidemark keygen FILE`)" : "and clusterKey are both set: keep only clusterKeyFile",
-      });
-    }
-    if (c.clock === "realtime" && c.maxClockOffsetMs < REALTIME_MIN_OFFSET_MS) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["maxClockOffsetMs"],
-        message:
-          `is ${c.maxClockOffsetMs}${c.maxClockOffsetMs === 0 ? " (the default)" : ""}, but clock "realtime" needs at least ${REALTIME_MIN_OFFSET_MS} ms: ` +
-          `its readings have millisecond resolution, so the commit wait must cover 1 ms plus the clock offset between hosts`,
-      });
-    }
-  });
+  .check(
+    z.superRefine((c, ctx) => {
+      if ((c.clusterKey === undefined) === (c.clusterKeyFile === undefined)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["clusterKeyFile"],
+          message: c.clusterKey === undefined ? "is missing: name the cluster key file (create one with `tidemark keygen FILE`)" : "and clusterKey are both set: keep only clusterKeyFile",
+        });
+      }
+      if (c.clock === "realtime" && c.maxClockOffsetMs < REALTIME_MIN_OFFSET_MS) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["maxClockOffsetMs"],
+          message:
+            `is ${c.maxClockOffsetMs}${c.maxClockOffsetMs === 0 ? " (the default)" : ""}, but clock "realtime" needs at least ${REALTIME_MIN_OFFSET_MS} ms: ` +
+            `its readings have millisecond resolution, so the commit wait must cover 1 ms plus the clock offset between hosts`,
+        });
+      }
+    }),
+  );
 
 export type VolumeConfig = z.infer<typeof volumeSchema>;
 export type SubsystemConfig = z.infer<typeof subsystemSchema>;

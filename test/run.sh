@@ -23,7 +23,7 @@ echo "test: tsc --noEmit"
 npx tsc --noEmit
 # The tests start many tidemark processes through bin/tidemark, which runs the
 # compiled dist/ only while no source is newer than it (else the sources through
-# tsx, about 0.4 s more per start). Rebuilt here when stale: about 5 s.
+# tsx, about 0.4 s more per start). Rebuilt here when stale: about 1 s.
 echo "test: build"
 node scripts/build.mjs --if-stale
 echo "test: eslint"

@@ -3,7 +3,8 @@
 // its request and its handler. parseRequest() checks a request against its
 // row before anything runs, so a malformed one is refused by op and field
 // (TM_BAD_REQUEST) and changes nothing. Pure: the handlers are the tables'.
-import { z } from "zod";
+import * as z from "zod/mini";
+import "../../config/zod-messages.ts";
 import { tmError } from "../errors/codes.ts";
 
 export interface ControlOp<Ctx, Role extends string> {
@@ -12,12 +13,12 @@ export interface ControlOp<Ctx, Role extends string> {
   roles: readonly Role[];
   /** True when the op changes a group's state: a procedure's lease guards it (docs/takeover.md). */
   leased: boolean;
-  schema: z.ZodType;
+  schema: z.ZodMiniType;
   handle(ctx: Ctx, req: unknown): unknown;
 }
 
 /** A row, typed: `handle` gets what `schema` outputs. */
-export interface OpSpec<Ctx, Role extends string, S extends z.ZodType> {
+export interface OpSpec<Ctx, Role extends string, S extends z.ZodMiniType> {
   name: string;
   roles: readonly Role[];
   leased?: boolean;
@@ -27,7 +28,7 @@ export interface OpSpec<Ctx, Role extends string, S extends z.ZodType> {
 
 /** Rows for one table: `const op = opsFor<Ctx, Role>(); const TABLE = [op({...}), ...]`. */
 export function opsFor<Ctx, Role extends string>() {
-  return <S extends z.ZodType>(spec: OpSpec<Ctx, Role, S>): ControlOp<Ctx, Role> => ({
+  return <S extends z.ZodMiniType>(spec: OpSpec<Ctx, Role, S>): ControlOp<Ctx, Role> => ({
     name: spec.name,
     roles: spec.roles,
     leased: spec.leased ?? false,
@@ -80,16 +81,18 @@ export function parseRequest<Ctx, Role extends string>(table: ReadonlyMap<string
 // Each message is a predicate on the field: the refusal reads `<op>: <field> <message>`.
 
 const GROUP_MSG = "must be a group name (1-64 letters, digits, '.', '_' or '-')";
-export const groupField = z.string({ error: GROUP_MSG }).regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, GROUP_MSG);
+export const groupField = z.string({ error: GROUP_MSG }).check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, GROUP_MSG));
 const POSITIVE_MSG = "must be a positive integer";
-export const generationField = z.number({ error: POSITIVE_MSG }).refine((n) => Number.isSafeInteger(n) && n >= 1, POSITIVE_MSG);
+export const generationField = z.number({ error: POSITIVE_MSG }).check(z.refine((n) => Number.isSafeInteger(n) && n >= 1, POSITIVE_MSG));
 /** A stamp: decimal digits of an unsigned 64-bit value, sent as a string (JSON numbers lose bits past 2^53). */
 const TS_MSG = "must be a decimal timestamp string (u64)";
-export const tsField = z
-  .string({ error: TS_MSG })
-  .regex(/^\d{1,20}$/, TS_MSG)
-  .refine((s) => BigInt(s) < 1n << 64n, TS_MSG)
-  .transform((s) => BigInt(s));
+export const tsField = z.pipe(
+  z.string({ error: TS_MSG }).check(
+    z.regex(/^\d{1,20}$/, TS_MSG),
+    z.refine((s) => BigInt(s) < 1n << 64n, TS_MSG),
+  ),
+  z.transform((s: string) => BigInt(s)),
+);
 /** Who asks and why: shown in status and logs; bounded like the wire's strings. */
-export const textField = z.string({ error: "must be a string" }).max(1000, "must be at most 1000 characters");
+export const textField = z.string({ error: "must be a string" }).check(z.maxLength(1000, "must be at most 1000 characters"));
 export const flagField = z.boolean({ error: "must be true or false" });

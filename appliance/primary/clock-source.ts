@@ -85,8 +85,7 @@ import {
 } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { crc32c } from "@node-rs/crc32";
-import fsExt from "fs-ext";
+import { crc32c, flockSync } from "../runtime/lazy-native.ts";
 import type { ErrorCode } from "../errors/codes.ts";
 
 export type ClockSource = "monotonic" | "realtime";
@@ -320,7 +319,7 @@ function readHighWaterLocked(file: string, bootId: string): HighWaterRecord | nu
   }
   let b: Buffer;
   try {
-    fsExt.flockSync(fd, "sh");
+    flockSync(fd, "sh");
     b = preadAll(fd, HW_FILE_BYTES);
   } catch (err) {
     throw new ClockFileError(file, `cannot read it: ${message(err)}`);
@@ -496,7 +495,7 @@ export function createHostClock(opts: HostClockOptions = {}): HostClock {
     hwNext = r + HW_RAISE_NS;
     try {
       hwFd ??= openSync(fileOf("hw"), constants.O_RDWR | constants.O_CREAT, 0o644);
-      fsExt.flockSync(hwFd, "ex");
+      flockSync(hwFd, "ex");
       try {
         const cur = preadAll(hwFd, HW_FILE_BYTES);
         let high = -1n;
@@ -513,7 +512,7 @@ export function createHostClock(opts: HostClockOptions = {}): HostClock {
           hwDirty = true;
         }
       } finally {
-        fsExt.flockSync(hwFd, "un");
+        flockSync(hwFd, "un");
       }
       startTimer();
     } catch (err) {

@@ -2,7 +2,7 @@
 // Invariants: a frame is accepted only whole and with a matching CRC32C, and a declared
 // length is checked against its bound before any byte of the payload is kept.
 import { isUtf8 } from "node:buffer";
-import { crc32c } from "@node-rs/crc32";
+import { crc32c } from "../runtime/lazy-native.ts";
 import type { ErrorCodeOf } from "../errors/codes.ts";
 
 /** "TMRK": lets a receiver refuse a stranger (an HTTP client, a port scan) on its first byte. */

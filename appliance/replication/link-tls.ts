@@ -60,6 +60,14 @@ export function subsystemIdentity(nodeId: number): LinkIdentity {
 const COMMON = { minVersion: "TLSv1.3", maxVersion: "TLSv1.3", ciphers: LINK_TLS_CIPHERS } as const;
 
 /**
+ * A PSK context's certificate authorities: none. PSK peers exchange no certificates, so no CA is
+ * ever consulted; but a context given no `ca` gets Node's whole root store (some 140 certificates,
+ * and NODE_EXTRA_CA_CERTS's), parsed at the process's first TLS connection or server: most of the
+ * work `tidemark status` did after Node's own start (docs/benchmarks.md, CLI start).
+ */
+const PSK_NO_CA: string[] = [];
+
+/**
  * Server options. `onPskIdentity` hears the identity a PSK client claimed (the
  * socket has no getter for it); it returns false to refuse that identity.
  */
@@ -67,6 +75,7 @@ export function tlsServerOptions(t: Exclude<LinkTls, { mode: "off" }>, handshake
   if (t.mode === "psk") {
     return {
       ...COMMON,
+      ca: PSK_NO_CA,
       handshakeTimeout: handshakeTimeoutMs,
       pskIdentityHint: t.identity,
       pskCallback: (socket: tls.TLSSocket, identity: string) => (isLinkIdentity(identity) && onPskIdentity(socket, identity) ? t.psk : null),
@@ -80,6 +89,7 @@ export function tlsClientOptions(t: Exclude<LinkTls, { mode: "off" }>, onPskHint
   if (t.mode === "psk") {
     return {
       ...COMMON,
+      ca: PSK_NO_CA,
       pskCallback: (hint: string | null) => {
         onPskHint(hint);
         return { psk: t.psk, identity: t.identity };

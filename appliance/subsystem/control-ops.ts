@@ -3,7 +3,9 @@
 // handler. SubsystemCore.handleRequest parses a request against its row, then
 // checks the role and the group's lease, then runs the handler: a malformed
 // request changes nothing. To add an op, add a row here and a line to docs/wire.md.
-import { z } from "zod";
+import * as z from "zod/mini";
+import "../../config/zod-messages.ts";
+import type { $ZodLooseShape } from "zod/v4/core";
 import { opsFor, tableOf, generationField, groupField, textField, tsField } from "../control/op-table.ts";
 import type { PrimaryEngine } from "../primary/primary.ts";
 import type { SecondaryEngine } from "../secondary/secondary.ts";
@@ -29,10 +31,10 @@ export interface ControlTarget {
 const op = opsFor<ControlTarget, SubsystemRole>();
 
 /** A lease rides along on every request of a leased procedure (appliance/rcm/lease.ts); procedure-lease.ts checks its fields. */
-const leaseField = z.unknown().optional();
-const grouped = <T extends z.ZodRawShape>(shape: T) => z.strictObject({ group: groupField, lease: leaseField, ...shape });
+const leaseField = z.optional(z.unknown());
+const grouped = <T extends $ZodLooseShape>(shape: T) => z.strictObject({ group: groupField, lease: leaseField, ...shape });
 const RUNS_MSG = "must map volume names to [first, count] runs";
-const blockCount = z.number({ error: RUNS_MSG }).int(RUNS_MSG).min(0, RUNS_MSG);
+const blockCount = z.number({ error: RUNS_MSG }).check(z.int(RUNS_MSG), z.minimum(0, RUNS_MSG));
 const blockRuns = z.record(z.string(), z.array(z.tuple([blockCount, blockCount], { error: RUNS_MSG }), { error: RUNS_MSG }), { error: RUNS_MSG });
 
 export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
@@ -44,7 +46,7 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
     name: "fence",
     roles: ["secondary"],
     leased: true,
-    schema: grouped({ generation: generationField, by: textField.default("rcm"), reason: textField.default("") }),
+    schema: grouped({ generation: generationField, by: z._default(textField, "rcm"), reason: z._default(textField, "") }),
     handle: (t, r) => t.secondary().fence(r.group, r.generation, r.by, r.reason),
   }),
   op({ name: "preview", roles: ["secondary"], schema: grouped({ ts: tsField }), handle: (t, r) => t.secondary().preview(r.group, r.ts) }),
@@ -60,7 +62,7 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
     name: "primary-suspend",
     roles: ["primary"],
     leased: true,
-    schema: grouped({ generation: generationField, by: textField.default("rcm"), reason: textField.default("") }),
+    schema: grouped({ generation: generationField, by: z._default(textField, "rcm"), reason: z._default(textField, "") }),
     handle: async (t, r) => {
       await t.primary().suspend(r.group, "primary-suspend", r.reason, r.by, r.generation);
       return t.primary().preview(r.group);
@@ -70,7 +72,7 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
     name: "primary-takeover",
     roles: ["primary"],
     leased: true,
-    schema: grouped({ generation: generationField, by: textField.default("rcm"), reason: textField.default("takeover") }),
+    schema: grouped({ generation: generationField, by: z._default(textField, "rcm"), reason: z._default(textField, "takeover") }),
     handle: async (t, r) => {
       await t.primary().suspend(r.group, "primary-takeover", r.reason, r.by, r.generation);
       return t.primary().preview(r.group);
@@ -83,7 +85,7 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
     name: "primary-resync",
     roles: ["primary"],
     leased: true,
-    schema: grouped({ generation: generationField, blocks: blockRuns.default({}) }),
+    schema: grouped({ generation: generationField, blocks: z._default(blockRuns, {}) }),
     handle: (t, r) => t.primary().resync(r.group, r.generation, r.blocks),
   }),
   // Failback: a turn moves one group between the engines; "any" because a subsystem may hold neither role of it yet.
@@ -105,7 +107,7 @@ export const SUBSYSTEM_OPS = tableOf<ControlTarget, SubsystemRole>([
       return t.leases.acquire(r.group, req);
     },
   }),
-  op({ name: "lease-release", roles: ["any"], schema: z.strictObject({ group: groupField, token: z.string({ error: "must be a string" }).min(1, "must not be empty").max(200, "must be at most 200 characters"), lease: leaseField }), handle: (t, r) => t.leases.release(r.group, r.token) }),
+  op({ name: "lease-release", roles: ["any"], schema: z.strictObject({ group: groupField, token: z.string({ error: "must be a string" }).check(z.minLength(1, "must not be empty"), z.maxLength(200, "must be at most 200 characters")), lease: leaseField }), handle: (t, r) => t.leases.release(r.group, r.token) }),
   op({ name: "copy-status", roles: ["primary"], schema: grouped({}), handle: (t, r) => t.primary().copyStatus(r.group) }),
   // The online verify (docs/verify.md): the RCM or the CLI starts it on each primary of the group.
   op({ name: "verify-start", roles: ["primary"], schema: VerifyStartSchema, handle: (t, r) => t.primary().verifyStart(r) }),
