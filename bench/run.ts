@@ -450,8 +450,10 @@ async function configOf(shape: "1x1" | "2x3", o: Options, tls: TlsChoice = "defa
       groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
     };
   }
-  // config/default.json's shape: primaries #1, #2; secondaries #3, #4, #5.
-  return { ...(await fig1Config({ volumeMiB: o.volumeMiB, syncIntervalMs: o.syncIntervalMs })), ...base };
+  // config/default.json's shape: primaries #1, #2; secondaries #3, #4, #5. The
+  // key is given inline here, as for 1x1; the schema refuses it beside a key file.
+  const { clusterKeyFile: _keyFile, ...fig1 } = await fig1Config({ volumeMiB: o.volumeMiB, syncIntervalMs: o.syncIntervalMs });
+  return { ...fig1, ...base };
 }
 
 async function startTidemark(shape: "1x1" | "2x3", o: Options, tls: TlsChoice = "default"): Promise<Target> {

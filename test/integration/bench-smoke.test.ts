@@ -21,14 +21,16 @@ function bench(script: string, args: string[]): Promise<{ code: number; stdout: 
 }
 
 describe("bench: smoke", () => {
-  it.skipIf(!TOOLS.fioNbd)("bench: a 2 s 1x1 random-write job runs end to end and prints its row", async () => {
-    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "1x1", "--jobs", "randwrite", "--volume-mib", "64"]);
-    expect(out.code, out.stderr).toBe(0);
-    const row = out.stdout.split("\n").find((l) => /^tidemark 1x1\s+randwrite/.test(l));
-    expect(row, out.stdout).toBeDefined();
-    const iops = Number(row!.trim().split(/\s+/)[3]);
-    expect(iops).toBeGreaterThan(0);
-    expect(out.stdout, "the half-rate job reports its lag").toMatch(/tidemark 1x1 at half rate \(\d+ IOPS\): lag p99 \d+ ms/);
+  it.skipIf(!TOOLS.fioNbd)("bench: a 2 s random-write job runs end to end on the 1x1 and 2x3 shapes and prints their rows", async () => {
+    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "1x1,2x3", "--jobs", "randwrite", "--volume-mib", "64"]);
+    expect(out.code, out.stderr + out.stdout).toBe(0);
+    for (const shape of ["1x1", "2x3"]) {
+      const row = out.stdout.split("\n").find((l) => new RegExp(`^tidemark ${shape}\\s+randwrite\\s`).test(l));
+      expect(row, out.stdout).toBeDefined();
+      const iops = Number(row!.trim().split(/\s+/)[3]);
+      expect(iops, `${shape} IOPS`).toBeGreaterThan(0);
+      expect(out.stdout, "the half-rate job reports its lag").toMatch(new RegExp(`tidemark ${shape} at half rate \\(\\d+ IOPS\\): lag p99 \\d+ ms`));
+    }
   });
 
   it.skipIf(!TOOLS.fioNbd || !PEERS.nbdServer || !PEERS.qemuNbd)("bench: the unreplicated peers nbd-server and qemu-nbd run a 2 s job each and report their CPU per operation", async () => {
