@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CPU per operation of a 1-primary/1-secondary tidemark built in TREE, for
+# comparing two trees (run them alternately): both subsystems start from
+# TREE/bin/tidemark, fio drives the primary's export for SECONDS (at RATE
+# operations per second, 0 = as fast as it goes), and each process's CPU
+# (utime + stime from /proc) over fio's run is divided by the operations fio
+# completed. At a fixed rate the two trees batch alike, so their figures
+# compare even on a loaded machine; at full rate the batching follows the rate.
+# Usage: bash bench/cpu-per-op.sh TREE SECONDS RATE [RW] [BS] [IODEPTH]
+#   bash bench/cpu-per-op.sh . 10 5000                 # 4 KiB randwrite at 5000/s
+#   bash bench/cpu-per-op.sh . 10 0 write 1M 8          # 1 MiB writes, full rate
+# NODEOPTS is passed to node (say, --cpu-prof --cpu-prof-dir=DIR).
+set -euo pipefail
+TREE=$(cd "$1" && pwd); SECS=$2; RATE=$3; RW=${4:-randwrite}; BS=${5:-4k}; QD=${6:-32}
+WORK=$(mktemp -d /tmp/tidemark-cpu-per-op-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+R1=$(port); N1=$(port); R2=$(port); N2=$(port)
+cat >"$WORK/config.json" <<EOF
+{ "clusterKey": "tidemark-cpu-per-op-cluster-key-0123", "dataDir": "data", "syncIntervalMs": 50, "clock": "monotonic",
+  "subsystems": [
+    { "id": 1, "host": "127.0.0.1", "replicationPort": $R1, "nbdPort": $N1, "volumes": [ { "name": "p1a", "sizeMiB": 1024 } ] },
+    { "id": 2, "host": "127.0.0.1", "replicationPort": $R2, "nbdPort": $N2, "volumes": [ { "name": "s2a", "sizeMiB": 1024 } ] } ],
+  "groups": [ { "name": "C1", "pairs": [ { "primary": "p1a", "secondary": "s2a" } ] } ] }
+EOF
+cd "$WORK"
+for id in 1 2; do
+  # shellcheck disable=SC2086
+  node ${NODEOPTS:-} "$TREE/bin/tidemark" subsystem --config "$WORK/config.json" --id $id --log "$WORK/ss$id.log" >"$WORK/ss$id.out" 2>&1 &
+  pids+=($!)
+done
+for id in 1 2; do
+  for _ in $(seq 200); do grep -q '"ready":true' "$WORK/ss$id.out" && break; sleep 0.1; done
+done
+sleep 2
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+a1=$(cpu_ticks "${pids[0]}"); a2=$(cpu_ticks "${pids[1]}"); t0=$(date +%s.%N)
+rate=(); [ "$RATE" != 0 ] && rate=(--rate_iops="$RATE")
+fio --name=cpu-per-op --ioengine=nbd --uri="nbd://127.0.0.1:$N1/p1a" --rw="$RW" --bs="$BS" --iodepth="$QD" --size=1024M \
+  --randrepeat=0 --norandommap --runtime="$SECS" --time_based "${rate[@]}" --output-format=json >"$WORK/fio.json"
+t1=$(date +%s.%N); b1=$(cpu_ticks "${pids[0]}"); b2=$(cpu_ticks "${pids[1]}")
+python3 - "$WORK/fio.json" "$a1" "$b1" "$a2" "$b2" "$t0" "$t1" "$(getconf CLK_TCK)" "$TREE" "$(hwm_mib "${pids[0]}")" "$(hwm_mib "${pids[1]}")" <<'EOF'
+import json, sys
+s = open(sys.argv[1]).read()
+j = json.loads(s[s.index("{"):])["jobs"][0]
+side = j["write"] if j["write"]["iops"] > 0 else j["read"]
+a1, b1, a2, b2 = (float(x) for x in sys.argv[2:6])
+t0, t1, hz = float(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8])
+wall = t1 - t0
+ops = side["iops"] * wall
+p, q = (b1 - a1) / hz, (b2 - a2) / hz
+print(f"{sys.argv[9]}: {side['iops']:.0f} IOPS; primary {p / wall:.2f} cores, {p * 1e6 / ops:.1f} us/op, peak RSS {sys.argv[10]} MiB; "
+      f"secondary {q / wall:.2f} cores, {q * 1e6 / ops:.1f} us/op, peak RSS {sys.argv[11]} MiB; together {(p + q) * 1e6 / ops:.1f} us/op")
+EOF
