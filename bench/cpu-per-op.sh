@@ -13,34 +13,11 @@
 set -euo pipefail
 TREE=$(cd "$1" && pwd); SECS=$2; RATE=$3; RW=${4:-randwrite}; BS=${5:-4k}; QD=${6:-32}
 WORK=$(mktemp -d /tmp/tidemark-cpu-per-op-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-R1=$(port); N1=$(port); R2=$(port); N2=$(port)
-cat >"$WORK/config.json" <<EOF
-{ "clusterKey": "tidemark-cpu-per-op-cluster-key-0123", "dataDir": "data", "syncIntervalMs": 50, "clock": "monotonic",
-  "subsystems": [
-    { "id": 1, "host": "127.0.0.1", "replicationPort": $R1, "nbdPort": $N1, "volumes": [ { "name": "p1a", "sizeMiB": 1024 } ] },
-    { "id": 2, "host": "127.0.0.1", "replicationPort": $R2, "nbdPort": $N2, "volumes": [ { "name": "s2a", "sizeMiB": 1024 } ] } ],
-  "groups": [ { "name": "C1", "pairs": [ { "primary": "p1a", "secondary": "s2a" } ] } ] }
-EOF
-cd "$WORK"
-for id in 1 2; do
-  # shellcheck disable=SC2086
-  node ${NODEOPTS:-} "$TREE/bin/tidemark" subsystem --config "$WORK/config.json" --id $id --log "$WORK/ss$id.log" >"$WORK/ss$id.out" 2>&1 &
-  pids+=($!)
-done
-for id in 1 2; do
-  for _ in $(seq 200); do grep -q '"ready":true' "$WORK/ss$id.out" && break; sleep 0.1; done
-done
+# shellcheck source=bench/one-by-one.sh
+. "$(dirname "$0")/one-by-one.sh"
+trap one_by_one_stop EXIT INT TERM
+node_flags() { echo "${NODEOPTS:-}"; }
+one_by_one_start "$TREE" "$WORK"
 sleep 2
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }

@@ -7,34 +7,18 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { Scheduler } from "./engine/scheduler.ts";
 import { SimNetwork } from "./engine/network.ts";
-import { SimCluster, sharedMonotonicClock } from "./engine/cluster.ts";
-import { parseConfig } from "../../config/schema.ts";
+import { SimCluster, sharedMonotonicClock, simConfig, simSubsystem } from "./engine/cluster.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import type { FrameLink } from "../../appliance/replication/frame-link.ts";
 import { WIRE_ERROR, type ErrorFrame, type ReceivedWireErrorCode } from "../../appliance/replication/frames.ts";
 
 /** Primary #1 and secondary #2 with two groups, C1 and C2, one pair each: one link carries both. */
 function twoGroups(): LoadedTopology {
-  const raw = {
-    clusterKey: "simulated-cluster-key-0123456789",
-    dataDir: "sim",
-    clock: "monotonic",
-    maxClockOffsetMs: 0,
-    syncIntervalMs: 5,
-    linkTimeoutMs: 200,
-    reconnectMs: 10,
-    inflightBytesMax: 64 * 1024,
-    logLevel: "fatal",
-    subsystems: [
-      { id: 1, replicationPort: 20001, nbdPort: 21001, volumes: [{ name: "p1a", sizeMiB: 1 }, { name: "p1b", sizeMiB: 1 }] },
-      { id: 2, replicationPort: 20002, nbdPort: 21002, volumes: [{ name: "s2a", sizeMiB: 1 }, { name: "s2b", sizeMiB: 1 }] },
-    ],
-    groups: [
-      { name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] },
-      { name: "C2", pairs: [{ primary: "p1b", secondary: "s2b" }] },
-    ],
-  };
-  return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
+  return simConfig(
+    { clock: "monotonic", maxClockOffsetMs: 0, syncIntervalMs: 5, linkTimeoutMs: 200, reconnectMs: 10 },
+    [simSubsystem(1, ["p1a", "p1b"]), simSubsystem(2, ["s2a", "s2b"])],
+    [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }, { name: "C2", pairs: [{ primary: "p1b", secondary: "s2b" }] }],
+  );
 }
 
 interface Outcome {

@@ -11,8 +11,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { Scheduler } from "./engine/scheduler.ts";
 import { SimNetwork } from "./engine/network.ts";
-import { SIM_BLOCK_BYTES, SimCluster, sharedMonotonicClock } from "./engine/cluster.ts";
-import { parseConfig } from "../../config/schema.ts";
+import { SIM_BLOCK_BYTES, SimCluster, sharedMonotonicClock, simConfig, simSubsystem } from "./engine/cluster.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { swap } from "../../appliance/rcm/failback.ts";
 import type { NegativeControls } from "../../appliance/runtime/controls.ts";
@@ -21,21 +20,11 @@ const silent = pino({ level: "silent" });
 const BLOCKS = 16;
 
 function onePair(): LoadedTopology {
-  const raw = {
-    clusterKey: "simulated-cluster-key-0123456789",
-    dataDir: "sim",
-    syncIntervalMs: 10,
-    linkTimeoutMs: 300,
-    reconnectMs: 20,
-    inflightBytesMax: 64 * 1024,
-    logLevel: "fatal",
-    subsystems: [
-      { id: 1, replicationPort: 20001, nbdPort: 21001, volumes: [{ name: "p1a", sizeMiB: 1 }] },
-      { id: 2, replicationPort: 20002, nbdPort: 21002, volumes: [{ name: "s2a", sizeMiB: 1 }] },
-    ],
-    groups: [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
-  };
-  return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
+  return simConfig(
+    { syncIntervalMs: 10, linkTimeoutMs: 300, reconnectMs: 20 },
+    [simSubsystem(1, ["p1a"]), simSubsystem(2, ["s2a"])],
+    [{ name: "C1", pairs: [{ primary: "p1a", secondary: "s2a" }] }],
+  );
 }
 
 interface Run {

@@ -9,8 +9,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { Scheduler } from "./engine/scheduler.ts";
 import { SimNetwork } from "./engine/network.ts";
-import { SIM_BLOCK_BYTES, SimCluster, sharedMonotonicClock } from "./engine/cluster.ts";
-import { parseConfig } from "../../config/schema.ts";
+import { SIM_BLOCK_BYTES, SimCluster, sharedMonotonicClock, simConfig, simSubsystem } from "./engine/cluster.ts";
 import type { LoadedTopology } from "../../config/load.ts";
 import { runProcedure } from "../../appliance/rcm/procedure.ts";
 import { reverseResync } from "../../appliance/rcm/failback.ts";
@@ -19,25 +18,11 @@ const silent = pino({ level: "silent" });
 const BLOCKS = 32;
 
 function twoGroups(): LoadedTopology {
-  const raw = {
-    clusterKey: "simulated-cluster-key-0123456789",
-    dataDir: "sim",
-    syncIntervalMs: 10,
-    linkTimeoutMs: 300,
-    reconnectMs: 20,
-    inflightBytesMax: 64 * 1024,
-    logLevel: "fatal",
-    subsystems: [
-      { id: 1, replicationPort: 20001, nbdPort: 21001, volumes: [{ name: "p1a", sizeMiB: 1 }, { name: "p1b", sizeMiB: 1 }] },
-      { id: 2, replicationPort: 20002, nbdPort: 21002, volumes: [{ name: "s2a", sizeMiB: 1 }] },
-      { id: 3, replicationPort: 20003, nbdPort: 21003, volumes: [{ name: "s3a", sizeMiB: 1 }] },
-    ],
-    groups: [
-      { name: "A", pairs: [{ primary: "p1a", secondary: "s2a" }] },
-      { name: "B", pairs: [{ primary: "p1b", secondary: "s3a" }] },
-    ],
-  };
-  return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
+  return simConfig(
+    { syncIntervalMs: 10, linkTimeoutMs: 300, reconnectMs: 20 },
+    [simSubsystem(1, ["p1a", "p1b"]), simSubsystem(2, ["s2a"]), simSubsystem(3, ["s3a"])],
+    [{ name: "A", pairs: [{ primary: "p1a", secondary: "s2a" }] }, { name: "B", pairs: [{ primary: "p1b", secondary: "s3a" }] }],
+  );
 }
 
 describe("sim: a turn changes the roles of one group only", () => {

@@ -55,20 +55,27 @@ export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
     subsystems.push({ id: p, replicationPort: 20000 + p, nbdPort: 21000 + p, volumes: vols });
   }
   for (const s of secIds) subsystems.push({ id: s, replicationPort: 20000 + s, nbdPort: 21000 + s, volumes: secVolumes.get(s)! });
-  const raw = {
-    clusterKey: "simulated-cluster-key-0123456789",
-    dataDir: "sim",
-    clock: shape.clock,
-    maxClockOffsetMs: shape.maxClockOffsetMs,
-    syncIntervalMs: shape.syncIntervalMs,
-    linkTimeoutMs: shape.linkTimeoutMs,
-    reconnectMs: shape.reconnectMs,
-    inflightBytesMax: 64 * 1024,
-    logLevel: "fatal",
-    subsystems,
-    groups: [...new Set(pairs.map((p) => p.group))].map((name) => ({ name, pairs: pairs.filter((p) => p.group === name).map(({ primary, secondary }) => ({ primary, secondary })) })),
-  };
+  const groups = [...new Set(pairs.map((p) => p.group))].map((name) => ({ name, pairs: pairs.filter((p) => p.group === name).map(({ primary, secondary }) => ({ primary, secondary })) }));
+  return simConfig({ clock: shape.clock, maxClockOffsetMs: shape.maxClockOffsetMs, syncIntervalMs: shape.syncIntervalMs, linkTimeoutMs: shape.linkTimeoutMs, reconnectMs: shape.reconnectMs }, subsystems, groups);
+}
+
+/**
+ * A simulated cluster's config through the product's schema: the settings
+ * every simulation shares, the given timing, and subsystems and groups as
+ * the config file has them.
+ */
+export function simConfig(
+  timing: { clock?: string; maxClockOffsetMs?: number; syncIntervalMs: number; linkTimeoutMs: number; reconnectMs: number },
+  subsystems: { id: number; replicationPort: number; nbdPort: number; volumes: { name: string; sizeMiB: number }[] }[],
+  groups: { name: string; pairs: { primary: string; secondary: string }[] }[],
+): LoadedTopology {
+  const raw = { clusterKey: "simulated-cluster-key-0123456789", dataDir: "sim", ...timing, inflightBytesMax: 64 * 1024, logLevel: "fatal", subsystems, groups };
   return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
+}
+
+/** Subsystem `id` of a hand-made simulated topology, with 1 MiB volumes of these names. */
+export function simSubsystem(id: number, volumes: string[]) {
+  return { id, replicationPort: 20000 + id, nbdPort: 21000 + id, volumes: volumes.map((name) => ({ name, sizeMiB: 1 })) };
 }
 
 export interface SimClockModel {
