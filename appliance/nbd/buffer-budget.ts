@@ -81,9 +81,14 @@ export class BufferBudget {
     if (this.waiters.length > 0 || this.used + bytes > this.bytesMax) return false;
     const mine = this.byOwner.get(owner) ?? 0;
     if (mine + bytes > this.ownerBytesMax) return false;
+    this.book(bytes, owner, mine);
+    return true;
+  }
+
+  /** Counts a grant: the server's total and the owner's share. */
+  private book(bytes: number, owner: string, mine: number): void {
     this.used += bytes;
     this.byOwner.set(owner, mine + bytes);
-    return true;
   }
 
   release(bytes: number, owner: string): void {
@@ -105,8 +110,7 @@ export class BufferBudget {
       }
       if (this.used + w.bytes > this.bytesMax) return; // first come, first served
       this.waiters.splice(i, 1);
-      this.used += w.bytes;
-      this.byOwner.set(w.owner, mine + w.bytes);
+      this.book(w.bytes, w.owner, mine);
       w.forget?.();
       w.resolve();
     }
