@@ -43,9 +43,11 @@ export function watchSilence(link: Link, silenceMs: number, onSilent: () => void
   timer.unref();
   const heard = () => void timer.refresh();
   link.on("frame", heard);
+  // A long-lived client starts a watch per busy spell: each must take its close listener back too.
   const stop = () => {
     clearTimeout(timer);
     link.off("frame", heard);
+    link.off("close", stop);
   };
   link.once("close", stop);
   return stop;

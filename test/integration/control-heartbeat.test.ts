@@ -78,6 +78,12 @@ describe("control heartbeats", () => {
     const again = await ControlClient.connect(c.topo, 1);
     try {
       expect(await again.request<{ subsystem: number }>({ op: "status" }, 10_000)).toMatchObject({ subsystem: 1 });
+      // A long-lived client (the bench's status poll) watches for silence once per
+      // request; every watch must take its listeners back, or they pile up on the link.
+      const link = (again as unknown as { link: import("node:events").EventEmitter }).link;
+      const before = [link.listenerCount("close"), link.listenerCount("frame")];
+      for (let i = 0; i < 30; i++) await again.request({ op: "status" }, 10_000);
+      expect([link.listenerCount("close"), link.listenerCount("frame")]).toEqual(before);
     } finally {
       again.close();
     }
