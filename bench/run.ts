@@ -57,6 +57,7 @@ function usage(): never {
       "  --keep          keep the temp dirs (logs, state files) for inspection",
       "  --takeover-mib N  RCRs queued on a secondary before the takeover run (default 1024; --only takeover runs just that)",
       "  TLS cost (targets run only when named): --only nbdkit,nbdkit-tls,1x1-tls-off,1x1-tls-on",
+      "  the Node.js floor (runs only when named): --only node-floor,node-floor-async,node-floor-fwd,node-floor-jnl,node-floor-jnl-async: bench/node-floor.ts serving a plain file alone, alone with its file I/O in libuv's pool, forwarding each write to a second process, that with the least journal on both sides, and that with the file I/O in the pool",
       "    nbdkit-tls: nbdkit --tls=require with an X.509 certificate; 1x1-tls-off: links and NBD in plain TCP;",
       "    1x1-tls-on: links over TLS (PSK, the default) and NBD with --tls=require (X.509). Needs certtool (gnutls-bin).",
       "",
@@ -318,11 +319,19 @@ function plainFile(o: Options, prefix: string): { dir: string; file: string } {
   return { dir, file };
 }
 
-function spawnServer(cmd: string, args: string[]): { proc: ChildProcess; exited: () => string | null } {
-  const proc = track(spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] }));
+/** Spawns a server; with `readyLine`, `ready` resolves at its first line of output (or rejects when it exits first). */
+function spawnServer(cmd: string, args: string[], readyLine = false): { proc: ChildProcess; exited: () => string | null; ready: Promise<void> } {
+  const proc = track(spawn(cmd, args, { stdio: ["ignore", readyLine ? "pipe" : "ignore", "pipe"] }));
   let err = "";
   proc.stderr!.on("data", (d) => (err += d));
-  return { proc, exited: () => (alive(proc) ? null : `${proc.signalCode ?? proc.exitCode}: ${err.trim()}`) };
+  const exited = (): string | null => (alive(proc) ? null : `${proc.signalCode ?? proc.exitCode}: ${err.trim()}`);
+  const ready = !readyLine
+    ? Promise.resolve()
+    : new Promise<void>((resolve, reject) => {
+        proc.stdout!.once("data", () => resolve());
+        proc.once("exit", () => reject(new Error(`${cmd} ${args.join(" ")} exited: ${exited()}`)));
+      });
+  return { proc, exited, ready };
 }
 
 async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Target> {
@@ -335,6 +344,37 @@ async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Tar
   const procs = [{ label: "nbdkit", proc }];
   if (tls) return { name: "nbdkit file tls", uri, procs, measured: measuredOf(procs), cluster: null, fioEnv: tls.fioEnv };
   return { name: "nbdkit file", uri, procs, measured: measuredOf(procs), cluster: null };
+}
+
+/**
+ * bench/node-floor.ts serving the file: the NBD protocol and pread/pwrite in
+ * one Node.js process, nothing else. Its CPU per operation is the least any
+ * Node.js server pays per request here, the floor under tidemark's figures.
+ */
+type FloorMode = { asyncIo: boolean; forwarded: boolean; journaled: boolean };
+
+async function startNodeFloor(o: Options, m: FloorMode): Promise<Target> {
+  const { file } = plainFile(o, "tidemark-bench-node-floor-");
+  const port = await freePort();
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "node-floor.ts");
+  const flags = [...(m.asyncIo ? ["--async-io"] : []), ...(m.journaled ? ["--journal"] : [])];
+  const procs: Proc[] = [];
+  const forward: string[] = [];
+  if (m.forwarded) {
+    // The sink listens before the server connects to it: wait for its line.
+    const { file: sinkFile } = plainFile(o, "tidemark-bench-node-sink-");
+    const sinkPort = await freePort();
+    const sink = spawnServer(process.execPath, ["--import", "tsx", script, ...flags, "--sink", sinkFile, String(sinkPort)], true);
+    await sink.ready;
+    procs.push({ label: "sink", proc: sink.proc });
+    forward.push("--forward", String(sinkPort));
+  }
+  const { proc, exited } = spawnServer(process.execPath, ["--import", "tsx", script, ...flags, file, String(port), ...forward]);
+  const uri = `nbd://127.0.0.1:${port}/`;
+  await waitNbd("node floor", uri, exited);
+  procs.unshift({ label: "node", proc });
+  const name = ["node floor", m.forwarded && !m.journaled ? "fwd" : "", m.journaled ? "jnl" : "", m.asyncIo ? "async" : ""].filter(Boolean).join(" ");
+  return { name, uri, procs, measured: measuredOf(procs), cluster: null };
 }
 
 /** qemu-nbd serving the file raw, with its defaults (writeback cache, thread-pool AIO); -t keeps it up across fio's connections. */
@@ -362,13 +402,15 @@ async function startNbdServer(o: Options): Promise<Target> {
   writeFileSync(conf, `[generic]\n    listenaddr = 127.0.0.1\n    port = ${port}\n[disk]\n    exportname = ${file}\n`);
   const r = spawnSync("nbd-server", ["-C", conf, "-p", pidFile], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`nbd-server exited ${r.status}: ${(r.stderr ?? "").trim()}`);
+  // The daemon may create the file before it writes its pid: an empty file is waited on like a missing one.
   let pid = 0;
   for (let i = 0; i < 50 && pid === 0; i++) {
     try {
       pid = Number(readFileSync(pidFile, "utf8").trim()) || 0;
     } catch {
-      await sleep(100);
+      pid = 0;
     }
+    if (pid === 0) await sleep(100);
   }
   if (pid === 0) throw new Error(`nbd-server wrote no pid file (${pidFile})`);
   const daemon = (): string | null => {
@@ -678,7 +720,7 @@ function cpuPerOpUs(r: Row): number {
   return (Object.values(r.cpu).reduce<number>((n, v) => n + (v ?? 0), 0) * 1e6) / r.fio.iops;
 }
 
-const UNREPLICATED = new Set(["nbdkit file", "nbd-server file", "qemu-nbd file", "nbdkit file tls"]);
+const UNREPLICATED = new Set(["nbdkit file", "nbd-server file", "qemu-nbd file", "nbdkit file tls", "node floor", "node floor async", "node floor fwd", "node floor jnl", "node floor jnl async"]);
 
 function report(rows: Row[], raw: FioResult | null, o: Options): string {
   const base = new Map(rows.filter((r) => r.target === "nbdkit file").map((r) => [r.job, r.fio]));
@@ -867,11 +909,16 @@ async function main(): Promise<void> {
     ["1x1", () => startTidemark("1x1", o)],
     ["2x3", () => startTidemark("2x3", o)],
   ];
-  // The TLS cost targets run only when --only names them (usage()).
+  // The TLS cost targets and the Node.js floor run only when --only names them (usage()).
   const tlsShapes: [string, () => Promise<Target>][] = [
     ["nbdkit-tls", async () => startNbdkit(o, await tlsMaterial(o))],
     ["1x1-tls-off", () => startTidemark("1x1", o, "off")],
     ["1x1-tls-on", () => startTidemark("1x1", o, "on")],
+    ["node-floor", () => startNodeFloor(o, { asyncIo: false, forwarded: false, journaled: false })],
+    ["node-floor-async", () => startNodeFloor(o, { asyncIo: true, forwarded: false, journaled: false })],
+    ["node-floor-fwd", () => startNodeFloor(o, { asyncIo: false, forwarded: true, journaled: false })],
+    ["node-floor-jnl", () => startNodeFloor(o, { asyncIo: false, forwarded: true, journaled: true })],
+    ["node-floor-jnl-async", () => startNodeFloor(o, { asyncIo: true, forwarded: true, journaled: true })],
   ];
   for (const s of tlsShapes) if (o.only?.has(s[0])) shapes.push(s);
   // A target that fails (a subsystem that does not start, fio that errors)

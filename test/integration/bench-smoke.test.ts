@@ -2,9 +2,11 @@
 // no targets asserted (figures on a shared 2-core machine mean nothing here;
 // npm run bench is where they are measured).
 import { describe, expect, it } from "vitest";
-import { execFile } from "node:child_process";
+import { execFile, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { ROOT } from "../support/cluster.ts";
+import { ROOT, freePort } from "../support/cluster.ts";
 import { benchPeers, nbdTools } from "../support/tools.ts";
 import { haveCerttool } from "../support/tls-material.ts";
 
@@ -46,6 +48,55 @@ describe("bench: smoke", () => {
       expect(Number(cells[2]), `${target} IOPS`).toBeGreaterThan(0);
       // The daemon's forked children did the work: counted, the CPU is not zero.
       expect(Number(cells[cpuColumn]), `${target} CPU us/op`).toBeGreaterThan(0);
+    }
+  });
+
+  it.skipIf(!TOOLS.fioNbd || !TOOLS.qemuIo)("bench: the Node.js floor serves what it is written (its figures count only if it does a server's work), forwards each write to its sink, and its five targets run", async () => {
+    // Its figures stand against tidemark's only if it does what a server does:
+    // written bytes read back, and with --forward the sink holds the same image.
+    const script = path.join(ROOT, "bench/node-floor.ts");
+    for (const io of [[], ["--async-io"]]) {
+      const dir = mkdtempSync(path.join(os.tmpdir(), "tidemark-node-floor-"));
+      const procs: ReturnType<typeof spawn>[] = [];
+      try {
+        const [p, s] = [path.join(dir, "p.img"), path.join(dir, "s.img")];
+        for (const f of [p, s]) {
+          writeFileSync(f, "");
+          truncateSync(f, 16 << 20);
+        }
+        const [port, sinkPort] = [await freePort(), await freePort()];
+        const started = (args: string[]) =>
+          new Promise<void>((resolve, reject) => {
+            const c = spawn(process.execPath, ["--import", "tsx", script, ...io, "--journal", ...args], { stdio: ["ignore", "pipe", "inherit"] });
+            procs.push(c);
+            c.stdout!.once("data", () => resolve());
+            c.once("exit", (code) => reject(new Error(`node-floor ${io.join(" ")} ${args.join(" ")} exited ${code}`)));
+          });
+        await started(["--sink", s, String(sinkPort)]);
+        await started([p, String(port), "--forward", String(sinkPort)]);
+        const uri = `nbd://127.0.0.1:${port}`;
+        // A 1 MiB write arrives in many socket chunks; the odd offsets cross them.
+        const io1 = spawnSync("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 4096 1M", "-c", "write -P 0xc3 3145728 12288", "-c", "read -P 0x5a 4096 1M", "-c", "read -P 0xc3 3145728 12288", "-c", "read -P 0 0 4096", uri], { encoding: "utf8" });
+        expect(io1.status, io1.stderr + io1.stdout).toBe(0);
+        expect(io1.stdout + io1.stderr, `node-floor ${io.join(" ")}`).not.toMatch(/Pattern verification failed|error/i);
+        // The sink answers once its rows are committed and writes its file after: wait until it is the server's.
+        let same = false;
+        for (let i = 0; i < 50 && !same; i++) {
+          same = readFileSync(p).equals(readFileSync(s));
+          if (!same) await new Promise((r) => setTimeout(r, 100));
+        }
+        expect(same, `node-floor ${io.join(" ")}: the sink's image equals the server's`).toBe(true);
+      } finally {
+        for (const c of procs) c.kill("SIGKILL");
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+    const out = await bench("bench/run.ts", ["--seconds", "2", "--only", "node-floor,node-floor-async,node-floor-fwd,node-floor-jnl,node-floor-jnl-async", "--jobs", "randwrite", "--volume-mib", "64"]);
+    expect(out.code, out.stderr + out.stdout).toBe(0);
+    for (const target of ["node floor", "node floor async", "node floor fwd", "node floor jnl", "node floor jnl async"]) {
+      const row = out.stdout.split("\n").find((l) => new RegExp(`^${target}\\s+randwrite\\s`).test(l));
+      expect(row, out.stdout).toBeDefined();
+      expect(Number(row!.slice(target.length).trim().split(/\s+/)[1]), `${target} IOPS`).toBeGreaterThan(0);
     }
   });
 
