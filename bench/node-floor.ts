@@ -30,6 +30,28 @@
 import { closeSync, fstatSync, openSync, read, readSync, write, writeSync, fdatasyncSync } from "node:fs";
 import net from "node:net";
 import Database from "better-sqlite3";
+import {
+  NBD_CMD_DISC,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_EINVAL,
+  NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_SEND_FLUSH,
+  NBD_IHAVEOPT,
+  NBD_INFO_EXPORT,
+  NBD_MAGIC,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPTION_REPLY_MAGIC,
+  NBD_REP_ACK,
+  NBD_REP_ERR_UNSUP,
+  NBD_REP_INFO,
+  NBD_REQUEST_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
+} from "../appliance/nbd/protocol.ts";
 
 const args = process.argv.slice(2);
 const asyncIo = args[0] === "--async-io";
@@ -95,26 +117,12 @@ class Journal {
 const journal = journaled ? new Journal() : null;
 let hostSeq = 0;
 
-const NBDMAGIC = 0x4e42444d41474943n;
-const IHAVEOPT = 0x49484156454f5054n;
-const OPT_REPLY_MAGIC = 0x3e889045565a9n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const OPT_EXPORT_NAME = 1;
-const OPT_ABORT = 2;
-const OPT_INFO = 6;
-const OPT_GO = 7;
-const REP_ACK = 1;
-const REP_INFO = 3;
-const REP_ERR_UNSUP = 0x80000001;
-const FLAG_HAS_FLAGS = 1;
-const FLAG_SEND_FLUSH = 4;
-const TRANSMISSION_FLAGS = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH;
-const CMD_READ = 0;
-const CMD_WRITE = 1;
-const CMD_DISC = 2;
-const CMD_FLUSH = 3;
-const EINVAL = 22;
+// The protocol's numbers are the product's own (appliance/nbd/protocol.ts): one definition of them.
+const NBDMAGIC = NBD_MAGIC;
+const IHAVEOPT = NBD_IHAVEOPT;
+const OPT_REPLY_MAGIC = NBD_OPTION_REPLY_MAGIC;
+const TRANSMISSION_FLAGS = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
+const EINVAL = NBD_EINVAL;
 const MAX_PAYLOAD = 32 << 20;
 /** Bytes sent on to the sink and not yet taken by the socket, before the host's connection is paused. */
 const FORWARD_BOUND = 64 << 20;
@@ -210,7 +218,7 @@ function serve(sock: net.Socket): void {
 
   const reply = (out: Buffer[], handle: Buffer, error: number, data?: Buffer): void => {
     const r = Buffer.allocUnsafe(16);
-    r.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    r.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
     r.writeUInt32BE(error, 4);
     handle.copy(r, 8);
     out.push(r);
@@ -235,25 +243,25 @@ function serve(sock: net.Socket): void {
         if (input.length < 16 + len) break;
         const opt = head.readUInt32BE(8);
         input.take(16 + len);
-        if (opt === OPT_EXPORT_NAME) {
+        if (opt === NBD_OPT_EXPORT_NAME) {
           const r = Buffer.alloc(noZeroes ? 10 : 134);
           r.writeBigUInt64BE(BigInt(size), 0);
           r.writeUInt16BE(TRANSMISSION_FLAGS, 8);
           out.push(r);
           phase = "transmission";
-        } else if (opt === OPT_GO || opt === OPT_INFO) {
+        } else if (opt === NBD_OPT_GO || opt === NBD_OPT_INFO) {
           const info = Buffer.alloc(12);
-          info.writeUInt16BE(0, 0); // NBD_INFO_EXPORT
+          info.writeUInt16BE(NBD_INFO_EXPORT, 0);
           info.writeBigUInt64BE(BigInt(size), 2);
           info.writeUInt16BE(TRANSMISSION_FLAGS, 10);
-          out.push(optReply(opt, REP_INFO, info), optReply(opt, REP_ACK));
-          if (opt === OPT_GO) phase = "transmission";
-        } else if (opt === OPT_ABORT) {
-          out.push(optReply(opt, REP_ACK));
+          out.push(optReply(opt, NBD_REP_INFO, info), optReply(opt, NBD_REP_ACK));
+          if (opt === NBD_OPT_GO) phase = "transmission";
+        } else if (opt === NBD_OPT_ABORT) {
+          out.push(optReply(opt, NBD_REP_ACK));
           sock.end(Buffer.concat(out));
           return;
         } else {
-          out.push(optReply(opt, REP_ERR_UNSUP));
+          out.push(optReply(opt, NBD_REP_ERR_UNSUP));
         }
       } else if (waiting) {
         if (input.length < waiting.length) break;
@@ -282,17 +290,17 @@ function serve(sock: net.Socket): void {
       } else {
         if (input.length < 28) break;
         const h = input.take(28);
-        if (h.readUInt32BE(0) !== REQUEST_MAGIC) return fail("bad request magic");
+        if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) return fail("bad request magic");
         const type = h.readUInt16BE(6);
         const handle = Buffer.from(h.subarray(8, 16));
         const offset = Number(h.readBigUInt64BE(16));
         const length = h.readUInt32BE(24);
         const inRange = offset + length <= size && length <= MAX_PAYLOAD;
-        if (type === CMD_WRITE) {
+        if (type === NBD_CMD_WRITE) {
           if (length > MAX_PAYLOAD) return fail("write too long");
           // Out of range: the payload is read and dropped, and the answer is EINVAL.
           waiting = { handle, offset: inRange ? offset : -1, length };
-        } else if (type === CMD_READ) {
+        } else if (type === NBD_CMD_READ) {
           if (!inRange) reply(out, handle, EINVAL);
           else if (asyncIo) {
             const data = Buffer.allocUnsafe(length);
@@ -302,10 +310,10 @@ function serve(sock: net.Socket): void {
             readSync(fd, data, 0, length, offset);
             reply(out, handle, 0, data);
           }
-        } else if (type === CMD_FLUSH) {
+        } else if (type === NBD_CMD_FLUSH) {
           fdatasyncSync(fd);
           reply(out, handle, 0);
-        } else if (type === CMD_DISC) {
+        } else if (type === NBD_CMD_DISC) {
           sock.end(Buffer.concat(out));
           return;
         } else {
