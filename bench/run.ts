@@ -346,13 +346,15 @@ async function startNbdkit(o: Options, tls: BenchTls | null = null): Promise<Tar
   return { name: "nbdkit file", uri, procs, measured: measuredOf(procs), cluster: null };
 }
 
-/**
- * bench/node-floor.ts serving the file: the NBD protocol and pread/pwrite in
- * one Node.js process, nothing else. Its CPU per operation is the least any
- * Node.js server pays per request here, the floor under tidemark's figures.
- */
 type FloorMode = { asyncIo: boolean; forwarded: boolean; journaled: boolean };
 
+/**
+ * bench/node-floor.ts serving the file: the NBD protocol and pread/pwrite in
+ * one Node.js process, with its file I/O in libuv's pool or not, forwarding
+ * each write to a sink process or not, with the least journal on both sides
+ * or not. Its CPU per operation is the least a Node.js program pays here for
+ * that work: the floor under tidemark's figures (docs/benchmarks.md).
+ */
 async function startNodeFloor(o: Options, m: FloorMode): Promise<Target> {
   const { file } = plainFile(o, "tidemark-bench-node-floor-");
   const port = await freePort();
@@ -910,7 +912,7 @@ async function main(): Promise<void> {
     ["2x3", () => startTidemark("2x3", o)],
   ];
   // The TLS cost targets and the Node.js floor run only when --only names them (usage()).
-  const tlsShapes: [string, () => Promise<Target>][] = [
+  const namedOnly: [string, () => Promise<Target>][] = [
     ["nbdkit-tls", async () => startNbdkit(o, await tlsMaterial(o))],
     ["1x1-tls-off", () => startTidemark("1x1", o, "off")],
     ["1x1-tls-on", () => startTidemark("1x1", o, "on")],
@@ -920,7 +922,7 @@ async function main(): Promise<void> {
     ["node-floor-jnl", () => startNodeFloor(o, { asyncIo: false, forwarded: true, journaled: true })],
     ["node-floor-jnl-async", () => startNodeFloor(o, { asyncIo: true, forwarded: true, journaled: true })],
   ];
-  for (const s of tlsShapes) if (o.only?.has(s[0])) shapes.push(s);
+  for (const s of namedOnly) if (o.only?.has(s[0])) shapes.push(s);
   // A target that fails (a subsystem that does not start, fio that errors)
   // is reported and the others still run: the table shows what was measured.
   const failures: string[] = [];
