@@ -21,25 +21,22 @@ WORK=$(mktemp -d /tmp/tidemark-cpu-per-op-XXXXXX)
 trap one_by_one_stop EXIT INT TERM
 node_flags() { echo "${NODEOPTS:-}"; }
 if [ -n "${FLOOR:-}" ]; then
-  floor_start() {
-    local script jnl=() sink
-    script="$(cd "$(dirname "$0")" && pwd)/node-floor.ts"
-    case "$FLOOR" in
-      forwarded) ;;
-      journaled) jnl=(--journal) ;;
-      journaled-async) jnl=(--async-io --journal) ;;
-      *) echo "FLOOR must be forwarded, journaled or journaled-async, not $FLOOR" >&2; exit 2 ;;
-    esac
-    N1=$(one_by_one_port); sink=$(one_by_one_port)
-    truncate -s 1G "$WORK/p.img" "$WORK/s.img"
-    node --import tsx "$script" "${jnl[@]}" --sink "$WORK/s.img" "$sink" >"$WORK/sink.out" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 100); do grep -q "sink for" "$WORK/sink.out" && break; sleep 0.1; done
-    node --import tsx "$script" "${jnl[@]}" "$WORK/p.img" "$N1" --forward "$sink" >"$WORK/server.out" 2>&1 &
-    pids=($! "${pids[@]}")
-    for _ in $(seq 100); do grep -q serving "$WORK/server.out" && break; sleep 0.1; done
-  }
-  floor_start
+  script="$(cd "$(dirname "$0")" && pwd)/node-floor.ts"
+  case "$FLOOR" in
+    forwarded) flags=() ;;
+    journaled) flags=(--journal) ;;
+    journaled-async) flags=(--async-io --journal) ;;
+    *) echo "FLOOR must be forwarded, journaled or journaled-async, not $FLOOR" >&2; exit 2 ;;
+  esac
+  N1=$(one_by_one_port); sink=$(one_by_one_port)
+  truncate -s 1G "$WORK/p.img" "$WORK/s.img"
+  # pids[0] is the server (the primary's place), pids[1] the sink; the sink listens first.
+  node --import tsx "$script" "${flags[@]}" --sink "$WORK/s.img" "$sink" >"$WORK/sink.out" 2>&1 &
+  pids=($!)
+  for _ in $(seq 100); do grep -q "sink for" "$WORK/sink.out" && break; sleep 0.1; done
+  node --import tsx "$script" "${flags[@]}" "$WORK/p.img" "$N1" --forward "$sink" >"$WORK/server.out" 2>&1 &
+  pids=($! "${pids[@]}")
+  for _ in $(seq 100); do grep -q serving "$WORK/server.out" && break; sleep 0.1; done
 else
   one_by_one_start "$TREE" "$WORK"
 fi

@@ -51,7 +51,7 @@ import {
   NBD_REP_INFO,
   NBD_REQUEST_MAGIC,
   NBD_SIMPLE_REPLY_MAGIC,
-} from "../appliance/nbd/protocol.ts";
+} from "../appliance/nbd/protocol.ts"; // the protocol's numbers: the product's own
 
 const args = process.argv.slice(2);
 const asyncIo = args[0] === "--async-io";
@@ -105,24 +105,18 @@ class Journal {
   acked(seq: number): void {
     this.trimTo = Math.max(this.trimTo, seq);
   }
-  /** Commits the turn's rows and trims; true when there was anything to commit. */
-  flush(): boolean {
-    if (this.rows.length === 0 && this.trimTo === 0) return false;
+  /** Commits the turn's rows and trims, when there is anything to commit. */
+  flush(): void {
+    if (this.rows.length === 0 && this.trimTo === 0) return;
     this.commit();
     this.rows = [];
     this.trimTo = 0;
-    return true;
   }
 }
 const journal = journaled ? new Journal() : null;
 let hostSeq = 0;
 
-// The protocol's numbers are the product's own (appliance/nbd/protocol.ts): one definition of them.
-const NBDMAGIC = NBD_MAGIC;
-const IHAVEOPT = NBD_IHAVEOPT;
-const OPT_REPLY_MAGIC = NBD_OPTION_REPLY_MAGIC;
 const TRANSMISSION_FLAGS = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
-const EINVAL = NBD_EINVAL;
 const MAX_PAYLOAD = 32 << 20;
 /** Bytes sent on to the sink and not yet taken by the socket, before the host's connection is paused. */
 const FORWARD_BOUND = 64 << 20;
@@ -179,7 +173,7 @@ class Chunks {
 
 function optReply(opt: number, type: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(20);
-  h.writeBigUInt64BE(OPT_REPLY_MAGIC, 0);
+  h.writeBigUInt64BE(NBD_OPTION_REPLY_MAGIC, 0);
   h.writeUInt32BE(opt, 8);
   h.writeUInt32BE(type, 12);
   h.writeUInt32BE(data.length, 16);
@@ -189,8 +183,8 @@ function optReply(opt: number, type: number, data: Buffer = Buffer.alloc(0)): Bu
 function serve(sock: net.Socket): void {
   sock.setNoDelay(true);
   const greeting = Buffer.alloc(18);
-  greeting.writeBigUInt64BE(NBDMAGIC, 0);
-  greeting.writeBigUInt64BE(IHAVEOPT, 8);
+  greeting.writeBigUInt64BE(NBD_MAGIC, 0);
+  greeting.writeBigUInt64BE(NBD_IHAVEOPT, 8);
   greeting.writeUInt16BE(3, 16); // fixed newstyle, no zeroes
   sock.write(greeting);
   const input = new Chunks();
@@ -213,7 +207,7 @@ function serve(sock: net.Socket): void {
   };
   const replyLater = (handle: Buffer, err: Error | null, data?: Buffer): void => {
     if (later.length === 0) setImmediate(flushLater);
-    reply(later, handle, err ? EINVAL : 0, err ? undefined : data);
+    reply(later, handle, err ? NBD_EINVAL : 0, err ? undefined : data);
   };
 
   const reply = (out: Buffer[], handle: Buffer, error: number, data?: Buffer): void => {
@@ -239,7 +233,7 @@ function serve(sock: net.Socket): void {
         // The header is taken only once the option's data is here too.
         const head = input.peek(16);
         const len = head.readUInt32BE(12);
-        if (head.readBigUInt64BE(0) !== IHAVEOPT || len > 4096) return fail("bad option header");
+        if (head.readBigUInt64BE(0) !== NBD_IHAVEOPT || len > 4096) return fail("bad option header");
         if (input.length < 16 + len) break;
         const opt = head.readUInt32BE(8);
         input.take(16 + len);
@@ -266,7 +260,7 @@ function serve(sock: net.Socket): void {
       } else if (waiting) {
         if (input.length < waiting.length) break;
         const data = input.take(waiting.length);
-        if (waiting.offset < 0) reply(out, waiting.handle, EINVAL);
+        if (waiting.offset < 0) reply(out, waiting.handle, NBD_EINVAL);
         else {
           hostSeq++;
           journal?.add(hostSeq, waiting.offset, data);
@@ -298,10 +292,10 @@ function serve(sock: net.Socket): void {
         const inRange = offset + length <= size && length <= MAX_PAYLOAD;
         if (type === NBD_CMD_WRITE) {
           if (length > MAX_PAYLOAD) return fail("write too long");
-          // Out of range: the payload is read and dropped, and the answer is EINVAL.
+          // Out of range: the payload is read and dropped, and the answer is NBD_EINVAL.
           waiting = { handle, offset: inRange ? offset : -1, length };
         } else if (type === NBD_CMD_READ) {
-          if (!inRange) reply(out, handle, EINVAL);
+          if (!inRange) reply(out, handle, NBD_EINVAL);
           else if (asyncIo) {
             const data = Buffer.allocUnsafe(length);
             read(fd, data, 0, length, offset, (err) => replyLater(handle, err, data));
@@ -317,7 +311,7 @@ function serve(sock: net.Socket): void {
           sock.end(Buffer.concat(out));
           return;
         } else {
-          reply(out, handle, EINVAL);
+          reply(out, handle, NBD_EINVAL);
         }
       }
     }

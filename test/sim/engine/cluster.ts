@@ -52,9 +52,9 @@ export function simTopology(shape: SimShape, sched: Scheduler): LoadedTopology {
       list.push({ name: target, sizeMiB: 1 });
       pairs.push({ primary: name, secondary: target, group: shape.groups === 2 && v === 1 ? "C2" : "C1" });
     }
-    subsystems.push({ id: p, replicationPort: 20000 + p, nbdPort: 21000 + p, volumes: vols });
+    subsystems.push({ ...simPorts(p), volumes: vols });
   }
-  for (const s of secIds) subsystems.push({ id: s, replicationPort: 20000 + s, nbdPort: 21000 + s, volumes: secVolumes.get(s)! });
+  for (const s of secIds) subsystems.push({ ...simPorts(s), volumes: secVolumes.get(s)! });
   const groups = [...new Set(pairs.map((p) => p.group))].map((name) => ({ name, pairs: pairs.filter((p) => p.group === name).map(({ primary, secondary }) => ({ primary, secondary })) }));
   return simConfig({ clock: shape.clock, maxClockOffsetMs: shape.maxClockOffsetMs, syncIntervalMs: shape.syncIntervalMs, linkTimeoutMs: shape.linkTimeoutMs, reconnectMs: shape.reconnectMs }, subsystems, groups);
 }
@@ -73,9 +73,14 @@ export function simConfig(
   return { ...parseConfig(raw, "sim"), file: "sim", dataDir: "sim" };
 }
 
+/** A simulated subsystem's id and its (never opened) ports: the schema asks for them. */
+function simPorts(id: number) {
+  return { id, replicationPort: 20000 + id, nbdPort: 21000 + id };
+}
+
 /** Subsystem `id` of a hand-made simulated topology, with 1 MiB volumes of these names. */
 export function simSubsystem(id: number, volumes: string[]) {
-  return { id, replicationPort: 20000 + id, nbdPort: 21000 + id, volumes: volumes.map((name) => ({ name, sizeMiB: 1 })) };
+  return { ...simPorts(id), volumes: volumes.map((name) => ({ name, sizeMiB: 1 })) };
 }
 
 export interface SimClockModel {
